@@ -1,0 +1,52 @@
+# The README's two promises: `make run` and `make test`, from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA ?= data
+PORT ?= 9092
+
+.PHONY: venv run test test-all lint tools bench kill-loop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# One broker on 127.0.0.1:9092, data under ./data (git-ignored), topics created on first use.
+run: venv
+	$(BIN)/strata-broker --data-dir $(DATA)/broker-0 --listen 127.0.0.1:$(PORT) \
+		--set auto.create.topics.enable=true --set num.partitions=6
+
+# Debian's kcat is a test dependency (it links an old librdkafka, which the broker must serve).
+tools:
+	@command -v kcat >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing kcat from Debian's packages"; \
+			(apt-get install -y -qq kcat >/dev/null 2>&1 || \
+			 (apt-get update -qq && apt-get install -y -qq kcat >/dev/null)) ; \
+		else echo "kcat not found and cannot install it here: kcat tests will be skipped"; fi; }
+
+test: venv tools
+	$(BIN)/ruff check broker-image operator tests bench
+	$(BIN)/pytest -q
+
+# Includes the long fuzz and soak runs behind the `slow` marker.
+test-all: venv tools
+	$(BIN)/pytest -q -m ""
+
+lint: venv
+	$(BIN)/ruff check broker-image operator tests bench
+
+bench: venv
+	$(BIN)/python bench/produce_consume.py
+
+# 50 SIGKILL cycles under acks=all producers, for the record.
+kill-loop: venv
+	$(BIN)/python bench/kill_loop.py --cycles 50
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""`strata-broker`: run one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from .config import BrokerConfig, ConfigError
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where partition logs live.")
+@click.option("--listen", default="127.0.0.1:9092", show_default=True, help="HOST:PORT to accept clients on.")
+@click.option("--advertise", default=None, help="HOST:PORT clients are told to connect to (default: --listen).")
+@click.option("--broker-id", default=0, show_default=True, type=int, help="This broker's node id.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Kafka-style broker property or topic default, e.g. segment.bytes=1048576. Repeatable.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def main(data_dir: str, listen: str, advertise: str | None, broker_id: int, settings: tuple[str, ...],
+         log_level: str) -> None:
+    """Run a Kafka-compatible Strata broker."""
+    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        overrides[key.strip()] = value.strip()
+    try:
+        config = BrokerConfig.from_overrides(overrides)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
+    asyncio.run(_run(config, data_dir, parse_host_port(listen),
+                     parse_host_port(advertise) if advertise else None, broker_id))
+
+
+async def _run(config: BrokerConfig, data_dir: str, listen: tuple[str, int], advertise: tuple[str, int] | None,
+               broker_id: int) -> None:
+    from .broker import Broker
+
+    broker = Broker(config, data_dir, listen, advertise, broker_id)
+    await broker.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(broker.stop()))
+    await broker.wait_stopped()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Broker properties and topic configs, Kafka-style (`--set key=value`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _cleanup_policy(value: str) -> str:
+    parts = sorted(p.strip() for p in value.split(",") if p.strip())
+    if not parts or any(p not in ("compact", "delete") for p in parts):
+        raise ValueError(f"cleanup.policy must be delete, compact or both: {value!r}")
+    return ",".join(parts)
+
+
+def _timestamp_type(value: str) -> str:
+    if value != "CreateTime":
+        raise ValueError("only message.timestamp.type=CreateTime is supported")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise ValueError(f"must be >= {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+
+
+# Topic-level configs; a broker-level `--set` of the same name sets the cluster default.
+TOPIC_CONFIGS: dict[str, ConfigKey] = {
+    k.name: k
+    for k in [
+        ConfigKey("segment.bytes", _int_at_least(1024), str(1 << 30), "roll a segment at this size"),
+        ConfigKey("segment.ms", _int_at_least(1), str(7 * 24 * 3600 * 1000), "roll a segment this old"),
+        ConfigKey("retention.ms", _int_at_least(-1), str(7 * 24 * 3600 * 1000), "-1 keeps forever"),
+        ConfigKey("retention.bytes", _int_at_least(-1), "-1", "per partition; -1 keeps all"),
+        ConfigKey("cleanup.policy", _cleanup_policy, "delete", "delete | compact | compact,delete"),
+        ConfigKey("max.message.bytes", _int_at_least(0), str(1048588), "largest record batch"),
+        ConfigKey("index.interval.bytes", _int_at_least(0), "4096", "bytes between index entries"),
+        ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime", "CreateTime only"),
+    ]
+}
+
+# Broker-only properties.
+BROKER_CONFIGS: dict[str, ConfigKey] = {
+    k.name: k
+    for k in [
+        ConfigKey("auto.create.topics.enable", _bool, "true", "create topics on first use"),
+        ConfigKey("num.partitions", _int_at_least(1), "1", "partitions of an auto-created topic"),
+        ConfigKey("default.replication.factor", _int_at_least(1), "1", "accepted; one broker holds data"),
+        ConfigKey("socket.request.max.bytes", _int_at_least(1024), str(100 * 1024 * 1024), "largest frame"),
+        ConfigKey("queued.max.requests", _int_at_least(1), "500", "in-flight requests per connection"),
+        ConfigKey("log.retention.check.interval.ms", _int_at_least(10), "300000", "retention sweep period"),
+        ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
+        ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
+        ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
+    ]
+}
+
+# Kafka's broker property names for topic defaults (server.properties style).
+BROKER_ALIASES = {
+    "log.segment.bytes": "segment.bytes",
+    "log.roll.ms": "segment.ms",
+    "log.retention.ms": "retention.ms",
+    "log.retention.bytes": "retention.bytes",
+    "log.cleanup.policy": "cleanup.policy",
+    "message.max.bytes": "max.message.bytes",
+    "log.index.interval.bytes": "index.interval.bytes",
+    "log.message.timestamp.type": "message.timestamp.type",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_topic_config(name: str, value: str) -> Any:
+    key = TOPIC_CONFIGS.get(name)
+    if key is None:
+        raise ConfigError(f"unknown topic config {name!r}")
+    try:
+        return key.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {name}: {exc}") from exc
+
+
+@dataclass
+class BrokerConfig:
+    """Resolved broker properties plus the cluster-wide topic defaults."""
+
+    props: dict[str, Any] = field(default_factory=dict)
+    topic_defaults: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, str]) -> BrokerConfig:
+        props = {name: key.parse(key.default) for name, key in BROKER_CONFIGS.items()}
+        topic_defaults = {name: key.default for name, key in TOPIC_CONFIGS.items()}
+        for raw_name, value in overrides.items():
+            name = BROKER_ALIASES.get(raw_name, raw_name)
+            if name in BROKER_CONFIGS:
+                try:
+                    props[name] = BROKER_CONFIGS[name].parse(value)
+                except ValueError as exc:
+                    raise ConfigError(f"invalid value for {raw_name}: {exc}") from exc
+            elif name in TOPIC_CONFIGS:
+                parse_topic_config(name, value)
+                topic_defaults[name] = value
+            else:
+                raise ConfigError(f"unknown property {raw_name!r}")
+        return cls(props=props, topic_defaults=topic_defaults)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.props[name]
+
+    def resolve_topic(self, overrides: Mapping[str, str]) -> TopicConfig:
+        merged = dict(self.topic_defaults)
+        merged.update(overrides)
+        return TopicConfig({name: parse_topic_config(name, value) for name, value in merged.items()})
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    values: dict[str, Any]
+
+    @property
+    def segment_bytes(self) -> int:
+        return self.values["segment.bytes"]
+
+    @property
+    def segment_ms(self) -> int:
+        return self.values["segment.ms"]
+
+    @property
+    def retention_ms(self) -> int:
+        return self.values["retention.ms"]
+
+    @property
+    def retention_bytes(self) -> int:
+        return self.values["retention.bytes"]
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.values["max.message.bytes"]
+
+    @property
+    def index_interval_bytes(self) -> int:
+        return self.values["index.interval.bytes"]

@@ -1,0 +1,1 @@
+"""The partition log: segments, indexes, append, read, roll, retention, recovery."""

@@ -1,0 +1,134 @@
+"""Record batch (magic v2) headers: read, validate and re-base without touching records.
+
+Layout of the 61-byte header (Kafka's DefaultRecordBatch):
+  baseOffset int64 | batchLength int32 | partitionLeaderEpoch int32 | magic int8 |
+  crc uint32 | attributes int16 | lastOffsetDelta int32 | baseTimestamp int64 |
+  maxTimestamp int64 | producerId int64 | producerEpoch int16 | baseSequence int32 |
+  recordCount int32
+The CRC-32C covers everything from attributes to the end of the batch, so the broker
+may rewrite baseOffset and partitionLeaderEpoch without recomputing it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import crc32c
+
+from ..errors import ErrorCode, KafkaProtocolError
+
+HEADER_SIZE = 61
+# baseOffset + batchLength: the part needed to walk from batch to batch.
+LOG_OVERHEAD = 12
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_PREFIX = struct.Struct(">qi")
+_OFFSET = struct.Struct(">q")
+
+ATTR_COMPRESSION_MASK = 0x07
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+# Compression codecs 0..4: none, gzip, snappy, lz4, zstd.
+MAX_CODEC = 4
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    base_offset: int
+    length: int  # whole batch in bytes, including the 12-byte log overhead
+    leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.last_offset + 1
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & ATTR_TRANSACTIONAL)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & ATTR_CONTROL)
+
+    @property
+    def last_sequence(self) -> int:
+        if self.base_sequence < 0:
+            return -1
+        return (self.base_sequence + self.last_offset_delta) % (1 << 31)
+
+
+def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    (base, length, epoch, magic, crc, attrs, lod, bts, mts, pid, pep, bseq, count) = _HEADER.unpack_from(
+        buf, pos
+    )
+    return BatchHeader(base, length + LOG_OVERHEAD, epoch, magic, crc, attrs, lod, bts, mts, pid, pep, bseq,
+                       count)
+
+
+def peek_length(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    """(base offset, whole batch length) of the batch at pos."""
+    base, length = _PREFIX.unpack_from(buf, pos)
+    return base, length + LOG_OVERHEAD
+
+
+def validate_batches(records: bytes | bytearray | memoryview, max_batch_bytes: int) -> list[BatchHeader]:
+    """Parse and check every batch of a produce request's records; raise on the first bad one."""
+    view = memoryview(records)
+    total = len(view)
+    if total == 0:
+        raise KafkaProtocolError(ErrorCode.INVALID_RECORD, "empty record set")
+    headers: list[BatchHeader] = []
+    pos = 0
+    while pos < total:
+        if total - pos < HEADER_SIZE:
+            raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "truncated record batch header")
+        header = parse_header(view, pos)
+        if header.magic != 2:
+            raise KafkaProtocolError(ErrorCode.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                                     f"record batch magic {header.magic}; only v2 is accepted")
+        if header.length < HEADER_SIZE or pos + header.length > total:
+            raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "record batch length out of bounds")
+        if header.length > max_batch_bytes:
+            raise KafkaProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                                     f"batch of {header.length} bytes > max.message.bytes {max_batch_bytes}")
+        if header.record_count <= 0 or header.last_offset_delta != header.record_count - 1:
+            raise KafkaProtocolError(ErrorCode.INVALID_RECORD, "record count and offset delta disagree")
+        if (header.attributes & ATTR_COMPRESSION_MASK) > MAX_CODEC:
+            raise KafkaProtocolError(ErrorCode.UNSUPPORTED_COMPRESSION_TYPE, "unknown compression codec")
+        if header.is_control:
+            raise KafkaProtocolError(ErrorCode.INVALID_RECORD, "clients may not write control batches")
+        if crc32c.crc32c(view[pos + 21 : pos + header.length]) != header.crc:
+            raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "record batch CRC-32C mismatch")
+        headers.append(header)
+        pos += header.length
+    return headers
+
+
+def batch_is_intact(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader | None:
+    """The header of the batch at pos if it is complete and its CRC matches, else None (torn tail)."""
+    if end - pos < HEADER_SIZE:
+        return None
+    header = parse_header(buf, pos)
+    if header.magic != 2 or header.length < HEADER_SIZE or pos + header.length > end:
+        return None
+    if crc32c.crc32c(memoryview(buf)[pos + 21 : pos + header.length]) != header.crc:
+        return None
+    return header
+
+
+def set_base_offset(batch: bytearray, pos: int, base_offset: int) -> None:
+    _OFFSET.pack_into(batch, pos, base_offset)

@@ -1,0 +1,275 @@
+"""All partition logs of one broker: topics, their metadata, group commit and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..config import BrokerConfig, TopicConfig
+from ..errors import ErrorCode, KafkaProtocolError
+from .files import fsync_dir, read_json, write_json_atomic
+from .partition import PartitionLog
+from .segment import Segment
+
+log = logging.getLogger(__name__)
+
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_CLEAN_MARKER = ".clean-shutdown"
+_PRODUCER_ID_BLOCK = 1000
+
+
+@dataclass
+class Topic:
+    name: str
+    topic_id: uuid.UUID
+    overrides: dict[str, str]
+    config: TopicConfig
+    partitions: list[PartitionLog] = field(default_factory=list)
+    internal: bool = False
+
+
+def validate_topic_name(name: str) -> None:
+    if not _TOPIC_NAME.match(name) or name in (".", ".."):
+        raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
+                                 f"invalid topic name {name!r}: 1-249 of [a-zA-Z0-9._-]")
+
+
+class GroupCommit:
+    """acks=all waits here: every waiter that arrives during one fsync round shares the next one."""
+
+    def __init__(self) -> None:
+        self._segments: set[Segment] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._running = False
+        self.rounds = 0
+
+    async def sync(self, segment: Segment) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._segments.add(segment)
+        self._waiters.append(future)
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._run())
+        await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiters:
+                segments, waiters = self._segments, self._waiters
+                self._segments, self._waiters = set(), []
+                for segment in segments:
+                    segment.dirty = False
+                try:
+                    await asyncio.to_thread(_fsync_all, segments)
+                except OSError as exc:
+                    for future in waiters:
+                        if not future.done():
+                            future.set_exception(KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)))
+                    continue
+                self.rounds += 1
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._running = False
+
+
+def _fsync_all(segments: set[Segment]) -> None:
+    for segment in segments:
+        try:
+            segment.fsync()
+        except OSError:
+            # A segment deleted by retention meanwhile was fsynced when it was sealed.
+            if not segment.closed:
+                raise
+
+
+class LogManager:
+    def __init__(self, data_dir: str, config: BrokerConfig) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.config = config
+        self.meta_dir = os.path.join(self.data_dir, "__meta")
+        self.topics: dict[str, Topic] = {}
+        self.group_commit = GroupCommit()
+        self._lock_fd = -1
+        self._next_producer_id = 0
+        self._producer_id_limit = 0
+
+    # ---- startup and shutdown -----------------------------------------------------------
+
+    def open(self) -> None:
+        os.makedirs(os.path.join(self.meta_dir, "topics"), exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise SystemExit(f"data dir {self.data_dir} is in use by another broker") from exc
+        marker = os.path.join(self.data_dir, _CLEAN_MARKER)
+        clean = os.path.exists(marker)
+        if clean:
+            os.unlink(marker)
+        for name in os.listdir(self.data_dir):
+            if name.endswith("-delete"):
+                shutil.rmtree(os.path.join(self.data_dir, name), ignore_errors=True)
+        started = time.monotonic()
+        for name in sorted(os.listdir(os.path.join(self.meta_dir, "topics"))):
+            meta = read_json(os.path.join(self.meta_dir, "topics", name))
+            if not meta or not name.endswith(".json"):
+                continue
+            self._open_topic(meta, clean)
+        ids = read_json(os.path.join(self.meta_dir, "producer-ids.json")) or {}
+        self._next_producer_id = self._producer_id_limit = int(ids.get("next_block", 0))
+        log.info("opened %d topic(s) from %s in %.3fs (%s shutdown before)", len(self.topics), self.data_dir,
+                 time.monotonic() - started, "clean" if clean else "unclean")
+
+    def _open_topic(self, meta: dict, clean: bool) -> Topic:
+        overrides = {str(k): str(v) for k, v in meta.get("configs", {}).items()}
+        topic = Topic(meta["name"], uuid.UUID(meta["id"]), overrides, self.config.resolve_topic(overrides),
+                      internal=bool(meta.get("internal", False)))
+        for p in range(int(meta["partitions"])):
+            topic.partitions.append(
+                PartitionLog.open(self._partition_dir(topic.name, p), topic.name, p, topic.config, clean))
+        self.topics[topic.name] = topic
+        return topic
+
+    def close(self) -> None:
+        for topic in self.topics.values():
+            for plog in topic.partitions:
+                plog.close()
+        with open(os.path.join(self.data_dir, _CLEAN_MARKER), "w") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.data_dir)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # ---- topics --------------------------------------------------------------------------
+
+    def _partition_dir(self, topic: str, partition: int) -> str:
+        return os.path.join(self.data_dir, f"{topic}-{partition}")
+
+    def _write_topic_meta(self, topic: Topic) -> None:
+        write_json_atomic(
+            os.path.join(self.meta_dir, "topics", f"{topic.name}.json"),
+            {"name": topic.name, "id": str(topic.topic_id), "partitions": len(topic.partitions),
+             "configs": topic.overrides, "internal": topic.internal},
+        )
+
+    def create_topic(self, name: str, partitions: int, overrides: dict[str, str],
+                     validate_only: bool = False, internal: bool = False) -> Topic | None:
+        validate_topic_name(name)
+        if name in self.topics:
+            raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        if partitions < 1 or partitions > 10000:
+            raise KafkaProtocolError(ErrorCode.INVALID_PARTITIONS, "partitions must be 1..10000")
+        try:
+            config = self.config.resolve_topic(overrides)
+        except ValueError as exc:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        if validate_only:
+            return None
+        topic = Topic(name, uuid.uuid4(), dict(overrides), config, internal=internal)
+        for p in range(partitions):
+            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, config, clean=True))
+        self._write_topic_meta(topic)
+        self.topics[name] = topic
+        log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.topic_id)
+        return topic
+
+    def delete_topic(self, name: str) -> Topic:
+        topic = self.topics.pop(name, None)
+        if topic is None:
+            raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
+        os.unlink(os.path.join(self.meta_dir, "topics", f"{name}.json"))
+        fsync_dir(os.path.join(self.meta_dir, "topics"))
+        for plog in topic.partitions:
+            plog.delete_files()
+            doomed = f"{plog.directory}.{topic.topic_id.hex}-delete"
+            os.replace(plog.directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted topic %s", name)
+        return topic
+
+    def create_partitions(self, name: str, count: int, validate_only: bool = False) -> None:
+        topic = self.get_topic(name)
+        if count <= len(topic.partitions):
+            raise KafkaProtocolError(ErrorCode.INVALID_PARTITIONS,
+                                     f"topic {name} has {len(topic.partitions)} partitions; it can only grow")
+        if count > 10000:
+            raise KafkaProtocolError(ErrorCode.INVALID_PARTITIONS, "partitions must be at most 10000")
+        if validate_only:
+            return
+        for p in range(len(topic.partitions), count):
+            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+            topic.partitions.append(
+                PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+        self._write_topic_meta(topic)
+
+    def alter_topic_config(self, name: str, overrides: dict[str, str], validate_only: bool = False) -> None:
+        topic = self.get_topic(name)
+        try:
+            config = self.config.resolve_topic(overrides)
+        except ValueError as exc:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        if validate_only:
+            return
+        topic.overrides = dict(overrides)
+        topic.config = config
+        for plog in topic.partitions:
+            plog.config = config
+        self._write_topic_meta(topic)
+
+    def get_topic(self, name: str) -> Topic:
+        topic = self.topics.get(name)
+        if topic is None:
+            raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
+        return topic
+
+    def get_partition(self, name: str, partition: int) -> PartitionLog:
+        topic = self.get_topic(name)
+        if not 0 <= partition < len(topic.partitions):
+            raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{name} has no partition {partition}")
+        return topic.partitions[partition]
+
+    def topic_by_id(self, topic_id: uuid.UUID) -> Topic | None:
+        for topic in self.topics.values():
+            if topic.topic_id == topic_id:
+                return topic
+        return None
+
+    # ---- producer ids --------------------------------------------------------------------
+
+    def allocate_producer_id(self) -> int:
+        """Unique across restarts: a block is persisted before any id from it is handed out."""
+        if self._next_producer_id >= self._producer_id_limit:
+            self._producer_id_limit = self._next_producer_id + _PRODUCER_ID_BLOCK
+            write_json_atomic(os.path.join(self.meta_dir, "producer-ids.json"),
+                              {"next_block": self._producer_id_limit})
+        pid = self._next_producer_id
+        self._next_producer_id += 1
+        return pid
+
+    # ---- housekeeping --------------------------------------------------------------------
+
+    def all_partitions(self) -> list[PartitionLog]:
+        return [p for t in self.topics.values() for p in t.partitions]
+
+    def enforce_retention(self) -> int:
+        now_ms = int(time.time() * 1000)
+        return sum(plog.enforce_retention(now_ms) for plog in self.all_partitions())
+
+    async def flush_dirty(self) -> None:
+        """Background fsync so that acks=0/1 data reaches the disk within log.flush.interval.ms."""
+        dirty = [s for p in self.all_partitions() for s in p.dirty_segments()]
+        if dirty:
+            for segment in dirty:
+                await self.group_commit.sync(segment)

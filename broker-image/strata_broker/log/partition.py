@@ -1,0 +1,286 @@
+"""A partition's log: an ordered list of segments, the last one active."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from bisect import bisect_right
+from dataclasses import replace
+
+from kafka.record.default_records import DefaultRecordBatch
+
+from ..config import TopicConfig
+from ..errors import ErrorCode, KafkaProtocolError
+from .batch import BatchHeader, set_base_offset, validate_batches
+from .files import read_json, write_json_atomic
+from .producer_state import ProducerState
+from .segment import Segment
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.json"
+PRODUCER_SNAPSHOT = "producer-state.json"
+
+
+class AppendResult:
+    __slots__ = ("base_offset", "duplicate", "segment")
+
+    def __init__(self, base_offset: int, duplicate: bool, segment: Segment | None) -> None:
+        self.base_offset = base_offset
+        self.duplicate = duplicate
+        self.segment = segment
+
+
+class PartitionLog:
+    def __init__(self, directory: str, topic: str, partition: int, config: TopicConfig) -> None:
+        self.directory = directory
+        self.topic = topic
+        self.partition = partition
+        self.config = config
+        self.segments: list[Segment] = []
+        self.log_start_offset = 0
+        self.producers = ProducerState()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    # ---- opening and recovery -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str, topic: str, partition: int, config: TopicConfig, clean: bool) -> PartitionLog:
+        os.makedirs(directory, exist_ok=True)
+        plog = cls(directory, topic, partition, config)
+        plog._load(clean)
+        return plog
+
+    def _load(self, clean: bool) -> None:
+        for name in os.listdir(self.directory):
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(self.directory, name))
+        checkpoint = read_json(os.path.join(self.directory, CHECKPOINT)) or {}
+        bases = sorted(int(name[:-4]) for name in os.listdir(self.directory)
+                       if name.endswith(".log") and name[:-4].isdigit())
+        recovery_point = int(checkpoint.get("recovery_point", 0))
+        for base in bases:
+            self.segments.append(Segment(self.directory, base, self.config.index_interval_bytes))
+        if not self.segments:
+            start = int(checkpoint.get("log_start_offset", 0))
+            self.segments.append(Segment(self.directory, start, self.config.index_interval_bytes))
+        # Segments wholly below the recovery point were fsynced with their indexes at roll time;
+        # after a crash only the tail from the recovery point on is scanned, so restart time does
+        # not grow with the size of the log.
+        for i, segment in enumerate(self.segments):
+            tail = i == len(self.segments) - 1 or self.segments[i + 1].base_offset > recovery_point
+            if clean or not tail:
+                segment.load()
+                continue
+            before = segment.size
+            segment.recover()
+            if segment.size < before:
+                for later in self.segments[i + 1:]:
+                    log.warning("deleting %s after a torn batch before it", later.log_path)
+                    later.delete()
+                del self.segments[i + 1:]
+                break
+        self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), self.segments[0].base_offset)
+        self._load_producer_state()
+
+    def _load_producer_state(self) -> None:
+        snapshot = read_json(os.path.join(self.directory, PRODUCER_SNAPSHOT))
+        from_offset = 0
+        if snapshot and int(snapshot.get("offset", -1)) <= self.log_end_offset:
+            self.producers = ProducerState.from_json(snapshot.get("producers", {}))
+            from_offset = int(snapshot["offset"])
+        for segment in self._segments_from(from_offset):
+            for _, header in segment.walk(0):
+                if header.base_offset >= from_offset:
+                    self.producers.record(header)
+
+    def _segments_from(self, offset: int) -> list[Segment]:
+        i = max(0, bisect_right([s.base_offset for s in self.segments], offset) - 1)
+        return self.segments[i:]
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def active(self) -> Segment:
+        return self.segments[-1]
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.active.next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        # One copy of each partition: everything appended is committed.
+        return self.log_end_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def write_checkpoint(self, recovery_point: int | None = None) -> None:
+        write_json_atomic(
+            os.path.join(self.directory, CHECKPOINT),
+            {
+                "log_start_offset": self.log_start_offset,
+                "recovery_point": self.active.base_offset if recovery_point is None else recovery_point,
+                "high_watermark": self.high_watermark,
+                "remote_offset": -1,
+            },
+        )
+
+    def write_producer_snapshot(self) -> None:
+        write_json_atomic(
+            os.path.join(self.directory, PRODUCER_SNAPSHOT),
+            {"offset": self.log_end_offset, "producers": self.producers.to_json()},
+        )
+
+    # ---- appending -----------------------------------------------------------------------
+
+    def append(self, records: bytes) -> AppendResult:
+        headers = validate_batches(records, self.config.max_message_bytes)
+        if len(headers) == 1:
+            duplicate_of = self.producers.check(headers[0])
+            if duplicate_of is not None:
+                return AppendResult(duplicate_of, True, None)
+        else:
+            for header in headers:
+                self.producers.check(header)
+        self._maybe_roll(len(records))
+        buf = bytearray(records)
+        next_offset = self.log_end_offset
+        base_offset = next_offset
+        rebased: list[BatchHeader] = []
+        pos = 0
+        for header in headers:
+            set_base_offset(buf, pos, next_offset)
+            rebased.append(_rebase(header, next_offset))
+            next_offset += header.last_offset_delta + 1
+            pos += header.length
+        segment = self.active
+        try:
+            segment.append(buf, rebased)
+        except OSError as exc:
+            log.error("append to %s-%d failed: %s", self.topic, self.partition, exc)
+            raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
+        for header in rebased:
+            self.producers.record(header)
+        self._wake()
+        return AppendResult(base_offset, False, segment)
+
+    def _maybe_roll(self, incoming: int) -> None:
+        active = self.active
+        if active.size == 0:
+            return
+        too_big = active.size + incoming > self.config.segment_bytes
+        too_old = int(time.time() * 1000) - active.created_ms >= self.config.segment_ms
+        if too_big or too_old:
+            self.roll()
+
+    def roll(self) -> None:
+        old = self.active
+        old.seal()
+        self.segments.append(Segment(self.directory, old.next_offset, self.config.index_interval_bytes))
+        self.write_producer_snapshot()
+        self.write_checkpoint()
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int, always_one: bool = True) -> bytes:
+        if offset < self.log_start_offset or offset > self.log_end_offset:
+            raise KafkaProtocolError(ErrorCode.OFFSET_OUT_OF_RANGE,
+                                     f"offset {offset} outside [{self.log_start_offset}, {self.log_end_offset}]")
+        for segment in self._segments_from(offset):
+            data = segment.read_from(offset, max_bytes, always_one)
+            if data:
+                return data
+        return b""
+
+    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= timestamp, or None."""
+        for segment in self.segments:
+            if segment.max_timestamp < timestamp:
+                continue
+            relative = segment.time_index.start_before(timestamp)
+            _, start = segment.offset_index.floor(relative)
+            for pos, header in segment.walk(start):
+                if header.base_offset < self.log_start_offset and header.last_offset < self.log_start_offset:
+                    continue
+                if header.max_timestamp < timestamp:
+                    continue
+                batch = DefaultRecordBatch(segment.read_batch(pos, header.length))
+                for record in batch:
+                    if record.timestamp >= timestamp and record.offset >= self.log_start_offset:
+                        return record.offset, record.timestamp
+        return None
+
+    def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp (ListOffsets -3)."""
+        candidates = [s for s in self.segments if s.max_timestamp >= 0]
+        if not candidates:
+            return None
+        segment = max(candidates, key=lambda s: s.max_timestamp)
+        for pos, header in segment.walk(0):
+            if header.max_timestamp == segment.max_timestamp:
+                for record in DefaultRecordBatch(segment.read_batch(pos, header.length)):
+                    if record.timestamp == header.max_timestamp:
+                        return record.offset, record.timestamp
+        return None
+
+    def add_waiter(self, future: asyncio.Future[None]) -> None:
+        """future is resolved at the next append (fetch long polls wait on it)."""
+        self._waiters.add(future)
+
+    def remove_waiter(self, future: asyncio.Future[None]) -> None:
+        self._waiters.discard(future)
+
+    def _wake(self) -> None:
+        if self._waiters:
+            for future in self._waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._waiters.clear()
+
+    # ---- retention and housekeeping ------------------------------------------------------
+
+    def enforce_retention(self, now_ms: int) -> int:
+        """Delete whole closed segments past retention.ms / retention.bytes; returns how many."""
+        deleted = 0
+        retention_ms = self.config.retention_ms
+        retention_bytes = self.config.retention_bytes
+        while len(self.segments) > 1:
+            oldest = self.segments[0]
+            expired = retention_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > retention_ms
+            oversize = retention_bytes >= 0 and self.size_bytes - oldest.size >= retention_bytes
+            if not (expired or oversize):
+                break
+            self.segments.pop(0)
+            self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
+            oldest.delete()
+            deleted += 1
+        if deleted:
+            self.write_checkpoint()
+            log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d", deleted, self.topic,
+                     self.partition, self.log_start_offset)
+        return deleted
+
+    def dirty_segments(self) -> list[Segment]:
+        return [s for s in self.segments if s.dirty]
+
+    def close(self) -> None:
+        """Clean shutdown: fsync, remember where the data is safe, close files."""
+        self.active.fsync()
+        self.write_producer_snapshot()
+        self.write_checkpoint(recovery_point=self.log_end_offset)
+        self._wake()
+        for segment in self.segments:
+            segment.close()
+
+    def delete_files(self) -> None:
+        for segment in self.segments:
+            segment.close()
+
+
+def _rebase(header: BatchHeader, base_offset: int) -> BatchHeader:
+    return replace(header, base_offset=base_offset)

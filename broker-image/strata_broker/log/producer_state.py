@@ -1,0 +1,95 @@
+"""Idempotent-producer sequence tracking for one partition (what makes retries exactly-once)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ErrorCode, KafkaProtocolError
+from .batch import BatchHeader
+
+# Kafka keeps the metadata of the last five batches per producer: a client has at most
+# five requests in flight per connection, so a retry is always one of these.
+_CACHED_BATCHES = 5
+_SEQ_MODULO = 1 << 31
+
+
+@dataclass
+class _CachedBatch:
+    first_seq: int
+    last_seq: int
+    base_offset: int
+    last_offset: int
+
+
+@dataclass
+class _Producer:
+    epoch: int
+    batches: deque[_CachedBatch] = field(default_factory=lambda: deque(maxlen=_CACHED_BATCHES))
+
+    @property
+    def last_seq(self) -> int:
+        return self.batches[-1].last_seq if self.batches else -1
+
+
+class ProducerState:
+    def __init__(self) -> None:
+        self._producers: dict[int, _Producer] = {}
+
+    def check(self, header: BatchHeader) -> int | None:
+        """Base offset of an earlier identical batch (a retry), None if new; raise if out of order."""
+        if header.producer_id < 0:
+            return None
+        producer = self._producers.get(header.producer_id)
+        if producer is None:
+            if header.base_sequence != 0:
+                raise KafkaProtocolError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                         f"producer {header.producer_id} unknown; first sequence must be 0")
+            return None
+        if header.producer_epoch < producer.epoch:
+            raise KafkaProtocolError(ErrorCode.INVALID_PRODUCER_EPOCH, "stale producer epoch")
+        if header.producer_epoch > producer.epoch:
+            if header.base_sequence != 0:
+                raise KafkaProtocolError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                         "a new producer epoch must start at sequence 0")
+            return None
+        for cached in producer.batches:
+            if cached.first_seq == header.base_sequence and cached.last_seq == header.last_sequence:
+                return cached.base_offset
+        expected = (producer.last_seq + 1) % _SEQ_MODULO
+        if header.base_sequence != expected:
+            raise KafkaProtocolError(
+                ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                f"producer {header.producer_id}: expected sequence {expected}, got {header.base_sequence}",
+            )
+        return None
+
+    def record(self, header: BatchHeader) -> None:
+        """Remember an appended batch (its header carries the assigned offsets)."""
+        if header.producer_id < 0:
+            return
+        producer = self._producers.get(header.producer_id)
+        if producer is None or header.producer_epoch != producer.epoch:
+            producer = _Producer(epoch=header.producer_epoch)
+            self._producers[header.producer_id] = producer
+        producer.batches.append(
+            _CachedBatch(header.base_sequence, header.last_sequence, header.base_offset, header.last_offset)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            str(pid): {"epoch": p.epoch, "batches": [[b.first_seq, b.last_seq, b.base_offset, b.last_offset]
+                                                      for b in p.batches]}
+            for pid, p in self._producers.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProducerState:
+        state = cls()
+        for pid, entry in data.items():
+            producer = _Producer(epoch=int(entry["epoch"]))
+            for first_seq, last_seq, base, last in entry["batches"]:
+                producer.batches.append(_CachedBatch(first_seq, last_seq, base, last))
+            state._producers[int(pid)] = producer
+        return state

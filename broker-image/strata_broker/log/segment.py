@@ -1,0 +1,207 @@
+"""One log segment: `<base-offset:020d>.log` plus its `.index` and `.timeindex`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+from .batch import HEADER_SIZE, BatchHeader, batch_is_intact, parse_header
+from .index import OffsetIndex, TimeIndex
+
+log = logging.getLogger(__name__)
+
+# How much of the log a header walk reads per syscall.
+_WALK_CHUNK = 64 * 1024
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+class Segment:
+    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.index_interval_bytes = index_interval_bytes
+        stem = os.path.join(directory, segment_name(base_offset))
+        self.log_path = stem + ".log"
+        self._fd_write = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd_read = os.open(self.log_path, os.O_RDONLY)
+        self.offset_index = OffsetIndex(stem + ".index")
+        self.time_index = TimeIndex(stem + ".timeindex")
+        self.size = os.fstat(self._fd_read).st_size
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.created_ms = int(time.time() * 1000)
+        self._bytes_since_index = 0
+        self.closed = False
+        self.dirty = False
+
+    # ---- opening -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Trust the indexes (they were fsynced with the log) and walk only the tail after the last entry."""
+        if not (self.offset_index.load(self.size) and self.time_index.load()):
+            log.warning("rebuilding indexes of %s", self.log_path)
+            self.rebuild()
+            return
+        _, position = self.offset_index.floor(1 << 62)
+        self.max_timestamp = self.time_index.last_timestamp
+        for pos, header in self.walk(position):
+            self._observe(header, pos, index=False)
+
+    def recover(self) -> list[BatchHeader]:
+        """Validate every batch (CRC included), truncate at the first torn one, rebuild indexes."""
+        self.offset_index.reset()
+        self.time_index.reset()
+        self.next_offset = self.base_offset
+        self.max_timestamp = -1
+        self._bytes_since_index = 0
+        headers: list[BatchHeader] = []
+        valid_end = 0
+        pos = 0
+        while pos < self.size:
+            chunk_header = os.pread(self._fd_read, HEADER_SIZE, pos)
+            if len(chunk_header) < HEADER_SIZE:
+                break
+            length = parse_header(chunk_header).length
+            if length < HEADER_SIZE or pos + length > self.size:
+                break
+            data = os.pread(self._fd_read, length, pos)
+            header = batch_is_intact(data, 0, len(data))
+            if header is None or header.base_offset < self.next_offset:
+                break
+            self._observe(header, pos, index=True)
+            headers.append(header)
+            pos += length
+            valid_end = pos
+        if valid_end < self.size:
+            log.warning("truncating %s from %d to %d bytes (torn or corrupt tail)", self.log_path, self.size,
+                        valid_end)
+            self.truncate_bytes(valid_end)
+        return headers
+
+    def rebuild(self) -> None:
+        self.offset_index.reset()
+        self.time_index.reset()
+        self.next_offset = self.base_offset
+        self.max_timestamp = -1
+        self._bytes_since_index = 0
+        for pos, header in self.walk(0):
+            self._observe(header, pos, index=True)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def append(self, data: bytes | bytearray, headers: list[BatchHeader]) -> None:
+        start = self.size
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd_write, view)
+                view = view[written:]
+        except OSError:
+            # A full disk must not leave half a batch that a later append would follow.
+            os.ftruncate(self._fd_write, start)
+            raise
+        position = start
+        for header in headers:
+            self._observe(header, position, index=True)
+            position += header.length
+        self.dirty = True
+
+    def _observe(self, header: BatchHeader, position: int, index: bool) -> None:
+        if index and (position == 0 or self._bytes_since_index >= self.index_interval_bytes):
+            relative = header.base_offset - self.base_offset
+            if position > 0:  # position 0 is implied: floor() falls back to it
+                self.offset_index.append(relative, position)
+            self.time_index.maybe_append(max(self.max_timestamp, header.max_timestamp), relative)
+            self._bytes_since_index = 0
+        self._bytes_since_index += header.length
+        self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
+        self.next_offset = header.next_offset
+        if position + header.length > self.size:
+            self.size = position + header.length
+
+    def seal(self) -> None:
+        """Before a roll: the final time index entry covers the whole segment, then fsync all."""
+        if self.max_timestamp > self.time_index.last_timestamp:
+            self.time_index.maybe_append(self.max_timestamp, self.next_offset - 1 - self.base_offset)
+        self.fsync()
+
+    def fsync(self) -> None:
+        if self.closed:
+            return
+        os.fsync(self._fd_write)
+        self.offset_index.fsync()
+        self.time_index.fsync()
+
+    def truncate_bytes(self, size: int) -> None:
+        os.ftruncate(self._fd_write, size)
+        self.size = size
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def walk(self, position: int, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
+        """(position, header) of each complete batch from position on, reading headers only."""
+        end = self.size if end is None else end
+        buf = b""
+        buf_start = position
+        pos = position
+        while pos + HEADER_SIZE <= end:
+            if pos + HEADER_SIZE > buf_start + len(buf):
+                buf = os.pread(self._fd_read, _WALK_CHUNK, pos)
+                buf_start = pos
+                if len(buf) < HEADER_SIZE:
+                    return
+            header = parse_header(buf, pos - buf_start)
+            if header.length < HEADER_SIZE or pos + header.length > end:
+                return
+            yield pos, header
+            pos += header.length
+
+    def find(self, offset: int) -> tuple[int, BatchHeader] | None:
+        """Position and header of the first batch whose last offset is >= offset."""
+        _, start = self.offset_index.floor(offset - self.base_offset)
+        for pos, header in self.walk(start):
+            if header.last_offset >= offset:
+                return pos, header
+        return None
+
+    def read_from(self, offset: int, max_bytes: int, always_one: bool) -> bytes:
+        """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked)."""
+        found = self.find(offset)
+        if found is None:
+            return b""
+        start, first = found
+        end = start
+        for pos, header in self.walk(start):
+            if end + header.length - start > max_bytes and not (always_one and pos == start):
+                break
+            end = pos + header.length
+        if end == start:
+            return b""
+        return os.pread(self._fd_read, end - start, start)
+
+    def read_batch(self, position: int, length: int) -> bytes:
+        return os.pread(self._fd_read, length, position)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        os.close(self._fd_write)
+        os.close(self._fd_read)
+        self.offset_index.close()
+        self.time_index.close()
+
+    def delete(self) -> None:
+        self.close()
+        for path in (self.log_path, self.offset_index.path, self.time_index.path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

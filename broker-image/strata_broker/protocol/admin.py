@@ -1,0 +1,115 @@
+"""CreateTopics, DeleteTopics and CreatePartitions."""
+
+from __future__ import annotations
+
+import uuid
+
+from kafka.protocol.admin import (
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
+)
+
+from ..errors import ErrorCode, KafkaProtocolError
+from .configs import CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_TOPIC, describe_topic_values
+from .context import RequestContext
+from .registry import api
+
+_ZERO_UUID = uuid.UUID(int=0)
+
+
+def _check_placement(ctx: RequestContext, replication_factor: int, broker_lists: list[list[int]]) -> None:
+    node = ctx.broker.node_id
+    if replication_factor not in (-1, 1):
+        raise KafkaProtocolError(ErrorCode.INVALID_REPLICATION_FACTOR,
+                                 f"replication factor {replication_factor} > 1 broker")
+    for brokers in broker_lists:
+        if list(brokers) != [node]:
+            raise KafkaProtocolError(ErrorCode.INVALID_REPLICA_ASSIGNMENT, f"only broker {node} exists")
+
+
+@api(CreateTopicsRequest, CreateTopicsResponse, 2, 7)
+async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTopicsResponse:
+    R = CreateTopicsResponse
+    logs = ctx.broker.logs
+    results = []
+    seen: set[str] = set()
+    for topic in request.topics:
+        result = R.CreatableTopicResult(name=topic.name, topic_id=_ZERO_UUID, error_code=0, error_message=None,
+                                        num_partitions=-1, replication_factor=-1, configs=None)
+        try:
+            if topic.name in seen:
+                raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, "topic named twice in one request")
+            seen.add(topic.name)
+            _check_placement(ctx, topic.replication_factor, [a.broker_ids for a in topic.assignments])
+            partitions = topic.num_partitions
+            if partitions == -1:
+                partitions = len(topic.assignments) or ctx.broker.config["num.partitions"]
+            overrides = {c.name: c.value for c in topic.configs if c.value is not None}
+            created = logs.create_topic(topic.name, partitions, overrides, validate_only=request.validate_only)
+            result.num_partitions = partitions
+            result.replication_factor = 1
+            if ctx.api_version >= 5:
+                values = describe_topic_values(ctx.broker.config, overrides)
+                result.configs = [
+                    R.CreatableTopicResult.CreatableTopicConfigs(
+                        name=name, value=value, read_only=False,
+                        config_source=CONFIG_SOURCE_TOPIC if from_topic else CONFIG_SOURCE_DEFAULT,
+                        is_sensitive=False)
+                    for name, value, from_topic in values
+                ]
+            if created is not None:
+                result.topic_id = created.topic_id
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, topics=results)
+
+
+@api(DeleteTopicsRequest, DeleteTopicsResponse, 1, 6)
+async def handle_delete_topics(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse:
+    R = DeleteTopicsResponse
+    logs = ctx.broker.logs
+    if ctx.api_version >= 6:
+        wanted = [(t.name, t.topic_id) for t in request.topics]
+    else:
+        wanted = [(name, None) for name in request.topic_names]
+    results = []
+    for name, topic_id in wanted:
+        result = R.DeletableTopicResult(name=name, topic_id=topic_id or _ZERO_UUID, error_code=0,
+                                        error_message=None)
+        try:
+            if name is None:
+                topic = logs.topic_by_id(topic_id) if topic_id else None
+                if topic is None:
+                    raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_ID, f"unknown topic id {topic_id}")
+                name = topic.name
+                result.name = name
+            deleted = logs.delete_topic(name)
+            result.topic_id = deleted.topic_id
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, responses=results)
+
+
+@api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 3)
+async def handle_create_partitions(ctx: RequestContext,
+                                   request: CreatePartitionsRequest) -> CreatePartitionsResponse:
+    R = CreatePartitionsResponse
+    results = []
+    for topic in request.topics:
+        result = R.CreatePartitionsTopicResult(name=topic.name, error_code=0, error_message=None)
+        try:
+            _check_placement(ctx, -1, [a.broker_ids for a in topic.assignments or []])
+            ctx.broker.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, results=results)

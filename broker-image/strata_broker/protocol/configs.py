@@ -1,0 +1,152 @@
+"""DescribeConfigs (topics and the broker) and IncrementalAlterConfigs (topics)."""
+
+from __future__ import annotations
+
+from kafka.protocol.admin import (
+    DescribeConfigsRequest,
+    DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+)
+
+from ..config import BROKER_CONFIGS, TOPIC_CONFIGS, BrokerConfig, ConfigError, parse_topic_config
+from ..errors import ErrorCode, KafkaProtocolError
+from .context import RequestContext
+from .registry import api
+
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+
+# DescribeConfigs config sources (Kafka's ConfigSource).
+CONFIG_SOURCE_TOPIC = 1
+CONFIG_SOURCE_STATIC_BROKER = 4
+CONFIG_SOURCE_DEFAULT = 5
+
+# Kafka's ConfigType for DescribeConfigs v3+.
+_TYPE_BOOLEAN, _TYPE_STRING, _TYPE_LONG, _TYPE_LIST = 1, 2, 5, 7
+
+OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
+
+
+def _config_type(name: str, value: object) -> int:
+    if name == "cleanup.policy":
+        return _TYPE_LIST
+    if isinstance(value, bool):
+        return _TYPE_BOOLEAN
+    if isinstance(value, int):
+        return _TYPE_LONG
+    return _TYPE_STRING
+
+
+def describe_topic_values(config: BrokerConfig, overrides: dict[str, str]) -> list[tuple[str, str, bool]]:
+    """(name, effective value, set on the topic) for every topic config."""
+    out = []
+    for name in TOPIC_CONFIGS:
+        if name in overrides:
+            out.append((name, overrides[name], True))
+        else:
+            out.append((name, config.topic_defaults[name], False))
+    return out
+
+
+@api(DescribeConfigsRequest, DescribeConfigsResponse, 1, 4)
+async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse:
+    R = DescribeConfigsResponse
+    Entry = R.DescribeConfigsResult.DescribeConfigsResourceResult
+    Synonym = Entry.DescribeConfigsSynonym
+    broker = ctx.broker
+    results = []
+    for resource in request.resources:
+        result = R.DescribeConfigsResult(error_code=0, error_message=None, resource_type=resource.resource_type,
+                                         resource_name=resource.resource_name, configs=[])
+        keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
+        try:
+            entries: list[tuple[str, str, int, bool]] = []  # name, value, source, read_only
+            if resource.resource_type == RESOURCE_TOPIC:
+                topic = broker.logs.get_topic(resource.resource_name)
+                for name, value, from_topic in describe_topic_values(broker.config, topic.overrides):
+                    entries.append((name, value, CONFIG_SOURCE_TOPIC if from_topic else CONFIG_SOURCE_DEFAULT, False))
+            elif resource.resource_type == RESOURCE_BROKER:
+                if resource.resource_name not in ("", str(broker.node_id)):
+                    raise KafkaProtocolError(ErrorCode.RESOURCE_NOT_FOUND, f"no broker {resource.resource_name}")
+                for name, value in broker.config.props.items():
+                    text = str(value).lower() if isinstance(value, bool) else str(value)
+                    entries.append((name, text, CONFIG_SOURCE_STATIC_BROKER, True))
+                for name, value in broker.config.topic_defaults.items():
+                    entries.append((name, value, CONFIG_SOURCE_STATIC_BROKER, True))
+            else:
+                raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
+                                         f"resource type {resource.resource_type} is not described here")
+            for name, value, source, read_only in entries:
+                if keys is not None and name not in keys:
+                    continue
+                known = TOPIC_CONFIGS.get(name) or BROKER_CONFIGS.get(name)
+                parsed = known.parse(value) if known else value
+                result.configs.append(Entry(
+                    name=name, value=value, read_only=read_only, config_source=source,
+                    is_default=source == CONFIG_SOURCE_DEFAULT, is_sensitive=False,
+                    synonyms=[Synonym(name=name, value=value, source=source)] if request.include_synonyms else [],
+                    config_type=_config_type(name, parsed),
+                    documentation=known.doc if (known and request.include_documentation) else None,
+                ))
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, results=results)
+
+
+def _apply_ops(current: dict[str, str], ops: list, defaults: dict[str, str]) -> dict[str, str]:
+    updated = dict(current)
+    for op in ops:
+        if op.name not in TOPIC_CONFIGS:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, f"unknown topic config {op.name!r}")
+        if op.config_operation == OP_SET:
+            if op.value is None:
+                raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, f"{op.name}: SET needs a value")
+            updated[op.name] = op.value
+        elif op.config_operation == OP_DELETE:
+            updated.pop(op.name, None)
+        elif op.config_operation in (OP_APPEND, OP_SUBTRACT):
+            if op.name != "cleanup.policy":
+                raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, f"{op.name} is not a list")
+            items = [v for v in updated.get(op.name, defaults[op.name]).split(",") if v]
+            change = [v for v in (op.value or "").split(",") if v]
+            if op.config_operation == OP_APPEND:
+                items += [v for v in change if v not in items]
+            else:
+                items = [v for v in items if v not in change]
+            updated[op.name] = ",".join(items)
+        else:
+            raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, f"unknown config operation {op.config_operation}")
+        if op.name in updated:
+            try:
+                parse_topic_config(op.name, updated[op.name])
+            except ConfigError as exc:
+                raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+    return updated
+
+
+@api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1)
+async def handle_incremental_alter_configs(
+    ctx: RequestContext, request: IncrementalAlterConfigsRequest
+) -> IncrementalAlterConfigsResponse:
+    R = IncrementalAlterConfigsResponse
+    broker = ctx.broker
+    results = []
+    for resource in request.resources:
+        result = R.AlterConfigsResourceResponse(error_code=0, error_message=None,
+                                                resource_type=resource.resource_type,
+                                                resource_name=resource.resource_name)
+        try:
+            if resource.resource_type != RESOURCE_TOPIC:
+                raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
+                                         "broker properties are static: restart the broker with --set")
+            topic = broker.logs.get_topic(resource.resource_name)
+            updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
+            broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, responses=results)

@@ -1,0 +1,79 @@
+"""Fetch: long poll with min_bytes / max_wait_ms, byte budgets, many partitions per request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kafka.protocol.consumer import FetchRequest, FetchResponse
+
+from ..errors import KafkaProtocolError
+from .context import RequestContext
+from .registry import api
+
+_TopicResponse = FetchResponse.FetchableTopicResponse
+_PartitionData = _TopicResponse.PartitionData
+
+
+@api(FetchRequest, FetchResponse, 4, 12)
+async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
+    logs = ctx.broker.logs
+    max_wait = max(0, request.max_wait_ms) / 1000.0
+    deadline = time.monotonic() + max_wait
+    while True:
+        topics, total, errors = _read_all(ctx, request)
+        remaining = deadline - time.monotonic()
+        if total >= max(1, request.min_bytes) or errors or remaining <= 0 or ctx.broker.closing:
+            break
+        waiter = asyncio.get_running_loop().create_future()
+        watched = []
+        for topic in request.topics:
+            for part in topic.partitions:
+                try:
+                    plog = logs.get_partition(topic.topic, part.partition)
+                except KafkaProtocolError:
+                    continue
+                plog.add_waiter(waiter)
+                watched.append(plog)
+        ctx.broker.add_shutdown_waiter(waiter)
+        try:
+            await asyncio.wait_for(waiter, remaining)
+        except TimeoutError:
+            pass
+        finally:
+            for plog in watched:
+                plog.remove_waiter(waiter)
+            ctx.broker.remove_shutdown_waiter(waiter)
+    return FetchResponse(version=ctx.api_version, throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
+
+
+def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicResponse], int, bool]:
+    logs = ctx.broker.logs
+    budget = request.max_bytes if ctx.api_version >= 3 else 1 << 31
+    total = 0
+    errors = False
+    topics = []
+    for topic in request.topics:
+        partitions = []
+        for part in topic.partitions:
+            data = _PartitionData(partition_index=part.partition, error_code=0, high_watermark=-1,
+                                  last_stable_offset=-1, log_start_offset=-1, aborted_transactions=None,
+                                  preferred_read_replica=-1, records=b"")
+            try:
+                plog = logs.get_partition(topic.topic, part.partition)
+                data.high_watermark = plog.high_watermark
+                data.last_stable_offset = plog.high_watermark
+                data.log_start_offset = plog.log_start_offset
+                limit = min(part.partition_max_bytes, budget - total)
+                if limit > 0 or total == 0:
+                    # KIP-74: the first batch of the response is returned whole even past the limits,
+                    # so a batch larger than max bytes never stalls a consumer.
+                    records = plog.read(part.fetch_offset, max(limit, 0), always_one=(total == 0))
+                    data.records = records
+                    total += len(records)
+            except KafkaProtocolError as exc:
+                data.error_code = int(exc.code)
+                errors = True
+            partitions.append(data)
+        topics.append(_TopicResponse(topic=topic.topic, partitions=partitions))
+    return topics, total, errors

@@ -1,0 +1,114 @@
+"""ApiVersions, Metadata and DescribeCluster: how clients discover the broker and its topics."""
+
+from __future__ import annotations
+
+import uuid
+
+from kafka.protocol.admin import DescribeClusterRequest, DescribeClusterResponse
+from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse
+
+from ..errors import ErrorCode, KafkaProtocolError
+from ..log.manager import validate_topic_name
+from .context import RequestContext
+from .registry import API_TABLE, api
+
+APIVERSIONS_MAX = 4
+_ZERO_UUID = uuid.UUID(int=0)
+
+
+def api_versions_response(version: int, error: ErrorCode = ErrorCode.NONE) -> ApiVersionsResponse:
+    keys = [
+        ApiVersionsResponse.ApiVersion(api_key=spec.key, min_version=spec.min_version, max_version=spec.max_version)
+        for spec in sorted(API_TABLE.values(), key=lambda s: s.key)
+    ]
+    return ApiVersionsResponse(version=version, error_code=int(error), api_keys=keys, throttle_time_ms=0)
+
+
+@api(ApiVersionsRequest, ApiVersionsResponse, 0, APIVERSIONS_MAX)
+async def handle_api_versions(ctx: RequestContext, request: ApiVersionsRequest) -> ApiVersionsResponse:
+    return api_versions_response(ctx.api_version)
+
+
+@api(MetadataRequest, MetadataResponse, 0, 12)
+async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> MetadataResponse:
+    broker = ctx.broker
+    logs = broker.logs
+    R = MetadataResponse
+    wanted = request.topics
+    # v0 asks for every topic with an empty list; v1+ with null.
+    if wanted is None or (ctx.api_version == 0 and not wanted):
+        names = [name for name, topic in logs.topics.items()]
+        auto_create = False
+    else:
+        names = []
+        for entry in wanted:
+            if entry.name is None and entry.topic_id not in (None, _ZERO_UUID):
+                topic = logs.topic_by_id(entry.topic_id)
+                names.append(topic.name if topic else f"\0{entry.topic_id}")
+            else:
+                names.append(entry.name or "")
+        auto_create = ctx.api_version < 4 or bool(request.allow_auto_topic_creation)
+    topics = []
+    for name in names:
+        topics.append(_describe_topic(ctx, name, auto_create))
+    node = broker.node_id
+    return R(
+        version=ctx.api_version,
+        throttle_time_ms=0,
+        brokers=[R.MetadataResponseBroker(node_id=node, host=broker.advertised_host, port=broker.advertised_port,
+                                          rack=None)],
+        cluster_id=broker.cluster_id,
+        # One broker is its own controller: admin clients send CreateTopics here.
+        controller_id=node,
+        topics=topics,
+    )
+
+
+def _describe_topic(ctx: RequestContext, name: str, auto_create: bool) -> MetadataResponse.MetadataResponseTopic:
+    R = MetadataResponse
+    broker = ctx.broker
+    logs = broker.logs
+    if name.startswith("\0"):
+        return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_ID),
+                                       name=None, topic_id=uuid.UUID(name[1:]), partitions=[])
+    topic = logs.topics.get(name)
+    if topic is None:
+        try:
+            validate_topic_name(name)
+        except KafkaProtocolError as exc:
+            return R.MetadataResponseTopic(error_code=int(exc.code), name=name, topic_id=_ZERO_UUID, partitions=[])
+        if auto_create and broker.config["auto.create.topics.enable"]:
+            topic = logs.create_topic(name, broker.config["num.partitions"], {})
+        else:
+            return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION), name=name,
+                                           topic_id=_ZERO_UUID, partitions=[])
+    node = broker.node_id
+    partitions = [
+        R.MetadataResponseTopic.MetadataResponsePartition(
+            error_code=0, partition_index=p, leader_id=node, leader_epoch=0, replica_nodes=[node],
+            isr_nodes=[node], offline_replicas=[])
+        for p in range(len(topic.partitions))
+    ]
+    return R.MetadataResponseTopic(error_code=0, name=topic.name, topic_id=topic.topic_id,
+                                   is_internal=topic.internal, partitions=partitions)
+
+
+@api(DescribeClusterRequest, DescribeClusterResponse, 0, 1)
+async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterRequest) -> DescribeClusterResponse:
+    broker = ctx.broker
+    R = DescribeClusterResponse
+    if ctx.api_version >= 1 and request.endpoint_type != 1:
+        return R(version=ctx.api_version, error_code=int(ErrorCode.INVALID_REQUEST),
+                 error_message="only broker endpoints (type 1) are served", cluster_id=broker.cluster_id,
+                 controller_id=broker.node_id, brokers=[], endpoint_type=request.endpoint_type)
+    return R(
+        version=ctx.api_version,
+        throttle_time_ms=0,
+        error_code=0,
+        error_message=None,
+        endpoint_type=1,
+        cluster_id=broker.cluster_id,
+        controller_id=broker.node_id,
+        brokers=[R.DescribeClusterBroker(broker_id=broker.node_id, host=broker.advertised_host,
+                                         port=broker.advertised_port, rack=None)],
+    )

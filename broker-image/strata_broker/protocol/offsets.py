@@ -1,0 +1,50 @@
+"""ListOffsets: earliest, latest, max timestamp, and the first offset at or after a timestamp."""
+
+from __future__ import annotations
+
+from kafka.protocol.consumer import ListOffsetsRequest, ListOffsetsResponse
+
+from ..errors import KafkaProtocolError
+from .context import RequestContext
+from .registry import api
+
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3
+EARLIEST_LOCAL = -4
+
+_TopicResponse = ListOffsetsResponse.ListOffsetsTopicResponse
+_PartitionResponse = _TopicResponse.ListOffsetsPartitionResponse
+
+
+@api(ListOffsetsRequest, ListOffsetsResponse, 1, 8)
+async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
+    logs = ctx.broker.logs
+    topics = []
+    for topic in request.topics:
+        partitions = []
+        for part in topic.partitions:
+            response = _PartitionResponse(partition_index=part.partition_index, error_code=0, timestamp=-1,
+                                          offset=-1, leader_epoch=0)
+            try:
+                plog = logs.get_partition(topic.name, part.partition_index)
+                ts = part.timestamp
+                if ts == LATEST:
+                    response.offset = plog.high_watermark
+                elif ts in (EARLIEST, EARLIEST_LOCAL):
+                    response.offset = plog.log_start_offset
+                elif ts == MAX_TIMESTAMP:
+                    found = plog.max_timestamp_offset()
+                    if found is not None:
+                        response.offset, response.timestamp = found
+                elif ts >= 0:
+                    found = plog.offset_for_timestamp(ts)
+                    if found is not None:
+                        response.offset, response.timestamp = found
+                else:
+                    response.error_code = 42  # INVALID_REQUEST: unknown special timestamp
+            except KafkaProtocolError as exc:
+                response.error_code = int(exc.code)
+            partitions.append(response)
+        topics.append(_TopicResponse(name=topic.name, partitions=partitions))
+    return ListOffsetsResponse(version=ctx.api_version, throttle_time_ms=0, topics=topics)

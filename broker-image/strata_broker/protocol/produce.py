@@ -1,0 +1,73 @@
+"""Produce: validate batches, assign offsets, and answer per acks (0, 1, or all after fsync)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kafka.protocol.producer import ProduceRequest, ProduceResponse
+
+from ..errors import ErrorCode, KafkaProtocolError
+from ..log.segment import Segment
+from .context import RequestContext
+from .registry import api
+
+log = logging.getLogger(__name__)
+
+_TopicResponse = ProduceResponse.TopicProduceResponse
+_PartitionResponse = _TopicResponse.PartitionProduceResponse
+
+
+@api(ProduceRequest, ProduceResponse, 3, 11)
+async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
+    logs = ctx.broker.logs
+    acks = request.acks
+    request_error: KafkaProtocolError | None = None
+    if acks not in (0, 1, -1):
+        request_error = KafkaProtocolError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks={acks}")
+    elif request.transactional_id is not None:
+        request_error = KafkaProtocolError(ErrorCode.INVALID_REQUEST, "transactions are not supported")
+
+    # Appends happen here, before the first await, so requests pipelined on one connection
+    # are applied in the order they arrived.
+    results: list[tuple[str, list[_PartitionResponse]]] = []
+    to_sync: set[Segment] = set()
+    for topic_data in request.topic_data:
+        partitions = []
+        for pdata in topic_data.partition_data:
+            response = _PartitionResponse(index=pdata.index, error_code=0, base_offset=-1, log_append_time_ms=-1,
+                                          log_start_offset=-1)
+            try:
+                if request_error is not None:
+                    raise request_error
+                plog = logs.get_partition(topic_data.name, pdata.index)
+                if pdata.records is None:
+                    raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
+                result = plog.append(pdata.records)
+                response.base_offset = result.base_offset
+                response.log_start_offset = plog.log_start_offset
+                if result.segment is not None and acks == -1:
+                    to_sync.add(result.segment)
+            except KafkaProtocolError as exc:
+                response.error_code = int(exc.code)
+                if ctx.api_version >= 8:
+                    response.error_message = exc.message
+                log.debug("produce to %s-%d refused: %s", topic_data.name, pdata.index, exc.message)
+            partitions.append(response)
+        results.append((topic_data.name, partitions))
+
+    if to_sync:
+        try:
+            await asyncio.gather(*(logs.group_commit.sync(segment) for segment in to_sync))
+        except KafkaProtocolError as exc:
+            for _, partitions in results:
+                for response in partitions:
+                    if response.error_code == 0:
+                        response.error_code = int(exc.code)
+    if acks == 0:
+        return None
+    return ProduceResponse(
+        version=ctx.api_version,
+        responses=[_TopicResponse(name=name, partition_responses=partitions) for name, partitions in results],
+        throttle_time_ms=0,
+    )
