@@ -19,8 +19,9 @@ def free_port() -> int:
 
 class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, advertise: str | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.advertise = advertise
         self.port = port or free_port()
         self.settings = dict(settings or {})
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.broker.log"
@@ -33,6 +34,8 @@ class BrokerProcess:
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(self.data_dir),
                "--listen", self.bootstrap]
+        if self.advertise:
+            cmd += ["--advertise", self.advertise]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={value}"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     """Brokers of the test's own, for tests that kill, restart or configure them."""
     started: list[BrokerProcess] = []
 
-    def make(settings: dict[str, str] | None = None, name: str = "broker") -> BrokerProcess:
-        proc = BrokerProcess(tmp_path / name, settings=settings).start()
+    def make(settings: dict[str, str] | None = None, name: str = "broker", port: int | None = None,
+             advertise: str | None = None) -> BrokerProcess:
+        proc = BrokerProcess(tmp_path / name, port=port, settings=settings, advertise=advertise).start()
         started.append(proc)
         return proc
 

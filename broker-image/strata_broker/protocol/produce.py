@@ -18,7 +18,9 @@ _TopicResponse = ProduceResponse.TopicProduceResponse
 _PartitionResponse = _TopicResponse.PartitionProduceResponse
 
 
-@api(ProduceRequest, ProduceResponse, 3, 11)
+# v0-2 (magic 0/1 message sets) are advertised but their batches are refused, as Kafka 4 does
+# (KIP-896): librdkafka only enables gzip/snappy/lz4 when the advertised range includes v0.
+@api(ProduceRequest, ProduceResponse, 0, 11)
 async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
     logs = ctx.broker.logs
     acks = request.acks

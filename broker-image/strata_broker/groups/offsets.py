@@ -1,0 +1,235 @@
+"""Committed offsets, kept in memory and written through the log to `__consumer_offsets`.
+
+Records use Kafka's own key/value layout for that topic (so Kafka tooling that reads it,
+e.g. an offsets formatter, understands it):
+
+- key   v1: int16 version=1, string group, string topic, int32 partition
+- value v3: int16 version=3, int64 offset, int32 leader epoch, string metadata, int64 commit time
+- a null value is a tombstone (offset deleted)
+
+Group-metadata records (key v2) are not written: membership is rebuilt by the clients
+after a restart. On startup every partition of the topic is replayed; the last record for
+a key wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from dataclasses import dataclass
+
+from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.memory_records import MemoryRecords
+
+from ..errors import ErrorCode, KafkaProtocolError
+from ..log.manager import LogManager
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TOPIC = "__consumer_offsets"
+
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_I64 = struct.Struct(">q")
+
+# Like Kafka's offsets.topic.* settings: never expire by time or size (the key space is bounded
+# by groups x partitions; compaction, when present, keeps the newest record per key).
+OFFSETS_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "segment.bytes": str(100 * 1024 * 1024),
+}
+
+
+@dataclass(frozen=True)
+class CommittedOffset:
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+    commit_timestamp: int
+
+
+def java_string_hash(value: str) -> int:
+    """Java's String.hashCode (over UTF-16 code units), as Kafka uses to place a group."""
+    h = 0
+    data = value.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
+    return h
+
+
+def partition_for(group_id: str, partitions: int) -> int:
+    return (java_string_hash(group_id) & 0x7FFFFFFF) % partitions
+
+
+def _put_string(out: bytearray, value: str | None) -> None:
+    if value is None:
+        out += _I16.pack(-1)
+        return
+    raw = value.encode("utf-8")
+    out += _I16.pack(len(raw))
+    out += raw
+
+
+def _get_string(buf: bytes, pos: int) -> tuple[str | None, int]:
+    (length,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    if length < 0:
+        return None, pos
+    return bytes(buf[pos:pos + length]).decode("utf-8"), pos + length
+
+
+def encode_key(group_id: str, topic: str, partition: int) -> bytes:
+    out = bytearray(_I16.pack(1))
+    _put_string(out, group_id)
+    _put_string(out, topic)
+    out += _I32.pack(partition)
+    return bytes(out)
+
+
+def encode_value(entry: CommittedOffset) -> bytes:
+    out = bytearray(_I16.pack(3))
+    out += _I64.pack(entry.offset)
+    out += _I32.pack(entry.leader_epoch)
+    _put_string(out, entry.metadata)
+    out += _I64.pack(entry.commit_timestamp)
+    return bytes(out)
+
+
+def decode_key(buf: bytes) -> tuple[str, str, int] | None:
+    """(group, topic, partition) of an offset-commit key; None for other key kinds."""
+    (version,) = _I16.unpack_from(buf, 0)
+    if version not in (0, 1):
+        return None
+    group, pos = _get_string(buf, 2)
+    topic, pos = _get_string(buf, pos)
+    (partition,) = _I32.unpack_from(buf, pos)
+    if group is None or topic is None:
+        return None
+    return group, topic, partition
+
+
+def decode_value(buf: bytes) -> CommittedOffset:
+    (version,) = _I16.unpack_from(buf, 0)
+    (offset,) = _I64.unpack_from(buf, 2)
+    pos = 10
+    epoch = -1
+    if version >= 3:
+        (epoch,) = _I32.unpack_from(buf, pos)
+        pos += 4
+    metadata, pos = _get_string(buf, pos)
+    (timestamp,) = _I64.unpack_from(buf, pos)
+    return CommittedOffset(offset, epoch, metadata, timestamp)
+
+
+class OffsetStore:
+    """group -> {(topic, partition): CommittedOffset}, durable in `__consumer_offsets`."""
+
+    def __init__(self, logs: LogManager, num_partitions: int) -> None:
+        self.logs = logs
+        self.num_partitions = num_partitions
+        self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+
+    # ---- startup -----------------------------------------------------------------------
+
+    def load(self) -> int:
+        """Replay the topic if it exists; returns the number of records read."""
+        topic = self.logs.topics.get(OFFSETS_TOPIC)
+        if topic is None:
+            return 0
+        self.num_partitions = len(topic.partitions)
+        started = time.monotonic()
+        count = 0
+        for plog in topic.partitions:
+            position = plog.log_start_offset
+            while position < plog.log_end_offset:
+                data = plog.read(position, 1 << 20, always_one=True)
+                if not data:
+                    break
+                records = MemoryRecords(bytes(data))
+                while records.has_next():
+                    batch = records.next_batch()
+                    if batch is None:
+                        break
+                    if getattr(batch, "is_control_batch", False):
+                        position = batch.next_offset
+                        continue
+                    for record in batch:
+                        if record.offset >= position:
+                            count += 1
+                            self._apply(record.key, record.value)
+                    position = max(position, batch.next_offset)
+        log.info("loaded %d committed offsets of %d group(s) from %d record(s) of %s in %.3fs",
+                 sum(len(v) for v in self.offsets.values()), len(self.offsets), count, OFFSETS_TOPIC,
+                 time.monotonic() - started)
+        return count
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if not key:
+            return
+        try:
+            parsed = decode_key(bytes(key))
+            if parsed is None:
+                return
+            group, topic, partition = parsed
+            if value is None:
+                self._forget(group, topic, partition)
+            else:
+                self.offsets.setdefault(group, {})[(topic, partition)] = decode_value(bytes(value))
+        except (struct.error, UnicodeDecodeError, IndexError):
+            log.warning("skipping an unreadable record in %s", OFFSETS_TOPIC)
+
+    def _forget(self, group: str, topic: str, partition: int) -> None:
+        entries = self.offsets.get(group)
+        if entries is not None:
+            entries.pop((topic, partition), None)
+            if not entries:
+                del self.offsets[group]
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def group_offsets(self, group_id: str) -> dict[tuple[str, int], CommittedOffset]:
+        return self.offsets.get(group_id, {})
+
+    def groups(self) -> list[str]:
+        return list(self.offsets)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _ensure_topic(self) -> None:
+        if OFFSETS_TOPIC not in self.logs.topics:
+            self.logs.create_topic(OFFSETS_TOPIC, self.num_partitions, dict(OFFSETS_TOPIC_CONFIG), internal=True)
+
+    async def write(self, group_id: str, updates: dict[tuple[str, int], CommittedOffset | None]) -> None:
+        """Append (tombstones for None), fsync, then apply: acknowledged commits survive a crash."""
+        if not updates:
+            return
+        self._ensure_topic()
+        topic = self.logs.topics[OFFSETS_TOPIC]
+        plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                            producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
+        now = int(time.time() * 1000)
+        for i, ((topic_name, partition), entry) in enumerate(updates.items()):
+            builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
+                           value=None if entry is None else encode_value(entry), headers=[])
+        result = plog.append(bytes(builder.build()))
+        if result.segment is not None:
+            try:
+                await self.logs.group_commit.sync(result.segment)
+            except KafkaProtocolError:
+                raise
+            except OSError as exc:
+                raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
+        for (topic_name, partition), entry in updates.items():
+            if entry is None:
+                self._forget(group_id, topic_name, partition)
+            else:
+                self.offsets.setdefault(group_id, {})[(topic_name, partition)] = entry
+
+    async def delete_group(self, group_id: str) -> None:
+        entries = self.offsets.get(group_id)
+        if entries:
+            await self.write(group_id, {tp: None for tp in list(entries)})
