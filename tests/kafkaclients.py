@@ -77,7 +77,8 @@ def consume_confluent(bootstrap: str, topic: str, partitions: int, expected: int
 
 # ---- kafka-python -----------------------------------------------------------------------------
 
-def produce_kafka_python(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], **conf: object) -> list[Record]:
+def produce_kafka_python(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
+                         **conf: object) -> list[Record]:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **conf)
     futures = [producer.send(topic, key=key, value=value) for key, value in records]
     producer.flush(60)

@@ -16,7 +16,8 @@ def wait(futures: dict) -> dict:
 
 def test_topic_lifecycle_with_confluent_admin(broker, topic_name):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    wait(admin.create_topics([NewTopic(topic_name, 3, 1, config={"retention.ms": "123456", "cleanup.policy": "delete"})]))
+    configs = {"retention.ms": "123456", "cleanup.policy": "delete"}
+    wait(admin.create_topics([NewTopic(topic_name, 3, 1, config=configs)]))
     meta = admin.list_topics(timeout=10)
     assert len(meta.topics[topic_name].partitions) == 3
 
