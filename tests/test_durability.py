@@ -79,4 +79,18 @@ def test_acks_all_survives_sigkill(broker_factory, topic_name):
     for partition, sequence in by_partition.items():
         assert sequence == sorted(sequence), f"partition {partition} out of order"
     # And the broker recovered after each crash (an unclean start was logged, then it served again).
-    assert broker.log_tail(400).count("unclean shutdown before") >= 3
+    assert broker.log_tail(400).count("previous shutdown: crash") >= 3
+
+
+def test_sigterm_shuts_down_cleanly_and_restart_skips_recovery(broker_factory, topic_name):
+    from kafkaclients import consume_kafka_python, produce_kafka_python
+
+    broker = broker_factory()
+    create_topic(broker.bootstrap, topic_name, 2)
+    produce_kafka_python(broker.bootstrap, topic_name, [(b"k%d" % i, b"v%d" % i) for i in range(100)])
+    assert broker.stop() == 0
+    assert "stopped cleanly" in broker.log_tail()
+    broker.start()
+    assert "previous shutdown: clean" in broker.log_tail(5)
+    records = consume_kafka_python(broker.bootstrap, topic_name, 2, expected=100, timeout=20)
+    assert sorted(r.value for r in records) == sorted(b"v%d" % i for i in range(100))

@@ -55,7 +55,13 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
             (size,) = _SIZE.unpack(size_bytes)
             if size < _HEADER_PREFIX.size or size > max_frame:
                 raise ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, {max_frame}]")
-            frame = await reader.readexactly(size)
+            try:
+                # A peer that announces a frame and then stalls is idle too: without this timeout a
+                # truncated frame would pin the connection (and its buffer) forever.
+                frame = await asyncio.wait_for(reader.readexactly(size), idle_timeout)
+            except TimeoutError:
+                log.info("closing connection from %s: stalled after announcing a %d-byte frame", peer, size)
+                break
             future = _dispatch(broker, frame, peer)
             if future is not None:
                 await outbox.put(future)
@@ -77,7 +83,25 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
                 await asyncio.wait_for(asyncio.shield(responder), 10.0)
             except (TimeoutError, asyncio.CancelledError, ConnectionError):
                 responder.cancel()
+        _abandon(outbox)
         writer.close()
+
+
+def _abandon(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None]) -> None:
+    """Cancel the requests of a closed connection that never got answered (e.g. long polls).
+
+    Left alone they would run on (a Fetch for up to its max_wait_ms) with nobody to answer, and an
+    exception they raised would surface as "Task exception was never retrieved".
+    """
+    while not outbox.empty():
+        future = outbox.get_nowait()
+        if future is None:
+            continue
+        if future.done():
+            if not future.cancelled():
+                future.exception()  # mark it retrieved; the connection is gone either way
+        else:
+            future.cancel()
 
 
 def _dispatch(broker: Broker, frame: bytes, peer: str) -> asyncio.Future[bytes | None] | None:

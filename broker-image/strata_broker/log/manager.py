@@ -126,8 +126,9 @@ class LogManager:
             self._open_topic(meta, clean)
         ids = read_json(os.path.join(self.meta_dir, "producer-ids.json")) or {}
         self._next_producer_id = self._producer_id_limit = int(ids.get("next_block", 0))
-        log.info("opened %d topic(s) from %s in %.3fs (%s shutdown before)", len(self.topics), self.data_dir,
-                 time.monotonic() - started, "clean" if clean else "unclean")
+        previous = "clean" if clean else ("crash, tails recovered" if self.topics else "none")
+        log.info("opened %d topic(s) from %s in %.3fs (previous shutdown: %s)", len(self.topics), self.data_dir,
+                 time.monotonic() - started, previous)
 
     def _open_topic(self, meta: dict, clean: bool) -> Topic:
         overrides = {str(k): str(v) for k, v in meta.get("configs", {}).items()}
