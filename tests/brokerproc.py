@@ -19,9 +19,11 @@ def free_port() -> int:
 
 class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None,
-                 log_path: Path | None = None, advertise: str | None = None) -> None:
+                 log_path: Path | None = None, advertise: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.advertise = advertise
+        self.env = env
         self.port = port or free_port()
         self.settings = dict(settings or {})
         self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}.broker.log"
@@ -40,7 +42,8 @@ class BrokerProcess:
             cmd += ["--set", f"{key}={value}"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

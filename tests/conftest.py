@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from brokerproc import BrokerProcess
+from s3server import S3Bucket, S3Server
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +24,8 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def make(settings: dict[str, str] | None = None, name: str = "broker", port: int | None = None,
-             advertise: str | None = None) -> BrokerProcess:
-        proc = BrokerProcess(tmp_path / name, port=port, settings=settings, advertise=advertise).start()
+             advertise: str | None = None, env: dict[str, str] | None = None) -> BrokerProcess:
+        proc = BrokerProcess(tmp_path / name, port=port, settings=settings, advertise=advertise, env=env).start()
         started.append(proc)
         return proc
 
@@ -37,3 +38,17 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
 @pytest.fixture
 def topic_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 HTTP endpoint on loopback: moto in server mode, as its own process."""
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Bucket:
+    """A fresh bucket for one test."""
+    return s3_server.new_bucket()

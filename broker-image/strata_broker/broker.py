@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 from .config import BrokerConfig
+from .groups import GroupCoordinator
 from .log.manager import LogManager
 from .server import serve_connection
+from .tier.manager import TierManager
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,8 @@ class Broker:
         self.listen_host, self.listen_port = listen
         self._advertise = advertise
         self.logs = LogManager(data_dir, config)
+        self.tier: TierManager | None = TierManager(config, data_dir) if config["tiered.s3.bucket"] else None
+        self.groups: GroupCoordinator | None = None
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -45,14 +50,27 @@ class Broker:
         return self._advertise[1] if self._advertise else self.listen_port
 
     async def start(self) -> None:
+        if self.tier is not None:
+            await self.tier.open()
+            os.makedirs(os.path.join(self.logs.meta_dir, "topics"), exist_ok=True)
+            await self.tier.restore(self.logs.data_dir, self.logs.meta_dir)
         self.logs.open()
+        if self.tier is not None:
+            self.tier.attach(self.logs)
+            self.logs.listener = self.tier
+        self.groups = GroupCoordinator(self)
+        self.groups.start()
         self._server = await asyncio.start_server(self._on_connection, self.listen_host, self.listen_port,
                                                   reuse_address=True, limit=1 << 20)
         if self.listen_port == 0:
             self.listen_port = self._server.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
+        if self.tier is not None:
+            tick_ms = max(100, min(1000, self.config["tiered.upload.interval.ms"] // 4))
+            self._tasks.append(loop.create_task(self._every(tick_ms, self.tier.tick)))
         if self.config["log.flush.interval.ms"] > 0:
             self._tasks.append(loop.create_task(self._every(self.config["log.flush.interval.ms"],
                                                             self.logs.flush_dirty)))
@@ -101,6 +119,8 @@ class Broker:
                 future.set_result(None)
         for task in self._tasks:
             task.cancel()
+        if self.groups is not None:
+            self.groups.stop()
         if self._connections:
             _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
             for task in pending:
@@ -108,5 +128,7 @@ class Broker:
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
         self.logs.close()
+        if self.tier is not None:
+            await self.tier.close()
         self._stopped.set()
         log.info("stopped cleanly")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 import click
 
-from .config import BrokerConfig, ConfigError
+from .config import BrokerConfig, ConfigError, env_overrides
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -33,7 +34,7 @@ def main(data_dir: str, listen: str, advertise: str | None, broker_id: int, sett
     """Run a Kafka-compatible Strata broker."""
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, str] = {}
+    overrides: dict[str, str] = env_overrides(os.environ)
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -29,6 +29,12 @@ def _timestamp_type(value: str) -> str:
     return value
 
 
+def _durability(value: str) -> str:
+    if value not in ("disk", "s3"):
+        raise ValueError("strata.durability must be disk or s3")
+    return value
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -59,6 +65,12 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("max.message.bytes", _int_at_least(0), str(1048588), "largest record batch"),
         ConfigKey("index.interval.bytes", _int_at_least(0), "4096", "bytes between index entries"),
         ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime", "CreateTime only"),
+        # Tiered storage (KIP-405 names). The default of remote.storage.enable follows
+        # whether the broker has a bucket; -2 for local retention means "same as total".
+        ConfigKey("remote.storage.enable", _bool, "false", "offload closed segments to S3"),
+        ConfigKey("local.retention.ms", _int_at_least(-2), "-2", "hot retention on disk; -2 = retention.ms"),
+        ConfigKey("local.retention.bytes", _int_at_least(-2), "-2", "hot bytes on disk; -2 = retention.bytes"),
+        ConfigKey("strata.durability", _durability, "disk", "acks=all waits for: disk (fsync) or s3"),
     ]
 }
 
@@ -75,8 +87,33 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
+        ConfigKey("tiered.s3.bucket", str, "", "S3 bucket for closed segments; empty = no tiering"),
+        ConfigKey("tiered.s3.prefix", str, "", "key prefix inside the bucket"),
+        ConfigKey("tiered.s3.endpoint", str, "", "S3 endpoint URL; empty = AWS"),
+        ConfigKey("tiered.s3.region", str, "us-east-1", "S3 region"),
+        ConfigKey("tiered.upload.interval.ms", _int_at_least(100), "300000",
+                  "a non-empty active segment is rolled and uploaded at least this often"),
+        ConfigKey("tiered.cache.bytes", _int_at_least(0), str(256 << 20), "on-disk cache of remote chunks"),
+        ConfigKey("tiered.chunk.bytes", _int_at_least(64 << 10), str(4 << 20), "ranged GET size"),
+        ConfigKey("tiered.prefetch.chunks", _int_at_least(0), "2", "chunks read ahead of a sequential reader"),
+        ConfigKey("tiered.fetch.timeout.ms", _int_at_least(100), "10000", "a remote read gives up after this"),
+        ConfigKey("tiered.upload.concurrency", _int_at_least(1), "4", "segments uploaded at once"),
+        ConfigKey("tiered.s3.commit.interval.ms", _int_at_least(1), "50",
+                  "strata.durability=s3: how long acks=all batches gather before one S3 write"),
     ]
 }
+
+# Broker properties that may also come from the environment: STRATA_TIERED_S3_BUCKET etc.
+ENV_PREFIX = "STRATA_"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for name in BROKER_CONFIGS:
+        env_name = ENV_PREFIX + name.upper().replace(".", "_")
+        if env_name in environ:
+            out[name] = environ[env_name]
+    return out
 
 # Kafka's broker property names for topic defaults (server.properties style).
 BROKER_ALIASES = {
@@ -116,6 +153,8 @@ class BrokerConfig:
     def from_overrides(cls, overrides: Mapping[str, str]) -> BrokerConfig:
         props = {name: key.parse(key.default) for name, key in BROKER_CONFIGS.items()}
         topic_defaults = {name: key.default for name, key in TOPIC_CONFIGS.items()}
+        bucket = overrides.get("tiered.s3.bucket", "")
+        topic_defaults["remote.storage.enable"] = "true" if bucket else "false"
         for raw_name, value in overrides.items():
             name = BROKER_ALIASES.get(raw_name, raw_name)
             if name in BROKER_CONFIGS:
@@ -166,3 +205,21 @@ class TopicConfig:
     @property
     def index_interval_bytes(self) -> int:
         return self.values["index.interval.bytes"]
+
+    @property
+    def remote_storage(self) -> bool:
+        return self.values["remote.storage.enable"]
+
+    @property
+    def local_retention_ms(self) -> int:
+        value = self.values["local.retention.ms"]
+        return self.retention_ms if value == -2 else value
+
+    @property
+    def local_retention_bytes(self) -> int:
+        value = self.values["local.retention.bytes"]
+        return self.retention_bytes if value == -2 else value
+
+    @property
+    def durability(self) -> str:
+        return self.values["strata.durability"]

@@ -123,9 +123,43 @@ def _dispatch(broker: Broker, frame: bytes, peer: str) -> asyncio.Future[bytes |
         request = spec.request.decode(frame, version=api_version, header=True)
     except Exception as exc:  # kafka-python raises assorted errors on malformed bodies
         raise ConnectionClosed(f"malformed {spec.name} v{api_version}: {exc!r}") from None
+    null_field = _null_in_non_nullable(spec.request._struct, request, api_version)
+    if null_field is not None:
+        raise ConnectionClosed(f"malformed {spec.name} v{api_version}: non-nullable {null_field} is null")
     ctx = RequestContext(broker=broker, api_version=api_version, correlation_id=correlation_id,
                          client_id=request.header.client_id if request.header else None, peer=peer)
     return asyncio.get_running_loop().create_task(_handle(spec, ctx, request))
+
+
+_NULLABLE_ON_WIRE = frozenset({"string", "bytes", "records"})
+
+
+def _null_in_non_nullable(struct: Any, data: Any, version: int) -> str | None:
+    """The path of a field the request sent as null (length -1) although its schema forbids it.
+
+    kafka-python decodes a -1 array/string length as None whatever the field's nullableVersions;
+    Kafka's own parser rejects it, and handlers rely on it not happening.
+    """
+    for field in struct.untagged_fields(version):
+        value = getattr(data, field.name, None)
+        if value is None:
+            # (a None uuid is the all-zero one, and numbers are never None)
+            if (field.is_array() or field.is_struct() or field.type_str in _NULLABLE_ON_WIRE) \
+                    and not field.nullable_for_version_q(version):
+                return field.name
+        elif field.is_struct_array():
+            for item in value:
+                inner = _null_in_non_nullable(field.array_of, item, version)
+                if inner is not None:
+                    return f"{field.name}[].{inner}"
+        elif field.is_array():
+            if None in value:  # elements of a []string are never nullable
+                return f"{field.name}[]"
+        elif field.is_struct():
+            inner = _null_in_non_nullable(field, value, version)
+            if inner is not None:
+                return f"{field.name}.{inner}"
+    return None
 
 
 async def _handle(spec: Any, ctx: RequestContext, request: Any) -> bytes | None:

@@ -147,7 +147,8 @@ class GroupCoordinator:
             if now_ms - since < self.offsets_retention_ms:
                 continue
             entries = self.offsets.group_offsets(group_id)
-            expired = {tp: None for tp, e in entries.items() if now_ms - e.commit_timestamp >= self.offsets_retention_ms}
+            expired = {tp: None for tp, e in entries.items()
+                       if now_ms - e.commit_timestamp >= self.offsets_retention_ms}
             if expired:
                 log.info("expiring %d offset(s) of empty group %s", len(expired), group_id)
                 await self.offsets.write(group_id, expired)  # type: ignore[arg-type]
@@ -351,7 +352,6 @@ class GroupCoordinator:
         if not group.members:
             group.state = GroupState.EMPTY
             group.protocol_name = None
-            group.protocol_type = None if not group.members else group.protocol_type
             group.leader_id = None
             log.info("group %s is empty in generation %d", group.group_id, group.generation_id)
             self._empty_since[group.group_id] = int(time.time() * 1000)

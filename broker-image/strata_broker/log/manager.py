@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import BrokerConfig, TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
@@ -91,6 +92,16 @@ def _fsync_all(segments: set[Segment]) -> None:
                 raise
 
 
+class TopicListener(Protocol):
+    """Told about topic changes (the tier mirrors them into the bucket)."""
+
+    def topic_created(self, topic: Topic) -> None: ...
+
+    def topic_changed(self, topic: Topic) -> None: ...
+
+    def topic_deleted(self, topic: Topic) -> None: ...
+
+
 class LogManager:
     def __init__(self, data_dir: str, config: BrokerConfig) -> None:
         self.data_dir = os.path.abspath(data_dir)
@@ -101,6 +112,7 @@ class LogManager:
         self._lock_fd = -1
         self._next_producer_id = 0
         self._producer_id_limit = 0
+        self.listener: TopicListener | None = None
 
     # ---- startup and shutdown -----------------------------------------------------------
 
@@ -184,6 +196,8 @@ class LogManager:
         self._write_topic_meta(topic)
         self.topics[name] = topic
         log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.topic_id)
+        if self.listener is not None:
+            self.listener.topic_created(topic)
         return topic
 
     def delete_topic(self, name: str) -> Topic:
@@ -198,6 +212,8 @@ class LogManager:
             os.replace(plog.directory, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         log.info("deleted topic %s", name)
+        if self.listener is not None:
+            self.listener.topic_deleted(topic)
         return topic
 
     def create_partitions(self, name: str, count: int, validate_only: bool = False) -> None:
@@ -214,6 +230,8 @@ class LogManager:
             topic.partitions.append(
                 PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
         self._write_topic_meta(topic)
+        if self.listener is not None:
+            self.listener.topic_changed(topic)
 
     def alter_topic_config(self, name: str, overrides: dict[str, str], validate_only: bool = False) -> None:
         topic = self.get_topic(name)
@@ -228,6 +246,8 @@ class LogManager:
         for plog in topic.partitions:
             plog.config = config
         self._write_topic_meta(topic)
+        if self.listener is not None:
+            self.listener.topic_changed(topic)
 
     def get_topic(self, name: str) -> Topic:
         topic = self.topics.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
+from ..tier.manifest import RemoteManifest
 from .batch import BatchHeader, set_base_offset, validate_batches
 from .files import read_json, write_json_atomic
 from .producer_state import ProducerState
@@ -22,6 +24,16 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
+REMOTE_MANIFEST = "remote-manifest.json"
+
+
+class OffsetInRemoteStorage(Exception):
+    """The offset is below the local log start but in S3: the caller reads it through the tier."""
+
+
+def snapshot_name(offset: int) -> str:
+    """Producer state as of offset, kept beside the segment that ends there (uploaded with it)."""
+    return f"{offset:020d}.snapshot"
 
 
 class AppendResult:
@@ -43,6 +55,8 @@ class PartitionLog:
         self.log_start_offset = 0
         self.producers = ProducerState()
         self._waiters: set[asyncio.Future[None]] = set()
+        # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
+        self.remote: RemoteManifest | None = None
 
     # ---- opening and recovery -----------------------------------------------------------
 
@@ -64,7 +78,8 @@ class PartitionLog:
         for base in bases:
             self.segments.append(Segment(self.directory, base, self.config.index_interval_bytes))
         if not self.segments:
-            start = int(checkpoint.get("log_start_offset", 0))
+            # A partition restored from S3 starts its local log where the bucket ends.
+            start = max(int(checkpoint.get("log_start_offset", 0)), int(checkpoint.get("log_end_offset", 0)))
             self.segments.append(Segment(self.directory, start, self.config.index_interval_bytes))
         # Segments wholly below the recovery point were fsynced with their indexes at roll time;
         # after a crash only the tail from the recovery point on is scanned, so restart time does
@@ -82,7 +97,13 @@ class PartitionLog:
                     later.delete()
                 del self.segments[i + 1:]
                 break
-        self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), self.segments[0].base_offset)
+        manifest = read_json(os.path.join(self.directory, REMOTE_MANIFEST))
+        if manifest is not None:
+            self.remote = RemoteManifest.from_json(json.dumps(manifest))
+        floor = self.segments[0].base_offset
+        if self.remote is not None and self.remote.segments:
+            floor = min(floor, self.remote.log_start_offset)
+        self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), floor)
         self._load_producer_state()
 
     def _load_producer_state(self) -> None:
@@ -107,6 +128,15 @@ class PartitionLog:
         return self.segments[-1]
 
     @property
+    def local_start_offset(self) -> int:
+        return self.segments[0].base_offset
+
+    @property
+    def remote_end_offset(self) -> int:
+        """One past the highest offset safely in S3 (0 when nothing is)."""
+        return self.remote.end_offset if self.remote is not None else 0
+
+    @property
     def log_end_offset(self) -> int:
         return self.active.next_offset
 
@@ -126,7 +156,8 @@ class PartitionLog:
                 "log_start_offset": self.log_start_offset,
                 "recovery_point": self.active.base_offset if recovery_point is None else recovery_point,
                 "high_watermark": self.high_watermark,
-                "remote_offset": -1,
+                "log_end_offset": self.log_end_offset,
+                "remote_offset": self.remote_end_offset - 1,
             },
         )
 
@@ -183,7 +214,20 @@ class PartitionLog:
         old.seal()
         self.segments.append(Segment(self.directory, old.next_offset, self.config.index_interval_bytes))
         self.write_producer_snapshot()
+        write_json_atomic(os.path.join(self.directory, snapshot_name(old.next_offset)),
+                          {"offset": old.next_offset, "producers": self.producers.to_json()}, fsync=False)
         self.write_checkpoint()
+
+    def roll_if_older_than(self, now_ms: int, interval_ms: int) -> bool:
+        """Tiering: a partial active segment is closed after interval_ms so it can be uploaded."""
+        if self.active.size > 0 and now_ms - self.active.created_ms >= interval_ms:
+            self.roll()
+            return True
+        return False
+
+    def closed_segments_not_in_remote(self) -> list[Segment]:
+        end = self.remote_end_offset
+        return [s for s in self.segments[:-1] if s.next_offset > end and s.size > 0]
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -191,6 +235,8 @@ class PartitionLog:
         if offset < self.log_start_offset or offset > self.log_end_offset:
             raise KafkaProtocolError(ErrorCode.OFFSET_OUT_OF_RANGE,
                                      f"offset {offset} outside [{self.log_start_offset}, {self.log_end_offset}]")
+        if offset < self.local_start_offset:
+            raise OffsetInRemoteStorage(offset)
         for segment in self._segments_from(offset):
             data = segment.read_from(offset, max_bytes, always_one)
             if data:
@@ -245,25 +291,42 @@ class PartitionLog:
     # ---- retention and housekeeping ------------------------------------------------------
 
     def enforce_retention(self, now_ms: int) -> int:
-        """Delete whole closed segments past retention.ms / retention.bytes; returns how many."""
+        """Delete whole closed local segments; returns how many.
+
+        Without tiering, retention.ms / retention.bytes govern the log. With tiering, the local
+        copy of a segment goes only once S3 has confirmed it and local.retention.* has passed;
+        total retention is then enforced in S3 by the tier.
+        """
+        tiered = self.remote is not None
+        keep_ms = self.config.local_retention_ms if tiered else self.config.retention_ms
+        keep_bytes = self.config.local_retention_bytes if tiered else self.config.retention_bytes
         deleted = 0
-        retention_ms = self.config.retention_ms
-        retention_bytes = self.config.retention_bytes
         while len(self.segments) > 1:
             oldest = self.segments[0]
-            expired = retention_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > retention_ms
-            oversize = retention_bytes >= 0 and self.size_bytes - oldest.size >= retention_bytes
+            if tiered and oldest.next_offset > self.remote_end_offset:
+                break  # not in S3 yet: never deleted before its upload lands
+            expired = keep_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > keep_ms
+            oversize = keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
             if not (expired or oversize):
                 break
             self.segments.pop(0)
-            self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
+            if not tiered:
+                self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
             oldest.delete()
+            _unlink_quietly(os.path.join(self.directory, snapshot_name(oldest.next_offset)))
             deleted += 1
         if deleted:
             self.write_checkpoint()
-            log.info("retention deleted %d segment(s) of %s-%d; log start offset now %d", deleted, self.topic,
-                     self.partition, self.log_start_offset)
+            log.info("%s deleted %d local segment(s) of %s-%d; local log starts at %d", "tiering" if tiered
+                     else "retention", deleted, self.topic, self.partition, self.local_start_offset)
         return deleted
+
+    def set_remote(self, manifest: RemoteManifest) -> None:
+        self.remote = manifest
+        write_json_atomic(os.path.join(self.directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
+        self.log_start_offset = max(self.log_start_offset,
+                                    manifest.log_start_offset if manifest.segments else self.log_start_offset)
+        self.write_checkpoint()
 
     def dirty_segments(self) -> list[Segment]:
         return [s for s in self.segments if s.dirty]
@@ -280,6 +343,13 @@ class PartitionLog:
     def delete_files(self) -> None:
         for segment in self.segments:
             segment.close()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rebase(header: BatchHeader, base_offset: int) -> BatchHeader:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 
 from ..errors import KafkaProtocolError
+from ..log.partition import OffsetInRemoteStorage
 from .context import RequestContext
 from .registry import api
 
 _TopicResponse = FetchResponse.FetchableTopicResponse
 _PartitionData = _TopicResponse.PartitionData
+
+log = logging.getLogger(__name__)
 
 
 @api(FetchRequest, FetchResponse, 4, 12)
@@ -21,7 +25,7 @@ async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchRespo
     max_wait = max(0, request.max_wait_ms) / 1000.0
     deadline = time.monotonic() + max_wait
     while True:
-        topics, total, errors = _read_all(ctx, request)
+        topics, total, errors = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()
         if total >= max(1, request.min_bytes) or errors or remaining <= 0 or ctx.broker.closing:
             break
@@ -47,12 +51,15 @@ async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchRespo
     return FetchResponse(version=ctx.api_version, throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
 
 
-def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicResponse], int, bool]:
+async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicResponse], int, bool]:
     logs = ctx.broker.logs
     budget = request.max_bytes if ctx.api_version >= 3 else 1 << 31
     total = 0
     errors = False
     topics = []
+    # Reads below the local log start go to S3; they run concurrently, under one timeout.
+    remote: dict[int, asyncio.Task[bytes]] = {}
+    slots: list[_PartitionData] = []
     for topic in request.topics:
         partitions = []
         for part in topic.partitions:
@@ -68,7 +75,16 @@ def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicRe
                 if limit > 0 or total == 0:
                     # KIP-74: the first batch of the response is returned whole even past the limits,
                     # so a batch larger than max bytes never stalls a consumer.
-                    records = plog.read(part.fetch_offset, max(limit, 0), always_one=(total == 0))
+                    try:
+                        records = plog.read(part.fetch_offset, max(limit, 0), always_one=(total == 0))
+                    except OffsetInRemoteStorage:
+                        tier = ctx.broker.tier
+                        assert tier is not None
+                        remote[id(data)] = asyncio.get_running_loop().create_task(tier.read(
+                            logs.get_topic(topic.topic), plog, part.fetch_offset,
+                            min(part.partition_max_bytes, budget), True))
+                        slots.append(data)
+                        records = b""
                     data.records = records
                     total += len(records)
             except KafkaProtocolError as exc:
@@ -76,4 +92,20 @@ def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicRe
                 errors = True
             partitions.append(data)
         topics.append(_TopicResponse(topic=topic.topic, partitions=partitions))
+    if remote:
+        timeout = ctx.broker.config["tiered.fetch.timeout.ms"] / 1000.0
+        done, _ = await asyncio.wait(remote.values(), timeout=timeout)
+        for data in slots:
+            task = remote[id(data)]
+            if task not in done:
+                log.warning("remote read of partition %d timed out; the consumer will retry", data.partition_index)
+                continue
+            if task.exception() is not None:
+                log.warning("remote read of partition %d failed: %s", data.partition_index, task.exception())
+                continue
+            records = task.result()
+            if total + len(records) > budget and total > 0:
+                continue  # over the response budget: this partition's turn comes in the next fetch
+            data.records = records
+            total += len(records)
     return topics, total, errors

@@ -31,14 +31,20 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                 ts = part.timestamp
                 if ts == LATEST:
                     response.offset = plog.high_watermark
-                elif ts in (EARLIEST, EARLIEST_LOCAL):
+                elif ts == EARLIEST:
                     response.offset = plog.log_start_offset
+                elif ts == EARLIEST_LOCAL:
+                    response.offset = max(plog.log_start_offset, plog.local_start_offset)
                 elif ts == MAX_TIMESTAMP:
                     found = plog.max_timestamp_offset()
                     if found is not None:
                         response.offset, response.timestamp = found
                 elif ts >= 0:
-                    found = plog.offset_for_timestamp(ts)
+                    found = None
+                    if ctx.broker.tier is not None and plog.remote is not None:
+                        found = await ctx.broker.tier.offset_for_timestamp(logs.get_topic(topic.name), plog, ts)
+                    if found is None:
+                        found = plog.offset_for_timestamp(ts)
                     if found is not None:
                         response.offset, response.timestamp = found
                 else:

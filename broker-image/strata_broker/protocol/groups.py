@@ -1,0 +1,332 @@
+"""Consumer group APIs: FindCoordinator, Join/Sync/Heartbeat/LeaveGroup, offsets, group admin.
+
+The handlers translate requests for the `GroupCoordinator` (strata_broker.groups), which
+holds the state machine and the committed offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from kafka.protocol.admin import (
+    DeleteGroupsRequest,
+    DeleteGroupsResponse,
+    DescribeGroupsRequest,
+    DescribeGroupsResponse,
+    ListGroupsRequest,
+    ListGroupsResponse,
+)
+from kafka.protocol.consumer import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JoinGroupRequest,
+    JoinGroupResponse,
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetDeleteRequest,
+    OffsetDeleteResponse,
+    OffsetFetchRequest,
+    OffsetFetchResponse,
+    SyncGroupRequest,
+    SyncGroupResponse,
+)
+from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
+
+from ..groups.coordinator import E
+from ..groups.group import GroupState
+from ..groups.offsets import CommittedOffset
+from .context import RequestContext
+from .registry import api
+
+if TYPE_CHECKING:
+    from ..groups import GroupCoordinator
+
+_GROUP_KEY = 0
+
+
+def _coordinator(ctx: RequestContext) -> GroupCoordinator | None:
+    return getattr(ctx.broker, "groups", None)
+
+
+def _client_host(ctx: RequestContext) -> str:
+    host = ctx.peer.rsplit(":", 1)[0] if ":" in ctx.peer else ctx.peer
+    return "/" + host.strip("[]")
+
+
+# ---- FindCoordinator --------------------------------------------------------------------
+
+
+@api(FindCoordinatorRequest, FindCoordinatorResponse, 0, 4)
+async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorRequest) -> FindCoordinatorResponse:
+    broker = ctx.broker
+    R = FindCoordinatorResponse
+    key_type = request.key_type if ctx.api_version >= 1 else _GROUP_KEY
+    groups = _coordinator(ctx)
+
+    def answer() -> tuple[int, str | None]:
+        if key_type != _GROUP_KEY:
+            return E.COORDINATOR_NOT_AVAILABLE, "only group coordinators are served (no transactions)"
+        if groups is None:
+            return E.COORDINATOR_NOT_AVAILABLE, "the group coordinator is not running"
+        groups.ensure_offsets_topic()
+        return E.NONE, None
+
+    error, message = answer()
+    node, host, port = (broker.node_id, broker.advertised_host, broker.advertised_port) if error == 0 else (-1, "", -1)
+    if ctx.api_version >= 4:
+        return R(version=ctx.api_version, throttle_time_ms=0, coordinators=[
+            R.Coordinator(key=key, node_id=node, host=host, port=port, error_code=error, error_message=message)
+            for key in request.coordinator_keys])
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, error_message=message, node_id=node,
+             host=host, port=port)
+
+
+# ---- membership -------------------------------------------------------------------------
+
+
+@api(JoinGroupRequest, JoinGroupResponse, 0, 9)
+async def handle_join_group(ctx: RequestContext, request: JoinGroupRequest) -> JoinGroupResponse:
+    v = ctx.api_version
+    R = JoinGroupResponse
+    groups = _coordinator(ctx)
+    if groups is None:
+        return R(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE, generation_id=-1,
+                 protocol_name=None if v >= 7 else "", leader="", member_id=request.member_id, members=[])
+    protocols = [(p.name, bytes(p.metadata or b"")) for p in request.protocols]
+    result = await groups.join_group(
+        request.group_id, request.member_id, request.group_instance_id if v >= 5 else None, request.protocol_type,
+        protocols, request.session_timeout_ms, request.rebalance_timeout_ms if v >= 1 else request.session_timeout_ms,
+        ctx.client_id or "", _client_host(ctx), require_known_member=v >= 4)
+    protocol_name = result.protocol_name
+    if protocol_name is None and v < 7:
+        protocol_name = ""
+    return R(
+        version=v, throttle_time_ms=0, error_code=result.error, generation_id=result.generation_id,
+        protocol_type=result.protocol_type, protocol_name=protocol_name, leader=result.leader,
+        skip_assignment=result.skip_assignment, member_id=result.member_id,
+        members=[R.JoinGroupResponseMember(member_id=mid, group_instance_id=iid, metadata=meta)
+                 for mid, iid, meta in result.members])
+
+
+@api(SyncGroupRequest, SyncGroupResponse, 0, 5)
+async def handle_sync_group(ctx: RequestContext, request: SyncGroupRequest) -> SyncGroupResponse:
+    v = ctx.api_version
+    groups = _coordinator(ctx)
+    if groups is None:
+        return SyncGroupResponse(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE,
+                                 assignment=b"")
+    result = await groups.sync_group(
+        request.group_id, request.generation_id, request.member_id, request.group_instance_id if v >= 3 else None,
+        request.protocol_type if v >= 5 else None, request.protocol_name if v >= 5 else None,
+        [(a.member_id, a.assignment) for a in request.assignments])
+    return SyncGroupResponse(version=v, throttle_time_ms=0, error_code=result.error,
+                             protocol_type=result.protocol_type, protocol_name=result.protocol_name,
+                             assignment=result.assignment)
+
+
+@api(HeartbeatRequest, HeartbeatResponse, 0, 4)
+async def handle_heartbeat(ctx: RequestContext, request: HeartbeatRequest) -> HeartbeatResponse:
+    groups = _coordinator(ctx)
+    if groups is None:
+        error = E.COORDINATOR_NOT_AVAILABLE
+    else:
+        error = groups.heartbeat(request.group_id, request.generation_id, request.member_id,
+                                 request.group_instance_id if ctx.api_version >= 3 else None)
+    return HeartbeatResponse(version=ctx.api_version, throttle_time_ms=0, error_code=error)
+
+
+@api(LeaveGroupRequest, LeaveGroupResponse, 0, 5)
+async def handle_leave_group(ctx: RequestContext, request: LeaveGroupRequest) -> LeaveGroupResponse:
+    v = ctx.api_version
+    R = LeaveGroupResponse
+    if v >= 3:
+        leaving = [(m.member_id, m.group_instance_id) for m in request.members]
+    else:
+        leaving = [(request.member_id, None)]
+    groups = _coordinator(ctx)
+    if groups is None:
+        return R(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE, members=[])
+    error, member_errors = groups.leave_group(request.group_id, leaving)
+    if v < 3:
+        return R(version=v, throttle_time_ms=0, error_code=error or member_errors[0])
+    return R(version=v, throttle_time_ms=0, error_code=error, members=[
+        R.MemberResponse(member_id=mid, group_instance_id=iid, error_code=code)
+        for (mid, iid), code in zip(leaving, member_errors, strict=True)])
+
+
+# ---- offsets ----------------------------------------------------------------------------
+
+
+@api(OffsetCommitRequest, OffsetCommitResponse, 2, 9)
+async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse:
+    v = ctx.api_version
+    R = OffsetCommitResponse
+    groups = _coordinator(ctx)
+    offsets: dict[tuple[str, int], CommittedOffset] = {}
+    order: list[tuple[str, list[int]]] = []
+    now = int(time.time() * 1000)
+    for topic in request.topics:
+        indexes = []
+        for p in topic.partitions:
+            epoch = p.committed_leader_epoch if v >= 6 else -1
+            offsets[(topic.name, p.partition_index)] = CommittedOffset(p.committed_offset, epoch,
+                                                                       p.committed_metadata, now)
+            indexes.append(p.partition_index)
+        order.append((topic.name, indexes))
+    if groups is None:
+        results = {tp: E.COORDINATOR_NOT_AVAILABLE for tp in offsets}
+    elif not request.group_id and request.generation_id_or_member_epoch >= 0:
+        results = {tp: E.INVALID_GROUP_ID for tp in offsets}
+    else:
+        results = await groups.commit_offsets(request.group_id, request.generation_id_or_member_epoch,
+                                              request.member_id, request.group_instance_id if v >= 7 else None,
+                                              offsets)
+    return R(version=v, throttle_time_ms=0, topics=[
+        R.OffsetCommitResponseTopic(name=name, partitions=[
+            R.OffsetCommitResponseTopic.OffsetCommitResponsePartition(partition_index=i,
+                                                                      error_code=results[(name, i)])
+            for i in indexes])
+        for name, indexes in order])
+
+
+def _fetch_group(ctx: RequestContext, group_id: str, topics: list[tuple[str, list[int]]] | None
+                 ) -> list[tuple[str, list[tuple[int, CommittedOffset | None]]]]:
+    """[(topic, [(partition, committed or None)])] for the requested (or all committed) partitions."""
+    groups = _coordinator(ctx)
+    if groups is None:
+        return []
+    wanted = None if topics is None else [(name, p) for name, parts in topics for p in parts]
+    found = groups.fetch_offsets(group_id, wanted)
+    by_topic: dict[str, list[tuple[int, CommittedOffset | None]]] = defaultdict(list)
+    if topics is not None:
+        for name, parts in topics:
+            by_topic.setdefault(name, [])
+            for p in parts:
+                by_topic[name].append((p, found.get((name, p))))
+    else:
+        for (name, p), entry in sorted(found.items()):
+            by_topic[name].append((p, entry))
+    return list(by_topic.items())
+
+
+@api(OffsetFetchRequest, OffsetFetchResponse, 1, 9)
+async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetchResponse:
+    v = ctx.api_version
+    R = OffsetFetchResponse
+    error = E.NONE if _coordinator(ctx) is not None else E.COORDINATOR_NOT_AVAILABLE
+    if v >= 8:
+        G = R.OffsetFetchResponseGroup
+        T = G.OffsetFetchResponseTopics
+        P = T.OffsetFetchResponsePartitions
+        out = []
+        for group in request.groups:
+            topics = None if group.topics is None else [(t.name, list(t.partition_indexes)) for t in group.topics]
+            out.append(G(group_id=group.group_id, error_code=error, topics=[
+                T(name=name, partitions=[
+                    P(partition_index=p, committed_offset=e.offset if e else -1,
+                      committed_leader_epoch=e.leader_epoch if e else -1,
+                      metadata=e.metadata if e else "", error_code=E.NONE)
+                    for p, e in parts])
+                for name, parts in _fetch_group(ctx, group.group_id, topics)]))
+        return R(version=v, throttle_time_ms=0, groups=out)
+    T1 = R.OffsetFetchResponseTopic
+    P1 = T1.OffsetFetchResponsePartition
+    topics = None if request.topics is None else [(t.name, list(t.partition_indexes)) for t in request.topics]
+    return R(version=v, throttle_time_ms=0, error_code=error, topics=[
+        T1(name=name, partitions=[
+            P1(partition_index=p, committed_offset=e.offset if e else -1,
+               committed_leader_epoch=e.leader_epoch if e else -1, metadata=e.metadata if e else "",
+               error_code=E.NONE)
+            for p, e in parts])
+        for name, parts in _fetch_group(ctx, request.group_id, topics)])
+
+
+@api(OffsetDeleteRequest, OffsetDeleteResponse, 0, 0)
+async def handle_offset_delete(ctx: RequestContext, request: OffsetDeleteRequest) -> OffsetDeleteResponse:
+    R = OffsetDeleteResponse
+    T = R.OffsetDeleteResponseTopic
+    P = T.OffsetDeleteResponsePartition
+    groups = _coordinator(ctx)
+    wanted = [(t.name, p.partition_index) for t in request.topics for p in t.partitions]
+    if groups is None:
+        error, results = E.COORDINATOR_NOT_AVAILABLE, {}
+    else:
+        error, results = await groups.delete_offsets(request.group_id, wanted)
+    if error:
+        return R(version=0, error_code=error, throttle_time_ms=0, topics=[])
+    return R(version=0, error_code=E.NONE, throttle_time_ms=0, topics=[
+        T(name=t.name, partitions=[P(partition_index=p.partition_index,
+                                     error_code=results.get((t.name, p.partition_index), E.NONE))
+                                   for p in t.partitions])
+        for t in request.topics])
+
+
+# ---- group admin ------------------------------------------------------------------------
+
+
+@api(ListGroupsRequest, ListGroupsResponse, 0, 5)
+async def handle_list_groups(ctx: RequestContext, request: ListGroupsRequest) -> ListGroupsResponse:
+    v = ctx.api_version
+    R = ListGroupsResponse
+    groups = _coordinator(ctx)
+    if groups is None:
+        return R(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE, groups=[])
+    states = {s.lower() for s in request.states_filter} if v >= 4 and request.states_filter else None
+    types = {t.lower() for t in request.types_filter} if v >= 5 and request.types_filter else None
+    listed = []
+    for group in groups.list_groups():
+        if states is not None and group.state.value.lower() not in states:
+            continue
+        if types is not None and "classic" not in types:
+            continue
+        listed.append(R.ListedGroup(group_id=group.group_id, protocol_type=group.protocol_type or "",
+                                    group_state=group.state.value, group_type="classic"))
+    return R(version=v, throttle_time_ms=0, error_code=E.NONE, groups=listed)
+
+
+@api(DescribeGroupsRequest, DescribeGroupsResponse, 0, 5)
+async def handle_describe_groups(ctx: RequestContext, request: DescribeGroupsRequest) -> DescribeGroupsResponse:
+    v = ctx.api_version
+    R = DescribeGroupsResponse
+    D = R.DescribedGroup
+    M = D.DescribedGroupMember
+    groups = _coordinator(ctx)
+    described = []
+    for group_id in request.groups:
+        if groups is None:
+            described.append(D(error_code=E.COORDINATOR_NOT_AVAILABLE, group_id=group_id, group_state="",
+                               protocol_type="", protocol_data="", members=[]))
+            continue
+        group = groups.describe_group(group_id)
+        if group is None:
+            described.append(D(error_code=E.NONE, group_id=group_id, group_state=GroupState.DEAD.value,
+                               protocol_type="", protocol_data="", members=[]))
+            continue
+        stable = group.is_(GroupState.STABLE)
+        members = []
+        for m in group.members.values():
+            metadata = b""
+            if stable and group.protocol_name is not None:
+                metadata = m.metadata_for(group.protocol_name)
+            members.append(M(member_id=m.member_id, group_instance_id=m.group_instance_id, client_id=m.client_id,
+                             client_host=m.client_host, member_metadata=metadata,
+                             member_assignment=m.assignment if stable else b""))
+        described.append(D(error_code=E.NONE, group_id=group_id, group_state=group.state.value,
+                           protocol_type=group.protocol_type or "",
+                           protocol_data=(group.protocol_name or "") if stable else "", members=members))
+    return R(version=v, throttle_time_ms=0, groups=described)
+
+
+@api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 2)
+async def handle_delete_groups(ctx: RequestContext, request: DeleteGroupsRequest) -> DeleteGroupsResponse:
+    R = DeleteGroupsResponse
+    groups = _coordinator(ctx)
+    results = []
+    for group_id in request.groups_names:
+        error = E.COORDINATOR_NOT_AVAILABLE if groups is None else await groups.delete_group(group_id)
+        results.append(R.DeletableGroupResult(group_id=group_id, error_code=error))
+    return R(version=ctx.api_version, throttle_time_ms=0, results=results)

@@ -1,0 +1,313 @@
+"""The broker's tier: uploads closed segments, keeps manifests, enforces total retention in S3,
+mirrors topic metadata into the bucket, deletes a deleted topic's objects, and restores topics
+from the bucket into an empty data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..log.files import read_json, write_json_atomic
+from ..log.partition import CHECKPOINT, PRODUCER_SNAPSHOT, REMOTE_MANIFEST, PartitionLog, snapshot_name
+from ..log.segment import Segment
+from .cache import ChunkCache
+from .layout import (
+    manifest_key,
+    parse_topic_dir,
+    partition_root,
+    segment_key,
+    topic_meta_key,
+    topic_root,
+    topics_root,
+)
+from .manifest import RemoteManifest, RemoteSegment
+from .reader import RemoteReader
+from .store import ObjectStore, S3Unavailable
+
+if TYPE_CHECKING:
+    from ..config import BrokerConfig
+    from ..log.manager import LogManager, Topic
+
+log = logging.getLogger(__name__)
+
+_MULTIPART_THRESHOLD = 64 << 20
+_PART_BYTES = 25 << 20
+
+
+class TierManager:
+    def __init__(self, config: BrokerConfig, data_dir: str) -> None:
+        self.config = config
+        self.prefix = config["tiered.s3.prefix"]
+        self.cluster = config["cluster.id"]
+        self.store = ObjectStore(config["tiered.s3.bucket"], config["tiered.s3.endpoint"],
+                                 config["tiered.s3.region"])
+        self.cache = ChunkCache(os.path.join(data_dir, "__remote-cache"), config["tiered.cache.bytes"])
+        self.reader = RemoteReader(self.store, self.cache, config["tiered.chunk.bytes"],
+                                   config["tiered.prefetch.chunks"])
+        self.logs: LogManager | None = None
+        self._uploads = asyncio.Semaphore(config["tiered.upload.concurrency"])
+        self._busy: set[tuple[str, int]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.uploaded_segments = 0
+        self.upload_failures = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.store.open()
+        try:
+            await self.store._call("head_bucket", deadline=60)
+        except Exception as exc:
+            await self.store.close()
+            raise SystemExit(f"tiered storage: bucket {self.store.bucket!r} is not reachable at "
+                             f"{self.store.endpoint or 'AWS'}: {exc}") from None
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.store.close()
+
+    def attach(self, logs: LogManager) -> None:
+        """Give every tiered partition a manifest (empty until its first upload)."""
+        self.logs = logs
+        for topic in logs.topics.values():
+            self._attach_topic(topic)
+
+    def _attach_topic(self, topic: Topic) -> None:
+        if not topic.config.remote_storage:
+            return
+        for plog in topic.partitions:
+            if plog.remote is None:
+                plog.set_remote(RemoteManifest(topic.name, str(topic.topic_id), plog.partition))
+
+    def partition_prefix(self, topic: Topic, partition: int) -> str:
+        return partition_root(self.prefix, self.cluster, topic.name, topic.topic_id, partition)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- topic events (called by the LogManager) ---------------------------------------------
+
+    def topic_created(self, topic: Topic) -> None:
+        self._attach_topic(topic)
+        if topic.config.remote_storage:
+            self._spawn(self._put_topic_meta(topic))
+
+    def topic_changed(self, topic: Topic) -> None:
+        self._attach_topic(topic)
+        if topic.config.remote_storage:
+            self._spawn(self._put_topic_meta(topic))
+
+    def topic_deleted(self, topic: Topic) -> None:
+        self._spawn(self._delete_topic_objects(topic))
+
+    async def _put_topic_meta(self, topic: Topic) -> None:
+        body = json.dumps({"name": topic.name, "id": str(topic.topic_id), "partitions": len(topic.partitions),
+                           "configs": topic.overrides, "internal": topic.internal}, sort_keys=True).encode()
+        try:
+            await self.store.put(topic_meta_key(self.prefix, self.cluster, topic.name, topic.topic_id), body,
+                                 deadline=300)
+        except Exception as exc:
+            log.error("could not write metadata of topic %s to S3: %s", topic.name, exc)
+
+    async def _delete_topic_objects(self, topic: Topic) -> None:
+        root = topic_root(self.prefix, self.cluster, topic.name, topic.topic_id)
+        try:
+            # topic.json first: a half-deleted topic is never restored.
+            await self.store.delete_many([topic_meta_key(self.prefix, self.cluster, topic.name, topic.topic_id)])
+            count = await self.store.delete_prefix(root)
+            log.info("deleted %d object(s) of topic %s from S3", count, topic.name)
+        except Exception as exc:
+            log.error("could not delete objects of topic %s (scrub will find them): %s", topic.name, exc)
+
+    # ---- uploads --------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass: roll stale active segments, upload closed ones, trim local and remote logs."""
+        assert self.logs is not None
+        now_ms = int(time.time() * 1000)
+        interval = self.config["tiered.upload.interval.ms"]
+        jobs = []
+        for topic in list(self.logs.topics.values()):
+            for plog in topic.partitions:
+                if plog.remote is None:
+                    continue
+                plog.roll_if_older_than(now_ms, interval)
+                if (topic.name, plog.partition) not in self._busy and plog.closed_segments_not_in_remote():
+                    jobs.append(self._upload_partition(topic, plog))
+        if jobs:
+            await asyncio.gather(*jobs)
+        for topic in list(self.logs.topics.values()):
+            for plog in topic.partitions:
+                if plog.remote is not None:
+                    plog.enforce_retention(now_ms)
+                    await self._enforce_total_retention(topic, plog, now_ms)
+
+    async def _upload_partition(self, topic: Topic, plog: PartitionLog) -> None:
+        key = (topic.name, plog.partition)
+        self._busy.add(key)
+        try:
+            for segment in plog.closed_segments_not_in_remote():
+                async with self._uploads:
+                    if self.logs is None or self.logs.topics.get(topic.name) is not topic:
+                        return  # deleted meanwhile
+                    await self._upload_segment(topic, plog, segment)
+        except (S3Unavailable, OSError) as exc:
+            self.upload_failures += 1
+            lag = plog.log_end_offset - plog.remote_end_offset
+            log.warning("upload of %s-%d failed (%s); %d offsets not in S3 yet, kept on disk", topic.name,
+                        plog.partition, exc, lag)
+        finally:
+            self._busy.discard(key)
+
+    async def _upload_segment(self, topic: Topic, plog: PartitionLog, segment: Segment) -> None:
+        prefix = self.partition_prefix(topic, plog.partition)
+        last = segment.next_offset - 1
+        index = await asyncio.to_thread(_read_file, segment.offset_index.path)
+        timeindex = await asyncio.to_thread(_read_file, segment.time_index.path)
+        await self.store.put(segment_key(prefix, segment.base_offset, last, "index"), index, deadline=120)
+        await self.store.put(segment_key(prefix, segment.base_offset, last, "timeindex"), timeindex, deadline=120)
+        await self._put_log(segment_key(prefix, segment.base_offset, last, "log"), segment)
+        snapshot = read_json(os.path.join(plog.directory, snapshot_name(segment.next_offset))) or {}
+        assert plog.remote is not None
+        manifest = replace(plog.remote, segments=[*plog.remote.segments, RemoteSegment(
+            segment.base_offset, last, segment.size, segment.max_timestamp, len(index), len(timeindex))],
+            producer_state=snapshot.get("producers", {}), version=plog.remote.version + 1)
+        if not plog.remote.segments:
+            manifest.log_start_offset = plog.log_start_offset
+        await self.store.put(manifest_key(prefix), manifest.to_json(), deadline=120)
+        plog.set_remote(manifest)
+        self.uploaded_segments += 1
+        log.debug("uploaded %s-%d [%d..%d] (%d bytes)", topic.name, plog.partition, segment.base_offset, last,
+                  segment.size)
+
+    async def _put_log(self, key: str, segment: Segment) -> None:
+        size = segment.size
+        if size <= _MULTIPART_THRESHOLD:
+            await self.store.put(key, await asyncio.to_thread(segment.read_batch, 0, size), deadline=300)
+            return
+        client = self.store._client
+        bucket = self.store.bucket
+        upload = await self.store._call("create_multipart_upload", Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, _PART_BYTES), start=1):
+                body = await asyncio.to_thread(segment.read_batch, start, min(_PART_BYTES, size - start))
+                part = await self.store._call("upload_part", deadline=300, Key=key, UploadId=upload_id,
+                                              PartNumber=number, Body=body)
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await self.store._call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                                   MultipartUpload={"Parts": parts})
+        except BaseException:
+            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    # ---- total retention in S3 -------------------------------------------------------------
+
+    async def _enforce_total_retention(self, topic: Topic, plog: PartitionLog, now_ms: int) -> None:
+        manifest = plog.remote
+        if manifest is None or not manifest.segments:
+            return
+        retention_ms, retention_bytes = plog.config.retention_ms, plog.config.retention_bytes
+        if retention_ms < 0 and retention_bytes < 0:
+            return
+        local_only = sum(s.size for s in plog.segments if s.base_offset >= manifest.end_offset)
+        total = manifest.size_bytes + local_only
+        doomed: list[RemoteSegment] = []
+        for segment in manifest.segments:
+            if segment.base_offset >= plog.local_start_offset:
+                break  # the local copy still exists: local retention goes first
+            expired = retention_ms >= 0 and now_ms - segment.max_timestamp > retention_ms
+            oversize = retention_bytes >= 0 and total - segment.size >= retention_bytes
+            if not (expired or oversize):
+                break
+            doomed.append(segment)
+            total -= segment.size
+        if not doomed:
+            return
+        prefix = self.partition_prefix(topic, plog.partition)
+        remaining = manifest.segments[len(doomed):]
+        new_start = remaining[0].base_offset if remaining else plog.local_start_offset
+        updated = replace(manifest, segments=remaining, log_start_offset=new_start, version=manifest.version + 1)
+        try:
+            # The manifest moves first, so no reader is sent to an object that is about to go.
+            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
+            plog.log_start_offset = max(plog.log_start_offset, new_start)
+            plog.set_remote(updated)
+            await self.store.delete_many([segment_key(prefix, s.base_offset, s.last_offset, suffix)
+                                          for s in doomed for suffix in ("log", "index", "timeindex")])
+            log.info("retention removed %d segment(s) of %s-%d from S3; log start offset now %d", len(doomed),
+                     topic.name, plog.partition, plog.log_start_offset)
+        except Exception as exc:
+            log.warning("S3 retention for %s-%d postponed: %s", topic.name, plog.partition, exc)
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def read(self, topic: Topic, plog: PartitionLog, offset: int, max_bytes: int, always_one: bool) -> bytes:
+        assert plog.remote is not None
+        return await self.reader.read(plog.remote, self.partition_prefix(topic, plog.partition), offset, max_bytes,
+                                      always_one)
+
+    async def offset_for_timestamp(self, topic: Topic, plog: PartitionLog, timestamp: int) -> tuple[int, int] | None:
+        if plog.remote is None:
+            return None
+        return await self.reader.offset_for_timestamp(plog.remote, self.partition_prefix(topic, plog.partition),
+                                                      timestamp, plog.local_start_offset)
+
+    # ---- restore --------------------------------------------------------------------------
+
+    async def restore(self, data_dir: str, meta_dir: str) -> int:
+        """Recreate, from the bucket, every topic this data dir does not have. Reads manifests only:
+        the data stays in S3 until someone fetches it, so start-up time does not grow with it."""
+        _, topic_dirs = await self.store.list(topics_root(self.prefix, self.cluster), delimiter="/")
+        restored = 0
+        for topic_dir in topic_dirs:
+            parsed = parse_topic_dir(topic_dir.rstrip("/").rsplit("/", 1)[-1])
+            if parsed is None:
+                continue
+            name, topic_id = parsed
+            local_meta = os.path.join(meta_dir, "topics", f"{name}.json")
+            if os.path.exists(local_meta):
+                continue
+            raw = await self.store.get_or_none(topic_meta_key(self.prefix, self.cluster, name, topic_id))
+            if raw is None:
+                continue  # deleted, or never finished being created
+            meta = json.loads(raw)
+            for p in range(int(meta["partitions"])):
+                manifest_raw = await self.store.get_or_none(
+                    manifest_key(partition_root(self.prefix, self.cluster, name, topic_id, p)))
+                manifest = (RemoteManifest.from_json(manifest_raw) if manifest_raw
+                            else RemoteManifest(name, str(topic_id), p))
+                directory = os.path.join(data_dir, f"{name}-{p}")
+                os.makedirs(directory, exist_ok=True)
+                end = manifest.end_offset
+                write_json_atomic(os.path.join(directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
+                write_json_atomic(os.path.join(directory, PRODUCER_SNAPSHOT),
+                                  {"offset": end, "producers": manifest.producer_state})
+                write_json_atomic(os.path.join(directory, CHECKPOINT), {
+                    "log_start_offset": manifest.log_start_offset, "log_end_offset": end,
+                    "recovery_point": end, "high_watermark": end, "remote_offset": end - 1})
+            write_json_atomic(local_meta, meta)
+            restored += 1
+            log.info("restored topic %s (%s partitions) from the bucket", name, meta["partitions"])
+        return restored
+
+    # ---- reporting ------------------------------------------------------------------------
+
+    def upload_lag(self) -> dict[tuple[str, int], int]:
+        assert self.logs is not None
+        return {(t.name, p.partition): p.log_end_offset - p.remote_end_offset
+                for t in self.logs.topics.values() for p in t.partitions if p.remote is not None}
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,56 @@
+"""The per-partition remote manifest: which segments are in S3, and where the log starts."""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RemoteSegment:
+    base_offset: int
+    last_offset: int
+    size: int
+    max_timestamp: int
+    index_size: int
+    timeindex_size: int
+
+
+@dataclass
+class RemoteManifest:
+    topic: str
+    topic_id: str
+    partition: int
+    log_start_offset: int = 0
+    segments: list[RemoteSegment] = field(default_factory=list)
+    # Idempotent producers' state as of end_offset, so a restored broker still recognises retries.
+    producer_state: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def end_offset(self) -> int:
+        """One past the last offset in S3 (0 when nothing is)."""
+        return self.segments[-1].last_offset + 1 if self.segments else 0
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def find(self, offset: int) -> int | None:
+        """Index of the first segment whose last offset is >= offset, if any."""
+        i = bisect_right([s.base_offset for s in self.segments], offset) - 1
+        for j in range(max(i, 0), len(self.segments)):
+            if self.segments[j].last_offset >= offset:
+                return j
+        return None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RemoteManifest:
+        raw = json.loads(data)
+        raw["segments"] = [RemoteSegment(**s) for s in raw.get("segments", [])]
+        return cls(**raw)

@@ -1,0 +1,182 @@
+"""Reads below the local log start, served from S3: ranged GETs in chunks, a cache, prefetch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from bisect import bisect_right
+from collections import OrderedDict
+
+from kafka.record.default_records import DefaultRecordBatch
+
+from ..log.batch import HEADER_SIZE, parse_header
+from .cache import ChunkCache
+from .layout import segment_key
+from .manifest import RemoteManifest, RemoteSegment
+from .store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+_OFFSET_ENTRY = struct.Struct(">ii")
+_TIME_ENTRY = struct.Struct(">qi")
+
+
+class RemoteReader:
+    def __init__(self, store: ObjectStore, cache: ChunkCache, chunk_bytes: int, prefetch_chunks: int) -> None:
+        self.store = store
+        self.cache = cache
+        self.chunk_bytes = chunk_bytes
+        self.prefetch_chunks = prefetch_chunks
+        self._inflight: dict[tuple[str, int], asyncio.Task[bytes]] = {}
+        self._indexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
+        self._timeindexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
+        self._prefetching: set[asyncio.Task[bytes]] = set()
+
+    # ---- chunks ---------------------------------------------------------------------------
+
+    async def _chunk(self, key: str, size: int, n: int) -> bytes:
+        cached = self.cache.get(key, n)
+        if cached is not None:
+            return cached
+        task = self._inflight.get((key, n))
+        if task is None:
+            start = n * self.chunk_bytes
+            task = asyncio.get_running_loop().create_task(
+                self.store.get(key, start, min(size, start + self.chunk_bytes)))
+            self._inflight[(key, n)] = task
+            task.add_done_callback(lambda t, k=key, c=n: self._landed(k, c, t))
+        return await asyncio.shield(task)
+
+    def _landed(self, key: str, n: int, task: asyncio.Task[bytes]) -> None:
+        self._inflight.pop((key, n), None)
+        if not task.cancelled() and task.exception() is None:
+            self.cache.put(key, n, task.result())
+
+    async def _bytes(self, key: str, size: int, start: int, end: int) -> bytes:
+        end = min(end, size)
+        if start >= end:
+            return b""
+        first, last = start // self.chunk_bytes, (end - 1) // self.chunk_bytes
+        chunks = await asyncio.gather(*(self._chunk(key, size, n) for n in range(first, last + 1)))
+        data = b"".join(chunks)
+        offset = first * self.chunk_bytes
+        return data[start - offset:end - offset]
+
+    def _prefetch(self, manifest: RemoteManifest, prefix: str, index: int, position: int) -> None:
+        """Sequential readers find the next chunks already on their way or in the cache."""
+        budget = self.prefetch_chunks
+        segment = manifest.segments[index]
+        n = position // self.chunk_bytes
+        while budget > 0:
+            n += 1
+            if n * self.chunk_bytes >= segment.size:
+                index += 1
+                if index >= len(manifest.segments):
+                    return
+                segment = manifest.segments[index]
+                n = 0
+            key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+            budget -= 1
+            if self.cache.contains(key, n) or (key, n) in self._inflight:
+                continue
+            task = asyncio.get_running_loop().create_task(self._chunk(key, segment.size, n))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetch_done)
+
+    def _prefetch_done(self, task: asyncio.Task[bytes]) -> None:
+        self._prefetching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("prefetch failed: %s", task.exception())
+
+    # ---- indexes --------------------------------------------------------------------------
+
+    async def _offset_index(self, prefix: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
+        key = segment_key(prefix, segment.base_offset, segment.last_offset, "index")
+        found = self._indexes.get(key)
+        if found is None:
+            data = await self.store.get(key) if segment.index_size else b""
+            rels, positions = [], []
+            for rel, pos in _OFFSET_ENTRY.iter_unpack(data[: len(data) - len(data) % 8]):
+                rels.append(rel)
+                positions.append(pos)
+            found = (rels, positions)
+            self._indexes[key] = found
+            while len(self._indexes) > 256:
+                self._indexes.popitem(last=False)
+        return found
+
+    async def _time_index(self, prefix: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
+        key = segment_key(prefix, segment.base_offset, segment.last_offset, "timeindex")
+        found = self._timeindexes.get(key)
+        if found is None:
+            data = await self.store.get(key) if segment.timeindex_size else b""
+            stamps, rels = [], []
+            for ts, rel in _TIME_ENTRY.iter_unpack(data[: len(data) - len(data) % 12]):
+                stamps.append(ts)
+                rels.append(rel)
+            found = (stamps, rels)
+            self._timeindexes[key] = found
+            while len(self._timeindexes) > 256:
+                self._timeindexes.popitem(last=False)
+        return found
+
+    async def _position_of(self, prefix: str, segment: RemoteSegment, offset: int) -> int:
+        rels, positions = await self._offset_index(prefix, segment)
+        i = bisect_right(rels, offset - segment.base_offset)
+        return positions[i - 1] if i else 0
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def read(self, manifest: RemoteManifest, prefix: str, offset: int, max_bytes: int,
+                   always_one: bool) -> bytes:
+        """Whole batches from the remote segment holding offset, like a local read."""
+        index = manifest.find(offset)
+        if index is None:
+            return b""
+        segment = manifest.segments[index]
+        key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+        pos = await self._position_of(prefix, segment, offset)
+        start = -1
+        while pos + HEADER_SIZE <= segment.size:
+            header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
+            if header.last_offset >= offset:
+                start = pos
+                break
+            pos += header.length
+        if start < 0:
+            return b""
+        end = start
+        pos = start
+        while pos + HEADER_SIZE <= segment.size:
+            header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
+            if pos + header.length - start > max_bytes and not (always_one and pos == start):
+                break
+            end = pos + header.length
+            pos = end
+        data = await self._bytes(key, segment.size, start, end)
+        self._prefetch(manifest, prefix, index, max(end - 1, start))
+        return data
+
+    async def offset_for_timestamp(self, manifest: RemoteManifest, prefix: str, timestamp: int,
+                                   below: int) -> tuple[int, int] | None:
+        """First record with timestamp >= timestamp among remote segments that start below `below`."""
+        for segment in manifest.segments:
+            if segment.base_offset >= below:
+                return None
+            if segment.max_timestamp < timestamp or segment.last_offset < manifest.log_start_offset:
+                continue
+            stamps, rels = await self._time_index(prefix, segment)
+            i = bisect_right(stamps, timestamp - 1)
+            relative = rels[i - 1] if i else 0
+            pos = await self._position_of(prefix, segment, segment.base_offset + relative)
+            key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+            while pos + HEADER_SIZE <= segment.size:
+                header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
+                if header.max_timestamp >= timestamp and header.last_offset >= manifest.log_start_offset:
+                    batch = DefaultRecordBatch(await self._bytes(key, segment.size, pos, pos + header.length))
+                    for record in batch:
+                        if record.timestamp >= timestamp and record.offset >= manifest.log_start_offset:
+                            return record.offset, record.timestamp
+                pos += header.length
+        return None

@@ -1,0 +1,125 @@
+"""The S3 client (aiobotocore) with backoff, timeouts and request counts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+log = logging.getLogger(__name__)
+
+
+class S3Unavailable(Exception):
+    pass
+
+
+class ObjectStore:
+    """One bucket. Every call retries with capped exponential backoff until its deadline."""
+
+    def __init__(self, bucket: str, endpoint: str = "", region: str = "us-east-1", call_timeout: float = 30.0) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint or None
+        self.region = region
+        self.call_timeout = call_timeout
+        self.requests: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.failures = 0
+        self.healthy = True
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def open(self) -> None:
+        # Credentials: the standard AWS chain (environment, config files, web identity / IRSA).
+        config = AioConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 1, "mode": "standard"},
+                           max_pool_connections=32)
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self.endpoint, region_name=self.region, config=config))
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def _call(self, op: str, deadline: float | None = None, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + (self.call_timeout if deadline is None else deadline)
+        delay = 0.1
+        while True:
+            self.requests[op] += 1
+            try:
+                remaining = max(0.1, stop_at - loop.time())
+                result = await asyncio.wait_for(getattr(self._client, op)(Bucket=self.bucket, **kwargs), remaining)
+                if not self.healthy:
+                    log.info("S3 reachable again (%s)", op)
+                self.healthy = True
+                return result
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "InvalidRange"):
+                    raise
+                self.failures += 1
+                if self.healthy:
+                    log.warning("S3 %s failed (%s); retrying with backoff", op, exc.__class__.__name__ + ":" +
+                                str(exc)[:200])
+                self.healthy = False
+                if loop.time() + delay >= stop_at:
+                    raise S3Unavailable(f"S3 {op} failed: {exc!r}") from exc
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def put(self, key: str, body: bytes, deadline: float | None = None) -> None:
+        await self._call("put_object", deadline, Key=key, Body=body)
+        self.bytes["put"] += len(body)
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None,
+                  deadline: float | None = None) -> bytes:
+        """Whole object, or bytes [start, end) with a ranged GET."""
+        kwargs: dict[str, Any] = {"Key": key}
+        if start is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        response = await self._call("get_object", deadline, **kwargs)
+        async with response["Body"] as stream:
+            data = await stream.read()
+        self.bytes["get"] += len(data)
+        return data
+
+    async def get_or_none(self, key: str) -> bytes | None:
+        try:
+            return await self.get(key)
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code", "") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    async def list(self, prefix: str, delimiter: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """(objects, common prefixes) under prefix, all pages."""
+        objects: list[dict[str, Any]] = []
+        prefixes: list[str] = []
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await self._call("list_objects_v2", **kwargs)
+            objects.extend(page.get("Contents", []))
+            prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+            if not page.get("IsTruncated"):
+                return objects, prefixes
+            token = page["NextContinuationToken"]
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            await self._call("delete_objects", Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+
+    async def delete_prefix(self, prefix: str) -> int:
+        objects, _ = await self.list(prefix)
+        await self.delete_many([o["Key"] for o in objects])
+        return len(objects)
