@@ -121,3 +121,32 @@ def test_deleting_a_topic_empties_its_prefix(broker_factory, topic_name, s3):
     produce_numbered(broker.bootstrap, topic_name, 5, start=777)
     records = consume_confluent(broker.bootstrap, topic_name, 1, expected=6, timeout=5)
     assert [r.value[:9] for r in records] == [f"{i:09d}".encode() for i in range(777, 782)]
+
+
+def test_s3_durability_survives_losing_the_disk(broker_factory, topic_name, s3):
+    # Uploads are rare here, so what survives comes from the S3 commit log.
+    broker = broker_factory(s3.broker_settings(**{**TIERED, "tiered.upload.interval.ms": "600000",
+                                                  "segment.bytes": str(64 << 20)}), env=CREDENTIALS)
+    create_topic(broker.bootstrap, topic_name, 3, {"strata.durability": "s3", "retention.ms": "-1"})
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                                         "enable.idempotence": True, "linger.ms": 5})
+    acked: dict[bytes, tuple[int, int]] = {}
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        acked[msg.value()] = (msg.partition(), msg.offset())
+
+    for i in range(3000):
+        producer.produce(topic_name, key=str(i % 31).encode(), value=f"{i:06d}".encode(), on_delivery=on_delivery)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    assert len(acked) == 3000
+    assert not any(k.endswith(".log") and topic_name in k for k in s3.objects()), "a segment was uploaded"
+    # The node and its disk are gone.
+    broker.kill()
+    shutil.rmtree(broker.data_dir)
+    broker.start()
+    records = consume_confluent(broker.bootstrap, topic_name, 3, expected=3000, timeout=60)
+    stored = {(r.partition, r.offset): r.value for r in records}
+    assert len(records) == 3000
+    assert all(stored.get(position) == value for value, position in acked.items())

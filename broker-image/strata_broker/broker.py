@@ -24,7 +24,7 @@ class Broker:
         self.listen_host, self.listen_port = listen
         self._advertise = advertise
         self.logs = LogManager(data_dir, config)
-        self.tier: TierManager | None = TierManager(config, data_dir) if config["tiered.s3.bucket"] else None
+        self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.groups: GroupCoordinator | None = None
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
@@ -58,6 +58,7 @@ class Broker:
         if self.tier is not None:
             self.tier.attach(self.logs)
             self.logs.listener = self.tier
+            await self.tier.replay_commit_log()
         self.groups = GroupCoordinator(self)
         self.groups.start()
         self._server = await asyncio.start_server(self._on_connection, self.listen_host, self.listen_port,

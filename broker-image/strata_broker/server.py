@@ -83,6 +83,8 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
                 await asyncio.wait_for(asyncio.shield(responder), 10.0)
             except (TimeoutError, asyncio.CancelledError, ConnectionError):
                 responder.cancel()
+        elif not responder.cancelled() and responder.exception() is not None:
+            log.debug("responder for %s ended: %r", peer, responder.exception())  # retrieved, not leaked
         _abandon(outbox)
         writer.close()
 
@@ -182,5 +184,8 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], w
             writer.close()
             return
         if data is not None:
-            writer.write(data)
-            await writer.drain()
+            try:
+                writer.write(data)
+                await writer.drain()
+            except ConnectionError:  # the peer reset or went away; the reader side cleans up
+                return

@@ -37,12 +37,15 @@ def snapshot_name(offset: int) -> str:
 
 
 class AppendResult:
-    __slots__ = ("base_offset", "duplicate", "segment")
+    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "data")
 
-    def __init__(self, base_offset: int, duplicate: bool, segment: Segment | None) -> None:
+    def __init__(self, base_offset: int, last_offset: int, duplicate: bool, segment: Segment | None,
+                 data: bytes | bytearray = b"") -> None:
         self.base_offset = base_offset
+        self.last_offset = last_offset
         self.duplicate = duplicate
         self.segment = segment
+        self.data = data  # the batches as written (offsets assigned); empty for a duplicate
 
 
 class PartitionLog:
@@ -174,7 +177,7 @@ class PartitionLog:
         if len(headers) == 1:
             duplicate_of = self.producers.check(headers[0])
             if duplicate_of is not None:
-                return AppendResult(duplicate_of, True, None)
+                return AppendResult(duplicate_of, duplicate_of + headers[0].last_offset_delta, True, None)
         else:
             for header in headers:
                 self.producers.check(header)
@@ -198,7 +201,33 @@ class PartitionLog:
         for header in rebased:
             self.producers.record(header)
         self._wake()
-        return AppendResult(base_offset, False, segment)
+        return AppendResult(base_offset, next_offset - 1, False, segment, buf)
+
+    def append_restored(self, data: bytes) -> int:
+        """Append batches that already carry their offsets (replayed from the S3 commit log).
+
+        Batches below the log end are already here and skipped; returns how many were appended.
+        """
+        headers = validate_batches(data, max(self.config.max_message_bytes, len(data)))
+        appended = 0
+        pos = 0
+        for header in headers:
+            chunk = data[pos:pos + header.length]
+            pos += header.length
+            if header.last_offset < self.log_end_offset:
+                continue
+            if header.base_offset != self.log_end_offset:
+                raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE,
+                                         f"restored batch at {header.base_offset} leaves a gap after "
+                                         f"{self.log_end_offset}")
+            self._maybe_roll(len(chunk))
+            self.active.append(chunk, [header])
+            self.producers.record(header)
+            appended += 1
+        if appended:
+            self.active.fsync()
+            self._wake()
+        return appended
 
     def _maybe_roll(self, incoming: int) -> None:
         active = self.active

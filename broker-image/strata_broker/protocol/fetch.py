@@ -18,11 +18,14 @@ _PartitionData = _TopicResponse.PartitionData
 
 log = logging.getLogger(__name__)
 
+_MAX_WAIT_MS = 60_000
+
 
 @api(FetchRequest, FetchResponse, 4, 12)
 async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     logs = ctx.broker.logs
-    max_wait = max(0, request.max_wait_ms) / 1000.0
+    # Clients wait 0.1-1 s; the cap keeps a nonsense value from parking a request for days.
+    max_wait = min(max(0, request.max_wait_ms), _MAX_WAIT_MS) / 1000.0
     deadline = time.monotonic() + max_wait
     while True:
         topics, total, errors = await _read_all(ctx, request)

@@ -37,14 +37,15 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     wanted = request.topics
     # v0 asks for every topic with an empty list; v1+ with null.
     if wanted is None or (ctx.api_version == 0 and not wanted):
-        names = [name for name, topic in logs.topics.items()]
+        names: list[str | uuid.UUID] = list(logs.topics)
         auto_create = False
     else:
         names = []
         for entry in wanted:
             if entry.name is None and entry.topic_id not in (None, _ZERO_UUID):
                 topic = logs.topic_by_id(entry.topic_id)
-                names.append(topic.name if topic else f"\0{entry.topic_id}")
+                # An id no topic has is answered as such (UNKNOWN_TOPIC_ID), by its id.
+                names.append(topic.name if topic else entry.topic_id)
             else:
                 names.append(entry.name or "")
         auto_create = ctx.api_version < 4 or bool(request.allow_auto_topic_creation)
@@ -64,13 +65,14 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     )
 
 
-def _describe_topic(ctx: RequestContext, name: str, auto_create: bool) -> MetadataResponse.MetadataResponseTopic:
+def _describe_topic(ctx: RequestContext, name: str | uuid.UUID,
+                    auto_create: bool) -> MetadataResponse.MetadataResponseTopic:
     R = MetadataResponse
     broker = ctx.broker
     logs = broker.logs
-    if name.startswith("\0"):
-        return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_ID),
-                                       name=None, topic_id=uuid.UUID(name[1:]), partitions=[])
+    if isinstance(name, uuid.UUID):
+        return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_ID), name=None, topic_id=name,
+                                       partitions=[])
     topic = logs.topics.get(name)
     if topic is None:
         try:

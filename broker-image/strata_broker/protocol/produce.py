@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
 from ..log.segment import Segment
 from .context import RequestContext
 from .registry import api
+
+if TYPE_CHECKING:
+    from ..tier.manager import TierManager
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +26,19 @@ _PartitionResponse = _TopicResponse.PartitionProduceResponse
 
 # v0-2 (magic 0/1 message sets) are advertised but their batches are refused, as Kafka 4 does
 # (KIP-896): librdkafka only enables gzip/snappy/lz4 when the advertised range includes v0.
+def _commit_to_s3(tier: TierManager, topic: str, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
+    log_ = tier.commit_log
+    if not result.duplicate:
+        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data)
+    if log_.durable_offset((topic, plog.partition)) >= result.last_offset:
+        return log_.wait_durable(topic, plog.partition, result.last_offset)
+    try:
+        stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
+    except OffsetInRemoteStorage:
+        return log_.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
+    return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored)
+
+
 @api(ProduceRequest, ProduceResponse, 0, 11)
 async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
     logs = ctx.broker.logs
@@ -34,6 +53,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     # are applied in the order they arrived.
     results: list[tuple[str, list[_PartitionResponse]]] = []
     to_sync: set[Segment] = set()
+    to_s3: list[tuple[_PartitionResponse, Any]] = []
+    tier = ctx.broker.tier
     for topic_data in request.topic_data:
         partitions = []
         for pdata in topic_data.partition_data:
@@ -48,7 +69,11 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 result = plog.append(pdata.records)
                 response.base_offset = result.base_offset
                 response.log_start_offset = plog.log_start_offset
-                if result.segment is not None and acks == -1:
+                if acks == -1 and tier is not None and plog.remote is not None and plog.config.durability == "s3":
+                    # strata.durability=s3: answered once the batch is in S3; a retried duplicate
+                    # waits too, and re-sends the stored batch in case its first commit failed.
+                    to_s3.append((response, _commit_to_s3(tier, topic_data.name, plog, result)))
+                elif result.segment is not None and acks == -1:
                     to_sync.add(result.segment)
             except KafkaProtocolError as exc:
                 response.error_code = int(exc.code)
@@ -66,6 +91,14 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 for response in partitions:
                     if response.error_code == 0:
                         response.error_code = int(exc.code)
+    if to_s3:
+        outcomes = await asyncio.gather(*(commit for _, commit in to_s3), return_exceptions=True)
+        for (response, _), outcome in zip(to_s3, outcomes, strict=True):
+            if isinstance(outcome, KafkaProtocolError):
+                response.error_code = int(outcome.code)
+            elif isinstance(outcome, BaseException):
+                log.error("S3 commit failed: %r", outcome)
+                response.error_code = int(ErrorCode.KAFKA_STORAGE_ERROR)
     if acks == 0:
         return None
     return ProduceResponse(

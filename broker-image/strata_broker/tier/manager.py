@@ -28,6 +28,7 @@ from .layout import (
 from .manifest import RemoteManifest, RemoteSegment
 from .reader import RemoteReader
 from .store import ObjectStore, S3Unavailable
+from .wal import S3CommitLog
 
 if TYPE_CHECKING:
     from ..config import BrokerConfig
@@ -40,7 +41,7 @@ _PART_BYTES = 25 << 20
 
 
 class TierManager:
-    def __init__(self, config: BrokerConfig, data_dir: str) -> None:
+    def __init__(self, config: BrokerConfig, data_dir: str, broker_id: int = 0) -> None:
         self.config = config
         self.prefix = config["tiered.s3.prefix"]
         self.cluster = config["cluster.id"]
@@ -49,6 +50,8 @@ class TierManager:
         self.cache = ChunkCache(os.path.join(data_dir, "__remote-cache"), config["tiered.cache.bytes"])
         self.reader = RemoteReader(self.store, self.cache, config["tiered.chunk.bytes"],
                                    config["tiered.prefetch.chunks"])
+        self.commit_log = S3CommitLog(self.store, self.prefix, self.cluster, broker_id,
+                                      config["tiered.s3.commit.interval.ms"])
         self.logs: LogManager | None = None
         self._uploads = asyncio.Semaphore(config["tiered.upload.concurrency"])
         self._busy: set[tuple[str, int]] = set()
@@ -77,6 +80,18 @@ class TierManager:
         self.logs = logs
         for topic in logs.topics.values():
             self._attach_topic(topic)
+
+    async def replay_commit_log(self) -> None:
+        assert self.logs is not None
+        await self.commit_log.replay(self.logs)
+        self._mark_uploaded_durable()
+
+    def _mark_uploaded_durable(self) -> None:
+        assert self.logs is not None
+        for topic in self.logs.topics.values():
+            for plog in topic.partitions:
+                if plog.remote is not None and plog.remote_end_offset > 0:
+                    self.commit_log.mark_durable_up_to((topic.name, plog.partition), plog.remote_end_offset - 1)
 
     def _attach_topic(self, topic: Topic) -> None:
         if not topic.config.remote_storage:
@@ -144,6 +159,9 @@ class TierManager:
                     jobs.append(self._upload_partition(topic, plog))
         if jobs:
             await asyncio.gather(*jobs)
+            self._mark_uploaded_durable()
+            await self.commit_log.trim({(t.name, p.partition): p.remote_end_offset
+                                        for t in self.logs.topics.values() for p in t.partitions})
         for topic in list(self.logs.topics.values()):
             for plog in topic.partitions:
                 if plog.remote is not None:
