@@ -150,3 +150,76 @@ def test_s3_durability_survives_losing_the_disk(broker_factory, topic_name, s3):
     stored = {(r.partition, r.offset): r.value for r in records}
     assert len(records) == 3000
     assert all(stored.get(position) == value for value, position in acked.items())
+
+
+def test_s3_outage_keeps_producing_on_disk_and_catches_up(broker_factory, topic_name, s3):
+    import threading
+    import urllib.request
+
+    from brokerproc import free_port
+    from s3faults import S3FaultProxy
+
+    proxy = S3FaultProxy(s3.server.port)
+    metrics_port = free_port()
+    settings = s3.broker_settings(endpoint=proxy.endpoint, **{**TIERED, "segment.bytes": str(256 << 10),
+                                                              "metrics.listen": f"127.0.0.1:{metrics_port}"})
+    broker = broker_factory(settings, env=CREDENTIALS)
+    create_topic(broker.bootstrap, topic_name, 1, {"retention.ms": "-1", "local.retention.bytes": str(512 << 10)})
+    acked: dict[bytes, int] = {}
+    stop = threading.Event()
+
+    def produce() -> None:
+        producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 20})
+        i = 0
+        while not stop.is_set():
+            value = f"{i:08d}".encode().ljust(512, b"-")
+            producer.produce(topic_name, value=value, partition=0,
+                             on_delivery=lambda err, msg: acked.__setitem__(msg.value(), msg.offset()) if not err
+                             else None)
+            i += 1
+            producer.poll(0.002)
+        assert producer.flush(60) == 0
+
+    def remote_end() -> int:
+        segments = manifest(s3, topic_name)["segments"] if any(
+            k.endswith("manifest.json") and topic_name in k for k in s3.objects()) else []
+        return segments[-1]["last_offset"] + 1 if segments else 0
+
+    def check_nothing_dropped() -> None:
+        # Every offset not yet in S3 is still on local disk.
+        bases = sorted(int(p.stem) for p in (broker.data_dir / f"{topic_name}-0").glob("*.log"))
+        assert bases[0] <= remote_end()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        time.sleep(3)
+        for mode, seconds in (("error", 16), ("hang", 16)):
+            proxy.set_mode(mode)
+            frozen = remote_end()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                check_nothing_dropped()
+                assert remote_end() == frozen, "an upload landed through a dead endpoint"
+                time.sleep(1)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert "strata_s3_healthy 0.0" in metrics
+        lag = [line for line in metrics.splitlines() if line.startswith("strata_tier_upload_lag_offsets{")]
+        assert lag and float(lag[0].split()[-1]) > 0
+        proxy.set_mode("ok")
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join()
+        proxy.set_mode("ok")
+    assert proxy.refused > 0
+    assert "S3 put_object failed" in broker.log_tail(2000)
+    produced = max(acked.values()) + 1
+    wait_until(lambda: remote_end() >= produced, 90, "uploads to catch up after the outage")
+    check_nothing_dropped()
+    records = consume_confluent(broker.bootstrap, topic_name, 1, expected=len(acked), timeout=120)
+    stored = {r.offset: r.value for r in records}
+    assert all(stored.get(offset) == value for value, offset in acked.items())
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert "strata_s3_healthy 1.0" in metrics
+    proxy.close()

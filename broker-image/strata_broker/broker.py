@@ -10,6 +10,7 @@ import socket
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .log.manager import LogManager
+from .metrics import serve_metrics
 from .server import serve_connection
 from .tier.manager import TierManager
 
@@ -60,7 +61,7 @@ class Broker:
             self.logs.listener = self.tier
             await self.tier.replay_commit_log()
         self.groups = GroupCoordinator(self)
-        self.groups.start()
+        await self.groups.start()
         self._server = await asyncio.start_server(self._on_connection, self.listen_host, self.listen_port,
                                                   reuse_address=True, limit=1 << 20)
         if self.listen_port == 0:
@@ -75,6 +76,10 @@ class Broker:
         if self.config["log.flush.interval.ms"] > 0:
             self._tasks.append(loop.create_task(self._every(self.config["log.flush.interval.ms"],
                                                             self.logs.flush_dirty)))
+        if self.config["metrics.listen"]:
+            host, _, port = self.config["metrics.listen"].rpartition(":")
+            bound = serve_metrics(self, host or "127.0.0.1", int(port))
+            log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", bound)
         log.info("strata-broker %d listening on %s:%d, advertised as %s:%d", self.node_id, self.listen_host,
                  self.listen_port, self.advertised_host, self.advertised_port)
 

@@ -88,6 +88,7 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
+        ConfigKey("metrics.listen", str, "", "HOST:PORT for Prometheus /metrics; empty = off"),
         ConfigKey("tiered.s3.bucket", str, "", "S3 bucket for closed segments; empty = no tiering"),
         ConfigKey("tiered.s3.prefix", str, "", "key prefix inside the bucket"),
         ConfigKey("tiered.s3.endpoint", str, "", "S3 endpoint URL; empty = AWS"),

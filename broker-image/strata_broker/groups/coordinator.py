@@ -96,8 +96,8 @@ class GroupCoordinator:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.offsets.load()
+    async def start(self) -> None:
+        await self.offsets.load(getattr(self.broker, "tier", None))
         now_ms = int(time.time() * 1000)
         for group_id in self.offsets.groups():
             self.groups.setdefault(group_id, Group(group_id))

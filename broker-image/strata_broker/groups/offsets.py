@@ -18,12 +18,14 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
+from ..log.partition import OffsetInRemoteStorage
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +136,11 @@ class OffsetStore:
 
     # ---- startup -----------------------------------------------------------------------
 
-    def load(self) -> int:
-        """Replay the topic if it exists; returns the number of records read."""
+    async def load(self, tier: Any = None) -> int:
+        """Replay the topic if it exists; returns the number of records read.
+
+        Segments offloaded to S3 (below the local log start) are read through `tier`.
+        """
         topic = self.logs.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return 0
@@ -145,7 +150,12 @@ class OffsetStore:
         for plog in topic.partitions:
             position = plog.log_start_offset
             while position < plog.log_end_offset:
-                data = plog.read(position, 1 << 20, always_one=True)
+                try:
+                    data = plog.read(position, 1 << 20, always_one=True)
+                except OffsetInRemoteStorage:
+                    if tier is None:
+                        raise
+                    data = await tier.read(topic, plog, position, 1 << 20, True)
                 if not data:
                     break
                 records = MemoryRecords(bytes(data))
@@ -153,13 +163,11 @@ class OffsetStore:
                     batch = records.next_batch()
                     if batch is None:
                         break
-                    if getattr(batch, "is_control_batch", False):
-                        position = batch.next_offset
-                        continue
-                    for record in batch:
-                        if record.offset >= position:
-                            count += 1
-                            self._apply(record.key, record.value)
+                    if not getattr(batch, "is_control_batch", False):
+                        for record in batch:
+                            if record.offset >= position:
+                                count += 1
+                                self._apply(record.key, record.value)
                     position = max(position, batch.next_offset)
         log.info("loaded %d committed offsets of %d group(s) from %d record(s) of %s in %.3fs",
                  sum(len(v) for v in self.offsets.values()), len(self.offsets), count, OFFSETS_TOPIC,

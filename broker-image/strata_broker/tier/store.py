@@ -19,14 +19,26 @@ class S3Unavailable(Exception):
     pass
 
 
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('' for network errors and the like)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
+
+
 class ObjectStore:
     """One bucket. Every call retries with capped exponential backoff until its deadline."""
 
-    def __init__(self, bucket: str, endpoint: str = "", region: str = "us-east-1", call_timeout: float = 30.0) -> None:
+    def __init__(self, bucket: str, endpoint: str = "", region: str = "us-east-1", call_timeout: float = 30.0,
+                 attempt_timeout: float = 15.0) -> None:
         self.bucket = bucket
         self.endpoint = endpoint or None
         self.region = region
         self.call_timeout = call_timeout
+        # One attempt never waits longer than this, whatever the overall deadline: a hung
+        # connection is abandoned and the call retried on a fresh one.
+        self.attempt_timeout = attempt_timeout
         self.requests: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self.failures = 0
@@ -52,14 +64,14 @@ class ObjectStore:
         while True:
             self.requests[op] += 1
             try:
-                remaining = max(0.1, stop_at - loop.time())
+                remaining = min(self.attempt_timeout, max(0.1, stop_at - loop.time()))
                 result = await asyncio.wait_for(getattr(self._client, op)(Bucket=self.bucket, **kwargs), remaining)
                 if not self.healthy:
                     log.info("S3 reachable again (%s)", op)
                 self.healthy = True
                 return result
             except Exception as exc:
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                code = error_code(exc)
                 if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "InvalidRange"):
                     raise
                 self.failures += 1
@@ -92,7 +104,7 @@ class ObjectStore:
         try:
             return await self.get(key)
         except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code", "") in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise
 

@@ -1,0 +1,66 @@
+"""Prometheus metrics, computed from the broker's state at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+
+class BrokerCollector(Collector):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        logs = self.broker.logs
+        local = GaugeMetricFamily("strata_log_local_bytes", "Bytes of a partition's log on local disk",
+                                  labels=["topic", "partition"])
+        end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
+        for topic in list(logs.topics.values()):
+            for plog in topic.partitions:
+                labels = [topic.name, str(plog.partition)]
+                local.add_metric(labels, plog.size_bytes)
+                end.add_metric(labels, plog.log_end_offset)
+        yield local
+        yield end
+        tier = self.broker.tier
+        if tier is None:
+            return
+        lag = GaugeMetricFamily("strata_tier_upload_lag_offsets", "Offsets on local disk not yet in S3",
+                                labels=["topic", "partition"])
+        remote = GaugeMetricFamily("strata_log_remote_bytes", "Bytes of a partition's log in S3",
+                                   labels=["topic", "partition"])
+        for topic in list(logs.topics.values()):
+            for plog in topic.partitions:
+                if plog.remote is not None:
+                    labels = [topic.name, str(plog.partition)]
+                    lag.add_metric(labels, plog.log_end_offset - plog.remote_end_offset)
+                    remote.add_metric(labels, plog.remote.size_bytes)
+        yield lag
+        yield remote
+        yield CounterMetricFamily("strata_tier_uploaded_segments", "Segments uploaded to S3",
+                                  value=tier.uploaded_segments)
+        yield CounterMetricFamily("strata_tier_upload_failures", "Upload passes that failed",
+                                  value=tier.upload_failures)
+        requests = CounterMetricFamily("strata_s3_requests", "S3 requests sent", labels=["operation"])
+        for op, count in sorted(tier.store.requests.items()):
+            requests.add_metric([op], count)
+        yield requests
+        yield CounterMetricFamily("strata_s3_request_failures", "S3 requests that failed",
+                                  value=tier.store.failures)
+        yield GaugeMetricFamily("strata_s3_healthy", "1 when the last S3 request succeeded",
+                                value=1 if tier.store.healthy else 0)
+        yield GaugeMetricFamily("strata_tier_cache_bytes", "Remote chunk cache on disk", value=tier.cache.size_bytes)
+
+
+def serve_metrics(broker: Broker, host: str, port: int) -> int:
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker))
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server.server_port
