@@ -41,11 +41,18 @@ test-all: venv tools
 lint: venv
 	$(BIN)/ruff check broker-image operator tests bench
 
-bench: venv
-	$(BIN)/python bench/produce_consume.py
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+# Throughput/latency beside the raw disk and Tansu, same run; BENCH_ARGS="--seconds 3 --skip-tansu" etc.
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/produce_consume.py $(BENCH_ARGS)
 
 # 50 SIGKILL cycles under acks=all producers, for the record.
-kill-loop: venv
+kill-loop: $(BENCH_STAMP)
 	$(BIN)/python bench/kill_loop.py --cycles 50
 
 clean:

@@ -223,3 +223,28 @@ def test_s3_outage_keeps_producing_on_disk_and_catches_up(broker_factory, topic_
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert "strata_s3_healthy 1.0" in metrics
     proxy.close()
+
+
+def test_committed_group_offsets_survive_losing_the_disk(broker_factory, topic_name, s3):
+    from kafka import KafkaAdminClient
+    from kafka.structs import OffsetAndMetadata
+
+    broker = broker_factory(s3.broker_settings(**{**TIERED, "tiered.upload.interval.ms": "600000"}),
+                            env=CREDENTIALS)
+    create_topic(broker.bootstrap, topic_name, 2, {"retention.ms": "-1"})
+    produce_numbered(broker.bootstrap, topic_name, 100)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="billing", enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)])
+    consumer.commit({TopicPartition(topic_name, 0): OffsetAndMetadata(42, "", -1),
+                     TopicPartition(topic_name, 1): OffsetAndMetadata(0, "", -1)})
+    consumer.close()
+    broker.kill()
+    shutil.rmtree(broker.data_dir)
+    broker.start()
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        committed = admin.list_group_offsets("billing")["billing"]
+    finally:
+        admin.close()
+    assert committed[TopicPartition(topic_name, 0)].offset == 42
+    assert committed[TopicPartition(topic_name, 1)].offset == 0

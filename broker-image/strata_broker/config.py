@@ -89,6 +89,17 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
         ConfigKey("metrics.listen", str, "", "HOST:PORT for Prometheus /metrics; empty = off"),
+        # Consumer groups (Kafka's names and defaults, except where noted).
+        ConfigKey("group.min.session.timeout.ms", _int_at_least(1), "6000", "shortest session a member may ask"),
+        ConfigKey("group.max.session.timeout.ms", _int_at_least(1), "1800000", "longest session a member may ask"),
+        # Kafka waits 3000 ms for more members; one local broker answers the first join at once.
+        ConfigKey("group.initial.rebalance.delay.ms", _int_at_least(0), "0", "wait for more members first"),
+        ConfigKey("group.max.size", _int_at_least(1), str(2**31 - 1), "members per group"),
+        ConfigKey("offsets.topic.num.partitions", _int_at_least(1), "50", "partitions of __consumer_offsets"),
+        ConfigKey("offset.metadata.max.bytes", _int_at_least(0), "4096", "metadata per committed offset"),
+        ConfigKey("offsets.retention.minutes", _int_at_least(1), str(7 * 24 * 60),
+                  "committed offsets of an empty group expire after this"),
+        ConfigKey("group.coordinator.tick.ms", _int_at_least(10), "100", "session expiry check period"),
         ConfigKey("tiered.s3.bucket", str, "", "S3 bucket for closed segments; empty = no tiering"),
         ConfigKey("tiered.s3.prefix", str, "", "key prefix inside the bucket"),
         ConfigKey("tiered.s3.endpoint", str, "", "S3 endpoint URL; empty = AWS"),

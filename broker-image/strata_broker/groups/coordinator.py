@@ -55,24 +55,9 @@ class E:
     GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 
-# Broker properties the coordinator reads (Kafka's names and defaults, except where noted).
-GROUP_SETTINGS: dict[str, int] = {
-    "group.min.session.timeout.ms": 6000,
-    "group.max.session.timeout.ms": 1800000,
-    # Kafka defaults to 3000; a single local broker answers the first join at once.
-    "group.initial.rebalance.delay.ms": 0,
-    "group.max.size": 2**31 - 1,
-    "offsets.topic.num.partitions": 50,
-    "offset.metadata.max.bytes": 4096,
-    "offsets.retention.minutes": 7 * 24 * 60,
-    "group.coordinator.tick.ms": 100,
-}
-
-
 def setting(broker: Any, name: str) -> int:
-    props = getattr(broker.config, "props", {})
-    value = props.get(name)
-    return int(value) if value is not None else GROUP_SETTINGS[name]
+    """A group property; the names and defaults live in strata_broker.config."""
+    return int(broker.config[name])
 
 
 def _now() -> float:

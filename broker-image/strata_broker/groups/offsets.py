@@ -133,6 +133,7 @@ class OffsetStore:
         self.logs = logs
         self.num_partitions = num_partitions
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        self.tier: Any = None
 
     # ---- startup -----------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class OffsetStore:
 
         Segments offloaded to S3 (below the local log start) are read through `tier`.
         """
+        self.tier = tier
         topic = self.logs.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return 0
@@ -224,7 +226,12 @@ class OffsetStore:
             builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
                            value=None if entry is None else encode_value(entry), headers=[])
         result = plog.append(bytes(builder.build()))
-        if result.segment is not None:
+        if self.tier is not None and plog.remote is not None:
+            # With a bucket, a commit is answered once it is in S3: a broker that loses its disk
+            # still knows where every group was.
+            await self.tier.commit_log.commit(OFFSETS_TOPIC, plog.partition, result.base_offset,
+                                              result.last_offset, result.data)
+        elif result.segment is not None:
             try:
                 await self.logs.group_commit.sync(result.segment)
             except KafkaProtocolError:

