@@ -9,6 +9,7 @@ import socket
 
 from .config import BrokerConfig
 from .groups import GroupCoordinator
+from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metrics import serve_metrics
 from .server import serve_connection
@@ -27,6 +28,7 @@ class Broker:
         self.logs = LogManager(data_dir, config)
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.groups: GroupCoordinator | None = None
+        self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,6 +75,8 @@ class Broker:
         if self.tier is not None:
             tick_ms = max(100, min(1000, self.config["tiered.upload.interval.ms"] // 4))
             self._tasks.append(loop.create_task(self._every(tick_ms, self.tier.tick)))
+        if self.config["log.cleaner.enable"]:
+            self._tasks.append(loop.create_task(self._every(self.config["log.cleaner.backoff.ms"], self._compact)))
         if self.config["log.flush.interval.ms"] > 0:
             self._tasks.append(loop.create_task(self._every(self.config["log.flush.interval.ms"],
                                                             self.logs.flush_dirty)))
@@ -91,6 +95,18 @@ class Broker:
             await serve_connection(self, reader, writer)
         finally:
             self._connections.discard(task)
+
+    async def _compact(self) -> None:
+        for topic in list(self.logs.topics.values()):
+            if not topic.config.compacted:
+                continue
+            for plog in topic.partitions:
+                if self.closing:
+                    return
+                if plog.remote is None:
+                    await self.cleaner.maybe_clean(plog)
+                elif self.tier is not None:
+                    await self.tier.maybe_compact(topic, plog)
 
     async def _retention(self) -> None:
         self.logs.enforce_retention()

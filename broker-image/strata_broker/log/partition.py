@@ -16,15 +16,17 @@ from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from ..tier.manifest import RemoteManifest
 from .batch import BatchHeader, set_base_offset, validate_batches
-from .files import read_json, write_json_atomic
+from .files import fsync_dir, read_json, write_json_atomic
 from .producer_state import ProducerState
-from .segment import Segment
+from .segment import Segment, segment_name
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
 REMOTE_MANIFEST = "remote-manifest.json"
+# The commit point of a local compaction: which segments go, which cleaned ones replace them.
+CLEANER_SWAP = "cleaner-swap.json"
 
 
 class OffsetInRemoteStorage(Exception):
@@ -60,6 +62,8 @@ class PartitionLog:
         self._waiters: set[asyncio.Future[None]] = set()
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
         self.remote: RemoteManifest | None = None
+        # Compaction: offsets below this are clean.
+        self.cleaned_offset = 0
 
     # ---- opening and recovery -----------------------------------------------------------
 
@@ -74,6 +78,7 @@ class PartitionLog:
         for name in os.listdir(self.directory):
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(self.directory, name))
+        finish_cleaner_swap(self.directory)
         checkpoint = read_json(os.path.join(self.directory, CHECKPOINT)) or {}
         bases = sorted(int(name[:-4]) for name in os.listdir(self.directory)
                        if name.endswith(".log") and name[:-4].isdigit())
@@ -107,6 +112,7 @@ class PartitionLog:
         if self.remote is not None and self.remote.segments:
             floor = min(floor, self.remote.log_start_offset)
         self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), floor)
+        self.cleaned_offset = int(checkpoint.get("cleaned_offset", 0))
         self._load_producer_state()
 
     def _load_producer_state(self) -> None:
@@ -161,6 +167,7 @@ class PartitionLog:
                 "high_watermark": self.high_watermark,
                 "log_end_offset": self.log_end_offset,
                 "remote_offset": self.remote_end_offset - 1,
+                "cleaned_offset": self.cleaned_offset,
             },
         )
 
@@ -327,6 +334,8 @@ class PartitionLog:
         total retention is then enforced in S3 by the tier.
         """
         tiered = self.remote is not None
+        if not tiered and not self.config.deletes:
+            return 0  # cleanup.policy=compact alone: the cleaner bounds the log, not retention
         keep_ms = self.config.local_retention_ms if tiered else self.config.retention_ms
         keep_bytes = self.config.local_retention_bytes if tiered else self.config.retention_bytes
         deleted = 0
@@ -350,6 +359,37 @@ class PartitionLog:
                      else "retention", deleted, self.topic, self.partition, self.local_start_offset)
         return deleted
 
+    def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int) -> bool:
+        """Swap cleaned segments (written as `<base>.log.cleaned`) in for the originals, crash-safely.
+
+        Runs on the event loop, so no read sees half a swap. False (and nothing changed) when
+        retention or another change took any original away meanwhile.
+        """
+        count = len(originals)
+        if not _is_slice(self.segments, originals) or originals[-1] is self.active:
+            for base in cleaned_bases:
+                _unlink_quietly(os.path.join(self.directory, f"{segment_name(base)}.log.cleaned"))
+            return False
+        start = self.segments.index(originals[0])
+        for base in cleaned_bases:
+            with open(os.path.join(self.directory, f"{segment_name(base)}.log.cleaned"), "rb+") as f:
+                os.fsync(f.fileno())
+        write_json_atomic(os.path.join(self.directory, CLEANER_SWAP),
+                          {"remove": [s.base_offset for s in originals], "install": cleaned_bases})
+        for segment in originals:
+            segment.close()
+        finish_cleaner_swap(self.directory)
+        installed = []
+        for base in cleaned_bases:
+            segment = Segment(self.directory, base, self.config.index_interval_bytes)
+            segment.rebuild()
+            segment.seal()
+            installed.append(segment)
+        self.segments[start:start + count] = installed
+        self.cleaned_offset = max(self.cleaned_offset, cleaned_through)
+        self.write_checkpoint()
+        return True
+
     def set_remote(self, manifest: RemoteManifest) -> None:
         self.remote = manifest
         write_json_atomic(os.path.join(self.directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
@@ -372,6 +412,38 @@ class PartitionLog:
     def delete_files(self) -> None:
         for segment in self.segments:
             segment.close()
+
+
+def finish_cleaner_swap(directory: str) -> None:
+    """Complete a compaction swap that was committed (its swap file exists), else drop leftovers.
+
+    Idempotent: a crash anywhere in here is finished by the next start.
+    """
+    swap_path = os.path.join(directory, CLEANER_SWAP)
+    swap = read_json(swap_path)
+    if swap is not None:
+        install = set(swap["install"])
+        for base in swap["remove"]:
+            for suffix in (".index", ".timeindex"):
+                _unlink_quietly(os.path.join(directory, segment_name(base) + suffix))
+            if base not in install:
+                _unlink_quietly(os.path.join(directory, segment_name(base) + ".log"))
+        for base in swap["install"]:
+            cleaned = os.path.join(directory, segment_name(base) + ".log.cleaned")
+            if os.path.exists(cleaned):
+                os.replace(cleaned, os.path.join(directory, segment_name(base) + ".log"))
+        fsync_dir(directory)
+        os.unlink(swap_path)
+    for name in os.listdir(directory):
+        if name.endswith(".cleaned"):
+            os.unlink(os.path.join(directory, name))
+
+
+def _is_slice(segments: list[Segment], part: list[Segment]) -> bool:
+    if not part or part[0] not in segments:
+        return False
+    start = segments.index(part[0])
+    return segments[start:start + len(part)] == part
 
 
 def _unlink_quietly(path: str) -> None:

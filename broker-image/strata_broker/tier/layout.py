@@ -31,8 +31,11 @@ def manifest_key(partition_prefix: str) -> str:
     return partition_prefix + "manifest.json"
 
 
-def segment_key(partition_prefix: str, base_offset: int, last_offset: int, suffix: str) -> str:
-    return f"{partition_prefix}{base_offset:020d}-{last_offset:020d}.{suffix}"
+def segment_key(partition_prefix: str, base_offset: int, last_offset: int, suffix: str, generation: int = 0) -> str:
+    """A segment's objects; a compacted rewrite gets a new generation, hence new keys, so a reader
+    holding the previous manifest still finds the objects it was sent to."""
+    cleaned = f"-c{generation}" if generation else ""
+    return f"{partition_prefix}{base_offset:020d}-{last_offset:020d}{cleaned}.{suffix}"
 
 
 def wal_root(prefix: str, cluster: str, broker_id: int) -> str:

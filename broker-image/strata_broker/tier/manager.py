@@ -16,6 +16,7 @@ from ..log.files import read_json, write_json_atomic
 from ..log.partition import CHECKPOINT, PRODUCER_SNAPSHOT, REMOTE_MANIFEST, PartitionLog, snapshot_name
 from ..log.segment import Segment
 from .cache import ChunkCache
+from .compactor import RemoteCompactor
 from .layout import (
     manifest_key,
     parse_topic_dir,
@@ -52,6 +53,8 @@ class TierManager:
                                    config["tiered.prefetch.chunks"])
         self.commit_log = S3CommitLog(self.store, self.prefix, self.cluster, broker_id,
                                       config["tiered.s3.commit.interval.ms"])
+        self.compactor = RemoteCompactor(self.store, config["tiered.compaction.delete.delay.ms"],
+                                         config["log.cleaner.io.max.bytes.per.second"])
         self.logs: LogManager | None = None
         self._uploads = asyncio.Semaphore(config["tiered.upload.concurrency"])
         self._busy: set[tuple[str, int]] = set()
@@ -235,7 +238,7 @@ class TierManager:
         if manifest is None or not manifest.segments:
             return
         retention_ms, retention_bytes = plog.config.retention_ms, plog.config.retention_bytes
-        if retention_ms < 0 and retention_bytes < 0:
+        if (retention_ms < 0 and retention_bytes < 0) or not plog.config.deletes:
             return
         local_only = sum(s.size for s in plog.segments if s.base_offset >= manifest.end_offset)
         total = manifest.size_bytes + local_only
@@ -260,12 +263,22 @@ class TierManager:
             await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
             plog.log_start_offset = max(plog.log_start_offset, new_start)
             plog.set_remote(updated)
-            await self.store.delete_many([segment_key(prefix, s.base_offset, s.last_offset, suffix)
-                                          for s in doomed for suffix in ("log", "index", "timeindex")])
+            await self.store.delete_many([s.key(prefix, suffix) for s in doomed
+                                          for suffix in ("log", "index", "timeindex")])
             log.info("retention removed %d segment(s) of %s-%d from S3; log start offset now %d", len(doomed),
                      topic.name, plog.partition, plog.log_start_offset)
         except Exception as exc:
             log.warning("S3 retention for %s-%d postponed: %s", topic.name, plog.partition, exc)
+
+    # ---- compaction ---------------------------------------------------------------------
+
+    async def maybe_compact(self, topic: Topic, plog: PartitionLog) -> None:
+        prefix = self.partition_prefix(topic, plog.partition)
+        try:
+            await self.compactor.maybe_compact(plog, prefix)
+            await self.compactor.collect_garbage(plog, prefix)
+        except Exception as exc:
+            log.warning("S3 compaction of %s-%d postponed: %s", topic.name, plog.partition, exc)
 
     # ---- reads ----------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .layout import segment_key
+
 
 @dataclass(frozen=True)
 class RemoteSegment:
@@ -16,6 +18,10 @@ class RemoteSegment:
     max_timestamp: int
     index_size: int
     timeindex_size: int
+    generation: int = 0  # > 0 once compaction has rewritten the segment
+
+    def key(self, partition_prefix: str, suffix: str) -> str:
+        return segment_key(partition_prefix, self.base_offset, self.last_offset, suffix, self.generation)
 
 
 @dataclass
@@ -28,6 +34,10 @@ class RemoteManifest:
     # Idempotent producers' state as of end_offset, so a restored broker still recognises retries.
     producer_state: dict[str, Any] = field(default_factory=dict)
     version: int = 0
+    # Compaction: offsets below this are clean (every key at most once, tombstones aside).
+    cleaned_offset: int = 0
+    # Objects replaced by compaction, deleted once no reader can still hold them: [key, not-before ms].
+    garbage: list[list[Any]] = field(default_factory=list)
 
     @property
     def end_offset(self) -> int:

@@ -12,7 +12,6 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..log.batch import HEADER_SIZE, parse_header
 from .cache import ChunkCache
-from .layout import segment_key
 from .manifest import RemoteManifest, RemoteSegment
 from .store import ObjectStore
 
@@ -76,7 +75,7 @@ class RemoteReader:
                     return
                 segment = manifest.segments[index]
                 n = 0
-            key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+            key = segment.key(prefix, "log")
             budget -= 1
             if self.cache.contains(key, n) or (key, n) in self._inflight:
                 continue
@@ -92,7 +91,7 @@ class RemoteReader:
     # ---- indexes --------------------------------------------------------------------------
 
     async def _offset_index(self, prefix: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
-        key = segment_key(prefix, segment.base_offset, segment.last_offset, "index")
+        key = segment.key(prefix, "index")
         found = self._indexes.get(key)
         if found is None:
             data = await self.store.get(key) if segment.index_size else b""
@@ -107,7 +106,7 @@ class RemoteReader:
         return found
 
     async def _time_index(self, prefix: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
-        key = segment_key(prefix, segment.base_offset, segment.last_offset, "timeindex")
+        key = segment.key(prefix, "timeindex")
         found = self._timeindexes.get(key)
         if found is None:
             data = await self.store.get(key) if segment.timeindex_size else b""
@@ -135,7 +134,7 @@ class RemoteReader:
         if index is None:
             return b""
         segment = manifest.segments[index]
-        key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+        key = segment.key(prefix, "log")
         pos = await self._position_of(prefix, segment, offset)
         start = -1
         while pos + HEADER_SIZE <= segment.size:
@@ -170,7 +169,7 @@ class RemoteReader:
             i = bisect_right(stamps, timestamp - 1)
             relative = rels[i - 1] if i else 0
             pos = await self._position_of(prefix, segment, segment.base_offset + relative)
-            key = segment_key(prefix, segment.base_offset, segment.last_offset, "log")
+            key = segment.key(prefix, "log")
             while pos + HEADER_SIZE <= segment.size:
                 header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
                 if header.max_timestamp >= timestamp and header.last_offset >= manifest.log_start_offset:

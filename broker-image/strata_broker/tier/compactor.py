@@ -1,0 +1,154 @@
+"""Compaction of segments already in S3: read, clean, write new objects, swap the manifest.
+
+The manifest PUT is the atomic switch. Objects it no longer lists are kept for
+tiered.compaction.delete.delay.ms (recorded in the manifest's garbage list, so a restart
+still deletes them) because a fetch that started on the old manifest may still read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ..log.cleaner import CleanerStats, IoBudget, due, group_for_merge
+from ..log.compaction import clean, latest_offsets
+from ..log.segment import Segment
+from .layout import manifest_key
+from .manifest import RemoteManifest, RemoteSegment
+from .store import ObjectStore
+
+if TYPE_CHECKING:
+    from ..log.partition import PartitionLog
+
+log = logging.getLogger(__name__)
+
+
+class RemoteCompactor:
+    def __init__(self, store: ObjectStore, delete_delay_ms: int, io_bytes_per_second: int) -> None:
+        self.store = store
+        self.delete_delay_ms = delete_delay_ms
+        self.io_bytes_per_second = io_bytes_per_second
+        self.stats = CleanerStats()
+        self._busy: set[int] = set()
+
+    async def maybe_compact(self, plog: PartitionLog, prefix: str) -> bool:
+        manifest = plog.remote
+        if manifest is None or id(plog) in self._busy or not plog.config.compacted:
+            return False
+        now_ms = int(time.time() * 1000)
+        lag = plog.config.values["min.compaction.lag.ms"]
+        candidates = []
+        for segment in manifest.segments:
+            if now_ms - segment.max_timestamp < lag:
+                break
+            candidates.append(segment)
+        if not candidates or not due([(s.size, s.last_offset + 1, s.max_timestamp) for s in candidates],
+                                     manifest.cleaned_offset, plog.config.values["min.cleanable.dirty.ratio"],
+                                     plog.config.values["max.compaction.lag.ms"], now_ms):
+            return False
+        self._busy.add(id(plog))
+        try:
+            return await self._compact(plog, prefix, manifest, candidates, now_ms)
+        finally:
+            self._busy.discard(id(plog))
+
+    async def _compact(self, plog: PartitionLog, prefix: str, manifest: RemoteManifest,
+                       candidates: list[RemoteSegment], now_ms: int) -> bool:
+        started = time.monotonic()
+        budget = IoBudget(self.io_bytes_per_second)
+        datas = []
+        for segment in candidates:
+            data = await self.store.get(segment.key(prefix, "log"), deadline=120)
+            await asyncio.to_thread(budget.spend, len(data))
+            datas.append(data)
+        dirty_from = max(manifest.cleaned_offset, manifest.log_start_offset)
+        cutoff = now_ms - plog.config.values["delete.retention.ms"]
+        cleaned, removed = await asyncio.to_thread(_clean_all, candidates, datas, dirty_from, cutoff)
+        groups = group_for_merge([len(c) for c in cleaned], plog.config.segment_bytes)
+        generation = max(s.generation for s in manifest.segments) + 1
+        replacements: list[RemoteSegment] = []
+        for group in groups:
+            blob = b"".join(cleaned[i] for i in group)
+            first, last = candidates[group[0]], candidates[group[-1]]
+            index, timeindex, max_ts = await asyncio.to_thread(_indexes_for, blob, first.base_offset,
+                                                               plog.config.index_interval_bytes)
+            new = RemoteSegment(first.base_offset, last.last_offset, len(blob), max_ts if blob else first.max_timestamp,
+                                len(index), len(timeindex), generation)
+            await self.store.put(new.key(prefix, "index"), index, deadline=120)
+            await self.store.put(new.key(prefix, "timeindex"), timeindex, deadline=120)
+            await self.store.put(new.key(prefix, "log"), blob, deadline=300)
+            replacements.append(new)
+        current = plog.remote
+        if current is None or current.segments[:len(candidates)] != candidates:
+            log.info("S3 compaction of %s-%d abandoned: the manifest changed meanwhile", plog.topic, plog.partition)
+            return False
+        not_before = now_ms + self.delete_delay_ms
+        garbage = [*current.garbage, *([s.key(prefix, suffix), not_before] for s in candidates
+                                       for suffix in ("log", "index", "timeindex"))]
+        updated = replace(current, segments=[*replacements, *current.segments[len(candidates):]],
+                          cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
+                          version=current.version + 1)
+        await self.store.put(manifest_key(prefix), updated.to_json(), deadline=120)
+        plog.set_remote(updated)
+        before = sum(len(d) for d in datas)
+        after = sum(s.size for s in replacements)
+        elapsed = time.monotonic() - started
+        self.stats.passes += 1
+        self.stats.bytes_read += before
+        self.stats.bytes_written += after
+        self.stats.records_removed += removed
+        self.stats.seconds += elapsed
+        log.info("compacted %s-%d in S3: %d segment(s) -> %d, %d -> %d bytes, %d record(s) removed in %.2fs",
+                 plog.topic, plog.partition, len(candidates), len(replacements), before, after, removed, elapsed)
+        return True
+
+    async def collect_garbage(self, plog: PartitionLog, prefix: str) -> int:
+        manifest = plog.remote
+        if manifest is None or not manifest.garbage:
+            return 0
+        now_ms = int(time.time() * 1000)
+        due_keys = [key for key, not_before in manifest.garbage if not_before <= now_ms]
+        if not due_keys:
+            return 0
+        await self.store.delete_many(due_keys)
+        current = plog.remote
+        assert current is not None
+        remaining = [[k, t] for k, t in current.garbage if k not in set(due_keys)]
+        updated = replace(current, garbage=remaining, version=current.version + 1)
+        await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
+        plog.set_remote(updated)
+        return len(due_keys)
+
+
+def _clean_all(candidates: list[RemoteSegment], datas: list[bytes], dirty_from: int,
+               cutoff_ms: int) -> tuple[list[bytes], int]:
+    latest = latest_offsets((d for s, d in zip(candidates, datas, strict=True) if s.last_offset >= dirty_from),
+                            dirty_from)
+    out, removed = [], 0
+    for data in datas:
+        cleaned, gone = clean(data, latest, cutoff_ms)
+        out.append(cleaned)
+        removed += gone
+    return out, removed
+
+
+def _indexes_for(blob: bytes, base_offset: int, index_interval_bytes: int) -> tuple[bytes, bytes, int]:
+    """The .index and .timeindex of a cleaned segment, built by the same code as local ones."""
+    with tempfile.TemporaryDirectory(prefix="strata-compact-") as tmp:
+        segment = Segment(tmp, base_offset, index_interval_bytes)
+        with open(segment.log_path, "wb") as f:
+            f.write(blob)
+        segment.size = len(blob)
+        segment.rebuild()
+        segment.seal()
+        max_ts = segment.max_timestamp
+        segment.close()
+        with open(segment.offset_index.path, "rb") as f:
+            index = f.read()
+        with open(segment.time_index.path, "rb") as f:
+            timeindex = f.read()
+    return index, timeindex, max_ts
