@@ -35,6 +35,13 @@ def _durability(value: str) -> str:
     return value
 
 
+def _ratio(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {number}")
+    return number
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -43,6 +50,79 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    name: str
+    host: str
+    port: int
+
+
+def parse_listener(text: str) -> ListenerSpec:
+    """`NAME://HOST:PORT` (or a bare `HOST:PORT`, which is PLAINTEXT)."""
+    name, sep, rest = text.strip().partition("://")
+    if not sep:
+        name, rest = "PLAINTEXT", text.strip()
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not name:
+        raise ValueError(f"expected NAME://HOST:PORT, got {text!r}")
+    return ListenerSpec(name.upper(), host.strip("[]"), int(port))
+
+
+def parse_listeners(value: str) -> tuple[ListenerSpec, ...]:
+    specs = tuple(parse_listener(part) for part in value.split(",") if part.strip())
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a listener name appears twice: {value!r}")
+    return specs
+
+
+def parse_protocol_map(value: str) -> dict[str, str]:
+    out = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        name, sep, proto = part.partition(":")
+        if not sep or proto.strip().upper() not in SECURITY_PROTOCOLS:
+            raise ValueError(f"expected NAME:PROTOCOL with PROTOCOL in {SECURITY_PROTOCOLS}, got {part!r}")
+        out[name.strip().upper()] = proto.strip().upper()
+    return out
+
+
+def parse_mechanisms(value: str) -> tuple[str, ...]:
+    mechs = tuple(m.strip().upper() for m in value.split(",") if m.strip())
+    for m in mechs:
+        if m not in SASL_MECHANISMS:
+            raise ValueError(f"unsupported SASL mechanism {m!r} (supported: {', '.join(SASL_MECHANISMS)})")
+    return mechs
+
+
+def _validated(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """Keep the text (DescribeConfigs shows it and parses it again) once `parse` accepts it."""
+    def check(value: str) -> str:
+        parse(value)
+        return value.strip()
+
+    return check
+
+
+_listeners = _validated(parse_listeners)
+_protocol_map = _validated(parse_protocol_map)
+_mechanisms = _validated(parse_mechanisms)
+
+# Broker properties DescribeConfigs never shows the value of.
+SENSITIVE_CONFIGS = frozenset({"ssl.key.password"})
+
+
+def _client_auth(value: str) -> str:
+    if value not in ("none", "requested", "required"):
+        raise ValueError("ssl.client.auth must be none, requested or required")
+    return value
 
 
 @dataclass(frozen=True)
@@ -71,6 +151,13 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("local.retention.ms", _int_at_least(-2), "-2", "hot retention on disk; -2 = retention.ms"),
         ConfigKey("local.retention.bytes", _int_at_least(-2), "-2", "hot bytes on disk; -2 = retention.bytes"),
         ConfigKey("strata.durability", _durability, "disk", "acks=all waits for: disk (fsync) or s3"),
+        # Compaction (cleanup.policy=compact).
+        ConfigKey("min.cleanable.dirty.ratio", _ratio, "0.5", "clean when this share of the log is dirty"),
+        ConfigKey("min.compaction.lag.ms", _int_at_least(0), "0", "records younger than this stay uncompacted"),
+        ConfigKey("max.compaction.lag.ms", _int_at_least(1), str(2**63 - 1),
+                  "a dirty record is compacted within this, whatever the ratio"),
+        ConfigKey("delete.retention.ms", _int_at_least(0), str(24 * 3600 * 1000),
+                  "tombstones stay readable this long (by their timestamp) so slow readers see deletes"),
     ]
 }
 
@@ -89,6 +176,12 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
         ConfigKey("metrics.listen", str, "", "HOST:PORT for Prometheus /metrics; empty = off"),
+        ConfigKey("log.cleaner.enable", _bool, "true", "compact topics with cleanup.policy=compact"),
+        ConfigKey("log.cleaner.backoff.ms", _int_at_least(10), "15000", "pause between cleaner passes"),
+        ConfigKey("log.cleaner.io.max.bytes.per.second", _int_at_least(1024), str(100 << 20),
+                  "I/O budget of the cleaner (read + written)"),
+        ConfigKey("tiered.compaction.delete.delay.ms", _int_at_least(0), "60000",
+                  "objects replaced by compaction are deleted this long after the manifest swap"),
         # Consumer groups (Kafka's names and defaults, except where noted).
         ConfigKey("group.min.session.timeout.ms", _int_at_least(1), "6000", "shortest session a member may ask"),
         ConfigKey("group.max.session.timeout.ms", _int_at_least(1), "1800000", "longest session a member may ask"),
@@ -113,6 +206,34 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("tiered.upload.concurrency", _int_at_least(1), "4", "segments uploaded at once"),
         ConfigKey("tiered.s3.commit.interval.ms", _int_at_least(1), "50",
                   "strata.durability=s3: how long acks=all batches gather before one S3 write"),
+        # Listeners and security (docs/security.md). `--listen` adds to `listeners`.
+        ConfigKey("listeners", _listeners, "",
+                  "NAME://HOST:PORT,... (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL or a mapped name)"),
+        ConfigKey("advertised.listeners", _listeners, "", "NAME://HOST:PORT,... told to clients, per listener"),
+        ConfigKey("listener.security.protocol.map", _protocol_map, "",
+                  "extra NAME:PROTOCOL pairs for listener names that are not a protocol"),
+        ConfigKey("sasl.enabled.mechanisms", _mechanisms, "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+                  "SASL mechanisms offered on SASL listeners"),
+        ConfigKey("sasl.credentials.file", str, "", "JSON user credentials (mounted from a Secret); reloaded on change"),
+        ConfigKey("sasl.credentials.reload.ms", _int_at_least(50), "1000", "how often the credentials file is checked"),
+        ConfigKey("sasl.server.max.receive.size", _int_at_least(64), "524288",
+                  "largest frame accepted before a SASL connection has authenticated"),
+        ConfigKey("authorizer.enable", _bool, "false", "enforce ACLs (off for make run, on in the chart)"),
+        ConfigKey("super.users", str, "", "semicolon-separated principals allowed everything, e.g. User:admin"),
+        ConfigKey("allow.everyone.if.no.acl.found", _bool, "false",
+                  "with the authorizer on: a resource no ACL matches is open to everyone"),
+        ConfigKey("ssl.certificate.location", str, "", "PEM certificate chain of the SSL listeners"),
+        ConfigKey("ssl.key.location", str, "", "PEM private key (default: in ssl.certificate.location)"),
+        ConfigKey("ssl.key.password", str, "", "password of the private key, if encrypted"),
+        ConfigKey("ssl.ca.location", str, "", "PEM CA bundle that client certificates are verified against"),
+        ConfigKey("ssl.client.auth", _client_auth, "none", "none | requested | required"),
+        ConfigKey("ssl.handshake.timeout.ms", _int_at_least(100), "10000", "a TLS handshake must finish in this"),
+        ConfigKey("max.connections", _int_at_least(1), "10000", "open client connections, all listeners"),
+        ConfigKey("max.connections.per.ip", _int_at_least(1), "1000", "open client connections per source IP"),
+        ConfigKey("request.timeout.ms", _int_at_least(100), "30000",
+                  "a request must arrive whole (and a SASL client authenticate) within this"),
+        ConfigKey("quota.window.num", _int_at_least(2), "11", "quota rate samples kept"),
+        ConfigKey("quota.window.size.seconds", _int_at_least(1), "1", "length of one quota sample"),
     ]
 }
 
@@ -236,3 +357,11 @@ class TopicConfig:
     @property
     def durability(self) -> str:
         return self.values["strata.durability"]
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.values["cleanup.policy"].split(",")
+
+    @property
+    def deletes(self) -> bool:
+        return "delete" in self.values["cleanup.policy"].split(",")
