@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# One broker on 127.0.0.1:9092, data under ./data (git-ignored), topics created on first use.
+# One broker on 127.0.0.1:9092 plus an embedded S3 endpoint (moto) on 127.0.0.1:9000 it offloads
+# to; data under ./data (git-ignored), topics created on first use. Ctrl-C stops both.
 run: venv
-	$(BIN)/strata-broker --data-dir $(DATA)/broker-0 --listen 127.0.0.1:$(PORT) \
-		--set auto.create.topics.enable=true --set num.partitions=6
+	$(BIN)/strata local --data-dir $(DATA) --port $(PORT)
 
 # Debian's kcat is a test dependency (it links an old librdkafka, which the broker must serve).
 tools:

@@ -126,11 +126,13 @@ def tansu_broker(binary: str, port: int, log_path: Path) -> Broker:
     return Broker("tansu", argv, port, log_path)
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 20.0) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 20.0,
+                 config: dict[str, str] | None = None) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                            config=config or {})],
                                   operation_timeout=timeout, request_timeout=timeout)
     for fut in futures.values():
         try:

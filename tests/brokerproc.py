@@ -20,8 +20,10 @@ def free_port() -> int:
 class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None,
                  log_path: Path | None = None, advertise: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        # Listeners beside the PLAINTEXT one on `port`: name (SASL_PLAINTEXT, SSL, ...) -> port.
+        self.listeners = {name: p or free_port() for name, p in (listeners or {}).items()}
         self.advertise = advertise
         self.env = env
         self.port = port or free_port()
@@ -33,9 +35,20 @@ class BrokerProcess:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def address(self, listener: str) -> str:
+        """bootstrap.servers for one of the extra listeners."""
+        return f"127.0.0.1:{self.listeners[listener]}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(self.data_dir),
                "--listen", self.bootstrap]
+        for name, port in self.listeners.items():
+            cmd += ["--listen", f"{name}://127.0.0.1:{port}"]
         if self.advertise:
             cmd += ["--advertise", self.advertise]
         for key, value in self.settings.items():

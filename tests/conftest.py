@@ -24,8 +24,10 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def make(settings: dict[str, str] | None = None, name: str = "broker", port: int | None = None,
-             advertise: str | None = None, env: dict[str, str] | None = None) -> BrokerProcess:
-        proc = BrokerProcess(tmp_path / name, port=port, settings=settings, advertise=advertise, env=env).start()
+             advertise: str | None = None, env: dict[str, str] | None = None,
+             listeners: dict[str, int | None] | None = None) -> BrokerProcess:
+        proc = BrokerProcess(tmp_path / name, port=port, settings=settings, advertise=advertise, env=env,
+                             listeners=listeners).start()
         started.append(proc)
         return proc
 

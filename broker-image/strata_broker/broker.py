@@ -1,17 +1,24 @@
-"""The broker process: its logs, its listener, and its background housekeeping."""
+"""The broker process: its logs, its listeners, and its background housekeeping."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import socket
+import resource
+import time
 
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metrics import serve_metrics
+from .protocol.context import Connection
+from .security import ANONYMOUS
+from .security.acl import Authorizer
+from .security.credentials import CredentialStore
+from .security.listeners import Listener, build_listeners, principal_from_cert
+from .security.quotas import QuotaManager
 from .server import serve_connection
 from .tier.manager import TierManager
 
@@ -19,20 +26,32 @@ log = logging.getLogger(__name__)
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, data_dir: str, listen: tuple[str, int],
-                 advertise: tuple[str, int] | None = None, node_id: int = 0) -> None:
+    def __init__(self, config: BrokerConfig, data_dir: str, listen: tuple[str, int] | None = None,
+                 advertise: tuple[str, int] | None = None, node_id: int = 0,
+                 listeners: list[Listener] | None = None) -> None:
         self.config = config
         self.node_id = node_id
-        self.listen_host, self.listen_port = listen
-        self._advertise = advertise
+        if listeners is None:
+            host, port = listen or ("127.0.0.1", 9092)
+            adv = [f"{advertise[0]}:{advertise[1]}"] if advertise else []
+            listeners = build_listeners(config, [f"{host}:{port}"], adv)
+        self.listeners = listeners
         self.logs = LogManager(data_dir, config)
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.groups: GroupCoordinator | None = None
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
+        self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
+                                     config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
+        self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
+        self.quotas = QuotaManager(self.logs.meta_dir, config["quota.window.size.seconds"],
+                                   config["quota.window.num"])
         self.closing = False
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
+        self._refused = 0
+        self._refused_logged = 0.0
         self._shutdown_waiters: set[asyncio.Future[None]] = set()
         self._stopped = asyncio.Event()
 
@@ -40,17 +59,26 @@ class Broker:
     def cluster_id(self) -> str:
         return self.config["cluster.id"]
 
+    # The first listener stands for the broker where a single address is wanted (logs, tests).
+    @property
+    def listen_host(self) -> str:
+        return self.listeners[0].host
+
+    @property
+    def listen_port(self) -> int:
+        return self.listeners[0].port
+
     @property
     def advertised_host(self) -> str:
-        if self._advertise:
-            return self._advertise[0]
-        if self.listen_host in ("0.0.0.0", "::", ""):
-            return socket.gethostname()
-        return self.listen_host
+        return self.listeners[0].advertised_host
 
     @property
     def advertised_port(self) -> int:
-        return self._advertise[1] if self._advertise else self.listen_port
+        return self.listeners[0].advertised_port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     async def start(self) -> None:
         if self.tier is not None:
@@ -64,11 +92,13 @@ class Broker:
             await self.tier.replay_commit_log()
         self.groups = GroupCoordinator(self)
         await self.groups.start()
-        self._server = await asyncio.start_server(self._on_connection, self.listen_host, self.listen_port,
-                                                  reuse_address=True, limit=1 << 20)
-        if self.listen_port == 0:
-            self.listen_port = self._server.sockets[0].getsockname()[1]
+        _raise_fd_limit()
+        for listener in self.listeners:
+            await self._listen(listener)
         loop = asyncio.get_running_loop()
+        if self.config["sasl.credentials.file"]:
+            self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
+                                                            self._reload_credentials)))
         self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
@@ -84,17 +114,64 @@ class Broker:
             host, _, port = self.config["metrics.listen"].rpartition(":")
             bound = serve_metrics(self, host or "127.0.0.1", int(port))
             log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", bound)
-        log.info("strata-broker %d listening on %s:%d, advertised as %s:%d", self.node_id, self.listen_host,
-                 self.listen_port, self.advertised_host, self.advertised_port)
+        for lst in self.listeners:
+            log.info("strata-broker %d listening on %s://%s:%d, advertised as %s:%d", self.node_id, lst.name,
+                     lst.host, lst.port, lst.advertised_host, lst.advertised_port)
+        if self.authorizer.enabled:
+            log.info("authorizer on: %d ACLs, super users %s", len(self.authorizer.acls),
+                     ", ".join(sorted(self.authorizer.super_users)) or "(none)")
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _listen(self, listener: Listener) -> None:
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._on_connection(listener, reader, writer)
+
+        server = await asyncio.start_server(
+            on_connection, listener.host, listener.port, reuse_address=True, limit=1 << 20, backlog=1024,
+            ssl=listener.ssl_context,
+            ssl_handshake_timeout=self.config["ssl.handshake.timeout.ms"] / 1000.0 if listener.ssl_context else None)
+        if listener.port == 0:
+            listener.port = server.sockets[0].getsockname()[1]
+        self._servers.append(server)
+
+    async def _on_connection(self, listener: Listener, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        ip = peername[0] if isinstance(peername, tuple) else str(peername)
+        if (len(self._connections) >= self.config["max.connections"]
+                or self._per_ip.get(ip, 0) >= self.config["max.connections.per.ip"]):
+            self._refuse(ip, writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if listener.sasl:
+            principal = None  # until SaslAuthenticate succeeds
+        else:
+            principal = principal_from_cert(writer.get_extra_info("peercert")) if listener.tls else None
+            principal = principal or ANONYMOUS
         try:
-            await serve_connection(self, reader, writer)
+            await serve_connection(self, reader, writer, Connection(listener, ip, principal))
         finally:
             self._connections.discard(task)
+            left = self._per_ip.get(ip, 1) - 1
+            if left > 0:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
+
+    def _refuse(self, ip: str, writer: asyncio.StreamWriter) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged > 10:  # a flood must not flood the log too
+            self._refused_logged = now
+            log.warning("refusing connections over max.connections(.per.ip) (from %s; %d refused so far)", ip,
+                        self._refused)
+        transport = writer.transport
+        transport.abort()
+
+    async def _reload_credentials(self) -> None:
+        self.credentials.poll()
 
     async def _compact(self) -> None:
         for topic in list(self.logs.topics.values()):
@@ -103,9 +180,8 @@ class Broker:
             for plog in topic.partitions:
                 if self.closing:
                     return
-                if plog.remote is None:
-                    await self.cleaner.maybe_clean(plog)
-                elif self.tier is not None:
+                await self.cleaner.maybe_clean(plog)
+                if plog.remote is not None and self.tier is not None:
                     await self.tier.maybe_compact(topic, plog)
 
     async def _retention(self) -> None:
@@ -134,8 +210,8 @@ class Broker:
             return
         self.closing = True
         log.info("shutting down")
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for future in list(self._shutdown_waiters):
             if not future.done():
                 future.set_result(None)
@@ -154,3 +230,13 @@ class Broker:
             await self.tier.close()
         self._stopped.set()
         log.info("stopped cleanly")
+
+
+def _raise_fd_limit() -> None:
+    """Up to the hard limit: every client connection is a descriptor (max.connections)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit: %s", exc)

@@ -22,15 +22,20 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where partition logs live.")
-@click.option("--listen", default="127.0.0.1:9092", show_default=True, help="HOST:PORT to accept clients on.")
-@click.option("--advertise", default=None, help="HOST:PORT clients are told to connect to (default: --listen).")
+@click.option("--listen", multiple=True, metavar="[NAME://]HOST:PORT",
+              help="Accept clients here (repeatable). HOST:PORT is PLAINTEXT; NAME is PLAINTEXT, SSL, "
+                   "SASL_PLAINTEXT, SASL_SSL or a name from listener.security.protocol.map. "
+                   "Default: 127.0.0.1:9092 unless the `listeners` property is set.")
+@click.option("--advertise", multiple=True, metavar="[NAME://]HOST:PORT",
+              help="What clients are told to connect to: HOST:PORT for the first listener, NAME://HOST:PORT "
+                   "for a named one (repeatable; default: the listener's own address).")
 @click.option("--broker-id", default=0, show_default=True, type=int, help="This broker's node id.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Kafka-style broker property or topic default, e.g. segment.bytes=1048576. Repeatable.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(data_dir: str, listen: str, advertise: str | None, broker_id: int, settings: tuple[str, ...],
-         log_level: str) -> None:
+def main(data_dir: str, listen: tuple[str, ...], advertise: tuple[str, ...], broker_id: int,
+         settings: tuple[str, ...], log_level: str) -> None:
     """Run a Kafka-compatible Strata broker."""
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,15 +49,19 @@ def main(data_dir: str, listen: str, advertise: str | None, broker_id: int, sett
         config = BrokerConfig.from_overrides(overrides)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
-    asyncio.run(_run(config, data_dir, parse_host_port(listen),
-                     parse_host_port(advertise) if advertise else None, broker_id))
+    from .security.listeners import build_listeners
+
+    try:
+        listeners = build_listeners(config, list(listen), list(advertise))
+    except (ConfigError, ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen/--advertise/listeners") from exc
+    asyncio.run(_run(config, data_dir, listeners, broker_id))
 
 
-async def _run(config: BrokerConfig, data_dir: str, listen: tuple[str, int], advertise: tuple[str, int] | None,
-               broker_id: int) -> None:
+async def _run(config: BrokerConfig, data_dir: str, listeners, broker_id: int) -> None:  # type: ignore[no-untyped-def]
     from .broker import Broker
 
-    broker = Broker(config, data_dir, listen, advertise, broker_id)
+    broker = Broker(config, data_dir, node_id=broker_id, listeners=listeners)
     await broker.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,6 +29,17 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        for where, stats in (("local", self.broker.cleaner.stats),
+                             ("s3", self.broker.tier.compactor.stats if self.broker.tier else None)):
+            if stats is None:
+                continue
+            yield CounterMetricFamily(f"strata_compaction_{where}_bytes_read", "Bytes read by compaction",
+                                      value=stats.bytes_read)
+            yield CounterMetricFamily(f"strata_compaction_{where}_bytes_written", "Bytes written by compaction",
+                                      value=stats.bytes_written)
+            yield CounterMetricFamily(f"strata_compaction_{where}_seconds", "Time spent compacting",
+                                      value=stats.seconds)
+            yield CounterMetricFamily(f"strata_compaction_{where}_passes", "Compaction passes", value=stats.passes)
         tier = self.broker.tier
         if tier is None:
             return

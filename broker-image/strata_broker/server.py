@@ -3,6 +3,12 @@
 Bad input costs only the connection it came on: an oversized or negative frame length,
 a frame that does not decode, an unknown API key or an unsupported version closes that
 connection (as Kafka does); every other connection keeps being served.
+
+On a SASL listener a connection may send only ApiVersions, SaslHandshake and SaslAuthenticate
+until it has authenticated (anything else closes it, as in Kafka), its frames may not exceed
+`sasl.server.max.receive.size`, and it must authenticate within `request.timeout.ms`. A request
+must arrive whole within `request.timeout.ms` of its first byte (slowloris). Client quotas are
+applied here: a throttled connection is not read from until its throttle time has passed.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import ErrorCode
 from .protocol import API_TABLE
-from .protocol.context import RequestContext
+from .protocol.context import Connection, RequestContext
 from .protocol.metadata import api_versions_response
 
 if TYPE_CHECKING:
@@ -25,10 +32,19 @@ log = logging.getLogger(__name__)
 _SIZE = struct.Struct(">i")
 _HEADER_PREFIX = struct.Struct(">hhi")
 API_VERSIONS_KEY = 18
+PRODUCE_KEY = 0
+FETCH_KEY = 1
+SASL_HANDSHAKE_KEY = 17
+SASL_AUTHENTICATE_KEY = 36
+_PRE_AUTH_KEYS = frozenset({API_VERSIONS_KEY, SASL_HANDSHAKE_KEY, SASL_AUTHENTICATE_KEY})
 
 
 class ConnectionClosed(Exception):
     """The peer broke the protocol; drop this connection only."""
+
+
+class _Last(bytes):
+    """A response after which the connection is closed (a failed authentication)."""
 
 
 def _encode(response: Any, correlation_id: int) -> bytes:
@@ -37,34 +53,62 @@ def _encode(response: Any, correlation_id: int) -> bytes:
     return bytes(response.encode(header=True, framed=True))
 
 
-async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           conn: Connection | None = None) -> None:
     peername = writer.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+    if conn is None:
+        conn = Connection(None, peername[0] if isinstance(peername, tuple) else str(peername))
     max_frame = broker.config["socket.request.max.bytes"]
+    pre_auth_max_frame = min(max_frame, broker.config["sasl.server.max.receive.size"])
     idle_timeout = broker.config["connections.max.idle.ms"] / 1000.0 or None
+    request_timeout = broker.config["request.timeout.ms"] / 1000.0
+    auth_deadline = time.monotonic() + request_timeout
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
     outbox: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(broker.config["queued.max.requests"])
     responder = asyncio.get_running_loop().create_task(_respond(outbox, writer, peer))
     try:
         while not broker.closing:
+            if conn.mute_until:
+                # Quota throttle (KIP-219): the response went out; the next request waits.
+                delay = conn.mute_until - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                conn.mute_until = 0.0
+            wait = idle_timeout
+            if not conn.authenticated:
+                wait = max(0.0, min(wait or request_timeout, auth_deadline - time.monotonic()))
             try:
-                size_bytes = await asyncio.wait_for(reader.readexactly(4), idle_timeout)
+                async with asyncio.timeout(wait):
+                    first = await reader.readexactly(1)
             except TimeoutError:
-                log.info("closing idle connection from %s", peer)
+                if conn.authenticated:
+                    log.info("closing idle connection from %s", peer)
+                else:
+                    log.info("closing connection from %s: not authenticated within %.0f s", peer, request_timeout)
                 break
-            (size,) = _SIZE.unpack(size_bytes)
-            if size < _HEADER_PREFIX.size or size > max_frame:
-                raise ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, {max_frame}]")
             try:
-                # A peer that announces a frame and then stalls is idle too: without this timeout a
-                # truncated frame would pin the connection (and its buffer) forever.
-                frame = await asyncio.wait_for(reader.readexactly(size), idle_timeout)
+                # Once a request has begun it must arrive whole in time: a peer that announces a frame
+                # and stalls, or trickles it (slowloris), would otherwise pin the connection and its buffer.
+                async with asyncio.timeout(request_timeout):
+                    size_bytes = first + await reader.readexactly(3)
+                    (size,) = _SIZE.unpack(size_bytes)
+                    limit = max_frame if conn.authenticated else pre_auth_max_frame
+                    if size < _HEADER_PREFIX.size or size > limit:
+                        raise ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, {limit}]")
+                    frame = await reader.readexactly(size)
             except TimeoutError:
-                log.info("closing connection from %s: stalled after announcing a %d-byte frame", peer, size)
+                log.info("closing connection from %s: a request did not arrive whole within %.0f s", peer,
+                         request_timeout)
                 break
-            future = _dispatch(broker, frame, peer)
+            authenticated = conn.authenticated
+            future = _dispatch(broker, frame, peer, conn)
             if future is not None:
                 await outbox.put(future)
+                if not authenticated:
+                    # Before authentication requests are handled one at a time, so a request pipelined
+                    # behind SaslAuthenticate is judged by the outcome of the authentication.
+                    await asyncio.wait([future])
             if responder.done():
                 break
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -106,8 +150,10 @@ def _abandon(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None]) -> None
             future.cancel()
 
 
-def _dispatch(broker: Broker, frame: bytes, peer: str) -> asyncio.Future[bytes | None] | None:
+def _dispatch(broker: Broker, frame: bytes, peer: str, conn: Connection) -> asyncio.Future[bytes | None] | None:
     api_key, api_version, correlation_id = _HEADER_PREFIX.unpack_from(frame, 0)
+    if not conn.authenticated and api_key not in _PRE_AUTH_KEYS:
+        raise ConnectionClosed(f"API key {api_key} before SASL authentication")
     spec = API_TABLE.get(api_key)
     if spec is None:
         raise ConnectionClosed(f"unknown API key {api_key}")
@@ -129,8 +175,41 @@ def _dispatch(broker: Broker, frame: bytes, peer: str) -> asyncio.Future[bytes |
     if null_field is not None:
         raise ConnectionClosed(f"malformed {spec.name} v{api_version}: non-nullable {null_field} is null")
     ctx = RequestContext(broker=broker, api_version=api_version, correlation_id=correlation_id,
-                         client_id=request.header.client_id if request.header else None, peer=peer)
-    return asyncio.get_running_loop().create_task(_handle(spec, ctx, request))
+                         client_id=request.header.client_id if request.header else None, peer=peer, conn=conn)
+    throttle_ms = 0
+    quotas = getattr(broker, "quotas", None)
+    if quotas is not None and quotas.active:
+        if api_key == PRODUCE_KEY:
+            throttle_ms = quotas.record_produce(_user(ctx), ctx.client_id or "", len(frame))
+            if throttle_ms:
+                conn.mute(throttle_ms)
+        elif api_key == FETCH_KEY:
+            cap = quotas.fetch_cap(_user(ctx), ctx.client_id or "")
+            if cap is not None:
+                _cap_fetch(request, cap)
+    return asyncio.get_running_loop().create_task(_handle(spec, ctx, request, throttle_ms))
+
+
+def _user(ctx: RequestContext) -> str:
+    return ctx.principal.partition(":")[2]
+
+
+def _cap_fetch(request: Any, cap: int) -> None:
+    # A fetch returns at most one quota window's worth (Kafka caps it at the quota window too).
+    request.max_bytes = min(request.max_bytes, cap)
+    for topic in request.topics:
+        for part in topic.partitions:
+            part.partition_max_bytes = min(part.partition_max_bytes, cap)
+
+
+def _throttle_fetch(ctx: RequestContext, response: Any) -> int:
+    parts = [p for t in response.responses for p in t.partitions]
+    size = sum(len(p.records or b"") for p in parts)
+    throttle_ms = ctx.broker.quotas.record_fetch(_user(ctx), ctx.client_id or "", size)
+    if throttle_ms:
+        for p in parts:  # throttled: answered empty, the consumer fetches the same offsets again
+            p.records = b""
+    return throttle_ms
 
 
 _NULLABLE_ON_WIRE = frozenset({"string", "bytes", "records"})
@@ -164,11 +243,19 @@ def _null_in_non_nullable(struct: Any, data: Any, version: int) -> str | None:
     return None
 
 
-async def _handle(spec: Any, ctx: RequestContext, request: Any) -> bytes | None:
+async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int = 0) -> bytes | None:
     response = await spec.handler(ctx, request)
     if response is None:
         return None
-    return _encode(response, ctx.correlation_id)
+    quotas = getattr(ctx.broker, "quotas", None)
+    if spec.key == FETCH_KEY and quotas is not None and quotas.active:
+        throttle_ms = _throttle_fetch(ctx, response)
+        if throttle_ms and ctx.conn is not None:
+            ctx.conn.mute(throttle_ms)
+    if throttle_ms:
+        response.throttle_time_ms = throttle_ms
+    data = _encode(response, ctx.correlation_id)
+    return _Last(data) if ctx.close_after else data
 
 
 async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], writer: asyncio.StreamWriter,
@@ -188,4 +275,7 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], w
                 writer.write(data)
                 await writer.drain()
             except ConnectionError:  # the peer reset or went away; the reader side cleans up
+                return
+            if isinstance(data, _Last):
+                writer.close()
                 return

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import click
 
+from .cost_cli import cost
 from .groups_cli import groups
+from .local_stack import local
+from .operator_cli import operator
+from .replay_cli import replay
+from .table_cli import table
+from .tier_cli import tier
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +21,13 @@ def main() -> None:
     """Strata: Kafka-compatible event streaming on Kubernetes."""
 
 
+main.add_command(cost)
 main.add_command(groups)
+main.add_command(local)
+main.add_command(operator)
+main.add_command(replay)
+main.add_command(table)
+main.add_command(tier)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ stops before the first record at or after T; without either, the replay stops at
 
 Re-produce (`--to-topic T2`): keys, values, headers and timestamps are preserved; a record goes to
 the same partition number when the target topic has it (so per-partition order is preserved),
-otherwise the producer's partitioner chooses from the key. The producer is idempotent.
+otherwise the producer's partitioner chooses from the key. The producer is idempotent. Mind the
+target's `retention.ms`: records keep their original timestamps, so old ones are due for deletion
+at once in a topic with time-based retention.
 
 Exit codes: 0 done, 2 usage error, 1 broker or I/O error.
 """
@@ -412,7 +414,7 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
             target = f"topic {to_topic}" if to_topic else ("stdout" if stream is sys.stdout else output)
             err_console.print(f"replayed {stats.records:,} record(s), {stats.bytes / 1e6:.1f} MB, from "
                               f"{len([r for r in ranges if r.span])} partition(s) of {topic} to {target} in "
-                              f"{stats.seconds:.1f}s ({stats.bytes / 1e6 / stats.seconds:.1f} MB/s)")
+                              f"{stats.seconds:.1f}s ({stats.bytes / 1e6 / stats.seconds:.1f} MB/s)", highlight=False)
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -1,6 +1,7 @@
 """The local log cleaner: compacts closed segments of cleanup.policy=compact topics.
 
-Tiered partitions are compacted in S3 by the tier instead (their local copies are only a cache).
+For tiered partitions it compacts only local copies of segments already in S3 (so it never races
+an upload); the S3 copies are compacted by the tier.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def cleanable_segments(plog: PartitionLog, now_ms: int) -> list[Segment]:
     for segment in plog.segments[:-1]:
         if segment.max_timestamp >= 0 and now_ms - segment.max_timestamp < lag:
             break
+        if plog.remote is not None and segment.next_offset > plog.remote_end_offset:
+            break
         out.append(segment)
     return out
 
@@ -86,7 +89,7 @@ class Cleaner:
         self._busy: set[int] = set()
 
     async def maybe_clean(self, plog: PartitionLog) -> bool:
-        if id(plog) in self._busy or plog.remote is not None or not plog.config.compacted:
+        if id(plog) in self._busy or not plog.config.compacted:
             return False
         now_ms = int(time.time() * 1000)
         segments = cleanable_segments(plog, now_ms)

@@ -14,6 +14,7 @@ from kafka.protocol.admin import (
 )
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..security.acl import CLUSTER_NAME, OP_ALTER, OP_CREATE, OP_DELETE, RES_CLUSTER, RES_TOPIC
 from .configs import CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_TOPIC, describe_topic_values
 from .context import RequestContext
 from .registry import api
@@ -44,6 +45,9 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
             if topic.name in seen:
                 raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, "topic named twice in one request")
             seen.add(topic.name)
+            if not (ctx.authorize(OP_CREATE, RES_CLUSTER, CLUSTER_NAME)
+                    or ctx.authorize(OP_CREATE, RES_TOPIC, topic.name)):
+                raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not create it")
             _check_placement(ctx, topic.replication_factor, [a.broker_ids for a in topic.assignments])
             partitions = topic.num_partitions
             if partitions == -1:
@@ -89,6 +93,8 @@ async def handle_delete_topics(ctx: RequestContext, request: DeleteTopicsRequest
                     raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_ID, f"unknown topic id {topic_id}")
                 name = topic.name
                 result.name = name
+            if not ctx.authorize(OP_DELETE, RES_TOPIC, name):
+                raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not delete it")
             deleted = logs.delete_topic(name)
             result.topic_id = deleted.topic_id
         except KafkaProtocolError as exc:
@@ -106,6 +112,8 @@ async def handle_create_partitions(ctx: RequestContext,
     for topic in request.topics:
         result = R.CreatePartitionsTopicResult(name=topic.name, error_code=0, error_message=None)
         try:
+            if not ctx.authorize(OP_ALTER, RES_TOPIC, topic.name):
+                raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not alter it")
             _check_placement(ctx, -1, [a.broker_ids for a in topic.assignments or []])
             ctx.broker.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
         except KafkaProtocolError as exc:

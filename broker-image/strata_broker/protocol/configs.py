@@ -9,8 +9,16 @@ from kafka.protocol.admin import (
     IncrementalAlterConfigsResponse,
 )
 
-from ..config import BROKER_CONFIGS, TOPIC_CONFIGS, BrokerConfig, ConfigError, parse_topic_config
+from ..config import (
+    BROKER_CONFIGS,
+    SENSITIVE_CONFIGS,
+    TOPIC_CONFIGS,
+    BrokerConfig,
+    ConfigError,
+    parse_topic_config,
+)
 from ..errors import ErrorCode, KafkaProtocolError
+from ..security.acl import CLUSTER_NAME, OP_ALTER_CONFIGS, OP_DESCRIBE_CONFIGS, RES_CLUSTER, RES_TOPIC
 from .context import RequestContext
 from .registry import api
 
@@ -49,6 +57,13 @@ def describe_topic_values(config: BrokerConfig, overrides: dict[str, str]) -> li
     return out
 
 
+def _authorize_config(ctx: RequestContext, resource_type: int, name: str, operation: int) -> None:
+    if resource_type == RESOURCE_TOPIC and not ctx.authorize(operation, RES_TOPIC, name):
+        raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not do that on {name}")
+    if resource_type == RESOURCE_BROKER and not ctx.authorize(operation, RES_CLUSTER, CLUSTER_NAME):
+        raise KafkaProtocolError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{ctx.principal} may not do that")
+
+
 @api(DescribeConfigsRequest, DescribeConfigsResponse, 1, 4)
 async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse:
     R = DescribeConfigsResponse
@@ -62,6 +77,7 @@ async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsR
         keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
         try:
             entries: list[tuple[str, str, int, bool]] = []  # name, value, source, read_only
+            _authorize_config(ctx, resource.resource_type, resource.resource_name, OP_DESCRIBE_CONFIGS)
             if resource.resource_type == RESOURCE_TOPIC:
                 topic = broker.logs.get_topic(resource.resource_name)
                 for name, value, from_topic in describe_topic_values(broker.config, topic.overrides):
@@ -70,6 +86,8 @@ async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsR
                 if resource.resource_name not in ("", str(broker.node_id)):
                     raise KafkaProtocolError(ErrorCode.RESOURCE_NOT_FOUND, f"no broker {resource.resource_name}")
                 for name, value in broker.config.props.items():
+                    if name in SENSITIVE_CONFIGS:
+                        continue  # (a password) never shown
                     text = str(value).lower() if isinstance(value, bool) else str(value)
                     entries.append((name, text, CONFIG_SOURCE_STATIC_BROKER, True))
                 for name, value in broker.config.topic_defaults.items():
@@ -139,6 +157,7 @@ async def handle_incremental_alter_configs(
                                                 resource_type=resource.resource_type,
                                                 resource_name=resource.resource_name)
         try:
+            _authorize_config(ctx, resource.resource_type, resource.resource_name, OP_ALTER_CONFIGS)
             if resource.resource_type != RESOURCE_TOPIC:
                 raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
                                          "broker properties are static: restart the broker with --set")

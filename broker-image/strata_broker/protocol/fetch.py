@@ -8,8 +8,9 @@ import time
 
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 
-from ..errors import KafkaProtocolError
+from ..errors import ErrorCode, KafkaProtocolError
 from ..log.partition import OffsetInRemoteStorage
+from ..security.acl import OP_READ, RES_TOPIC
 from .context import RequestContext
 from .registry import api
 
@@ -70,6 +71,8 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                                   last_stable_offset=-1, log_start_offset=-1, aborted_transactions=None,
                                   preferred_read_replica=-1, records=b"")
             try:
+                if not ctx.authorize(OP_READ, RES_TOPIC, topic.topic):
+                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
                 plog = logs.get_partition(topic.topic, part.partition)
                 data.high_watermark = plog.high_watermark
                 data.last_stable_offset = plog.high_watermark

@@ -39,6 +39,16 @@ from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorRespo
 from ..groups.coordinator import E
 from ..groups.group import GroupState
 from ..groups.offsets import CommittedOffset
+from ..security.acl import (
+    CLUSTER_NAME,
+    OP_DELETE,
+    OP_DESCRIBE,
+    OP_READ,
+    RES_CLUSTER,
+    RES_GROUP,
+    RES_TOPIC,
+    RES_TRANSACTIONAL_ID,
+)
 from .context import RequestContext
 from .registry import api
 
@@ -46,6 +56,9 @@ if TYPE_CHECKING:
     from ..groups import GroupCoordinator
 
 _GROUP_KEY = 0
+GROUP_AUTHORIZATION_FAILED = 30
+TOPIC_AUTHORIZATION_FAILED = 29
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def _coordinator(ctx: RequestContext) -> GroupCoordinator | None:
@@ -67,7 +80,11 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
     key_type = request.key_type if ctx.api_version >= 1 else _GROUP_KEY
     groups = _coordinator(ctx)
 
-    def answer() -> tuple[int, str | None]:
+    def answer(key: str) -> tuple[int, str | None]:
+        if key_type == _GROUP_KEY and not ctx.authorize(OP_DESCRIBE, RES_GROUP, key):
+            return GROUP_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe group {key}"
+        if key_type != _GROUP_KEY and not ctx.authorize(OP_DESCRIBE, RES_TRANSACTIONAL_ID, key):
+            return TRANSACTIONAL_ID_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe {key}"
         if key_type != _GROUP_KEY:
             return E.COORDINATOR_NOT_AVAILABLE, "only group coordinators are served (no transactions)"
         if groups is None:
@@ -75,12 +92,19 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
         groups.ensure_offsets_topic()
         return E.NONE, None
 
-    error, message = answer()
-    node, host, port = (broker.node_id, broker.advertised_host, broker.advertised_port) if error == 0 else (-1, "", -1)
+    def where(error: int) -> tuple[int, str, int]:
+        return (broker.node_id, ctx.advertised_host, ctx.advertised_port) if error == 0 else (-1, "", -1)
+
     if ctx.api_version >= 4:
-        return R(version=ctx.api_version, throttle_time_ms=0, coordinators=[
-            R.Coordinator(key=key, node_id=node, host=host, port=port, error_code=error, error_message=message)
-            for key in request.coordinator_keys])
+        coordinators = []
+        for key in request.coordinator_keys:
+            error, message = answer(key)
+            node, host, port = where(error)
+            coordinators.append(R.Coordinator(key=key, node_id=node, host=host, port=port, error_code=error,
+                                              error_message=message))
+        return R(version=ctx.api_version, throttle_time_ms=0, coordinators=coordinators)
+    error, message = answer(request.key)
+    node, host, port = where(error)
     return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, error_message=message, node_id=node,
              host=host, port=port)
 
@@ -93,8 +117,9 @@ async def handle_join_group(ctx: RequestContext, request: JoinGroupRequest) -> J
     v = ctx.api_version
     R = JoinGroupResponse
     groups = _coordinator(ctx)
-    if groups is None:
-        return R(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE, generation_id=-1,
+    if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
+        return R(version=v, throttle_time_ms=0, error_code=error, generation_id=-1,
                  protocol_name=None if v >= 7 else "", leader="", member_id=request.member_id, members=[])
     protocols = [(p.name, bytes(p.metadata or b"")) for p in request.protocols]
     result = await groups.join_group(
@@ -116,9 +141,9 @@ async def handle_join_group(ctx: RequestContext, request: JoinGroupRequest) -> J
 async def handle_sync_group(ctx: RequestContext, request: SyncGroupRequest) -> SyncGroupResponse:
     v = ctx.api_version
     groups = _coordinator(ctx)
-    if groups is None:
-        return SyncGroupResponse(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE,
-                                 assignment=b"")
+    if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
+        return SyncGroupResponse(version=v, throttle_time_ms=0, error_code=error, assignment=b"")
     result = await groups.sync_group(
         request.group_id, request.generation_id, request.member_id, request.group_instance_id if v >= 3 else None,
         request.protocol_type if v >= 5 else None, request.protocol_name if v >= 5 else None,
@@ -133,6 +158,8 @@ async def handle_heartbeat(ctx: RequestContext, request: HeartbeatRequest) -> He
     groups = _coordinator(ctx)
     if groups is None:
         error = E.COORDINATOR_NOT_AVAILABLE
+    elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        error = GROUP_AUTHORIZATION_FAILED
     else:
         error = groups.heartbeat(request.group_id, request.generation_id, request.member_id,
                                  request.group_instance_id if ctx.api_version >= 3 else None)
@@ -148,8 +175,9 @@ async def handle_leave_group(ctx: RequestContext, request: LeaveGroupRequest) ->
     else:
         leaving = [(request.member_id, None)]
     groups = _coordinator(ctx)
-    if groups is None:
-        return R(version=v, throttle_time_ms=0, error_code=E.COORDINATOR_NOT_AVAILABLE, members=[])
+    if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
+        return R(version=v, throttle_time_ms=0, error_code=error, members=[])
     error, member_errors = groups.leave_group(request.group_id, leaving)
     if v < 3:
         return R(version=v, throttle_time_ms=0, error_code=error or member_errors[0])
@@ -177,8 +205,17 @@ async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest
                                                                        p.committed_metadata, now)
             indexes.append(p.partition_index)
         order.append((topic.name, indexes))
+    denied = {tp for tp in offsets if not ctx.authorize(OP_READ, RES_TOPIC, tp[0])}
     if groups is None:
         results = {tp: E.COORDINATOR_NOT_AVAILABLE for tp in offsets}
+    elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        results = {tp: GROUP_AUTHORIZATION_FAILED for tp in offsets}
+    elif denied:
+        allowed = {tp: o for tp, o in offsets.items() if tp not in denied}
+        results = await groups.commit_offsets(request.group_id, request.generation_id_or_member_epoch,
+                                              request.member_id, request.group_instance_id if v >= 7 else None,
+                                              allowed) if allowed else {}
+        results.update({tp: TOPIC_AUTHORIZATION_FAILED for tp in denied})
     elif not request.group_id and request.generation_id_or_member_epoch >= 0:
         results = {tp: E.INVALID_GROUP_ID for tp in offsets}
     else:
@@ -201,6 +238,8 @@ def _fetch_group(ctx: RequestContext, group_id: str, topics: list[tuple[str, lis
         return []
     wanted = None if topics is None else [(name, p) for name, parts in topics for p in parts]
     found = groups.fetch_offsets(group_id, wanted)
+    # Offsets of topics the principal may not describe are not shown (asked for by name: an error).
+    found = {tp: e for tp, e in found.items() if ctx.authorize(OP_DESCRIBE, RES_TOPIC, tp[0])}
     by_topic: dict[str, list[tuple[int, CommittedOffset | None]]] = defaultdict(list)
     if topics is not None:
         for name, parts in topics:
@@ -218,6 +257,13 @@ async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) 
     v = ctx.api_version
     R = OffsetFetchResponse
     error = E.NONE if _coordinator(ctx) is not None else E.COORDINATOR_NOT_AVAILABLE
+
+    def group_error(group_id: str) -> int:
+        return error or (0 if ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id) else GROUP_AUTHORIZATION_FAILED)
+
+    def part_error(topic: str) -> int:
+        return E.NONE if ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic) else TOPIC_AUTHORIZATION_FAILED
+
     if v >= 8:
         G = R.OffsetFetchResponseGroup
         T = G.OffsetFetchResponseTopics
@@ -225,22 +271,29 @@ async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) 
         out = []
         for group in request.groups:
             topics = None if group.topics is None else [(t.name, list(t.partition_indexes)) for t in group.topics]
-            out.append(G(group_id=group.group_id, error_code=error, topics=[
+            g_error = group_error(group.group_id)
+            out.append(G(group_id=group.group_id, error_code=g_error, topics=[] if g_error else [
                 T(name=name, partitions=[
                     P(partition_index=p, committed_offset=e.offset if e else -1,
                       committed_leader_epoch=e.leader_epoch if e else -1,
-                      metadata=e.metadata if e else "", error_code=E.NONE)
+                      metadata=e.metadata if e else "", error_code=part_error(name))
                     for p, e in parts])
                 for name, parts in _fetch_group(ctx, group.group_id, topics)]))
         return R(version=v, throttle_time_ms=0, groups=out)
     T1 = R.OffsetFetchResponseTopic
     P1 = T1.OffsetFetchResponsePartition
     topics = None if request.topics is None else [(t.name, list(t.partition_indexes)) for t in request.topics]
-    return R(version=v, throttle_time_ms=0, error_code=error, topics=[
+    g_error = group_error(request.group_id)
+    if g_error == GROUP_AUTHORIZATION_FAILED and v < 2:  # no top-level error code before v2
+        return R(version=v, throttle_time_ms=0, error_code=g_error, topics=[
+            T1(name=name, partitions=[P1(partition_index=p, committed_offset=-1, committed_leader_epoch=-1,
+                                         metadata="", error_code=g_error) for p in parts])
+            for name, parts in (topics or [])])
+    return R(version=v, throttle_time_ms=0, error_code=g_error, topics=[] if g_error else [
         T1(name=name, partitions=[
             P1(partition_index=p, committed_offset=e.offset if e else -1,
                committed_leader_epoch=e.leader_epoch if e else -1, metadata=e.metadata if e else "",
-               error_code=E.NONE)
+               error_code=part_error(name))
             for p, e in parts])
         for name, parts in _fetch_group(ctx, request.group_id, topics)])
 
@@ -254,8 +307,12 @@ async def handle_offset_delete(ctx: RequestContext, request: OffsetDeleteRequest
     wanted = [(t.name, p.partition_index) for t in request.topics for p in t.partitions]
     if groups is None:
         error, results = E.COORDINATOR_NOT_AVAILABLE, {}
+    elif not ctx.authorize(OP_DELETE, RES_GROUP, request.group_id):
+        error, results = GROUP_AUTHORIZATION_FAILED, {}
     else:
-        error, results = await groups.delete_offsets(request.group_id, wanted)
+        denied = {tp for tp in wanted if not ctx.authorize(OP_READ, RES_TOPIC, tp[0])}
+        error, results = await groups.delete_offsets(request.group_id, [tp for tp in wanted if tp not in denied])
+        results = {**results, **{tp: TOPIC_AUTHORIZATION_FAILED for tp in denied}}
     if error:
         return R(version=0, error_code=error, throttle_time_ms=0, topics=[])
     return R(version=0, error_code=E.NONE, throttle_time_ms=0, topics=[
@@ -278,7 +335,10 @@ async def handle_list_groups(ctx: RequestContext, request: ListGroupsRequest) ->
     states = {s.lower() for s in request.states_filter} if v >= 4 and request.states_filter else None
     types = {t.lower() for t in request.types_filter} if v >= 5 and request.types_filter else None
     listed = []
+    everything = ctx.authorize(OP_DESCRIBE, RES_CLUSTER, CLUSTER_NAME)
     for group in groups.list_groups():
+        if not everything and not ctx.authorize(OP_DESCRIBE, RES_GROUP, group.group_id):
+            continue
         if states is not None and group.state.value.lower() not in states:
             continue
         if types is not None and "classic" not in types:
@@ -299,6 +359,10 @@ async def handle_describe_groups(ctx: RequestContext, request: DescribeGroupsReq
     for group_id in request.groups:
         if groups is None:
             described.append(D(error_code=E.COORDINATOR_NOT_AVAILABLE, group_id=group_id, group_state="",
+                               protocol_type="", protocol_data="", members=[]))
+            continue
+        if not ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id):
+            described.append(D(error_code=GROUP_AUTHORIZATION_FAILED, group_id=group_id, group_state="",
                                protocol_type="", protocol_data="", members=[]))
             continue
         group = groups.describe_group(group_id)
@@ -327,6 +391,11 @@ async def handle_delete_groups(ctx: RequestContext, request: DeleteGroupsRequest
     groups = _coordinator(ctx)
     results = []
     for group_id in request.groups_names:
-        error = E.COORDINATOR_NOT_AVAILABLE if groups is None else await groups.delete_group(group_id)
+        if groups is None:
+            error = E.COORDINATOR_NOT_AVAILABLE
+        elif not ctx.authorize(OP_DELETE, RES_GROUP, group_id):
+            error = GROUP_AUTHORIZATION_FAILED
+        else:
+            error = await groups.delete_group(group_id)
         results.append(R.DeletableGroupResult(group_id=group_id, error_code=error))
     return R(version=ctx.api_version, throttle_time_ms=0, results=results)

@@ -9,6 +9,7 @@ from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, Met
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import validate_topic_name
+from ..security.acl import CLUSTER_NAME, OP_CREATE, OP_DESCRIBE, RES_CLUSTER, RES_TOPIC
 from .context import RequestContext
 from .registry import API_TABLE, api
 
@@ -37,7 +38,8 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     wanted = request.topics
     # v0 asks for every topic with an empty list; v1+ with null.
     if wanted is None or (ctx.api_version == 0 and not wanted):
-        names: list[str | uuid.UUID] = list(logs.topics)
+        # Every topic the principal may describe; the others are not mentioned at all.
+        names: list[str | uuid.UUID] = [t for t in logs.topics if ctx.authorize(OP_DESCRIBE, RES_TOPIC, t)]
         auto_create = False
     else:
         names = []
@@ -56,7 +58,8 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     return R(
         version=ctx.api_version,
         throttle_time_ms=0,
-        brokers=[R.MetadataResponseBroker(node_id=node, host=broker.advertised_host, port=broker.advertised_port,
+        # The address of the listener this client came in on (each listener advertises its own).
+        brokers=[R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port,
                                           rack=None)],
         cluster_id=broker.cluster_id,
         # One broker is its own controller: admin clients send CreateTopics here.
@@ -73,13 +76,17 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID,
     if isinstance(name, uuid.UUID):
         return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_ID), name=None, topic_id=name,
                                        partitions=[])
+    if not ctx.authorize(OP_DESCRIBE, RES_TOPIC, name):
+        return R.MetadataResponseTopic(error_code=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED), name=name,
+                                       topic_id=_ZERO_UUID, partitions=[])
     topic = logs.topics.get(name)
     if topic is None:
         try:
             validate_topic_name(name)
         except KafkaProtocolError as exc:
             return R.MetadataResponseTopic(error_code=int(exc.code), name=name, topic_id=_ZERO_UUID, partitions=[])
-        if auto_create and broker.config["auto.create.topics.enable"]:
+        if auto_create and broker.config["auto.create.topics.enable"] and (
+                ctx.authorize(OP_CREATE, RES_CLUSTER, CLUSTER_NAME) or ctx.authorize(OP_CREATE, RES_TOPIC, name)):
             topic = logs.create_topic(name, broker.config["num.partitions"], {})
         else:
             return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION), name=name,
@@ -111,6 +118,6 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
         endpoint_type=1,
         cluster_id=broker.cluster_id,
         controller_id=broker.node_id,
-        brokers=[R.DescribeClusterBroker(broker_id=broker.node_id, host=broker.advertised_host,
-                                         port=broker.advertised_port, rack=None)],
+        brokers=[R.DescribeClusterBroker(broker_id=broker.node_id, host=ctx.advertised_host,
+                                         port=ctx.advertised_port, rack=None)],
     )

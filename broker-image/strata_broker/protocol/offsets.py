@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kafka.protocol.consumer import ListOffsetsRequest, ListOffsetsResponse
 
-from ..errors import KafkaProtocolError
+from ..errors import ErrorCode, KafkaProtocolError
+from ..security.acl import OP_DESCRIBE, RES_TOPIC
 from .context import RequestContext
 from .registry import api
 
@@ -27,6 +28,8 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
             response = _PartitionResponse(partition_index=part.partition_index, error_code=0, timestamp=-1,
                                           offset=-1, leader_epoch=0)
             try:
+                if not ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic.name):
+                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
                 plog = logs.get_partition(topic.name, part.partition_index)
                 ts = part.timestamp
                 if ts == LATEST:

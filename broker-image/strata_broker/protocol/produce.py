@@ -12,6 +12,7 @@ from kafka.protocol.producer import ProduceRequest, ProduceResponse
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
 from ..log.segment import Segment
+from ..security.acl import OP_WRITE, RES_TOPIC
 from .context import RequestContext
 from .registry import api
 
@@ -63,6 +64,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
             try:
                 if request_error is not None:
                     raise request_error
+                if not ctx.authorize(OP_WRITE, RES_TOPIC, topic_data.name):
+                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not write")
                 plog = logs.get_partition(topic_data.name, pdata.index)
                 if logs.topics[topic_data.name].internal:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse
 
 from ..errors import ErrorCode
+from ..security.acl import CLUSTER_NAME, OP_IDEMPOTENT_WRITE, OP_WRITE, RES_CLUSTER, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
 
@@ -12,6 +13,16 @@ from .registry import api
 @api(InitProducerIdRequest, InitProducerIdResponse, 0, 4)
 async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRequest) -> InitProducerIdResponse:
     R = InitProducerIdResponse
+    if request.transactional_id is None and not (
+            ctx.authorize(OP_IDEMPOTENT_WRITE, RES_CLUSTER, CLUSTER_NAME)
+            or ctx.broker.authorizer.authorize_any(ctx.principal, ctx.host, OP_WRITE, RES_TOPIC)):
+        # Kafka (KIP-679): an idempotent producer needs IdempotentWrite on the cluster or Write on some topic.
+        return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
+                 producer_id=-1, producer_epoch=-1)
+    if request.transactional_id is not None and not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID,
+                                                                  request.transactional_id):
+        return R(version=ctx.api_version, throttle_time_ms=0,
+                 error_code=int(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED), producer_id=-1, producer_epoch=-1)
     if request.transactional_id is not None:
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.INVALID_REQUEST),
                  producer_id=-1, producer_epoch=-1)

@@ -1,0 +1,3 @@
+"""Authentication (SASL PLAIN/SCRAM, TLS), authorization (Kafka ACLs) and client quotas."""
+
+ANONYMOUS = "User:ANONYMOUS"

@@ -1,0 +1,219 @@
+"""Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient, kafka-python for
+ApiVersions and SCRAM credentials). Never imports the broker's code.
+
+Everything here is synchronous and blocking; handlers call it through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewPartitions,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
+
+TIMEOUT = 15.0
+API_CREATE_ACLS = 30
+API_ALTER_USER_SCRAM_CREDENTIALS = 51
+SECURITY_DISABLED = KafkaError.SECURITY_DISABLED  # a broker without an authorizer answers ACL calls so
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached (retry with backoff)."""
+
+
+class BrokerRejected(Exception):
+    """The broker answered with an error that retrying will not fix as is (e.g. an invalid config)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class TopicState:
+    name: str
+    topic_id: str
+    partitions: int
+    dynamic_configs: dict[str, str] = field(default_factory=dict)
+    all_configs: dict[str, str] = field(default_factory=dict)
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        transport = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                     KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION, KafkaError.REQUEST_TIMED_OUT}
+        if err.code() in transport:
+            return BrokerUnavailable(err.str())
+        return BrokerRejected(f"{err.name()}: {err.str()}", err.code())
+    if isinstance(exc, TimeoutError | confluent_kafka.KafkaException):
+        return BrokerUnavailable(str(exc))
+    return exc
+
+
+class Admin:
+    """One admin connection to one broker cluster."""
+
+    def __init__(self, bootstrap: str, extra: dict[str, str] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.extra = dict(extra or {})
+        self.client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
+                                   "socket.connection.setup.timeout.ms": 5000, **self.extra})
+
+    def _wait(self, futures: dict[Any, Any]) -> dict[Any, Any]:
+        out = {}
+        for key, fut in futures.items():
+            try:
+                out[key] = fut.result(timeout=TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - translated for the caller
+                raise _translate(exc) from exc
+        return out
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def ping(self) -> int:
+        """Number of brokers in the cluster's metadata; raises BrokerUnavailable."""
+        try:
+            meta = self.client.list_topics(timeout=TIMEOUT)
+        except KafkaException as exc:
+            raise _translate(exc) from exc
+        return len(meta.brokers)
+
+    def api_versions(self) -> dict[int, tuple[int, int]]:
+        """The broker's ApiVersions table (api key -> (min, max)), through kafka-python."""
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError as KpError
+
+        try:
+            kp = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(TIMEOUT * 1000),
+                                  **_kafka_python_security(self.extra))
+        except KpError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        try:
+            return {int(k): (int(v[0]), int(v[1])) for k, v in kp.api_versions().items()}
+        finally:
+            kp.close()
+
+    def supports(self, api_key: int) -> bool:
+        return api_key in self.api_versions()
+
+    # -- topics --------------------------------------------------------------------------
+
+    def describe_topic(self, name: str) -> TopicState | None:
+        try:
+            meta = self.client.list_topics(topic=name, timeout=TIMEOUT)
+        except KafkaException as exc:
+            raise _translate(exc) from exc
+        tmeta = meta.topics.get(name)
+        if tmeta is None or tmeta.error is not None and tmeta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        if tmeta.error is not None:
+            raise BrokerRejected(tmeta.error.str(), tmeta.error.code())
+        (desc,) = self._wait(self.client.describe_topics(TopicCollection([name]))).values()
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        (configs,) = self._wait(self.client.describe_configs([resource])).values()
+        dynamic = {k: e.value for k, e in configs.items()
+                   if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value and e.value is not None}
+        return TopicState(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions),
+                          dynamic_configs=dynamic,
+                          all_configs={k: e.value for k, e in configs.items() if e.value is not None})
+
+    def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> None:
+        try:
+            self._wait(self.client.create_topics([NewTopic(name, partitions, 1, config=configs)],
+                                                 request_timeout=TIMEOUT))
+        except BrokerRejected as exc:
+            if exc.code != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+    def grow_partitions(self, name: str, partitions: int) -> None:
+        self._wait(self.client.create_partitions([NewPartitions(name, partitions)], request_timeout=TIMEOUT))
+
+    def alter_configs(self, name: str, set_: dict[str, str], delete: Iterable[str] = ()) -> None:
+        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in set_.items()]
+        entries += [ConfigEntry(k, None, incremental_operation=AlterConfigOpType.DELETE) for k in delete]
+        if not entries:
+            return
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
+        self._wait(self.client.incremental_alter_configs([resource]))
+
+    def delete_topic(self, name: str) -> bool:
+        """Delete; False when it did not exist."""
+        try:
+            self._wait(self.client.delete_topics([name], request_timeout=TIMEOUT))
+        except BrokerRejected as exc:
+            if exc.code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return False
+            raise
+        return True
+
+    # -- ACLs ----------------------------------------------------------------------------
+
+    def acls_for(self, principal: str) -> list[AclBinding]:
+        flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                               AclOperation.ANY, AclPermissionType.ANY)
+        try:
+            return list(self.client.describe_acls(flt).result(timeout=TIMEOUT))
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+    def sync_acls(self, principal: str, wanted: list[tuple[str, str, str]]) -> tuple[int, int]:
+        """Make `principal`'s ALLOW ACLs exactly `wanted` [(resource type, name, operation)];
+        returns (created, deleted)."""
+        want = {_binding(principal, *w) for w in wanted}
+        have = set(self.acls_for(principal))
+        create = sorted(want - have, key=str)
+        delete = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                   b.operation, b.permission_type) for b in have - want]
+        if create:
+            self._wait(self.client.create_acls(create))
+        if delete:
+            self._wait(self.client.delete_acls(delete))
+        return len(create), len(delete)
+
+    def delete_acls_of(self, principal: str) -> None:
+        flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                               AclOperation.ANY, AclPermissionType.ANY)
+        self._wait(self.client.delete_acls([flt]))
+
+    def upsert_scram(self, user: str, password: str, mechanism: str = "SCRAM-SHA-512") -> None:
+        from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+        mech = ScramMechanism.SCRAM_SHA_512 if mechanism.endswith("512") else ScramMechanism.SCRAM_SHA_256
+        upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 8192), password.encode())
+        self._wait(self.client.alter_user_scram_credentials([upsert]))
+
+
+def _binding(principal: str, restype: str, name: str, operation: str) -> AclBinding:
+    return AclBinding(ResourceType[restype.upper()], name, ResourcePatternType.LITERAL, principal, "*",
+                      AclOperation[operation.upper()], AclPermissionType.ALLOW)
+
+
+def _kafka_python_security(extra: dict[str, str]) -> dict[str, str]:
+    out = {}
+    if "security.protocol" in extra:
+        out["security_protocol"] = extra["security.protocol"]
+    if "sasl.mechanism" in extra:
+        out["sasl_mechanism"] = extra["sasl.mechanism"]
+    if "sasl.username" in extra:
+        out["sasl_plain_username"] = extra["sasl.username"]
+    if "sasl.password" in extra:
+        out["sasl_plain_password"] = extra["sasl.password"]
+    return out

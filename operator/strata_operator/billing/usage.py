@@ -1,0 +1,302 @@
+"""Usage records: the JSON-lines format brokers write, and a reader that de-duplicates them.
+
+The format is specified in docs/billing.md ("Usage records"); this module is its reference
+reader. Summary: one JSON object per line, `v` = 1, a globally unique `id`, a `kind`
+(`client`, `topic`, `s3`, `broker`), the window `[window_start, window_end)` in UTC, and the
+counters of that window only (deltas, never running totals). A record seen twice (a retried
+upload, a snapshot re-sent after a restart) has the same `id` and is counted once.
+
+Files live in a directory tree (any `*.jsonl` below `--usage DIR`) or in S3 under
+`[<prefix>/]clusters/<cluster>/usage/<yyyy>/<mm>/<dd>/<broker>-<epoch>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from . import BillingError
+
+FORMAT_VERSION = 1
+KINDS = ("client", "topic", "s3", "broker")
+S3_OPS = ("PUT", "GET", "LIST", "DELETE")
+
+# Fields per kind: name -> type ("str", "str?", "int", "dec"). Counters default to 0.
+_COMMON = {"v": "int", "id": "str", "kind": "str", "cluster": "str", "broker": "str",
+           "window_start": "time", "window_end": "time"}
+_KIND_FIELDS: dict[str, dict[str, str]] = {
+    "client": {"principal": "str", "client_id": "str", "topic": "str?",
+               "produced_bytes": "int", "produced_records": "int", "produce_requests": "int",
+               "fetched_bytes": "int", "fetched_records": "int", "fetch_requests": "int",
+               "other_requests": "int"},
+    "topic": {"topic": "str", "hot_byte_hours": "dec", "cold_byte_hours": "dec"},
+    "s3": {"op": "str", "topic": "str?", "principal": "str?", "client_id": "str?",
+           "requests": "int", "bytes": "int"},
+    "broker": {"connection_seconds": "dec", "uptime_seconds": "dec",
+               "requested_cpu_core_hours": "dec", "requested_memory_byte_hours": "dec",
+               "disk_capacity_byte_hours": "dec"},
+}
+_REQUIRED = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": ()}
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One usage record. Fields that do not apply to `kind` keep their zero/None default."""
+
+    id: str
+    kind: str
+    cluster: str
+    broker: str
+    window_start: datetime
+    window_end: datetime
+    v: int = FORMAT_VERSION
+    principal: str | None = None
+    client_id: str | None = None
+    topic: str | None = None
+    produced_bytes: int = 0
+    produced_records: int = 0
+    produce_requests: int = 0
+    fetched_bytes: int = 0
+    fetched_records: int = 0
+    fetch_requests: int = 0
+    other_requests: int = 0
+    hot_byte_hours: Decimal = Decimal(0)
+    cold_byte_hours: Decimal = Decimal(0)
+    op: str | None = None
+    requests: int = 0
+    bytes: int = 0
+    connection_seconds: Decimal = Decimal(0)
+    uptime_seconds: Decimal = Decimal(0)
+    requested_cpu_core_hours: Decimal = Decimal(0)
+    requested_memory_byte_hours: Decimal = Decimal(0)
+    disk_capacity_byte_hours: Decimal = Decimal(0)
+
+    @property
+    def day(self) -> date:
+        """The UTC day the record is billed to: the day its window starts."""
+        return self.window_start.astimezone(UTC).date()
+
+    def to_json(self) -> str:
+        """The record as one line of the usage format (only the fields its kind defines)."""
+        out: dict[str, Any] = {}
+        names = list(_COMMON) + list(_KIND_FIELDS[self.kind])
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            elif isinstance(value, Decimal):
+                value = int(value) if value == value.to_integral_value() else float(value)
+            if value is None:
+                continue
+            out[name] = value
+        return json.dumps(out, separators=(",", ":"))
+
+
+_RECORD_FIELDS = {f.name for f in fields(UsageRecord)}
+
+
+def _parse_time(value: Any, where: str, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise BillingError(f"{where}: `{name}` must be an RFC 3339 UTC timestamp string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BillingError(f"{where}: `{name}` is not an RFC 3339 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise BillingError(f"{where}: `{name}` has no time zone (write e.g. {value}Z): {value!r}")
+    return parsed.astimezone(UTC)
+
+
+def parse_record(obj: Any, where: str) -> UsageRecord | None:
+    """Validate one decoded JSON object. Returns None for a kind this reader does not know."""
+    if not isinstance(obj, dict):
+        raise BillingError(f"{where}: a usage record must be a JSON object")
+    version = obj.get("v")
+    if version != FORMAT_VERSION:
+        raise BillingError(f"{where}: unsupported usage record version v={version!r} (this reader knows v=1)")
+    kind = obj.get("kind")
+    if kind not in _KIND_FIELDS:
+        return None
+    spec = {**_COMMON, **_KIND_FIELDS[kind]}
+    values: dict[str, Any] = {}
+    for name, typ in spec.items():
+        raw = obj.get(name)
+        if raw is None:
+            if typ in ("str", "time") and (name in _COMMON or name in _REQUIRED[kind]):
+                raise BillingError(f"{where}: `{kind}` record is missing `{name}`")
+            continue
+        if typ == "time":
+            values[name] = _parse_time(raw, where, name)
+        elif typ in ("str", "str?"):
+            if not isinstance(raw, str):
+                raise BillingError(f"{where}: `{name}` must be a string, got {raw!r}")
+            values[name] = raw
+        elif typ == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                raise BillingError(f"{where}: `{name}` must be a non-negative integer, got {raw!r}")
+            values[name] = raw
+        else:  # dec
+            if isinstance(raw, bool) or not isinstance(raw, int | Decimal) or raw < 0:
+                raise BillingError(f"{where}: `{name}` must be a non-negative number, got {raw!r}")
+            values[name] = Decimal(raw)
+    if not values["id"]:
+        raise BillingError(f"{where}: `id` must not be empty")
+    if values["window_end"] < values["window_start"]:
+        raise BillingError(f"{where}: window_end is before window_start")
+    if kind == "s3":
+        values["op"] = values["op"].upper()
+        if values["op"] not in S3_OPS:
+            raise BillingError(f"{where}: S3 `op` must be one of {', '.join(S3_OPS)}, got {values['op']!r}")
+    assert set(values) <= _RECORD_FIELDS
+    return UsageRecord(**values)
+
+
+@dataclass
+class UsageSet:
+    """De-duplicated records plus what the reader noticed on the way."""
+
+    records: list[UsageRecord] = field(default_factory=list)
+    files: int = 0
+    lines: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def between(self, start: date, end: date) -> UsageSet:
+        """Records whose window starts on a UTC day in [start, end) (end exclusive)."""
+        kept = [r for r in self.records if start <= r.day < end]
+        return UsageSet(kept, self.files, self.lines, self.duplicates, self.conflicts, list(self.warnings))
+
+
+class _Collector:
+    """Parses lines from many sources and keeps one record per id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, tuple[str, UsageRecord]] = {}
+        self.result = UsageSet()
+        self.unknown_kinds: dict[str, int] = {}
+
+    def add_text(self, text: str, source: str) -> None:
+        self.result.files += 1
+        lines = text.split("\n")
+        # Every record ends with "\n": bytes after the last newline are a write cut short by a crash.
+        torn_index = len(lines) if text.endswith("\n") else len(lines) - 1
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                obj = json.loads(line, parse_float=Decimal)
+            except ValueError:
+                if number - 1 == torn_index:
+                    self.result.warnings.append(f"{where}: skipped an incomplete last line (torn write)")
+                    continue
+                raise BillingError(f"{where}: not valid JSON") from None
+            self.result.lines += 1
+            record = parse_record(obj, where)
+            if record is None:
+                kind = str(obj.get("kind"))
+                self.unknown_kinds[kind] = self.unknown_kinds.get(kind, 0) + 1
+                continue
+            canonical = json.dumps(obj, sort_keys=True, default=str)
+            seen = self.by_id.get(record.id)
+            if seen is None:
+                self.by_id[record.id] = (canonical, record)
+                continue
+            self.result.duplicates += 1
+            if seen[0] != canonical:
+                self.result.conflicts += 1
+                # Deterministic whatever the file order: the canonically smaller one wins.
+                if canonical < seen[0]:
+                    self.by_id[record.id] = (canonical, record)
+
+    def finish(self) -> UsageSet:
+        for kind, count in sorted(self.unknown_kinds.items()):
+            self.result.warnings.append(f"ignored {count} record(s) of unknown kind {kind!r}")
+        if self.result.conflicts:
+            self.result.warnings.append(
+                f"{self.result.conflicts} record id(s) seen with different contents; kept one of each")
+        self.result.records = sorted((r for _, r in self.by_id.values()),
+                                     key=lambda r: (r.window_start, r.broker, r.id))
+        return self.result
+
+
+def read_lines(texts: Iterable[tuple[str, str]]) -> UsageSet:
+    """Records from (source name, file text) pairs, de-duplicated by id."""
+    collector = _Collector()
+    for source, text in texts:
+        collector.add_text(text, source)
+    return collector.finish()
+
+
+def _dir_files(root: Path) -> Iterator[tuple[str, str]]:
+    for path in sorted(root.rglob("*.jsonl")):
+        if path.is_file():
+            try:
+                yield str(path), path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BillingError(f"cannot read usage file {path}: {exc}") from None
+
+
+def read_dir(root: str | Path) -> UsageSet:
+    """Every `*.jsonl` below `root` (recursively), de-duplicated."""
+    path = Path(root)
+    if not path.is_dir():
+        raise BillingError(f"usage directory {root} does not exist")
+    return read_lines(_dir_files(path))
+
+
+def usage_prefix(cluster: str, prefix: str = "") -> str:
+    """The key prefix of a cluster's usage files (matches the broker's tier layout)."""
+    base = f"{prefix.strip('/')}/clusters/{cluster}/" if prefix.strip("/") else f"clusters/{cluster}/"
+    return base + "usage/"
+
+
+def day_prefixes(cluster: str, start: date, end: date, prefix: str = "") -> list[str]:
+    """Key prefixes to list for records of days [start, end): one day of slack on each side,
+    since a file is named by when it was written, which may be after its windows' day."""
+    out = []
+    day = start - timedelta(days=1)
+    while day <= end:
+        out.append(f"{usage_prefix(cluster, prefix)}{day:%Y/%m/%d}/")
+        day += timedelta(days=1)
+    return out
+
+
+async def _read_s3_async(bucket: str, prefixes: list[str], endpoint: str | None,
+                         region: str) -> list[tuple[str, str]]:
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    out: list[tuple[str, str]] = []
+    async with session.create_client("s3", endpoint_url=endpoint or None, region_name=region) as client:
+        keys: list[str] = []
+        for key_prefix in prefixes:
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".jsonl"))
+        for key in sorted(keys):
+            response = await client.get_object(Bucket=bucket, Key=key)
+            async with response["Body"] as stream:
+                body = await stream.read()
+            out.append((f"s3://{bucket}/{key}", body.decode("utf-8")))
+    return out
+
+
+def read_s3(bucket: str, cluster: str, start: date, end: date, *, prefix: str = "",
+            endpoint: str | None = None, region: str = "us-east-1") -> UsageSet:
+    """Usage files of days [start, end) from the bucket, de-duplicated. Credentials come from
+    the usual AWS environment/config chain."""
+    try:
+        texts = asyncio.run(_read_s3_async(bucket, day_prefixes(cluster, start, end, prefix), endpoint, region))
+    except BillingError:
+        raise
+    except Exception as exc:  # botocore raises many types; the user needs the message, not a traceback
+        raise BillingError(f"cannot read usage from s3://{bucket}/{usage_prefix(cluster, prefix)}: {exc}") from None
+    return read_lines(texts)

@@ -1,0 +1,112 @@
+"""`strata cost report`: the microservice tax, per team, from recorded usage.
+
+    strata cost report --from 2025-03-01 --to 2025-03-31 -f examples/ --usage data/usage
+    strata cost report --from ... --to ... --bucket B --endpoint URL --prefix P --cluster C \\
+        --format html --output report.html
+
+`--to` is inclusive (whole UTC days). Problems (bad price file, unreadable usage, unknown team)
+are one-line errors with exit status 1; a period without usage is an explicit empty report.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .billing import BillingError, allocation, ownership, prices, report, usage
+
+FORMATS = ("table", "csv", "json", "focus", "html")
+
+
+def _date(value: datetime) -> date:
+    return value.date()
+
+
+@click.group()
+def cost() -> None:
+    """Cost reports: what each team's services cost (the microservice tax)."""
+
+
+@cost.command("report")
+@click.option("--from", "start", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="First day (UTC), YYYY-MM-DD.")
+@click.option("--to", "end", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Last day (UTC, inclusive), YYYY-MM-DD.")
+@click.option("--by", type=click.Choice(report.VIEWS), default="team", show_default=True,
+              help="One row per team, per microservice, or per topic.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of stdout.")
+@click.option("--prices", "price_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Price model YAML (overrides the built-in list prices key by key).")
+@click.option("--policy", type=click.Choice(prices.POLICIES),
+              help="How the shared platform cost is split (default: the price file's tax.policy).")
+@click.option("-f", "--filename", "manifests", multiple=True, type=click.Path(path_type=Path),
+              help="Topic and Microservice manifests (files or directories); repeatable.")
+@click.option("--usage", "usage_dir", type=click.Path(path_type=Path),
+              help="Directory of usage files (*.jsonl, searched recursively).")
+@click.option("--bucket", help="Read usage from this S3 bucket instead.")
+@click.option("--endpoint", help="S3 endpoint URL (MinIO, moto, ...); default AWS.")
+@click.option("--prefix", default="", help="Key prefix inside the bucket (the brokers' tiered.s3.prefix).")
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option("--cluster", default="strata-local", show_default=True, help="Cluster name (the brokers' cluster.id).")
+@click.option("--team", "teams", multiple=True, help="Show only this team's rows (repeatable).")
+def report_cmd(start: datetime, end: datetime, by: str, fmt: str, output: Path | None, price_file: Path | None,
+               policy: str | None, manifests: tuple[Path, ...], usage_dir: Path | None, bucket: str | None,
+               endpoint: str | None, prefix: str, region: str, cluster: str, teams: tuple[str, ...]) -> None:
+    """Per-team cost report for the UTC days --from .. --to."""
+    first, last = _date(start), _date(end)
+    if last < first:
+        raise click.BadParameter(f"--to {last} is before --from {first}", param_hint="--to")
+    if (usage_dir is None) == (bucket is None):
+        raise click.UsageError("give exactly one usage source: --usage DIR or --bucket BUCKET")
+    period_end = last + timedelta(days=1)
+    try:
+        model = prices.load(price_file, policy=policy)
+        owners = ownership.load_manifests(manifests) if manifests else ownership.Ownership()
+        unknown = sorted(set(teams) - set(owners.teams) - set(ownership.RESERVED_TEAMS))
+        if unknown:
+            known = ", ".join(owners.teams) or "none (pass -f MANIFESTS)"
+            raise BillingError(f"unknown team(s) {', '.join(unknown)}; known teams: {known}")
+        if usage_dir is not None:
+            records = usage.read_dir(usage_dir)
+        else:
+            assert bucket is not None
+            records = usage.read_s3(bucket, cluster, first, period_end, prefix=prefix, endpoint=endpoint,
+                                    region=region)
+        alloc = allocation.allocate(records.records, model, owners, first, period_end)
+        alloc.warnings[:0] = records.warnings
+        if records.duplicates:
+            alloc.warnings.append(f"{records.duplicates} duplicate usage record(s) ignored (same id seen again)")
+        result = report.build(alloc, by=by, cluster=cluster, billing=model.billing)
+        if teams:
+            result = result.restrict(set(teams))
+    except BillingError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    for warning in alloc.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "table":
+        if output is None:
+            console = Console()
+            if not console.is_terminal:
+                console = Console(width=200)
+            report.render_table(result, console)
+            return
+        with open(output, "w", encoding="utf-8") as fh:
+            report.render_table(result, Console(file=fh, width=160, no_color=True))
+        return
+    text = {"csv": report.render_csv, "json": report.render_json, "focus": report.render_focus,
+            "html": report.render_html}[fmt](result)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc}") from None
+        click.echo(f"wrote {output} ({fmt}, total {report.money(result.total)} {result.currency})", err=True)

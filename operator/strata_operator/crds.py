@@ -1,0 +1,442 @@
+"""The custom resources' schemas: the one source of crds/*.yaml (and of the Helm chart's copy).
+
+`python -m strata_operator.crds [DIR]` (or `strata operator render-crds`) writes one file per CRD;
+`--check` exits non-zero when the files on disk differ from what this module renders.
+
+Every CRD has a structural schema, the status subresource, printer columns (Ready, key fields,
+age), short names that do not collide with Strimzi's (kt, ku, k, kc, kmm2, kb, kctr, kr, knp),
+and CEL rules (`x-kubernetes-validations`) for what admission can check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "strata.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORIES = ["strata"]
+
+# Kafka's own rule for topic names (kafka.common.internals.Topic): 1-249 of [a-zA-Z0-9._-].
+TOPIC_NAME_PATTERN = r"^[a-zA-Z0-9._-]{1,249}$"
+# A duration: one or more <integer><unit> (ms, s, m, h, d, w), e.g. "7d", "1h30m", "500ms".
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w))+$"
+RETENTION_PATTERN = r"^(forever|([0-9]+(ms|s|m|h|d|w))+)$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+BYTES_PATTERN = r"^(forever|[0-9]+(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?)$"
+
+# Topic configs that have a typed field; `config` passthrough may not set them.
+TYPED_TOPIC_CONFIGS = ["retention.ms", "retention.bytes", "local.retention.ms", "local.retention.bytes",
+                       "cleanup.policy", "strata.durability", "remote.storage.enable"]
+
+
+# -- small schema vocabulary ---------------------------------------------------------------
+
+def obj(properties: dict[str, Any], required: list[str] | None = None, description: str = "",
+        rules: list[dict[str, str]] | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object"}
+    if description:
+        out["description"] = description
+    out["properties"] = properties
+    if required:
+        out["required"] = required
+    if rules:
+        out["x-kubernetes-validations"] = rules
+    out.update(extra)
+    return out
+
+
+def string(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "string", **({"description": description} if description else {}), **extra}
+
+
+def integer(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", **({"description": description} if description else {}), **extra}
+
+
+def boolean(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "boolean", **({"description": description} if description else {}), **extra}
+
+
+def array(items: dict[str, Any], description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "array", **({"description": description} if description else {}), "items": items, **extra}
+
+
+def string_map(description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": "object", **({"description": description} if description else {}),
+            "additionalProperties": {"type": "string"}, **extra}
+
+
+def rule(expr: str, message: str, **extra: str) -> dict[str, str]:
+    return {"rule": expr, "message": message, **extra}
+
+
+def free_form(description: str) -> dict[str, Any]:
+    """An object passed through to Kubernetes as is (e.g. a container's resources, env entries)."""
+    return {"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": True}
+
+
+QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True}
+RESOURCES = obj({
+    "requests": {"type": "object", "additionalProperties": QUANTITY},
+    "limits": {"type": "object", "additionalProperties": QUANTITY},
+}, description="CPU and memory requests and limits, as in a container's `resources`.")
+
+ENV = array(obj({
+    "name": string(minLength=1),
+    "value": string(),
+    "valueFrom": free_form("As in a container's env[].valueFrom."),
+}, required=["name"]), "Extra environment variables for the container.",
+    **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+
+BROKER_REF = obj({
+    "name": string("Name of the EventBroker.", pattern=DNS_LABEL_PATTERN, maxLength=52),
+    "namespace": string("Namespace of the EventBroker; defaults to this resource's namespace.",
+                        pattern=DNS_LABEL_PATTERN, maxLength=63),
+}, required=["name"], description="The EventBroker this resource belongs to. Immutable.",
+    rules=[rule("self == oldSelf", "brokerRef is immutable")])
+
+CONDITION = obj({
+    "type": string("CamelCase condition type: Ready, ResourceConflict, WriterConflict, ..."),
+    "status": string(enum=["True", "False", "Unknown"]),
+    "reason": string("CamelCase reason for the last transition."),
+    "message": string("Human-readable details."),
+    "lastTransitionTime": string(format="date-time"),
+    "observedGeneration": integer(format="int64"),
+}, required=["type", "status"])
+
+
+def status_schema(properties: dict[str, Any]) -> dict[str, Any]:
+    # kopf keeps handler progress in annotations, but a handler's return value and any status
+    # field not declared here would be pruned: preserve unknown fields so nothing is silently lost.
+    return obj({
+        "observedGeneration": integer("The metadata.generation last reconciled.", format="int64"),
+        "conditions": array(CONDITION, "Ready summarises; the others explain.",
+                            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+        **properties,
+    }, **{"x-kubernetes-preserve-unknown-fields": True})
+
+
+READY_COLUMN = {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'}
+REASON_COLUMN = {"name": "Reason", "type": "string", "priority": 1,
+                 "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'}
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+# -- EventBroker ---------------------------------------------------------------------------
+
+EVENTBROKER_SPEC = obj({
+    "replicas": integer("Number of brokers (pods), each with its own PersistentVolumeClaim.",
+                        minimum=1, maximum=64, default=1),
+    "image": string("Broker container image.", minLength=1),
+    "imagePullPolicy": string(enum=["Always", "IfNotPresent", "Never"]),
+    "resources": RESOURCES,
+    "storage": obj({
+        "size": string("Size of each broker's volume for hot segments, e.g. 20Gi.", pattern=QUANTITY_PATTERN,
+                       default="10Gi"),
+        "class": string("StorageClass of the volumes; the cluster default when absent. Immutable.",
+                        **{"x-kubernetes-validations": [rule("self == oldSelf", "storage.class is immutable")]}),
+    }, description="Local (hot) storage: one PVC per broker."),
+    "tieredStorage": obj({
+        "bucket": string("S3 bucket for closed segments.", minLength=3, maxLength=63),
+        "prefix": string("Key prefix inside the bucket."),
+        "endpoint": string("S3 endpoint URL; AWS when absent.", pattern=r"^https?://"),
+        "region": string("S3 region.", default="us-east-1"),
+        "credentialsSecret": obj({
+            "name": string(pattern=DNS_LABEL_PATTERN),
+            "accessKeyIdKey": string(default="AWS_ACCESS_KEY_ID"),
+            "secretAccessKeyKey": string(default="AWS_SECRET_ACCESS_KEY"),
+        }, required=["name"], description="Secret holding the S3 access keys; absent = the pod's own identity "
+                                          "(IRSA, instance profile)."),
+        "uploadInterval": string("Roll and upload an idle segment after this long.", pattern=DURATION_PATTERN),
+    }, required=["bucket"], description="Offload closed segments to S3: infinite retention and replay."),
+    "listeners": array(obj({
+        "name": string(pattern=DNS_LABEL_PATTERN, maxLength=15),
+        "port": integer(minimum=1024, maximum=65535),
+        "authentication": string("none, or scram-sha-512 (SASL/SCRAM).", enum=["none", "scram-sha-512"],
+                                 default="none"),
+    }, required=["name", "port"]), "Client listeners. Default: one `plain` listener on 9092 without "
+                                   "authentication.",
+        maxItems=4, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        **{"x-kubernetes-validations": [rule("self.all(l, self.exists_one(m, m.port == l.port))",
+                                             "listener ports must be distinct")]}),
+    "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
+    "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
+    "external": obj({
+        "bootstrapServers": string("host:port[,host:port...] of a broker the operator does not run.",
+                                   pattern=r"^[^,\s]+:[0-9]+(,[^,\s]+:[0-9]+)*$"),
+    }, required=["bootstrapServers"], description="Use an existing broker (e.g. `strata local`) instead of "
+                                                  "running one: no StatefulSet is created."),
+}, description="A Strata broker cluster.", rules=[
+    rule("!has(self.external) || (!has(self.tieredStorage) && !has(self.storage))",
+         "an external broker has no storage or tieredStorage managed here"),
+    rule("has(self.external) || has(self.image)", "image is required unless the broker is external"),
+])
+
+EVENTBROKER_STATUS = status_schema({
+    "bootstrapServers": string("Address clients use, e.g. my-broker-bootstrap.ns.svc:9092."),
+    "replicas": integer(),
+    "readyReplicas": integer(),
+    "authorizer": boolean("Whether the broker enforces ACLs (it answers CreateAcls)."),
+})
+
+
+# -- Topic ---------------------------------------------------------------------------------
+
+TOPIC_SPEC = obj({
+    "brokerRef": BROKER_REF,
+    "topicName": string("Kafka topic name; defaults to metadata.name. Immutable.", pattern=TOPIC_NAME_PATTERN,
+                        **{"x-kubernetes-validations": [
+                            rule("self == oldSelf", "topicName is immutable"),
+                            rule("self != '.' && self != '..'", "'.' and '..' are not topic names")]}),
+    "partitions": integer("Number of partitions; may grow, never shrink.", minimum=1, maximum=10000, default=1,
+                          **{"x-kubernetes-validations": [
+                              rule("self >= oldSelf", "partitions can be increased, never decreased",
+                                   reason="FieldValueForbidden")]}),
+    "retention": string("How long records are kept (in S3 when tiered): a duration such as 7d, 12h, "
+                        "or `forever`.", pattern=RETENTION_PATTERN),
+    "retentionBytes": string("Size limit per partition, e.g. 10Gi, or `forever`.", pattern=BYTES_PATTERN),
+    "localRetention": string("How long closed segments stay on the broker's disk (hot) once in S3.",
+                             pattern=DURATION_PATTERN),
+    "localRetentionBytes": string("Hot bytes per partition kept on disk once in S3.", pattern=BYTES_PATTERN),
+    "cleanupPolicy": string("delete (an event stream) or compact (an entity stream: the latest value "
+                            "per key).", enum=["delete", "compact", "compact,delete"], default="delete"),
+    "durability": string("disk: acks=all answers after fsync; s3: after the batch is in S3.",
+                         enum=["disk", "s3"], default="disk"),
+    "tiered": boolean("Offload closed segments to S3 (remote.storage.enable); needs a tiered broker."),
+    "config": {**string_map("Any other topic config, passed through (Kafka names: segment.bytes, "
+                            "max.message.bytes, ...). A key present is enforced; an absent key keeps "
+                            "the cluster default; typed fields cannot be set here."),
+               "x-kubernetes-validations": [rule(
+                   "self.all(k, !(k in " + repr(TYPED_TOPIC_CONFIGS) + "))",
+                   "retention, cleanup policy, durability and tiering have their own fields; do not set "
+                   "them in config")]},
+    "team": string("Owning team (for the cost report and the catalogue).", pattern=DNS_LABEL_PATTERN),
+    "deletionPolicy": string("What deleting this resource does to the Kafka topic: Retain keeps it "
+                             "(and its data); Delete deletes it and its S3 objects.",
+                             enum=["Retain", "Delete"], default="Retain"),
+}, required=["brokerRef", "team"], description="A Kafka topic managed by the operator (Kubernetes -> broker).",
+    rules=[
+        rule("!has(self.localRetention) || !has(self.retention) || self.retention == 'forever' "
+             "|| has(self.tiered) && self.tiered",
+             "localRetention only applies to tiered topics (set tiered: true)"),
+        rule("!has(self.durability) || self.durability != 's3' || (has(self.tiered) && self.tiered)",
+             "durability s3 needs tiered: true"),
+    ])
+
+TOPIC_STATUS = status_schema({
+    "topicName": string(),
+    "topicId": string("The broker's topic id (changes if the topic is re-created)."),
+    "partitions": integer(),
+    "hotBytes": integer("Bytes on brokers' disks, when the broker reports them.", format="int64"),
+    "coldBytes": integer("Bytes in S3, when the broker reports them.", format="int64"),
+    "lastSyncTime": string(format="date-time"),
+})
+
+
+# -- Microservice --------------------------------------------------------------------------
+
+TOPIC_LIST = array(string(pattern=TOPIC_NAME_PATTERN, maxLength=249), maxItems=256,
+                   **{"x-kubernetes-list-type": "set"})
+
+MICROSERVICE_SPEC = obj({
+    "brokerRef": BROKER_REF,
+    "team": string("Owning team: its services' usage is billed to it.", pattern=DNS_LABEL_PATTERN),
+    "image": string("Application container image.", minLength=1),
+    "replicas": integer(minimum=0, maximum=1000, default=1),
+    "command": array(string()),
+    "args": array(string()),
+    "env": ENV,
+    "resources": RESOURCES,
+    "produces": {**TOPIC_LIST, "description": "Topics this service writes. One writer per topic: the "
+                                              "first Microservice (by creation time) gets Write."},
+    "consumes": {**TOPIC_LIST, "description": "Topics this service reads."},
+    "consumerGroup": string("Consumer group id; defaults to the service's name.", pattern=TOPIC_NAME_PATTERN),
+}, required=["brokerRef", "team", "image"], description="A team's event-driven microservice.", rules=[
+    rule("!has(self.produces) || self.produces.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
+         "&& t != '..')", "produces must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".produces"),
+    rule("!has(self.consumes) || self.consumes.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
+         "&& t != '..')", "consumes must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".consumes"),
+    rule("!has(self.consumerGroup) || (has(self.consumes) && size(self.consumes) > 0)",
+         "consumerGroup is only meaningful for a service that consumes", fieldPath=".consumerGroup"),
+])
+
+MICROSERVICE_STATUS = status_schema({
+    "principal": string("The broker principal, e.g. User:orders.order-service."),
+    "secretName": string("Secret with bootstrap settings and SCRAM credentials."),
+    "replicas": integer(),
+    "readyReplicas": integer(),
+    "permissions": array(obj({
+        "resourceType": string(enum=["topic", "group"]),
+        "name": string(),
+        "operations": array(string()),
+    }), "What the broker grants this service's principal."),
+    "deniedWrites": array(string(), "Produced topics whose writer is another service."),
+})
+
+
+# -- CostReport ----------------------------------------------------------------------------
+
+MONEY = string(pattern=r"^[0-9]+(\.[0-9]+)?$")
+COSTREPORT_SPEC = obj({
+    "brokerRef": BROKER_REF,
+    "period": string("Billing period.", enum=["hourly", "daily", "monthly"], default="monthly"),
+    "currency": string(pattern=r"^[A-Z]{3}$", default="USD"),
+    "prices": obj({
+        "s3GbMonth": MONEY, "s3PutPer1000": MONEY, "s3GetPer1000": MONEY,
+        "diskGbMonth": MONEY, "cpuHour": MONEY, "ramGbHour": MONEY, "networkGb": MONEY,
+    }, description="Price model; unset prices use the built-in defaults (documented with sources)."),
+    "sharedCostPolicy": string("How the platform's shared cost (the tax) is allocated.",
+                               enum=["proportional", "even", "weighted"], default="proportional"),
+    "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Team -> weight, for sharedCostPolicy: weighted."},
+}, required=["brokerRef"], description="A per-team cost report (the microservice tax).", rules=[
+    rule("(has(self.sharedCostPolicy) && self.sharedCostPolicy == 'weighted') == has(self.weights)",
+         "weights are required with sharedCostPolicy weighted, and only then"),
+])
+
+COSTREPORT_STATUS = status_schema({
+    "periodStart": string(format="date-time"),
+    "periodEnd": string(format="date-time"),
+    "currency": string(),
+    "total": string(),
+    "sharedCost": string(),
+    "teams": array(obj({"team": string(), "direct": string(), "shared": string(), "total": string()})),
+})
+
+
+# -- CRDs ----------------------------------------------------------------------------------
+
+KINDS: dict[str, dict[str, Any]] = {
+    "EventBroker": {"plural": "eventbrokers", "short": ["sbr"], "spec": EVENTBROKER_SPEC,
+                    "status": EVENTBROKER_STATUS, "columns": [
+                        READY_COLUMN,
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                        {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                        {"name": "Bootstrap", "type": "string", "jsonPath": ".status.bootstrapServers"},
+                        REASON_COLUMN, AGE_COLUMN]},
+    "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS, "columns": [
+        READY_COLUMN,
+        {"name": "Topic", "type": "string", "jsonPath": ".status.topicName"},
+        {"name": "Partitions", "type": "integer", "jsonPath": ".spec.partitions"},
+        {"name": "Retention", "type": "string", "jsonPath": ".spec.retention"},
+        {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
+        {"name": "Broker", "type": "string", "jsonPath": ".spec.brokerRef.name", "priority": 1},
+        REASON_COLUMN, AGE_COLUMN]},
+    "Microservice": {"plural": "microservices", "short": ["sms"], "spec": MICROSERVICE_SPEC,
+                     "status": MICROSERVICE_STATUS, "columns": [
+                         READY_COLUMN,
+                         {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
+                         {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                         {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                         {"name": "Writer-Conflict", "type": "string",
+                          "jsonPath": '.status.conditions[?(@.type=="WriterConflict")].status'},
+                         REASON_COLUMN, AGE_COLUMN]},
+    "CostReport": {"plural": "costreports", "short": ["scr"], "spec": COSTREPORT_SPEC,
+                   "status": COSTREPORT_STATUS, "columns": [
+                       READY_COLUMN,
+                       {"name": "Period", "type": "string", "jsonPath": ".spec.period"},
+                       {"name": "Total", "type": "string", "jsonPath": ".status.total"},
+                       {"name": "Currency", "type": "string", "jsonPath": ".status.currency"},
+                       REASON_COLUMN, AGE_COLUMN]},
+}
+
+
+def crd(kind: str) -> dict[str, Any]:
+    info = KINDS[kind]
+    schema = obj({
+        "apiVersion": string(), "kind": string(), "metadata": {"type": "object"},
+        "spec": info["spec"], "status": info["status"],
+    }, required=["spec"], description=info["spec"].get("description", ""))
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{info['plural']}.{GROUP}",
+                     "labels": {"app.kubernetes.io/part-of": "strata"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": info["plural"],
+                      "singular": kind.lower(), "shortNames": info["short"], "categories": CATEGORIES},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": info["columns"],
+                "schema": {"openAPIV3Schema": schema},
+            }],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """file name -> CRD, e.g. {'strata.dev_topics.yaml': {...}}."""
+    return {f"{GROUP}_{KINDS[k]['plural']}.yaml": crd(k) for k in KINDS}
+
+
+HEADER = "# Generated by `python -m strata_operator.crds` from strata_operator/crds.py. Do not edit.\n"
+
+
+def render(kind_crd: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(kind_crd, sort_keys=False, width=100, allow_unicode=True)
+
+
+def rendered() -> dict[str, str]:
+    return {name: render(c) for name, c in all_crds().items()}
+
+
+def write(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, text in rendered().items():
+        path = directory / name
+        path.write_text(text)
+        out.append(path)
+    return out
+
+
+def diff(directory: Path) -> list[str]:
+    """Differences between `directory` and the rendered CRDs (empty when they agree)."""
+    problems: list[str] = []
+    expected = rendered()
+    present = {p.name for p in directory.glob("*.yaml")} if directory.is_dir() else set()
+    for name, text in expected.items():
+        path = directory / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif path.read_text() != text:
+            problems.append("".join(difflib.unified_diff(path.read_text().splitlines(True), text.splitlines(True),
+                                                         str(path), "rendered", n=1)))
+    for extra in sorted(present - set(expected)):
+        problems.append(f"{directory / extra}: not rendered by strata_operator.crds")
+    return problems
+
+
+def default_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "crds"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m strata_operator.crds", description=__doc__.split("\n")[0])
+    parser.add_argument("directory", nargs="?", type=Path, default=default_dir())
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = diff(args.directory)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    for path in write(args.directory):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

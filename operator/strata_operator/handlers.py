@@ -1,0 +1,454 @@
+"""kopf handlers: thin glue between Kubernetes events and the pure logic in `logic`/`resources`.
+
+Create, update, resume and the periodic timer of each kind share one idempotent reconcile
+function. Errors become conditions and Events and are retried with backoff (kopf.TemporaryError),
+never a crash loop. Settings (environment variables, read at import):
+
+  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60
+  STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
+  STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
+                                      before it releases the finalizer anyway, default 600
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import secrets
+from typing import Any
+
+import kopf
+
+from . import logic, resources
+from .admin import (
+    API_ALTER_USER_SCRAM_CREDENTIALS,
+    API_CREATE_ACLS,
+    SECURITY_DISABLED,
+    Admin,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from .crds import GROUP, VERSION
+from .kube import Kube, KubeError
+
+INTERVAL = float(os.environ.get("STRATA_OPERATOR_RECONCILE_INTERVAL", "60"))
+RETRY_DELAY = float(os.environ.get("STRATA_OPERATOR_RETRY_DELAY", "15"))
+DELETE_TIMEOUT = float(os.environ.get("STRATA_OPERATOR_DELETE_TIMEOUT", "600"))
+FINALIZER = "strata.dev/finalizer"
+SKIP_CLEANUP = "strata.dev/skip-cleanup"  # the escape hatch: "true" releases the finalizer at once
+
+BROKER = (GROUP, VERSION, "eventbrokers")
+TOPIC = (GROUP, VERSION, "topics")
+MICROSERVICE = (GROUP, VERSION, "microservices")
+COSTREPORT = (GROUP, VERSION, "costreports")
+
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube.login()
+    return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="strata.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="strata.dev", key="last-handled-configuration")
+    settings.posting.level = 20  # INFO and above become Events
+    settings.batching.error_delays = [1, 2, 5, 10, 20, 30, 60]
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    if _kube is not None:
+        await _kube.close()
+
+
+# -- shared helpers ------------------------------------------------------------------------
+
+
+def _generation(body: kopf.Body) -> int | None:
+    gen = body.get("metadata", {}).get("generation")
+    return int(gen) if gen is not None else None
+
+
+def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], type_: str, status: bool | str,
+         reason: str, message: str) -> list[dict[str, Any]]:
+    """Set one condition in the patch; post an Event when it transitions."""
+    old = logic.condition(conditions, type_)
+    new = logic.set_condition(conditions, type_, status, reason, message, _generation(body))
+    status_text = status if isinstance(status, str) else ("True" if status else "False")
+    if old is None or old.get("status") != status_text or old.get("reason") != reason:
+        bad = (type_ == "Ready" and status_text == "False") or (type_.endswith("Conflict") and status_text == "True")
+        kopf.event(body, type="Warning" if bad else "Normal", reason=reason, message=f"{type_}: {message}")
+    patch.status["conditions"] = new
+    if _generation(body) is not None:
+        patch.status["observedGeneration"] = _generation(body)
+    return new
+
+
+async def resolve_broker(body: kopf.Body) -> tuple[dict[str, Any], str]:
+    """The EventBroker a resource refers to, and its bootstrap address. TemporaryError if absent."""
+    ns, name = logic.broker_key(body)
+    try:
+        broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
+    except (KubeError, OSError) as exc:
+        raise kopf.TemporaryError(f"cannot read EventBroker {ns}/{name}: {exc}", delay=RETRY_DELAY) from exc
+    if broker is None:
+        raise BrokerMissing(f"EventBroker {ns}/{name} does not exist")
+    return broker, resources.bootstrap_servers(broker)
+
+
+class BrokerMissing(Exception):
+    pass
+
+
+async def run(fn: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _deadline_passed(body: kopf.Body) -> bool:
+    ts = body.get("metadata", {}).get("deletionTimestamp")
+    if not ts:
+        return False
+    started = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return (datetime.datetime.now(tz=datetime.UTC) - started).total_seconds() > DELETE_TIMEOUT
+
+
+# -- EventBroker ---------------------------------------------------------------------------
+
+
+@kopf.on.resume(*BROKER)
+@kopf.on.create(*BROKER)
+@kopf.on.update(*BROKER)
+async def reconcile_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await _reconcile_broker(body, patch)
+
+
+@kopf.timer(*BROKER, interval=INTERVAL, initial_delay=INTERVAL / 2)
+async def refresh_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await _reconcile_broker(body, patch)
+
+
+async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
+    conditions = list(body.get("status", {}).get("conditions") or [])
+    spec = body["spec"]
+    bootstrap = resources.bootstrap_servers(body)
+    patch.status["bootstrapServers"] = bootstrap
+    if spec.get("external"):
+        try:
+            count = await run(lambda: Admin(bootstrap).ping())
+            authorizer = await run(lambda: Admin(bootstrap).supports(API_CREATE_ACLS))
+        except (BrokerUnavailable, BrokerRejected) as exc:
+            _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
+            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+        patch.status["replicas"] = count
+        patch.status["readyReplicas"] = count
+        patch.status["authorizer"] = authorizer
+        _set(patch, body, conditions, "Ready", True, "Reachable", f"external broker at {bootstrap}, {count} broker(s)")
+        return
+    try:
+        for obj in resources.eventbroker_objects(body):
+            await kube().apply(obj)
+        sts = await kube().get("apps/v1", "StatefulSet", body["metadata"]["namespace"],
+                               resources.broker_names(body["metadata"]["name"])["statefulset"])
+    except (KubeError, OSError) as exc:
+        _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    want = int(spec.get("replicas", 1))
+    ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+    patch.status["replicas"] = want
+    patch.status["readyReplicas"] = ready
+    if ready >= want:
+        _set(patch, body, conditions, "Ready", True, "BrokersReady", f"{ready}/{want} brokers ready at {bootstrap}")
+    else:
+        _set(patch, body, conditions, "Ready", False, "BrokersStarting", f"{ready}/{want} brokers ready")
+
+
+# -- Topic ---------------------------------------------------------------------------------
+
+
+@kopf.index(*TOPIC)
+def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(broker namespace, broker name, Kafka topic name) -> the Topic CRs naming it."""
+    ns, broker = logic.broker_key(body)
+    md = body["metadata"]
+    return {(ns, broker, logic.topic_name(body)): {
+        "namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp"),
+        "uid": md.get("uid")}}
+
+
+@kopf.on.resume(*TOPIC)
+@kopf.on.create(*TOPIC)
+@kopf.on.update(*TOPIC)
+async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
+    await _reconcile_topic(body, patch, topic_index, timed=False)
+
+
+@kopf.timer(*TOPIC, interval=INTERVAL, initial_delay=INTERVAL)
+async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    await _reconcile_topic(body, patch, topic_index, timed=True)
+
+
+def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
+    ns, broker = logic.broker_key(body)
+    claimants = list(topic_index.get((ns, broker, logic.topic_name(body)), []))
+    md = body["metadata"]
+    me = {"namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp")}
+    if not any((c["namespace"], c["name"]) == (me["namespace"], me["name"]) for c in claimants):
+        claimants.append(me)
+    return logic.conflict_winner(claimants)
+
+
+async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, timed: bool) -> None:
+    conditions = list(body.get("status", {}).get("conditions") or [])
+    md = body["metadata"]
+    name = logic.topic_name(body)
+    patch.status["topicName"] = name
+    winner = _winner(body, topic_index)
+    if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
+        msg = (f"topic {name!r} is already managed by Topic {winner['namespace']}/{winner['name']} (older); "
+               "this resource is ignored until that one is deleted")
+        conditions = _set(patch, body, conditions, "ResourceConflict", True, "ResourceConflict", msg)
+        _set(patch, body, conditions, "Ready", False, "ResourceConflict", msg)
+        return
+    conditions = logic.drop_condition(conditions, "ResourceConflict")
+    try:
+        logic.desired_topic_configs(body["spec"])
+    except logic.InvalidSpec as exc:
+        _set(patch, body, conditions, "Ready", False, "InvalidSpec", str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
+    try:
+        _, bootstrap = await resolve_broker(body)
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    admin = Admin(bootstrap)
+    try:
+        state = await run(admin.describe_topic, name)
+        plan = logic.plan_topic(body["spec"], state.partitions if state else None,
+                                state.dynamic_configs if state else None, state.all_configs if state else None)
+        if plan.create:
+            await run(admin.create_topic, name, int(body["spec"].get("partitions", 1)), plan.set_configs)
+        else:
+            if plan.grow_to:
+                await run(admin.grow_partitions, name, plan.grow_to)
+            if plan.set_configs or plan.delete_configs:
+                await run(admin.alter_configs, name, plan.set_configs, plan.delete_configs)
+        if plan.changes:
+            state = await run(admin.describe_topic, name)
+    except BrokerUnavailable as exc:
+        _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    except BrokerRejected as exc:
+        _set(patch, body, conditions, "Ready", False, "BrokerRejected", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY * 4) from exc
+    if timed and not plan.create and plan.changes:
+        drift = sorted(plan.set_configs) + sorted(plan.delete_configs) + (["partitions"] if plan.grow_to else [])
+        kopf.event(body, type="Warning", reason="DriftReverted",
+                   message=f"topic {name!r} was changed outside the operator; reverted: {', '.join(drift)}")
+    elif plan.create:
+        kopf.event(body, type="Normal", reason="Created", message=f"topic {name!r} created on {bootstrap}")
+    if state is not None:
+        patch.status["topicId"] = state.topic_id
+        patch.status["partitions"] = state.partitions
+    patch.status["lastSyncTime"] = logic.now()
+    if plan.cannot_shrink:
+        have, asked = plan.cannot_shrink
+        _set(patch, body, conditions, "Ready", False, "NotSupported",
+             f"partitions cannot decrease ({have} -> {asked}); the topic keeps {have}. "
+             f"Set spec.partitions back to {have} or more")
+        return
+    _set(patch, body, conditions, "Ready", True, "Reconciled", f"topic {name!r} matches the spec")
+
+
+@kopf.on.delete(*TOPIC)
+async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> None:
+    md = body["metadata"]
+    name = logic.topic_name(body)
+    if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
+        kopf.warn(body, reason="CleanupSkipped", message=f"{SKIP_CLEANUP}=true: topic {name!r} left as is")
+        return
+    winner = _winner(body, topic_index)
+    if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
+        return  # a conflicting duplicate never managed the topic
+    if body["spec"].get("deletionPolicy", "Retain") != "Delete":
+        kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
+        return
+    try:
+        _, bootstrap = await resolve_broker(body)
+        deleted = await run(Admin(bootstrap).delete_topic, name)
+    except BrokerMissing:
+        kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
+        return
+    except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
+        if _deadline_passed(body):
+            kopf.warn(body, reason="CleanupAbandoned",
+                      message=f"could not delete topic {name!r} for {DELETE_TIMEOUT:.0f}s ({exc}); finalizer released")
+            return
+        kopf.warn(body, reason="DeleteFailed", message=f"topic {name!r}: {exc}; retrying")
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    kopf.info(body, reason="Deleted", message=f"topic {name!r} {'deleted' if deleted else 'was already gone'}")
+
+
+# -- Microservice --------------------------------------------------------------------------
+
+
+@kopf.index(*MICROSERVICE)
+def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(broker namespace, broker name) -> the Microservices of that broker (for single-writer)."""
+    md = body["metadata"]
+    if md.get("deletionTimestamp"):
+        return {}
+    return {logic.broker_key(body): {
+        "metadata": {"namespace": md["namespace"], "name": md["name"],
+                     "creationTimestamp": md.get("creationTimestamp")},
+        "spec": {"produces": list(body["spec"].get("produces") or [])}}}
+
+
+@kopf.on.resume(*MICROSERVICE)
+@kopf.on.create(*MICROSERVICE)
+@kopf.on.update(*MICROSERVICE)
+async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
+                                 **_: Any) -> None:
+    await _reconcile_microservice(body, patch, microservice_index)
+
+
+@kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=INTERVAL / 2)
+async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
+                               **_: Any) -> None:
+    if not body.get("metadata", {}).get("deletionTimestamp"):
+        await _reconcile_microservice(body, patch, microservice_index)
+
+
+async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index) -> None:
+    conditions = list(body.get("status", {}).get("conditions") or [])
+    md = body["metadata"]
+    ns, name = md["namespace"], md["name"]
+    peers = [dict(p) for p in index.get(logic.broker_key(body), [])]
+    if not any(p["metadata"]["name"] == name and p["metadata"]["namespace"] == ns for p in peers):
+        peers.append({"metadata": {"namespace": ns, "name": name, "creationTimestamp": md.get("creationTimestamp")},
+                      "spec": {"produces": list(body["spec"].get("produces") or [])}})
+    grants = logic.grants(body, peers, resources.consumer_group(body))
+    principal = resources.principal(body)
+    patch.status["principal"] = principal
+    patch.status["permissions"] = grants.permissions
+    patch.status["deniedWrites"] = sorted(grants.denied_writes)
+    if grants.denied_writes:
+        msg = "; ".join(f"{t!r} is written by {owner}" for t, owner in sorted(grants.denied_writes.items()))
+        conditions = _set(patch, body, conditions, "WriterConflict", True, "TopicHasWriter",
+                          f"no Write permission (one writer per topic, first come first served): {msg}")
+    else:
+        conditions = _set(patch, body, conditions, "WriterConflict", False, "SoleWriter",
+                          "no other service writes the topics this one produces")
+    try:
+        broker, bootstrap = await resolve_broker(body)
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    sasl = resources.authentication(broker.get("spec", {})) != "none"
+    names = resources.microservice_names(name)
+    try:
+        existing = await kube().get("v1", "Secret", ns, names["secret"])
+        password = _existing_password(existing) or secrets.token_urlsafe(24)
+        for obj in resources.microservice_objects(body, bootstrap, password, sasl):
+            await kube().apply(obj)
+        deployment = await kube().get("apps/v1", "Deployment", ns, names["deployment"])
+    except (KubeError, OSError) as exc:
+        _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    patch.status["secretName"] = names["secret"]
+    patch.status["replicas"] = int(body["spec"].get("replicas", 1))
+    patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+    admin = Admin(bootstrap)
+    try:
+        versions = await run(admin.api_versions)
+        no_authorizer = API_CREATE_ACLS not in versions
+        if not no_authorizer:
+            try:
+                created, deleted = await run(admin.sync_acls, principal, grants.acls)
+                conditions = _set(patch, body, conditions, "AclsApplied", True, "AclsApplied",
+                                  f"{len(grants.acls)} ACL(s) for {principal} (+{created} -{deleted})")
+            except BrokerRejected as exc:
+                if exc.code != SECURITY_DISABLED:
+                    raise
+                no_authorizer = True
+        if no_authorizer:
+            conditions = _set(patch, body, conditions, "AclsApplied", False, "BrokerHasNoAuthorizer",
+                              "the broker does not enforce ACLs (no CreateAcls, or no authorizer enabled): "
+                              "permissions are computed (status.permissions) but any client may write any topic")
+        if API_ALTER_USER_SCRAM_CREDENTIALS in versions and resources.authentication(broker.get("spec", {})) != "none":
+            await run(admin.upsert_scram, resources.principal_name(body), password)
+    except (BrokerUnavailable, BrokerRejected) as exc:
+        _set(patch, body, conditions, "AclsApplied", "Unknown", "BrokerUnavailable", f"{bootstrap}: {exc}")
+        _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    if grants.denied_writes:
+        _set(patch, body, conditions, "Ready", False, "WriterConflict",
+             "deployed, but without Write on: " + ", ".join(sorted(grants.denied_writes)))
+    else:
+        _set(patch, body, conditions, "Ready", True, "Reconciled",
+             f"deployment, credentials and permissions in place for {principal}")
+
+
+def _existing_password(secret: dict[str, Any] | None) -> str | None:
+    import base64
+
+    if not secret:
+        return None
+    if (secret.get("stringData") or {}).get("KAFKA_SASL_PASSWORD"):
+        return secret["stringData"]["KAFKA_SASL_PASSWORD"]  # an API server never returns this; the emulator may
+    raw = (secret.get("data") or {}).get("KAFKA_SASL_PASSWORD")
+    return base64.b64decode(raw).decode() if raw else None
+
+
+@kopf.on.delete(*MICROSERVICE)
+async def delete_microservice(body: kopf.Body, **_: Any) -> None:
+    """Revoke the principal's ACLs; the Deployment, ServiceAccount and Secret are garbage-collected
+    through their ownerReferences."""
+    if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
+        return
+    try:
+        _, bootstrap = await resolve_broker(body)
+        admin = Admin(bootstrap)
+        if await run(admin.supports, API_CREATE_ACLS):
+            try:
+                await run(admin.delete_acls_of, resources.principal(body))
+            except BrokerRejected as exc:
+                if exc.code != SECURITY_DISABLED:
+                    raise
+    except BrokerMissing:
+        return
+    except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
+        if _deadline_passed(body):
+            kopf.warn(body, reason="CleanupAbandoned", message=f"ACLs not revoked ({exc}); finalizer released")
+            return
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+
+# -- CostReport ----------------------------------------------------------------------------
+
+
+@kopf.on.resume(*COSTREPORT)
+@kopf.on.create(*COSTREPORT)
+@kopf.on.update(*COSTREPORT)
+async def reconcile_costreport(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Minimal until billing lands: validates the reference and says plainly that no figures exist yet."""
+    conditions = list(body.get("status", {}).get("conditions") or [])
+    patch.status["currency"] = body["spec"].get("currency", "USD")
+    try:
+        await resolve_broker(body)
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    _set(patch, body, conditions, "Ready", False, "BillingNotAvailable",
+         "cost figures are not computed by this operator version yet")

@@ -1,0 +1,189 @@
+"""Pure reconciliation decisions (no I/O): desired topic configs, drift, conflicts, writers,
+conditions. The kopf handlers feed these with what they read and apply what they return."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from .durations import duration_ms, size_bytes
+
+# -- conditions ----------------------------------------------------------------------------
+
+
+def now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict[str, Any]] | None, type_: str, status: bool | str, reason: str,
+                  message: str, generation: int | None) -> list[dict[str, Any]]:
+    """A new list with `type_` set; lastTransitionTime only moves when the status changes."""
+    status_text = status if isinstance(status, str) else ("True" if status else "False")
+    out = [dict(c) for c in (conditions or []) if c.get("type") != type_]
+    old = next((c for c in conditions or [] if c.get("type") == type_), None)
+    cond = {"type": type_, "status": status_text, "reason": reason, "message": message,
+            "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == status_text
+            and old.get("lastTransitionTime") else now()}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    out.append(cond)
+    return sorted(out, key=lambda c: (c["type"] != "Ready", c["type"]))
+
+
+def drop_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [dict(c) for c in conditions or [] if c.get("type") != type_]
+
+
+def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+# -- references ----------------------------------------------------------------------------
+
+
+def broker_key(cr: dict[str, Any]) -> tuple[str, str]:
+    ref = cr["spec"]["brokerRef"]
+    return (ref.get("namespace") or cr["metadata"]["namespace"], ref["name"])
+
+
+def age_key(cr_meta: dict[str, Any]) -> tuple[str, str, str]:
+    """Older first: creationTimestamp, then namespace/name as a stable tie-break."""
+    return (cr_meta.get("creationTimestamp") or "9999", cr_meta.get("namespace") or "", cr_meta["name"])
+
+
+# -- topics --------------------------------------------------------------------------------
+
+
+class InvalidSpec(ValueError):
+    pass
+
+
+def topic_name(topic: dict[str, Any]) -> str:
+    return topic["spec"].get("topicName") or topic["metadata"]["name"]
+
+
+def desired_topic_configs(spec: dict[str, Any]) -> dict[str, str]:
+    """The topic configs a Topic spec enforces (Kafka names and string values)."""
+    out: dict[str, str] = {}
+    try:
+        out.update({str(k): str(v) for k, v in (spec.get("config") or {}).items() if v is not None})
+        if "retention" in spec:
+            out["retention.ms"] = str(duration_ms(spec["retention"]))
+        if "retentionBytes" in spec:
+            out["retention.bytes"] = str(size_bytes(spec["retentionBytes"]))
+        if "localRetention" in spec:
+            out["local.retention.ms"] = str(duration_ms(spec["localRetention"]))
+        if "localRetentionBytes" in spec:
+            out["local.retention.bytes"] = str(size_bytes(spec["localRetentionBytes"]))
+    except ValueError as exc:
+        raise InvalidSpec(str(exc)) from exc
+    if spec.get("cleanupPolicy"):
+        out["cleanup.policy"] = spec["cleanupPolicy"]
+    if spec.get("durability"):
+        out["strata.durability"] = spec["durability"]
+    if "tiered" in spec:
+        out["remote.storage.enable"] = "true" if spec["tiered"] else "false"
+    partitions = spec.get("partitions", 1)
+    if not isinstance(partitions, int) or partitions < 1:
+        raise InvalidSpec(f"partitions must be a positive integer, not {partitions!r}")
+    if spec.get("durability") == "s3" and not spec.get("tiered"):
+        raise InvalidSpec("durability s3 needs tiered: true")
+    return out
+
+
+# Defaults that need no dynamic override: setting them explicitly is not drift.
+CONFIG_DEFAULTS = {"cleanup.policy": "delete", "strata.durability": "disk", "remote.storage.enable": "false"}
+
+
+@dataclass
+class TopicPlan:
+    create: bool = False
+    grow_to: int | None = None
+    set_configs: dict[str, str] = field(default_factory=dict)
+    delete_configs: list[str] = field(default_factory=list)
+    cannot_shrink: tuple[int, int] | None = None  # (current, asked)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.create or self.grow_to or self.set_configs or self.delete_configs)
+
+
+def plan_topic(spec: dict[str, Any], current_partitions: int | None, dynamic: dict[str, str] | None,
+               effective: dict[str, str] | None = None) -> TopicPlan:
+    """Unidirectional (Kubernetes -> broker): what to do so the broker matches the spec.
+
+    A config the spec names is enforced; a dynamic config the spec does not name is reset to
+    the cluster default (drift made behind the operator's back is reverted)."""
+    desired = desired_topic_configs(spec)
+    partitions = int(spec.get("partitions", 1))
+    plan = TopicPlan()
+    if current_partitions is None:
+        plan.create = True
+        plan.set_configs = desired
+        return plan
+    if partitions > current_partitions:
+        plan.grow_to = partitions
+    elif partitions < current_partitions:
+        plan.cannot_shrink = (current_partitions, partitions)
+    dynamic = dynamic or {}
+    effective = effective or {}
+    for key, value in desired.items():
+        have = dynamic.get(key, effective.get(key))
+        if have != value:
+            plan.set_configs[key] = value
+    plan.delete_configs = sorted(k for k in dynamic if k not in desired)
+    return plan
+
+
+def conflict_winner(claimants: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of several Topic CRs naming one Kafka topic on one broker, the oldest wins."""
+    return min(claimants, key=age_key)
+
+
+# -- microservices -------------------------------------------------------------------------
+
+
+@dataclass
+class Grants:
+    permissions: list[dict[str, Any]]
+    acls: list[tuple[str, str, str]]  # (resource type, name, operation)
+    denied_writes: dict[str, str]  # topic -> the writer's namespace/name
+
+
+def writers(microservices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """topic -> the Microservice that may write it: first come (creationTimestamp), first served.
+    `microservices` are all those of one broker (deleting ones excluded by the caller)."""
+    out: dict[str, dict[str, Any]] = {}
+    for ms in sorted(microservices, key=lambda m: age_key(m["metadata"])):
+        for topic in ms["spec"].get("produces") or []:
+            out.setdefault(topic, ms)
+    return out
+
+
+def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str) -> Grants:
+    """Exactly what was declared, minus Write on topics another service writes."""
+    owners = writers(same_broker)
+    me = (ms["metadata"]["namespace"], ms["metadata"]["name"])
+    perms: list[dict[str, Any]] = []
+    acls: list[tuple[str, str, str]] = []
+    denied: dict[str, str] = {}
+    produces = list(ms["spec"].get("produces") or [])
+    consumes = list(ms["spec"].get("consumes") or [])
+    for topic in sorted(set(produces) | set(consumes)):
+        ops: list[str] = []
+        if topic in produces:
+            owner = owners.get(topic, ms)
+            if (owner["metadata"]["namespace"], owner["metadata"]["name"]) == me:
+                ops.append("Write")
+            else:
+                denied[topic] = f"{owner['metadata']['namespace']}/{owner['metadata']['name']}"
+        if topic in consumes:
+            ops.append("Read")
+        ops.append("Describe")
+        perms.append({"resourceType": "topic", "name": topic, "operations": ops})
+        acls += [("topic", topic, op.lower()) for op in ops]
+    if consumes:
+        perms.append({"resourceType": "group", "name": group, "operations": ["Read", "Describe"]})
+        acls += [("group", group, "read"), ("group", group, "describe")]
+    return Grants(perms, acls, denied)

@@ -1,0 +1,302 @@
+"""Pure functions: a custom resource (a dict, as the API server returns it) -> Kubernetes objects.
+
+No I/O here: the handlers apply what these return, and tests validate it against the
+Kubernetes OpenAPI schemas without a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .crds import API_VERSION
+
+BROKER_PORT = 9092
+DATA_DIR = "/var/lib/strata"
+CONFIG_DIR = "/etc/strata"
+MANAGED_BY = "strata-operator"
+
+
+def labels(cr: dict[str, Any], component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "strata",
+        "app.kubernetes.io/instance": cr["metadata"]["name"],
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "strata",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector(cr: dict[str, Any], component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": cr["metadata"]["name"], "app.kubernetes.io/component": component}
+
+
+def owner_reference(cr: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": cr.get("apiVersion", API_VERSION), "kind": cr["kind"], "name": cr["metadata"]["name"],
+            "uid": cr["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def meta(cr: dict[str, Any], name: str, component: str, **extra: Any) -> dict[str, Any]:
+    out = {"name": name, "namespace": cr["metadata"]["namespace"], "labels": labels(cr, component),
+           "ownerReferences": [owner_reference(cr)]}
+    out.update(extra)
+    return out
+
+
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]}}
+
+
+# -- EventBroker ---------------------------------------------------------------------------
+
+def broker_names(name: str) -> dict[str, str]:
+    return {"statefulset": f"{name}-broker", "headless": f"{name}-brokers", "bootstrap": f"{name}-bootstrap",
+            "configmap": f"{name}-config", "pdb": f"{name}-broker", "serviceaccount": f"{name}-broker"}
+
+
+def bootstrap_servers(broker: dict[str, Any]) -> str:
+    """Where clients (and the operator) reach this EventBroker."""
+    spec = broker.get("spec", {})
+    if spec.get("external"):
+        return spec["external"]["bootstrapServers"]
+    name, ns = broker["metadata"]["name"], broker["metadata"]["namespace"]
+    return f"{broker_names(name)['bootstrap']}.{ns}.svc:{client_port(spec)}"
+
+
+def client_port(spec: dict[str, Any]) -> int:
+    listeners = spec.get("listeners") or [{"name": "plain", "port": BROKER_PORT}]
+    return int(listeners[0]["port"])
+
+
+def authentication(spec: dict[str, Any]) -> str:
+    listeners = spec.get("listeners") or [{"name": "plain", "port": BROKER_PORT}]
+    return listeners[0].get("authentication", "none")
+
+
+def broker_properties(broker: dict[str, Any]) -> dict[str, str]:
+    """The `--set key=value` settings of every broker of this cluster (rendered into the ConfigMap)."""
+    spec = broker["spec"]
+    ns, name = broker["metadata"]["namespace"], broker["metadata"]["name"]
+    props: dict[str, str] = {"cluster.id": f"{ns}.{name}", "auto.create.topics.enable": "false"}
+    tiered = spec.get("tieredStorage")
+    if tiered:
+        props["tiered.s3.bucket"] = tiered["bucket"]
+        props["tiered.s3.prefix"] = tiered.get("prefix", "")
+        props["tiered.s3.region"] = tiered.get("region", "us-east-1")
+        if tiered.get("endpoint"):
+            props["tiered.s3.endpoint"] = tiered["endpoint"]
+        if tiered.get("uploadInterval"):
+            from .durations import duration_ms
+
+            props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
+    props.update(spec.get("topicDefaults") or {})
+    props.update(spec.get("config") or {})
+    return dict(sorted(props.items()))
+
+
+def broker_configmap(broker: dict[str, Any]) -> dict[str, Any]:
+    names = broker_names(broker["metadata"]["name"])
+    text = "".join(f"{k}={v}\n" for k, v in broker_properties(broker).items())
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(broker, names["configmap"], "broker"),
+            "data": {"broker.properties": text}}
+
+
+def broker_serviceaccount(broker: dict[str, Any]) -> dict[str, Any]:
+    names = broker_names(broker["metadata"]["name"])
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": meta(broker, names["serviceaccount"], "broker"), "automountServiceAccountToken": False}
+
+
+def broker_services(broker: dict[str, Any]) -> list[dict[str, Any]]:
+    names = broker_names(broker["metadata"]["name"])
+    ports = [{"name": "kafka", "port": client_port(broker["spec"]), "targetPort": "kafka", "protocol": "TCP"}]
+    headless = {"apiVersion": "v1", "kind": "Service", "metadata": meta(broker, names["headless"], "broker"),
+                "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                         "selector": selector(broker, "broker"), "ports": ports}}
+    client = {"apiVersion": "v1", "kind": "Service", "metadata": meta(broker, names["bootstrap"], "broker"),
+              "spec": {"type": "ClusterIP", "selector": selector(broker, "broker"), "ports": ports}}
+    return [headless, client]
+
+
+def broker_pdb(broker: dict[str, Any]) -> dict[str, Any]:
+    names = broker_names(broker["metadata"]["name"])
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": meta(broker, names["pdb"], "broker"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(broker, "broker")}}}
+
+
+def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
+    """One pod and one PVC per broker. Rolling updates go one broker at a time (maxUnavailable 1),
+    each waiting for the previous pod's readiness (the TCP readiness probe on the Kafka port)."""
+    spec = broker["spec"]
+    name, ns = broker["metadata"]["name"], broker["metadata"]["namespace"]
+    names = broker_names(name)
+    port = client_port(spec)
+    config_hash = hashlib.sha256(json.dumps(broker_properties(broker), sort_keys=True).encode()).hexdigest()[:16]
+    # The broker id is the pod's ordinal; it advertises its stable per-pod DNS name.
+    script = (
+        'set -eu; id="${HOSTNAME##*-}"; '
+        'set -- --data-dir ' + DATA_DIR + ' --listen "0.0.0.0:' + str(port) + '" '
+        '--advertise "${HOSTNAME}.' + names["headless"] + "." + ns + '.svc:' + str(port) + '" --broker-id "$id"; '
+        'while IFS= read -r kv; do [ -n "$kv" ] && set -- "$@" --set "$kv"; done < ' + CONFIG_DIR
+        + '/broker.properties; exec strata-broker "$@"'
+    )
+    env: list[dict[str, Any]] = []
+    tiered = spec.get("tieredStorage") or {}
+    secret = tiered.get("credentialsSecret")
+    if secret:
+        env += [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+                "name": secret["name"], "key": secret.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID")}}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+                "name": secret["name"], "key": secret.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY")}}},
+        ]
+    if tiered.get("region"):
+        env.append({"name": "AWS_DEFAULT_REGION", "value": tiered["region"]})
+    container: dict[str, Any] = {
+        "name": "broker",
+        "image": spec["image"],
+        "command": ["/bin/sh", "-c", script],
+        "ports": [{"name": "kafka", "containerPort": port, "protocol": "TCP"}],
+        "env": env,
+        "readinessProbe": {"tcpSocket": {"port": "kafka"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"tcpSocket": {"port": "kafka"}, "initialDelaySeconds": 30, "periodSeconds": 10,
+                          "failureThreshold": 6},
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR},
+                         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    if spec.get("imagePullPolicy"):
+        container["imagePullPolicy"] = spec["imagePullPolicy"]
+    if spec.get("resources"):
+        container["resources"] = spec["resources"]
+    storage = spec.get("storage") or {}
+    pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": storage.get("size", "10Gi")}}}
+    if storage.get("class"):
+        pvc_spec["storageClassName"] = storage["class"]
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": meta(broker, names["statefulset"], "broker"),
+        "spec": {
+            "serviceName": names["headless"],
+            "replicas": int(spec.get("replicas", 1)),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": selector(broker, "broker")},
+            "template": {
+                "metadata": {"labels": labels(broker, "broker"),
+                             "annotations": {"strata.dev/config-hash": config_hash}},
+                "spec": {
+                    "serviceAccountName": names["serviceaccount"],
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": RESTRICTED_POD,
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": names["configmap"]}},
+                                {"name": "tmp", "emptyDir": {}}],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data", "labels": labels(broker, "broker")},
+                "spec": pvc_spec,
+            }],
+        },
+    }
+
+
+def eventbroker_objects(broker: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything an EventBroker owns, in apply order. An external broker owns nothing."""
+    if broker["spec"].get("external"):
+        return []
+    return [broker_serviceaccount(broker), broker_configmap(broker), *broker_services(broker),
+            broker_pdb(broker), broker_statefulset(broker)]
+
+
+# -- Microservice --------------------------------------------------------------------------
+
+def principal_name(ms: dict[str, Any]) -> str:
+    """The broker user of a Microservice: `<namespace>.<name>` (unique cluster-wide)."""
+    return f"{ms['metadata']['namespace']}.{ms['metadata']['name']}"
+
+
+def principal(ms: dict[str, Any]) -> str:
+    return f"User:{principal_name(ms)}"
+
+
+def microservice_names(name: str) -> dict[str, str]:
+    return {"deployment": name, "serviceaccount": name, "secret": f"{name}-kafka"}
+
+
+def consumer_group(ms: dict[str, Any]) -> str:
+    return ms["spec"].get("consumerGroup") or ms["metadata"]["name"]
+
+
+def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> dict[str, Any]:
+    """Bootstrap settings and SCRAM credentials, exposed to the app as environment variables
+    (librdkafka/Java property names upper-cased with underscores, as most client wrappers read them)."""
+    spec = ms["spec"]
+    data = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT" if sasl else "PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": principal_name(ms),
+        "KAFKA_SASL_PASSWORD": password,
+        "KAFKA_CLIENT_ID": ms["metadata"]["name"],
+        "STRATA_TEAM": spec["team"],
+        "STRATA_PRODUCES": ",".join(spec.get("produces") or []),
+        "STRATA_CONSUMES": ",".join(spec.get("consumes") or []),
+    }
+    if spec.get("consumes"):
+        data["KAFKA_GROUP_ID"] = consumer_group(ms)
+    names = microservice_names(ms["metadata"]["name"])
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": meta(ms, names["secret"], "microservice"), "stringData": data}
+
+
+def microservice_serviceaccount(ms: dict[str, Any]) -> dict[str, Any]:
+    names = microservice_names(ms["metadata"]["name"])
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": meta(ms, names["serviceaccount"], "microservice"), "automountServiceAccountToken": False}
+
+
+def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dict[str, Any]:
+    spec = ms["spec"]
+    names = microservice_names(ms["metadata"]["name"])
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": spec["image"],
+        "envFrom": [{"secretRef": {"name": names["secret"]}}],
+        "env": list(spec.get("env") or []),
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    for key in ("command", "args", "resources"):
+        if spec.get(key):
+            container[key] = spec[key]
+    pod_labels = {**labels(ms, "microservice"), "strata.dev/team": spec["team"]}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": meta(ms, names["deployment"], "microservice"),
+        "spec": {
+            "replicas": int(spec.get("replicas", 1)),
+            "selector": {"matchLabels": selector(ms, "microservice")},
+            "template": {
+                "metadata": {"labels": pod_labels,
+                             "annotations": {"strata.dev/credentials-version": secret_version or "0"}},
+                "spec": {"serviceAccountName": names["serviceaccount"], "automountServiceAccountToken": False,
+                         "securityContext": RESTRICTED_POD, "containers": [container]},
+            },
+        },
+    }
+
+
+def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> list[dict[str, Any]]:
+    secret = microservice_secret(ms, bootstrap, password, sasl)
+    version = hashlib.sha256(json.dumps(secret["stringData"], sort_keys=True).encode()).hexdigest()[:16]
+    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version)]

@@ -1,0 +1,128 @@
+"""kmock's Kubernetes emulator as its own process, plus a tiny synchronous client for tests.
+
+The emulator stores objects and serves list/watch/get/create/patch/delete; it does not implement
+metadata.generation, the spec/status split, pruning or CEL (those are tested separately).
+Run: python tests/kmockserver.py  -> prints the server URL on stdout, serves until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+NAMESPACED = {
+    "v1/events": "Event", "v1/secrets": "Secret", "v1/serviceaccounts": "ServiceAccount",
+    "v1/configmaps": "ConfigMap", "v1/services": "Service", "v1/pods": "Pod",
+    "apps/v1/deployments": "Deployment", "apps/v1/statefulsets": "StatefulSet",
+    "policy/v1/poddisruptionbudgets": "PodDisruptionBudget",
+    "strata.dev/v1alpha1/eventbrokers": "EventBroker", "strata.dev/v1alpha1/topics": "Topic",
+    "strata.dev/v1alpha1/microservices": "Microservice", "strata.dev/v1alpha1/costreports": "CostReport",
+}
+CLUSTER = {"v1/namespaces": "Namespace",
+           "apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition"}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+async def serve() -> None:
+    import kmock
+
+    emulator = kmock.KubernetesEmulator()
+    for key, kind in {**NAMESPACED, **CLUSTER}.items():
+        emulator.resources[key] = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=key in NAMESPACED,
+                                                     verbs=VERBS)
+    async with emulator, kmock.Server(emulator) as server:
+        print(str(server.url).rstrip("/"), flush=True)
+        await asyncio.Event().wait()
+
+
+PLURALS = {kind: key for key, kind in {**NAMESPACED, **CLUSTER}.items()}
+
+
+class KubeEmulatorProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> KubeEmulatorProcess:
+        self.proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE,
+                                     stderr=open(self.workdir / "kmock.log", "w"), text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError(f"kmock did not start: {(self.workdir / 'kmock.log').read_text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kubeconfig(self) -> Path:
+        path = self.workdir / "kubeconfig.yaml"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "test"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}],
+        }))
+        return path
+
+    # -- a minimal client ----------------------------------------------------------------
+
+    def _path(self, kind: str, namespace: str | None, name: str | None = None) -> str:
+        key = PLURALS[kind]
+        group_version, plural = key.rsplit("/", 1)
+        base = f"/api/{group_version}" if group_version == "v1" else f"/apis/{group_version}"
+        return base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}" + (f"/{name}" if name else "")
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/merge-patch+json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        md = obj.setdefault("metadata", {})
+        md.setdefault("namespace", "default")
+        md.setdefault("uid", f"uid-{md['namespace']}-{md['name']}-{time.monotonic_ns()}")
+        md.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        md.setdefault("generation", 1)
+        md.setdefault("resourceVersion", "1")  # kopf's JSON patches test it; the emulator never bumps it
+        return self.request("POST", self._path(obj["kind"], md["namespace"]), obj, "application/json")
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> Any:
+        return self.request("GET", self._path(kind, namespace, name))
+
+    def list(self, kind: str, namespace: str | None = "default") -> list[Any]:
+        return (self.request("GET", self._path(kind, namespace)) or {}).get("items", [])
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "default") -> Any:
+        return self.request("PATCH", self._path(kind, namespace, name), body)
+
+    def patch_spec(self, kind: str, name: str, spec: dict[str, Any], namespace: str = "default") -> Any:
+        """A spec change, as the API server would record it: generation + 1."""
+        current = self.get(kind, name, namespace)
+        generation = int(current["metadata"].get("generation", 1)) + 1
+        return self.patch(kind, name, {"spec": spec, "metadata": {"generation": generation}}, namespace)
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> Any:
+        return self.request("DELETE", self._path(kind, namespace, name))
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())
