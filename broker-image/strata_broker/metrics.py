@@ -29,6 +29,14 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        labels = ["principal", "client_id", "topic"]
+        families = {name: CounterMetricFamily(f"strata_client_{name}", f"Per principal, client and topic: {name}",
+                                              labels=labels)
+                    for name in ("produced_bytes", "produced_records", "fetched_bytes", "fetched_records")}
+        for (principal, client_id, topic), counters in list(self.broker.meter.totals.items()):
+            for name, family in families.items():
+                family.add_metric([principal, client_id, topic or ""], getattr(counters, name))
+        yield from families.values()
         for where, stats in (("local", self.broker.cleaner.stats),
                              ("s3", self.broker.tier.compactor.stats if self.broker.tier else None)):
             if stats is None:

@@ -1,0 +1,222 @@
+"""Usage metering: who produced and fetched how much of which topic, storage byte-hours, S3 requests.
+
+Counters accumulate in memory and are cut into usage records (docs/billing.md, format v1) every
+metering.snapshot.interval.ms and at UTC midnight. A snapshot is appended to
+`<data-dir>/usage/<yyyy>/<mm>/<dd>/<broker>-<epoch>.jsonl` (fsynced) before it is uploaded to
+`clusters/<cluster>/usage/...` in the bucket; every record has a unique id, so an upload
+retried or repeated after a restart is never counted twice. What was counted since the last
+snapshot when the process dies is lost, never double-counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .log.compaction import iter_batches
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ANONYMOUS = "User:ANONYMOUS"
+# S3 API calls -> the price classes of the usage format.
+_S3_CLASS = {"put_object": "PUT", "upload_part": "PUT", "create_multipart_upload": "PUT",
+             "complete_multipart_upload": "PUT", "get_object": "GET", "head_bucket": "GET",
+             "list_objects_v2": "LIST", "delete_objects": "DELETE"}
+
+
+@dataclass
+class ClientCounters:
+    produced_bytes: int = 0
+    produced_records: int = 0
+    produce_requests: int = 0
+    fetched_bytes: int = 0
+    fetched_records: int = 0
+    fetch_requests: int = 0
+    other_requests: int = 0
+
+
+@dataclass
+class Window:
+    start: float  # epoch seconds
+    clients: dict[tuple[str, str, str | None], ClientCounters] = field(
+        default_factory=lambda: defaultdict(ClientCounters))
+    hot_byte_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cold_byte_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    s3: dict[tuple[str, str | None], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    connection_seconds: float = 0.0
+
+
+def record_count(records: bytes) -> int:
+    return sum(header.record_count for _, header in iter_batches(memoryview(records)))
+
+
+def topic_of_key(key: str) -> str | None:
+    """The topic name in an object key `.../topics/<topic>-<uuid>/...`, else None."""
+    marker = "/topics/"
+    at = key.find(marker)
+    if at < 0:
+        return None
+    part = key[at + len(marker):].split("/", 1)[0]
+    return part[:-37] if len(part) > 37 and part[-37] == "-" else None
+
+
+class Meter:
+    def __init__(self, broker: Broker, data_dir: str) -> None:
+        self.broker = broker
+        self.directory = os.path.join(data_dir, "usage")
+        self.epoch_ms = int(time.time() * 1000)
+        self.sequence = 0
+        self.window = Window(start=time.time())
+        self._last_sample = time.monotonic()
+        self._uploaded_sizes_path = os.path.join(self.directory, "uploaded.json")
+        # Totals since start, for /metrics.
+        self.totals: dict[tuple[str, str, str | None], ClientCounters] = defaultdict(ClientCounters)
+
+    # ---- counting (called on the request path; cheap) ----------------------------------------
+
+    def produced(self, principal: str, client_id: str | None, topic: str, records: bytes) -> None:
+        n = record_count(records)
+        for counters in self._counters(principal, client_id, topic):
+            counters.produced_bytes += len(records)
+            counters.produced_records += n
+            counters.produce_requests += 1
+
+    def fetched(self, principal: str, client_id: str | None, topic: str, records: bytes) -> None:
+        n = record_count(records)
+        for counters in self._counters(principal, client_id, topic):
+            counters.fetched_bytes += len(records)
+            counters.fetched_records += n
+            counters.fetch_requests += 1
+
+    def request(self, principal: str, client_id: str | None) -> None:
+        for counters in self._counters(principal, client_id, None):
+            counters.other_requests += 1
+
+    def s3_call(self, operation: str, key: str | None, nbytes: int) -> None:
+        op = _S3_CLASS.get(operation)
+        if op is None:
+            return
+        entry = self.window.s3[(op, topic_of_key(key) if key else None)]
+        entry[0] += 1
+        entry[1] += nbytes
+
+    def s3_downloaded(self, key: str, nbytes: int) -> None:
+        self.window.s3[("GET", topic_of_key(key))][1] += nbytes
+
+    def _counters(self, principal: str, client_id: str | None, topic: str | None) -> tuple[ClientCounters, ...]:
+        key = (principal or ANONYMOUS, client_id or "", topic)
+        return self.window.clients[key], self.totals[key]
+
+    # ---- sampling and snapshots -----------------------------------------------------------------
+
+    def sample(self) -> None:
+        """Integrate storage bytes and open connections over the time since the last sample."""
+        now = time.monotonic()
+        dt = now - self._last_sample
+        self._last_sample = now
+        for topic in list(self.broker.logs.topics.values()):
+            hot = sum(p.size_bytes for p in topic.partitions)
+            cold = sum(p.remote.size_bytes for p in topic.partitions if p.remote is not None)
+            self.window.hot_byte_seconds[topic.name] += hot * dt
+            self.window.cold_byte_seconds[topic.name] += cold * dt
+        self.window.connection_seconds += self.broker.connection_count * dt
+
+    def cut(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Close the current window: its records, and a fresh window from now."""
+        self.sample()
+        now = time.time() if now is None else now
+        window, self.window = self.window, Window(start=now)
+        self.sequence += 1
+        cluster = self.broker.cluster_id
+        broker = str(self.broker.node_id)
+        common = {"v": FORMAT_VERSION, "cluster": cluster, "broker": broker,
+                  "window_start": _rfc3339(window.start), "window_end": _rfc3339(now)}
+        out: list[dict[str, Any]] = []
+
+        def add(kind: str, **fields: Any) -> None:
+            out.append({"id": f"{cluster}/{broker}/{self.epoch_ms}/{self.sequence}/{len(out)}", "kind": kind,
+                        **common, **fields})
+
+        for (principal, client_id, topic), c in sorted(window.clients.items(), key=lambda kv: str(kv[0])):
+            add("client", principal=principal, client_id=client_id, topic=topic, **c.__dict__)
+        for topic in sorted(set(window.hot_byte_seconds) | set(window.cold_byte_seconds)):
+            add("topic", topic=topic, hot_byte_hours=window.hot_byte_seconds[topic] / 3600,
+                cold_byte_hours=window.cold_byte_seconds[topic] / 3600)
+        for (op, topic), (requests, nbytes) in sorted(window.s3.items(), key=lambda kv: str(kv[0])):
+            add("s3", op=op, topic=topic, principal=None, client_id=None, requests=requests, bytes=nbytes)
+        add("broker", uptime_seconds=now - window.start, connection_seconds=window.connection_seconds)
+        return out
+
+    def write(self, records: list[dict[str, Any]], day: datetime) -> str:
+        folder = os.path.join(self.directory, day.strftime("%Y"), day.strftime("%m"), day.strftime("%d"))
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{self.broker.node_id}-{self.epoch_ms}.jsonl")
+        with open(path, "a") as f:
+            f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    async def snapshot(self) -> None:
+        """Cut the window (at UTC midnight at the latest), persist it, then upload what is new."""
+        now = time.time()
+        start_day = datetime.fromtimestamp(self.window.start, UTC).date()
+        if datetime.fromtimestamp(now, UTC).date() != start_day:
+            midnight = datetime(start_day.year, start_day.month, start_day.day, tzinfo=UTC).timestamp() + 86400
+            now = midnight
+        records = self.cut(now)
+        self.write(records, datetime.fromtimestamp(self.window.start - 1e-6, UTC))
+        await self.upload()
+
+    async def upload(self) -> None:
+        tier = self.broker.tier
+        if tier is None:
+            return
+        uploaded = _read_json(self._uploaded_sizes_path) or {}
+        changed = False
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                if not name.endswith(".jsonl"):
+                    continue
+                path = os.path.join(root, name)
+                relative = os.path.relpath(path, self.directory)
+                size = os.path.getsize(path)
+                if uploaded.get(relative) == size:
+                    continue
+                with open(path, "rb") as f:
+                    body = f.read()
+                key = f"{tier.usage_prefix}{relative.replace(os.sep, '/')}"
+                try:
+                    await tier.store.put(key, body, deadline=30)
+                except Exception as exc:
+                    log.warning("usage upload postponed: %s", exc)
+                    return
+                uploaded[relative] = size
+                changed = True
+        if changed:
+            tmp = self._uploaded_sizes_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(uploaded, f)
+            os.replace(tmp, self._uploaded_sizes_path)
+
+
+def _rfc3339(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
