@@ -23,6 +23,10 @@ from strata_operator import crds
 ROOT = Path(__file__).resolve().parents[1]
 INVALID = Path(__file__).parent / "operator_invalid"
 STRIMZI_SHORT_NAMES = {"k", "kt", "ku", "kc", "kmm", "kmm2", "kb", "kctr", "kr", "knp", "kafka"}
+ALLOWED_KEYS = {"type", "description", "properties", "required", "items", "additionalProperties", "enum", "default",
+                "pattern", "minimum", "maximum", "minLength", "maxLength", "maxItems", "format", "anyOf",
+                "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
+                "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
 BY_KIND = {c["spec"]["names"]["kind"]: c for c in crds.all_crds().values()}
 
 
@@ -64,6 +68,7 @@ def test_crd_is_structural_with_status_columns_and_short_names(kind):
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     schema = version["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
+        assert not set(node) - ALLOWED_KEYS, (path, set(node) - ALLOWED_KEYS)
         if node.get("x-kubernetes-int-or-string"):
             assert "type" not in node, path
             continue

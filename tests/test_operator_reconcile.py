@@ -34,7 +34,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
     log = workdir / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(emulator.kubeconfig()),
            "STRATA_OPERATOR_RECONCILE_INTERVAL": str(INTERVAL), "STRATA_OPERATOR_RETRY_DELAY": "1",
-           "STRATA_OPERATOR_DELETE_TIMEOUT": "30"}
+           "STRATA_OPERATOR_DELETE_TIMEOUT": "30",
+           "STRATA_OPERATOR_BROKER_TIMEOUT": "3"}
     health = f"http://127.0.0.1:{free_port()}/healthz"
     proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", health],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -281,4 +282,4 @@ def test_unreachable_broker_is_a_condition_not_a_crash(kube):
     # the escape hatch: the finalizer is released without reaching the broker
     kube.patch("Topic", "lost", {"metadata": {"annotations": {"strata.dev/skip-cleanup": "true"}}})
     kube.delete("Topic", "lost")
-    eventually(lambda: kube.get("Topic", "lost") is None, "finalizer released", kube=kube)
+    eventually(lambda: kube.get("Topic", "lost") is None, "finalizer released", timeout=30, kube=kube)

@@ -12,6 +12,7 @@ from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
+from .metering import Meter
 from .metrics import serve_metrics
 from .protocol.context import Connection
 from .security import ANONYMOUS
@@ -40,6 +41,10 @@ class Broker:
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.groups: GroupCoordinator | None = None
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
+        self.meter = Meter(self, data_dir)
+        if self.tier is not None:
+            self.tier.store.on_request = self.meter.s3_call
+            self.tier.store.on_downloaded = self.meter.s3_downloaded
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
@@ -105,6 +110,10 @@ class Broker:
         if self.tier is not None:
             tick_ms = max(100, min(1000, self.config["tiered.upload.interval.ms"] // 4))
             self._tasks.append(loop.create_task(self._every(tick_ms, self.tier.tick)))
+        self._tasks.append(loop.create_task(self._every(self.config["metering.sample.interval.ms"],
+                                                        self._sample_usage)))
+        self._tasks.append(loop.create_task(self._every(self.config["metering.snapshot.interval.ms"],
+                                                        self.meter.snapshot)))
         if self.config["log.cleaner.enable"]:
             self._tasks.append(loop.create_task(self._every(self.config["log.cleaner.backoff.ms"], self._compact)))
         if self.config["log.flush.interval.ms"] > 0:
@@ -173,6 +182,9 @@ class Broker:
     async def _reload_credentials(self) -> None:
         self.credentials.poll()
 
+    async def _sample_usage(self) -> None:
+        self.meter.sample()
+
     async def _compact(self) -> None:
         for topic in list(self.logs.topics.values()):
             if not topic.config.compacted:
@@ -225,6 +237,11 @@ class Broker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
+        try:
+            # The last window's usage is written before the broker goes (and uploaded if S3 answers).
+            await asyncio.wait_for(self.meter.snapshot(), 10.0)
+        except Exception as exc:
+            log.warning("final usage snapshot incomplete: %s", exc)
         self.logs.close()
         if self.tier is not None:
             await self.tier.close()

@@ -66,7 +66,8 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
     auth_deadline = time.monotonic() + request_timeout
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
     outbox: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(broker.config["queued.max.requests"])
-    responder = asyncio.get_running_loop().create_task(_respond(outbox, writer, peer))
+    linger = broker.config["connection.failed.authentication.delay.ms"] / 1000.0
+    responder = asyncio.get_running_loop().create_task(_respond(outbox, writer, peer, linger))
     try:
         while not broker.closing:
             if conn.mute_until:
@@ -259,7 +260,7 @@ async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int
 
 
 async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], writer: asyncio.StreamWriter,
-                   peer: str) -> None:
+                   peer: str, linger: float = 0.1) -> None:
     while True:
         future = await outbox.get()
         if future is None:
@@ -277,5 +278,8 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], w
             except ConnectionError:  # the peer reset or went away; the reader side cleans up
                 return
             if isinstance(data, _Last):
+                # As Kafka (connection.failed.authentication.delay.ms): the client reads the error before
+                # the close, and a client retrying a bad password cannot spin on the broker.
+                await asyncio.sleep(linger)
                 writer.close()
                 return

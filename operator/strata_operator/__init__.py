@@ -1,5 +1,5 @@
 """Strata operator: the control plane (kopf). Reaches brokers only over the Kafka protocol.
 
-Not built yet: the operator is its own issue. This package exists so the distribution's
-layout (two import packages) is fixed from the start.
+crds (schemas, rendered to crds/), resources (pure builders), logic (pure decisions), admin (Kafka
+admin API), kube (Kubernetes API), handlers (kopf), operator_cli (`strata operator`).
 """

@@ -6,6 +6,7 @@ Everything here is synchronous and blocking; handlers call it through `asyncio.t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-TIMEOUT = 15.0
+TIMEOUT = float(os.environ.get("STRATA_OPERATOR_BROKER_TIMEOUT", "10"))  # seconds per admin call
 API_CREATE_ACLS = 30
 API_ALTER_USER_SCRAM_CREDENTIALS = 51
 SECURITY_DISABLED = KafkaError.SECURITY_DISABLED  # a broker without an authorizer answers ACL calls so

@@ -64,6 +64,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
     # Reads below the local log start go to S3; they run concurrently, under one timeout.
     remote: dict[int, asyncio.Task[bytes]] = {}
     slots: list[_PartitionData] = []
+    topic_by_slot: dict[int, str] = {}
     for topic in request.topics:
         partitions = []
         for part in topic.partitions:
@@ -90,9 +91,12 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                             logs.get_topic(topic.topic), plog, part.fetch_offset,
                             min(part.partition_max_bytes, budget), True))
                         slots.append(data)
+                        topic_by_slot[id(data)] = topic.topic
                         records = b""
                     data.records = records
                     total += len(records)
+                    if records:
+                        ctx.broker.meter.fetched(ctx.principal, ctx.client_id, topic.topic, records)
             except KafkaProtocolError as exc:
                 data.error_code = int(exc.code)
                 errors = True
@@ -114,4 +118,5 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 continue  # over the response budget: this partition's turn comes in the next fetch
             data.records = records
             total += len(records)
+            ctx.broker.meter.fetched(ctx.principal, ctx.client_id, topic_by_slot[id(data)], records)
     return topics, total, errors

@@ -73,6 +73,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 if pdata.records is None:
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
                 result = plog.append(pdata.records)
+                if not result.duplicate:
+                    ctx.broker.meter.produced(ctx.principal, ctx.client_id, topic_data.name, pdata.records)
                 response.base_offset = result.base_offset
                 response.log_start_offset = plog.log_start_offset
                 if acks == -1 and tier is not None and plog.remote is not None and plog.config.durability == "s3":

@@ -18,6 +18,7 @@ from ..log.segment import Segment
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .layout import (
+    cluster_root,
     manifest_key,
     parse_topic_dir,
     partition_root,
@@ -102,6 +103,10 @@ class TierManager:
         for plog in topic.partitions:
             if plog.remote is None:
                 plog.set_remote(RemoteManifest(topic.name, str(topic.topic_id), plog.partition))
+
+    @property
+    def usage_prefix(self) -> str:
+        return cluster_root(self.prefix, self.cluster) + "usage/"
 
     def partition_prefix(self, topic: Topic, partition: int) -> str:
         return partition_root(self.prefix, self.cluster, topic.name, topic.topic_id, partition)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -45,6 +46,9 @@ class ObjectStore:
         self.healthy = True
         self._stack = AsyncExitStack()
         self._client: Any = None
+        # Told about every request sent (operation, key, payload bytes): metering hooks in here.
+        self.on_request: Callable[[str, str | None, int], None] | None = None
+        self.on_downloaded: Callable[[str, int], None] | None = None
 
     async def open(self) -> None:
         # Credentials: the standard AWS chain (environment, config files, web identity / IRSA).
@@ -63,6 +67,10 @@ class ObjectStore:
         delay = 0.1
         while True:
             self.requests[op] += 1
+            if self.on_request is not None:
+                body = kwargs.get("Body")
+                self.on_request(op, kwargs.get("Key") or kwargs.get("Prefix"),
+                                len(body) if isinstance(body, bytes | bytearray) else 0)
             try:
                 remaining = min(self.attempt_timeout, max(0.1, stop_at - loop.time()))
                 result = await asyncio.wait_for(getattr(self._client, op)(Bucket=self.bucket, **kwargs), remaining)
@@ -98,6 +106,8 @@ class ObjectStore:
         async with response["Body"] as stream:
             data = await stream.read()
         self.bytes["get"] += len(data)
+        if self.on_downloaded is not None:
+            self.on_downloaded(key, len(data))
         return data
 
     async def get_or_none(self, key: str) -> bytes | None:

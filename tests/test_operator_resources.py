@@ -1,0 +1,112 @@
+"""Resource builders are pure and produce objects valid for a current Kubernetes release."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+from strata_operator import logic, resources
+from strata_operator.durations import duration_ms, size_bytes
+
+K8S_VERSION = "1.35"
+
+
+def broker(**spec):
+    return {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker",
+            "metadata": {"name": "events", "namespace": "strata", "uid": "u-1"},
+            "spec": {"replicas": 3, "image": "strata-broker:0.1", **spec}}
+
+
+def microservice(name="order-service", **spec):
+    return {"apiVersion": "strata.dev/v1alpha1", "kind": "Microservice",
+            "metadata": {"name": name, "namespace": "team-orders", "uid": f"u-{name}",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"brokerRef": {"name": "events", "namespace": "strata"}, "team": "orders",
+                     "image": "app:1", **spec}}
+
+
+FULL = dict(resources={"requests": {"cpu": "500m", "memory": "1Gi"}}, storage={"size": "20Gi", "class": "gp3"},
+            tieredStorage={"bucket": "b", "prefix": "p", "endpoint": "http://minio:9000",
+                           "credentialsSecret": {"name": "s3"}, "uploadInterval": "5m"},
+            topicDefaults={"retention.ms": "1000"}, imagePullPolicy="IfNotPresent")
+
+
+@pytest.mark.parametrize("spec", [{}, FULL], ids=["minimal", "full"])
+def test_eventbroker_objects_validate(spec):
+    objs = resources.eventbroker_objects(broker(**spec))
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "ConfigMap", "Service", "Service", "PodDisruptionBudget",
+                                         "StatefulSet"]
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_statefulset_rolls_one_broker_at_a_time_and_config_changes_roll():
+    sts = resources.broker_statefulset(broker(**FULL))
+    assert sts["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    assert sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "gp3"
+    other = resources.broker_statefulset(broker(**{**FULL, "topicDefaults": {"retention.ms": "2000"}}))
+    key = "strata.dev/config-hash"
+    assert sts["spec"]["template"]["metadata"]["annotations"][key] != other["spec"]["template"]["metadata"][
+        "annotations"][key]
+    props = resources.broker_properties(broker(**FULL))
+    assert props["tiered.s3.bucket"] == "b" and props["tiered.upload.interval.ms"] == "300000"
+    assert resources.bootstrap_servers(broker()) == "events-bootstrap.strata.svc:9092"
+
+
+def test_external_broker_owns_nothing():
+    assert resources.eventbroker_objects(broker(external={"bootstrapServers": "h:9092"})) == []
+    assert resources.bootstrap_servers(broker(external={"bootstrapServers": "h:9092"})) == "h:9092"
+
+
+def test_microservice_objects_validate():
+    ms = microservice(produces=["orders"], consumes=["payments"], env=[{"name": "A", "value": "1"}],
+                      resources={"limits": {"memory": "256Mi"}}, command=["app"], args=["--x"])
+    objs = resources.microservice_objects(ms, "b:9092", "pw", sasl=True)
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "Secret", "Deployment"]
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    secret = objs[1]["stringData"]
+    assert secret["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and secret["KAFKA_GROUP_ID"] == "order-service"
+    assert secret["KAFKA_SASL_USERNAME"] == "team-orders.order-service"
+
+
+def test_single_writer_first_come_first_served():
+    first = microservice("a", produces=["orders"])
+    second = microservice("b", produces=["orders", "audit"], consumes=["orders"])
+    second["metadata"]["creationTimestamp"] = "2026-01-02T00:00:00Z"
+    g = logic.grants(second, [first, second], "b")
+    assert g.denied_writes == {"orders": "team-orders/a"}
+    assert ("topic", "orders", "write") not in g.acls and ("topic", "audit", "write") in g.acls
+    assert ("topic", "orders", "read") in g.acls and ("group", "b", "read") in g.acls
+    assert logic.grants(first, [first, second], "a").denied_writes == {}
+
+
+def test_topic_plan_reverts_drift_and_refuses_to_shrink():
+    spec = {"partitions": 3, "retention": "forever", "cleanupPolicy": "compact", "config": {"segment.bytes": "1024"}}
+    assert logic.plan_topic(spec, None, None).create
+    plan = logic.plan_topic(spec, 4, {"retention.ms": "5", "max.message.bytes": "10", "cleanup.policy": "compact",
+                                      "segment.bytes": "1024"})
+    assert plan.set_configs == {"retention.ms": "-1"} and plan.delete_configs == ["max.message.bytes"]
+    assert plan.cannot_shrink == (4, 3) and plan.grow_to is None
+    assert logic.plan_topic({"partitions": 5}, 3, {}).grow_to == 5
+    with pytest.raises(logic.InvalidSpec, match="not a duration"):
+        logic.plan_topic({"retention": "1 week"}, 1, {})
+
+
+def test_conditions_keep_transition_time_until_status_changes():
+    c1 = logic.set_condition([], "Ready", True, "Reconciled", "ok", 1)
+    c1[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    c2 = logic.set_condition(c1, "Ready", True, "Reconciled", "still ok", 2)
+    assert c2[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and c2[0]["observedGeneration"] == 2
+    c3 = logic.set_condition(c2, "Ready", False, "BrokerUnavailable", "down", 2)
+    assert c3[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("text, ms", [("500ms", 500), ("1h30m", 5_400_000), ("7d", 604_800_000), ("forever", -1)])
+def test_durations(text, ms):
+    assert duration_ms(text) == ms
+
+
+def test_sizes():
+    assert size_bytes("10Gi") == 10 << 30 and size_bytes("forever") == -1 and size_bytes("1000") == 1000
