@@ -444,7 +444,8 @@ def main() -> int:
         problems = [line for line in broker.log_path.read_text(errors="replace").splitlines()
                     if " ERROR " in line or "Traceback" in line] if broker.log_path.exists() else []
         if problems:
-            note(f"strata-broker log: {len(problems)} error line(s)" + "".join(f"\n    {x[:200]}" for x in problems[:5]))
+            note(f"strata-broker log: {len(problems)} error line(s)"
+                 + "".join(f"\n    {x[:200]}" for x in problems[:5]))
         if args.keep:
             note(f"kept {tmp}")
         else:
