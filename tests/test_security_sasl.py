@@ -152,12 +152,12 @@ def test_clients_over_tls_with_a_self_signed_ca(sbroker: BrokerProcess, pki: sec
 def test_metadata_advertises_the_listener_the_client_used(sbroker: BrokerProcess) -> None:
     from kafka.protocol.metadata import MetadataResponse
 
-    for listener, bootstrap in [("PLAINTEXT", sbroker.bootstrap)]:
-        result = _exchange(sbroker.port, [MetadataRequest(version=9, topics=[], allow_auto_topic_creation=False,
+    for listener, port in [("PLAINTEXT", sbroker.port)]:
+        result = _exchange(port, [MetadataRequest(version=9, topics=[], allow_auto_topic_creation=False,
                                                           include_cluster_authorized_operations=False,
                                                           include_topic_authorized_operations=False)])
         response = MetadataResponse.decode(result.frames[0], version=9, header=True)
-        assert [(b.host, b.port) for b in response.brokers] == [("127.0.0.1", sbroker.port)], listener
+        assert [(b.host, b.port) for b in response.brokers] == [("127.0.0.1", port)], listener
     # Over SASL: the broker list names the SASL port (a client must not be sent to the plaintext one).
     from kafka.admin import KafkaAdminClient
 

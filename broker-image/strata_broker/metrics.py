@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,10 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        usage = shutil.disk_usage(logs.data_dir)
+        yield GaugeMetricFamily("strata_data_dir_free_bytes", "Free bytes on the data dir's filesystem",
+                                value=usage.free)
+        yield GaugeMetricFamily("strata_data_dir_total_bytes", "Size of the data dir's filesystem", value=usage.total)
         labels = ["principal", "client_id", "topic"]
         families = {name: CounterMetricFamily(f"strata_client_{name}", f"Per principal, client and topic: {name}",
                                               labels=labels)

@@ -286,10 +286,20 @@ MICROSERVICE_STATUS = status_schema({
 # -- CostReport ----------------------------------------------------------------------------
 
 MONEY = string(pattern=r"^[0-9]+(\.[0-9]+)?$")
+COSTREPORT_PERIODS = ["daily", "weekly", "monthly"]
 COSTREPORT_SPEC = obj({
     "brokerRef": BROKER_REF,
-    "period": string("Billing period.", enum=["hourly", "daily", "monthly"], default="monthly"),
+    "period": string("Billing period: the current UTC day, ISO week (Monday first) or calendar month, reported "
+                     "to date; when a period ends its final report is written once more.",
+                     enum=COSTREPORT_PERIODS, default="monthly"),
+    "interval": string("How often the report is recomputed, e.g. 15m or 1h; default: the operator's "
+                       "STRATA_OPERATOR_COSTREPORT_INTERVAL (1h).", pattern=DURATION_PATTERN),
     "currency": string(pattern=r"^[A-Z]{3}$", default="USD"),
+    "priceModelRef": obj({
+        "name": string("ConfigMap in this resource's namespace.", pattern=DNS_LABEL_PATTERN, maxLength=253),
+        "key": string("Key holding the price file (YAML, docs/billing.md).", default="prices.yaml"),
+    }, required=["name"], description="A price file in a ConfigMap (the chart ships the defaults as one); "
+                                      "`prices`, `sharedCostPolicy`, `weights` and `currency` override it."),
     "prices": obj({
         "s3GbMonth": MONEY, "s3PutPer1000": MONEY, "s3GetPer1000": MONEY,
         "diskGbMonth": MONEY, "cpuHour": MONEY, "ramGbHour": MONEY, "networkGb": MONEY,
@@ -298,18 +308,43 @@ COSTREPORT_SPEC = obj({
                                enum=["proportional", "even", "weighted"], default="proportional"),
     "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
                 "description": "Team -> weight, for sharedCostPolicy: weighted."},
+    "usageSource": obj({
+        "bucket": string("Bucket the brokers write usage records to.", minLength=3, maxLength=63),
+        "prefix": string("Key prefix inside the bucket (the brokers' tiered.s3.prefix)."),
+        "endpoint": string("S3 endpoint URL; AWS when absent.", pattern=r"^https?://"),
+        "region": string("S3 region."),
+        "clusterId": string("The brokers' cluster.id (usage lives under clusters/<clusterId>/usage/).",
+                            minLength=1),
+        "credentialsSecret": obj({
+            "name": string(pattern=DNS_LABEL_PATTERN),
+            "accessKeyIdKey": string(default="AWS_ACCESS_KEY_ID"),
+            "secretAccessKeyKey": string(default="AWS_SECRET_ACCESS_KEY"),
+        }, required=["name"], description="Secret in this namespace with S3 keys; absent = the broker's "
+                                          "tieredStorage.credentialsSecret, else the operator's own identity."),
+    }, description="Where usage is read and reports are written. Each field defaults to the EventBroker's "
+                   "(tieredStorage, cluster.id `<namespace>.<name>`); needed for an external broker."),
 }, required=["brokerRef"], description="A per-team cost report (the microservice tax).", rules=[
     rule("(has(self.sharedCostPolicy) && self.sharedCostPolicy == 'weighted') == has(self.weights)",
          "weights are required with sharedCostPolicy weighted, and only then"),
 ])
 
 COSTREPORT_STATUS = status_schema({
+    "period": string("The period reported, e.g. 2025-03, 2025-W11, 2025-03-14."),
     "periodStart": string(format="date-time"),
-    "periodEnd": string(format="date-time"),
+    "periodEnd": string("End of the period (exclusive); the report covers it up to lastComputed.",
+                        format="date-time"),
+    "lastComputed": string(format="date-time"),
     "currency": string(),
-    "total": string(),
-    "sharedCost": string(),
-    "teams": array(obj({"team": string(), "direct": string(), "shared": string(), "total": string()})),
+    "total": string("Exactly the sum of teams[].total."),
+    "sharedCost": string("The platform tax, included in the teams' totals."),
+    "teams": array(obj({
+        "team": string("A team, `unowned` (usage nobody owns) or `idle` (provisioned, unused disk)."),
+        "direct": string(), "shared": string(), "total": string(),
+        "producedBytes": integer(format="int64"), "fetchedBytes": integer(format="int64"),
+    })),
+    "reports": obj({"json": string(), "html": string(), "csv": string()},
+                   description="The full report (OpenCost-shaped JSON, HTML, FOCUS 1.2 CSV) in the bucket."),
+    "warnings": array(string(), "What the reader and allocator noticed (first 20)."),
 })
 
 
@@ -343,9 +378,11 @@ KINDS: dict[str, dict[str, Any]] = {
     "CostReport": {"plural": "costreports", "short": ["scr"], "spec": COSTREPORT_SPEC,
                    "status": COSTREPORT_STATUS, "columns": [
                        READY_COLUMN,
-                       {"name": "Period", "type": "string", "jsonPath": ".spec.period"},
+                       {"name": "Period", "type": "string", "jsonPath": ".status.period"},
                        {"name": "Total", "type": "string", "jsonPath": ".status.total"},
                        {"name": "Currency", "type": "string", "jsonPath": ".status.currency"},
+                       {"name": "Computed", "type": "date", "jsonPath": ".status.lastComputed"},
+                       {"name": "Broker", "type": "string", "jsonPath": ".spec.brokerRef.name", "priority": 1},
                        REASON_COLUMN, AGE_COLUMN]},
 }
 

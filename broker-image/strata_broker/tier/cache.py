@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 
 class ChunkCache:
@@ -21,6 +23,8 @@ class ChunkCache:
         self._memory_chunks = memory_chunks
         self.hits = 0
         self.misses = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-cache")
+        self._pending: set[str] = set()
 
     @staticmethod
     def _name(key: str, chunk: int) -> str:
@@ -54,14 +58,22 @@ class ChunkCache:
     def put(self, key: str, chunk: int, data: bytes) -> None:
         name = self._name(key, chunk)
         self._remember(name, data)
-        if self.capacity_bytes <= 0 or len(data) > self.capacity_bytes or name in self._disk:
+        if (self.capacity_bytes <= 0 or len(data) > self.capacity_bytes or name in self._disk
+                or name in self._pending):
             return
+        # The write happens on a worker thread: a 4 MiB write on the event loop stalls every client.
+        self._pending.add(name)
         path = os.path.join(self.directory, name)
-        with open(path + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(path + ".tmp", path)
-        self._disk[name] = len(data)
-        self._disk_bytes += len(data)
+        future = asyncio.get_running_loop().run_in_executor(self._writer, _write_file, path, data)
+        future.add_done_callback(lambda f: self._written(name, len(data), f))
+
+    def _written(self, name: str, size: int, future: asyncio.Future[None]) -> None:
+        # Runs on the loop, so the bookkeeping stays single-threaded.
+        self._pending.discard(name)
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._disk[name] = size
+        self._disk_bytes += size
         while self._disk_bytes > self.capacity_bytes and self._disk:
             oldest = next(iter(self._disk))
             self._drop(oldest)
@@ -76,6 +88,9 @@ class ChunkCache:
         while len(self._memory) > self._memory_chunks:
             self._memory.popitem(last=False)
 
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+
     def _drop(self, name: str) -> None:
         size = self._disk.pop(name, 0)
         self._disk_bytes -= size
@@ -83,3 +98,9 @@ class ChunkCache:
             os.unlink(os.path.join(self.directory, name))
         except FileNotFoundError:
             pass
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)

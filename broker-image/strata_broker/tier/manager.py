@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class TierManager:
         self._busy: set[tuple[str, int]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.uploaded_segments = 0
+        self._last_pressure_log = 0.0
         self.upload_failures = 0
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class TierManager:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        self.cache.close()
         await self.store.close()
 
     def attach(self, logs: LogManager) -> None:
@@ -170,11 +173,27 @@ class TierManager:
             self._mark_uploaded_durable()
             await self.commit_log.trim({(t.name, p.partition): p.remote_end_offset
                                         for t in self.logs.topics.values() for p in t.partitions})
+        self._warn_on_disk_pressure()
         for topic in list(self.logs.topics.values()):
             for plog in topic.partitions:
                 if plog.remote is not None:
                     plog.enforce_retention(now_ms)
                     await self._enforce_total_retention(topic, plog, now_ms)
+
+    def _warn_on_disk_pressure(self) -> None:
+        """While uploads lag, the disk fills (KAFKA-19952): say so before it is full."""
+        assert self.logs is not None
+        now = time.monotonic()
+        if now - self._last_pressure_log < 30:
+            return
+        usage = shutil.disk_usage(self.logs.data_dir)
+        if usage.free / usage.total > 0.10:
+            return
+        self._last_pressure_log = now
+        waiting = sum(s.size for t in self.logs.topics.values() for p in t.partitions if p.remote is not None
+                      for s in p.segments if s.next_offset > p.remote_end_offset)
+        log.warning("local disk %.0f%% full; %d bytes wait for upload to S3 (healthy: %s)",
+                    100 * (1 - usage.free / usage.total), waiting, self.store.healthy)
 
     async def _upload_partition(self, topic: Topic, plog: PartitionLog) -> None:
         key = (topic.name, plog.partition)

@@ -57,10 +57,11 @@ class RemoteReader:
         if start >= end:
             return b""
         first, last = start // self.chunk_bytes, (end - 1) // self.chunk_bytes
-        chunks = await asyncio.gather(*(self._chunk(key, size, n) for n in range(first, last + 1)))
-        data = b"".join(chunks)
         offset = first * self.chunk_bytes
-        return data[start - offset:end - offset]
+        if first == last:  # the common case: one slice, one copy
+            return (await self._chunk(key, size, first))[start - offset:end - offset]
+        chunks = await asyncio.gather(*(self._chunk(key, size, n) for n in range(first, last + 1)))
+        return b"".join(chunks)[start - offset:end - offset]
 
     def _prefetch(self, manifest: RemoteManifest, prefix: str, index: int, position: int) -> None:
         """Sequential readers find the next chunks already on their way or in the cache."""

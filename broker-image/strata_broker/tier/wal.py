@@ -109,8 +109,12 @@ class S3CommitLog:
             raise KafkaProtocolError(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, "not yet durable in S3") from None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        round_started = loop.time()
         while self._waiters or self._queue:
-            await asyncio.sleep(self.interval)
+            # One round per interval, counting the PUT's own time in it.
+            await asyncio.sleep(max(0.0, round_started + self.interval - loop.time()))
+            round_started = loop.time()
             entries = self._queue[:]
             if not entries:
                 self._release()
