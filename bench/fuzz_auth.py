@@ -54,8 +54,8 @@ def main() -> int:
         print(f"post-auth: {post.frames:>7} frames on {post.connections:>6} connections, {post.answers} answers, "
               f"{post.logins} logins")
         print(f"total    : {pre.frames + post.frames} frames in {elapsed:.1f}s")
-        print(f"broker   : fds {fds0} -> {fds}, RSS {rss0 / 1024:.1f} MB -> {rss / 1024:.1f} MB, "
-              f"alive={proc.alive()}")
+        print(f"broker   : sockets {fds0} -> {fds} (all fds {fuzz_auth.proc_fds(proc.pid, False)}), "
+              f"RSS {rss0 / 1024:.1f} MB -> {rss / 1024:.1f} MB, alive={proc.alive()}")
         print(f"bystander: {client.progress()[0]} acked, {client.progress()[1]} read, errors={client.errors!r}, "
               f"worst ack {max(client.latencies, default=0):.3f}s")
         problems = pre.problems + post.problems

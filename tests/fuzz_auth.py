@@ -188,8 +188,17 @@ def fuzz(port: int, rounds_frames: int, seed: int, login: tuple[str, str] | None
     return stats
 
 
-def proc_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def proc_fds(pid: int, sockets_only: bool = True) -> int:
+    """Open descriptors of a process; by default only sockets (fuzzing auto-creates topics, whose
+    segment files are legitimately open)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        count += (not sockets_only) or target.startswith("socket:")
+    return count
 
 
 def proc_rss_kb(pid: int) -> int:

@@ -204,7 +204,7 @@ def test_stalled_truncated_frame_closed_by_idle_timeout(broker_factory) -> None:
 # ---- request headers: unknown keys, unsupported versions -------------------------------------------
 
 
-@pytest.mark.parametrize("api_key", [-1, 17, 21, 67, 999, 32767, -32768])
+@pytest.mark.parametrize("api_key", [-1, 21, 38, 67, 999, 32767, -32768])
 def test_unknown_api_key_closes_connection(broker: BrokerProcess, watched: None,
                                            supported: dict[int, tuple[int, int]], api_key: int) -> None:
     assert api_key not in supported
@@ -724,7 +724,7 @@ def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]
         assert post.logins == post.connections, "a legitimate login failed during the fuzzing"
         time.sleep(0.5)
         fds, rss = fuzz_auth.proc_fds(proc.pid), fuzz_auth.proc_rss_kb(proc.pid)
-        assert fds <= fds0 + 10, f"descriptors grew from {fds0} to {fds}"
+        assert fds <= fds0 + 10, f"sockets grew from {fds0} to {fds}"
         assert rss <= rss0 + 150_000, f"RSS grew from {rss0} kB to {rss} kB"
     finally:
         client.finish()

@@ -63,6 +63,8 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
     pre_auth_max_frame = min(max_frame, broker.config["sasl.server.max.receive.size"])
     idle_timeout = broker.config["connections.max.idle.ms"] / 1000.0 or None
     request_timeout = broker.config["request.timeout.ms"] / 1000.0
+    # A request that stalls half-sent is idle too: it gets the shorter of the two limits.
+    frame_timeout = min(request_timeout, idle_timeout) if idle_timeout else request_timeout
     auth_deadline = time.monotonic() + request_timeout
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
     outbox: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(broker.config["queued.max.requests"])
@@ -91,7 +93,7 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
             try:
                 # Once a request has begun it must arrive whole in time: a peer that announces a frame
                 # and stalls, or trickles it (slowloris), would otherwise pin the connection and its buffer.
-                async with asyncio.timeout(request_timeout):
+                async with asyncio.timeout(frame_timeout):
                     size_bytes = first + await reader.readexactly(3)
                     (size,) = _SIZE.unpack(size_bytes)
                     limit = max_frame if conn.authenticated else pre_auth_max_frame
@@ -99,8 +101,8 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
                         raise ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, {limit}]")
                     frame = await reader.readexactly(size)
             except TimeoutError:
-                log.info("closing connection from %s: a request did not arrive whole within %.0f s", peer,
-                         request_timeout)
+                log.info("closing connection from %s: a request did not arrive whole within %.1f s", peer,
+                         frame_timeout)
                 break
             authenticated = conn.authenticated
             future = _dispatch(broker, frame, peer, conn)
