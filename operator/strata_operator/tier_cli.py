@@ -41,6 +41,8 @@ from rich.table import Table
 from strata_broker.tier.layout import manifest_key, parse_topic_dir, segment_key, topics_root
 from strata_broker.tier.manifest import RemoteManifest
 
+from .billing.report import human_bytes
+
 DEFAULT_CLUSTER = "strata-local"  # the broker's default cluster.id
 SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})(?:-c\d+)?\.(log|index|timeindex)$")  # -cN: compacted
 SEGMENT_SUFFIXES = ("log", "index", "timeindex")
@@ -322,15 +324,6 @@ def ls_rows(topics: dict[str, TopicObjects], view: BrokerView | None) -> list[Pa
                     rows.append(row)
         rows.sort(key=lambda r: (r.topic, r.topic_id or "", r.partition))
     return rows
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _d(value: object) -> str:

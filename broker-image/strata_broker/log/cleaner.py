@@ -27,6 +27,13 @@ class CleanerStats:
     records_removed: int = 0
     seconds: float = 0.0
 
+    def add_pass(self, read: int, written: int, removed: int, seconds: float) -> None:
+        self.passes += 1
+        self.bytes_read += read
+        self.bytes_written += written
+        self.records_removed += removed
+        self.seconds += seconds
+
 
 class IoBudget:
     """Sleeps the calling thread so that read + written bytes stay under a rate."""
@@ -121,11 +128,7 @@ class Cleaner:
             log.info("compaction of %s-%d abandoned: the log changed meanwhile", plog.topic, plog.partition)
             return False
         elapsed = time.monotonic() - started
-        self.stats.passes += 1
-        self.stats.bytes_read += read
-        self.stats.bytes_written += written
-        self.stats.records_removed += removed
-        self.stats.seconds += elapsed
+        self.stats.add_pass(read, written, removed, elapsed)
         log.info("compacted %s-%d: %d segment(s) -> %d, %d -> %d bytes, %d record(s) removed in %.2fs",
                  plog.topic, plog.partition, len(segments), len(bases), read, written, removed, elapsed)
         return True

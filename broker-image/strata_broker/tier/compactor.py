@@ -97,11 +97,7 @@ class RemoteCompactor:
         before = sum(len(d) for d in datas)
         after = sum(s.size for s in replacements)
         elapsed = time.monotonic() - started
-        self.stats.passes += 1
-        self.stats.bytes_read += before
-        self.stats.bytes_written += after
-        self.stats.records_removed += removed
-        self.stats.seconds += elapsed
+        self.stats.add_pass(before, after, removed, elapsed)
         log.info("compacted %s-%d in S3: %d segment(s) -> %d, %d -> %d bytes, %d record(s) removed in %.2fs",
                  plog.topic, plog.partition, len(candidates), len(replacements), before, after, removed, elapsed)
         return True
