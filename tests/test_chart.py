@@ -177,15 +177,31 @@ def test_podmonitor_only_when_the_cluster_serves_it_and_it_selects_the_broker_po
     assert eb["spec"]["config"]["metrics.listen"] == f"0.0.0.0:{port}"
 
 
+def _test_pod(docs: list[dict]) -> dict:
+    (pod,) = [d for d in of_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    return pod
+
+
 def test_helm_test_pod_targets_the_installed_broker():
     docs = render([CHART / "ci" / "broker-with-s3-values.yaml"])
-    (pod,) = [d for d in of_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    pod = _test_pod(docs)
     command = pod["spec"]["containers"][0]["command"]
     assert command[:2] == ["python", "-c"]
     assert command[2] == (CHART / "files" / "smoke_test.py").read_text()
     assert command[3] == f"events-bootstrap.{NAMESPACE}.svc:9092"
     assert pod["spec"]["containers"][0]["image"] == of_kind(docs, "EventBroker")[0]["spec"]["image"]
-    # no broker, or a broker that needs credentials: no test pod
+    # the broker authenticates (the chart's default): the test logs in as the operator's user
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_PLAINTEXT"
+    assert env["KAFKA_SASL_USERNAME"]["value"] == "strata-operator"
+    ref = env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    (secret,) = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == ref["name"]]
+    assert ref["key"] in secret["data"]
+    # an open broker: no credentials
+    open_pod = _test_pod(render([CHART / "ci" / "open-broker-values.yaml"]))
+    assert "env" not in open_pod["spec"]["containers"][0]
+    assert open_pod["spec"]["containers"][0]["command"][3] == f"open-bootstrap.{NAMESPACE}.svc:9092"
+    # no broker, or tests disabled: no test pod
     assert not of_kind(render(), "Pod")
     assert not of_kind(render([CHART / "ci" / "namespaced-rbac-values.yaml"]), "Pod")
 
@@ -195,6 +211,68 @@ def test_helm_test_script_produces_and_consumes_through_a_real_broker(broker):
                            "strata-helm-test", "30"], capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK: produced and consumed one record" in proc.stdout
+
+
+def test_helm_test_script_logs_in_to_a_broker_that_authenticates(broker_factory, tmp_path):
+    import os
+
+    import secutil
+
+    creds = tmp_path / "users.json"
+    secutil.write_credentials(creds, {"strata-operator": "s3cret"})
+    sbroker = broker_factory({"sasl.credentials.file": str(creds), "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                              "authorizer.enable": "true", "super.users": "User:strata-operator"},
+                             listeners={"SASL_PLAINTEXT": None})
+    env = {**os.environ, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_USERNAME": "strata-operator", "KAFKA_SASL_PASSWORD": "s3cret"}
+    proc = subprocess.run([sys.executable, str(CHART / "files" / "smoke_test.py"), sbroker.address("SASL_PLAINTEXT"),
+                           "strata-helm-test", "30"], capture_output=True, text=True, timeout=90, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: produced and consumed one record" in proc.stdout
+
+
+def test_security_is_on_by_default_in_the_chart_and_the_operator_has_admin_credentials():
+    docs = render(flags=["--set", "eventBroker.enabled=true"])
+    (eb,) = of_kind(docs, "EventBroker")
+    assert eb["spec"]["listeners"][0]["authentication"] == "scram-sha-512"
+    assert eb["spec"]["authorization"] == {"type": "simple"}
+    (dep,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STRATA_OPERATOR_KAFKA_SASL_USERNAME"]["value"] == "strata-operator"
+    assert env["STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_PLAINTEXT"
+    assert env["STRATA_OPERATOR_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    ref = env["STRATA_OPERATOR_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    (secret,) = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == ref["name"]]
+    assert ref["name"] == "strata-kafka-admin" and len(secret["data"][ref["key"]]) >= 40
+    # what the operator makes of that EventBroker: SCRAM only (no PLAIN), the authorizer, itself a super
+    # user, and the credentials Secret it maintains mounted as the brokers' credentials file
+    cr = {**eb, "metadata": {**eb["metadata"], "uid": "u-1"}}
+    built = resources.eventbroker_objects(cr, env["STRATA_OPERATOR_KAFKA_SASL_USERNAME"]["value"], '{"users": {}}')
+    props = resources.broker_properties(cr, "strata-operator")
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,SCRAM-SHA-256"
+    assert props["authorizer.enable"] == "true" and props["super.users"] == "User:strata-operator"
+    assert props["listener.security.protocol.map"] == "SASL:SASL_PLAINTEXT"
+    (creds,) = [o for o in built if o["kind"] == "Secret"]
+    (sts,) = of_kind(built, "StatefulSet")
+    volumes = sts["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "credentials", "secret": {"secretName": creds["metadata"]["name"], "defaultMode": 0o440}} in volumes
+    for obj in built:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # a Secret of your own: the chart renders none, and the operator reads the password from yours
+    own = render([CHART / "ci" / "namespaced-rbac-values.yaml"])
+    assert not [s for s in of_kind(own, "Secret") if s["metadata"]["name"].endswith("kafka-admin")]
+    (dep,) = of_kind(own, "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STRATA_OPERATOR_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "strata-kafka-admin", "key": "kafka-password"}
+    assert of_kind(own, "EventBroker")[0]["spec"]["authorization"]["superUsers"] == ["User:admin"]
+
+
+def test_authorization_without_authentication_is_refused():
+    proc = run_helm("template", "s", str(CHART), "--set", "eventBroker.enabled=true",
+                    "--set-json", 'eventBroker.listeners=[{"name":"plain","port":9092,"authentication":"none"}]',
+                    check=False)
+    assert proc.returncode and "authorization.type simple needs" in proc.stderr
 
 
 def test_broker_outside_the_watched_namespaces_is_refused():
@@ -208,7 +286,8 @@ def test_notes_say_what_to_do_next():
                    "--set", "eventBroker.enabled=true").stdout
     notes = out[out.index("NOTES:"):]
     for expected in ("kind: Topic", "kcat", f"strata-bootstrap.{NAMESPACE}.svc:9092", "kind: CostReport",
-                     "priceModelRef: {name: strata-prices}", "helm test strata", "PersistentVolumeClaims"):
+                     "priceModelRef: {name: strata-prices}", "helm test strata", "PersistentVolumeClaims",
+                     "security.protocol=SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD"):
         assert expected in notes, expected
 
 
@@ -253,6 +332,8 @@ def test_schema_covers_every_value_and_closes_every_object():
     ("eventBroker:\n  enabled: true\n  replicas: \"3\"\n", "at '/eventBroker/replicas': got string, want integer"),
     ("eventBroker:\n  tieredStorage:\n    enabled: true\n", "at '/eventBroker/tieredStorage/bucket'"),
     ("eventBroker:\n  storage:\n    size: lots\n", "at '/eventBroker/storage/size'"),
+    ("eventBroker:\n  authorization:\n    type: acl\n", "at '/eventBroker/authorization/type'"),
+    ("operator:\n  kafka:\n    saslMechanism: PLAIN\n", "at '/operator/kafka/saslMechanism'"),
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys_with_a_clear_message(tmp_path, values, message):
     bad = tmp_path / "bad-values.yaml"

@@ -51,6 +51,15 @@ def read_all(bootstrap: str, topic: str, at_least: int, timeout: float = 30):
     return consume_confluent(bootstrap, topic, 1, expected=at_least, timeout=timeout)
 
 
+def read_until_sentinel(bootstrap: str, topic: str, timeout: float = 120.0):
+    """Everything up to the last record written (the sentinel), however slow the machine is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_all(bootstrap, topic, 10**9, timeout=10)
+        if any(r.key == b"sentinel" for r in records) or time.monotonic() > deadline:
+            return records
+
+
 def wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,7 +178,7 @@ def test_sigkill_during_compaction_leaves_a_correct_log(broker_factory, topic_na
         if cycle >= 4 and "compacted" in broker.log_tail(2000):
             break
     assert "compacted" in broker.log_tail(2000)
-    records = read_all(broker.bootstrap, topic_name, 10**9, timeout=5)
+    records = read_until_sentinel(broker.bootstrap, topic_name)
     offsets = [r.offset for r in records]
     assert offsets == sorted(set(offsets))
     # Whatever was compacted so far, the last value of every key is the latest one written,

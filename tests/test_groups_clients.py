@@ -115,9 +115,9 @@ def test_group_split_leave_and_crash(broker, topic_name: str, client: str) -> No
     b = Worker(client, bootstrap, topic_name, group)
     workers = [a, b]
     try:
-        wait_for(lambda: split_between([a, b], 6), 30, "two members to split 6 partitions")
+        wait_for(lambda: split_between([a, b], 6), 60, "two members to split 6 partitions")
         assert not set(a.assigned or []) & set(b.assigned or [])
-        wait_for(lambda: len(consumed([a, b])) == 300, 30, "the first 300 records")
+        wait_for(lambda: len(consumed([a, b])) == 300, 60, "the first 300 records")
 
         # Clean handover: A leaves; B owns everything within the session timeout, nothing is processed twice.
         produce(bootstrap, topic_name, 300, 300)
@@ -126,7 +126,7 @@ def test_group_split_leave_and_crash(broker, topic_name: str, client: str) -> No
         left_at = time.monotonic()
         wait_for(lambda: b.assigned == list(range(6)), SESSION_S + 4, "the survivor to own all partitions")
         assert b.assigned_at - left_at < SESSION_S
-        wait_for(lambda: len(consumed([a, b])) == 600, 30, "600 records")
+        wait_for(lambda: len(consumed([a, b])) == 600, 60, "600 records")
         everything = Counter((p, o) for w in (a, b) for p, o, _ in w.records)
         twice = [k for k, n in everything.items() if n > 1]
         assert not twice, f"processed twice across a clean handover: {twice[:10]}"
@@ -135,15 +135,15 @@ def test_group_split_leave_and_crash(broker, topic_name: str, client: str) -> No
         # Crash: C joins, then dies without LeaveGroup; B takes its partitions back within the session timeout.
         c = Worker(client, bootstrap, topic_name, group)
         workers.append(c)
-        wait_for(lambda: split_between([b, c], 6), 30, "B and C to split the partitions")
+        wait_for(lambda: split_between([b, c], 6), 60, "B and C to split the partitions")
         produce(bootstrap, topic_name, 600, 300)
-        wait_for(lambda: len(consumed([a, b, c])) == 900, 30, "900 records")
+        wait_for(lambda: len(consumed([a, b, c])) == 900, 60, "900 records")
         c.kill()
         killed_at = time.monotonic()
         wait_for(lambda: b.assigned == list(range(6)), SESSION_S + 6, "the survivor to take the crashed member's share")
         assert b.assigned_at - killed_at < SESSION_S + 2.5
         produce(bootstrap, topic_name, 900, 60)
-        wait_for(lambda: len(consumed([a, b, c])) == 960, 30, "all 960 records")
+        wait_for(lambda: len(consumed([a, b, c])) == 960, 60, "all 960 records")
         values = {int(v) for w in workers for _, _, v in w.records}
         assert values == set(range(960)), "produced != consumed"
     finally:
@@ -192,7 +192,7 @@ def test_two_groups_each_receive_every_record(broker, topic_name: str) -> None:
     g1 = Worker("kafka-python", bootstrap, topic_name, f"one-{topic_name}")
     g2 = Worker("confluent", bootstrap, topic_name, f"two-{topic_name}")
     try:
-        wait_for(lambda: len(g1.offsets()) == 200 and len(g2.offsets()) == 200, 30, "both groups to read all")
+        wait_for(lambda: len(g1.offsets()) == 200 and len(g2.offsets()) == 200, 60, "both groups to read all")
         assert {int(v) for _, _, v in g1.records} == {int(v) for _, _, v in g2.records} == set(range(200))
     finally:
         g1.stop()

@@ -34,6 +34,16 @@ API_CREATE_ACLS = 30
 API_ALTER_USER_SCRAM_CREDENTIALS = 51
 SECURITY_DISABLED = KafkaError.SECURITY_DISABLED  # a broker without an authorizer answers ACL calls so
 
+# The operator's own Kafka identity, used with every broker whose first listener authenticates
+# (an EventBroker listener with `authentication: scram-sha-512`); brokers without one get PLAINTEXT.
+# The operator's principal is User:<username>: a managed broker gets it in super.users and in its
+# credentials file (the Secret <name>-credentials); an external broker must be told by its admin.
+KAFKA_SECURITY_PROTOCOL = os.environ.get("STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+KAFKA_SASL_MECHANISM = os.environ.get("STRATA_OPERATOR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+KAFKA_USERNAME = os.environ.get("STRATA_OPERATOR_KAFKA_SASL_USERNAME", "strata-operator")
+KAFKA_PASSWORD = os.environ.get("STRATA_OPERATOR_KAFKA_SASL_PASSWORD", "")
+KAFKA_SSL_CA_LOCATION = os.environ.get("STRATA_OPERATOR_KAFKA_SSL_CA_LOCATION", "")
+
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached (retry with backoff)."""
@@ -45,6 +55,29 @@ class BrokerRejected(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NoCredentials(BrokerRejected):
+    """The broker wants SASL but the operator has no password configured."""
+
+
+def operator_principal() -> str:
+    return f"User:{KAFKA_USERNAME}"
+
+
+def client_security(authenticated: bool) -> dict[str, str]:
+    """librdkafka settings for the operator's admin connection to a broker (PLAINTEXT when the
+    broker's first listener does not authenticate)."""
+    if not authenticated:
+        return {}
+    if not KAFKA_PASSWORD:
+        raise NoCredentials("the broker requires SASL but the operator has no Kafka admin password "
+                            "(set STRATA_OPERATOR_KAFKA_SASL_PASSWORD; the chart does it from a Secret)")
+    out = {"security.protocol": KAFKA_SECURITY_PROTOCOL, "sasl.mechanism": KAFKA_SASL_MECHANISM,
+           "sasl.username": KAFKA_USERNAME, "sasl.password": KAFKA_PASSWORD}
+    if KAFKA_SSL_CA_LOCATION:
+        out["ssl.ca.location"] = KAFKA_SSL_CA_LOCATION
+    return out
 
 
 @dataclass
@@ -76,7 +109,8 @@ class Admin:
         self.bootstrap = bootstrap
         self.extra = dict(extra or {})
         self.client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
-                                   "socket.connection.setup.timeout.ms": 5000, **self.extra})
+                                   "socket.connection.setup.timeout.ms": 5000, "client.id": "strata-operator",
+                                   **self.extra})
 
     def _wait(self, futures: dict[Any, Any]) -> dict[Any, Any]:
         out = {}
@@ -201,6 +235,19 @@ class Admin:
         upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 8192), password.encode())
         self._wait(self.client.alter_user_scram_credentials([upsert]))
 
+    def delete_scram(self, user: str, mechanism: str = "SCRAM-SHA-512") -> bool:
+        """Remove a user's admin-API credential; False when it had none."""
+        from confluent_kafka.admin import ScramMechanism, UserScramCredentialDeletion
+
+        mech = ScramMechanism.SCRAM_SHA_512 if mechanism.endswith("512") else ScramMechanism.SCRAM_SHA_256
+        try:
+            self._wait(self.client.alter_user_scram_credentials([UserScramCredentialDeletion(user, mech)]))
+        except BrokerRejected as exc:
+            if exc.code == KafkaError.RESOURCE_NOT_FOUND:
+                return False
+            raise
+        return True
+
 
 def _binding(principal: str, restype: str, name: str, operation: str) -> AclBinding:
     return AclBinding(ResourceType[restype.upper()], name, ResourcePatternType.LITERAL, principal, "*",
@@ -217,4 +264,6 @@ def _kafka_python_security(extra: dict[str, str]) -> dict[str, str]:
         out["sasl_plain_username"] = extra["sasl.username"]
     if "sasl.password" in extra:
         out["sasl_plain_password"] = extra["sasl.password"]
+    if "ssl.ca.location" in extra:
+        out["ssl_cafile"] = extra["ssl.ca.location"]
     return out

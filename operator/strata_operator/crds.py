@@ -161,13 +161,24 @@ EVENTBROKER_SPEC = obj({
     "listeners": array(obj({
         "name": string(pattern=DNS_LABEL_PATTERN, maxLength=15),
         "port": integer(minimum=1024, maximum=65535),
-        "authentication": string("none, or scram-sha-512 (SASL/SCRAM).", enum=["none", "scram-sha-512"],
+        "authentication": string("none (PLAINTEXT), or scram-sha-512 (SASL_PLAINTEXT with SCRAM-SHA-512/256; "
+                                 "users from the operator's credentials Secret <name>-credentials and from "
+                                 "AlterUserScramCredentials).", enum=["none", "scram-sha-512"],
                                  default="none"),
-    }, required=["name", "port"]), "Client listeners. Default: one `plain` listener on 9092 without "
-                                   "authentication.",
+    }, required=["name", "port"]), "Client listeners. The first is the one Microservices and the operator "
+                                   "use (for an external broker: how its bootstrapServers authenticate). "
+                                   "Default: one `plain` listener on 9092 without authentication.",
         maxItems=4, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         **{"x-kubernetes-validations": [rule("self.all(l, self.exists_one(m, m.port == l.port))",
                                              "listener ports must be distinct")]}),
+    "authorization": obj({
+        "type": string("simple: the brokers enforce Kafka ACLs (authorizer.enable); the operator grants each "
+                       "Microservice what it declared. none: any client may do anything.",
+                       enum=["none", "simple"], default="none"),
+        "superUsers": array(string(pattern=r"^User:.+$"), "Principals allowed everything, besides the operator's "
+                            "own (always a super user), e.g. User:admin.", maxItems=32),
+    }, description="ACLs on the brokers (Strimzi's `authorization`). Needs the first listener to authenticate; "
+                   "not for an external broker (configure that broker itself)."),
     "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
     "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
     "external": obj({
@@ -179,6 +190,12 @@ EVENTBROKER_SPEC = obj({
     rule("!has(self.external) || (!has(self.tieredStorage) && !has(self.storage))",
          "an external broker has no storage or tieredStorage managed here"),
     rule("has(self.external) || has(self.image)", "image is required unless the broker is external"),
+    rule("!has(self.authorization) || !has(self.authorization.type) || self.authorization.type == 'none' || "
+         "(has(self.listeners) && size(self.listeners) > 0 && has(self.listeners[0].authentication) && "
+         "self.listeners[0].authentication != 'none')",
+         "authorization simple needs the first listener to authenticate (authentication: scram-sha-512)"),
+    rule("!has(self.external) || !has(self.authorization)",
+         "an external broker's authorization is configured on that broker, not here"),
 ])
 
 EVENTBROKER_STATUS = status_schema({

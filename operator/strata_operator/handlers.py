@@ -8,6 +8,7 @@ never a crash loop. Settings (environment variables, read at import):
   STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
+  STRATA_OPERATOR_KAFKA_*             the operator's own Kafka credentials (admin.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import kopf
 
-from . import costreports, logic, resources
+from . import admin as kafka_admin
+from . import costreports, logic, resources, scram
 from .admin import (
     API_ALTER_USER_SCRAM_CREDENTIALS,
     API_CREATE_ACLS,
@@ -28,6 +30,7 @@ from .admin import (
     Admin,
     BrokerRejected,
     BrokerUnavailable,
+    NoCredentials,
 )
 from .crds import GROUP, VERSION
 from .kube import Kube, KubeError
@@ -110,6 +113,13 @@ class BrokerMissing(Exception):
     pass
 
 
+def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
+    """An admin connection to an EventBroker as the operator: SASL with the operator's own
+    credentials when the broker's first listener authenticates (NoCredentials without a password)."""
+    authenticated = resources.authentication(broker.get("spec", {})) != "none"
+    return Admin(bootstrap or resources.bootstrap_servers(broker), kafka_admin.client_security(authenticated))
+
+
 async def run(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
@@ -144,8 +154,9 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
     patch.status["bootstrapServers"] = bootstrap
     if spec.get("external"):
         try:
-            count = await run(lambda: Admin(bootstrap).ping())
-            authorizer = await run(lambda: Admin(bootstrap).supports(API_CREATE_ACLS))
+            admin = admin_for(body, bootstrap)
+            count = await run(admin.ping)
+            authorizer = await run(admin.supports, API_CREATE_ACLS)
         except (BrokerUnavailable, BrokerRejected) as exc:
             _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -154,8 +165,18 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         patch.status["authorizer"] = authorizer
         _set(patch, body, conditions, "Ready", True, "Reachable", f"external broker at {bootstrap}, {count} broker(s)")
         return
+    users_file = None
+    if resources.uses_sasl(spec) and kafka_admin.KAFKA_PASSWORD:
+        names = resources.broker_names(body["metadata"]["name"])
+        try:
+            current = await kube().get("v1", "Secret", body["metadata"]["namespace"], names["credentials"])
+        except (KubeError, OSError) as exc:
+            _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
+            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+        users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD},
+                                            _secret_value(current, resources.CREDENTIALS_KEY))
     try:
-        for obj in resources.eventbroker_objects(body):
+        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file):
             await kube().apply(obj)
         sts = await kube().get("apps/v1", "StatefulSet", body["metadata"]["namespace"],
                                resources.broker_names(body["metadata"]["name"])["statefulset"])
@@ -166,7 +187,12 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
     ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
     patch.status["replicas"] = want
     patch.status["readyReplicas"] = ready
-    if ready >= want:
+    patch.status["authorizer"] = resources.authorizer(spec)
+    if resources.uses_sasl(spec) and not kafka_admin.KAFKA_PASSWORD:
+        _set(patch, body, conditions, "Ready", False, "NoAdminCredentials",
+             "a listener authenticates but the operator has no Kafka admin password "
+             "(STRATA_OPERATOR_KAFKA_SASL_PASSWORD): the brokers' credentials file has no users")
+    elif ready >= want:
         _set(patch, body, conditions, "Ready", True, "BrokersReady", f"{ready}/{want} brokers ready at {bootstrap}")
     else:
         _set(patch, body, conditions, "Ready", False, "BrokersStarting", f"{ready}/{want} brokers ready")
@@ -228,12 +254,12 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         _set(patch, body, conditions, "Ready", False, "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from exc
     try:
-        _, bootstrap = await resolve_broker(body)
+        broker, bootstrap = await resolve_broker(body)
     except BrokerMissing as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
-    admin = Admin(bootstrap)
     try:
+        admin = admin_for(broker, bootstrap)
         state = await run(admin.describe_topic, name)
         plan = logic.plan_topic(body["spec"], state.partitions if state else None,
                                 state.dynamic_configs if state else None, state.all_configs if state else None)
@@ -285,8 +311,8 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
         kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
         return
     try:
-        _, bootstrap = await resolve_broker(body)
-        deleted = await run(Admin(bootstrap).delete_topic, name)
+        broker, bootstrap = await resolve_broker(body)
+        deleted = await run(admin_for(broker, bootstrap).delete_topic, name)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
         return
@@ -369,9 +395,14 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     patch.status["secretName"] = names["secret"]
     patch.status["replicas"] = int(body["spec"].get("replicas", 1))
     patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-    admin = Admin(bootstrap)
     try:
+        admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
+        if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
+            # Upserted on every reconcile, so the broker always knows the Secret's password (a new
+            # Secret, a rotation by deleting it, a broker that lost its __meta); before the ACLs, so a
+            # service never holds permissions it cannot authenticate for... nor the reverse for long.
+            await run(admin.upsert_scram, resources.principal_name(body), password)
         no_authorizer = API_CREATE_ACLS not in versions
         if not no_authorizer:
             try:
@@ -386,11 +417,10 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
             conditions = _set(patch, body, conditions, "AclsApplied", False, "BrokerHasNoAuthorizer",
                               "the broker does not enforce ACLs (no CreateAcls, or no authorizer enabled): "
                               "permissions are computed (status.permissions) but any client may write any topic")
-        if API_ALTER_USER_SCRAM_CREDENTIALS in versions and resources.authentication(broker.get("spec", {})) != "none":
-            await run(admin.upsert_scram, resources.principal_name(body), password)
     except (BrokerUnavailable, BrokerRejected) as exc:
-        _set(patch, body, conditions, "AclsApplied", "Unknown", "BrokerUnavailable", f"{bootstrap}: {exc}")
-        _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
+        reason = "NoAdminCredentials" if isinstance(exc, NoCredentials) else "BrokerUnavailable"
+        conditions = _set(patch, body, conditions, "AclsApplied", "Unknown", reason, f"{bootstrap}: {exc}")
+        _set(patch, body, conditions, "Ready", False, reason, f"{bootstrap}: {exc}")
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     if grants.denied_writes:
         _set(patch, body, conditions, "Ready", False, "WriterConflict",
@@ -400,32 +430,39 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
              f"deployment, credentials and permissions in place for {principal}")
 
 
-def _existing_password(secret: dict[str, Any] | None) -> str | None:
+def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:
     import base64
 
     if not secret:
         return None
-    if (secret.get("stringData") or {}).get("KAFKA_SASL_PASSWORD"):
-        return secret["stringData"]["KAFKA_SASL_PASSWORD"]  # an API server never returns this; the emulator may
-    raw = (secret.get("data") or {}).get("KAFKA_SASL_PASSWORD")
+    if (secret.get("stringData") or {}).get(key):
+        return secret["stringData"][key]  # an API server never returns this; the emulator may
+    raw = (secret.get("data") or {}).get(key)
     return base64.b64decode(raw).decode() if raw else None
+
+
+def _existing_password(secret: dict[str, Any] | None) -> str | None:
+    return _secret_value(secret, "KAFKA_SASL_PASSWORD")
 
 
 @kopf.on.delete(*MICROSERVICE)
 async def delete_microservice(body: kopf.Body, **_: Any) -> None:
-    """Revoke the principal's ACLs; the Deployment, ServiceAccount and Secret are garbage-collected
-    through their ownerReferences."""
+    """Revoke the principal's ACLs and remove its SCRAM credential; the Deployment, ServiceAccount
+    and Secret are garbage-collected through their ownerReferences."""
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:
-        _, bootstrap = await resolve_broker(body)
-        admin = Admin(bootstrap)
-        if await run(admin.supports, API_CREATE_ACLS):
+        broker, bootstrap = await resolve_broker(body)
+        admin = admin_for(broker, bootstrap)
+        versions = await run(admin.api_versions)
+        if API_CREATE_ACLS in versions:
             try:
                 await run(admin.delete_acls_of, resources.principal(body))
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
+        if resources.authentication(broker.get("spec", {})) != "none" and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
+            await run(admin.delete_scram, resources.principal_name(body))
     except BrokerMissing:
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:

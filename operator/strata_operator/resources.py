@@ -15,6 +15,10 @@ from .crds import API_VERSION
 BROKER_PORT = 9092
 DATA_DIR = "/var/lib/strata"
 CONFIG_DIR = "/etc/strata"
+CREDENTIALS_DIR = "/etc/strata/credentials"
+CREDENTIALS_KEY = "users.json"  # the key of the Secret <name>-credentials (see scram.py)
+SASL_MECHANISMS = "SCRAM-SHA-512,SCRAM-SHA-256"  # PLAIN is for local use only: never on a managed broker
+DEFAULT_OPERATOR_USER = "strata-operator"
 MANAGED_BY = "strata-operator"
 
 
@@ -54,7 +58,8 @@ RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesyst
 
 def broker_names(name: str) -> dict[str, str]:
     return {"statefulset": f"{name}-broker", "headless": f"{name}-brokers", "bootstrap": f"{name}-bootstrap",
-            "configmap": f"{name}-config", "pdb": f"{name}-broker", "serviceaccount": f"{name}-broker"}
+            "configmap": f"{name}-config", "pdb": f"{name}-broker", "serviceaccount": f"{name}-broker",
+            "credentials": f"{name}-credentials"}
 
 
 def bootstrap_servers(broker: dict[str, Any]) -> str:
@@ -66,21 +71,60 @@ def bootstrap_servers(broker: dict[str, Any]) -> str:
     return f"{broker_names(name)['bootstrap']}.{ns}.svc:{client_port(spec)}"
 
 
+def listeners(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The EventBroker's listeners; the first is the one clients (Microservices) and the operator use."""
+    return list(spec.get("listeners") or [{"name": "plain", "port": BROKER_PORT}])
+
+
 def client_port(spec: dict[str, Any]) -> int:
-    listeners = spec.get("listeners") or [{"name": "plain", "port": BROKER_PORT}]
-    return int(listeners[0]["port"])
+    return int(listeners(spec)[0]["port"])
 
 
 def authentication(spec: dict[str, Any]) -> str:
-    listeners = spec.get("listeners") or [{"name": "plain", "port": BROKER_PORT}]
-    return listeners[0].get("authentication", "none")
+    return listeners(spec)[0].get("authentication", "none")
 
 
-def broker_properties(broker: dict[str, Any]) -> dict[str, str]:
-    """The `--set key=value` settings of every broker of this cluster (rendered into the ConfigMap)."""
+def listener_protocol(listener: dict[str, Any]) -> str:
+    return "SASL_PLAINTEXT" if listener.get("authentication", "none") != "none" else "PLAINTEXT"
+
+
+def uses_sasl(spec: dict[str, Any]) -> bool:
+    """Some listener authenticates: the brokers get a credentials file (and SCRAM mechanisms)."""
+    return any(listener_protocol(lst) != "PLAINTEXT" for lst in listeners(spec))
+
+
+def authorizer(spec: dict[str, Any]) -> bool:
+    return (spec.get("authorization") or {}).get("type", "none") == "simple"
+
+
+def super_users(spec: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> list[str]:
+    """The operator's own principal first, then spec.authorization.superUsers (no duplicates)."""
+    out = [f"User:{operator_user}"]
+    for user in (spec.get("authorization") or {}).get("superUsers") or []:
+        if user not in out:
+            out.append(user)
+    return out
+
+
+def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> dict[str, str]:
+    """The `--set key=value` settings of every broker of this cluster (rendered into the ConfigMap).
+
+    Listeners: one per spec.listeners entry, named after it (upper-cased) with its protocol in
+    listener.security.protocol.map (each pod advertises its own DNS name on the command line).
+    A listener with authentication adds the SCRAM mechanisms and the credentials file the operator
+    maintains; authorization `simple` turns the authorizer on with the operator as a super user."""
     spec = broker["spec"]
     ns, name = broker["metadata"]["namespace"], broker["metadata"]["name"]
     props: dict[str, str] = {"cluster.id": f"{ns}.{name}", "auto.create.topics.enable": "false"}
+    props["listeners"] = ",".join(f"{lst['name'].upper()}://0.0.0.0:{lst['port']}" for lst in listeners(spec))
+    props["listener.security.protocol.map"] = ",".join(
+        f"{lst['name'].upper()}:{listener_protocol(lst)}" for lst in listeners(spec))
+    if uses_sasl(spec):
+        props["sasl.enabled.mechanisms"] = SASL_MECHANISMS
+        props["sasl.credentials.file"] = f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}"
+    if authorizer(spec):
+        props["authorizer.enable"] = "true"
+        props["super.users"] = ";".join(super_users(spec, operator_user))
     tiered = spec.get("tieredStorage")
     if tiered:
         props["tiered.s3.bucket"] = tiered["bucket"]
@@ -97,9 +141,9 @@ def broker_properties(broker: dict[str, Any]) -> dict[str, str]:
     return dict(sorted(props.items()))
 
 
-def broker_configmap(broker: dict[str, Any]) -> dict[str, Any]:
+def broker_configmap(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> dict[str, Any]:
     names = broker_names(broker["metadata"]["name"])
-    text = "".join(f"{k}={v}\n" for k, v in broker_properties(broker).items())
+    text = "".join(f"{k}={v}\n" for k, v in broker_properties(broker, operator_user).items())
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(broker, names["configmap"], "broker"),
             "data": {"broker.properties": text}}
 
@@ -110,9 +154,28 @@ def broker_serviceaccount(broker: dict[str, Any]) -> dict[str, Any]:
             "metadata": meta(broker, names["serviceaccount"], "broker"), "automountServiceAccountToken": False}
 
 
+def broker_credentials_secret(broker: dict[str, Any], users_file: str) -> dict[str, Any]:
+    """The brokers' credentials file (sasl.credentials.file), maintained by the operator: its own
+    admin user as SCRAM hashes (scram.credentials_file). Microservices' users are not here: they
+    are set with AlterUserScramCredentials. The brokers re-read it when the kubelet updates the volume."""
+    names = broker_names(broker["metadata"]["name"])
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": meta(broker, names["credentials"], "broker"), "stringData": {CREDENTIALS_KEY: users_file}}
+
+
+def port_names(spec: dict[str, Any]) -> list[str]:
+    """Container/Service port names per listener: `kafka` for the first (the probes use it), then
+    the listener's name."""
+    out = ["kafka"]
+    for lst in listeners(spec)[1:]:
+        out.append(lst["name"] if lst["name"] not in out else f"{lst['name'][:13]}-2")
+    return out
+
+
 def broker_services(broker: dict[str, Any]) -> list[dict[str, Any]]:
     names = broker_names(broker["metadata"]["name"])
-    ports = [{"name": "kafka", "port": client_port(broker["spec"]), "targetPort": "kafka", "protocol": "TCP"}]
+    ports = [{"name": pname, "port": int(lst["port"]), "targetPort": pname, "protocol": "TCP"}
+             for pname, lst in zip(port_names(broker["spec"]), listeners(broker["spec"]), strict=True)]
     headless = {"apiVersion": "v1", "kind": "Service", "metadata": meta(broker, names["headless"], "broker"),
                 "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                          "selector": selector(broker, "broker"), "ports": ports}}
@@ -128,19 +191,22 @@ def broker_pdb(broker: dict[str, Any]) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(broker, "broker")}}}
 
 
-def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
+def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> dict[str, Any]:
     """One pod and one PVC per broker. Rolling updates go one broker at a time (maxUnavailable 1),
     each waiting for the previous pod's readiness (the TCP readiness probe on the Kafka port)."""
     spec = broker["spec"]
     name, ns = broker["metadata"]["name"], broker["metadata"]["namespace"]
     names = broker_names(name)
-    port = client_port(spec)
-    config_hash = hashlib.sha256(json.dumps(broker_properties(broker), sort_keys=True).encode()).hexdigest()[:16]
-    # The broker id is the pod's ordinal; it advertises its stable per-pod DNS name.
+    props = broker_properties(broker, operator_user)
+    config_hash = hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()[:16]
+    # The broker id is the pod's ordinal; it advertises its stable per-pod DNS name on every listener
+    # (the listeners themselves are in broker.properties).
+    advertise = "".join(
+        ' --advertise "' + lst["name"].upper() + '://${HOSTNAME}.' + names["headless"] + "." + ns + ".svc:"
+        + str(lst["port"]) + '"' for lst in listeners(spec))
     script = (
         'set -eu; id="${HOSTNAME##*-}"; '
-        'set -- --data-dir ' + DATA_DIR + ' --listen "0.0.0.0:' + str(port) + '" '
-        '--advertise "${HOSTNAME}.' + names["headless"] + "." + ns + '.svc:' + str(port) + '" --broker-id "$id"; '
+        'set -- --data-dir ' + DATA_DIR + advertise + ' --broker-id "$id"; '
         'while IFS= read -r kv; do [ -n "$kv" ] && set -- "$@" --set "$kv"; done < ' + CONFIG_DIR
         + '/broker.properties; exec strata-broker "$@"'
     )
@@ -160,7 +226,8 @@ def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
         "name": "broker",
         "image": spec["image"],
         "command": ["/bin/sh", "-c", script],
-        "ports": [{"name": "kafka", "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": pname, "containerPort": int(lst["port"]), "protocol": "TCP"}
+                  for pname, lst in zip(port_names(spec), listeners(spec), strict=True)],
         "env": env,
         "readinessProbe": {"tcpSocket": {"port": "kafka"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"tcpSocket": {"port": "kafka"}, "initialDelaySeconds": 30, "periodSeconds": 10,
@@ -170,6 +237,12 @@ def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
                          {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": RESTRICTED_CONTAINER,
     }
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": names["configmap"]}},
+                                     {"name": "tmp", "emptyDir": {}}]
+    if uses_sasl(spec):
+        container["volumeMounts"].append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+        volumes.append({"name": "credentials", "secret": {"secretName": names["credentials"],
+                                                          "defaultMode": 0o440}})
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
     if spec.get("resources"):
@@ -198,8 +271,7 @@ def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": RESTRICTED_POD,
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": names["configmap"]}},
-                                {"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
             "volumeClaimTemplates": [{
@@ -211,12 +283,16 @@ def broker_statefulset(broker: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def eventbroker_objects(broker: dict[str, Any]) -> list[dict[str, Any]]:
-    """Everything an EventBroker owns, in apply order. An external broker owns nothing."""
+def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
+                        users_file: str | None = None) -> list[dict[str, Any]]:
+    """Everything an EventBroker owns, in apply order. An external broker owns nothing. With a
+    listener that authenticates, also the credentials Secret (`users_file`: scram.credentials_file;
+    an empty file when None, e.g. before the operator has a password)."""
     if broker["spec"].get("external"):
         return []
-    return [broker_serviceaccount(broker), broker_configmap(broker), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker)]
+    secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
+    return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
+            broker_pdb(broker), broker_statefulset(broker, operator_user)]
 
 
 # -- Microservice --------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """`helm test`: produce one record to the installed broker and consume it back.
 
 Usage: python smoke_test.py BOOTSTRAP TOPIC [TIMEOUT_SECONDS]. Runs in the broker image (which
-carries confluent-kafka); tests/test_chart.py also runs it against a local broker.
+carries confluent-kafka); tests/test_chart.py also runs it against a local broker. Credentials, when
+the broker authenticates, come from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME
+and KAFKA_SASL_PASSWORD (the names a Microservice's Secret uses).
 """
 
+import os
 import sys
 import time
 import uuid
@@ -15,6 +18,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 def main(bootstrap: str, topic: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     conf = {"bootstrap.servers": bootstrap, "client.id": "strata-helm-test"}
+    for env, key in (("KAFKA_SECURITY_PROTOCOL", "security.protocol"), ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+                     ("KAFKA_SASL_USERNAME", "sasl.username"), ("KAFKA_SASL_PASSWORD", "sasl.password")):
+        if os.environ.get(env):
+            conf[key] = os.environ[env]
     admin = AdminClient(conf)
     while True:  # the brokers may still be starting right after `helm install`
         try:

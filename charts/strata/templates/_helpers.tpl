@@ -42,6 +42,16 @@
 {{- printf "%s-bootstrap.%s.svc:%v" (include "strata.brokerName" .) .Release.Namespace (index .Values.eventBroker.listeners 0).port -}}
 {{- end -}}
 
+{{/* The Secret holding the operator's Kafka admin password. */}}
+{{- define "strata.kafkaAdminSecret" -}}
+{{- default (printf "%s-kafka-admin" (include "strata.fullname" .)) .Values.operator.kafka.existingSecret -}}
+{{- end -}}
+
+{{/* Whether the chart's broker authenticates clients on its first listener. */}}
+{{- define "strata.brokerAuthenticates" -}}
+{{- if ne ((index .Values.eventBroker.listeners 0).authentication | default "none") "none" }}true{{ end -}}
+{{- end -}}
+
 {{/* Namespaces the operator watches; empty list = all (cluster scope only). */}}
 {{- define "strata.watchNamespaces" -}}
 {{- if .Values.operator.watchNamespaces -}}
