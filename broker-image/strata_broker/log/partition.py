@@ -62,6 +62,7 @@ class PartitionLog:
         self._waiters: set[asyncio.Future[None]] = set()
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
         self.remote: RemoteManifest | None = None
+        self.manifest_lock = asyncio.Lock()
         # Compaction: offsets below this are clean.
         self.cleaned_offset = 0
 

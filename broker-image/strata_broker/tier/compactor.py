@@ -82,18 +82,19 @@ class RemoteCompactor:
             await self.store.put(new.key(prefix, "timeindex"), timeindex, deadline=120)
             await self.store.put(new.key(prefix, "log"), blob, deadline=300)
             replacements.append(new)
-        current = plog.remote
-        if current is None or current.segments[:len(candidates)] != candidates:
-            log.info("S3 compaction of %s-%d abandoned: the manifest changed meanwhile", plog.topic, plog.partition)
-            return False
-        not_before = now_ms + self.delete_delay_ms
-        garbage = [*current.garbage, *([s.key(prefix, suffix), not_before] for s in candidates
-                                       for suffix in ("log", "index", "timeindex"))]
-        updated = replace(current, segments=[*replacements, *current.segments[len(candidates):]],
-                          cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
-                          version=current.version + 1)
-        await self.store.put(manifest_key(prefix), updated.to_json(), deadline=120)
-        plog.set_remote(updated)
+        async with plog.manifest_lock:
+            current = plog.remote
+            if current is None or current.segments[:len(candidates)] != candidates:
+                log.info("S3 compaction of %s-%d abandoned: the manifest changed meanwhile", plog.topic, plog.partition)
+                return False
+            not_before = now_ms + self.delete_delay_ms
+            garbage = [*current.garbage, *([s.key(prefix, suffix), not_before] for s in candidates
+                                           for suffix in ("log", "index", "timeindex"))]
+            updated = replace(current, segments=[*replacements, *current.segments[len(candidates):]],
+                              cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
+                              version=current.version + 1)
+            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=120)
+            plog.set_remote(updated)
         before = sum(len(d) for d in datas)
         after = sum(s.size for s in replacements)
         elapsed = time.monotonic() - started
@@ -111,12 +112,13 @@ class RemoteCompactor:
         if not due_keys:
             return 0
         await self.store.delete_many(due_keys)
-        current = plog.remote
-        assert current is not None
-        remaining = [[k, t] for k, t in current.garbage if k not in set(due_keys)]
-        updated = replace(current, garbage=remaining, version=current.version + 1)
-        await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
-        plog.set_remote(updated)
+        async with plog.manifest_lock:
+            current = plog.remote
+            assert current is not None
+            remaining = [[k, t] for k, t in current.garbage if k not in set(due_keys)]
+            updated = replace(current, garbage=remaining, version=current.version + 1)
+            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
+            plog.set_remote(updated)
         return len(due_keys)
 
 

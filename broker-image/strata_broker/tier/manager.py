@@ -178,7 +178,8 @@ class TierManager:
             for plog in topic.partitions:
                 if plog.remote is not None:
                     plog.enforce_retention(now_ms)
-                    await self._enforce_total_retention(topic, plog, now_ms)
+                    async with plog.manifest_lock:
+                        await self._enforce_total_retention(topic, plog, now_ms)
 
     def _warn_on_disk_pressure(self) -> None:
         """While uploads lag, the disk fills (KAFKA-19952): say so before it is full."""
@@ -221,14 +222,16 @@ class TierManager:
         await self.store.put(segment_key(prefix, segment.base_offset, last, "timeindex"), timeindex, deadline=120)
         await self._put_log(segment_key(prefix, segment.base_offset, last, "log"), segment)
         snapshot = read_json(os.path.join(plog.directory, snapshot_name(segment.next_offset))) or {}
-        assert plog.remote is not None
-        manifest = replace(plog.remote, segments=[*plog.remote.segments, RemoteSegment(
-            segment.base_offset, last, segment.size, segment.max_timestamp, len(index), len(timeindex))],
-            producer_state=snapshot.get("producers", {}), version=plog.remote.version + 1)
-        if not plog.remote.segments:
-            manifest.log_start_offset = plog.log_start_offset
-        await self.store.put(manifest_key(prefix), manifest.to_json(), deadline=120)
-        plog.set_remote(manifest)
+        # Uploads, compaction, retention and garbage collection all rewrite the manifest: one at a time.
+        async with plog.manifest_lock:
+            assert plog.remote is not None
+            manifest = replace(plog.remote, segments=[*plog.remote.segments, RemoteSegment(
+                segment.base_offset, last, segment.size, segment.max_timestamp, len(index), len(timeindex))],
+                producer_state=snapshot.get("producers", {}), version=plog.remote.version + 1)
+            if not plog.remote.segments:
+                manifest.log_start_offset = plog.log_start_offset
+            await self.store.put(manifest_key(prefix), manifest.to_json(), deadline=120)
+            plog.set_remote(manifest)
         self.uploaded_segments += 1
         log.debug("uploaded %s-%d [%d..%d] (%d bytes)", topic.name, plog.partition, segment.base_offset, last,
                   segment.size)
