@@ -74,7 +74,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
                 result = plog.append(pdata.records)
                 if not result.duplicate:
-                    ctx.broker.meter.produced(ctx.principal, ctx.client_id, topic_data.name, pdata.records)
+                    ctx.broker.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),
+                                              result.last_offset - result.base_offset + 1)
                 response.base_offset = result.base_offset
                 response.log_start_offset = plog.log_start_offset
                 if acks == -1 and tier is not None and plog.remote is not None and plog.config.durability == "s3":
