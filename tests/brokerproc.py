@@ -20,8 +20,10 @@ def free_port() -> int:
 class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None,
                  log_path: Path | None = None, advertise: str | None = None,
-                 env: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None) -> None:
+                 env: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None,
+                 broker_id: int | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.broker_id = broker_id
         # Listeners beside the PLAINTEXT one on `port`: name (SASL_PLAINTEXT, SSL, ...) -> port.
         self.listeners = {name: p or free_port() for name, p in (listeners or {}).items()}
         self.advertise = advertise
@@ -51,6 +53,8 @@ class BrokerProcess:
             cmd += ["--listen", f"{name}://127.0.0.1:{port}"]
         if self.advertise:
             cmd += ["--advertise", self.advertise]
+        if self.broker_id is not None:
+            cmd += ["--broker-id", str(self.broker_id)]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={value}"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import os
 import resource
 import time
 
+from .cluster.member import ClusterMember
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .log.cleaner import Cleaner
@@ -40,6 +41,12 @@ class Broker:
         self.logs = LogManager(data_dir, config)
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.groups: GroupCoordinator | None = None
+        self.cluster: ClusterMember | None = None
+        if config["cluster.placement.file"]:
+            if self.tier is None:
+                raise SystemExit("cluster mode (cluster.placement.file) needs tiered storage: set tiered.s3.bucket")
+            self.cluster = ClusterMember(self, self.tier, config["cluster.placement.file"], config["cluster.lease.ms"])
+            self.tier.leads = self.cluster.leads
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(self, data_dir)
         if self.tier is not None:
@@ -89,17 +96,22 @@ class Broker:
         if self.tier is not None:
             await self.tier.open()
             os.makedirs(os.path.join(self.logs.meta_dir, "topics"), exist_ok=True)
-            await self.tier.restore(self.logs.data_dir, self.logs.meta_dir)
+            if self.cluster is None:
+                await self.tier.restore(self.logs.data_dir, self.logs.meta_dir)
         self.logs.open()
         if self.tier is not None:
             self.tier.attach(self.logs)
-            self.logs.listener = self.tier
-            await self.tier.replay_commit_log()
+            self.logs.listener = self.cluster or self.tier
+            if self.cluster is None:
+                await self.tier.replay_commit_log()
         self.groups = GroupCoordinator(self)
         await self.groups.start()
         _raise_fd_limit()
         for listener in self.listeners:
             await self._listen(listener)
+        if self.cluster is not None:
+            # Partitions arrive through the placement: taken over from the bucket, one by one.
+            await self.cluster.start()
         loop = asyncio.get_running_loop()
         if self.config["sasl.credentials.file"]:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
@@ -192,6 +204,8 @@ class Broker:
             for plog in topic.partitions:
                 if self.closing:
                     return
+                if self.cluster is not None and not self.cluster.leads(topic.name, plog.partition):
+                    continue
                 await self.cleaner.maybe_clean(plog)
                 if plog.remote is not None and self.tier is not None:
                     await self.tier.maybe_compact(topic, plog)
@@ -237,6 +251,8 @@ class Broker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
+        if self.cluster is not None:
+            await self.cluster.stop()
         try:
             # The last window's usage is written before the broker goes (and uploaded if S3 answers).
             await asyncio.wait_for(self.meter.snapshot(), 10.0)

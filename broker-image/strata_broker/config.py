@@ -175,6 +175,11 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
+        # Cluster mode (docs/cluster.md): several brokers, one bucket, placement from a controller.
+        ConfigKey("cluster.placement.file", str, "",
+                  "placement document written by the controller (a mounted ConfigMap); empty = one broker"),
+        ConfigKey("cluster.lease.ms", _int_at_least(300), "9000",
+                  "a broker stops accepting writes this long after its last lease renewal (renewed every third)"),
         ConfigKey("metrics.listen", str, "", "HOST:PORT for Prometheus /metrics; empty = off"),
         ConfigKey("log.cleaner.enable", _bool, "true", "compact topics with cleanup.policy=compact"),
         ConfigKey("metering.snapshot.interval.ms", _int_at_least(100), "60000",

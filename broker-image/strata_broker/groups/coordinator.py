@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import KafkaProtocolError
 from .group import Group, GroupState, JoinResult, Member, SyncResult
-from .offsets import CommittedOffset, OffsetStore
+from .offsets import CommittedOffset, OffsetStore, partition_for
 
 if TYPE_CHECKING:
     from ..broker import Broker
+    from ..log.partition import PartitionLog
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class GroupCoordinator:
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.offsets.cluster = getattr(self.broker, "cluster", None)
+        if self.offsets.cluster is not None:
+            self.offsets.tier = getattr(self.broker, "tier", None)
+            return  # cluster mode: each offsets partition is loaded when this broker takes it over
         await self.offsets.load(getattr(self.broker, "tier", None))
         now_ms = int(time.time() * 1000)
         for group_id in self.offsets.groups():
@@ -93,6 +98,27 @@ class GroupCoordinator:
             for member in group.members.values():
                 member.complete_join(JoinResult(E.COORDINATOR_NOT_AVAILABLE, member.member_id))
                 member.complete_sync(SyncResult(E.COORDINATOR_NOT_AVAILABLE))
+
+    async def partition_acquired(self, plog: PartitionLog) -> None:
+        """Cluster mode: this broker now coordinates the groups stored in this offsets partition."""
+        count = await self.offsets.load_partition(plog)
+        now_ms = int(time.time() * 1000)
+        for group_id in self.offsets.groups():
+            if partition_for(group_id, self.offsets.num_partitions) == plog.partition and group_id not in self.groups:
+                self.groups[group_id] = Group(group_id)
+                self._empty_since[group_id] = now_ms
+        log.info("coordinating the groups of %s-%d (%d record(s) loaded)", plog.topic, plog.partition, count)
+
+    def partition_released(self, partition: int) -> None:
+        """Cluster mode: the groups of this offsets partition are coordinated elsewhere now;
+        their members are told to find the new coordinator."""
+        self.offsets.unload_partition(partition)
+        for group_id in [g for g in self.groups if partition_for(g, self.offsets.num_partitions) == partition]:
+            group = self.groups.pop(group_id)
+            self._empty_since.pop(group_id, None)
+            for member in group.members.values():
+                member.complete_join(JoinResult(E.NOT_COORDINATOR, member.member_id))
+                member.complete_sync(SyncResult(E.NOT_COORDINATOR))
 
     def ensure_offsets_topic(self) -> None:
         try:

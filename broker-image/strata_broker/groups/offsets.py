@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
-from ..log.partition import OffsetInRemoteStorage
+from ..log.partition import OffsetInRemoteStorage, PartitionLog
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class OffsetStore:
         self.num_partitions = num_partitions
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
         self.tier: Any = None
+        self.cluster: Any = None  # cluster mode: the ClusterMember (is this broker still the leader?)
 
     # ---- startup -----------------------------------------------------------------------
 
@@ -150,31 +152,46 @@ class OffsetStore:
         started = time.monotonic()
         count = 0
         for plog in topic.partitions:
-            position = plog.log_start_offset
-            while position < plog.log_end_offset:
-                try:
-                    data = plog.read(position, 1 << 20, always_one=True)
-                except OffsetInRemoteStorage:
-                    if tier is None:
-                        raise
-                    data = await tier.read(topic, plog, position, 1 << 20, True)
-                if not data:
-                    break
-                records = MemoryRecords(bytes(data))
-                while records.has_next():
-                    batch = records.next_batch()
-                    if batch is None:
-                        break
-                    if not getattr(batch, "is_control_batch", False):
-                        for record in batch:
-                            if record.offset >= position:
-                                count += 1
-                                self._apply(record.key, record.value)
-                    position = max(position, batch.next_offset)
+            count += await self.load_partition(plog)
         log.info("loaded %d committed offsets of %d group(s) from %d record(s) of %s in %.3fs",
                  sum(len(v) for v in self.offsets.values()), len(self.offsets), count, OFFSETS_TOPIC,
                  time.monotonic() - started)
         return count
+
+    async def load_partition(self, plog: PartitionLog) -> int:
+        """Replay one partition of the offsets topic (cluster mode: the one just taken over)."""
+        topic = self.logs.topics[OFFSETS_TOPIC]
+        tier = self.tier
+        count = 0
+        position = plog.log_start_offset
+        while position < plog.log_end_offset:
+            try:
+                data = plog.read(position, 1 << 20, always_one=True)
+            except OffsetInRemoteStorage:
+                if tier is None:
+                    raise
+                data = await tier.read(topic, plog, position, 1 << 20, True)
+            if not data:
+                break
+            records = MemoryRecords(bytes(data))
+            while records.has_next():
+                batch = records.next_batch()
+                if batch is None:
+                    break
+                if not getattr(batch, "is_control_batch", False):
+                    for record in batch:
+                        if record.offset >= position:
+                            count += 1
+                            self._apply(record.key, record.value)
+                position = max(position, batch.next_offset)
+        return count
+
+    def unload_partition(self, partition: int) -> list[str]:
+        """Forget the groups stored in one partition (cluster mode: it moved to another broker)."""
+        gone = [g for g in self.offsets if partition_for(g, self.num_partitions) == partition]
+        for group in gone:
+            del self.offsets[group]
+        return gone
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if not key:
@@ -210,7 +227,10 @@ class OffsetStore:
 
     def _ensure_topic(self) -> None:
         if OFFSETS_TOPIC not in self.logs.topics:
-            self.logs.create_topic(OFFSETS_TOPIC, self.num_partitions, dict(OFFSETS_TOPIC_CONFIG), internal=True)
+            # The same id on every broker of a cluster, whichever creates it first.
+            topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"strata:{self.logs.config['cluster.id']}:{OFFSETS_TOPIC}")
+            self.logs.create_topic(OFFSETS_TOPIC, self.num_partitions, dict(OFFSETS_TOPIC_CONFIG), internal=True,
+                                   topic_id=topic_id)
 
     async def write(self, group_id: str, updates: dict[tuple[str, int], CommittedOffset | None]) -> None:
         """Append (tombstones for None), fsync, then apply: acknowledged commits survive a crash."""
@@ -230,7 +250,10 @@ class OffsetStore:
             # With a bucket, a commit is answered once it is in S3: a broker that loses its disk
             # still knows where every group was.
             await self.tier.commit_log.commit(OFFSETS_TOPIC, plog.partition, result.base_offset,
-                                              result.last_offset, result.data)
+                                              result.last_offset, result.data, plog.leader_epoch)
+            cluster = self.cluster
+            if cluster is not None and not cluster.may_ack(OFFSETS_TOPIC, plog.partition, plog.leader_epoch):
+                raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker")
         elif result.segment is not None:
             try:
                 await self.logs.group_commit.sync(result.segment)

@@ -10,6 +10,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -177,7 +178,8 @@ class LogManager:
         )
 
     def create_topic(self, name: str, partitions: int, overrides: dict[str, str],
-                     validate_only: bool = False, internal: bool = False) -> Topic | None:
+                     validate_only: bool = False, internal: bool = False,
+                     topic_id: uuid.UUID | None = None) -> Topic | None:
         validate_topic_name(name)
         if name in self.topics:
             raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
@@ -189,7 +191,7 @@ class LogManager:
             raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
         if validate_only:
             return None
-        topic = Topic(name, uuid.uuid4(), dict(overrides), config, internal=internal)
+        topic = Topic(name, topic_id or uuid.uuid4(), dict(overrides), config, internal=internal)
         for p in range(partitions):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
             topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, config, clean=True))
@@ -200,7 +202,8 @@ class LogManager:
             self.listener.topic_created(topic)
         return topic
 
-    def delete_topic(self, name: str) -> Topic:
+    def delete_topic(self, name: str, notify: bool = True) -> Topic:
+        """notify=False: only this broker's copy goes (cluster mode, the topic was deleted elsewhere)."""
         topic = self.topics.pop(name, None)
         if topic is None:
             raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
@@ -212,7 +215,7 @@ class LogManager:
             os.replace(plog.directory, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         log.info("deleted topic %s", name)
-        if self.listener is not None:
+        if self.listener is not None and notify:
             self.listener.topic_deleted(topic)
         return topic
 
@@ -248,6 +251,62 @@ class LogManager:
         self._write_topic_meta(topic)
         if self.listener is not None:
             self.listener.topic_changed(topic)
+
+    # ---- cluster mode: topics and partitions the placement hands this broker -----------------
+
+    def adopt_topic(self, name: str, topic_id: uuid.UUID, partitions: int, overrides: dict[str, str],
+                    internal: bool = False) -> Topic:
+        """A topic created elsewhere in the cluster: known here with empty partitions, which fill
+        when this broker takes one over. The bucket is not told (it has the topic already)."""
+        existing = self.topics.get(name)
+        if existing is not None:
+            if existing.topic_id == topic_id:
+                return existing
+            self.delete_topic(name, notify=False)
+        topic = Topic(name, topic_id, dict(overrides), self.config.resolve_topic(overrides), internal=internal)
+        for p in range(partitions):
+            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+        self._write_topic_meta(topic)
+        self.topics[name] = topic
+        log.info("topic %s (%d partitions, id %s) placed in the cluster", name, partitions, topic_id)
+        return topic
+
+    def grow_topic(self, name: str, partitions: int) -> None:
+        topic = self.get_topic(name)
+        for p in range(len(topic.partitions), partitions):
+            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+        self._write_topic_meta(topic)
+
+    def set_topic_overrides(self, name: str, overrides: dict[str, str]) -> None:
+        topic = self.get_topic(name)
+        if topic.overrides == overrides:
+            return
+        topic.overrides = dict(overrides)
+        topic.config = self.config.resolve_topic(overrides)
+        for plog in topic.partitions:
+            plog.config = topic.config
+        self._write_topic_meta(topic)
+
+    def replace_partition(self, name: str, partition: int, seed: Callable[[str], None] | None) -> PartitionLog:
+        """Throw this broker's copy of a partition away and open a new one laid out by `seed`
+        (None: empty). Used when leadership arrives (seed from the bucket) or leaves."""
+        topic = self.get_topic(name)
+        old = topic.partitions[partition]
+        old.delete_files()
+        directory = self._partition_dir(name, partition)
+        doomed = f"{directory}.{uuid.uuid4().hex}-delete"
+        if os.path.exists(directory):
+            os.replace(directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+        if seed is not None:
+            seed(directory)
+        plog = PartitionLog.open(directory, name, partition, topic.config, clean=True)
+        topic.partitions[partition] = plog
+        old._wake()  # long polls parked on the old copy look again
+        return plog
 
     def get_topic(self, name: str) -> Topic:
         topic = self.topics.get(name)

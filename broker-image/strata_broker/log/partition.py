@@ -63,6 +63,11 @@ class PartitionLog:
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
         self.remote: RemoteManifest | None = None
         self.manifest_lock = asyncio.Lock()
+        # Cluster mode: the leader epoch this broker holds the partition at, and the ETag of the
+        # manifest version it last wrote or read (manifest writes are conditional on it).
+        self.leader_epoch = 0
+        self.remote_etag: str | None = None
+        self.fenced = False
         # Compaction: offsets below this are clean.
         self.cleaned_offset = 0
 

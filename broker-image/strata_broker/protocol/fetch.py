@@ -75,6 +75,8 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 if not ctx.authorize(OP_READ, RES_TOPIC, topic.topic):
                     raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
                 plog = logs.get_partition(topic.topic, part.partition)
+                if ctx.broker.cluster is not None:
+                    ctx.broker.cluster.check_leader(topic.topic, part.partition)
                 data.high_watermark = plog.high_watermark
                 data.last_stable_offset = plog.high_watermark
                 data.log_start_offset = plog.log_start_offset

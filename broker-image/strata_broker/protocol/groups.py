@@ -61,8 +61,14 @@ TOPIC_AUTHORIZATION_FAILED = 29
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
-def _coordinator(ctx: RequestContext) -> GroupCoordinator | None:
-    return getattr(ctx.broker, "groups", None)
+def _coordinator(ctx: RequestContext, group_id: str | None = None) -> GroupCoordinator | None:
+    """The coordinator, if it runs here and (in a cluster) coordinates `group_id`: clients told
+    it is not available look the coordinator up again."""
+    groups = getattr(ctx.broker, "groups", None)
+    cluster = getattr(ctx.broker, "cluster", None)
+    if groups is not None and group_id is not None and cluster is not None and not cluster.coordinates(group_id):
+        return None
+    return groups
 
 
 def _client_host(ctx: RequestContext) -> str:
@@ -90,21 +96,30 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
         if groups is None:
             return E.COORDINATOR_NOT_AVAILABLE, "the group coordinator is not running"
         groups.ensure_offsets_topic()
+        if broker.cluster is not None and broker.cluster.coordinator_of(key) is None:
+            return E.COORDINATOR_NOT_AVAILABLE, "the offsets topic is not placed yet"
         return E.NONE, None
 
-    def where(error: int) -> tuple[int, str, int]:
-        return (broker.node_id, ctx.advertised_host, ctx.advertised_port) if error == 0 else (-1, "", -1)
+    def where(error: int, key: str) -> tuple[int, str, int]:
+        if error != 0:
+            return -1, "", -1
+        if broker.cluster is not None:
+            # The leader of the group's offsets partition (hash of the group id), as Kafka does.
+            address = broker.cluster.coordinator_of(key)
+            assert address is not None
+            return address.id, address.host, address.port
+        return broker.node_id, ctx.advertised_host, ctx.advertised_port
 
     if ctx.api_version >= 4:
         coordinators = []
         for key in request.coordinator_keys:
             error, message = answer(key)
-            node, host, port = where(error)
+            node, host, port = where(error, key)
             coordinators.append(R.Coordinator(key=key, node_id=node, host=host, port=port, error_code=error,
                                               error_message=message))
         return R(version=ctx.api_version, throttle_time_ms=0, coordinators=coordinators)
     error, message = answer(request.key)
-    node, host, port = where(error)
+    node, host, port = where(error, request.key)
     return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, error_message=message, node_id=node,
              host=host, port=port)
 
@@ -116,7 +131,7 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
 async def handle_join_group(ctx: RequestContext, request: JoinGroupRequest) -> JoinGroupResponse:
     v = ctx.api_version
     R = JoinGroupResponse
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
         error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
         return R(version=v, throttle_time_ms=0, error_code=error, generation_id=-1,
@@ -140,7 +155,7 @@ async def handle_join_group(ctx: RequestContext, request: JoinGroupRequest) -> J
 @api(SyncGroupRequest, SyncGroupResponse, 0, 5)
 async def handle_sync_group(ctx: RequestContext, request: SyncGroupRequest) -> SyncGroupResponse:
     v = ctx.api_version
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
         error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
         return SyncGroupResponse(version=v, throttle_time_ms=0, error_code=error, assignment=b"")
@@ -155,7 +170,7 @@ async def handle_sync_group(ctx: RequestContext, request: SyncGroupRequest) -> S
 
 @api(HeartbeatRequest, HeartbeatResponse, 0, 4)
 async def handle_heartbeat(ctx: RequestContext, request: HeartbeatRequest) -> HeartbeatResponse:
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     if groups is None:
         error = E.COORDINATOR_NOT_AVAILABLE
     elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
@@ -174,7 +189,7 @@ async def handle_leave_group(ctx: RequestContext, request: LeaveGroupRequest) ->
         leaving = [(m.member_id, m.group_instance_id) for m in request.members]
     else:
         leaving = [(request.member_id, None)]
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     if groups is None or not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
         error = E.COORDINATOR_NOT_AVAILABLE if groups is None else GROUP_AUTHORIZATION_FAILED
         return R(version=v, throttle_time_ms=0, error_code=error, members=[])
@@ -193,7 +208,7 @@ async def handle_leave_group(ctx: RequestContext, request: LeaveGroupRequest) ->
 async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse:
     v = ctx.api_version
     R = OffsetCommitResponse
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     offsets: dict[tuple[str, int], CommittedOffset] = {}
     order: list[tuple[str, list[int]]] = []
     now = int(time.time() * 1000)
@@ -233,7 +248,7 @@ async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest
 def _fetch_group(ctx: RequestContext, group_id: str, topics: list[tuple[str, list[int]]] | None
                  ) -> list[tuple[str, list[tuple[int, CommittedOffset | None]]]]:
     """[(topic, [(partition, committed or None)])] for the requested (or all committed) partitions."""
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, group_id)
     if groups is None:
         return []
     wanted = None if topics is None else [(name, p) for name, parts in topics for p in parts]
@@ -256,10 +271,10 @@ def _fetch_group(ctx: RequestContext, group_id: str, topics: list[tuple[str, lis
 async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetchResponse:
     v = ctx.api_version
     R = OffsetFetchResponse
-    error = E.NONE if _coordinator(ctx) is not None else E.COORDINATOR_NOT_AVAILABLE
-
     def group_error(group_id: str) -> int:
-        return error or (0 if ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id) else GROUP_AUTHORIZATION_FAILED)
+        if _coordinator(ctx, group_id) is None:
+            return E.COORDINATOR_NOT_AVAILABLE
+        return 0 if ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id) else GROUP_AUTHORIZATION_FAILED
 
     def part_error(topic: str) -> int:
         return E.NONE if ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic) else TOPIC_AUTHORIZATION_FAILED
@@ -284,7 +299,7 @@ async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) 
     P1 = T1.OffsetFetchResponsePartition
     topics = None if request.topics is None else [(t.name, list(t.partition_indexes)) for t in request.topics]
     g_error = group_error(request.group_id)
-    if g_error == GROUP_AUTHORIZATION_FAILED and v < 2:  # no top-level error code before v2
+    if g_error and v < 2:  # no top-level error code before v2
         return R(version=v, throttle_time_ms=0, error_code=g_error, topics=[
             T1(name=name, partitions=[P1(partition_index=p, committed_offset=-1, committed_leader_epoch=-1,
                                          metadata="", error_code=g_error) for p in parts])
@@ -303,7 +318,7 @@ async def handle_offset_delete(ctx: RequestContext, request: OffsetDeleteRequest
     R = OffsetDeleteResponse
     T = R.OffsetDeleteResponseTopic
     P = T.OffsetDeleteResponsePartition
-    groups = _coordinator(ctx)
+    groups = _coordinator(ctx, request.group_id)
     wanted = [(t.name, p.partition_index) for t in request.topics for p in t.partitions]
     if groups is None:
         error, results = E.COORDINATOR_NOT_AVAILABLE, {}
@@ -357,7 +372,7 @@ async def handle_describe_groups(ctx: RequestContext, request: DescribeGroupsReq
     groups = _coordinator(ctx)
     described = []
     for group_id in request.groups:
-        if groups is None:
+        if groups is None or _coordinator(ctx, group_id) is None:
             described.append(D(error_code=E.COORDINATOR_NOT_AVAILABLE, group_id=group_id, group_state="",
                                protocol_type="", protocol_data="", members=[]))
             continue
@@ -391,7 +406,7 @@ async def handle_delete_groups(ctx: RequestContext, request: DeleteGroupsRequest
     groups = _coordinator(ctx)
     results = []
     for group_id in request.groups_names:
-        if groups is None:
+        if groups is None or _coordinator(ctx, group_id) is None:
             error = E.COORDINATOR_NOT_AVAILABLE
         elif not ctx.authorize(OP_DELETE, RES_GROUP, group_id):
             error = GROUP_AUTHORIZATION_FAILED

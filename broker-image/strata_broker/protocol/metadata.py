@@ -55,15 +55,21 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     for name in names:
         topics.append(_describe_topic(ctx, name, auto_create))
     node = broker.node_id
+    # The address of the listener this client came in on (each listener advertises its own).
+    brokers = [R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port, rack=None)]
+    # One broker is its own controller: admin clients send CreateTopics here.
+    controller = node
+    if broker.cluster is not None and broker.cluster.placement.brokers:
+        # Every broker of the placement; any of them creates topics, the lowest id is named.
+        brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.host, port=b.port, rack=None)
+                   for b in broker.cluster.placement.brokers if b.id != node] + brokers
+        controller = broker.cluster.controller_id()
     return R(
         version=ctx.api_version,
         throttle_time_ms=0,
-        # The address of the listener this client came in on (each listener advertises its own).
-        brokers=[R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port,
-                                          rack=None)],
+        brokers=brokers,
         cluster_id=broker.cluster_id,
-        # One broker is its own controller: admin clients send CreateTopics here.
-        controller_id=node,
+        controller_id=controller,
         topics=topics,
     )
 
@@ -91,11 +97,26 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID,
         else:
             return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION), name=name,
                                            topic_id=_ZERO_UUID, partitions=[])
+    P = R.MetadataResponseTopic.MetadataResponsePartition
     node = broker.node_id
+    if broker.cluster is not None:
+        placement = broker.cluster.placement
+        placed = placement.topics.get(topic.name)
+        if placed is None or str(placed.id) != str(topic.topic_id):
+            return R.MetadataResponseTopic(error_code=int(ErrorCode.LEADER_NOT_AVAILABLE), name=topic.name,
+                                           topic_id=topic.topic_id, is_internal=topic.internal, partitions=[])
+        live = {b.id for b in placement.brokers}
+        partitions = [
+            P(error_code=0 if a.leader in live else int(ErrorCode.LEADER_NOT_AVAILABLE), partition_index=p,
+              leader_id=a.leader if a.leader in live else -1, leader_epoch=a.epoch, replica_nodes=[a.leader],
+              isr_nodes=[a.leader], offline_replicas=[] if a.leader in live else [a.leader])
+            for p, a in enumerate(placed.partitions)
+        ]
+        return R.MetadataResponseTopic(error_code=0, name=topic.name, topic_id=topic.topic_id,
+                                       is_internal=topic.internal, partitions=partitions)
     partitions = [
-        R.MetadataResponseTopic.MetadataResponsePartition(
-            error_code=0, partition_index=p, leader_id=node, leader_epoch=0, replica_nodes=[node],
-            isr_nodes=[node], offline_replicas=[])
+        P(error_code=0, partition_index=p, leader_id=node, leader_epoch=0, replica_nodes=[node],
+          isr_nodes=[node], offline_replicas=[])
         for p in range(len(topic.partitions))
     ]
     return R.MetadataResponseTopic(error_code=0, name=topic.name, topic_id=topic.topic_id,

@@ -31,6 +31,8 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                 if not ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic.name):
                     raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
                 plog = logs.get_partition(topic.name, part.partition_index)
+                if ctx.broker.cluster is not None:
+                    ctx.broker.cluster.check_leader(topic.name, part.partition_index)
                 ts = part.timestamp
                 if ts == LATEST:
                     response.offset = plog.high_watermark

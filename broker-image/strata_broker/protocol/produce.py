@@ -30,14 +30,15 @@ _PartitionResponse = _TopicResponse.PartitionProduceResponse
 def _commit_to_s3(tier: TierManager, topic: str, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
     log_ = tier.commit_log
     if not result.duplicate:
-        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data)
+        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data,
+                           plog.leader_epoch)
     if log_.durable_offset((topic, plog.partition)) >= result.last_offset:
         return log_.wait_durable(topic, plog.partition, result.last_offset)
     try:
         stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
     except OffsetInRemoteStorage:
         return log_.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
-    return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored)
+    return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored, plog.leader_epoch)
 
 
 @api(ProduceRequest, ProduceResponse, 0, 11)
@@ -56,6 +57,10 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     to_sync: set[Segment] = set()
     to_s3: list[tuple[_PartitionResponse, Any]] = []
     tier = ctx.broker.tier
+    cluster = ctx.broker.cluster
+    # Cluster mode: (response, topic, partition, epoch) of writes acknowledged only after a wait,
+    # which must still be led by this broker when the wait ends.
+    held: list[tuple[_PartitionResponse, str, int, int]] = []
     for topic_data in request.topic_data:
         partitions = []
         for pdata in topic_data.partition_data:
@@ -72,6 +77,10 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                                              f"{topic_data.name} is internal: only the broker writes it")
                 if pdata.records is None:
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
+                if cluster is not None:
+                    cluster.check_leader(topic_data.name, pdata.index)
+                    if acks == -1:
+                        held.append((response, topic_data.name, pdata.index, plog.leader_epoch))
                 result = plog.append(pdata.records)
                 if not result.duplicate:
                     ctx.broker.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),
@@ -108,6 +117,9 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
             elif isinstance(outcome, BaseException):
                 log.error("S3 commit failed: %r", outcome)
                 response.error_code = int(ErrorCode.KAFKA_STORAGE_ERROR)
+    for response, topic, partition, epoch in held:
+        if response.error_code == 0 and cluster is not None and not cluster.may_ack(topic, partition, epoch):
+            response.error_code = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
     if acks == 0:
         return None
     return ProduceResponse(

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from ..log.cleaner import CleanerStats, IoBudget, due, group_for_merge
 from ..log.compaction import clean, latest_offsets
 from ..log.segment import Segment
-from .layout import manifest_key
 from .manifest import RemoteManifest, RemoteSegment
+from .publish import publish_manifest
 from .store import ObjectStore
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ class RemoteCompactor:
             updated = replace(current, segments=[*replacements, *current.segments[len(candidates):]],
                               cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
                               version=current.version + 1)
-            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=120)
-            plog.set_remote(updated)
+            await publish_manifest(self.store, plog, prefix, updated, deadline=120)
         before = sum(len(d) for d in datas)
         after = sum(s.size for s in replacements)
         elapsed = time.monotonic() - started
@@ -117,8 +116,7 @@ class RemoteCompactor:
             assert current is not None
             remaining = [[k, t] for k, t in current.garbage if k not in set(due_keys)]
             updated = replace(current, garbage=remaining, version=current.version + 1)
-            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
-            plog.set_remote(updated)
+            await publish_manifest(self.store, plog, prefix, updated, deadline=60)
         return len(due_keys)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from .layout import (
     topics_root,
 )
 from .manifest import RemoteManifest, RemoteSegment
+from .publish import Fenced, publish_manifest
 from .reader import RemoteReader
 from .store import ObjectStore, S3Unavailable
 from .wal import S3CommitLog
@@ -59,11 +61,13 @@ class TierManager:
                                          config["log.cleaner.io.max.bytes.per.second"])
         self.logs: LogManager | None = None
         self._uploads = asyncio.Semaphore(config["tiered.upload.concurrency"])
-        self._busy: set[tuple[str, int]] = set()
+        self.busy: set[tuple[str, int]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.uploaded_segments = 0
         self._last_pressure_log = 0.0
         self.upload_failures = 0
+        # Cluster mode: only partitions this broker leads are uploaded, trimmed and compacted.
+        self.leads: Callable[[str, int], bool] = lambda topic, partition: True
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -86,7 +90,7 @@ class TierManager:
         """Give every tiered partition a manifest (empty until its first upload)."""
         self.logs = logs
         for topic in logs.topics.values():
-            self._attach_topic(topic)
+            self.attach_topic(topic)
 
     async def replay_commit_log(self) -> None:
         assert self.logs is not None
@@ -100,7 +104,7 @@ class TierManager:
                 if plog.remote is not None and plog.remote_end_offset > 0:
                     self.commit_log.mark_durable_up_to((topic.name, plog.partition), plog.remote_end_offset - 1)
 
-    def _attach_topic(self, topic: Topic) -> None:
+    def attach_topic(self, topic: Topic) -> None:
         if not topic.config.remote_storage:
             return
         for plog in topic.partitions:
@@ -122,12 +126,12 @@ class TierManager:
     # ---- topic events (called by the LogManager) ---------------------------------------------
 
     def topic_created(self, topic: Topic) -> None:
-        self._attach_topic(topic)
+        self.attach_topic(topic)
         if topic.config.remote_storage:
             self._spawn(self._put_topic_meta(topic))
 
     def topic_changed(self, topic: Topic) -> None:
-        self._attach_topic(topic)
+        self.attach_topic(topic)
         if topic.config.remote_storage:
             self._spawn(self._put_topic_meta(topic))
 
@@ -163,11 +167,11 @@ class TierManager:
         jobs = []
         for topic in list(self.logs.topics.values()):
             for plog in topic.partitions:
-                if plog.remote is None:
+                if plog.remote is None or not self.leads(topic.name, plog.partition):
                     continue
                 plog.roll_if_older_than(now_ms, interval)
-                if (topic.name, plog.partition) not in self._busy and plog.closed_segments_not_in_remote():
-                    jobs.append(self._upload_partition(topic, plog))
+                if (topic.name, plog.partition) not in self.busy and plog.closed_segments_not_in_remote():
+                    jobs.append(self.upload_partition(topic, plog))
         if jobs:
             await asyncio.gather(*jobs)
             self._mark_uploaded_durable()
@@ -176,7 +180,7 @@ class TierManager:
         self._warn_on_disk_pressure()
         for topic in list(self.logs.topics.values()):
             for plog in topic.partitions:
-                if plog.remote is not None:
+                if plog.remote is not None and self.leads(topic.name, plog.partition):
                     plog.enforce_retention(now_ms)
                     async with plog.manifest_lock:
                         await self._enforce_total_retention(topic, plog, now_ms)
@@ -196,22 +200,24 @@ class TierManager:
         log.warning("local disk %.0f%% full; %d bytes wait for upload to S3 (healthy: %s)",
                     100 * (1 - usage.free / usage.total), waiting, self.store.healthy)
 
-    async def _upload_partition(self, topic: Topic, plog: PartitionLog) -> None:
+    async def upload_partition(self, topic: Topic, plog: PartitionLog) -> None:
         key = (topic.name, plog.partition)
-        self._busy.add(key)
+        self.busy.add(key)
         try:
             for segment in plog.closed_segments_not_in_remote():
                 async with self._uploads:
                     if self.logs is None or self.logs.topics.get(topic.name) is not topic:
                         return  # deleted meanwhile
                     await self._upload_segment(topic, plog, segment)
+        except Fenced:
+            return
         except (S3Unavailable, OSError) as exc:
             self.upload_failures += 1
             lag = plog.log_end_offset - plog.remote_end_offset
             log.warning("upload of %s-%d failed (%s); %d offsets not in S3 yet, kept on disk", topic.name,
                         plog.partition, exc, lag)
         finally:
-            self._busy.discard(key)
+            self.busy.discard(key)
 
     async def _upload_segment(self, topic: Topic, plog: PartitionLog, segment: Segment) -> None:
         prefix = self.partition_prefix(topic, plog.partition)
@@ -230,8 +236,7 @@ class TierManager:
                 producer_state=snapshot.get("producers", {}), version=plog.remote.version + 1)
             if not plog.remote.segments:
                 manifest.log_start_offset = plog.log_start_offset
-            await self.store.put(manifest_key(prefix), manifest.to_json(), deadline=120)
-            plog.set_remote(manifest)
+            await publish_manifest(self.store, plog, prefix, manifest, deadline=120)
         self.uploaded_segments += 1
         log.debug("uploaded %s-%d [%d..%d] (%d bytes)", topic.name, plog.partition, segment.base_offset, last,
                   segment.size)
@@ -287,9 +292,8 @@ class TierManager:
         updated = replace(manifest, segments=remaining, log_start_offset=new_start, version=manifest.version + 1)
         try:
             # The manifest moves first, so no reader is sent to an object that is about to go.
-            await self.store.put(manifest_key(prefix), updated.to_json(), deadline=60)
+            await publish_manifest(self.store, plog, prefix, updated, deadline=60)
             plog.log_start_offset = max(plog.log_start_offset, new_start)
-            plog.set_remote(updated)
             await self.store.delete_many([s.key(prefix, suffix) for s in doomed
                                           for suffix in ("log", "index", "timeindex")])
             log.info("retention removed %d segment(s) of %s-%d from S3; log start offset now %d", len(doomed),
@@ -344,15 +348,7 @@ class TierManager:
                     manifest_key(partition_root(self.prefix, self.cluster, name, topic_id, p)))
                 manifest = (RemoteManifest.from_json(manifest_raw) if manifest_raw
                             else RemoteManifest(name, str(topic_id), p))
-                directory = os.path.join(data_dir, f"{name}-{p}")
-                os.makedirs(directory, exist_ok=True)
-                end = manifest.end_offset
-                write_json_atomic(os.path.join(directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
-                write_json_atomic(os.path.join(directory, PRODUCER_SNAPSHOT),
-                                  {"offset": end, "producers": manifest.producer_state})
-                write_json_atomic(os.path.join(directory, CHECKPOINT), {
-                    "log_start_offset": manifest.log_start_offset, "log_end_offset": end,
-                    "recovery_point": end, "high_watermark": end, "remote_offset": end - 1})
+                seed_partition_dir(os.path.join(data_dir, f"{name}-{p}"), manifest)
             write_json_atomic(local_meta, meta)
             restored += 1
             log.info("restored topic %s (%s partitions) from the bucket", name, meta["partitions"])
@@ -364,6 +360,18 @@ class TierManager:
         assert self.logs is not None
         return {(t.name, p.partition): p.log_end_offset - p.remote_end_offset
                 for t in self.logs.topics.values() for p in t.partitions if p.remote is not None}
+
+
+def seed_partition_dir(directory: str, manifest: RemoteManifest) -> None:
+    """Lay out a partition directory whose log starts where the bucket ends: only the manifest,
+    the producer state and a checkpoint; data stays in S3 until someone fetches it."""
+    os.makedirs(directory, exist_ok=True)
+    end = manifest.end_offset
+    write_json_atomic(os.path.join(directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
+    write_json_atomic(os.path.join(directory, PRODUCER_SNAPSHOT), {"offset": end, "producers": manifest.producer_state})
+    write_json_atomic(os.path.join(directory, CHECKPOINT), {
+        "log_start_offset": manifest.log_start_offset, "log_end_offset": end,
+        "recovery_point": end, "high_watermark": end, "remote_offset": end - 1})
 
 
 def _read_file(path: str) -> bytes:

@@ -38,6 +38,11 @@ class RemoteManifest:
     cleaned_offset: int = 0
     # Objects replaced by compaction, deleted once no reader can still hold them: [key, not-before ms].
     garbage: list[list[Any]] = field(default_factory=list)
+    # Cluster mode: the leader epoch that owns this partition's writes beyond end_offset, and
+    # whether that leader sealed it (uploaded its whole log and let go) for the next one.
+    leader_epoch: int = 0
+    leader_id: int = -1
+    sealed: bool = False
 
     @property
     def end_offset(self) -> int:

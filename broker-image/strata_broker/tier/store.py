@@ -20,6 +20,10 @@ class S3Unavailable(Exception):
     pass
 
 
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object is not the version the writer expected (412)."""
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a botocore ClientError ('' for network errors and the like)."""
     response = getattr(exc, "response", None)
@@ -80,6 +84,8 @@ class ObjectStore:
                 return result
             except Exception as exc:
                 code = error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    raise PreconditionFailed(kwargs.get("Key", "")) from exc
                 if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "InvalidRange"):
                     raise
                 self.failures += 1
@@ -95,6 +101,33 @@ class ObjectStore:
     async def put(self, key: str, body: bytes, deadline: float | None = None) -> None:
         await self._call("put_object", deadline, Key=key, Body=body)
         self.bytes["put"] += len(body)
+
+    async def put_if(self, key: str, body: bytes, etag: str | None, deadline: float | None = None) -> str:
+        """Write only over the version `etag` names (None: only if the key does not exist yet);
+        returns the new ETag. Raises PreconditionFailed when someone else wrote in between."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            response = await self._call("put_object", deadline, Key=key, Body=body, **condition)
+        except PreconditionFailed:
+            # A retried PUT whose first attempt did land finds its own write: that is success.
+            current, current_etag = await self.get_with_etag(key)
+            if current == body and current_etag is not None:
+                return current_etag
+            raise
+        self.bytes["put"] += len(body)
+        return str(response["ETag"])
+
+    async def get_with_etag(self, key: str, deadline: float | None = None) -> tuple[bytes | None, str | None]:
+        try:
+            response = await self._call("get_object", deadline, Key=key)
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        async with response["Body"] as stream:
+            data = await stream.read()
+        self.bytes["get"] += len(data)
+        return data, str(response["ETag"])
 
     async def get(self, key: str, start: int | None = None, end: int | None = None,
                   deadline: float | None = None) -> bytes:

@@ -39,6 +39,7 @@ class _Entry:
     base_offset: int
     last_offset: int
     data: bytes
+    epoch: int = 0  # cluster mode: the leader epoch the batch was written at
 
 
 @dataclass
@@ -51,7 +52,7 @@ def encode_entries(entries: list[_Entry]) -> bytes:
     out = bytearray()
     for e in entries:
         header = json.dumps({"topic": e.topic, "partition": e.partition, "base": e.base_offset,
-                             "last": e.last_offset, "size": len(e.data)}).encode()
+                             "last": e.last_offset, "size": len(e.data), "epoch": e.epoch}).encode()
         out += _LEN.pack(len(header)) + header + e.data
     return bytes(out)
 
@@ -64,13 +65,15 @@ def decode_entries(blob: bytes) -> Iterator[_Entry]:
         pos += 4 + n
         data = blob[pos:pos + header["size"]]
         pos += header["size"]
-        yield _Entry(header["topic"], header["partition"], header["base"], header["last"], data)
+        yield _Entry(header["topic"], header["partition"], header["base"], header["last"], data,
+                     int(header.get("epoch", 0)))
 
 
 class S3CommitLog:
     def __init__(self, store: ObjectStore, prefix: str, cluster: str, broker_id: int, interval_ms: int) -> None:
         self.store = store
         self.root = wal_root(prefix, cluster, broker_id)
+        self.cluster_root = self.root[:self.root.rstrip("/").rindex("/") + 1]  # every broker's commit log
         self.interval = interval_ms / 1000.0
         self._queue: list[_Entry] = []
         self._durable: dict[PartitionKey, int] = {}
@@ -91,8 +94,9 @@ class S3CommitLog:
             self._durable[key] = last_offset
             self._release()
 
-    async def commit(self, topic: str, partition: int, base_offset: int, last_offset: int, data: bytes) -> None:
-        self._queue.append(_Entry(topic, partition, base_offset, last_offset, bytes(data)))
+    async def commit(self, topic: str, partition: int, base_offset: int, last_offset: int, data: bytes,
+                     epoch: int = 0) -> None:
+        self._queue.append(_Entry(topic, partition, base_offset, last_offset, bytes(data), epoch))
         await self.wait_durable(topic, partition, last_offset)
 
     async def wait_durable(self, topic: str, partition: int, last_offset: int) -> None:
@@ -191,3 +195,34 @@ class S3CommitLog:
         if replayed:
             log.info("replayed %d batch(es) from the S3 commit log", replayed)
         return replayed
+
+    async def chain_for(self, topic: str, partition: int, start: int, max_epoch: int) -> list[_Entry]:
+        """Cluster mode, taking a partition over: the batches any broker committed for it from
+        `start` on, at epochs up to `max_epoch`. Where leaders overlap, the newer epoch wins: a
+        leader starts writing where what it took over ends, so anything an older leader wrote
+        past that point was never acknowledged (that leader had lost its lease)."""
+        objects, _ = await self.store.list(self.cluster_root)
+        by_base: dict[int, _Entry] = {}
+        for obj in sorted(objects, key=lambda o: o["Key"]):
+            blob = await self.store.get_or_none(obj["Key"])
+            if blob is None:
+                continue  # trimmed meanwhile: covered by an upload already
+            for entry in decode_entries(blob):
+                if entry.topic != topic or entry.partition != partition or entry.epoch > max_epoch:
+                    continue
+                if entry.last_offset < start:
+                    continue
+                held = by_base.get(entry.base_offset)
+                if held is None or entry.epoch > held.epoch:
+                    by_base[entry.base_offset] = entry
+        chain: list[_Entry] = []
+        position = start
+        while True:
+            candidates = [e for e in by_base.values() if e.base_offset <= position <= e.last_offset]
+            if not candidates:
+                return chain
+            best = max(candidates, key=lambda e: (e.epoch, -e.base_offset))
+            if best.base_offset != position:
+                return chain  # only whole batches continue a log
+            chain.append(best)
+            position = best.last_offset + 1

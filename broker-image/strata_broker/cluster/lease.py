@@ -1,0 +1,48 @@
+"""A broker's lease: an object in the bucket the broker rewrites every renew interval.
+
+The controller calls a broker alive while the object's `renewals` counter keeps changing
+(judged by the controller's own clock, so clocks need not agree), and moves its partitions
+away once it has not changed for lease + grace. The broker, for its part, stops accepting
+writes once `cluster.lease.ms` has passed since the start of its last successful renewal, so
+it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/members/<id>.json`
+
+    {"id": 0, "host": "127.0.0.1", "port": 9092, "renewals": 42, "lease_ms": 9000,
+     "bytes_in": {"orders/3": 1234.5}}          # bytes/s per led partition, for balancing
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tier.layout import cluster_root
+
+
+def members_root(prefix: str, cluster: str) -> str:
+    return cluster_root(prefix, cluster) + "members/"
+
+
+def member_key(prefix: str, cluster: str, node_id: int) -> str:
+    return f"{members_root(prefix, cluster)}{node_id}.json"
+
+
+@dataclass
+class MemberLease:
+    id: int
+    host: str
+    port: int
+    renewals: int = 0
+    lease_ms: int = 9000
+    bytes_in: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"id": self.id, "host": self.host, "port": self.port, "renewals": self.renewals,
+                           "lease_ms": self.lease_ms, "bytes_in": self.bytes_in}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> MemberLease:
+        raw: dict[str, Any] = json.loads(data)
+        return cls(int(raw["id"]), str(raw["host"]), int(raw["port"]), int(raw.get("renewals", 0)),
+                   int(raw.get("lease_ms", 9000)),
+                   {str(k): float(v) for k, v in (raw.get("bytes_in") or {}).items()})
