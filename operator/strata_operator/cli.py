@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import click
 
+from .cluster_cli import cluster
 from .cost_cli import cost
+from .dev_stack import dev
 from .groups_cli import groups
 from .local_stack import local
 from .operator_cli import operator
@@ -21,7 +23,9 @@ def main() -> None:
     """Strata: Kafka-compatible event streaming on Kubernetes."""
 
 
+main.add_command(cluster)
 main.add_command(cost)
+main.add_command(dev)
 main.add_command(groups)
 main.add_command(local)
 main.add_command(operator)

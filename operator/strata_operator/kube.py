@@ -131,3 +131,14 @@ class Kube:
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         return await self.request("DELETE", path(api_version, kind, namespace, name)) is not None
+
+
+async def as_user(fn: Any) -> Any:
+    """`await fn(client)` with a client logged in as whoever runs a CLI command (kubeconfig, or
+    in-cluster): for `strata` subcommands, which act with the user's own permissions, not the
+    operator's RBAC."""
+    client = Kube.login()
+    try:
+        return await fn(client)
+    finally:
+        await client.close()

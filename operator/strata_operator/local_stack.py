@@ -197,6 +197,72 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
         proc.wait()
 
 
+stop_process = _stop
+
+
+# ---- pieces shared with `strata dev` (dev_stack.py) -----------------------------------------
+
+
+def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
+    """--set KEY=VALUE options -> dict (click.BadParameter on a malformed one)."""
+    extra: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        extra[key.strip()] = value.strip()
+    return extra
+
+
+def check_ports_free(ports: dict[int, str]) -> None:
+    """port -> what uses it (for the message); ClickException when one is taken or two are equal."""
+    if len(set(ports)) != len(ports):
+        raise click.UsageError("the ports must differ: " + ", ".join(f"{what}={p}" for p, what in ports.items()))
+    for p, what in ports.items():
+        if not port_free(p):
+            raise click.ClickException(f"127.0.0.1:{p} ({what}) is in use; stop what listens there or pick "
+                                       "another port")
+
+
+def start_s3(root: Path, s3_port: int, bucket: str, stop: threading.Event | None = None
+             ) -> subprocess.Popen[bytes]:
+    """moto's S3 server on 127.0.0.1:s3_port (log in root/moto.log), listening, with the bucket.
+    The caller stops it (stop_process) whatever happens, including when this raises."""
+    with open(root / "moto.log", "ab") as moto_log:
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                                stdout=moto_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        wait_listening(s3_port, moto, 30, "the S3 endpoint (moto)", stop)
+        client = s3_client(f"http://127.0.0.1:{s3_port}")
+        try:
+            client.create_bucket(Bucket=bucket)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+    except BaseException:
+        _stop(moto, 15)
+        raise
+    return moto
+
+
+def broker_env() -> dict[str, str]:
+    """The environment of a local broker: this one, with moto's dummy credentials."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    env.update(DUMMY_CREDENTIALS)
+    return env
+
+
+def start_broker(data_dir: Path, port: int, settings: dict[str, str], extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m strata_broker.cli` on 127.0.0.1:port with `--set` settings (not waited for)."""
+    cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+           *extra_args]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={value}"]
+    return subprocess.Popen(cmd, env=env or broker_env(), stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+
+
 @click.command("local")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Broker data under DIR/broker-0, the bucket's mirror under DIR/s3, moto's log in DIR/moto.log.")
@@ -211,18 +277,10 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
 def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_bytes: int,
           settings: tuple[str, ...], no_mirror: bool) -> None:
     """Run a broker with tiered storage and an embedded S3 endpoint (moto) on loopback."""
-    extra: dict[str, str] = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        extra[key.strip()] = value.strip()
+    extra = parse_settings(settings)
     if port == s3_port:
         raise click.UsageError("--port and --s3-port must differ")
-    for p, what in ((port, "--port"), (s3_port, "--s3-port")):
-        if not port_free(p):
-            raise click.ClickException(f"127.0.0.1:{p} ({what}) is in use; stop what listens there or pick "
-                                       "another port")
+    check_ports_free({port: "--port", s3_port: "--s3-port"})
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     endpoint = f"http://127.0.0.1:{s3_port}"
@@ -238,26 +296,11 @@ def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_b
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
-        with open(root / "moto.log", "ab") as moto_log:
-            moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                                    stdout=moto_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
-        wait_listening(s3_port, moto, 30, "the S3 endpoint (moto)", stop)
-        client = s3_client(endpoint)
-        try:
-            client.create_bucket(Bucket=bucket)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
+        moto = start_s3(root, s3_port, bucket, stop)
         restored = mirror.restore() if mirror is not None else 0
 
-        env = {k: v for k, v in os.environ.items() if k not in ("AWS_SESSION_TOKEN", "AWS_PROFILE")}
-        env.update(DUMMY_CREDENTIALS)
-        cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(root / "broker-0"),
-               "--listen", f"127.0.0.1:{port}"]
-        for key, value in {**local_settings(bucket, endpoint, local_retention_bytes), **extra}.items():
-            cmd += ["--set", f"{key}={value}"]
-        broker = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                  preexec_fn=_die_with_parent)
+        broker = start_broker(root / "broker-0", port,
+                              {**local_settings(bucket, endpoint, local_retention_bytes), **extra})
         wait_listening(port, broker, 120, "the broker", stop)
         if mirror is not None:
             mirror_thread = threading.Thread(target=mirror.run, args=(stop,), name="bucket-mirror", daemon=True)

@@ -27,6 +27,7 @@ def operator(ctx: click.Context, namespaces: tuple[str, ...], liveness: str, sta
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
+    from .cluster import handlers as cluster_handlers  # noqa: F401 - the placement timer
 
     kopf.configure(verbose=verbose)
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.WARNING)

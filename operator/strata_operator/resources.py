@@ -138,6 +138,10 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
             props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
     props.update(spec.get("topicDefaults") or {})
     props.update(spec.get("config") or {})
+    from .cluster import kube_objects
+
+    if kube_objects.clustered(broker):  # placement from the ConfigMap the operator's controller publishes
+        props["cluster.placement.file"] = kube_objects.PLACEMENT_FILE
     return dict(sorted(props.items()))
 
 
@@ -243,6 +247,12 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
         container["volumeMounts"].append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
         volumes.append({"name": "credentials", "secret": {"secretName": names["credentials"],
                                                           "defaultMode": 0o440}})
+    from .cluster import kube_objects
+
+    if kube_objects.clustered(broker):
+        volume, mount = kube_objects.placement_volume(broker)
+        container["volumeMounts"].append(mount)
+        volumes.append(volume)
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
     if spec.get("resources"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..errors import ErrorCode, KafkaProtocolError
 from ..groups.offsets import OFFSETS_TOPIC, partition_for
 from ..log.files import read_json, write_json_atomic
-from ..tier.layout import manifest_key
+from ..tier.layout import manifest_key, parse_topic_dir, topic_meta_key, topics_root
 from ..tier.manager import seed_partition_dir
 from ..tier.manifest import RemoteManifest
 from ..tier.publish import Fenced, publish_manifest
@@ -189,6 +189,19 @@ class ClusterMember:
     def controller_id(self) -> int:
         ids = [b.id for b in self.placement.brokers]
         return min(ids) if ids else self.node_id
+
+    async def exists_elsewhere(self, name: str) -> bool:
+        """Whether the cluster has this topic though this broker has not adopted it yet."""
+        if name in self.placement.topics:
+            return True
+        root = topics_root(self.tier.prefix, self.tier.cluster)
+        _, dirs = await self.tier.store.list(f"{root}{name}-", delimiter="/")
+        for d in dirs:
+            parsed = parse_topic_dir(d[len(root):].rstrip("/"))
+            if parsed is not None and parsed[0] == name and await self.tier.store.get_or_none(
+                    topic_meta_key(self.tier.prefix, self.tier.cluster, name, parsed[1])) is not None:
+                return True
+        return False
 
     def _plog(self, topic: str, partition: int) -> PartitionLog | None:
         t = self.broker.logs.topics.get(topic)

@@ -53,6 +53,9 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
             if partitions == -1:
                 partitions = len(topic.assignments) or ctx.broker.config["num.partitions"]
             overrides = {c.name: c.value for c in topic.configs if c.value is not None}
+            cluster = ctx.broker.cluster
+            if cluster is not None and topic.name not in logs.topics and await cluster.exists_elsewhere(topic.name):
+                raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {topic.name!r} already exists")
             created = logs.create_topic(topic.name, partitions, overrides, validate_only=request.validate_only)
             result.num_partitions = partitions
             result.replication_factor = 1

@@ -53,7 +53,11 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
         auto_create = ctx.api_version < 4 or bool(request.allow_auto_topic_creation)
     topics = []
     for name in names:
-        topics.append(_describe_topic(ctx, name, auto_create))
+        # Cluster mode: a topic this broker has not heard of yet may exist already; it is not
+        # created twice (the client asks again once the placement has reached this broker).
+        elsewhere = (auto_create and broker.cluster is not None and isinstance(name, str)
+                     and name not in logs.topics and await broker.cluster.exists_elsewhere(name))
+        topics.append(_describe_topic(ctx, name, auto_create and not elsewhere, elsewhere))
     node = broker.node_id
     # The address of the listener this client came in on (each listener advertises its own).
     brokers = [R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port, rack=None)]
@@ -74,8 +78,8 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     )
 
 
-def _describe_topic(ctx: RequestContext, name: str | uuid.UUID,
-                    auto_create: bool) -> MetadataResponse.MetadataResponseTopic:
+def _describe_topic(ctx: RequestContext, name: str | uuid.UUID, auto_create: bool,
+                    elsewhere: bool = False) -> MetadataResponse.MetadataResponseTopic:
     R = MetadataResponse
     broker = ctx.broker
     logs = broker.logs
@@ -86,6 +90,9 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID,
         return R.MetadataResponseTopic(error_code=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED), name=name,
                                        topic_id=_ZERO_UUID, partitions=[])
     topic = logs.topics.get(name)
+    if topic is None and elsewhere:
+        return R.MetadataResponseTopic(error_code=int(ErrorCode.LEADER_NOT_AVAILABLE), name=name,
+                                       topic_id=_ZERO_UUID, partitions=[])
     if topic is None:
         try:
             validate_topic_name(name)
@@ -131,6 +138,13 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
         return R(version=ctx.api_version, error_code=int(ErrorCode.INVALID_REQUEST),
                  error_message="only broker endpoints (type 1) are served", cluster_id=broker.cluster_id,
                  controller_id=broker.node_id, brokers=[], endpoint_type=request.endpoint_type)
+    brokers = [R.DescribeClusterBroker(broker_id=broker.node_id, host=ctx.advertised_host,
+                                       port=ctx.advertised_port, rack=None)]
+    controller = broker.node_id
+    if broker.cluster is not None:
+        brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.host, port=b.port, rack=None)
+                    for b in broker.cluster.placement.brokers if b.id != broker.node_id]
+        controller = broker.cluster.controller_id()
     return R(
         version=ctx.api_version,
         throttle_time_ms=0,
@@ -138,7 +152,6 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
         error_message=None,
         endpoint_type=1,
         cluster_id=broker.cluster_id,
-        controller_id=broker.node_id,
-        brokers=[R.DescribeClusterBroker(broker_id=broker.node_id, host=ctx.advertised_host,
-                                         port=ctx.advertised_port, rack=None)],
+        controller_id=controller,
+        brokers=brokers,
     )
