@@ -19,8 +19,9 @@ from strata_broker.cluster.placement import Placement, read_placement
 
 class Cluster:
     def __init__(self, root: Path, bucket: S3Bucket, brokers: int = 3, lease_ms: int = 1500, grace_ms: int = 1500,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None) -> None:
         self.root = root
+        self.listeners = listeners or {}
         self.bucket = bucket
         self.lease_ms = lease_ms
         self.grace_ms = grace_ms
@@ -44,7 +45,7 @@ class Cluster:
     def _new_broker(self) -> BrokerProcess:
         i = len(self.brokers)
         broker = BrokerProcess(self.root / f"broker-{i}", broker_id=i, env=dict(CREDENTIALS),
-                               settings=dict(self.settings))
+                               settings=dict(self.settings), listeners=dict(self.listeners))
         self.brokers.append(broker)
         return broker
 

@@ -15,7 +15,21 @@ from pathlib import Path
 import aiokafka
 import confluent_kafka
 import pytest
+import secutil
 from clusterharness import Cluster
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 from hostile_frames import produce, record_batch
 from kafka import KafkaConsumer
 from kafkaclients import PRODUCERS, Record, create_topic
@@ -327,3 +341,52 @@ def test_stale_leader_cannot_accept_writes(cluster_factory) -> None:  # type: ig
     # the one written after the move; nothing the stale broker was sent.
     seen = read_all(cluster.bootstrap, topic, 3, 2, timeout=20)
     assert sorted(r.offset for r in seen if r.partition == partition) == [0, 1], cluster.logs()
+
+
+def test_credentials_and_acls_set_on_one_broker_hold_on_every_broker(cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    creds = tmp_path / "users.json"
+    secutil.write_credentials(creds, {"admin": "admin-pw"})
+    cluster = cluster_factory(3, listeners={"SASL_PLAINTEXT": None}, settings={
+        "sasl.credentials.file": str(creds), "authorizer.enable": "true", "super.users": "User:admin"})
+    sasl = [b.address("SASL_PLAINTEXT") for b in cluster.brokers]
+    admin = AdminClient(secutil.confluent(sasl[0], secutil.Auth("SASL_PLAINTEXT", "SCRAM-SHA-512", "admin",
+                                                                "admin-pw")))
+    topic = "secured"
+    for f in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+        f.result(30)
+    assert sorted(cluster.wait_placed(topic, 3)) == [0, 1, 2]
+    # A user and its ACL, created through broker 0 ...
+    for f in admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            "svc", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), b"svc-pw")]).values():
+        f.result(30)
+    binding = AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:svc", "*",
+                         AclOperation.WRITE, AclPermissionType.ALLOW)
+    admin.create_acls([binding])[binding].result(30)
+
+    def produce_everywhere() -> list[str]:
+        """svc, bootstrapping from broker 2 only, writes to every partition (so to every broker)."""
+        producer = confluent_kafka.Producer({**secutil.confluent(sasl[2], secutil.Auth(
+            "SASL_PLAINTEXT", "SCRAM-SHA-512", "svc", "svc-pw")), "message.timeout.ms": 8000, "retries": 0})
+        errors: list[str] = []
+        for p in range(3):
+            producer.produce(topic, value=b"v", partition=p,
+                             on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+        producer.flush(20)
+        return errors
+
+    # ... authenticate and authorize on brokers 1 and 2 as well (within a second or so).
+    deadline = time.monotonic() + 20
+    while (errors := produce_everywhere()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not errors, errors
+    # Deleted through broker 1: no broker lets svc write any more.
+    admin1 = AdminClient(secutil.confluent(sasl[1], secutil.Auth("SASL_PLAINTEXT", "SCRAM-SHA-512", "admin",
+                                                                 "admin-pw")))
+    for f in admin1.delete_acls([AclBindingFilter(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL,
+                                                  "User:svc", "*", AclOperation.ANY,
+                                                  AclPermissionType.ANY)]).values():
+        f.result(30)
+    deadline = time.monotonic() + 20
+    while len(errors := produce_everywhere()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(errors) == 3 and all("AUTHORIZATION" in e for e in errors), errors

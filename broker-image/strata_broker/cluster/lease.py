@@ -7,7 +7,8 @@ writes once `cluster.lease.ms` has passed since the start of its last successful
 it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/members/<id>.json`
 
     {"id": 0, "host": "127.0.0.1", "port": 9092, "renewals": 42, "lease_ms": 9000,
-     "bytes_in": {"orders/3": 1234.5}}          # bytes/s per led partition, for balancing
+     "bytes_in": {"orders/3": 1234.5},          # bytes/s per led partition, for balancing
+     "endpoints": {"PLAINTEXT": ["127.0.0.1", 9092], "SASL_SSL": ["127.0.0.1", 9093]}}
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ class MemberLease:
     renewals: int = 0
     lease_ms: int = 9000
     bytes_in: dict[str, float] = field(default_factory=dict)
+    endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)  # listener name -> advertised address
 
     def to_json(self) -> bytes:
         return json.dumps({"id": self.id, "host": self.host, "port": self.port, "renewals": self.renewals,
-                           "lease_ms": self.lease_ms, "bytes_in": self.bytes_in}, sort_keys=True).encode()
+                           "lease_ms": self.lease_ms, "bytes_in": self.bytes_in,
+                           "endpoints": {n: list(a) for n, a in self.endpoints.items()}}, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> MemberLease:
         raw: dict[str, Any] = json.loads(data)
         return cls(int(raw["id"]), str(raw["host"]), int(raw["port"]), int(raw.get("renewals", 0)),
                    int(raw.get("lease_ms", 9000)),
-                   {str(k): float(v) for k, v in (raw.get("bytes_in") or {}).items()})
+                   {str(k): float(v) for k, v in (raw.get("bytes_in") or {}).items()},
+                   {str(n): (str(a[0]), int(a[1])) for n, a in (raw.get("endpoints") or {}).items()})

@@ -33,6 +33,7 @@ from ..tier.manifest import RemoteManifest
 from ..tier.publish import Fenced, publish_manifest
 from .lease import MemberLease, member_key
 from .placement import BrokerAddress, Placement, read_placement
+from .shared import SharedDocuments
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -74,6 +75,7 @@ class ClusterMember:
         self._dirty = False  # a hand-over ended: look at the placement again even if it did not change
         self.moves_in = 0
         self.moves_out = 0
+        self.shared: SharedDocuments | None = None  # ACLs, credentials, quotas: set up at start
 
     # ---- lease and placement ----------------------------------------------------------------
 
@@ -81,6 +83,10 @@ class ClusterMember:
         return time.monotonic() < self._valid_until
 
     async def start(self) -> None:
+        broker = self.broker
+        self.shared = SharedDocuments(self.tier.store, self.tier.prefix, self.tier.cluster, {
+            "acls": broker.authorizer, "scram-credentials": broker.credentials, "quotas": broker.quotas})
+        await self.shared.start()
         if not await self._renew():
             raise SystemExit("cluster mode: could not write this broker's lease to the bucket")
         self._read_placement()
@@ -96,7 +102,8 @@ class ClusterMember:
         lst = self.broker.listeners[0]
         self._renewals += 1
         lease = MemberLease(self.node_id, lst.advertised_host, lst.advertised_port, self._renewals, self.lease_ms,
-                            self._measure_bytes_in(started))
+                            self._measure_bytes_in(started),
+                            {x.name: (x.advertised_host, x.advertised_port) for x in self.broker.listeners})
         try:
             await self.tier.store.put(member_key(self.tier.prefix, self.tier.cluster, self.node_id), lease.to_json(),
                                       deadline=self.lease_ms / 2000.0)
@@ -439,6 +446,8 @@ class ClusterMember:
         """Hand every partition back sealed, so successors start at once, then drop the lease."""
         for task in self._tasks:
             task.cancel()
+        if self.shared is not None:
+            self.shared.stop()
         self._stopping = True
         releases = []
         for key, role in list(self.roles.items()):

@@ -26,6 +26,15 @@ class BrokerAddress:
     id: int
     host: str
     port: int
+    # Every listener's advertised address, by listener name, for brokers with several.
+    endpoints: tuple[tuple[str, str, int], ...] = ()
+
+    def on(self, listener: str) -> tuple[str, int]:
+        """The address clients of the named listener reach this broker at."""
+        for name, host, port in self.endpoints:
+            if name == listener:
+                return host, port
+        return self.host, self.port
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,9 @@ class Placement:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "brokers": [{"id": b.id, "host": b.host, "port": b.port} for b in self.brokers],
+            "brokers": [{"id": b.id, "host": b.host, "port": b.port,
+                         **({"endpoints": {n: [h, p] for n, h, p in b.endpoints}} if b.endpoints else {})}
+                        for b in self.brokers],
             "topics": {name: {"id": t.id, "configs": dict(t.configs),
                               "partitions": [{"leader": a.leader, "epoch": a.epoch} for a in t.partitions]}
                        for name, t in sorted(self.topics.items())},
@@ -80,7 +91,9 @@ class Placement:
     def from_dict(cls, raw: dict[str, Any]) -> Placement:
         return cls(
             version=int(raw.get("version", 0)),
-            brokers=tuple(BrokerAddress(int(b["id"]), str(b["host"]), int(b["port"]))
+            brokers=tuple(BrokerAddress(int(b["id"]), str(b["host"]), int(b["port"]),
+                                        tuple((str(n), str(a[0]), int(a[1]))
+                                              for n, a in sorted((b.get("endpoints") or {}).items())))
                           for b in raw.get("brokers", [])),
             topics={str(name): TopicPlacement(
                 id=str(t["id"]),

@@ -65,7 +65,8 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     controller = node
     if broker.cluster is not None and broker.cluster.placement.brokers:
         # Every broker of the placement; any of them creates topics, the lowest id is named.
-        brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.host, port=b.port, rack=None)
+        name = ctx.conn.listener.name if ctx.conn is not None and ctx.conn.listener is not None else ""
+        brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
                    for b in broker.cluster.placement.brokers if b.id != node] + brokers
         controller = broker.cluster.controller_id()
     return R(
@@ -142,7 +143,8 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
                                        port=ctx.advertised_port, rack=None)]
     controller = broker.node_id
     if broker.cluster is not None:
-        brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.host, port=b.port, rack=None)
+        name = ctx.conn.listener.name if ctx.conn is not None and ctx.conn.listener is not None else ""
+        brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
                     for b in broker.cluster.placement.brokers if b.id != broker.node_id]
         controller = broker.cluster.controller_id()
     return R(

@@ -123,7 +123,15 @@ async def handle_create_acls(ctx: RequestContext, request: CreateAclsRequest) ->
     if valid:
         ctx.broker.authorizer.add(valid)
         log.info("%s created ACLs: %s", ctx.principal, valid)
+        await _share(ctx)
     return R(version=ctx.api_version, throttle_time_ms=0, results=results)
+
+
+async def _share(ctx: RequestContext) -> None:
+    """Cluster mode: the change is in the bucket before it is answered; the other brokers load
+    it within a second."""
+    if ctx.broker.cluster is not None and ctx.broker.cluster.shared is not None:
+        await ctx.broker.cluster.shared.flush()
 
 
 def _filter(f) -> A.AclFilter:  # type: ignore[no-untyped-def]
@@ -179,6 +187,7 @@ async def handle_delete_acls(ctx: RequestContext, request: DeleteAclsRequest) ->
             M(error_code=0, error_message=None, resource_type=a.resource_type, resource_name=a.resource_name,
               pattern_type=a.pattern_type, principal=a.principal, host=a.host, operation=a.operation,
               permission_type=a.permission) for a in gone]))
+    await _share(ctx)
     return R(version=ctx.api_version, throttle_time_ms=0, filter_results=results)
 
 
@@ -261,6 +270,7 @@ async def handle_alter_user_scram_credentials(
                                                          else ""))
     if applied:
         store.save()
+        await _share(ctx)
     return R(version=0, throttle_time_ms=0, results=[
         Res(user=name, error_code=int(errors[name][0]) if name in errors else 0,
             error_message=errors[name][1] if name in errors else None) for name in order])
@@ -319,4 +329,5 @@ async def handle_alter_client_quotas(ctx: RequestContext,
     if changed:
         quotas.save()
         log.info("%s altered client quotas", ctx.principal)
+        await _share(ctx)
     return R(version=ctx.api_version, throttle_time_ms=0, entries=results)

@@ -9,9 +9,12 @@ if `allow.everyone.if.no.acl.found`. ACLs persist in `<data-dir>/__meta/acls.jso
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..log.files import read_json, write_json_atomic
 
@@ -126,6 +129,8 @@ class Authorizer:
         self._acls: set[Acl] = set()
         self._by_type: dict[int, list[Acl]] = {}
         self._cache: dict[tuple[str, str, int, int, str], bool] = {}
+        # Cluster mode: told after every change, so the change reaches the other brokers.
+        self.on_change: Callable[[], None] | None = None
         if self._path:
             for entry in read_json(self._path) or []:
                 try:
@@ -148,10 +153,32 @@ class Authorizer:
         self._by_type = by_type
         self._cache = {}
 
-    def _save(self) -> None:
+    def _save(self, notify: bool = True) -> None:
         if self._path:
             write_json_atomic(self._path, sorted((asdict(a) for a in self._acls),
                                                  key=lambda d: tuple(str(v) for v in d.values())))
+        if notify and self.on_change is not None:
+            self.on_change()
+
+    # ---- cluster mode: the same ACLs on every broker (strata_broker.cluster.shared) ----------
+
+    def shared_entries(self) -> dict[str, Any]:
+        return {json.dumps(asdict(a), sort_keys=True): True for a in self._acls}
+
+    def load_shared(self, entries: dict[str, Any]) -> None:
+        acls = set()
+        for key in entries:
+            try:
+                acl = Acl(**json.loads(key))
+                acl.validate()
+            except (TypeError, ValueError, InvalidAcl) as exc:
+                log.error("ignoring a shared ACL %r: %s", key, exc)
+                continue
+            acls.add(acl)
+        if acls != self._acls:
+            self._acls = acls
+            self._reindex()
+            self._save(notify=False)
 
     # ---- decisions --------------------------------------------------------------------------
 

@@ -17,8 +17,10 @@ of those is authenticated with them only, never with the file.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..log.files import read_json, write_json_atomic
@@ -37,6 +39,8 @@ class CredentialStore:
         self._derived: dict[tuple[str, str, str], ScramCredential] = {}
         self.api_scram: dict[str, dict[str, ScramCredential]] = {}
         self.reloads = 0
+        # Cluster mode: told after every change, so the change reaches the other brokers.
+        self.on_change: Callable[[], None] | None = None
         if self._api_path:
             data = read_json(self._api_path) or {}
             for user, mechs in data.get("users", {}).items():
@@ -149,7 +153,29 @@ class CredentialStore:
             del self.api_scram[user]
         return True
 
-    def save(self) -> None:
+    def save(self, notify: bool = True) -> None:
         if self._api_path:
             write_json_atomic(self._api_path, {"users": {
                 user: {m: c.to_json() for m, c in mechs.items()} for user, mechs in self.api_scram.items()}})
+        if notify and self.on_change is not None:
+            self.on_change()
+
+    # ---- cluster mode: the same SCRAM credentials on every broker ----------------------------
+
+    def shared_entries(self) -> dict[str, Any]:
+        return {json.dumps([user, mech]): cred.to_json() for user, mechs in self.api_scram.items()
+                for mech, cred in mechs.items()}
+
+    def load_shared(self, entries: dict[str, Any]) -> None:
+        scram: dict[str, dict[str, ScramCredential]] = {}
+        for key, cred in entries.items():
+            try:
+                user, mech = json.loads(key)
+                if mech in HASHES:
+                    scram.setdefault(user, {})[mech] = ScramCredential.from_json(cred)
+            except (TypeError, ValueError, KeyError) as exc:
+                log.error("ignoring a shared SCRAM credential %r: %s", key, exc)
+        if self.shared_entries() != {json.dumps([u, m]): c.to_json() for u, ms in scram.items()
+                                     for m, c in ms.items()}:
+            self.api_scram = scram
+            self.save(notify=False)

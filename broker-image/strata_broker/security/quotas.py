@@ -15,10 +15,14 @@ burst one window's worth of bytes, not ten, so the measured rate tracks the quot
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..log.files import read_json, write_json_atomic
 
@@ -27,6 +31,8 @@ CONSUMER = "consumer_byte_rate"
 REQUEST_PERCENTAGE = "request_percentage"  # accepted and stored; not enforced
 KEYS = (PRODUCER, CONSUMER, REQUEST_PERCENTAGE)
 ENTITY_TYPES = ("user", "client-id")
+
+log = logging.getLogger(__name__)
 
 Entity = tuple[tuple[str, str | None], ...]  # sorted ((type, name or None for default), ...)
 
@@ -62,6 +68,8 @@ class QuotaManager:
         self.entries: dict[Entity, dict[str, float]] = {}
         self._sensors: dict[tuple[str, str, str], _Sensor] = {}
         self.throttled_ms_total = 0
+        # Cluster mode: told after every change, so the change reaches the other brokers.
+        self.on_change: Callable[[], None] | None = None
         if self._path:
             for item in read_json(self._path) or []:
                 entity = make_entity({k: v for k, v in item["entity"].items() if k in ENTITY_TYPES})
@@ -73,10 +81,33 @@ class QuotaManager:
     def active(self) -> bool:
         return bool(self.entries)
 
-    def save(self) -> None:
+    def save(self, notify: bool = True) -> None:
         if self._path:
             write_json_atomic(self._path, [{"entity": dict(e), "values": v} for e, v in sorted(
                 self.entries.items(), key=lambda kv: str(kv[0]))])
+        if notify and self.on_change is not None:
+            self.on_change()
+
+    # ---- cluster mode: the same quotas on every broker ---------------------------------------
+
+    def shared_entries(self) -> dict[str, Any]:
+        return {json.dumps([list(pair) for pair in entity]): dict(values) for entity, values in self.entries.items()}
+
+    def load_shared(self, entries: dict[str, Any]) -> None:
+        loaded: dict[Entity, dict[str, float]] = {}
+        for key, values in entries.items():
+            try:
+                entity = make_entity({k: v for k, v in json.loads(key) if k in ENTITY_TYPES})
+                vals = {k: float(v) for k, v in values.items() if k in KEYS}
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.error("ignoring a shared quota %r: %s", key, exc)
+                continue
+            if entity and vals:
+                loaded[entity] = vals
+        if loaded != self.entries:
+            self.entries = loaded
+            self._sensors = {}
+            self.save(notify=False)
 
     def resolve(self, key: str, user: str, client_id: str) -> tuple[float, tuple[str, str]] | None:
         """(quota, bucket) for this user and client id, or None when no quota applies."""

@@ -243,7 +243,8 @@ class Liveness:
             changed_at = now if prev is None or prev[0] != lease.renewals or blind else prev[1]
             seen[node] = (lease.renewals, changed_at)
             if now - changed_at <= (lease.lease_ms + self.grace_ms) / 1000:
-                live.append(BrokerAddress(lease.id, lease.host, lease.port))
+                live.append(BrokerAddress(lease.id, lease.host, lease.port,
+                                          tuple((n, h, p) for n, (h, p) in sorted(lease.endpoints.items()))))
         self._seen = seen
         return live
 
