@@ -370,6 +370,7 @@ class ClusterMember:
             plog = logs.replace_partition(topic.name, partition, lambda d: seed_partition_dir(d, base))
         plog.leader_epoch = epoch
         plog.remote_etag = etag
+        self.tier.commit_log.handed_over.discard((topic.name, partition))
         plog.fenced = False
         claimed = replace(base, leader_epoch=epoch, leader_id=self.node_id, sealed=False, version=base.version + 1)
         prefix = self.tier.partition_prefix(topic, partition)
@@ -418,6 +419,7 @@ class ClusterMember:
                                                replace(plog.remote, sealed=True, version=plog.remote.version + 1),
                                                deadline=30)
                     sealed = True
+                    self.tier.commit_log.handed_over.add(key)
                     break
                 await asyncio.sleep(0.5)
         except Fenced:

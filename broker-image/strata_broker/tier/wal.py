@@ -15,6 +15,7 @@ import json
 import logging
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
+_READ_CACHE_BYTES = 256 << 20
 PartitionKey = tuple[str, int]
 
 
@@ -83,6 +85,12 @@ class S3CommitLog:
         self._sequence = time.time_ns()
         self.rounds = 0
         self.failed_rounds = 0
+        # Cluster mode, taking partitions over: other brokers' commit-log objects already read.
+        self._read_cache: OrderedDict[str, list[_Entry]] = OrderedDict()
+        self._read_cache_bytes = 0
+        # Partitions this broker sealed and handed over: all it wrote of them is in uploaded segments.
+        self.handed_over: set[PartitionKey] = set()
+        self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self.wait_timeout = 30.0
 
     def durable_offset(self, key: PartitionKey) -> int:
@@ -164,7 +172,7 @@ class S3CommitLog:
     async def trim(self, remote_end: dict[PartitionKey, int]) -> None:
         """Delete commit-log objects whose every batch is now inside uploaded segments."""
         done = [w for w in self._written
-                if all(remote_end.get(k, 0) > last for k, last in w.last_offsets.items())]
+                if all(k in self.handed_over or remote_end.get(k, 0) > last for k, last in w.last_offsets.items())]
         if not done:
             return
         try:
@@ -202,12 +210,16 @@ class S3CommitLog:
         leader starts writing where what it took over ends, so anything an older leader wrote
         past that point was never acknowledged (that leader had lost its lease)."""
         objects, _ = await self.store.list(self.cluster_root)
+        keys = sorted(o["Key"] for o in objects)
+        limit = asyncio.Semaphore(16)
+
+        async def entries_of(key: str) -> list[_Entry]:
+            async with limit:
+                return await self._entries_of(key)
+
         by_base: dict[int, _Entry] = {}
-        for obj in sorted(objects, key=lambda o: o["Key"]):
-            blob = await self.store.get_or_none(obj["Key"])
-            if blob is None:
-                continue  # trimmed meanwhile: covered by an upload already
-            for entry in decode_entries(blob):
+        for entries in await asyncio.gather(*(entries_of(k) for k in keys)):
+            for entry in entries:
                 if entry.topic != topic or entry.partition != partition or entry.epoch > max_epoch:
                     continue
                 if entry.last_offset < start:
@@ -226,3 +238,28 @@ class S3CommitLog:
                 return chain  # only whole batches continue a log
             chain.append(best)
             position = best.last_offset + 1
+
+    async def _entries_of(self, key: str) -> list[_Entry]:
+        """A commit-log object's batches. Objects never change, so they are kept (up to a bound):
+        when several partitions are taken over at once each object is fetched once."""
+        cached = self._read_cache.get(key)
+        if cached is not None:
+            self._read_cache.move_to_end(key)
+            return cached
+        pending = self._reading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self.store.get_or_none(key))
+            self._reading[key] = pending
+        try:
+            blob = await asyncio.shield(pending)
+        finally:
+            self._reading.pop(key, None)
+        if key in self._read_cache:  # another take-over decoded it meanwhile
+            return self._read_cache[key]
+        entries = list(decode_entries(blob)) if blob is not None else []
+        self._read_cache[key] = entries
+        self._read_cache_bytes += sum(len(e.data) for e in entries)
+        while self._read_cache_bytes > _READ_CACHE_BYTES and len(self._read_cache) > 1:
+            _, dropped = self._read_cache.popitem(last=False)
+            self._read_cache_bytes -= sum(len(e.data) for e in dropped)
+        return entries
