@@ -153,7 +153,8 @@ def assert_log_consistent(acked: list[Record], seen: list[Record]) -> None:
 class BackgroundProducer:
     """A confluent-kafka idempotent producer with acks=all, running until stopped."""
 
-    def __init__(self, bootstrap: str, topic: str, rate: int = 400) -> None:
+    def __init__(self, bootstrap: str, topic: str, rate: int = 400, label: str = "") -> None:
+        self.label = label or topic
         self.producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all",
                                                   "enable.idempotence": True, "linger.ms": 5,
                                                   "message.timeout.ms": 120000})
@@ -174,7 +175,7 @@ class BackgroundProducer:
     def _run(self) -> None:
         while not self._stop.is_set():
             for _ in range(self.rate // 20):
-                value = f"{self.topic}-{self.sent:08d}".encode()
+                value = f"{self.label}-{self.sent:08d}".encode()
                 try:
                     self.producer.produce(self.topic, key=str(self.sent % 97).encode(), value=value,
                                           on_delivery=self._on_delivery)
@@ -245,6 +246,17 @@ def test_killed_broker_is_replaced_and_s3_durable_records_survive(cluster_factor
     assert {r.partition for r in producer.acked[before:]} >= set(lost), cluster.logs()
     seen = read_all(cluster.bootstrap, topic, 6, len(producer.acked))
     assert_log_consistent(producer.acked, seen)
+    # The broker comes back with its old disk: it gets partitions again (a member reappearing is
+    # a scale-out) and its stale copies never resurface.
+    cluster.brokers[victim].start()
+    cluster.wait(lambda p: victim in [a.leader for a in p.topics[topic].partitions], 60,
+                 "the restarted broker to lead partitions again")
+    more = BackgroundProducer(cluster.bootstrap, topic, label="after-restart").start()
+    time.sleep(3)
+    more.stop()
+    acked = producer.acked + more.acked
+    seen = read_all(cluster.bootstrap, topic, 6, len(acked))
+    assert_log_consistent(acked, seen)
 
 
 def test_scale_out_moves_partitions_under_load(cluster_factory) -> None:  # type: ignore[no-untyped-def]

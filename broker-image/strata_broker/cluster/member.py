@@ -264,6 +264,10 @@ class ClusterMember:
                         self._start(key, Role(ACQUIRING, assignment.epoch), self._acquire(key, assignment.epoch))
                 elif role is not None and role.state != RELEASING:
                     self._start(key, Role(RELEASING, role.epoch), self._release(key, role.state))
+                elif role is None and local.partitions[p].log_end_offset > 0:
+                    # This broker's copy from before a restart, given to another broker since: hand
+                    # its tail over sealed if nobody has claimed it yet, then drop it.
+                    self._start(key, Role(RELEASING, 0), self._late_seal(key))
         # Topics the placement no longer has were deleted (unless created here and not placed yet).
         if placement.version > 0:
             for name in [n for n in logs.topics if n not in placement.topics and n not in self._created_here]:
@@ -387,6 +391,33 @@ class ClusterMember:
         if plog.log_end_offset > 0:
             self.tier.commit_log.mark_durable_up_to((topic.name, partition), plog.log_end_offset - 1)
         return True
+
+    async def _late_seal(self, key: tuple[str, int]) -> None:
+        topic_name, partition = key
+        topic = self.broker.logs.topics.get(topic_name)
+        if topic is None:
+            return
+        plog = topic.partitions[partition]
+        local_epoch = int((read_json(os.path.join(plog.directory, LEADER_EPOCH_FILE)) or {}).get("epoch", -1))
+        try:
+            raw, etag = await self.tier.store.get_with_etag(
+                manifest_key(self.tier.partition_prefix(topic, partition)), deadline=30)
+        except Exception as exc:
+            log.warning("%s-%d: cannot look at the manifest (%s); dropping the local copy", topic_name, partition, exc)
+            raw, etag = None, None
+        manifest = RemoteManifest.from_json(raw) if raw else None
+        if (manifest is not None and local_epoch > 0 and manifest.leader_epoch == local_epoch
+                and manifest.leader_id == self.node_id and not manifest.sealed):
+            plog.leader_epoch, plog.remote_etag, plog.fenced = local_epoch, etag, False
+            plog.set_remote(manifest)
+            log.info("%s-%d: handing over what this broker wrote at epoch %d before it restarted", topic_name,
+                     partition, local_epoch)
+            await self._release(key, LEADING)
+            return
+        if self.roles.get(key) is not None and self.roles[key].epoch == 0:
+            self.roles.pop(key, None)
+        self.broker.logs.replace_partition(topic_name, partition, None)
+        self._dirty = True
 
     async def _release(self, key: tuple[str, int], previous_state: str) -> None:
         """Stop writing, upload the tail, seal the manifest for the next leader, drop the copy."""
