@@ -68,6 +68,7 @@ class ClusterMember:
         self._valid_until = 0.0
         self._renewals = 0
         self._created_here: set[str] = set()  # topics created on this broker, not placed yet
+        self._publishing: dict[str, asyncio.Task[None] | None] = {}  # topic.json writes in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._sizes: dict[tuple[str, int], tuple[float, int]] = {}
         self._bytes_in: dict[str, float] = {}
@@ -84,6 +85,7 @@ class ClusterMember:
 
     async def start(self) -> None:
         broker = self.broker
+        broker.logs.require_remote = True
         self.shared = SharedDocuments(self.tier.store, self.tier.prefix, self.tier.cluster, {
             "acls": broker.authorizer, "scram-credentials": broker.credentials, "quotas": broker.quotas})
         await self.shared.start()
@@ -220,10 +222,17 @@ class ClusterMember:
 
     def topic_created(self, topic: Topic) -> None:
         self._created_here.add(topic.name)
-        self.tier.topic_created(topic)
+        self._publishing[topic.name] = self.tier.topic_created(topic)
 
     def topic_changed(self, topic: Topic) -> None:
-        self.tier.topic_changed(topic)
+        self._publishing[topic.name] = self.tier.topic_changed(topic)
+
+    async def published(self, name: str) -> None:
+        """Wait until a topic this broker created or changed is in the bucket, so that no other
+        broker creates it again and the controller sees it (handlers answer after this)."""
+        task = self._publishing.pop(name, None)
+        if task is not None:
+            await asyncio.shield(task)
 
     def topic_deleted(self, topic: Topic) -> None:
         self._created_here.discard(topic.name)
@@ -281,6 +290,9 @@ class ClusterMember:
                     self.tier.topic_deleted(topic)
 
     def _start(self, key: tuple[str, int], role: Role, job) -> None:  # type: ignore[no-untyped-def]
+        old = self.roles.get(key)
+        if old is not None and old.task is not None and not old.task.done() and old.task is not asyncio.current_task():
+            old.task.cancel()  # a take-over in progress stops before the partition is handed on
         self.roles[key] = role
         role.task = asyncio.get_running_loop().create_task(job)
 
@@ -349,16 +361,15 @@ class ClusterMember:
         now = time.monotonic()
         if leader_id == self.node_id:
             return False  # that was this broker, and it stopped writing at the old epoch already
-        if now - seen < self.lease_ms / 1000.0:
-            return True
         if now - seen > max(60.0, 3 * self.lease_ms / 1000.0):
             return False
         raw = await self.tier.store.get_or_none(member_key(self.tier.prefix, self.tier.cluster, leader_id))
-        if raw is None:
-            return False
-        renewals = float(MemberLease.from_json(raw).renewals)
-        if watch.get("renewals") != renewals:
+        renewals = float(MemberLease.from_json(raw).renewals) if raw is not None else -1.0
+        if "renewals" not in watch:
+            watch["renewals"], watch["changed"] = renewals, seen  # the first look counts from the move
+        elif watch["renewals"] != renewals:
             watch["renewals"], watch["changed"] = renewals, now
+        # Never sooner than a lease period after the move was seen; later while it still renews.
         return now - watch["changed"] < self.lease_ms / 1000.0
 
     async def _take_over(self, topic: Topic, partition: int, epoch: int, manifest: RemoteManifest | None,
@@ -373,6 +384,7 @@ class ClusterMember:
         else:
             plog = logs.replace_partition(topic.name, partition, lambda d: seed_partition_dir(d, base))
         plog.leader_epoch = epoch
+        plog.claimed = False
         plog.remote_etag = etag
         self.tier.commit_log.handed_over.discard((topic.name, partition))
         plog.fenced = False
@@ -383,6 +395,7 @@ class ClusterMember:
         except Fenced:
             plog.fenced = False
             return False  # the manifest moved under us: look again
+        plog.claimed = True
         write_json_atomic(os.path.join(plog.directory, LEADER_EPOCH_FILE), {"epoch": epoch})
         # Batches earlier leaders acknowledged from the S3 commit log (strata.durability=s3).
         chain = await self.tier.commit_log.chain_for(topic.name, partition, plog.log_end_offset, base.leader_epoch)
@@ -423,8 +436,15 @@ class ClusterMember:
         """Stop writing, upload the tail, seal the manifest for the next leader, drop the copy."""
         topic_name, partition = key
         role = self.roles.get(key)
-        if previous_state == ACQUIRING:
-            self.roles.pop(key, None)
+        current = self._plog(topic_name, partition)
+        if previous_state == ACQUIRING and (current is None or not current.claimed or role is None
+                                            or current.leader_epoch != role.epoch):
+            # Not claimed in the bucket yet: nothing of it is this broker's to hand over.
+            if self.roles.get(key) is role:
+                self.roles.pop(key, None)
+            if current is not None and current.log_end_offset > 0:
+                self.broker.logs.replace_partition(topic_name, partition, None)
+            self._dirty = True
             return
         if topic_name == OFFSETS_TOPIC and self.broker.groups is not None:
             self.broker.groups.partition_released(partition)

@@ -114,6 +114,8 @@ class LogManager:
         self._next_producer_id = 0
         self._producer_id_limit = 0
         self.listener: TopicListener | None = None
+        # Cluster mode: partitions move through S3, so every topic must be tiered.
+        self.require_remote = False
 
     # ---- startup and shutdown -----------------------------------------------------------
 
@@ -177,6 +179,16 @@ class LogManager:
              "configs": topic.overrides, "internal": topic.internal},
         )
 
+    def _resolve(self, overrides: dict[str, str]) -> TopicConfig:
+        try:
+            config = self.config.resolve_topic(overrides)
+        except ValueError as exc:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        if self.require_remote and not config.remote_storage:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG,
+                                     "in a cluster every topic is kept in S3 (remote.storage.enable=true)")
+        return config
+
     def create_topic(self, name: str, partitions: int, overrides: dict[str, str],
                      validate_only: bool = False, internal: bool = False,
                      topic_id: uuid.UUID | None = None) -> Topic | None:
@@ -185,10 +197,7 @@ class LogManager:
             raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         if partitions < 1 or partitions > 10000:
             raise KafkaProtocolError(ErrorCode.INVALID_PARTITIONS, "partitions must be 1..10000")
-        try:
-            config = self.config.resolve_topic(overrides)
-        except ValueError as exc:
-            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        config = self._resolve(overrides)
         if validate_only:
             return None
         topic = Topic(name, topic_id or uuid.uuid4(), dict(overrides), config, internal=internal)
@@ -238,10 +247,7 @@ class LogManager:
 
     def alter_topic_config(self, name: str, overrides: dict[str, str], validate_only: bool = False) -> None:
         topic = self.get_topic(name)
-        try:
-            config = self.config.resolve_topic(overrides)
-        except ValueError as exc:
-            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        config = self._resolve(overrides)
         if validate_only:
             return
         topic.overrides = dict(overrides)

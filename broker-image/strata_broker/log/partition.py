@@ -68,6 +68,7 @@ class PartitionLog:
         self.leader_epoch = 0
         self.remote_etag: str | None = None
         self.fenced = False
+        self.claimed = False  # cluster mode: this broker's claim at leader_epoch is in the bucket
         # Compaction: offsets below this are clean.
         self.cleaned_offset = 0
 

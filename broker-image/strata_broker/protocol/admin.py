@@ -57,6 +57,8 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
             if cluster is not None and topic.name not in logs.topics and await cluster.exists_elsewhere(topic.name):
                 raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {topic.name!r} already exists")
             created = logs.create_topic(topic.name, partitions, overrides, validate_only=request.validate_only)
+            if cluster is not None:
+                await cluster.published(topic.name)
             result.num_partitions = partitions
             result.replication_factor = 1
             if ctx.api_version >= 5:
@@ -119,6 +121,8 @@ async def handle_create_partitions(ctx: RequestContext,
                 raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not alter it")
             _check_placement(ctx, -1, [a.broker_ids for a in topic.assignments or []])
             ctx.broker.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
+            if ctx.broker.cluster is not None:
+                await ctx.broker.cluster.published(topic.name)
         except KafkaProtocolError as exc:
             result.error_code = int(exc.code)
             result.error_message = exc.message

@@ -164,6 +164,8 @@ async def handle_incremental_alter_configs(
             topic = broker.logs.get_topic(resource.resource_name)
             updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
             broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
+            if broker.cluster is not None:
+                await broker.cluster.published(topic.name)
         except KafkaProtocolError as exc:
             result.error_code = int(exc.code)
             result.error_message = exc.message

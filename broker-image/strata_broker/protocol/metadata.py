@@ -58,6 +58,8 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
         elsewhere = (auto_create and broker.cluster is not None and isinstance(name, str)
                      and name not in logs.topics and await broker.cluster.exists_elsewhere(name))
         topics.append(_describe_topic(ctx, name, auto_create and not elsewhere, elsewhere))
+        if broker.cluster is not None and isinstance(name, str):
+            await broker.cluster.published(name)  # auto-created: in the bucket before anyone hears of it
     node = broker.node_id
     # The address of the listener this client came in on (each listener advertises its own).
     brokers = [R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port, rack=None)]

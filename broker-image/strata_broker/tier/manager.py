@@ -118,22 +118,25 @@ class TierManager:
     def partition_prefix(self, topic: Topic, partition: int) -> str:
         return partition_root(self.prefix, self.cluster, topic.name, topic.topic_id, partition)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ---- topic events (called by the LogManager) ---------------------------------------------
 
-    def topic_created(self, topic: Topic) -> None:
+    def topic_created(self, topic: Topic) -> asyncio.Task[Any] | None:
         self.attach_topic(topic)
         if topic.config.remote_storage:
-            self._spawn(self._put_topic_meta(topic))
+            return self._spawn(self._put_topic_meta(topic))
+        return None
 
-    def topic_changed(self, topic: Topic) -> None:
+    def topic_changed(self, topic: Topic) -> asyncio.Task[Any] | None:
         self.attach_topic(topic)
         if topic.config.remote_storage:
-            self._spawn(self._put_topic_meta(topic))
+            return self._spawn(self._put_topic_meta(topic))
+        return None
 
     def topic_deleted(self, topic: Topic) -> None:
         self._spawn(self._delete_topic_objects(topic))

@@ -10,8 +10,9 @@ with `assign.next_placement`, and publishes it through a sink when it changed:
   (lease_ms from the lease itself) of the controller's observation. A lease seen for the first
   time counts as just renewed; a missing lease object means "not live" at once (a broker that
   stops cleanly deletes it). If the controller itself could not look for a while (S3 errors,
-  a paused process: a gap of more than grace/2 between successful observations) every lease is
-  treated as just renewed, so brokers are never blamed for the controller's blindness. Leases
+  a paused process: a gap of more than grace/2 between successful observations) every broker
+  that was live when it last looked gets that time back, so brokers are never blamed for the
+  controller's blindness; a broker already judged lost stays lost until its lease is renewed. Leases
   are re-read only when their ETag in the listing changes.
 - Topics: the listing of `topics/` (one request) finds topic directories; a new directory's
   topic.json is read at once, known ones are re-read every `topic_refresh` seconds (partition
@@ -234,15 +235,25 @@ class Liveness:
 
     def observe(self, leases: Mapping[int, MemberLease]) -> list[BrokerAddress]:
         now = self.clock()
-        blind = self._last is not None and now - self._last > self.grace_ms / 2000
+        gap = now - self._last if self._last is not None else 0.0
+        blind = self._last is not None and gap > self.grace_ms / 2000
+        last = self._last
         self._last = now
         seen: dict[int, tuple[int, float]] = {}
         live = []
         for node, lease in sorted(leases.items()):
             prev = self._seen.get(node)
-            changed_at = now if prev is None or prev[0] != lease.renewals or blind else prev[1]
+            deadline = (lease.lease_ms + self.grace_ms) / 1000
+            if prev is None or prev[0] != lease.renewals:
+                changed_at = now
+            elif blind and last is not None and last - prev[1] <= deadline:
+                # The controller could not look for a while: a broker live when it last looked
+                # gets that time back. One already judged lost stays lost until it renews.
+                changed_at = prev[1] + gap
+            else:
+                changed_at = prev[1]
             seen[node] = (lease.renewals, changed_at)
-            if now - changed_at <= (lease.lease_ms + self.grace_ms) / 1000:
+            if now - changed_at <= deadline:
                 live.append(BrokerAddress(lease.id, lease.host, lease.port,
                                           tuple((n, h, p) for n, (h, p) in sorted(lease.endpoints.items()))))
         self._seen = seen
