@@ -18,7 +18,7 @@ from strata_broker.cluster.placement import Placement, read_placement
 
 
 class Cluster:
-    def __init__(self, root: Path, bucket: S3Bucket, brokers: int = 3, lease_ms: int = 1500, grace_ms: int = 1500,
+    def __init__(self, root: Path, bucket: S3Bucket, brokers: int = 3, lease_ms: int = 3000, grace_ms: int = 3000,
                  settings: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None) -> None:
         self.root = root
         self.listeners = listeners or {}

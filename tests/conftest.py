@@ -8,6 +8,25 @@ import pytest
 from brokerproc import BrokerProcess
 from s3server import S3Bucket, S3Server
 
+# The longest modules, run first. `make test` spreads whole modules over pytest-xdist workers in
+# collection order (--dist loadfile --no-loadscope-reorder): started early, these overlap the many
+# short ones instead of running alone at the end. Everything else keeps pytest's order.
+LONG_MODULES_FIRST = ("test_cluster", "test_images", "test_tiered", "test_compaction", "test_operator_reconcile",
+                      "test_operator_security", "test_security_sasl", "test_groups_clients",
+                      "test_operator_costreport", "test_security_limits", "test_hostile", "test_idempotence",
+                      "test_durability", "test_security_acl", "test_security_quota", "test_local_stack",
+                      "test_cli_tier")
+
+
+def _module_rank(item: pytest.Item) -> int:
+    stem = item.path.stem
+    return next((i for i, prefix in enumerate(LONG_MODULES_FIRST) if stem.startswith(prefix)),
+                len(LONG_MODULES_FIRST))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_module_rank)  # stable: the order inside a module is untouched
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:

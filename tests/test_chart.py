@@ -9,6 +9,7 @@ schemas with the admission helper of test_operator_crds (OpenAPI strict + CEL).
 from __future__ import annotations
 
 import ast
+import fcntl
 import subprocess
 import sys
 from functools import cache
@@ -37,10 +38,18 @@ STANDARD_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.
                    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart"}
 
 
+def ensure_tools() -> dict[str, str]:
+    """chart_tools.ensure() under a file lock: parallel test workers may all want helm at once."""
+    chart_tools.TOOLS.parent.mkdir(parents=True, exist_ok=True)
+    with open(chart_tools.TOOLS.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return chart_tools.ensure()
+
+
 @cache
 def helm() -> str:
     try:
-        return chart_tools.ensure()["helm"]
+        return ensure_tools()["helm"]
     except chart_tools.ToolsUnavailable as exc:
         pytest.skip(f"helm is not on PATH and could not be fetched: {exc}")
 

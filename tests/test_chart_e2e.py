@@ -12,6 +12,7 @@ from pathlib import Path
 
 import chart_tools
 import pytest
+from test_chart import ensure_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "strata"
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("KUBECONFIG"),
 @pytest.fixture(scope="module")
 def tools() -> dict[str, str]:
     try:
-        found = chart_tools.ensure()
+        found = ensure_tools()
     except chart_tools.ToolsUnavailable as exc:
         pytest.skip(f"helm/kubectl are not on PATH and could not be fetched: {exc}")
     probe = subprocess.run([found["kubectl"], "version", "--request-timeout=10s"], capture_output=True, text=True)

@@ -46,7 +46,9 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
     finally:
         proc.terminate()
         try:
-            proc.wait(15)
+            # Nothing here asserts a clean exit, and with kopf timers stuck on an unreachable broker
+            # the operator can outlast any grace: do not wait long for it.
+            proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
         emulator.stop()

@@ -53,7 +53,9 @@ def roundtrip(lib: str, bootstrap: str, auth: secutil.Auth, topic: str, timeout_
     if lib == "kafka-python":
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-        cfg = secutil.kafka_python(bootstrap, auth)
+        # kafka-python 3 bootstraps in the constructor and keeps retrying a failed login for
+        # bootstrap_timeout_ms (30 s by default): bound it like the other libraries' timeouts.
+        cfg = {**secutil.kafka_python(bootstrap, auth), "bootstrap_timeout_ms": timeout_ms}
         producer = KafkaProducer(**cfg, max_block_ms=timeout_ms, request_timeout_ms=10000)
         try:
             producer.send(topic, value).get(timeout=15)
