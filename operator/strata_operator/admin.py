@@ -137,8 +137,10 @@ class Admin:
         from kafka.errors import KafkaError as KpError
 
         try:
+            # kafka-python 3 keeps retrying the bootstrap for 30 s unless told otherwise: an
+            # unreachable broker must not hold a handler (or the operator's shutdown) that long.
             kp = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(TIMEOUT * 1000),
-                                  **_kafka_python_security(self.extra))
+                                  bootstrap_timeout_ms=int(TIMEOUT * 1000), **_kafka_python_security(self.extra))
         except KpError as exc:
             raise BrokerUnavailable(str(exc)) from exc
         try:
