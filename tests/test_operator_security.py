@@ -242,7 +242,7 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     kube.delete("Secret", "order-service-kafka")
     rotated = eventually(lambda: (s := kube.get("Secret", "order-service-kafka"))
                          and s["stringData"]["KAFKA_SASL_PASSWORD"] != old and s,
-                         "a new Secret", timeout=INTERVAL * 8, kube=kube)
+                         "a new Secret", timeout=INTERVAL * 20, kube=kube)
     new = client_config(rotated)
     eventually(lambda: authenticates(bootstrap, new["sasl.username"], new["sasl.password"]),
                "the new password works", kube=kube)
@@ -260,7 +260,7 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     kube.delete("Microservice", "order-service")
     eventually(lambda: kube.get("Microservice", "order-service") is None, "writer gone", kube=kube)
     eventually(lambda: ("TOPIC", "orders", "WRITE", "ALLOW") in acls_of(admin, "User:default.order-service-v2"),
-               "Write moves to the second claimant", timeout=INTERVAL * 8, kube=kube)
+               "Write moves to the second claimant", timeout=INTERVAL * 20, kube=kube)
     assert acls_of(admin, "User:default.order-service") == set()
     assert produce(claimant, "orders", b"now the writer") is None
     assert cond(kube.get("Microservice", "order-service-v2"), "Ready")["status"] == "True"

@@ -77,7 +77,13 @@ async def _controller_for(body: kopf.Body) -> Controller:
     return controller
 
 
-@kopf.timer(*base.BROKER, interval=PLACEMENT_INTERVAL, initial_delay=PLACEMENT_INTERVAL)
+def _clustered(body: kopf.Body, **_: Any) -> bool:
+    return kube_objects.clustered(dict(body))
+
+
+# Only for clustered brokers: a single broker needs no placement, and a timer every 2 s on every
+# EventBroker would only add work to the operator.
+@kopf.timer(*base.BROKER, interval=PLACEMENT_INTERVAL, initial_delay=PLACEMENT_INTERVAL, when=_clustered)
 async def place_partitions(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     md = body["metadata"]
     if md.get("deletionTimestamp") or not kube_objects.clustered(dict(body)):
