@@ -108,9 +108,10 @@ def _decode_request(request_class: Any, frame: bytes | bytearray, api_version: i
     return request
 
 
-# Frames up to this size are parsed out of a per-connection scratch buffer (one small copy each);
-# larger ones are received straight into a buffer of their own size (recv_into, no further copy).
-_SCRATCH_BYTES = 32 * 1024
+# Frames up to this size are parsed out of a per-connection scratch buffer (one small copy each; it
+# is small since every connection has one); larger ones are received straight into a buffer of
+# their own size (recv_into, no further copy).
+_SCRATCH_BYTES = 8 * 1024
 # Complete frames read ahead of the request loop, beyond which the socket is not read any more
 # (the request loop stops taking frames while the connection's in-flight bound is reached, e.g.
 # because the client does not read its responses): memory per connection stays bounded.
