@@ -594,7 +594,7 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=1, help="partitions of the replay topics")
     parser.add_argument("--variant", action="append", default=None, metavar="prefetch=N,chunk=MiB,cache=MiB",
                         help="extra cold-replay broker settings to try (repeatable; default: prefetch=8, "
-                             "chunk=8,prefetch=4 and cache=0); pass --variant '' for none")
+                             "chunk=16,prefetch=2 and cache=0); pass --variant '' for none")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of replay and produce measurements")
     parser.add_argument("--restores", type=int, default=3, help="restores per bucket size")
     parser.add_argument("--produce-seconds", type=float, default=5.0)
@@ -609,7 +609,7 @@ def main() -> int:
     if args.small_mb is None:
         args.small_mb = args.mb / 10
     if args.variant is None:
-        args.variant = ["prefetch=8", "chunk=8,prefetch=4", "cache=0"]
+        args.variant = ["prefetch=8", "chunk=16,prefetch=2", "cache=0"]
     os.environ.update(CREDENTIALS)  # the brokers inherit them (standard AWS chain)
 
     if args.broker_pythonpath:

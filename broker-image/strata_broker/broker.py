@@ -21,7 +21,7 @@ from .security.acl import Authorizer
 from .security.credentials import CredentialStore
 from .security.listeners import Listener, build_listeners, principal_from_cert
 from .security.quotas import QuotaManager
-from .server import serve_connection
+from .server import FrameProtocol, serve_connection
 from .tier.manager import TierManager
 
 log = logging.getLogger(__name__)
@@ -143,24 +143,24 @@ class Broker:
                      ", ".join(sorted(self.authorizer.super_users)) or "(none)")
 
     async def _listen(self, listener: Listener) -> None:
-        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._on_connection(listener, reader, writer)
+        async def on_connection(proto: FrameProtocol) -> None:
+            await self._on_connection(listener, proto)
 
-        server = await asyncio.start_server(
-            on_connection, listener.host, listener.port, reuse_address=True, limit=1 << 20, backlog=1024,
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: FrameProtocol(on_connection), listener.host, listener.port, reuse_address=True, backlog=1024,
             ssl=listener.ssl_context,
             ssl_handshake_timeout=self.config["ssl.handshake.timeout.ms"] / 1000.0 if listener.ssl_context else None)
         if listener.port == 0:
             listener.port = server.sockets[0].getsockname()[1]
         self._servers.append(server)
 
-    async def _on_connection(self, listener: Listener, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
+    async def _on_connection(self, listener: Listener, proto: FrameProtocol) -> None:
+        peername = proto.get_extra_info("peername")
         ip = peername[0] if isinstance(peername, tuple) else str(peername)
         if (len(self._connections) >= self.config["max.connections"]
                 or self._per_ip.get(ip, 0) >= self.config["max.connections.per.ip"]):
-            self._refuse(ip, writer)
+            self._refuse(ip, proto)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -169,10 +169,10 @@ class Broker:
         if listener.sasl:
             principal = None  # until SaslAuthenticate succeeds
         else:
-            principal = principal_from_cert(writer.get_extra_info("peercert")) if listener.tls else None
+            principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
             principal = principal or ANONYMOUS
         try:
-            await serve_connection(self, reader, writer, Connection(listener, ip, principal))
+            await serve_connection(self, proto, Connection(listener, ip, principal))
         finally:
             self._connections.discard(task)
             left = self._per_ip.get(ip, 1) - 1
@@ -181,15 +181,14 @@ class Broker:
             else:
                 self._per_ip.pop(ip, None)
 
-    def _refuse(self, ip: str, writer: asyncio.StreamWriter) -> None:
+    def _refuse(self, ip: str, proto: FrameProtocol) -> None:
         self._refused += 1
         now = time.monotonic()
         if now - self._refused_logged > 10:  # a flood must not flood the log too
             self._refused_logged = now
             log.warning("refusing connections over max.connections(.per.ip) (from %s; %d refused so far)", ip,
                         self._refused)
-        transport = writer.transport
-        transport.abort()
+        proto.abort()
 
     async def _reload_credentials(self) -> None:
         self.credentials.poll()

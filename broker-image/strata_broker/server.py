@@ -9,15 +9,29 @@ until it has authenticated (anything else closes it, as in Kafka), its frames ma
 `sasl.server.max.receive.size`, and it must authenticate within `request.timeout.ms`. A request
 must arrive whole within `request.timeout.ms` of its first byte (slowloris). Client quotas are
 applied here: a throttled connection is not read from until its throttle time has passed.
+
+Frames are received by an asyncio.BufferedProtocol (FrameProtocol): small ones out of a per-connection
+scratch buffer, large ones with recv_into straight into a buffer of their own size; the request
+header is parsed from a prefix and the body decoded (kafka-python codecs) from a memoryview, so a
+Produce frame is not copied on its way to the log. Flow control both ways: a connection whose
+request loop falls behind (in-flight bound reached because the client does not read its responses,
+or a quota mute) is not read from beyond a small read-ahead, and responses are written in pieces,
+each after the transport has drained below its high-water mark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import struct
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+from kafka.protocol.schemas.fields.codecs.types import UnsignedVarInt32
 
 from .errors import ErrorCode
 from .protocol import API_TABLE
@@ -31,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
 _HEADER_PREFIX = struct.Struct(">hhi")
+_CLIENT_ID_LEN = struct.Struct(">h")
+_MARK_LEN = struct.pack(">i", 16)
 API_VERSIONS_KEY = 18
 PRODUCE_KEY = 0
 FETCH_KEY = 1
@@ -43,19 +59,373 @@ class ConnectionClosed(Exception):
     """The peer broke the protocol; drop this connection only."""
 
 
-class _Last(bytes):
+class _Last:
     """A response after which the connection is closed (a failed authentication)."""
 
+    __slots__ = ("data",)
 
-def _encode(response: Any, correlation_id: int) -> bytes:
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _encode(response: Any, correlation_id: int) -> bytearray:
     # The response object already carries its version (handlers build it with version=...).
     response.with_header(correlation_id=correlation_id)
-    return bytes(response.encode(header=True, framed=True))
+    return response.encode(header=True, framed=True)  # a bytearray of its own: sent as is
 
 
-async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           conn: Connection | None = None) -> None:
-    peername = writer.get_extra_info("peername")
+# The request header (api key, version, correlation id, client id, tagged fields) is parsed from a
+# prefix of the frame this long beyond the client id, rather than from a copy of the whole frame.
+_HEADER_SLACK = 1024
+
+
+def _decode_request(request_class: Any, frame: bytes | bytearray, api_version: int) -> Any:
+    """kafka-python's decode(frame, header=True), without copying the frame for the header parse.
+
+    ApiMessage.decode hands the header parser bytes(frame[...]) (the whole frame); here it gets a
+    prefix that holds the header, and the body codec reads straight from a memoryview of the frame.
+    """
+    view = memoryview(frame)
+    (client_id_len,) = _CLIENT_ID_LEN.unpack_from(view, _HEADER_PREFIX.size)
+    prefix_len = _HEADER_PREFIX.size + 2 + max(client_id_len, 0) + _HEADER_SLACK
+    if prefix_len >= len(view):
+        return request_class.decode(frame, version=api_version, header=True)
+    head = io.BytesIO(bytes(view[:prefix_len]))
+    try:
+        header = request_class.parse_header(head, version=api_version)
+    except Exception:
+        header = None
+    pos = head.tell()
+    if header is None or pos >= prefix_len:
+        # Tagged header fields longer than the slack (or a malformed header): the plain way.
+        return request_class.decode(frame, version=api_version, header=True)
+    data_class = request_class[None]
+    flexible = request_class.flexible_version_q(api_version)
+    fast_decode = request_class._struct.compiled_decode_from(api_version, compact=flexible, tagged=flexible,
+                                                             data_class=data_class)
+    request, _ = fast_decode(view, pos)
+    request._header = header
+    return request
+
+
+# Frames up to this size are parsed out of a per-connection scratch buffer (one small copy each; it
+# is small since every connection has one); larger ones are received straight into a buffer of
+# their own size (recv_into, no further copy).
+_SCRATCH_BYTES = 8 * 1024
+# Complete frames read ahead of the request loop, beyond which the socket is not read any more
+# (the request loop stops taking frames while the connection's in-flight bound is reached, e.g.
+# because the client does not read its responses): memory per connection stays bounded.
+_READ_AHEAD_FRAMES = 64
+_READ_AHEAD_BYTES = 1 << 20
+# Responses are handed to the transport in pieces of at most this size, each after the previous
+# one has drained below the transport's high-water mark (asyncio's write buffer is a bytearray
+# that would otherwise be memmoved on every send of a large Fetch response).
+_WRITE_PIECE = 256 * 1024
+
+
+class _HeldFrame:
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class FrameProtocol(asyncio.BufferedProtocol):
+    """One connection's transport side: length-prefixed frames in, response bytes out.
+
+    Frames are received with recv_into into right-sized buffers and queued for the request loop
+    (serve_connection), which takes them with next_frame(). Reading pauses when the loop falls
+    behind (bounded read-ahead) and resumes when it catches up; writing follows asyncio's
+    pause_writing/resume_writing, awaited through drain().
+    """
+
+    def __init__(self, on_open: Callable[[FrameProtocol], Awaitable[None]] | None = None) -> None:
+        self._on_open = on_open
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._scratch = bytearray(_SCRATCH_BYTES)
+        self._scratch_view = memoryview(self._scratch)
+        self._start = 0  # unparsed bytes are scratch[_start:_end]
+        self._end = 0
+        self._body: bytearray | None = None  # a large frame being received
+        self._body_view: memoryview | None = None
+        self._body_filled = 0
+        self._frames: deque[Any] = deque()  # bytes/bytearray frames, or an exception to raise
+        self._queued_bytes = 0
+        self._partial_since: float | None = None  # monotonic time the unfinished frame began
+        self._stopped = False  # no more frames will be parsed (bad length, EOF, lost)
+        self._eof = False
+        self._lost = False
+        self._read_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        # The largest frame accepted (socket.request.max.bytes), and the largest accepted right now
+        # (lower before SASL authentication); set by the request loop.
+        self.hard_max_frame = (1 << 31) - 1
+        self.max_frame = self.hard_max_frame
+        self._held = False
+        self.over_ssl = False
+
+    # ---- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.over_ssl = transport.get_extra_info("sslcontext") is not None
+        if self._on_open is not None:
+            self.task = self._loop.create_task(self._on_open(self))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._stopped = True
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("connection lost"))
+        self._drain_waiter = None
+
+    def eof_received(self) -> bool:
+        # Half-close: responses to what was sent still go out (as asyncio streams do, except on TLS).
+        self._eof = True
+        self._stopped = True
+        self._wake()
+        return not self.over_ssl
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._body_view is not None:
+            return self._body_view[self._body_filled:]
+        if self._end == len(self._scratch):
+            self._compact()
+            if self._end == len(self._scratch):
+                # Only while a held frame waits (reading is paused, but a TLS transport may still
+                # deliver what it had decrypted): grow rather than refuse.
+                bigger = bytearray(2 * len(self._scratch))
+                bigger[:self._end] = self._scratch_view[:self._end]
+                self._scratch = bigger
+                self._scratch_view = memoryview(bigger)
+        return self._scratch_view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._stopped:
+            return
+        if self._body_view is not None:
+            self._body_filled += nbytes
+            if self._body_filled == len(self._body_view):
+                frame = self._body
+                self._body = self._body_view = None
+                self._body_filled = 0
+                self._push(frame)
+                self._partial_since = None
+                # What follows the frame is read into scratch again (it may hold a partial frame).
+            return
+        began = self._end == self._start
+        if began:
+            self._partial_since = time.monotonic()
+        self._end += nbytes
+        if not self._held:
+            self._parse()
+        if began and self._has_partial() and self._waiter is not None:
+            self._wake()  # a frame has begun: the request loop now gives it frame_timeout rather than idle
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ---- framing ------------------------------------------------------------------------------
+
+    def _compact(self) -> None:
+        if self._start:
+            n = self._end - self._start
+            self._scratch[:n] = self._scratch_view[self._start:self._end]
+            self._start, self._end = 0, n
+
+    def _parse(self) -> None:
+        scratch = self._scratch
+        pos, end = self._start, self._end
+        while end - pos >= 4 and not self._held:
+            (size,) = _SIZE.unpack_from(scratch, pos)
+            if size < _HEADER_PREFIX.size or size > self.hard_max_frame:
+                self._push(ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, "
+                                            f"{self.max_frame}]"))
+                self._stopped = True
+                self.pause_reading()
+                pos = end
+                break
+            if size > self.max_frame:
+                # Over the limit before authentication: the request loop decides once the requests
+                # before this one (SaslAuthenticate) are answered; nothing more is parsed until then.
+                self._held = True
+                self._push(_HeldFrame(size))
+                self.pause_reading()
+                break
+            if end - pos - 4 >= size:
+                self._push(bytes(self._scratch_view[pos + 4:pos + 4 + size]))
+                pos += 4 + size
+                continue
+            if 4 + size > len(scratch):
+                # Large frame: a buffer of its own, filled by recv_into from here on.
+                body = bytearray(size)
+                have = end - pos - 4
+                body[:have] = self._scratch_view[pos + 4:end]
+                self._body = body
+                self._body_view = memoryview(body)
+                self._body_filled = have
+                pos = end
+            break
+        if pos == end:
+            self._start = self._end = 0
+            if self._body is None:
+                self._partial_since = None
+        else:
+            self._start = pos  # a partial frame; get_buffer() moves it to the front when space runs out
+            if self._partial_since is None:
+                self._partial_since = time.monotonic()
+
+    def release_held(self, allowed: bool) -> None:
+        """The request loop's verdict on a frame held by _parse (see there)."""
+        self._held = False
+        if not allowed:
+            self._stopped = True
+            return
+        self.max_frame = self.hard_max_frame
+        self._parse()
+        self._maybe_resume_reading()
+
+    def _push(self, item: Any) -> None:
+        self._frames.append(item)
+        if isinstance(item, (bytes, bytearray)):
+            self._queued_bytes += len(item)
+        if len(self._frames) >= _READ_AHEAD_FRAMES or self._queued_bytes >= _READ_AHEAD_BYTES:
+            self.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self._lost:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (self._read_paused and not self._stopped and not self._held and not self._lost
+                and self.transport is not None
+                and len(self._frames) < _READ_AHEAD_FRAMES // 2 and self._queued_bytes < _READ_AHEAD_BYTES // 2):
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _has_partial(self) -> bool:
+        return self._body is not None or self._end > self._start
+
+    async def next_frame(self, idle_timeout: float | None, frame_timeout: float) -> Any:
+        """The next frame (without its length), or None at end of stream.
+
+        Raises TimeoutError("idle") when no frame began within idle_timeout, and
+        TimeoutError("frame") when one began but did not arrive whole within frame_timeout
+        (counted from when this call began waiting for it, at the earliest).
+        """
+        called = time.monotonic()
+        while True:
+            if self._frames:
+                item = self._frames.popleft()
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, _HeldFrame):
+                    return item
+                self._queued_bytes -= len(item)
+                self._maybe_resume_reading()
+                return item
+            if self._stopped:
+                return None
+            if self._has_partial():
+                deadline = max(self._partial_since or called, called) + frame_timeout
+                kind = "frame"
+            elif idle_timeout is not None:
+                deadline = called + idle_timeout
+                kind = "idle"
+            else:
+                deadline = None
+                kind = "idle"
+            # Reading may have been paused by a read-ahead that the loop has since consumed.
+            self._maybe_resume_reading()
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            try:
+                if deadline is None:
+                    await waiter
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(kind)
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await waiter
+                    except TimeoutError:
+                        if self._frames or self._stopped:
+                            continue
+                        if kind == "idle" and self._has_partial():
+                            continue  # a frame began meanwhile: it gets its own time
+                        raise TimeoutError(kind) from None
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    async def send(self, data: Any) -> None:
+        """Write one response (bytes-like, or a list of bytes-like pieces), respecting flow control."""
+        transport = self.transport
+        if transport is None or self._lost or transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        pieces = data if isinstance(data, list) else (data,)
+        for piece in pieces:
+            n = len(piece)
+            if n <= _WRITE_PIECE:
+                transport.write(piece)
+                await self.drain()
+                continue
+            view = memoryview(piece)
+            for offset in range(0, n, _WRITE_PIECE):
+                transport.write(view[offset:offset + _WRITE_PIECE])
+                await self.drain()
+
+    async def drain(self) -> None:
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if not self._write_paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._loop.create_future()
+            self._drain_waiter = waiter
+        await asyncio.shield(waiter)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connection | None = None) -> None:
+    peername = proto.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
     if conn is None:
         conn = Connection(None, peername[0] if isinstance(peername, tuple) else str(peername))
@@ -67,9 +437,14 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
     frame_timeout = min(request_timeout, idle_timeout) if idle_timeout else request_timeout
     auth_deadline = time.monotonic() + request_timeout
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
-    outbox: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(broker.config["queued.max.requests"])
+    outbox: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(broker.config["queued.max.requests"])
     linger = broker.config["connection.failed.authentication.delay.ms"] / 1000.0
-    responder = asyncio.get_running_loop().create_task(_respond(outbox, writer, peer, linger))
+    responder = asyncio.get_running_loop().create_task(_respond(outbox, proto, peer, linger))
+    # Frames are parsed ahead of this loop; before authentication the limit is the SASL one (a
+    # frame pipelined behind SaslAuthenticate is not parsed before the authentication is decided,
+    # since requests are then taken one at a time and the read-ahead holds at most that frame).
+    proto.hard_max_frame = max_frame
+    proto.max_frame = max_frame if conn.authenticated else pre_auth_max_frame
     try:
         while not broker.closing:
             if conn.mute_until:
@@ -82,39 +457,40 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
             if not conn.authenticated:
                 wait = max(0.0, min(wait or request_timeout, auth_deadline - time.monotonic()))
             try:
-                async with asyncio.timeout(wait):
-                    first = await reader.readexactly(1)
-            except TimeoutError:
-                if conn.authenticated:
+                # Once a request has begun it must arrive whole in time: a peer that announces a frame
+                # and stalls, or trickles it (slowloris), would otherwise pin the connection and its buffer.
+                frame = await proto.next_frame(wait, frame_timeout)
+            except TimeoutError as exc:
+                if exc.args and exc.args[0] == "frame":
+                    log.info("closing connection from %s: a request did not arrive whole within %.1f s", peer,
+                             frame_timeout)
+                elif conn.authenticated:
                     log.info("closing idle connection from %s", peer)
                 else:
                     log.info("closing connection from %s: not authenticated within %.0f s", peer, request_timeout)
                 break
-            try:
-                # Once a request has begun it must arrive whole in time: a peer that announces a frame
-                # and stalls, or trickles it (slowloris), would otherwise pin the connection and its buffer.
-                async with asyncio.timeout(frame_timeout):
-                    size_bytes = first + await reader.readexactly(3)
-                    (size,) = _SIZE.unpack(size_bytes)
-                    limit = max_frame if conn.authenticated else pre_auth_max_frame
-                    if size < _HEADER_PREFIX.size or size > limit:
-                        raise ConnectionClosed(f"frame length {size} outside [{_HEADER_PREFIX.size}, {limit}]")
-                    frame = await reader.readexactly(size)
-            except TimeoutError:
-                log.info("closing connection from %s: a request did not arrive whole within %.1f s", peer,
-                         frame_timeout)
+            if frame is None:
                 break
+            if isinstance(frame, _HeldFrame):
+                limit = max_frame if conn.authenticated else pre_auth_max_frame
+                proto.release_held(frame.size <= limit)
+                if frame.size > limit:
+                    raise ConnectionClosed(f"frame length {frame.size} outside [{_HEADER_PREFIX.size}, {limit}]")
+                continue
             authenticated = conn.authenticated
             future = _dispatch(broker, frame, peer, conn)
+            del frame  # a large produce frame is not kept alive by this loop while the next one arrives
             if future is not None:
                 await outbox.put(future)
                 if not authenticated:
                     # Before authentication requests are handled one at a time, so a request pipelined
                     # behind SaslAuthenticate is judged by the outcome of the authentication.
                     await asyncio.wait([future])
+                    if conn.authenticated:
+                        proto.max_frame = max_frame
             if responder.done():
                 break
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except ConnectionError:
         pass
     except ConnectionClosed as exc:
         log.warning("closing connection from %s: %s", peer, exc)
@@ -133,10 +509,10 @@ async def serve_connection(broker: Broker, reader: asyncio.StreamReader, writer:
         elif not responder.cancelled() and responder.exception() is not None:
             log.debug("responder for %s ended: %r", peer, responder.exception())  # retrieved, not leaked
         _abandon(outbox)
-        writer.close()
+        proto.close()
 
 
-def _abandon(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None]) -> None:
+def _abandon(outbox: asyncio.Queue[asyncio.Future[Any] | None]) -> None:
     """Cancel the requests of a closed connection that never got answered (e.g. long polls).
 
     Left alone they would run on (a Fetch for up to its max_wait_ms) with nobody to answer, and an
@@ -153,7 +529,7 @@ def _abandon(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None]) -> None
             future.cancel()
 
 
-def _dispatch(broker: Broker, frame: bytes, peer: str, conn: Connection) -> asyncio.Future[bytes | None] | None:
+def _dispatch(broker: Broker, frame: bytes | bytearray, peer: str, conn: Connection) -> asyncio.Future[Any] | None:
     api_key, api_version, correlation_id = _HEADER_PREFIX.unpack_from(frame, 0)
     if not conn.authenticated and api_key not in _PRE_AUTH_KEYS:
         raise ConnectionClosed(f"API key {api_key} before SASL authentication")
@@ -165,13 +541,13 @@ def _dispatch(broker: Broker, frame: bytes, peer: str, conn: Connection) -> asyn
             # Kafka answers an ApiVersions it cannot parse with v0, error 35 and its own range;
             # librdkafka then retries with a version from that range.
             response = api_versions_response(0, ErrorCode.UNSUPPORTED_VERSION)
-            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(_encode(response, correlation_id))
             return future
         raise ConnectionClosed(f"{spec.name} v{api_version} is not supported "
                                f"(v{spec.min_version}-v{spec.max_version})")
     try:
-        request = spec.request.decode(frame, version=api_version, header=True)
+        request = _decode_request(spec.request, frame, api_version)
     except Exception as exc:  # kafka-python raises assorted errors on malformed bodies
         raise ConnectionClosed(f"malformed {spec.name} v{api_version}: {exc!r}") from None
     null_field = _null_in_non_nullable(spec.request._struct, request, api_version)
@@ -246,7 +622,7 @@ def _null_in_non_nullable(struct: Any, data: Any, version: int) -> str | None:
     return None
 
 
-async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int = 0) -> bytes | None:
+async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int = 0) -> Any:
     response = await spec.handler(ctx, request)
     if response is None:
         return None
@@ -257,11 +633,68 @@ async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int
             ctx.conn.mute(throttle_ms)
     if throttle_ms:
         response.throttle_time_ms = throttle_ms
-    data = _encode(response, ctx.correlation_id)
+    if spec.key == FETCH_KEY:
+        data = _encode_fetch(response, ctx.correlation_id, ctx.api_version)
+    else:
+        data = _encode(response, ctx.correlation_id)
     return _Last(data) if ctx.close_after else data
 
 
-async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], writer: asyncio.StreamWriter,
+# Fetch answers carry the log's bytes: records at least this long are not copied into the encoded
+# response but sent as pieces of their own (see _encode_fetch).
+_SPLICE_MIN = 16 * 1024
+_MARK = 16
+
+
+def _encode_fetch(response: Any, correlation_id: int, version: int) -> bytearray | list[Any]:
+    """A Fetch response as pieces [encoded fields, length, records, encoded fields, ...].
+
+    kafka-python encodes the response with a random 16-byte stand-in for each large records field;
+    the stand-ins are then found in its output and replaced by the records themselves (and their
+    length prefix, and the frame length adjusted), so the records are never copied by the encoder.
+    Anything unexpected falls back to encoding the whole response.
+    """
+    marked = [p for t in response.responses for p in t.partitions
+              if p.records is not None and len(p.records) >= _SPLICE_MIN]
+    if not marked:
+        return _encode(response, correlation_id)
+    originals = [p.records for p in marked]
+    marks = [os.urandom(_MARK) for _ in marked]
+    for p, mark in zip(marked, marks, strict=True):
+        p.records = mark
+    try:
+        head = _encode(response, correlation_id)
+    finally:
+        for p, records in zip(marked, originals, strict=True):
+            p.records = records
+    flexible = response.flexible_version_q(version)
+    view = memoryview(head)
+    pieces: list[Any] = []
+    total = len(head)
+    pos = 0
+    for records, mark in zip(originals, marks, strict=True):
+        at = head.find(mark, pos)
+        if flexible:
+            prefix_end = at - 1
+            ok = at > 0 and head[prefix_end] == _MARK + 1
+            length = UnsignedVarInt32.encode(len(records) + 1)
+        else:
+            prefix_end = at - 4
+            ok = at >= 4 and head[prefix_end:at] == _MARK_LEN
+            length = _SIZE.pack(len(records))
+        if not ok or head.find(mark, at + _MARK) >= 0:
+            return _encode(response, correlation_id)
+        pieces += [view[pos:prefix_end], length, records]
+        total += len(length) - (at - prefix_end) + len(records) - _MARK
+        pos = at + _MARK
+    pieces.append(view[pos:])
+    first = bytearray(pieces[0])
+    _SIZE.pack_into(first, 0, total - 4)
+    pieces[0] = first
+    return pieces
+
+
+async def _respond(outbox: asyncio.Queue[asyncio.Future[Any] | None], proto: FrameProtocol,
                    peer: str, linger: float = 0.1) -> None:
     while True:
         future = await outbox.get()
@@ -271,17 +704,17 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[bytes | None] | None], w
             data = await future
         except Exception:
             log.exception("request from %s failed; closing the connection", peer)
-            writer.close()
+            proto.close()
             return
         if data is not None:
+            last = isinstance(data, _Last)
             try:
-                writer.write(data)
-                await writer.drain()
+                await proto.send(data.data if last else data)
             except ConnectionError:  # the peer reset or went away; the reader side cleans up
                 return
-            if isinstance(data, _Last):
+            if last:
                 # As Kafka (connection.failed.authentication.delay.ms): the client reads the error before
                 # the close, and a client retrying a bad password cannot spin on the broker.
                 await asyncio.sleep(linger)
-                writer.close()
+                proto.close()
                 return

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import struct
 import time
 from bisect import bisect_right
 from dataclasses import replace
@@ -15,12 +16,14 @@ from kafka.record.default_records import DefaultRecordBatch
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from ..tier.manifest import RemoteManifest
-from .batch import BatchHeader, set_base_offset, validate_batches
+from .batch import BatchHeader, validate_batches
 from .files import fsync_dir, read_json, write_json_atomic
 from .producer_state import ProducerState
 from .segment import Segment, segment_name
 
 log = logging.getLogger(__name__)
+
+_OFFSET = struct.Struct(">q")
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
@@ -39,15 +42,24 @@ def snapshot_name(offset: int) -> str:
 
 
 class AppendResult:
-    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "data")
+    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "_data", "_pieces")
 
     def __init__(self, base_offset: int, last_offset: int, duplicate: bool, segment: Segment | None,
-                 data: bytes | bytearray = b"") -> None:
+                 data: bytes | bytearray = b"", pieces: list[bytes | memoryview] | None = None) -> None:
         self.base_offset = base_offset
         self.last_offset = last_offset
         self.duplicate = duplicate
         self.segment = segment
-        self.data = data  # the batches as written (offsets assigned); empty for a duplicate
+        self._data = data
+        self._pieces = pieces
+
+    @property
+    def data(self) -> bytes | bytearray:
+        """The batches as written (offsets assigned); empty for a duplicate. Joined on first use only."""
+        if self._pieces is not None:
+            self._data = b"".join(self._pieces)
+            self._pieces = None
+        return self._data
 
 
 class PartitionLog:
@@ -196,26 +208,30 @@ class PartitionLog:
             for header in headers:
                 self.producers.check(header)
         self._maybe_roll(len(records))
-        buf = bytearray(records)
         next_offset = self.log_end_offset
         base_offset = next_offset
         rebased: list[BatchHeader] = []
+        # Written as pieces (os.writev): each batch's new base offset, then the rest of the batch
+        # straight from the request, instead of a rebased copy of the whole record set.
+        view = memoryview(records)
+        pieces: list[bytes | memoryview] = []
         pos = 0
         for header in headers:
-            set_base_offset(buf, pos, next_offset)
+            pieces.append(_OFFSET.pack(next_offset))
+            pieces.append(view[pos + 8:pos + header.length])
             rebased.append(_rebase(header, next_offset))
             next_offset += header.last_offset_delta + 1
             pos += header.length
         segment = self.active
         try:
-            segment.append(buf, rebased)
+            segment.append_pieces(pieces, rebased)
         except OSError as exc:
             log.error("append to %s-%d failed: %s", self.topic, self.partition, exc)
             raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
         for header in rebased:
             self.producers.record(header)
         self._wake()
-        return AppendResult(base_offset, next_offset - 1, False, segment, buf)
+        return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces)
 
     def append_restored(self, data: bytes) -> int:
         """Append batches that already carry their offsets (replayed from the S3 commit log).

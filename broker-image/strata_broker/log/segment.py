@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 # How much of the log a header walk reads per syscall.
 _WALK_CHUNK = 64 * 1024
+# writev() takes at most this many buffers per call.
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 
 def segment_name(base_offset: int) -> str:
@@ -101,6 +103,30 @@ class Segment:
             while view:
                 written = os.write(self._fd_write, view)
                 view = view[written:]
+        except OSError:
+            # A full disk must not leave half a batch that a later append would follow.
+            os.ftruncate(self._fd_write, start)
+            raise
+        position = start
+        for header in headers:
+            self._observe(header, position, index=True)
+            position += header.length
+        self.dirty = True
+
+    def append_pieces(self, pieces: list[bytes | memoryview], headers: list[BatchHeader]) -> None:
+        """append() of the concatenation of pieces, written with writev (no joined copy)."""
+        start = self.size
+        try:
+            pending = [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
+            while pending:
+                batch = pending[:_IOV_MAX]
+                written = os.writev(self._fd_write, batch)
+                # Drop what was written; a short write resumes inside the piece it stopped in.
+                while pending and written >= len(pending[0]):
+                    written -= len(pending[0])
+                    pending.pop(0)
+                if written:
+                    pending[0] = pending[0][written:]
         except OSError:
             # A full disk must not leave half a batch that a later append would follow.
             os.ftruncate(self._fd_write, start)

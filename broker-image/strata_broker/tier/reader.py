@@ -61,7 +61,11 @@ class RemoteReader:
         if first == last:  # the common case: one slice, one copy
             return (await self._chunk(key, size, first))[start - offset:end - offset]
         chunks = await asyncio.gather(*(self._chunk(key, size, n) for n in range(first, last + 1)))
-        return b"".join(chunks)[start - offset:end - offset]
+        # One copy: the join reads the wanted ranges of the chunks through memoryviews.
+        views = [memoryview(c) for c in chunks]
+        views[-1] = views[-1][:end - last * self.chunk_bytes]
+        views[0] = views[0][start - offset:]
+        return b"".join(views)
 
     def _prefetch(self, manifest: RemoteManifest, prefix: str, index: int, position: int) -> None:
         """Sequential readers find the next chunks already on their way or in the cache."""
