@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 
@@ -83,6 +84,11 @@ def run_kafka_python(bootstrap: str, topic: str, group: str, instance: str | Non
         def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
             pass
 
+    # kafka-python 3.x: a member that joins before it has the topic's metadata rejoins at once,
+    # and after that immediate rejoin the client sometimes stops heartbeating and fetching (seen
+    # under CPU load: the broker answers everything, the client goes silent). Having the metadata
+    # before subscribing avoids the rejoin.
+    consumer.partitions_for_topic(topic)
     consumer.subscribe([topic], listener=Listener())
     while not stop:
         batch = consumer.poll(timeout_ms=200)
@@ -168,6 +174,11 @@ async def run_aiokafka(bootstrap: str, topic: str, group: str, instance: str | N
 
 def main() -> None:
     client, bootstrap, topic, group = sys.argv[1:5]
+    if os.environ.get("GROUP_WORKER_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format=f"%(asctime)s {os.getpid()} %(threadName)s %(name)s %(message)s")
     instance = sys.argv[5] if len(sys.argv) > 5 else None
     signal.signal(signal.SIGTERM, _on_term)
     if client == "kafka-python":

@@ -74,8 +74,10 @@ def group_consume_confluent(bootstrap: str, topic: str, group: str, expected: in
 
 def group_consume_kafka_python(bootstrap: str, topic: str, group: str, expected: int,
                                timeout: float = 60) -> list[Record]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=group,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group,
                              auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer.partitions_for_topic(topic)  # metadata first: see group_worker.py on kafka-python's rejoin stall
+    consumer.subscribe([topic])
     out: list[Record] = []
     deadline = time.monotonic() + timeout
     try:
