@@ -97,23 +97,9 @@ class Segment:
     # ---- writing -------------------------------------------------------------------------
 
     def append(self, data: bytes | bytearray, headers: list[BatchHeader]) -> None:
-        start = self.size
-        view = memoryview(data)
-        try:
-            while view:
-                written = os.write(self._fd_write, view)
-                view = view[written:]
-        except OSError:
-            # A full disk must not leave half a batch that a later append would follow.
-            os.ftruncate(self._fd_write, start)
-            raise
-        position = start
-        for header in headers:
-            self._observe(header, position, index=True)
-            position += header.length
-        self.dirty = True
+        self.append_pieces([data], headers)
 
-    def append_pieces(self, pieces: list[bytes | memoryview], headers: list[BatchHeader]) -> None:
+    def append_pieces(self, pieces: list[bytes | bytearray | memoryview], headers: list[BatchHeader]) -> None:
         """append() of the concatenation of pieces, written with writev (no joined copy)."""
         start = self.size
         try:
