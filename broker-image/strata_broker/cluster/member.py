@@ -378,9 +378,11 @@ class ClusterMember:
         base = manifest or RemoteManifest(topic.name, str(topic.topic_id), partition)
         current = topic.partitions[partition]
         local_epoch = int((read_json(os.path.join(current.directory, LEADER_EPOCH_FILE)) or {}).get("epoch", -1))
-        if (manifest is not None and manifest.leader_epoch == epoch == local_epoch
-                and current.log_end_offset >= manifest.end_offset):
-            plog = current  # this broker's own log, from before a restart: it may hold more than S3
+        if (manifest is not None and manifest.leader_id == self.node_id and manifest.leader_epoch == local_epoch
+                and current.log_end_offset >= manifest.end_offset and not current.fenced):
+            # This broker was the last to claim it (before a restart, or before a move it never
+            # acted on was undone): its own log may hold more than S3 has.
+            plog = current
         else:
             plog = logs.replace_partition(topic.name, partition, lambda d: seed_partition_dir(d, base))
         plog.leader_epoch = epoch
