@@ -59,16 +59,21 @@ def group_consume_confluent(bootstrap: str, topic: str, group: str, expected: in
     consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
-    out: list[Record] = []
-    deadline = time.monotonic() + timeout
     try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                if not msg.error():
-                    out.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value()))
+        out = _drain(consumer, expected, timeout)
         consumer.commit(asynchronous=False)
     finally:
         consumer.close()
+    return out
+
+
+def _drain(consumer: confluent_kafka.Consumer, expected: int, timeout: float) -> list[Record]:
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 0.5):
+            if not msg.error():
+                out.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value()))
     return out
 
 
@@ -127,16 +132,10 @@ def read_all(bootstrap: str, topic: str, partitions: int, expected: int, timeout
                                          "enable.auto.commit": False})
     consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                      for p in range(partitions)])
-    out: list[Record] = []
-    deadline = time.monotonic() + timeout
     try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                if not msg.error():
-                    out.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value()))
+        return _drain(consumer, expected, timeout)
     finally:
         consumer.close()
-    return out
 
 
 def assert_log_consistent(acked: list[Record], seen: list[Record]) -> None:

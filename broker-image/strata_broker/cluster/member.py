@@ -16,7 +16,6 @@ Leadership of a partition passes through the bucket:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -74,8 +73,6 @@ class ClusterMember:
         self._bytes_in: dict[str, float] = {}
         self._stopping = False
         self._dirty = False  # a hand-over ended: look at the placement again even if it did not change
-        self.moves_in = 0
-        self.moves_out = 0
         self.shared: SharedDocuments | None = None  # ACLs, credentials, quotas: set up at start
 
     # ---- lease and placement ----------------------------------------------------------------
@@ -268,8 +265,6 @@ class ClusterMember:
                 role = self.roles.get(key)
                 if assignment.leader == self.node_id:
                     if role is None or (role.epoch < assignment.epoch and role.state != RELEASING):
-                        if role is not None and role.task is not None:
-                            role.task.cancel()
                         self._start(key, Role(ACQUIRING, assignment.epoch), self._acquire(key, assignment.epoch))
                 elif role is not None and role.state != RELEASING:
                     self._start(key, Role(RELEASING, role.epoch), self._release(key, role.state))
@@ -333,7 +328,6 @@ class ClusterMember:
                     role = self.roles.get(key)
                     if role is not None and role.epoch == epoch:
                         role.state = LEADING
-                    self.moves_in += 1
                     plog = topic.partitions[partition]
                     log.info("leading %s-%d at epoch %d from offset %d..%d (%s, %.2fs)", topic_name, partition,
                              epoch, plog.log_start_offset, plog.log_end_offset,
@@ -377,7 +371,7 @@ class ClusterMember:
         logs = self.broker.logs
         base = manifest or RemoteManifest(topic.name, str(topic.topic_id), partition)
         current = topic.partitions[partition]
-        local_epoch = int((read_json(os.path.join(current.directory, LEADER_EPOCH_FILE)) or {}).get("epoch", -1))
+        local_epoch = _local_epoch(current)
         if (manifest is not None and manifest.leader_id == self.node_id and manifest.leader_epoch == local_epoch
                 and current.log_end_offset >= manifest.end_offset and not current.fenced):
             # This broker was the last to claim it (before a restart, or before a move it never
@@ -413,7 +407,7 @@ class ClusterMember:
         if topic is None:
             return
         plog = topic.partitions[partition]
-        local_epoch = int((read_json(os.path.join(plog.directory, LEADER_EPOCH_FILE)) or {}).get("epoch", -1))
+        local_epoch = _local_epoch(plog)
         try:
             raw, etag = await self.tier.store.get_with_etag(
                 manifest_key(self.tier.partition_prefix(topic, partition)), deadline=30)
@@ -486,7 +480,6 @@ class ClusterMember:
             if topic is not None and partition < len(topic.partitions):
                 end = topic.partitions[partition].log_end_offset
                 self.broker.logs.replace_partition(topic_name, partition, None)
-                self.moves_out += 1
                 if sealed:
                     log.info("handed over %s-%d at offset %d (sealed in %.2fs)", topic_name, partition, end,
                              time.monotonic() - started)
@@ -518,9 +511,7 @@ class ClusterMember:
         except Exception as exc:
             log.warning("could not remove this broker's lease: %s", exc)
 
-    def describe(self) -> dict[str, object]:
-        return {"node": self.node_id, "placement_version": self.placement.version, "lease_valid": self.lease_valid(),
-                "roles": {f"{t}-{p}": [r.state, r.epoch] for (t, p), r in sorted(self.roles.items())}}
 
-    def dump(self) -> str:
-        return json.dumps(self.describe(), sort_keys=True)
+def _local_epoch(plog: PartitionLog) -> int:
+    """The epoch this broker last claimed the partition at (-1: never), kept in its directory."""
+    return int((read_json(os.path.join(plog.directory, LEADER_EPOCH_FILE)) or {}).get("epoch", -1))

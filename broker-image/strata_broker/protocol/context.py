@@ -62,6 +62,13 @@ class RequestContext:
         return authorizer.authorize(self.principal, self.host, operation, resource_type, name)
 
     @property
+    def listener_name(self) -> str:
+        """The name of the listener this request came in on ('' when not known)."""
+        if self.conn is not None and self.conn.listener is not None:
+            return self.conn.listener.name
+        return ""
+
+    @property
     def advertised_host(self) -> str:
         """The host clients reach this broker at on the listener this request came in on."""
         if self.conn is not None and self.conn.listener is not None:

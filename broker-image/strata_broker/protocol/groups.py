@@ -107,8 +107,7 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
             # The leader of the group's offsets partition (hash of the group id), as Kafka does.
             address = broker.cluster.coordinator_of(key)
             assert address is not None
-            listener = ctx.conn.listener.name if ctx.conn is not None and ctx.conn.listener is not None else ""
-            return (address.id, *address.on(listener))
+            return (address.id, *address.on(ctx.listener_name))
         return broker.node_id, ctx.advertised_host, ctx.advertised_port
 
     if ctx.api_version >= 4:

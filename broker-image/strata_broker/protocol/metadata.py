@@ -67,7 +67,7 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     controller = node
     if broker.cluster is not None and broker.cluster.placement.brokers:
         # Every broker of the placement; any of them creates topics, the lowest id is named.
-        name = ctx.conn.listener.name if ctx.conn is not None and ctx.conn.listener is not None else ""
+        name = ctx.listener_name
         brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
                    for b in broker.cluster.placement.brokers if b.id != node] + brokers
         controller = broker.cluster.controller_id()
@@ -145,7 +145,7 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
                                        port=ctx.advertised_port, rack=None)]
     controller = broker.node_id
     if broker.cluster is not None:
-        name = ctx.conn.listener.name if ctx.conn is not None and ctx.conn.listener is not None else ""
+        name = ctx.listener_name
         brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
                     for b in broker.cluster.placement.brokers if b.id != broker.node_id]
         controller = broker.cluster.controller_id()
