@@ -243,6 +243,10 @@ def consume_throughput(broker: Broker, topic: str, partitions: int, expected: in
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 50 * MiB,
         "max.partition.fetch.bytes": 4 * MiB,
+        # librdkafka pauses a partition's fetching for this long once its local queue passes
+        # queued.min.messages (100,000 = 100 MB of these records); the default 1000 ms showed up as
+        # one-second stalls with the broker idle, a client-side pause that measures nothing here.
+        "fetch.queue.backoff.ms": 10,
     })
     received = nbytes = errors = 0
     with CpuMeter(broker) as cpu:
@@ -512,7 +516,9 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                   "broker = the broker process (/proc), client = this process incl. librdkafka's threads "
                   "(os.times()), or the rdkafka_performance child.", highlight=False)
     console.print("produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
-                  "latency: linger.ms=0, one 1-partition topic, paced produce.", highlight=False)
+                  "latency: linger.ms=0, one 1-partition topic, paced produce; consume: assign(), "
+                  "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",
+                  highlight=False)
     if tansu_note:
         console.print(f"tansu: {tansu_note}", highlight=False)
     if perf_note:

@@ -244,6 +244,10 @@ def replay(broker: Broker, topic: str, ends: dict[int, int], log_bytes: int, tim
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 50 * MiB,
         "max.partition.fetch.bytes": 4 * MiB,
+        # librdkafka pauses a partition's fetching for this long once its local queue passes
+        # queued.min.messages (100,000 = 100 MB of these records); the default 1000 ms showed up as
+        # one-second stalls with the broker idle, a client-side pause that measures nothing here.
+        "fetch.queue.backoff.ms": 10,
     })
     # Connection, metadata and group coordinator before the clock starts (librdkafka looks the
     # coordinator up even for assign(); the first FindCoordinator creates __consumer_offsets).
@@ -642,8 +646,9 @@ def report(res: Results, args: argparse.Namespace) -> None:
                   "Fetch v11 in flight, all partitions per request, max_bytes 50 MiB, 4 MiB per partition, only "
                   "batch headers read -- the broker's rate, the target's row; a run that does not fetch exactly "
                   "the log's bytes aborts the benchmark. confluent-kafka rows: assign() from 0, fetch.max.bytes "
-                  "50 MiB, max.partition.fetch.bytes 4 MiB -- the end-to-end client view, on this machine limited "
-                  "by the consumer's own CPU. Hot topic has remote.storage.enable=false (local only). "
+                  "50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10 -- the end-to-end client "
+                  "view, on this machine limited by the consumer's own CPU. Hot topic has "
+                  "remote.storage.enable=false (local only). "
                   "Produce: confluent-kafka, linger.ms=5, batch.size=1MB, idempotence off, "
                   f"{args.produce_seconds:g}s per run, alternating order. CPU columns (100% = one core) for the best "
                   "run: the broker, the moto S3 server, this process (consumer / Fetch loop / GET loop).",

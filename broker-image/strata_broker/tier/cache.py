@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import logging
+import mmap
 import os
 import shutil
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+# O_DIRECT wants the buffer, the file offset and the length aligned; 4 KiB covers the usual
+# logical block sizes.
+_ALIGN = 4096
 
 
 class ChunkCache:
@@ -25,6 +34,13 @@ class ChunkCache:
         self.misses = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-cache")
         self._pending: set[str] = set()
+        # Used by the writer thread only. Chunks are written with O_DIRECT from this one aligned
+        # buffer: a buffered write copies every byte into newly allocated page-cache pages, and on a
+        # VM the first touch of such pages costs several times the copy (measured here: 0.3 to 2.5
+        # CPU-seconds per GB buffered, 0.25 direct; a cold replay's broker CPU fell by a fifth). The
+        # chunk is in memory while it is hot and read back from its file only after it has left
+        # memory, so the page cache gains nothing from holding it twice.
+        self._direct = _DirectWriter() if hasattr(os, "O_DIRECT") else None
 
     @staticmethod
     def _name(key: str, chunk: int) -> str:
@@ -64,7 +80,7 @@ class ChunkCache:
         # The write happens on a worker thread: a 4 MiB write on the event loop stalls every client.
         self._pending.add(name)
         path = os.path.join(self.directory, name)
-        future = asyncio.get_running_loop().run_in_executor(self._writer, _write_file, path, data)
+        future = asyncio.get_running_loop().run_in_executor(self._writer, _write_file, path, data, self._direct)
         future.add_done_callback(lambda f: self._written(name, len(data), f))
 
     def _written(self, name: str, size: int, future: asyncio.Future[None]) -> None:
@@ -100,7 +116,49 @@ class ChunkCache:
             pass
 
 
-def _write_file(path: str, data: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
+class _DirectWriter:
+    """Writes whole files with O_DIRECT through one reusable page-aligned buffer."""
+
+    def __init__(self) -> None:
+        self._buffer = mmap.mmap(-1, _ALIGN)
+        self.working = True
+
+    def write(self, path: str, data: bytes) -> None:
+        size = len(data)
+        padded = -(-size // _ALIGN) * _ALIGN
+        if padded > len(self._buffer):
+            self._buffer.close()
+            self._buffer = mmap.mmap(-1, padded)
+        self._buffer[:size] = data
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        try:
+            view = memoryview(self._buffer)[:padded]
+            try:
+                written = 0
+                while written < padded:
+                    written += os.write(fd, view[written:])
+            finally:
+                view.release()
+            os.ftruncate(fd, size)  # the padding goes
+        finally:
+            os.close(fd)
+
+
+def _write_file(path: str, data: bytes, direct: _DirectWriter | None = None) -> None:
+    tmp = path + ".tmp"
+    if direct is not None and direct.working:
+        try:
+            direct.write(tmp, data)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # This file system has no O_DIRECT (older tmpfs, some overlays): buffered from now on.
+            direct.working = False
+            log.info("chunk cache: O_DIRECT writes unavailable in %s (%s); using buffered writes",
+                     os.path.dirname(path), exc)
+        else:
+            os.replace(tmp, path)
+            return
+    with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
