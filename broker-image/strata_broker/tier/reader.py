@@ -7,6 +7,7 @@ import logging
 import struct
 from bisect import bisect_right
 from collections import OrderedDict
+from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatch
 
@@ -30,7 +31,8 @@ class RemoteReader:
         self._inflight: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self._indexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self._timeindexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
-        self._prefetching: set[asyncio.Task[bytes]] = set()
+        self._prefetching: set[asyncio.Task[Any]] = set()
+        self._index_loads: dict[str, asyncio.Task[tuple[list[int], list[int]]]] = {}
 
     # ---- chunks ---------------------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class RemoteReader:
                     return
                 segment = manifest.segments[index]
                 n = 0
+                self._prefetch_index(prefix, segment)
             key = segment.key(prefix, "log")
             budget -= 1
             if self.cache.contains(key, n) or (key, n) in self._inflight:
@@ -88,7 +91,16 @@ class RemoteReader:
             self._prefetching.add(task)
             task.add_done_callback(self._prefetch_done)
 
-    def _prefetch_done(self, task: asyncio.Task[bytes]) -> None:
+    def _prefetch_index(self, prefix: str, segment: RemoteSegment) -> None:
+        """The next segment's offset index too: a reader entering it needs it on its second read."""
+        key = segment.key(prefix, "index")
+        if key in self._indexes or key in self._index_loads:
+            return
+        task = asyncio.get_running_loop().create_task(self._offset_index(prefix, segment))
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetch_done)
+
+    def _prefetch_done(self, task: asyncio.Task[Any]) -> None:
         self._prefetching.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("prefetch failed: %s", task.exception())
@@ -97,6 +109,17 @@ class RemoteReader:
 
     async def _offset_index(self, prefix: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
         key = segment.key(prefix, "index")
+        found = self._indexes.get(key)
+        if found is not None:
+            return found
+        task = self._index_loads.get(key)
+        if task is None:  # one GET however many readers (and the prefetch) want it at once
+            task = asyncio.get_running_loop().create_task(self._load_offset_index(key, segment))
+            self._index_loads[key] = task
+            task.add_done_callback(lambda t, k=key: self._index_loads.pop(k, None))
+        return await asyncio.shield(task)
+
+    async def _load_offset_index(self, key: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
         found = self._indexes.get(key)
         if found is None:
             data = await self.store.get(key) if segment.index_size else b""
@@ -126,6 +149,9 @@ class RemoteReader:
         return found
 
     async def _position_of(self, prefix: str, segment: RemoteSegment, offset: int) -> int:
+        if offset <= segment.base_offset:
+            # A sequential reader enters each segment at its start: no index GET on its path.
+            return 0
         rels, positions = await self._offset_index(prefix, segment)
         i = bisect_right(rels, offset - segment.base_offset)
         return positions[i - 1] if i else 0
