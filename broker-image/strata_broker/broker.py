@@ -50,6 +50,7 @@ class Broker:
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(self, data_dir)
         if self.tier is not None:
+            self.logs.producer_id_blocks = self.tier.reserve_producer_ids
             self.tier.store.on_request = self.meter.s3_call
             self.tier.store.on_downloaded = self.meter.s3_downloaded
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],

@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,6 +113,11 @@ class LogManager:
         self._lock_fd = -1
         self._next_producer_id = 0
         self._producer_id_limit = 0
+        self._producer_id_lock = asyncio.Lock()
+        # With tiered storage, blocks of producer ids come from the cluster's counter in the bucket
+        # (TierManager.reserve_producer_ids): a per-broker counter would hand the same id to two
+        # brokers' producers, or, after a lost disk, reuse ids the restored partitions remember.
+        self.producer_id_blocks: Callable[[int, int], Awaitable[int]] | None = None
         self.listener: TopicListener | None = None
         # Cluster mode: partitions move through S3, so every topic must be tiered.
         self.require_remote = False
@@ -334,12 +339,18 @@ class LogManager:
 
     # ---- producer ids --------------------------------------------------------------------
 
-    def allocate_producer_id(self) -> int:
-        """Unique across restarts: a block is persisted before any id from it is handed out."""
+    async def allocate_producer_id(self) -> int:
+        """Unique across restarts: a block is persisted (locally, or in the bucket's cluster-wide
+        counter) before any id from it is handed out."""
         if self._next_producer_id >= self._producer_id_limit:
-            self._producer_id_limit = self._next_producer_id + _PRODUCER_ID_BLOCK
-            write_json_atomic(os.path.join(self.meta_dir, "producer-ids.json"),
-                              {"next_block": self._producer_id_limit})
+            async with self._producer_id_lock:
+                if self._next_producer_id >= self._producer_id_limit:
+                    start = self._next_producer_id
+                    if self.producer_id_blocks is not None:
+                        start = await self.producer_id_blocks(_PRODUCER_ID_BLOCK, start)
+                    write_json_atomic(os.path.join(self.meta_dir, "producer-ids.json"),
+                                      {"next_block": start + _PRODUCER_ID_BLOCK})
+                    self._next_producer_id, self._producer_id_limit = start, start + _PRODUCER_ID_BLOCK
         pid = self._next_producer_id
         self._next_producer_id += 1
         return pid

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse
 
 from ..errors import ErrorCode
 from ..security.acl import CLUSTER_NAME, OP_IDEMPOTENT_WRITE, OP_WRITE, RES_CLUSTER, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
+
+log = logging.getLogger(__name__)
 
 
 @api(InitProducerIdRequest, InitProducerIdResponse, 0, 4)
@@ -31,5 +35,10 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
         if request.producer_epoch < 32766:
             return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, producer_id=request.producer_id,
                      producer_epoch=request.producer_epoch + 1)
-    return R(version=ctx.api_version, throttle_time_ms=0, error_code=0,
-             producer_id=ctx.broker.logs.allocate_producer_id(), producer_epoch=0)
+    try:
+        producer_id = await ctx.broker.logs.allocate_producer_id()
+    except Exception as exc:  # the bucket's counter is out of reach (S3 down): the client retries
+        log.warning("no producer id block: %r", exc)
+        return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
+                 producer_id=-1, producer_epoch=-1)
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, producer_id=producer_id, producer_epoch=0)

@@ -38,6 +38,11 @@ def segment_key(partition_prefix: str, base_offset: int, last_offset: int, suffi
     return f"{partition_prefix}{base_offset:020d}-{last_offset:020d}{cleaned}.{suffix}"
 
 
+def producer_ids_key(prefix: str, cluster: str) -> str:
+    """The cluster's producer id counter: the next unreserved id."""
+    return cluster_root(prefix, cluster) + "producer-ids.json"
+
+
 def wal_root(prefix: str, cluster: str, broker_id: int) -> str:
     return f"{cluster_root(prefix, cluster)}wal/{broker_id}/"
 

@@ -24,6 +24,7 @@ from .layout import (
     manifest_key,
     parse_topic_dir,
     partition_root,
+    producer_ids_key,
     segment_key,
     topic_meta_key,
     topic_root,
@@ -32,7 +33,7 @@ from .layout import (
 from .manifest import RemoteManifest, RemoteSegment
 from .publish import Fenced, publish_manifest
 from .reader import RemoteReader
-from .store import ObjectStore, S3Unavailable
+from .store import ObjectStore, PreconditionFailed, S3Unavailable
 from .wal import S3CommitLog
 
 if TYPE_CHECKING:
@@ -313,6 +314,23 @@ class TierManager:
             await self.compactor.collect_garbage(plog, prefix)
         except Exception as exc:
             log.warning("S3 compaction of %s-%d postponed: %s", topic.name, plog.partition, exc)
+
+    # ---- producer ids -----------------------------------------------------------------------
+
+    async def reserve_producer_ids(self, count: int, at_least: int = 0) -> int:
+        """The first of `count` producer ids that no broker of the cluster has been given, nor this
+        one in an earlier life whatever became of its disk (partition states restored from the
+        bucket remember those ids). The counter lives in the bucket and moves by conditional writes
+        only; `at_least` carries forward a counter kept elsewhere before (a local file)."""
+        key = producer_ids_key(self.prefix, self.cluster)
+        while True:
+            data, etag = await self.store.get_with_etag(key)
+            start = max(int(json.loads(data)["next"]) if data else 0, at_least)
+            try:
+                await self.store.put_if(key, json.dumps({"next": start + count}).encode(), etag)
+            except PreconditionFailed:
+                continue  # another broker reserved a block in between: read again
+            return start
 
     # ---- reads ----------------------------------------------------------------------------
 
