@@ -150,3 +150,11 @@ def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 2
             return
         time.sleep(0.1)
     raise RuntimeError(f"topic {topic} not ready on {bootstrap}")
+
+
+def delete_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.delete_topics([topic], operation_timeout=timeout, request_timeout=timeout).values():
+        fut.result(timeout)
