@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HOST, Broker, create_topic, free_port, strata_broker  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from fetcher import fetch_all  # noqa: E402
-from produce_consume import CpuMeter, cpu_seconds, produce_throughput  # noqa: E402
+from produce_consume import CpuMeter, cpu_seconds, produce_throughput, settle  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -551,6 +551,7 @@ def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None
             res.produce.setdefault(durability, []).append(r)
             note(f"produce acks=all durability={durability}: {r.mb_s:.1f} MB/s {r.rec_s:,.0f} rec/s "
                  f"({r.records:,} records, {r.errors} failed, broker CPU {r.broker_cpu:.0f}%)")
+            settle(prod, topic)  # the next run does not pay for this one's writeback
     prod.stop()
     for path in Path(tmp).glob("broker-*.log"):
         problems = [line for line in path.read_text(errors="replace").splitlines()
