@@ -105,6 +105,10 @@ class Broker:
             self.logs.listener = self.cluster or self.tier
             if self.cluster is None:
                 await self.tier.replay_commit_log()
+            try:
+                await self.logs.reserve_producer_id_block()
+            except Exception as exc:  # S3 went away after open(): the first InitProducerId asks again
+                log.warning("no producer id block reserved at start-up (%r)", exc)
         self.groups = GroupCoordinator(self)
         await self.groups.start()
         _raise_fd_limit()

@@ -343,17 +343,23 @@ class LogManager:
         """Unique across restarts: a block is persisted (locally, or in the bucket's cluster-wide
         counter) before any id from it is handed out."""
         if self._next_producer_id >= self._producer_id_limit:
-            async with self._producer_id_lock:
-                if self._next_producer_id >= self._producer_id_limit:
-                    start = self._next_producer_id
-                    if self.producer_id_blocks is not None:
-                        start = await self.producer_id_blocks(_PRODUCER_ID_BLOCK, start)
-                    write_json_atomic(os.path.join(self.meta_dir, "producer-ids.json"),
-                                      {"next_block": start + _PRODUCER_ID_BLOCK})
-                    self._next_producer_id, self._producer_id_limit = start, start + _PRODUCER_ID_BLOCK
+            await self.reserve_producer_id_block()
         pid = self._next_producer_id
         self._next_producer_id += 1
         return pid
+
+    async def reserve_producer_id_block(self) -> None:
+        """Take a new block unless the current one has ids left (also called at start-up, while
+        the bucket is known to be reachable, so that producers can start during an S3 outage)."""
+        async with self._producer_id_lock:
+            if self._next_producer_id < self._producer_id_limit:
+                return
+            start = self._next_producer_id
+            if self.producer_id_blocks is not None:
+                start = await self.producer_id_blocks(_PRODUCER_ID_BLOCK, start)
+            write_json_atomic(os.path.join(self.meta_dir, "producer-ids.json"),
+                              {"next_block": start + _PRODUCER_ID_BLOCK})
+            self._next_producer_id, self._producer_id_limit = start, start + _PRODUCER_ID_BLOCK
 
     # ---- housekeeping --------------------------------------------------------------------
 
