@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -146,19 +147,24 @@ class _DirectWriter:
 
 def _write_file(path: str, data: bytes, direct: _DirectWriter | None = None) -> None:
     tmp = path + ".tmp"
-    if direct is not None and direct.working:
-        try:
-            direct.write(tmp, data)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            # This file system has no O_DIRECT (older tmpfs, some overlays): buffered from now on.
-            direct.working = False
-            log.info("chunk cache: O_DIRECT writes unavailable in %s (%s); using buffered writes",
-                     os.path.dirname(path), exc)
-        else:
-            os.replace(tmp, path)
-            return
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        if direct is not None and direct.working:
+            try:
+                direct.write(tmp, data)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # This file system has no O_DIRECT (older tmpfs, some overlays): buffered from now on.
+                direct.working = False
+                log.info("chunk cache: O_DIRECT writes unavailable in %s (%s); using buffered writes",
+                         os.path.dirname(path), exc)
+            else:
+                os.replace(tmp, path)
+                return
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not also leak the half-written file
+            os.unlink(tmp)
+        raise

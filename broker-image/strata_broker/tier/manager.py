@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ _PART_BYTES = 25 << 20
 class TierManager:
     def __init__(self, config: BrokerConfig, data_dir: str, broker_id: int = 0) -> None:
         self.config = config
+        self.broker_id = broker_id
         self.prefix = config["tiered.s3.prefix"]
         self.cluster = config["cluster.id"]
         self.store = ObjectStore(config["tiered.s3.bucket"], config["tiered.s3.endpoint"],
@@ -326,8 +328,12 @@ class TierManager:
         while True:
             data, etag = await self.store.get_with_etag(key)
             start = max(int(json.loads(data)["next"]) if data else 0, at_least)
+            # The reservation names itself: put_if takes an identical body already in place for its
+            # own retried write, and two brokers reserving the same block would write identical ones.
+            body = json.dumps({"next": start + count, "reserved_by": self.broker_id,
+                               "reservation": uuid.uuid4().hex}).encode()
             try:
-                await self.store.put_if(key, json.dumps({"next": start + count}).encode(), etag)
+                await self.store.put_if(key, body, etag)
             except PreconditionFailed:
                 continue  # another broker reserved a block in between: read again
             return start
