@@ -18,6 +18,8 @@ from kafka.protocol.producer import InitProducerIdRequest
 from kafkaclients import consume_confluent, create_topic
 from rawclient import RawConnection
 from s3server import CREDENTIALS
+from strata_broker.config import BrokerConfig
+from strata_broker.tier.manager import TierManager
 
 TIERED = {"segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "500", "log.retention.check.interval.ms": "500"}
 
@@ -85,9 +87,6 @@ def test_brokers_sharing_a_bucket_never_hand_out_the_same_producer_id(broker_fac
 
 def test_concurrent_reservations_never_overlap(tmp_path, s3, monkeypatch):
     """Many brokers' reservations racing on the bucket's counter: each block is somebody's alone."""
-    from strata_broker.config import BrokerConfig
-    from strata_broker.tier.manager import TierManager
-
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     config = BrokerConfig.from_overrides(s3.broker_settings())
