@@ -77,7 +77,12 @@ def test_compression_round_trip(broker, topic_name, client, codec):
         for name in os.listdir(directory):
             if name.endswith(".log"):
                 seen |= _codecs_in(directory / name)
-    assert seen == {codec_id}
+    if client == "confluent-kafka":
+        # librdkafka sends a batch uncompressed when compressing would not shrink it (a small last
+        # batch of random values): such a batch is stored uncompressed, as sent.
+        assert codec_id in seen and seen <= {codec_id, 0}, seen
+    else:
+        assert seen == {codec_id}
 
 
 def _codecs_in(path) -> set[int]:
