@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import HOST, Broker, create_topic, free_port, strata_broker  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
-from produce_consume import cpu_seconds, raw_disk_rate  # noqa: E402
+from produce_consume import cpu_seconds, produce_until, raw_disk_rate  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -458,18 +458,8 @@ def produce_worker(bootstrap: str, topic: str, partitions: int, seconds: float, 
     late = time.time() - start_at
     time.sleep(max(0.0, start_at - time.time()))
     c0 = sum(os.times()[:2])
-    sent = 0
-    produce = producer.produce
     t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while True:
-        if (sent & 1023) == 0 and time.perf_counter() >= deadline:
-            break
-        try:
-            produce(topic, payload)
-            sent += 1
-        except BufferError:
-            producer.poll(0.005)
+    sent = produce_until(producer, topic, payload, t0 + seconds)
     remaining = producer.flush(90)
     elapsed = time.perf_counter() - t0
     failed = remaining + errors[0] - warm

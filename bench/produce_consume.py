@@ -193,6 +193,22 @@ class Latency:
         return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
 
 
+def produce_until(producer: Producer, topic: str, payload: bytes, deadline: float,
+                  max_records: int | None = None) -> int:
+    """Produce as fast as the client takes records until deadline (perf_counter) or max_records; the count."""
+    sent = 0
+    produce = producer.produce
+    while max_records is None or sent < max_records:
+        if (sent & 1023) == 0 and time.perf_counter() >= deadline:
+            break
+        try:
+            produce(topic, payload)
+            sent += 1
+        except BufferError:
+            producer.poll(0.005)
+    return sent
+
+
 def produce_throughput(broker: Broker, topic: str, acks: str, seconds: float, max_records: int) -> Throughput:
     errors = [0]
 
@@ -215,20 +231,10 @@ def produce_throughput(broker: Broker, topic: str, acks: str, seconds: float, ma
     })
     payload = os.urandom(RECORD_SIZE)
     producer.poll(0)
-    sent = 0
     client0 = own_cpu_seconds()
     with CpuMeter(broker) as cpu:
         t0 = time.perf_counter()
-        deadline = t0 + seconds
-        produce = producer.produce
-        while sent < max_records:
-            if (sent & 1023) == 0 and time.perf_counter() >= deadline:
-                break
-            try:
-                produce(topic, payload)
-                sent += 1
-            except BufferError:
-                producer.poll(0.005)
+        sent = produce_until(producer, topic, payload, t0 + seconds, max_records)
         remaining = producer.flush(90)
         elapsed = time.perf_counter() - t0
     client = own_cpu_seconds() - client0

@@ -104,7 +104,11 @@ class ObjectStore:
 
     async def put_if(self, key: str, body: bytes, etag: str | None, deadline: float | None = None) -> str:
         """Write only over the version `etag` names (None: only if the key does not exist yet);
-        returns the new ETag. Raises PreconditionFailed when someone else wrote in between."""
+        returns the new ETag. Raises PreconditionFailed when someone else wrote in between.
+
+        A 412 on a retry whose first attempt did land is recognised by the body being in place, so
+        a body must name its writer wherever two writers could write the same bytes and mean
+        different things (the producer id counter does)."""
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         try:
             response = await self._call("put_object", deadline, Key=key, Body=body, **condition)
