@@ -78,16 +78,33 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU-seconds of a process and its live children (a tiered broker's chunk downloader)."""
+    total = cpu_seconds(pid)
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return total
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        total += sum(tree_cpu_seconds(int(child)) for child in children)
+    return total
+
+
 class CpuMeter:
     def __init__(self, broker: Broker) -> None:
         self.pid = broker.proc.pid if broker.proc else -1
 
     def __enter__(self) -> CpuMeter:
-        self.c0, self.t0 = cpu_seconds(self.pid), time.monotonic()
+        self.c0, self.t0 = tree_cpu_seconds(self.pid), time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = cpu_seconds(self.pid) - self.c0  # CPU-seconds the broker used over the block
+        self.seconds = tree_cpu_seconds(self.pid) - self.c0  # CPU-seconds the broker used over the block
         self.percent = 100.0 * self.seconds / max(1e-9, time.monotonic() - self.t0)
 
 

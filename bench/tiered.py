@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +372,7 @@ class Results:
     cold: dict[str, list[Rate]] = field(default_factory=dict)
     hot: list[Rate] = field(default_factory=list)
     cold_bare: list[Rate] = field(default_factory=list)  # default settings, bare Fetch loop (fetcher.py)
+    cold_bare_variants: dict[str, list[Rate]] = field(default_factory=dict)  # --bare-variant, bare Fetch loop
     hot_bare: list[Rate] = field(default_factory=list)
     raw_ranged: list[Rate] = field(default_factory=list)
     raw_whole: list[Rate] = field(default_factory=list)
@@ -393,9 +395,54 @@ def variant_settings(spec: str) -> list[str]:
             out.append(f"tiered.chunk.bytes={int(float(value) * MiB)}")
         elif name == "cache":
             out.append(f"tiered.cache.bytes={int(float(value) * MiB)}")
+        elif name == "process":
+            out.append(f"tiered.download.process={'true' if int(value) else 'false'}")
         else:
-            raise SystemExit(f"unknown variant setting {name!r} (prefetch=N, chunk=MiB, cache=MiB)")
+            raise SystemExit(f"unknown variant setting {name!r} (prefetch=N, chunk=MiB, cache=MiB, process=0|1)")
     return out
+
+
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The broker's /metrics as {sample name with labels: value} ({} while it does not answer yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def start_ready(broker: Broker, metrics_port: int, settings: list[str], warm: str, warm_ends: dict[int, int],
+                timeout: float) -> None:
+    """Start a broker and make it ready for cold reads: a cold read of another topic starts its chunk
+    downloader (a child process that takes about a second to import aiobotocore; until then the broker
+    downloads itself), and the downloader is waited for. A replay then measures the broker as it
+    runs, not its first second; the replayed topic's chunks are not in its cache."""
+    broker.start()
+    if "tiered.download.process=false" not in settings:
+        fetch_all(broker.bootstrap, warm, warm_ends, timeout)
+        wait_until(lambda: scrape(metrics_port).get("strata_tier_downloader_ready") == 1.0, 30,
+                   "the broker's cold chunk downloader")
+
+
+_COUNTS = ('strata_tier_cold_chunks_total{by="downloader"}', 'strata_tier_cold_chunks_total{by="broker"}',
+           'strata_s3_requests_total{operation="get_object"}')
+
+
+def counts(metrics_port: int) -> list[float]:
+    """Cold chunks the downloader received, those the broker downloaded itself, and S3 GETs, so far."""
+    samples = scrape(metrics_port)
+    return [samples.get(name, 0.0) for name in _COUNTS]
+
+
+def chunks_by(before: list[float], after: list[float]) -> str:
+    child, own, gets = (b - a for a, b in zip(before, after, strict=True))
+    return f"chunks: {child:.0f} by the downloader, {own:.0f} by the broker; {gets:.0f} GETs"
 
 
 def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None:  # type: ignore[type-arg]
@@ -410,18 +457,21 @@ def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None
     os.makedirs(data_dir)
     port = free_port()
     log_path = Path(tmp) / "broker-replay.log"
+    metrics_port = free_port()
 
     def replay_broker(*extra: str) -> Broker:
-        return strata_broker(data_dir, port, log_path, *tiered_settings(s3, bucket, args, *extra))
+        return strata_broker(data_dir, port, log_path, *tiered_settings(s3, bucket, args, *extra),
+                             f"metrics.listen=127.0.0.1:{metrics_port}")
 
     broker = replay_broker()
     cleanup.append(lambda: broker.stop())
     broker.start()
     note(f"strata-broker pid {broker.proc.pid} on {broker.bootstrap} (bucket {bucket})")
-    cold, hot = f"cold-{tag}", f"hot-{tag}"
+    cold, hot, warm = f"cold-{tag}", f"hot-{tag}", f"warm-{tag}"
     parts = args.partitions
-    create_topic(broker.bootstrap, cold, parts,
-                 config={"retention.ms": "-1", "local.retention.bytes": "0", "local.retention.ms": "-1"})
+    all_remote = {"retention.ms": "-1", "local.retention.bytes": "0", "local.retention.ms": "-1"}
+    create_topic(broker.bootstrap, cold, parts, config=all_remote)
+    create_topic(broker.bootstrap, warm, 1, config=all_remote)  # only there to start the chunk downloader
     create_topic(broker.bootstrap, hot, parts, config={"retention.ms": "-1", "remote.storage.enable": "false"})
     nbytes = int(args.mb * MB)
     t0 = time.perf_counter()
@@ -430,6 +480,8 @@ def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None
     t0 = time.perf_counter()
     load(broker.bootstrap, hot, parts, nbytes)
     note(f"loaded {n:,} records into {hot} in {time.perf_counter() - t0:.1f}s")
+    warm_n = load(broker.bootstrap, warm, 1, MB)
+    wait_until(lambda: remote_end(remote_manifests(s3, bucket, warm)) == {0: warm_n}, 180, "uploads of the warm topic")
     per_part = {p: n // parts + (1 if p < n % parts else 0) for p in range(parts)}
     wait_until(lambda: remote_end(remote_manifests(s3, bucket, cold)) == per_part, 180, "uploads of the cold topic")
     wait_until(lambda: local_log_bytes(data_dir, cold, parts) == 0, 60, "local deletion of the cold topic", 0.25)
@@ -453,13 +505,21 @@ def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None
         bare_first = round_no % 2 == 0
         cold_runs = [(spec, False) for spec in variants]
         cold_runs.insert(0 if bare_first else 1, ("", True))
+        cold_runs += [(spec, True) for spec in args.bare_variant if spec]
         for spec, bare in cold_runs:
             broker.stop()
-            broker = replay_broker(*variant_settings(spec))
-            broker.start()  # the chunk cache is cleared on start: cold
+            settings = variant_settings(spec)
+            broker = replay_broker(*settings)
+            # The chunk cache is cleared on start: cold.
+            start_ready(broker, metrics_port, settings, warm, {0: warm_n}, args.timeout)
             if bare:
+                before = counts(metrics_port)
                 r = replay_bare(broker, cold, ends, res.replay_bytes, args.timeout, s3.proc.pid)
-                res.cold_bare.append(r)
+                r.detail = chunks_by(before, counts(metrics_port))
+                if spec:
+                    res.cold_bare_variants.setdefault(spec, []).append(r)
+                else:
+                    res.cold_bare.append(r)
             else:
                 r = replay(broker, cold, ends, res.replay_bytes, args.timeout, s3.proc.pid)
                 res.cold.setdefault(spec or "default", []).append(r)
@@ -594,6 +654,8 @@ def report(res: Results, args: argparse.Namespace) -> None:
     rates(f"raw aiobotocore GET, 4 MiB ranges, sequential ({size}) (MB/s)", res.raw_ranged)
     rates("raw aiobotocore GET, whole objects, sequential (MB/s)", res.raw_whole)
     rates("cold replay from S3, empty cache, bare Fetch loop (MB/s)", res.cold_bare, raw_best)
+    for spec, runs in res.cold_bare_variants.items():
+        rates(f"cold replay from S3, empty cache, {spec}, bare Fetch loop (MB/s)", runs, raw_best)
     rates("hot replay from local disk, bare Fetch loop (MB/s)", res.hot_bare, raw_best)
     for spec, runs in res.cold.items():
         rates(f"cold replay from S3, empty cache, {spec}, confluent-kafka (MB/s)", runs, raw_best)
@@ -665,6 +727,9 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=None, metavar="prefetch=N,chunk=MiB,cache=MiB",
                         help="extra cold-replay broker settings to try (repeatable; default: prefetch=8, "
                              "chunk=16,prefetch=2 and cache=0); pass --variant '' for none")
+    parser.add_argument("--bare-variant", action="append", default=None, metavar="SPEC",
+                        help="cold-replay broker settings also measured with the bare Fetch loop (repeatable; "
+                             "default: process=0, the broker downloading without its child process)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of replay and produce measurements")
     parser.add_argument("--restores", type=int, default=3, help="restores per bucket size")
     parser.add_argument("--produce-seconds", type=float, default=5.0)
@@ -680,6 +745,8 @@ def main() -> int:
         args.small_mb = args.mb / 10
     if args.variant is None:
         args.variant = ["prefetch=8", "chunk=16,prefetch=2", "cache=0"]
+    if args.bare_variant is None:
+        args.bare_variant = ["process=0"]
     os.environ.update(CREDENTIALS)  # the brokers inherit them (standard AWS chain)
 
     if args.broker_pythonpath:

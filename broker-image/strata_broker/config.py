@@ -211,6 +211,8 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("tiered.cache.bytes", _int_at_least(0), str(256 << 20), "on-disk cache of remote chunks"),
         ConfigKey("tiered.chunk.bytes", _int_at_least(64 << 10), str(8 << 20), "ranged GET size"),
         ConfigKey("tiered.prefetch.chunks", _int_at_least(0), "4", "chunks read ahead of a sequential reader"),
+        ConfigKey("tiered.download.process", _bool, "true",
+                  "cold chunks are received by a child process into shared memory (false: by the broker itself)"),
         ConfigKey("tiered.fetch.timeout.ms", _int_at_least(100), "10000", "a remote read gives up after this"),
         ConfigKey("tiered.upload.concurrency", _int_at_least(1), "4", "segments uploaded at once"),
         ConfigKey("tiered.s3.commit.interval.ms", _int_at_least(1), "50",

@@ -81,6 +81,16 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily("strata_s3_healthy", "1 when the last S3 request succeeded",
                                 value=1 if tier.store.healthy else 0)
         yield GaugeMetricFamily("strata_tier_cache_bytes", "Remote chunk cache on disk", value=tier.cache.size_bytes)
+        downloader = tier.downloader
+        if downloader is not None:
+            yield GaugeMetricFamily("strata_tier_downloader_ready",
+                                    "1 when the cold chunk downloader process takes requests",
+                                    value=1 if downloader.ready else 0)
+            chunks = CounterMetricFamily("strata_tier_cold_chunks", "Cold chunks downloaded, by where",
+                                         labels=["by"])
+            chunks.add_metric(["downloader"], downloader.downloads)
+            chunks.add_metric(["broker"], downloader.fallbacks)
+            yield chunks
 
 
 def serve_metrics(broker: Broker, host: str, port: int) -> int:

@@ -29,8 +29,9 @@ class ChunkCache:
         os.makedirs(directory, exist_ok=True)
         self._disk: OrderedDict[str, int] = OrderedDict()
         self._disk_bytes = 0
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
-        self._memory_chunks = memory_chunks
+        # Chunks are bytes, or read-only views of the downloader's shared memory (tier/downloader.py).
+        self._memory: OrderedDict[str, bytes | memoryview] = OrderedDict()
+        self.memory_chunks = memory_chunks
         self.hits = 0
         self.misses = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-cache")
@@ -47,7 +48,7 @@ class ChunkCache:
     def _name(key: str, chunk: int) -> str:
         return f"{hashlib.sha1(key.encode()).hexdigest()}-{chunk}"
 
-    def get(self, key: str, chunk: int) -> bytes | None:
+    def get(self, key: str, chunk: int) -> bytes | memoryview | None:
         name = self._name(key, chunk)
         data = self._memory.get(name)
         if data is not None:
@@ -75,19 +76,33 @@ class ChunkCache:
     def put(self, key: str, chunk: int, data: bytes) -> None:
         name = self._name(key, chunk)
         self._remember(name, data)
-        if (self.capacity_bytes <= 0 or len(data) > self.capacity_bytes or name in self._disk
-                or name in self._pending):
+        path = self.reserve_file(key, chunk, len(data))
+        if path is None:
             return
         # The write happens on a worker thread: a 4 MiB write on the event loop stalls every client.
-        self._pending.add(name)
-        path = os.path.join(self.directory, name)
         future = asyncio.get_running_loop().run_in_executor(self._writer, _write_file, path, data, self._direct)
-        future.add_done_callback(lambda f: self._written(name, len(data), f))
+        future.add_done_callback(
+            lambda f: self.stored(key, chunk, len(data), not f.cancelled() and f.exception() is None))
 
-    def _written(self, name: str, size: int, future: asyncio.Future[None]) -> None:
-        # Runs on the loop, so the bookkeeping stays single-threaded.
+    def remember(self, key: str, chunk: int, data: bytes | memoryview) -> None:
+        """Keep a chunk in memory only (its file, if any, is written by someone else: see reserve_file)."""
+        self._remember(self._name(key, chunk), data)
+
+    def reserve_file(self, key: str, chunk: int, size: int) -> str | None:
+        """Where the chunk's file is to be written, when the disk cache takes it (None: it does not).
+        The writer reports back with stored()."""
+        name = self._name(key, chunk)
+        if self.capacity_bytes <= 0 or size > self.capacity_bytes or name in self._disk or name in self._pending:
+            return None
+        self._pending.add(name)
+        return os.path.join(self.directory, name)
+
+    def stored(self, key: str, chunk: int, size: int, ok: bool) -> None:
+        """The file reserve_file() named is written (ok) or given up. Runs on the loop, so the
+        bookkeeping stays single-threaded."""
+        name = self._name(key, chunk)
         self._pending.discard(name)
-        if future.cancelled() or future.exception() is not None:
+        if not ok:
             return
         self._disk[name] = size
         self._disk_bytes += size
@@ -99,10 +114,10 @@ class ChunkCache:
     def size_bytes(self) -> int:
         return self._disk_bytes
 
-    def _remember(self, name: str, data: bytes) -> None:
+    def _remember(self, name: str, data: bytes | memoryview) -> None:
         self._memory[name] = data
         self._memory.move_to_end(name)
-        while len(self._memory) > self._memory_chunks:
+        while len(self._memory) > self.memory_chunks:
             self._memory.popitem(last=False)
 
     def close(self) -> None:
@@ -131,18 +146,22 @@ class _DirectWriter:
             self._buffer.close()
             self._buffer = mmap.mmap(-1, padded)
         self._buffer[:size] = data
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-        try:
-            view = memoryview(self._buffer)[:padded]
-            try:
-                written = 0
-                while written < padded:
-                    written += os.write(fd, view[written:])
-            finally:
-                view.release()
-            os.ftruncate(fd, size)  # the padding goes
-        finally:
-            os.close(fd)
+        write_aligned(path, self._buffer, size)
+
+
+def write_aligned(path: str, buffer: mmap.mmap, size: int) -> None:
+    """The first size bytes of a page-aligned buffer (an mmap at least size rounded up to 4 KiB
+    long) to a new file, with O_DIRECT. Raises OSError(EINVAL) where the file system refuses it."""
+    padded = -(-size // _ALIGN) * _ALIGN
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        with memoryview(buffer) as whole, whole[:padded] as view:
+            written = 0
+            while written < padded:
+                written += os.write(fd, view[written:])
+        os.ftruncate(fd, size)  # the padding goes
+    finally:
+        os.close(fd)
 
 
 def _write_file(path: str, data: bytes, direct: _DirectWriter | None = None) -> None:

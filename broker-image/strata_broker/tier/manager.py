@@ -20,6 +20,7 @@ from ..log.partition import CHECKPOINT, PRODUCER_SNAPSHOT, REMOTE_MANIFEST, Part
 from ..log.segment import Segment
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
+from .downloader import ChunkDownloader
 from .layout import (
     cluster_root,
     manifest_key,
@@ -56,8 +57,14 @@ class TierManager:
         self.store = ObjectStore(config["tiered.s3.bucket"], config["tiered.s3.endpoint"],
                                  config["tiered.s3.region"])
         self.cache = ChunkCache(os.path.join(data_dir, "__remote-cache"), config["tiered.cache.bytes"])
+        self.downloader: ChunkDownloader | None = None
+        if config["tiered.download.process"] and hasattr(os, "memfd_create"):
+            # Slots for the chunks the memory cache keeps, those being prefetched, and a few that
+            # fetch responses still hold while they are written out.
+            slots = self.cache.memory_chunks + config["tiered.prefetch.chunks"] + 4
+            self.downloader = ChunkDownloader(self.store, slots, config["tiered.chunk.bytes"])
         self.reader = RemoteReader(self.store, self.cache, config["tiered.chunk.bytes"],
-                                   config["tiered.prefetch.chunks"])
+                                   config["tiered.prefetch.chunks"], self.downloader)
         self.commit_log = S3CommitLog(self.store, self.prefix, self.cluster, broker_id,
                                       config["tiered.s3.commit.interval.ms"])
         self.compactor = RemoteCompactor(self.store, config["tiered.compaction.delete.delay.ms"],
@@ -86,6 +93,8 @@ class TierManager:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self.downloader is not None:
+            await self.downloader.close()
         self.cache.close()
         await self.store.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from bisect import bisect_right
@@ -13,6 +14,7 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..log.batch import HEADER_SIZE, parse_header
 from .cache import ChunkCache
+from .downloader import ChunkDownloader, Part
 from .manifest import RemoteManifest, RemoteSegment
 from .store import ObjectStore
 
@@ -20,15 +22,20 @@ log = logging.getLogger(__name__)
 
 _OFFSET_ENTRY = struct.Struct(">ii")
 _TIME_ENTRY = struct.Struct(">qi")
+# Reads at least this long are returned as views of their chunk, not copies (the Fetch encoder
+# sends long records fields as pieces of their own; short ones it copies anyway).
+_VIEW_MIN = 64 * 1024
 
 
 class RemoteReader:
-    def __init__(self, store: ObjectStore, cache: ChunkCache, chunk_bytes: int, prefetch_chunks: int) -> None:
+    def __init__(self, store: ObjectStore, cache: ChunkCache, chunk_bytes: int, prefetch_chunks: int,
+                 downloader: ChunkDownloader | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.downloader = downloader
         self.chunk_bytes = chunk_bytes
         self.prefetch_chunks = prefetch_chunks
-        self._inflight: dict[tuple[str, int], asyncio.Task[bytes]] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Task[bytes | memoryview]] = {}
         self._indexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self._timeindexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self._prefetching: set[asyncio.Task[Any]] = set()
@@ -36,32 +43,58 @@ class RemoteReader:
 
     # ---- chunks ---------------------------------------------------------------------------
 
-    async def _chunk(self, key: str, size: int, n: int) -> bytes:
+    async def _chunk(self, key: str, size: int, n: int) -> bytes | memoryview:
         cached = self.cache.get(key, n)
         if cached is not None:
             return cached
-        task = self._inflight.get((key, n))
-        if task is None:
+        if (key, n) not in self._inflight:
+            self._start(key, size, [n])
+        return await asyncio.shield(self._inflight[(key, n)])
+
+    def _start(self, key: str, size: int, run: list[int]) -> None:
+        """Downloads of consecutive chunks of key (none cached or on their way): one GET by the
+        downloader process for as many as it takes, each of the rest in-process."""
+        parts: list[Part] = []
+        for n in run:
             start = n * self.chunk_bytes
-            task = asyncio.get_running_loop().create_task(
-                self.store.get(key, start, min(size, start + self.chunk_bytes)))
+            end = min(size, start + self.chunk_bytes)
+            parts.append((start, end, self.cache.reserve_file(key, n, end - start),
+                          functools.partial(self.cache.stored, key, n, end - start)))
+        futures = self.downloader.download_run(key, parts, size) if self.downloader is not None else []
+        loop = asyncio.get_running_loop()
+        for i, (n, (start, end, path, stored)) in enumerate(zip(run, parts, strict=True)):
+            if i < len(futures):
+                task = loop.create_task(self._received(key, n, futures[i]))
+            else:
+                if path is not None:
+                    stored(False)  # cache.put() below writes it
+                task = loop.create_task(self._download(key, n, start, end))
             self._inflight[(key, n)] = task
-            task.add_done_callback(lambda t, k=key, c=n: self._landed(k, c, t))
-        return await asyncio.shield(task)
+            task.add_done_callback(lambda t, k=key, c=n: self._chunk_done(k, c, t))
 
-    def _landed(self, key: str, n: int, task: asyncio.Task[bytes]) -> None:
+    async def _received(self, key: str, n: int, future: asyncio.Future[memoryview]) -> memoryview:
+        view = await future
+        self.cache.remember(key, n, view)
+        return view
+
+    async def _download(self, key: str, n: int, start: int, end: int) -> bytes:
+        data = await self.store.get(key, start, end)
+        self.cache.put(key, n, data)
+        return data
+
+    def _chunk_done(self, key: str, n: int, task: asyncio.Task[Any]) -> None:
         self._inflight.pop((key, n), None)
-        if not task.cancelled() and task.exception() is None:
-            self.cache.put(key, n, task.result())
+        if not task.cancelled() and task.exception() is not None:  # a prefetch nobody waited for
+            log.debug("chunk %d of %s: %s", n, key, task.exception())
 
-    async def _bytes(self, key: str, size: int, start: int, end: int) -> bytes:
+    async def _bytes(self, key: str, size: int, start: int, end: int) -> bytes | memoryview:
         end = min(end, size)
         if start >= end:
             return b""
         first, last = start // self.chunk_bytes, (end - 1) // self.chunk_bytes
         offset = first * self.chunk_bytes
-        if first == last:  # the common case: one slice, one copy
-            return (await self._chunk(key, size, first))[start - offset:end - offset]
+        if first == last:  # the common case: a view of one chunk, no copy
+            return memoryview(await self._chunk(key, size, first))[start - offset:end - offset]
         chunks = await asyncio.gather(*(self._chunk(key, size, n) for n in range(first, last + 1)))
         # One copy: the join reads the wanted ranges of the chunks through memoryviews.
         views = [memoryview(c) for c in chunks]
@@ -70,26 +103,42 @@ class RemoteReader:
         return b"".join(views)
 
     def _prefetch(self, manifest: RemoteManifest, prefix: str, index: int, position: int) -> None:
-        """Sequential readers find the next chunks already on their way or in the cache."""
-        budget = self.prefetch_chunks
+        """Sequential readers find the next chunks already on their way or in the cache.
+
+        Missing chunks of one segment are fetched as a run, one GET: a run starts once it reaches
+        its segment's end or a chunk that is present, once it is half the window long, or at once
+        when it holds the very next chunk. Only a short run at the window's far end waits for the
+        window to move on, so that a sliding window asks for two or more chunks at a time rather
+        than one (fewer requests; with some stores, such as moto, each ranged GET reads the whole
+        object)."""
+        window = self.prefetch_chunks
         segment = manifest.segments[index]
         n = position // self.chunk_bytes
-        while budget > 0:
+        run: list[int] = []
+        urgent = False
+        for ahead in range(1, window + 1):
             n += 1
             if n * self.chunk_bytes >= segment.size:
                 index += 1
                 if index >= len(manifest.segments):
-                    return
+                    break
                 segment = manifest.segments[index]
                 n = 0
                 self._prefetch_index(prefix, segment)
             key = segment.key(prefix, "log")
-            budget -= 1
             if self.cache.contains(key, n) or (key, n) in self._inflight:
+                if run:
+                    self._start(key, segment.size, run)
+                    run = []
                 continue
-            task = asyncio.get_running_loop().create_task(self._chunk(key, segment.size, n))
-            self._prefetching.add(task)
-            task.add_done_callback(self._prefetch_done)
+            if not run:
+                urgent = ahead == 1
+            run.append(n)
+            if (n + 1) * self.chunk_bytes >= segment.size:  # the run reaches the end of its segment
+                self._start(key, segment.size, run)
+                run = []
+        if run and (urgent or 2 * len(run) >= window):
+            self._start(segment.key(prefix, "log"), segment.size, run)
 
     def _prefetch_index(self, prefix: str, segment: RemoteSegment) -> None:
         """The next segment's offset index too: a reader entering it needs it on its second read."""
@@ -159,7 +208,7 @@ class RemoteReader:
     # ---- reads ----------------------------------------------------------------------------
 
     async def read(self, manifest: RemoteManifest, prefix: str, offset: int, max_bytes: int,
-                   always_one: bool) -> bytes:
+                   always_one: bool) -> bytes | memoryview:
         """Whole batches from the remote segment holding offset, like a local read."""
         index = manifest.find(offset)
         if index is None:
@@ -186,7 +235,7 @@ class RemoteReader:
             pos = end
         data = await self._bytes(key, segment.size, start, end)
         self._prefetch(manifest, prefix, index, max(end - 1, start))
-        return data
+        return data if len(data) >= _VIEW_MIN else bytes(data)
 
     async def offset_for_timestamp(self, manifest: RemoteManifest, prefix: str, timestamp: int,
                                    below: int) -> tuple[int, int] | None:
@@ -204,7 +253,7 @@ class RemoteReader:
             while pos + HEADER_SIZE <= segment.size:
                 header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
                 if header.max_timestamp >= timestamp and header.last_offset >= manifest.log_start_offset:
-                    batch = DefaultRecordBatch(await self._bytes(key, segment.size, pos, pos + header.length))
+                    batch = DefaultRecordBatch(bytes(await self._bytes(key, segment.size, pos, pos + header.length)))
                     for record in batch:
                         if record.timestamp >= timestamp and record.offset >= manifest.log_start_offset:
                             return record.offset, record.timestamp

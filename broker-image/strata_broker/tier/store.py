@@ -147,6 +147,40 @@ class ObjectStore:
             self.on_downloaded(key, len(data))
         return data
 
+    async def get_into(self, key: str, start: int, end: int, buffers: list[tuple[Any, int]],
+                       filled: Callable[[int, int], None] | None = None, whole: bool = False,
+                       deadline: float | None = None) -> int:
+        """Bytes [start, end) of key with one GET, received straight into buffers: a list of
+        (writable buffer, byte count) that together take end - start bytes, in order. filled(i, n)
+        is called as soon as buffer i has its n bytes. No body is joined in memory, so the buffers
+        can be ones that are reused. whole: the range is the whole object, asked for without a
+        Range header (the store then checks the object's checksum; moto reads less). Returns the
+        byte count."""
+        if sum(n for _, n in buffers) != end - start:
+            raise ValueError(f"{key}: buffers for {sum(n for _, n in buffers)} bytes, range of {end - start}")
+        ranged = {} if whole and start == 0 else {"Range": f"bytes={start}-{end - 1}"}
+        response = await self._call("get_object", deadline, Key=key, **ranged)
+        async with response["Body"] as stream:
+            if int(response["ContentLength"]) != end - start:
+                raise S3Unavailable(f"{key}: {response['ContentLength']} bytes for a range of {end - start}")
+            for i, (buffer, size) in enumerate(buffers):
+                with memoryview(buffer) as view:
+                    got = 0
+                    while got < size:
+                        n = await stream.readinto(view[got:size])
+                        if n == 0:
+                            raise S3Unavailable(f"{key}: body ended {size - got} bytes short")
+                        got += n
+                self.bytes["get"] += size
+                if self.on_downloaded is not None:
+                    self.on_downloaded(key, size)
+                if filled is not None:
+                    filled(i, size)
+            # Reading at the end is what makes botocore check the length and the checksum.
+            if await stream.read(1):
+                raise S3Unavailable(f"{key}: body longer than its {end - start} bytes")
+        return end - start
+
     async def get_or_none(self, key: str) -> bytes | None:
         try:
             return await self.get(key)
