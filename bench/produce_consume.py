@@ -105,7 +105,8 @@ class CpuMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = tree_cpu_seconds(self.pid) - self.c0  # CPU-seconds the broker used over the block
-        self.percent = 100.0 * self.seconds / max(1e-9, time.monotonic() - self.t0)
+        self.wall = max(1e-9, time.monotonic() - self.t0)
+        self.percent = 100.0 * self.seconds / self.wall
 
 
 def own_cpu_seconds(children: bool = False) -> float:

@@ -25,6 +25,8 @@ _TIME_ENTRY = struct.Struct(">qi")
 # Reads at least this long are returned as views of their chunk, not copies (the Fetch encoder
 # sends long records fields as pieces of their own; short ones it copies anyway).
 _VIEW_MIN = 64 * 1024
+# Where the last reads ended, so the next fetch of a sequential reader needs no index.
+_HINTS = 4096
 
 
 class RemoteReader:
@@ -38,8 +40,10 @@ class RemoteReader:
         self._inflight: dict[tuple[str, int], asyncio.Task[bytes | memoryview]] = {}
         self._indexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self._timeindexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
-        self._prefetching: set[asyncio.Task[Any]] = set()
         self._index_loads: dict[str, asyncio.Task[tuple[list[int], list[int]]]] = {}
+        # (segment log key, offset) -> byte position of the batch that starts at that offset: where a
+        # read ended. Objects never change (a rewritten segment has a new key), so a hint stays true.
+        self._hints: OrderedDict[tuple[str, int], int] = OrderedDict()
 
     # ---- chunks ---------------------------------------------------------------------------
 
@@ -124,7 +128,6 @@ class RemoteReader:
                     break
                 segment = manifest.segments[index]
                 n = 0
-                self._prefetch_index(prefix, segment)
             key = segment.key(prefix, "log")
             if self.cache.contains(key, n) or (key, n) in self._inflight:
                 if run:
@@ -139,20 +142,6 @@ class RemoteReader:
                 run = []
         if run and (urgent or 2 * len(run) >= window):
             self._start(segment.key(prefix, "log"), segment.size, run)
-
-    def _prefetch_index(self, prefix: str, segment: RemoteSegment) -> None:
-        """The next segment's offset index too: a reader entering it needs it on its second read."""
-        key = segment.key(prefix, "index")
-        if key in self._indexes or key in self._index_loads:
-            return
-        task = asyncio.get_running_loop().create_task(self._offset_index(prefix, segment))
-        self._prefetching.add(task)
-        task.add_done_callback(self._prefetch_done)
-
-    def _prefetch_done(self, task: asyncio.Task[Any]) -> None:
-        self._prefetching.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("prefetch failed: %s", task.exception())
 
     # ---- indexes --------------------------------------------------------------------------
 
@@ -199,8 +188,12 @@ class RemoteReader:
 
     async def _position_of(self, prefix: str, segment: RemoteSegment, offset: int) -> int:
         if offset <= segment.base_offset:
-            # A sequential reader enters each segment at its start: no index GET on its path.
+            # A sequential reader enters each segment at its start, and goes on where its last read
+            # ended: no index GET on its path (each costs the event loop a request's worth of CPU).
             return 0
+        hint = self._hints.get((segment.key(prefix, "log"), offset))
+        if hint is not None:
+            return hint
         rels, positions = await self._offset_index(prefix, segment)
         i = bisect_right(rels, offset - segment.base_offset)
         return positions[i - 1] if i else 0
@@ -227,12 +220,18 @@ class RemoteReader:
             return b""
         end = start
         pos = start
+        next_offset = -1
         while pos + HEADER_SIZE <= segment.size:
             header = parse_header(await self._bytes(key, segment.size, pos, pos + HEADER_SIZE))
             if pos + header.length - start > max_bytes and not (always_one and pos == start):
                 break
             end = pos + header.length
+            next_offset = header.last_offset + 1
             pos = end
+        if next_offset >= 0 and end < segment.size:
+            self._hints[(key, next_offset)] = end
+            while len(self._hints) > _HINTS:
+                self._hints.popitem(last=False)
         data = await self._bytes(key, segment.size, start, end)
         self._prefetch(manifest, prefix, index, max(end - 1, start))
         return data if len(data) >= _VIEW_MIN else bytes(data)
