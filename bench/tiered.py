@@ -653,7 +653,8 @@ def report(res: Results, args: argparse.Namespace) -> None:
         if not runs:
             return
         best = max(runs, key=lambda r: r.mb_s)
-        extra = "".join(f" ({r.detail})" for r in runs if r.detail)
+        # The best run's notes, and any other run's errors.
+        extra = "".join(f" ({r.detail})" for r in runs if r.detail and (r is best or "error" in r.detail))
         table.add_row(escape(label + extra), fmt(best.mb_s), " / ".join(fmt(r.mb_s) for r in runs),
                       f"{best.mb_s / ref:.2f}x" if ref else "", pct(best.broker_cpu), pct(best.s3_cpu),
                       pct(best.client_cpu))
