@@ -12,6 +12,7 @@ import confluent_kafka
 import pytest
 from kafkaclients import consume_confluent, create_topic
 from s3server import CREDENTIALS
+from waiting import wait_until
 
 KEYS = 1000
 UPDATES = 100
@@ -58,15 +59,6 @@ def read_until_sentinel(bootstrap: str, topic: str, timeout: float = 120.0):
         records = read_all(bootstrap, topic, 10**9, timeout=10)
         if any(r.key == b"sentinel" for r in records) or time.monotonic() > deadline:
             return records
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def log_bytes(broker, topic: str) -> int:

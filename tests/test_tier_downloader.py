@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import signal
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from kafkaclients import consume_confluent, create_topic
 from s3server import CREDENTIALS, S3Bucket
 from strata_broker.tier.downloader import ChunkDownloader, Part
 from strata_broker.tier.store import ObjectStore, S3Unavailable
+from waiting import wait_until
 
 CHUNK = 1 << 20
 
@@ -171,6 +171,9 @@ def test_a_killed_child_fails_its_downloads_and_is_replaced(s3: S3Bucket) -> Non
 # ---- through a broker -------------------------------------------------------------------------
 
 
+READY = "strata_tier_downloader_ready"
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
@@ -183,15 +186,6 @@ def children(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             out += [int(c) for c in f.read().split()]
     return out
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(broker_factory, topic_name, s3):
@@ -217,7 +211,7 @@ def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(b
         local = sum(p.stat().st_size for p in (broker.data_dir / f"{topic_name}-0").glob("*.log"))
         return bool(segments) and segments[-1]["last_offset"] == n - 1 and local == 0
 
-    poll(uploaded, "every record to be in S3 only")
+    wait_until(uploaded, 60, "every record to be in S3 only")
 
     def replay() -> None:
         records = consume_confluent(broker.bootstrap, topic_name, 1, expected=n, timeout=120)
@@ -225,17 +219,17 @@ def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(b
         assert all(r.value == f"{r.offset:09d}".encode().ljust(1000, b"#") for r in records)
 
     by_downloader = 'strata_tier_cold_chunks_total{by="downloader"}'
-    assert metric(metrics_port, "strata_tier_downloader_ready") == 0  # started by the first cold read only
+    assert metric(metrics_port, READY) == 0  # started by the first cold read only
     replay()
-    poll(lambda: metric(metrics_port, "strata_tier_downloader_ready") == 1, "the downloader")
+    wait_until(lambda: metric(metrics_port, READY) == 1, 60, "the downloader")
     (child,) = children(broker.pid)
     before = metric(metrics_port, by_downloader)
     replay()
     assert metric(metrics_port, by_downloader) >= before + 16  # 24 chunks, 8 of them still in memory
 
     os.kill(child, signal.SIGKILL)
-    poll(lambda: metric(metrics_port, "strata_tier_downloader_ready") == 0, "the broker to see the child gone")
+    wait_until(lambda: metric(metrics_port, READY) == 0, 60, "the broker to see the child gone")
     replay()  # the broker downloads itself until a new child is ready
-    poll(lambda: metric(metrics_port, "strata_tier_downloader_ready") == 1, "a new downloader")
+    wait_until(lambda: metric(metrics_port, READY) == 1, 60, "a new downloader")
     assert children(broker.pid) != [child]
     assert "cold chunk downloader" in broker.log_tail(200)

@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, TopicPartition
 from kafkaclients import consume_confluent, create_topic
 from s3server import CREDENTIALS
+from waiting import wait_until
 
 RECORD = 1024
 TS0 = 1_600_000_000_000
@@ -40,15 +41,6 @@ def local_bytes(broker, topic: str) -> int:
 def manifest(s3, topic: str) -> dict:
     (key,) = [k for k in s3.objects() if k.endswith("/0/manifest.json") and f"/topics/{topic}-" in k]
     return json.loads(s3.read(key))
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 TIERED = {"segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "500"}
