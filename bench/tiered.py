@@ -490,6 +490,7 @@ def run(args: argparse.Namespace, tmp: str, res: Results, cleanup: list) -> None
     note(f"loaded {n:,} records into {hot} in {time.perf_counter() - t0:.1f}s")
     warm_n = load(broker.bootstrap, warm, 1, MB)
     wait_until(lambda: remote_end(remote_manifests(s3, bucket, warm)) == {0: warm_n}, 180, "uploads of the warm topic")
+    wait_until(lambda: local_log_bytes(data_dir, warm, 1) == 0, 60, "local deletion of the warm topic", 0.25)
     per_part = {p: n // parts + (1 if p < n % parts else 0) for p in range(parts)}
     wait_until(lambda: remote_end(remote_manifests(s3, bucket, cold)) == per_part, 180, "uploads of the cold topic")
     wait_until(lambda: local_log_bytes(data_dir, cold, parts) == 0, 60, "local deletion of the cold topic", 0.25)
