@@ -8,16 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-from strata_broker.tier.cache import ChunkCache, _DirectWriter, _write_file
+from strata_broker.tier.cache import ChunkCache, DirectWriter, write_chunk_file
 
 # Around the 4 KiB alignment O_DIRECT needs, and one chunk-sized buffer that is not a multiple of it.
 SIZES = [1, 4095, 4096, 4097, 3 * 4096 + 17, (8 << 20) + 123]
 
 
-def _direct_or_skip(tmp_path: Path) -> _DirectWriter:
+def _direct_or_skip(tmp_path: Path) -> DirectWriter:
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("this platform has no O_DIRECT")
-    writer = _DirectWriter()
+    writer = DirectWriter()
     try:
         writer.write(str(tmp_path / "probe"), b"x")
     except OSError as exc:
@@ -32,7 +32,7 @@ def test_direct_writes_are_exact_for_unaligned_sizes(tmp_path: Path) -> None:
     for size in SIZES + list(reversed(SIZES)):  # the buffer grows, then is reused for smaller chunks
         data = os.urandom(size)
         path = tmp_path / f"chunk-{size}"
-        _write_file(str(path), data, writer)
+        write_chunk_file(str(path), data, writer)
         assert writer.working
         assert path.stat().st_size == size
         assert path.read_bytes() == data
@@ -43,7 +43,7 @@ def test_buffered_writes_are_exact(tmp_path: Path) -> None:
     for size in SIZES:
         data = os.urandom(size)
         path = tmp_path / f"chunk-{size}"
-        _write_file(str(path), data, None)
+        write_chunk_file(str(path), data, None)
         assert path.read_bytes() == data
 
 

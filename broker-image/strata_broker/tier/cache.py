@@ -42,7 +42,7 @@ class ChunkCache:
         # CPU-seconds per GB buffered, 0.25 direct; a cold replay's broker CPU fell by a fifth). The
         # chunk is in memory while it is hot and read back from its file only after it has left
         # memory, so the page cache gains nothing from holding it twice.
-        self._direct = _DirectWriter() if hasattr(os, "O_DIRECT") else None
+        self._direct = DirectWriter() if hasattr(os, "O_DIRECT") else None
 
     @staticmethod
     def _name(key: str, chunk: int) -> str:
@@ -80,7 +80,7 @@ class ChunkCache:
         if path is None:
             return
         # The write happens on a worker thread: a 4 MiB write on the event loop stalls every client.
-        future = asyncio.get_running_loop().run_in_executor(self._writer, _write_file, path, data, self._direct)
+        future = asyncio.get_running_loop().run_in_executor(self._writer, write_chunk_file, path, data, self._direct)
         future.add_done_callback(
             lambda f: self.stored(key, chunk, len(data), not f.cancelled() and f.exception() is None))
 
@@ -132,24 +132,27 @@ class ChunkCache:
             pass
 
 
-class _DirectWriter:
-    """Writes whole files with O_DIRECT through one reusable page-aligned buffer."""
+class DirectWriter:
+    """Writes whole files with O_DIRECT, through one reusable page-aligned buffer unless the data
+    is already in one."""
 
     def __init__(self) -> None:
         self._buffer = mmap.mmap(-1, _ALIGN)
         self.working = True
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes | memoryview, aligned: mmap.mmap | None = None) -> None:
         size = len(data)
-        padded = -(-size // _ALIGN) * _ALIGN
-        if padded > len(self._buffer):
-            self._buffer.close()
-            self._buffer = mmap.mmap(-1, padded)
-        self._buffer[:size] = data
-        write_aligned(path, self._buffer, size)
+        if aligned is None:
+            padded = -(-size // _ALIGN) * _ALIGN
+            if padded > len(self._buffer):
+                self._buffer.close()
+                self._buffer = mmap.mmap(-1, padded)
+            self._buffer[:size] = data
+            aligned = self._buffer
+        _write_aligned(path, aligned, size)
 
 
-def write_aligned(path: str, buffer: mmap.mmap, size: int) -> None:
+def _write_aligned(path: str, buffer: mmap.mmap, size: int) -> None:
     """The first size bytes of a page-aligned buffer (an mmap at least size rounded up to 4 KiB
     long) to a new file, with O_DIRECT. Raises OSError(EINVAL) where the file system refuses it."""
     padded = -(-size // _ALIGN) * _ALIGN
@@ -164,12 +167,16 @@ def write_aligned(path: str, buffer: mmap.mmap, size: int) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, data: bytes, direct: _DirectWriter | None = None) -> None:
+def write_chunk_file(path: str, data: bytes | memoryview, direct: DirectWriter | None = None,
+                     aligned: mmap.mmap | None = None) -> None:
+    """A chunk's cache file, written whole under a temporary name and then renamed. aligned: a
+    page-aligned buffer whose first len(data) bytes are data (a downloader slot), written from
+    directly."""
     tmp = path + ".tmp"
     try:
         if direct is not None and direct.working:
             try:
-                direct.write(tmp, data)
+                direct.write(tmp, data, aligned)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise

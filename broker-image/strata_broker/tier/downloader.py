@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .cache import write_aligned
+from .cache import DirectWriter, write_chunk_file
 from .store import ObjectStore, S3Unavailable
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,7 @@ async def _child(settings: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     out = sys.stdout.buffer
     tasks: set[asyncio.Task[None]] = set()
+    direct = DirectWriter()  # cache files are written straight from the slots
 
     def send(msg: dict[str, Any]) -> None:
         msg.update(requests=store.requests["get_object"], failures=store.failures)  # totals: the broker diffs
@@ -307,7 +308,7 @@ async def _child(settings: dict[str, Any]) -> None:
             send({"id": request_id, "part": i, "key": key, "size": size})
             slot, _, _, path = parts[i]
             if path:  # its file is written while the next part arrives
-                writes.append(loop.run_in_executor(None, _store_file, path, maps[slot], size))
+                writes.append(loop.run_in_executor(None, _store_file, path, maps[slot], size, direct))
             else:
                 writes.append(loop.create_future())
                 writes[-1].set_result(False)
@@ -336,24 +337,13 @@ async def _child(settings: dict[str, Any]) -> None:
         await store.close()
 
 
-def _store_file(path: str, slot: mmap.mmap, size: int) -> bool:
-    tmp = path + ".tmp"
+def _store_file(path: str, slot: mmap.mmap, size: int, direct: DirectWriter) -> bool:
     try:
-        try:
-            write_aligned(tmp, slot, size)
-        except OSError:
-            # No O_DIRECT on this file system (or it failed): a buffered write of the same bytes.
-            with open(tmp, "wb") as f, memoryview(slot) as view:
-                f.write(view[:size])
-        os.replace(tmp, path)
-        return True
+        write_chunk_file(path, memoryview(slot)[:size], direct, aligned=slot)
     except OSError as exc:
         log.warning("chunk cache: could not write %s: %s", path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
+    return True
 
 
 def main() -> None:

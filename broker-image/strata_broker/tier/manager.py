@@ -353,7 +353,8 @@ class TierManager:
 
     # ---- reads ----------------------------------------------------------------------------
 
-    async def read(self, topic: Topic, plog: PartitionLog, offset: int, max_bytes: int, always_one: bool) -> bytes:
+    async def read(self, topic: Topic, plog: PartitionLog, offset: int, max_bytes: int,
+                   always_one: bool) -> bytes | memoryview:
         assert plog.remote is not None
         return await self.reader.read(plog.remote, self.partition_prefix(topic, plog.partition), offset, max_bytes,
                                       always_one)
