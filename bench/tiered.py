@@ -393,7 +393,8 @@ class Results:
 
 
 def variant_settings(spec: str) -> list[str]:
-    """'prefetch=8,chunk=8,cache=0' -> broker --set values (chunk and cache in MiB)."""
+    """'prefetch=8,chunk=8,cache=0' -> broker --set values (chunk and cache in MiB; admit=N: the
+    download of a chunk on which it is written to the disk cache)."""
     out = []
     for item in filter(None, spec.split(",")):
         name, value = item.split("=")
@@ -405,8 +406,11 @@ def variant_settings(spec: str) -> list[str]:
             out.append(f"tiered.cache.bytes={int(float(value) * MiB)}")
         elif name == "process":
             out.append(f"tiered.download.process={'true' if int(value) else 'false'}")
+        elif name == "admit":
+            out.append(f"tiered.cache.admit.downloads={int(value)}")
         else:
-            raise SystemExit(f"unknown variant setting {name!r} (prefetch=N, chunk=MiB, cache=MiB, process=0|1)")
+            raise SystemExit(f"unknown variant setting {name!r} "
+                             "(prefetch=N, chunk=MiB, cache=MiB, process=0|1, admit=N)")
     return out
 
 
@@ -741,7 +745,8 @@ def main() -> int:
                              "chunk=16,prefetch=2 and cache=0); pass --variant '' for none")
     parser.add_argument("--bare-variant", action="append", default=None, metavar="SPEC",
                         help="cold-replay broker settings also measured with the bare Fetch loop (repeatable; "
-                             "default: process=0, the broker downloading without its child process)")
+                             "default: process=0, the broker downloading without its child process, and "
+                             "admit=1, every downloaded chunk written to the disk cache)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of replay and produce measurements")
     parser.add_argument("--restores", type=int, default=3, help="restores per bucket size")
     parser.add_argument("--produce-seconds", type=float, default=5.0)
@@ -758,7 +763,7 @@ def main() -> int:
     if args.variant is None:
         args.variant = ["prefetch=8", "chunk=16,prefetch=2", "cache=0"]
     if args.bare_variant is None:
-        args.bare_variant = ["process=0"]
+        args.bare_variant = ["process=0", "admit=1"]
     os.environ.update(CREDENTIALS)  # the brokers inherit them (standard AWS chain)
 
     if args.broker_pythonpath:

@@ -88,3 +88,42 @@ def test_cache_stays_within_its_disk_budget(tmp_path: Path) -> None:
             cache.close()
 
     asyncio.run(scenario())
+
+
+def test_a_chunk_is_written_to_disk_on_its_second_download_only(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cache = ChunkCache(str(tmp_path / "cache"), capacity_bytes=64 << 20, memory_chunks=1, admit_after=2)
+        chunks = {n: os.urandom(4097 * (n + 1)) for n in range(4)}
+        try:
+            for n, data in chunks.items():  # one pass, as a replay makes: nothing reaches the disk
+                cache.put("topic/0/segment.log", n, data)
+            await asyncio.sleep(0.05)
+            assert cache.size_bytes == 0 and os.listdir(cache.directory) == []
+            assert cache.get("topic/0/segment.log", 0) is None  # not in memory either (1 chunk kept)
+            for n, data in chunks.items():  # the second download of each is kept
+                cache.put("topic/0/segment.log", n, data)
+            for _ in range(200):
+                if cache.size_bytes == sum(len(d) for d in chunks.values()):
+                    break
+                await asyncio.sleep(0.01)
+            assert cache.size_bytes == sum(len(d) for d in chunks.values())
+            for n, data in chunks.items():
+                assert cache.get("topic/0/segment.log", n) == data
+        finally:
+            cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_admission_remembers_a_bounded_number_of_chunks(tmp_path: Path) -> None:
+    from strata_broker.tier.cache import _SEEN_NAMES
+
+    cache = ChunkCache(str(tmp_path / "cache"), capacity_bytes=64 << 20, memory_chunks=1, admit_after=2)
+    try:
+        for n in range(_SEEN_NAMES + 10):
+            assert cache.reserve_file("k", n, 4096) is None
+        assert len(cache._seen) == _SEEN_NAMES
+        assert cache.reserve_file("k", 0, 4096) is None  # forgotten: this counts as its first download
+        assert cache.reserve_file("k", _SEEN_NAMES + 9, 4096) is not None  # remembered: second download
+    finally:
+        cache.close()

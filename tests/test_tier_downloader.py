@@ -188,16 +188,18 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(broker_factory, topic_name, s3):
+def cold_topic(broker_factory, topic_name: str, s3: Any, n: int,
+               **settings: str) -> tuple[Any, int, Callable[[], None]]:
+    """A broker with small chunks (256 KiB, of which the memory cache keeps 8) and a topic of n 1 kB
+    records that are all in S3 and no longer on disk: (broker, metrics port, replay), where replay()
+    reads the topic from offset 0 and checks every record."""
     metrics_port = free_port()
-    # Small chunks and no disk cache: the memory cache keeps 8 chunks, so every replay downloads.
     broker = broker_factory(s3.broker_settings(**{
         "segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "500",
-        "tiered.chunk.bytes": str(256 << 10), "tiered.cache.bytes": "0",
-        "metrics.listen": f"127.0.0.1:{metrics_port}"}), env=CREDENTIALS)
+        "tiered.chunk.bytes": str(256 << 10), "metrics.listen": f"127.0.0.1:{metrics_port}", **settings}),
+        env=CREDENTIALS)
     create_topic(broker.bootstrap, topic_name, 1,
                  {"retention.ms": "-1", "local.retention.bytes": "0", "local.retention.ms": "-1"})
-    n = 6000
     producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "acks": "all"})
     for i in range(n):
         producer.produce(topic_name, value=f"{i:09d}".encode().ljust(1000, b"#"), partition=0)
@@ -218,6 +220,12 @@ def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(b
         assert [r.offset for r in records] == list(range(n))
         assert all(r.value == f"{r.offset:09d}".encode().ljust(1000, b"#") for r in records)
 
+    return broker, metrics_port, replay
+
+
+def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(broker_factory, topic_name, s3):
+    # No disk cache: every replay downloads.
+    broker, metrics_port, replay = cold_topic(broker_factory, topic_name, s3, 6000, **{"tiered.cache.bytes": "0"})
     by_downloader = 'strata_tier_cold_chunks_total{by="downloader"}'
     assert metric(metrics_port, READY) == 0  # started by the first cold read only
     replay()
@@ -233,3 +241,17 @@ def test_a_broker_replays_cold_data_through_its_downloader_and_after_its_death(b
     wait_until(lambda: metric(metrics_port, READY) == 1, 60, "a new downloader")
     assert children(broker.pid) != [child]
     assert "cold chunk downloader" in broker.log_tail(200)
+
+
+def test_a_replay_read_once_leaves_the_disk_cache_alone_and_a_second_fills_it(broker_factory, topic_name, s3):
+    broker, metrics_port, replay = cold_topic(broker_factory, topic_name, s3, 4000)  # 16 chunks
+    gets = 'strata_s3_requests_total{operation="get_object"}'
+    replay()
+    assert metric(metrics_port, "strata_tier_cache_bytes") == 0
+    assert not list((broker.data_dir / "__remote-cache").iterdir())
+    replay()  # the first 8 chunks left memory: downloaded again, and now kept on disk
+    wait_until(lambda: metric(metrics_port, "strata_tier_cache_bytes") >= 8 * (256 << 10), 30,
+               "the chunks downloaded twice to be in the disk cache")
+    before = metric(metrics_port, gets)
+    replay()  # from memory and the disk cache
+    assert metric(metrics_port, gets) == before

@@ -209,6 +209,8 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("tiered.upload.interval.ms", _int_at_least(100), "300000",
                   "a non-empty active segment is rolled and uploaded at least this often"),
         ConfigKey("tiered.cache.bytes", _int_at_least(0), str(256 << 20), "on-disk cache of remote chunks"),
+        ConfigKey("tiered.cache.admit.downloads", _int_at_least(1), "2",
+                  "a chunk is written to the disk cache on this download of it (1: on every download)"),
         ConfigKey("tiered.chunk.bytes", _int_at_least(64 << 10), str(8 << 20),
                   "unit of cold reads and of the chunk cache (a read-ahead run of chunks is one GET)"),
         ConfigKey("tiered.prefetch.chunks", _int_at_least(0), "4", "chunks read ahead of a sequential reader"),

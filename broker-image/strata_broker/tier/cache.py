@@ -20,10 +20,21 @@ log = logging.getLogger(__name__)
 _ALIGN = 4096
 
 
+# How many chunk names are remembered for admission (see ChunkCache.admit_after): a few hundred
+# bytes each, and with 8 MiB chunks a window of 8 GiB of downloads.
+_SEEN_NAMES = 1024
+
+
 class ChunkCache:
-    def __init__(self, directory: str, capacity_bytes: int, memory_chunks: int = 8) -> None:
+    def __init__(self, directory: str, capacity_bytes: int, memory_chunks: int = 8, admit_after: int = 1) -> None:
         self.directory = directory
         self.capacity_bytes = capacity_bytes
+        # A chunk's file is written on its admit_after-th download among the last _SEEN_NAMES
+        # downloads. With 2, a replay read once, from start to end, writes nothing to the local disk:
+        # it would push every chunk that is read again out of the LRU, and it took the disk's write
+        # bandwidth (the hot log's) and a fifth of the cold replay rate (bench/tiered.py, admit=1).
+        self.admit_after = admit_after
+        self._seen: OrderedDict[str, int] = OrderedDict()
         # A cache, not a store: what a previous run left is dropped rather than trusted.
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
@@ -74,9 +85,12 @@ class ChunkCache:
         return name in self._memory or name in self._disk
 
     def put(self, key: str, chunk: int, data: bytes) -> None:
-        name = self._name(key, chunk)
-        self._remember(name, data)
-        path = self.reserve_file(key, chunk, len(data))
+        """A downloaded chunk: kept in memory, and on disk when the cache admits it."""
+        self._remember(self._name(key, chunk), data)
+        self.write(key, chunk, data, self.reserve_file(key, chunk, len(data)))
+
+    def write(self, key: str, chunk: int, data: bytes, path: str | None) -> None:
+        """Writes the chunk's file where reserve_file() said (nothing when it said None)."""
         if path is None:
             return
         # The write happens on a worker thread: a 4 MiB write on the event loop stalls every client.
@@ -90,9 +104,12 @@ class ChunkCache:
 
     def reserve_file(self, key: str, chunk: int, size: int) -> str | None:
         """Where the chunk's file is to be written, when the disk cache takes it (None: it does not).
-        The writer reports back with stored()."""
+        Called once for each download of the chunk, which counts towards its admission. The writer
+        reports back with stored()."""
         name = self._name(key, chunk)
         if self.capacity_bytes <= 0 or size > self.capacity_bytes or name in self._disk or name in self._pending:
+            return None
+        if not self._admitted(name):
             return None
         self._pending.add(name)
         return os.path.join(self.directory, name)
@@ -109,6 +126,16 @@ class ChunkCache:
         while self._disk_bytes > self.capacity_bytes and self._disk:
             oldest = next(iter(self._disk))
             self._drop(oldest)
+
+    def _admitted(self, name: str) -> bool:
+        """Counts a download of the chunk: True when this one is the admit_after-th."""
+        downloads = self._seen.pop(name, 0) + 1
+        if downloads >= self.admit_after:
+            return True
+        self._seen[name] = downloads
+        while len(self._seen) > _SEEN_NAMES:
+            self._seen.popitem(last=False)
+        return False
 
     @property
     def size_bytes(self) -> int:

@@ -60,7 +60,7 @@ class TierManager:
         # prefetch pushed chunks out of memory before the reader got to them (prefetch=8 ran 10-30%
         # slower than 4 with 8 chunks in memory).
         self.cache = ChunkCache(os.path.join(data_dir, "__remote-cache"), config["tiered.cache.bytes"],
-                                max(8, config["tiered.prefetch.chunks"] + 4))
+                                max(8, config["tiered.prefetch.chunks"] + 4), config["tiered.cache.admit.downloads"])
         self.downloader: ChunkDownloader | None = None
         if config["tiered.download.process"] and hasattr(os, "memfd_create"):
             # Slots for the chunks the memory cache keeps, those being prefetched, and a few that

@@ -66,13 +66,11 @@ class RemoteReader:
                           functools.partial(self.cache.stored, key, n, end - start)))
         futures = self.downloader.download_run(key, parts, size) if self.downloader is not None else []
         loop = asyncio.get_running_loop()
-        for i, (n, (start, end, path, stored)) in enumerate(zip(run, parts, strict=True)):
+        for i, (n, (start, end, path, _stored)) in enumerate(zip(run, parts, strict=True)):
             if i < len(futures):
                 task = loop.create_task(self._received(key, n, futures[i]))
             else:
-                if path is not None:
-                    stored(False)  # cache.put() below writes it
-                task = loop.create_task(self._download(key, n, start, end))
+                task = loop.create_task(self._download(key, n, start, end, path))
             self._inflight[(key, n)] = task
             task.add_done_callback(lambda t, k=key, c=n: self._chunk_done(k, c, t))
 
@@ -81,9 +79,16 @@ class RemoteReader:
         self.cache.remember(key, n, view)
         return view
 
-    async def _download(self, key: str, n: int, start: int, end: int) -> bytes:
-        data = await self.store.get(key, start, end)
-        self.cache.put(key, n, data)
+    async def _download(self, key: str, n: int, start: int, end: int, path: str | None) -> bytes:
+        """In-process; path is the chunk's cache file as reserved for this download."""
+        try:
+            data = await self.store.get(key, start, end)
+        except BaseException:
+            if path is not None:
+                self.cache.stored(key, n, end - start, False)
+            raise
+        self.cache.remember(key, n, data)
+        self.cache.write(key, n, data, path)
         return data
 
     def _chunk_done(self, key: str, n: int, task: asyncio.Task[Any]) -> None:
