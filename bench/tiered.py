@@ -31,7 +31,7 @@ runs, raw GET (whole objects); the bare loop and confluent-kafka swap order ever
 
 Everything listens on 127.0.0.1; every loop is bounded.
 
-    .venv/bin/python bench/tiered.py [--mb 600] [--small-mb 60] [--segment-mb 16] [--produce-seconds 5]
+    .venv/bin/python bench/tiered.py [--mb 1500] [--small-mb 150] [--segment-mb 16] [--produce-seconds 5]
         [--variant prefetch=8,chunk=8,cache=0 ...] [--broker-pythonpath DIR]
 """
 
@@ -735,8 +735,9 @@ def report(res: Results, args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # 600 MB: at 200 a cold run lasted 0.3-0.5 s and its first chunk's latency was a tenth of it.
-    parser.add_argument("--mb", type=float, default=600, help="MB (1e6) loaded into the replay topic (large bucket)")
+    # 1500 MB: at 200 a cold run lasted 0.3-0.5 s and its first chunk's latency was a tenth of it; at
+    # 600 a run (and the raw GET loop) lasted about a second, and the best of three swung by 10-15%.
+    parser.add_argument("--mb", type=float, default=1500, help="MB (1e6) loaded into the replay topic (large bucket)")
     parser.add_argument("--small-mb", type=float, default=None, help="MB in the small restore bucket (default mb/10)")
     parser.add_argument("--segment-mb", type=float, default=16, help="segment.bytes in MiB")
     parser.add_argument("--partitions", type=int, default=1, help="partitions of the replay topics")

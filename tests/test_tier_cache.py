@@ -60,7 +60,7 @@ def test_cache_serves_chunks_from_disk_after_they_leave_memory(tmp_path: Path) -
                 await asyncio.sleep(0.01)
             assert cache.size_bytes == sum(len(d) for d in chunks.values())
             for n, data in chunks.items():  # only the last two are still in memory
-                assert cache.get("topic/0/segment.log", n) == data
+                assert await cache.get("topic/0/segment.log", n) == data
         finally:
             cache.close()
 
@@ -82,8 +82,8 @@ def test_cache_stays_within_its_disk_budget(tmp_path: Path) -> None:
             on_disk = [p for p in os.listdir(cache.directory) if not p.endswith(".tmp")]
             assert cache.size_bytes <= 3 * chunk
             assert len(on_disk) * chunk == cache.size_bytes
-            assert cache.get("k", 0) is None  # evicted first
-            assert cache.get("k", 9) is not None
+            assert await cache.get("k", 0) is None  # evicted first
+            assert await cache.get("k", 9) is not None
         finally:
             cache.close()
 
@@ -99,7 +99,7 @@ def test_a_chunk_is_written_to_disk_on_its_second_download_only(tmp_path: Path) 
                 cache.put("topic/0/segment.log", n, data)
             await asyncio.sleep(0.05)
             assert cache.size_bytes == 0 and os.listdir(cache.directory) == []
-            assert cache.get("topic/0/segment.log", 0) is None  # not in memory either (1 chunk kept)
+            assert await cache.get("topic/0/segment.log", 0) is None  # not in memory either (1 chunk kept)
             for n, data in chunks.items():  # the second download of each is kept
                 cache.put("topic/0/segment.log", n, data)
             for _ in range(200):
@@ -108,7 +108,7 @@ def test_a_chunk_is_written_to_disk_on_its_second_download_only(tmp_path: Path) 
                 await asyncio.sleep(0.01)
             assert cache.size_bytes == sum(len(d) for d in chunks.values())
             for n, data in chunks.items():
-                assert cache.get("topic/0/segment.log", n) == data
+                assert await cache.get("topic/0/segment.log", n) == data
         finally:
             cache.close()
 

@@ -59,7 +59,7 @@ class ChunkCache:
     def _name(key: str, chunk: int) -> str:
         return f"{hashlib.sha1(key.encode()).hexdigest()}-{chunk}"
 
-    def get(self, key: str, chunk: int) -> bytes | memoryview | None:
+    async def get(self, key: str, chunk: int) -> bytes | memoryview | None:
         name = self._name(key, chunk)
         data = self._memory.get(name)
         if data is not None:
@@ -67,13 +67,15 @@ class ChunkCache:
             self.hits += 1
             return data
         if name in self._disk:
+            # Off the loop: the files are written with O_DIRECT, so reading one back is a disk read
+            # of a whole chunk, and every other connection would wait for it.
             try:
-                with open(os.path.join(self.directory, name), "rb") as f:
-                    data = f.read()
+                data = await asyncio.to_thread(_read_file, os.path.join(self.directory, name))
             except FileNotFoundError:
                 self._drop(name)
             else:
-                self._disk.move_to_end(name)
+                if name in self._disk:
+                    self._disk.move_to_end(name)
                 self._remember(name, data)
                 self.hits += 1
                 return data
@@ -177,6 +179,11 @@ class DirectWriter:
             self._buffer[:size] = data
             aligned = self._buffer
         _write_aligned(path, aligned, size)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _write_aligned(path: str, buffer: mmap.mmap, size: int) -> None:

@@ -48,7 +48,7 @@ class RemoteReader:
     # ---- chunks ---------------------------------------------------------------------------
 
     async def _chunk(self, key: str, size: int, n: int) -> bytes | memoryview:
-        cached = self.cache.get(key, n)
+        cached = await self.cache.get(key, n)
         if cached is not None:
             return cached
         if (key, n) not in self._inflight:
