@@ -190,13 +190,14 @@ def children(pid: int) -> list[int]:
 
 def cold_topic(broker_factory, topic_name: str, s3: Any, n: int,
                **settings: str) -> tuple[Any, int, Callable[[], None]]:
-    """A broker with small chunks (256 KiB, of which the memory cache keeps 8) and a topic of n 1 kB
+    """A broker with small chunks (256 KiB; with 4 of read-ahead the memory cache keeps 8) and a topic of n 1 kB
     records that are all in S3 and no longer on disk: (broker, metrics port, replay), where replay()
     reads the topic from offset 0 and checks every record."""
     metrics_port = free_port()
     broker = broker_factory(s3.broker_settings(**{
         "segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "500",
-        "tiered.chunk.bytes": str(256 << 10), "metrics.listen": f"127.0.0.1:{metrics_port}", **settings}),
+        "tiered.chunk.bytes": str(256 << 10), "tiered.prefetch.chunks": "4",
+        "metrics.listen": f"127.0.0.1:{metrics_port}", **settings}),
         env=CREDENTIALS)
     create_topic(broker.bootstrap, topic_name, 1,
                  {"retention.ms": "-1", "local.retention.bytes": "0", "local.retention.ms": "-1"})

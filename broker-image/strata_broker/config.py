@@ -213,7 +213,7 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
                   "a chunk is written to the disk cache on this download of it (1: on every download)"),
         ConfigKey("tiered.chunk.bytes", _int_at_least(64 << 10), str(8 << 20),
                   "unit of cold reads and of the chunk cache (a read-ahead run of chunks is one GET)"),
-        ConfigKey("tiered.prefetch.chunks", _int_at_least(0), "4", "chunks read ahead of a sequential reader"),
+        ConfigKey("tiered.prefetch.chunks", _int_at_least(0), "6", "chunks read ahead of a sequential reader"),
         ConfigKey("tiered.download.process", _bool, "true",
                   "cold chunks are received by a child process into shared memory (false: by the broker itself)"),
         ConfigKey("tiered.fetch.timeout.ms", _int_at_least(100), "10000", "a remote read gives up after this"),
