@@ -30,9 +30,10 @@ class ChunkCache:
         self.directory = directory
         self.capacity_bytes = capacity_bytes
         # A chunk's file is written on its admit_after-th download among the last _SEEN_NAMES
-        # downloads. With 2, a replay read once, from start to end, writes nothing to the local disk:
-        # it would push every chunk that is read again out of the LRU, and it took the disk's write
-        # bandwidth (the hot log's) and a fifth of the cold replay rate (bench/tiered.py, admit=1).
+        # downloads. With 2, a replay read once, from start to end, writes nothing to the local disk.
+        # Writing it pushed every chunk that is read again out of the LRU, took the disk's write
+        # bandwidth (the hot log's), and cost the cold replay 18-33% of its rate (bench/tiered.py,
+        # admit=1).
         self.admit_after = admit_after
         self._seen: OrderedDict[str, int] = OrderedDict()
         # A cache, not a store: what a previous run left is dropped rather than trusted.
