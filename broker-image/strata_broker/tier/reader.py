@@ -8,6 +8,7 @@ import logging
 import struct
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatch
@@ -66,11 +67,11 @@ class RemoteReader:
                           functools.partial(self.cache.stored, key, n, end - start)))
         futures = self.downloader.download_run(key, parts, size) if self.downloader is not None else []
         loop = asyncio.get_running_loop()
-        for i, (n, (start, end, path, _stored)) in enumerate(zip(run, parts, strict=True)):
+        for i, (n, (start, end, path, stored)) in enumerate(zip(run, parts, strict=True)):
             if i < len(futures):
                 task = loop.create_task(self._received(key, n, futures[i]))
             else:
-                task = loop.create_task(self._download(key, n, start, end, path))
+                task = loop.create_task(self._download(key, n, start, end, path, stored))
             self._inflight[(key, n)] = task
             task.add_done_callback(lambda t, k=key, c=n: self._chunk_done(k, c, t))
 
@@ -79,13 +80,15 @@ class RemoteReader:
         self.cache.remember(key, n, view)
         return view
 
-    async def _download(self, key: str, n: int, start: int, end: int, path: str | None) -> bytes:
-        """In-process; path is the chunk's cache file as reserved for this download."""
+    async def _download(self, key: str, n: int, start: int, end: int, path: str | None,
+                        stored: Callable[[bool], None]) -> bytes:
+        """In-process; path is the chunk's cache file as reserved for this download, stored its
+        reservation's report (given up here when the download fails)."""
         try:
             data = await self.store.get(key, start, end)
         except BaseException:
             if path is not None:
-                self.cache.stored(key, n, end - start, False)
+                stored(False)
             raise
         self.cache.remember(key, n, data)
         self.cache.write(key, n, data, path)
