@@ -16,6 +16,7 @@ from .log.manager import LogManager
 from .metering import Meter
 from .metrics import serve_metrics
 from .protocol.context import Connection
+from .request_pool import RequestMemoryPool
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
@@ -63,6 +64,8 @@ class Broker:
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
+        capacity = config["queued.max.request.bytes"]
+        self.request_pool = RequestMemoryPool(capacity if capacity > 0 else None)
         self._refused = 0
         self._refused_logged = 0.0
         self._shutdown_waiters: set[asyncio.Future[None]] = set()
@@ -153,7 +156,8 @@ class Broker:
 
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: FrameProtocol(on_connection), listener.host, listener.port, reuse_address=True, backlog=1024,
+            lambda: FrameProtocol(on_connection, self.request_pool), listener.host, listener.port,
+            reuse_address=True, backlog=1024,
             ssl=listener.ssl_context,
             ssl_handshake_timeout=self.config["ssl.handshake.timeout.ms"] / 1000.0 if listener.ssl_context else None)
         if listener.port == 0:

@@ -171,6 +171,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("socket.request.max.bytes", _int_at_least(1024), str(100 * 1024 * 1024), "largest frame"),
         ConfigKey("queued.max.requests", _int_at_least(1), "32",
                   "in-flight requests per connection (bounds the responses held for a slow reader)"),
+        ConfigKey("queued.max.request.bytes", int, str(512 * 1024 * 1024),
+                  "request bytes in flight across all connections; a large frame's announced size is "
+                  "reserved before it is read (-1 = unbounded)"),
         ConfigKey("log.retention.check.interval.ms", _int_at_least(10), "300000", "retention sweep period"),
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),

@@ -20,6 +20,8 @@ class BrokerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         logs = self.broker.logs
+        yield GaugeMetricFamily("strata_connections_open", "Client connections holding a connection slot",
+                                value=self.broker.connection_count)
         local = GaugeMetricFamily("strata_log_local_bytes", "Bytes of a partition's log on local disk",
                                   labels=["topic", "partition"])
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])

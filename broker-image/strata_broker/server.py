@@ -37,6 +37,7 @@ from .errors import ErrorCode
 from .protocol import API_TABLE
 from .protocol.context import Connection, RequestContext
 from .protocol.metadata import api_versions_response
+from .request_pool import RequestMemoryPool, frame_buffer
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -139,11 +140,22 @@ class FrameProtocol(asyncio.BufferedProtocol):
     pause_writing/resume_writing, awaited through drain().
     """
 
-    def __init__(self, on_open: Callable[[FrameProtocol], Awaitable[None]] | None = None) -> None:
+    def __init__(self, on_open: Callable[[FrameProtocol], Awaitable[None]] | None = None,
+                 pool: RequestMemoryPool | None = None) -> None:
         self._on_open = on_open
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        # Large frames reserve their announced size here first (broker-wide queued.max.request.bytes).
+        self.pool = pool if pool is not None else RequestMemoryPool(None)
+        self._body_reserved = 0
+        self._awaiting_memory = False
+        # The reservation of the frame next_frame() returned last; the request loop gives it back
+        # once that request has been handled.
+        self.last_reserved = 0
+        # Resolved when the transport is gone (reset, closed by either side): everything waiting on
+        # this connection's behalf stops then.
+        self.closed: asyncio.Future[None] = self._loop.create_future()
         self._scratch = bytearray(_SCRATCH_BYTES)
         self._scratch_view = memoryview(self._scratch)
         self._start = 0  # unparsed bytes are scratch[_start:_end]
@@ -151,7 +163,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._body: bytearray | None = None  # a large frame being received
         self._body_view: memoryview | None = None
         self._body_filled = 0
-        self._frames: deque[Any] = deque()  # bytes/bytearray frames, or an exception to raise
+        # (frame, reserved bytes): bytes-like frames, or an exception to raise, or a _HeldFrame
+        self._frames: deque[tuple[Any, int]] = deque()
         self._queued_bytes = 0
         self._partial_since: float | None = None  # monotonic time the unfinished frame began
         self._stopped = False  # no more frames will be parsed (bad length, EOF, lost)
@@ -179,6 +192,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._stopped = True
+        self._drop_input()
+        if not self.closed.done():
+            self.closed.set_result(None)
         self._wake()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -213,9 +229,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._body_filled += nbytes
             if self._body_filled == len(self._body_view):
                 frame = self._body
+                reserved = self._body_reserved
                 self._body = self._body_view = None
-                self._body_filled = 0
-                self._push(frame)
+                self._body_filled = self._body_reserved = 0
+                self._push(frame, reserved)
                 self._partial_since = None
                 # What follows the frame is read into scratch again (it may hold a partial frame).
             return
@@ -223,7 +240,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         if began:
             self._partial_since = time.monotonic()
         self._end += nbytes
-        if not self._held:
+        if not self._held and not self._awaiting_memory:
             self._parse()
         if began and self._has_partial() and self._waiter is not None:
             self._wake()  # a frame has begun: the request loop now gives it frame_timeout rather than idle
@@ -270,13 +287,21 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 pos += 4 + size
                 continue
             if 4 + size > len(scratch):
-                # Large frame: a buffer of its own, filled by recv_into from here on.
-                body = bytearray(size)
+                # Large frame: a buffer of its own, filled by recv_into from here on, once its size is
+                # reserved in the broker's request memory pool (else: not read until memory is released).
+                if not self.pool.try_reserve(size):
+                    self._awaiting_memory = True
+                    self.pause_reading()
+                    self.pool.wait(self._memory_released)
+                    break
+                body = frame_buffer(size)
                 have = end - pos - 4
-                body[:have] = self._scratch_view[pos + 4:end]
+                view = memoryview(body)
+                view[:have] = self._scratch_view[pos + 4:end]
                 self._body = body
-                self._body_view = memoryview(body)
+                self._body_view = view
                 self._body_filled = have
+                self._body_reserved = size
                 pos = end
             break
         if pos == end:
@@ -288,6 +313,34 @@ class FrameProtocol(asyncio.BufferedProtocol):
             if self._partial_since is None:
                 self._partial_since = time.monotonic()
 
+    def _memory_released(self) -> None:
+        self._awaiting_memory = False
+        if self._stopped:
+            return
+        self._parse()
+        self._maybe_resume_reading()
+
+    def _drop_input(self) -> None:
+        """Forget every frame not yet taken by the request loop, and give back their memory."""
+        released = self._body_reserved
+        self._body = self._body_view = None
+        self._body_filled = self._body_reserved = 0
+        while self._frames:
+            released += self._frames.popleft()[1]
+        self._queued_bytes = 0
+        if self._awaiting_memory:
+            self._awaiting_memory = False
+            self.pool.forget(self._memory_released)
+        self.pool.release(released)
+
+    def discard_input(self) -> None:
+        """Read nothing more: frames received but not yet handled are dropped (after a failed
+        authentication, nothing pipelined behind it may run)."""
+        self._stopped = True
+        self.pause_reading()
+        self._drop_input()
+        self._wake()
+
     def release_held(self, allowed: bool) -> None:
         """The request loop's verdict on a frame held by _parse (see there)."""
         self._held = False
@@ -298,9 +351,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._parse()
         self._maybe_resume_reading()
 
-    def _push(self, item: Any) -> None:
-        self._frames.append(item)
-        if isinstance(item, (bytes, bytearray)):
+    def _push(self, item: Any, reserved: int = 0) -> None:
+        self._frames.append((item, reserved))
+        if not isinstance(item, (Exception, _HeldFrame)):
             self._queued_bytes += len(item)
         if len(self._frames) >= _READ_AHEAD_FRAMES or self._queued_bytes >= _READ_AHEAD_BYTES:
             self.pause_reading()
@@ -319,6 +372,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def _maybe_resume_reading(self) -> None:
         if (self._read_paused and not self._stopped and not self._held and not self._lost
+                and not self._awaiting_memory
                 and self.transport is not None
                 and len(self._frames) < _READ_AHEAD_FRAMES // 2 and self._queued_bytes < _READ_AHEAD_BYTES // 2):
             self._read_paused = False
@@ -335,14 +389,18 @@ class FrameProtocol(asyncio.BufferedProtocol):
         (counted from when this call began waiting for it, at the earliest).
         """
         called = time.monotonic()
+        self.last_reserved = 0
         while True:
+            if self._lost:
+                return None  # nobody is left to answer: what was read ahead is dropped (_drop_input)
             if self._frames:
-                item = self._frames.popleft()
+                item, reserved = self._frames.popleft()
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, _HeldFrame):
                     return item
                 self._queued_bytes -= len(item)
+                self.last_reserved = reserved
                 self._maybe_resume_reading()
                 return item
             if self._stopped:
@@ -439,6 +497,7 @@ async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connectio
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
     outbox: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(broker.config["queued.max.requests"])
     linger = broker.config["connection.failed.authentication.delay.ms"] / 1000.0
+    pool = proto.pool
     responder = asyncio.get_running_loop().create_task(_respond(outbox, proto, peer, linger))
     # Frames are parsed ahead of this loop; before authentication the limit is the SASL one (a
     # frame pipelined behind SaslAuthenticate is not parsed before the authentication is decided,
@@ -478,16 +537,30 @@ async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connectio
                     raise ConnectionClosed(f"frame length {frame.size} outside [{_HEADER_PREFIX.size}, {limit}]")
                 continue
             authenticated = conn.authenticated
-            future = _dispatch(broker, frame, peer, conn)
+            reserved = proto.last_reserved
+            try:
+                future = _dispatch(broker, frame, peer, conn)
+            except BaseException:
+                pool.release(reserved)
+                raise
             del frame  # a large produce frame is not kept alive by this loop while the next one arrives
-            if future is not None:
-                await outbox.put(future)
-                if not authenticated:
-                    # Before authentication requests are handled one at a time, so a request pipelined
-                    # behind SaslAuthenticate is judged by the outcome of the authentication.
-                    await asyncio.wait([future])
-                    if conn.authenticated:
-                        proto.max_frame = max_frame
+            if reserved:
+                future.add_done_callback(lambda _f, n=reserved: pool.release(n))
+            if not await _enqueue(outbox, future, responder, proto):
+                future.cancel()
+                break
+            if not authenticated:
+                # Before authentication requests are handled one at a time, so a request pipelined
+                # behind SaslAuthenticate is judged by the outcome of the authentication.
+                await asyncio.wait([future, proto.closed], return_when=asyncio.FIRST_COMPLETED)
+                if not future.done() or future.cancelled() or future.exception() is not None \
+                        or isinstance(future.result(), _Last):
+                    # A refused authentication (or a lost connection): its answer goes out, and
+                    # nothing pipelined behind it runs.
+                    proto.discard_input()
+                    break
+                if conn.authenticated:
+                    proto.max_frame = max_frame
             if responder.done():
                 break
     except ConnectionError:
@@ -497,39 +570,88 @@ async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connectio
     except asyncio.CancelledError:
         pass
     finally:
-        if not responder.done():
-            try:
-                outbox.put_nowait(None)
-            except asyncio.QueueFull:
-                responder.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(responder), 10.0)
-            except (TimeoutError, asyncio.CancelledError, ConnectionError):
-                responder.cancel()
-        elif not responder.cancelled() and responder.exception() is not None:
-            log.debug("responder for %s ended: %r", peer, responder.exception())  # retrieved, not leaked
-        _abandon(outbox)
-        proto.close()
+        await _finish(outbox, responder, proto, peer)
+
+
+# How long a connection that stopped sending may take to be sent the answers it is owed.
+_FLUSH_SECONDS = 10.0
+
+
+async def _enqueue(outbox: asyncio.Queue[Any], item: Any, responder: asyncio.Task[None],
+                   proto: FrameProtocol) -> bool:
+    """Queue `item` for the responder; False if the connection ended first.
+
+    The queue's bound is the in-flight limit. Waiting for a free slot also ends when the responder
+    stops (it sent a closing answer, or the peer reset) or the transport goes: the reading side never
+    waits for a writing side that is gone.
+    """
+    if not outbox.full():
+        outbox.put_nowait(item)
+        return True
+    put = asyncio.ensure_future(outbox.put(item))
+    try:
+        await asyncio.wait([put, responder, proto.closed], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not put.done():
+            put.cancel()
+    return put.done() and not put.cancelled()
+
+
+async def _finish(outbox: asyncio.Queue[Any], responder: asyncio.Task[None], proto: FrameProtocol,
+                  peer: str) -> None:
+    """End a connection: what was answered goes out (the peer may still read, e.g. after a half-close),
+    within _FLUSH_SECONDS; if the transport is gone, nothing is waited for. Then the slot is free."""
+    if not responder.done() and not proto.closed.done():
+        try:
+            async with asyncio.timeout(_FLUSH_SECONDS):
+                if await _enqueue(outbox, None, responder, proto):
+                    await asyncio.wait([responder, proto.closed], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            responder.cancel()
+            _abandon(outbox)
+            proto.close()
+            raise
+    if not responder.done():
+        responder.cancel()
+    elif not responder.cancelled() and responder.exception() is not None:
+        log.debug("responder for %s ended: %r", peer, responder.exception())  # retrieved, not leaked
+    _abandon(outbox)
+    proto.close()
 
 
 def _abandon(outbox: asyncio.Queue[asyncio.Future[Any] | None]) -> None:
-    """Cancel the requests of a closed connection that never got answered (e.g. long polls).
+    """Drop the answers a closed connection is still owed.
 
-    Left alone they would run on (a Fetch for up to its max_wait_ms) with nobody to answer, and an
-    exception they raised would surface as "Task exception was never retrieved".
+    Long polls (Fetch) are cancelled: left alone they would run on for up to max_wait_ms with nobody
+    to answer. Other requests finish what they started (a Produce already appended may be waiting for
+    its fsync or S3 commit, which other producers share); their outcome is retrieved and dropped, so
+    an exception does not surface as "Task exception was never retrieved".
     """
     while not outbox.empty():
         future = outbox.get_nowait()
         if future is None:
             continue
-        if future.done():
-            if not future.cancelled():
-                future.exception()  # mark it retrieved; the connection is gone either way
-        else:
-            future.cancel()
+        _drop(future)
 
 
-def _dispatch(broker: Broker, frame: bytes | bytearray, peer: str, conn: Connection) -> asyncio.Future[Any] | None:
+def _drop(future: asyncio.Future[Any]) -> None:
+    """Nobody will send this request's answer (see _abandon)."""
+    if future.done():
+        _retrieve(future)
+    elif getattr(future, "long_poll", False):
+        future.cancel()
+    else:
+        future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # mark it retrieved; the connection is gone either way
+
+
+def _dispatch(broker: Broker, frame: Any, peer: str, conn: Connection) -> asyncio.Future[Any]:
     api_key, api_version, correlation_id = _HEADER_PREFIX.unpack_from(frame, 0)
     if not conn.authenticated and api_key not in _PRE_AUTH_KEYS:
         raise ConnectionClosed(f"API key {api_key} before SASL authentication")
@@ -566,7 +688,10 @@ def _dispatch(broker: Broker, frame: bytes | bytearray, peer: str, conn: Connect
             cap = quotas.fetch_cap(_user(ctx), ctx.client_id or "")
             if cap is not None:
                 _cap_fetch(request, cap)
-    return asyncio.get_running_loop().create_task(_handle(spec, ctx, request, throttle_ms))
+    task = asyncio.get_running_loop().create_task(_handle(spec, ctx, request, throttle_ms))
+    if api_key == FETCH_KEY:
+        task.long_poll = True  # type: ignore[attr-defined]
+    return task
 
 
 def _user(ctx: RequestContext) -> str:
@@ -701,7 +826,12 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[Any] | None], proto: Fra
         if future is None:
             return
         try:
-            data = await future
+            # Shielded: if this connection ends first, the request is dropped (_drop), not cancelled
+            # midway (a Produce may be waiting for an fsync that other producers share).
+            data = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            _drop(future)
+            raise
         except Exception:
             log.exception("request from %s failed; closing the connection", peer)
             proto.close()
