@@ -37,6 +37,21 @@ class Topic:
     internal: bool = False
 
 
+# The broker's own topics. These names, and every name starting with "__", are internal from the first
+# start, whether or not the topic exists yet: no client creates, deletes, reconfigures or writes them.
+RESERVED_TOPIC_NAMES = frozenset({"__consumer_offsets", "__transaction_state", "_schemas"})
+
+
+def is_internal_name(name: str) -> bool:
+    return name.startswith("__") or name in RESERVED_TOPIC_NAMES
+
+
+def refuse_internal(name: str, what: str) -> None:
+    """Internal topics (and reserved names) are the broker's: no admin request changes them, whoever asks."""
+    if is_internal_name(name):
+        raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, f"{name} is an internal topic: it cannot be {what}")
+
+
 def validate_topic_name(name: str) -> None:
     if not _TOPIC_NAME.match(name) or name in (".", ".."):
         raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
@@ -153,7 +168,7 @@ class LogManager:
     def _open_topic(self, meta: dict, clean: bool) -> Topic:
         overrides = {str(k): str(v) for k, v in meta.get("configs", {}).items()}
         topic = Topic(meta["name"], uuid.UUID(meta["id"]), overrides, self.config.resolve_topic(overrides),
-                      internal=bool(meta.get("internal", False)))
+                      internal=bool(meta.get("internal", False)) or is_internal_name(meta["name"]))
         for p in range(int(meta["partitions"])):
             topic.partitions.append(
                 PartitionLog.open(self._partition_dir(topic.name, p), topic.name, p, topic.config, clean))
@@ -198,6 +213,9 @@ class LogManager:
                      validate_only: bool = False, internal: bool = False,
                      topic_id: uuid.UUID | None = None) -> Topic | None:
         validate_topic_name(name)
+        if not internal and is_internal_name(name):
+            raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
+                                     f"{name!r} is reserved for the broker's internal topics")
         if name in self.topics:
             raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
         if partitions < 1 or partitions > 10000:
@@ -274,7 +292,8 @@ class LogManager:
             if existing.topic_id == topic_id:
                 return existing
             self.delete_topic(name, notify=False)
-        topic = Topic(name, topic_id, dict(overrides), self.config.resolve_topic(overrides), internal=internal)
+        topic = Topic(name, topic_id, dict(overrides), self.config.resolve_topic(overrides),
+                      internal=internal or is_internal_name(name))
         for p in range(partitions):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
             topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))

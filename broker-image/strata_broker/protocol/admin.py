@@ -14,6 +14,7 @@ from kafka.protocol.admin import (
 )
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..log.manager import refuse_internal
 from ..security.acl import CLUSTER_NAME, OP_ALTER, OP_CREATE, OP_DELETE, RES_CLUSTER, RES_TOPIC
 from .configs import CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_TOPIC, describe_topic_values
 from .context import RequestContext
@@ -100,6 +101,7 @@ async def handle_delete_topics(ctx: RequestContext, request: DeleteTopicsRequest
                 result.name = name
             if not ctx.authorize(OP_DELETE, RES_TOPIC, name):
                 raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not delete it")
+            refuse_internal(name, "deleted")
             deleted = logs.delete_topic(name)
             result.topic_id = deleted.topic_id
         except KafkaProtocolError as exc:
@@ -119,6 +121,7 @@ async def handle_create_partitions(ctx: RequestContext,
         try:
             if not ctx.authorize(OP_ALTER, RES_TOPIC, topic.name):
                 raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not alter it")
+            refuse_internal(topic.name, "given partitions")
             _check_placement(ctx, -1, [a.broker_ids for a in topic.assignments or []])
             ctx.broker.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
             if ctx.broker.cluster is not None:

@@ -18,6 +18,7 @@ from ..config import (
     parse_topic_config,
 )
 from ..errors import ErrorCode, KafkaProtocolError
+from ..log.manager import refuse_internal
 from ..security.acl import CLUSTER_NAME, OP_ALTER_CONFIGS, OP_DESCRIBE_CONFIGS, RES_CLUSTER, RES_TOPIC
 from .context import RequestContext
 from .registry import api
@@ -161,6 +162,7 @@ async def handle_incremental_alter_configs(
             if resource.resource_type != RESOURCE_TOPIC:
                 raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
                                          "broker properties are static: restart the broker with --set")
+            refuse_internal(resource.resource_name, "reconfigured")
             topic = broker.logs.get_topic(resource.resource_name)
             updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
             broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)

@@ -8,7 +8,7 @@ from kafka.protocol.admin import DescribeClusterRequest, DescribeClusterResponse
 from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
-from ..log.manager import validate_topic_name
+from ..log.manager import is_internal_name, validate_topic_name
 from ..security.acl import CLUSTER_NAME, OP_CREATE, OP_DESCRIBE, RES_CLUSTER, RES_TOPIC
 from .context import RequestContext
 from .registry import API_TABLE, api
@@ -36,6 +36,7 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     logs = broker.logs
     R = MetadataResponse
     wanted = request.topics
+    denied: set[uuid.UUID] = set()
     # v0 asks for every topic with an empty list; v1+ with null.
     if wanted is None or (ctx.api_version == 0 and not wanted):
         # Every topic the principal may describe; the others are not mentioned at all.
@@ -46,8 +47,13 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
         for entry in wanted:
             if entry.name is None and entry.topic_id not in (None, _ZERO_UUID):
                 topic = logs.topic_by_id(entry.topic_id)
-                # An id no topic has is answered as such (UNKNOWN_TOPIC_ID), by its id.
-                names.append(topic.name if topic else entry.topic_id)
+                # An id no topic has is answered as such (UNKNOWN_TOPIC_ID), by its id; so is the id of a
+                # topic the principal may not describe, with TOPIC_AUTHORIZATION_FAILED and no name (as Kafka).
+                if topic is not None and not ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic.name):
+                    denied.add(entry.topic_id)
+                    names.append(entry.topic_id)
+                else:
+                    names.append(topic.name if topic else entry.topic_id)
             else:
                 names.append(entry.name or "")
         auto_create = ctx.api_version < 4 or bool(request.allow_auto_topic_creation)
@@ -57,6 +63,10 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
         # created twice (the client asks again once the placement has reached this broker).
         elsewhere = (auto_create and broker.cluster is not None and isinstance(name, str)
                      and name not in logs.topics and await broker.cluster.exists_elsewhere(name))
+        if name in denied:
+            topics.append(R.MetadataResponseTopic(error_code=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED), name=None,
+                                                  topic_id=name, partitions=[]))
+            continue
         topics.append(_describe_topic(ctx, name, auto_create and not elsewhere, elsewhere))
         if broker.cluster is not None and isinstance(name, str):
             await broker.cluster.published(name)  # auto-created: in the bucket before anyone hears of it
@@ -101,7 +111,8 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID, auto_create: boo
             validate_topic_name(name)
         except KafkaProtocolError as exc:
             return R.MetadataResponseTopic(error_code=int(exc.code), name=name, topic_id=_ZERO_UUID, partitions=[])
-        if auto_create and broker.config["auto.create.topics.enable"] and (
+        # Internal names are never auto-created by a client: the broker creates its topics on first use.
+        if auto_create and broker.config["auto.create.topics.enable"] and not is_internal_name(name) and (
                 ctx.authorize(OP_CREATE, RES_CLUSTER, CLUSTER_NAME) or ctx.authorize(OP_CREATE, RES_TOPIC, name)):
             topic = logs.create_topic(name, broker.config["num.partitions"], {})
         else:

@@ -1,4 +1,4 @@
-"""InitProducerId for idempotent producers (transactions are not offered)."""
+"""InitProducerId for idempotent producers (transactions are not offered): always a new producer id."""
 
 from __future__ import annotations
 
@@ -30,11 +30,8 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
     if request.transactional_id is not None:
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.INVALID_REQUEST),
                  producer_id=-1, producer_epoch=-1)
-    if ctx.api_version >= 3 and request.producer_id >= 0 and request.producer_epoch >= 0:
-        # KIP-360: an idempotent producer bumps its epoch and restarts its sequences at 0.
-        if request.producer_epoch < 32766:
-            return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, producer_id=request.producer_id,
-                     producer_epoch=request.producer_epoch + 1)
+    # A producer id and epoch in the request (KIP-360) are not trusted: without a transactional id Kafka
+    # hands out a new producer id every time, so nobody can bump the epoch of another producer's id.
     try:
         producer_id = await ctx.broker.logs.allocate_producer_id()
     except Exception as exc:  # the bucket's counter is out of reach (S3 down): the client retries
