@@ -22,6 +22,7 @@ from .security.acl import Authorizer
 from .security.credentials import CredentialStore
 from .security.listeners import Listener, build_listeners, principal_from_cert
 from .security.quotas import QuotaManager
+from .security.sasl import AuthGuard
 from .server import FrameProtocol, serve_connection
 from .tier.manager import TierManager
 
@@ -57,6 +58,8 @@ class Broker:
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
+        self.auth = AuthGuard(config["sasl.auth.threads"],
+                              config["sasl.failed.authentication.backoff.max.ms"] / 1000.0)
         self.quotas = QuotaManager(self.logs.meta_dir, config["quota.window.size.seconds"],
                                    config["quota.window.num"])
         self.closing = False
@@ -267,6 +270,7 @@ class Broker:
         except Exception as exc:
             log.warning("final usage snapshot incomplete: %s", exc)
         self.logs.close()
+        self.auth.close()
         if self.tier is not None:
             await self.tier.close()
         self._stopped.set()

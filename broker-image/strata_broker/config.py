@@ -248,6 +248,11 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("ssl.handshake.timeout.ms", _int_at_least(100), "10000", "a TLS handshake must finish in this"),
         ConfigKey("connection.failed.authentication.delay.ms", _int_at_least(0), "100",
                   "a failed authentication is answered, then the connection closed after this"),
+        ConfigKey("sasl.auth.threads", _int_at_least(1), "2",
+                  "threads that check passwords (PBKDF2), off the event loop"),
+        ConfigKey("sasl.failed.authentication.backoff.max.ms", _int_at_least(0), "2000",
+                  "longest wait before an authentication step from an address with more than 20 failures in "
+                  "10 s (100 ms, doubling per failure); 0 = none"),
         ConfigKey("max.connections", _int_at_least(1), "10000", "open client connections, all listeners"),
         ConfigKey("max.connections.per.ip", _int_at_least(1), "1000", "open client connections per source IP"),
         ConfigKey("request.timeout.ms", _int_at_least(100), "30000",

@@ -76,7 +76,7 @@ async def handle_sasl_authenticate(ctx: RequestContext,
                  error_message="SaslAuthenticate without a SaslHandshake first", auth_bytes=b"",
                  session_lifetime_ms=0)
     try:
-        answer, user = conn.sasl.step(bytes(request.auth_bytes or b""))
+        answer, user = await ctx.broker.auth.step(conn.sasl, bytes(request.auth_bytes or b""), ctx.host)
     except SaslFailure as exc:
         log.info("authentication failed from %s (%s): %s", ctx.peer, conn.sasl_mechanism, exc)
         ctx.close_after = True

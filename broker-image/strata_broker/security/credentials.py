@@ -12,19 +12,31 @@ A user with a password can use PLAIN and both SCRAM mechanisms; one with only SC
 use those mechanisms, and PLAIN (checked against the SCRAM hash). Credentials set with
 AlterUserScramCredentials live in `<data-dir>/__meta/scram-credentials.json`; a user that has any
 of those is authenticated with them only, never with the file.
+
+Known and unknown users cost the same and are answered the same: a PLAIN check is one PBKDF2 of the
+usual cost whoever the user is, and an unknown user's SCRAM exchange shows a decoy salt (an HMAC of
+the user name under a secret key kept in `<data-dir>/__meta/scram-decoy.key`, stable across restarts)
+with the iteration count most users have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 import os
+import secrets
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from ..log.files import read_json, write_json_atomic
 from .scram import HASHES, MIN_ITERATIONS, ScramCredential
+
+# The mechanism a PLAIN password is checked with when a user has several SCRAM credentials.
+_PLAIN_ORDER = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_DECOY_KEY_FILE = "scram-decoy.key"
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,8 @@ class CredentialStore:
         self._derived: dict[tuple[str, str, str], ScramCredential] = {}
         self.api_scram: dict[str, dict[str, ScramCredential]] = {}
         self.reloads = 0
+        self._decoy_key = _decoy_key(meta_dir)
+        self._usual_iterations: dict[str, int] = {}
         # Cluster mode: told after every change, so the change reaches the other brokers.
         self.on_change: Callable[[], None] | None = None
         if self._api_path:
@@ -72,6 +86,7 @@ class CredentialStore:
         self._file_stamp = stamp
         self._file_passwords, self._file_scram = passwords, scram
         self._derived = {k: v for k, v in self._derived.items() if passwords.get(k[0]) == k[2]}
+        self._usual_iterations.clear()
         self.reloads += 1
         log.info("loaded %d users from %s", len(set(passwords) | set(scram)), self.path)
         return True
@@ -112,14 +127,33 @@ class CredentialStore:
         return self._derived[key]
 
     def check_plain(self, user: str, password: str) -> bool:
-        if user in self.api_scram:
-            sources = self.api_scram[user]
-        else:
-            expected = self._file_passwords.get(user)
-            if expected is not None:
-                return hmac.compare_digest(expected.encode(), password.encode())
-            sources = self._file_scram.get(user, {})
-        return any(cred.check_password(mech, password) for mech, cred in sources.items())
+        """Exactly one PBKDF2 whoever `user` is (SCRAM-stored, plain in the file, or unknown), so the
+        time taken does not tell which users exist. Slow by design: call it off the event loop."""
+        sources = self.api_scram[user] if user in self.api_scram else self._file_scram.get(user, {})
+        mechanism = next((m for m in _PLAIN_ORDER if m in sources), None)
+        if mechanism is not None:
+            return sources[mechanism].check_password(mechanism, password)
+        decoy = self.decoy(user, _PLAIN_ORDER[0])
+        decoy.check_password(_PLAIN_ORDER[0], password)  # the same work as for a SCRAM-stored user
+        expected = None if user in self.api_scram else self._file_passwords.get(user)
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+    def decoy(self, user: str, mechanism: str) -> ScramCredential:
+        """What an unknown user's SCRAM exchange shows: a salt no one can tell from a real one (stable
+        per user, secret key) and the usual iteration count. Its keys match no proof."""
+        salt = hmac.new(self._decoy_key, f"{mechanism}\0{user}".encode(), hashlib.sha256).digest()[:24]
+        return ScramCredential(salt, self.usual_iterations(mechanism), secrets.token_bytes(64),
+                               secrets.token_bytes(64))
+
+    def usual_iterations(self, mechanism: str) -> int:
+        """The iteration count most stored credentials of `mechanism` have (MIN_ITERATIONS if none)."""
+        if mechanism not in self._usual_iterations:
+            counts = Counter(c.iterations for source in (self.api_scram, self._file_scram)
+                             for mechs in source.values() for m, c in mechs.items() if m == mechanism)
+            if self._file_passwords:
+                counts[MIN_ITERATIONS] += len(self._file_passwords)
+            self._usual_iterations[mechanism] = counts.most_common(1)[0][0] if counts else MIN_ITERATIONS
+        return self._usual_iterations[mechanism]
 
     def describe(self) -> dict[str, dict[str, int]]:
         """user -> {mechanism: iterations}, as the broker would authenticate them now."""
@@ -143,6 +177,7 @@ class CredentialStore:
 
     def upsert(self, user: str, mechanism: str, credential: ScramCredential) -> None:
         self.api_scram.setdefault(user, {})[mechanism] = credential
+        self._usual_iterations.clear()
 
     def delete(self, user: str, mechanism: str) -> bool:
         mechs = self.api_scram.get(user)
@@ -151,6 +186,7 @@ class CredentialStore:
         del mechs[mechanism]
         if not mechs:
             del self.api_scram[user]
+        self._usual_iterations.clear()
         return True
 
     def save(self, notify: bool = True) -> None:
@@ -178,4 +214,29 @@ class CredentialStore:
         if self.shared_entries() != {json.dumps([u, m]): c.to_json() for u, ms in scram.items()
                                      for m, c in ms.items()}:
             self.api_scram = scram
+            self._usual_iterations.clear()
             self.save(notify=False)
+
+
+def _decoy_key(meta_dir: str | None) -> bytes:
+    """This broker's secret for decoy salts: made once, kept beside the data (a new one per process
+    when the broker keeps no metadata)."""
+    if not meta_dir:
+        return secrets.token_bytes(32)
+    path = os.path.join(meta_dir, _DECOY_KEY_FILE)
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    os.makedirs(meta_dir, exist_ok=True)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return key

@@ -81,14 +81,17 @@ def _saslname(value: str) -> str:
 class ScramServer:
     """One SCRAM exchange: client-first -> server-first, client-final -> server-final (or failure).
 
-    `lookup(user)` returns the user's credential or None. An unknown user gets a made-up salt and
-    fails only at the proof, so the exchange does not reveal which users exist.
+    `lookup(user)` returns the user's credential or None. An unknown user is shown `decoy(user)`'s
+    salt and iterations (CredentialStore.decoy: secret-keyed, the usual count) and fails only at the
+    proof, so the exchange does not reveal which users exist. Without `decoy`, a random salt per
+    exchange and MIN_ITERATIONS.
     """
 
-    def __init__(self, mechanism: str, lookup) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, mechanism: str, lookup, decoy=None) -> None:  # type: ignore[no-untyped-def]
         self.mechanism = mechanism
         self.hash = HASHES[mechanism]
         self._lookup = lookup
+        self._decoy = decoy
         self.state = 0
         self.user: str | None = None
         self._credential: ScramCredential | None = None
@@ -134,8 +137,11 @@ class ScramServer:
         self._credential = self._lookup(user)
         cred = self._credential
         if cred is None:  # unknown user: the same shape of answer, the proof will never match
-            salt = hmac.new(b"strata-unknown-user", user.encode(), self.hash).digest()[:24]
-            iterations = MIN_ITERATIONS
+            if self._decoy is not None:
+                decoy = self._decoy(user)
+                salt, iterations = decoy.salt, decoy.iterations
+            else:
+                salt, iterations = os.urandom(24), MIN_ITERATIONS
         else:
             salt, iterations = cred.salt, cred.iterations
         self._gs2_header = f"{cbind},{authzid},"
