@@ -186,6 +186,29 @@ def test_podmonitor_only_when_the_cluster_serves_it_and_it_selects_the_broker_po
     assert eb["spec"]["config"]["metrics.listen"] == f"0.0.0.0:{port}"
 
 
+def test_metrics_port_admits_only_the_monitoring_namespace():
+    values = [CHART / "ci" / "broker-with-s3-values.yaml"]
+    assert not of_kind(render(values), "NetworkPolicy")  # no PodMonitor: no metrics port opened
+    docs = render(values, ["--api-versions", PODMONITOR_API])
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    (pm,) = of_kind(docs, "PodMonitor")
+    (eb,) = of_kind(docs, "EventBroker")
+    (sts,) = of_kind(resources.eventbroker_objects({**eb, "metadata": {**eb["metadata"], "uid": "u"}}),
+                     "StatefulSet")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    port = pm["spec"]["podMetricsEndpoints"][0]["portNumber"]
+    open_rule, metrics_rule = policy["spec"]["ingress"]
+    assert "from" not in open_rule  # the Kafka listeners: any port but the metrics one, from anywhere
+    ranges = [(p["port"], p["endPort"]) for p in open_rule["ports"]]
+    assert ranges == [(1, port - 1), (port + 1, 65535)]
+    assert metrics_rule["ports"] == [{"protocol": "TCP", "port": port}]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+    off = render(values, ["--api-versions", PODMONITOR_API, "--set", "metrics.networkPolicy.enabled=false"])
+    assert not of_kind(off, "NetworkPolicy")
+
+
 def _test_pod(docs: list[dict]) -> dict:
     (pod,) = [d for d in of_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
     return pod

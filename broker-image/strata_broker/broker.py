@@ -144,8 +144,14 @@ class Broker:
                                                             self.logs.flush_dirty)))
         if self.config["metrics.listen"]:
             host, _, port = self.config["metrics.listen"].rpartition(":")
-            bound = serve_metrics(self, host or "127.0.0.1", int(port))
-            log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", bound)
+            token = None
+            if self.config["metrics.bearer.token.file"]:
+                with open(self.config["metrics.bearer.token.file"]) as f:
+                    token = f.read().strip()
+            certfile, keyfile = self.config["metrics.ssl.certfile"], self.config["metrics.ssl.keyfile"]
+            bound = serve_metrics(self, host or "127.0.0.1", int(port), token, certfile, keyfile)
+            log.info("metrics on %s://%s:%d/metrics%s", "https" if certfile and keyfile else "http",
+                     host or "127.0.0.1", bound, " (bearer token required)" if token else "")
         for lst in self.listeners:
             log.info("strata-broker %d listening on %s://%s:%d, advertised as %s:%d", self.node_id, lst.name,
                      lst.host, lst.port, lst.advertised_host, lst.advertised_port)

@@ -6,6 +6,11 @@ metering.snapshot.interval.ms and at UTC midnight. A snapshot is appended to
 `clusters/<cluster>/usage/...` in the bucket; every record has a unique id, so an upload
 retried or repeated after a restart is never counted twice. What was counted since the last
 snapshot when the process dies is lost, never double-counted.
+
+Cardinality is bounded whatever clients send: each principal has at most
+`metering.client.ids.per.principal` client ids counted under their own name (the ones first seen);
+the rest are counted under `other`. A client id not seen for `metering.idle.expiry.ms` is forgotten
+(its slot freed, its /metrics series gone); what it used stays in the usage records already cut.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ANONYMOUS = "User:ANONYMOUS"
+OTHER_CLIENTS = "other"  # the client id counted for a principal's client ids beyond the limit
 # S3 API calls -> the price classes of the usage format.
 _S3_CLASS = {"put_object": "PUT", "upload_part": "PUT", "create_multipart_upload": "PUT",
              "complete_multipart_upload": "PUT", "get_object": "GET", "head_bucket": "GET",
@@ -79,8 +85,14 @@ class Meter:
         self.window = Window(start=time.time())
         self._last_sample = time.monotonic()
         self._uploaded_sizes_path = os.path.join(self.directory, "uploaded.json")
-        # Totals since start, for /metrics.
+        # Totals since start, for /metrics (client ids idle past the expiry are dropped).
         self.totals: dict[tuple[str, str, str | None], ClientCounters] = defaultdict(ClientCounters)
+        config = broker.config
+        self.max_client_ids = config["metering.client.ids.per.principal"]
+        self.idle_expiry = config["metering.idle.expiry.ms"] / 1000.0
+        # principal -> client id -> when last seen (the sampling clock), least recently seen first
+        self._client_ids: dict[str, OrderedDict[str, float]] = {}
+        self._clock = time.monotonic()
 
     # ---- counting (called on the request path; cheap) ----------------------------------------
 
@@ -114,8 +126,42 @@ class Meter:
         self.window.s3[("GET", topic_of_key(key))][1] += nbytes
 
     def _counters(self, principal: str, client_id: str | None, topic: str | None) -> tuple[ClientCounters, ...]:
-        key = (principal or ANONYMOUS, client_id or "", topic)
+        principal = principal or ANONYMOUS
+        key = (principal, self._client_id(principal, client_id or ""), topic)
         return self.window.clients[key], self.totals[key]
+
+    def _client_id(self, principal: str, client_id: str) -> str:
+        """`client_id` if it has (or gets) one of the principal's slots, else OTHER_CLIENTS."""
+        ids = self._client_ids.get(principal)
+        if ids is None:
+            ids = self._client_ids[principal] = OrderedDict()
+        if client_id in ids:
+            if ids[client_id] != self._clock:
+                ids[client_id] = self._clock
+                ids.move_to_end(client_id)
+            return client_id
+        if len(ids) >= self.max_client_ids:
+            client_id = OTHER_CLIENTS  # tracked like any id, so that it expires too
+        ids[client_id] = self._clock
+        ids.move_to_end(client_id)
+        return client_id
+
+    def expire(self) -> None:
+        """Forget client ids idle past the expiry (and their /metrics totals)."""
+        horizon = self._clock - self.idle_expiry
+        gone: set[tuple[str, str]] = set()
+        for principal, ids in list(self._client_ids.items()):
+            while ids:
+                client_id, seen = next(iter(ids.items()))
+                if seen > horizon:
+                    break
+                del ids[client_id]
+                gone.add((principal, client_id))
+            if not ids:
+                del self._client_ids[principal]
+        if gone:
+            for key in [k for k in self.totals if (k[0], k[1]) in gone]:
+                del self.totals[key]
 
     # ---- sampling and snapshots -----------------------------------------------------------------
 
@@ -124,6 +170,8 @@ class Meter:
         now = time.monotonic()
         dt = now - self._last_sample
         self._last_sample = now
+        self._clock = now
+        self.expire()
         for topic in list(self.broker.logs.topics.values()):
             hot = sum(p.size_bytes for p in topic.partitions)
             cold = sum(p.remote.size_bytes for p in topic.partitions if p.remote is not None)

@@ -1,13 +1,24 @@
-"""Prometheus metrics, computed from the broker's state at scrape time."""
+"""Prometheus metrics, computed from the broker's state at scrape time.
+
+The endpoint (`metrics.listen`, loopback unless a host is named) can ask for a bearer token
+(`metrics.bearer.token.file`: `Authorization: Bearer <token>`, else 401) and serve HTTPS
+(`metrics.ssl.certfile` + `metrics.ssl.keyfile`). It lists topic names and principals, so anything
+beyond loopback should use one of them or a NetworkPolicy (the chart admits only the monitoring namespace).
+"""
 
 from __future__ import annotations
 
+import hmac
 import shutil
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -95,8 +106,32 @@ class BrokerCollector(Collector):
             yield chunks
 
 
-def serve_metrics(broker: Broker, host: str, port: int) -> int:
+def _bearer(app: Callable[..., Iterable[bytes]], token: str) -> Callable[..., Iterable[bytes]]:
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode()
+        if not hmac.compare_digest(given, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("WWW-Authenticate", 'Bearer realm="strata"')])
+            return [b"a bearer token is required\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+def serve_metrics(broker: Broker, host: str, port: int, token: str | None = None,
+                  certfile: str | None = None, keyfile: str | None = None) -> int:
+    """Serve /metrics on a daemon thread; the port bound."""
     registry = CollectorRegistry()
     registry.register(BrokerCollector(broker))
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return server.server_port
+    app = make_wsgi_app(registry)
+    if token:
+        app = _bearer(app, token)
+    httpd = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    if certfile and keyfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd.server_port
