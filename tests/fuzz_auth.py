@@ -2,7 +2,8 @@
 bench/fuzz_auth.py). Fast: plain `random`, not hypothesis, so a long run reaches 100,000+ frames.
 
 Each round opens a connection, optionally logs in with SASL/PLAIN, sends 1-8 frames (valid seeds,
-mutations of them, random bytes), half-closes, and reads until the broker closes. The broker must:
+mutations of them, random bytes), half-closes, and reads until the broker closes; one round in five
+hangs up instead right after sending (half of those with a reset), without reading anything. The broker must:
 answer in request order, only requests it really framed, and before authentication only ApiVersions,
 SaslHandshake and SaslAuthenticate; never hang (a deadline); never crash.
 """
@@ -120,6 +121,7 @@ class Stats:
     frames: int = 0
     answers: int = 0
     logins: int = 0
+    hang_ups: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -134,7 +136,9 @@ def _login(sock: socket.socket, user: str, password: str) -> bool:
     return SaslAuthenticateResponse.decode(result.frames[1], version=2, header=True).error_code == 0
 
 
-def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, stats: Stats) -> None:
+def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, stats: Stats,
+              hang_up: str | None = None) -> None:
+    """hang_up: None (half-close, read every answer), "close" or "reset" (leave without reading)."""
     with hf.connect(port, timeout=10.0) as sock:
         authed = False
         if login is not None:
@@ -142,6 +146,13 @@ def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, sta
             stats.logins += authed
         stream = b"".join(frames)
         hf.send_all(sock, stream)
+        if hang_up is not None:
+            if hang_up == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stats.connections += 1
+            stats.frames += len(frames)
+            stats.hang_ups += 1
+            return
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -182,7 +193,8 @@ def fuzz(port: int, rounds_frames: int, seed: int, login: tuple[str, str] | None
                 frames.append(mutate(rng, rng.choice(seeds)))
             else:
                 frames.append(random_frame(rng))
-        one_round(port, frames, login, stats)
+        hang_up = rng.choice(["close", "reset"]) if rng.random() < 0.2 else None
+        one_round(port, frames, login, stats, hang_up)
         if len(stats.problems) > 20:
             break
     return stats

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import urllib.request
 from dataclasses import dataclass
 
 from kafka.protocol.admin import CreateTopicsRequest
@@ -198,6 +199,22 @@ def api_versions_ok(port: int, timeout: float = 5.0) -> ApiVersionsResponse:
     assert response.header.correlation_id == 4242
     assert response.error_code == 0
     return response
+
+
+def metric(metrics_listen: str, name: str) -> float:
+    """One unlabelled sample from a broker's /metrics (`metrics_listen` is its metrics.listen setting)."""
+    port = int(metrics_listen.rpartition(":")[2])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def open_connections(metrics_listen: str) -> int:
+    """The broker's own count of connections holding a slot (strata_connections_open)."""
+    return int(metric(metrics_listen, "strata_connections_open"))
 
 
 class Bystander:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import socket
 import struct
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,18 +27,8 @@ from waiting import wait_until
 USERS = {"admin": "admin-secret", "alice": "alice-secret"}
 
 
-def metric(proc: BrokerProcess, name: str) -> float:
-    port = int(proc.settings["metrics.listen"].rpartition(":")[2])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def open_connections(proc: BrokerProcess) -> int:
-    return int(metric(proc, "strata_connections_open"))
+    return hf.open_connections(proc.settings["metrics.listen"])
 
 
 def handshake(mechanism: str = "PLAIN", correlation_id: int = 1) -> bytes:

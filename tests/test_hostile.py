@@ -18,13 +18,14 @@ from pathlib import Path
 
 import hostile_frames as hf
 import pytest
-from brokerproc import BrokerProcess
+from brokerproc import BrokerProcess, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka.protocol.consumer import FetchResponse, ListOffsetsResponse
 from kafka.protocol.metadata import ApiVersionsResponse, MetadataResponse
 from kafka.protocol.producer import ProduceResponse
 from strata_broker.protocol import API_TABLE
+from waiting import wait_until
 
 CORRUPT_MESSAGE = 2
 UNSUPPORTED_VERSION = 35
@@ -700,7 +701,8 @@ def sasl_fuzz_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broke
     secutil.write_credentials(base / "users.json", FUZZ_USERS)
     proc = BrokerProcess(base / "broker", listeners={"SASL_PLAINTEXT": None}, settings={
         "auto.create.topics.enable": "true", "num.partitions": "1", "sasl.credentials.file": str(base / "users.json"),
-        "authorizer.enable": "true", "super.users": "User:fuzzer;User:bystander"}).start()
+        "authorizer.enable": "true", "super.users": "User:fuzzer;User:bystander",
+        "metrics.listen": f"127.0.0.1:{free_port()}"}).start()
     yield proc
     proc.kill()
 
@@ -722,6 +724,7 @@ def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]
         client.check(mark)
         assert not pre.problems and not post.problems, (pre.problems + post.problems)[:5]
         assert post.logins == post.connections, "a legitimate login failed during the fuzzing"
+        assert pre.hang_ups and post.hang_ups
         time.sleep(0.5)
         fds, rss = fuzz_auth.proc_fds(proc.pid), fuzz_auth.proc_rss_kb(proc.pid)
         assert fds <= fds0 + 10, f"sockets grew from {fds0} to {fds}"
@@ -729,6 +732,9 @@ def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]
     finally:
         client.finish()
     assert proc.alive(), proc.log_tail()
+    # Every connection's slot is released (the broker's own count), the fuzzer's hang-ups included.
+    wait_until(lambda: hf.open_connections(proc.settings["metrics.listen"]) == 0, timeout=30,
+               what="every connection slot released")
     log = log_since(proc, start)
     for leak in LEAKS:
         assert leak not in log, f"broker log shows {leak!r}:\n{log[log.index(leak) - 300:][:3000]}"
