@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA ?= data
 PORT ?= 9092
 
-.PHONY: venv run test test-all lint tools bench kill-loop clean
+.PHONY: venv run test test-all lint tools bench bench-soak kill-loop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(BENCH_STAMP)
 # over 1-3 brokers, acknowledged records lost on SIGKILL per durability; BENCH_ARGS="--sizes 20,100 --seconds 3".
 bench-cluster: $(BENCH_STAMP)
 	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
+
+# 200 churning connections for 10 minutes beside a steady producer and consumer (docs/security.md).
+bench-soak: $(BENCH_STAMP)
+	$(BIN)/python bench/soak.py $(BENCH_ARGS)
 
 # 50 SIGKILL cycles under acks=all producers, for the record.
 kill-loop: $(BENCH_STAMP)

@@ -17,6 +17,11 @@ Produce frame is not copied on its way to the log. Flow control both ways: a con
 request loop falls behind (in-flight bound reached because the client does not read its responses,
 or a quota mute) is not read from beyond a small read-ahead, and responses are written in pieces,
 each after the transport has drained below its high-water mark.
+
+A large frame first reserves its announced size in the broker's RequestMemoryPool and is received
+into memory taken as bytes arrive (request_pool.py). The reading side (serve_connection) and the
+writing side (_respond) end together: the reader never waits for an in-flight slot once the writer
+or the transport is gone, and a lost transport drops what was read ahead and what was owed (_finish).
 """
 
 from __future__ import annotations
