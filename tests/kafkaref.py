@@ -283,16 +283,16 @@ def wait_ready(bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | N
 def build_java_program(project: Path) -> str:
     """Compile a small Maven project once per source content; its classpath (classes + dependencies).
 
-    The build goes to cache_root()/java-<name>-<hash of pom and sources>, never into the clone.
+    The build goes to cache_root()/<folder name>-<hash of pom and sources>, never into the clone.
     """
     digest = hashlib.sha256()
     for path in sorted([project / "pom.xml", *project.rglob("*.java")]):
         digest.update(path.relative_to(project).as_posix().encode())
         digest.update(path.read_bytes())
-    out = cache_root() / f"java-{project.name}-{digest.hexdigest()[:12]}"
+    out = cache_root() / f"{project.name}-{digest.hexdigest()[:12]}"
     done = out / ".complete"
     if not done.exists():
-        with _locked(out.parent / f"java-{project.name}.lock"):
+        with _locked(out.parent / f"{project.name}.lock"):
             if not done.exists():
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir(parents=True)

@@ -32,7 +32,7 @@ from confluent_kafka.admin import (
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafkaclients import consume_confluent
-from kafkaref import KafkaBroker, missing_tools
+from kafkaref import KafkaBroker
 from rawclient import RawConnection
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "references.md"
@@ -64,13 +64,9 @@ Observations = dict[str, Any]
 # ---- the two brokers -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    missing = missing_tools()
-    if missing:
-        pytest.skip(missing)
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-ref"), settings=SETTINGS).start()
-    yield broker
-    broker.stop()
+def kafka(kafka_ref: KafkaBroker) -> KafkaBroker:
+    """Apache Kafka with SETTINGS (conftest.py's kafka_ref)."""
+    return kafka_ref
 
 
 @pytest.fixture(scope="module")
