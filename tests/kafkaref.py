@@ -301,3 +301,27 @@ def build_java_program(project: Path) -> str:
                            f"-DoutputDirectory={out / 'lib'}"], f"building {project.name}")
                 done.write_text("ok\n")
     return os.pathsep.join([str(out / "target" / "classes"), *(str(p) for p in sorted((out / "lib").glob("*.jar")))])
+
+
+def main() -> int:
+    """`python tests/kafkaref.py`: fetch Kafka and build tests/java-clients now (make test/bench call it).
+
+    Exits 0 when java or mvn is missing (the tests then skip, naming it) and 1 when a fetch fails.
+    """
+    missing = missing_tools()
+    if missing:
+        print(f"kafkaref: {missing}; the Kafka reference tests will be skipped")
+        return 0
+    started = time.monotonic()
+    try:
+        lib = fetch_kafka()
+        build_java_program(TESTS_DIR / "java-clients")
+    except (KafkaUnavailable, subprocess.TimeoutExpired) as exc:
+        print(f"kafkaref: {exc}")
+        return 1
+    print(f"kafkaref: Apache Kafka {KAFKA_VERSION} in {lib} ({time.monotonic() - started:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
