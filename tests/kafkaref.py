@@ -138,17 +138,20 @@ class KafkaBroker:
     """One Apache Kafka KRaft node (broker + controller) on loopback, in its own directory.
 
     `settings` are added to (or override) server.properties: tests pass what they need, such as
-    auto.create.topics.enable. `heap` is the JVM's -Xmx and -Xms.
+    auto.create.topics.enable. `heap` is the JVM's -Xmx and -Xms. `extra_listeners` adds PLAINTEXT
+    listeners: name -> (port on 127.0.0.1, the host:port to advertise there, e.g. a proxy's).
     """
 
     NAME = "kafka"
 
     def __init__(self, work_dir: Path, settings: dict[str, str] | None = None, port: int | None = None,
-                 heap: str = "512m", version: str = KAFKA_VERSION, log_level: str = "WARN") -> None:
+                 heap: str = "512m", version: str = KAFKA_VERSION, log_level: str = "WARN",
+                 extra_listeners: dict[str, tuple[int, str]] | None = None) -> None:
         self.work_dir = Path(work_dir)
         self.port = port or free_port()
         self.controller_port = free_port()
         self.settings = dict(settings or {})
+        self.extra_listeners = dict(extra_listeners or {})
         self.heap = heap
         self.version = version
         self.log_level = log_level
@@ -162,15 +165,19 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def properties(self) -> dict[str, str]:
+        extra = self.extra_listeners.items()
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                                   *(f"{name}://127.0.0.1:{port}" for name, (port, _) in extra)]),
+            "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self.port}",
+                                              *(f"{name}://{adv}" for name, (_, adv) in extra)]),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT",
+                                                        *(f"{name}:PLAINTEXT" for name, _ in extra)]),
             "log.dirs": str(self.data_dir),
             # One node: every internal topic with one replica, as in config/server.properties.
             "offsets.topic.replication.factor": "1",

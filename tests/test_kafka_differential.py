@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 import pytest
-from brokerproc import BrokerProcess
+from brokerproc import BrokerProcess, free_port
 from confluent_kafka import Consumer, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
@@ -29,10 +30,11 @@ from confluent_kafka.admin import (
     NewTopic,
     OffsetSpec,
 )
+from faultproxy import ResponseDroppingProxy
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from kafkaclients import consume_confluent
-from kafkaref import KafkaBroker
+from kafkaclients import consume_confluent, produce_confluent
+from kafkaref import KafkaBroker, missing_tools
 from rawclient import RawConnection
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "references.md"
@@ -64,9 +66,25 @@ Observations = dict[str, Any]
 # ---- the two brokers -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kafka(kafka_ref: KafkaBroker) -> KafkaBroker:
-    """Apache Kafka with SETTINGS (conftest.py's kafka_ref)."""
-    return kafka_ref
+def kafka_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, ResponseDroppingProxy]]:
+    """Apache Kafka with SETTINGS, plus a FLAKY listener reached through a produce-response-dropping proxy."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(missing)
+    upstream = free_port()
+    proxy = ResponseDroppingProxy(upstream, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-ref"), settings=SETTINGS,
+                         extra_listeners={"FLAKY": (upstream, f"127.0.0.1:{proxy.port}")})
+    try:
+        yield broker.start(), proxy
+    finally:
+        broker.stop()
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def kafka(kafka_and_proxy: tuple[KafkaBroker, ResponseDroppingProxy]) -> KafkaBroker:
+    return kafka_and_proxy[0]
 
 
 @pytest.fixture(scope="module")
@@ -433,6 +451,49 @@ def idempotence_scenario(bootstrap: str, name: str) -> Observations:
 
 def test_idempotent_producer_retries(both):
     both("idempotence", idempotence_scenario)
+
+
+# ---- idempotent producer through a link that drops produce responses (real client retries) -------
+
+PRODUCE = 0
+
+
+def flaky_produce_scenario(direct: str, flaky: str, proxy: ResponseDroppingProxy, name: str) -> Observations:
+    """confluent-kafka, idempotent, through `flaky`: retried batches must not duplicate anything."""
+    admin = admin_for(direct)
+    create(admin, name, 2)
+    drops_before = proxy.drops
+    records = [(f"k{i % 13}".encode(), f"{i:05d}".encode()) for i in range(2000)]
+    produce_confluent(flaky, name, records, **{
+        "enable.idempotence": True, "acks": "all", "linger.ms": 1, "batch.num.messages": 50,
+        "max.in.flight.requests.per.connection": 5, "retry.backoff.ms": 10})
+    ends = admin.list_offsets({TopicPartition(name, p): OffsetSpec.latest() for p in range(2)})
+    in_log = sum(f.result(30).offset for f in ends.values())  # duplicates included, if any
+    consumed = consume_confluent(direct, name, 2, expected=in_log, timeout=60)
+    values = Counter(r.value for r in consumed)
+    return {"retried (responses dropped)": proxy.drops > drops_before,
+            "duplicates": sorted(v for v, n in values.items() if n > 1),
+            "all records once": sorted(values) == sorted(v for _, v in records),
+            "per-key order kept": all(
+                [r.value for r in consumed if r.key == k] == sorted(r.value for r in consumed if r.key == k)
+                for k in {key for key, _ in records})}
+
+
+def test_idempotent_producer_retries_through_a_flaky_link(kafka_and_proxy, tmp_path):
+    kafka, kafka_proxy = kafka_and_proxy
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    observed_kafka = flaky_produce_scenario(kafka.bootstrap, f"127.0.0.1:{kafka_proxy.port}", kafka_proxy, name)
+    port = free_port()
+    proxy = ResponseDroppingProxy(port, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
+    strata = BrokerProcess(tmp_path / "strata", port=port, settings=SETTINGS, advertise=f"127.0.0.1:{proxy.port}")
+    try:
+        strata.start()
+        observed_strata = flaky_produce_scenario(strata.bootstrap, f"127.0.0.1:{proxy.port}", proxy, name)
+    finally:
+        strata.stop()
+        proxy.close()
+    compare("flaky_produce", observed_kafka, observed_strata)
+    assert observed_kafka["retried (responses dropped)"] and observed_kafka["all records once"]
 
 
 # ---- the documentation lists exactly the known differences -------------------------------------
