@@ -420,13 +420,14 @@ class BrokerResults:
 def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None) -> BrokerResults:
     res = BrokerResults()
     tag = uuid.uuid4().hex[:6]
-    # Unmeasured warm-up, the same for every broker: a JVM (Kafka) otherwise spends the first seconds
-    # in its JIT (its first latency run measured a p50 of one second, the next one 1.2 ms).
+    # Unmeasured warm-up, the same for every broker: a JVM (Kafka) otherwise spends its first seconds
+    # in the JIT (Kafka's first paced run measured a p50 of seconds, the next one tens of ms).
     if args.warmup_seconds > 0:
         topic = f"bench-{tag}-warmup"
         create_topic(broker.bootstrap, topic, 1)
         r = produce_throughput(broker, topic, "1", args.warmup_seconds, args.records)
-        note(f"{broker.name}: warm-up {r.mb_s:.1f} MB/s (not reported)")
+        lat = produce_latency(broker, topic, "1", args.rate, args.warmup_seconds)  # the paced path too
+        note(f"{broker.name}: warm-up {r.mb_s:.1f} MB/s, paced p50 {lat.pct(0.5):.2f} ms (not reported)")
         settle(broker, topic)
     # Latency first, on a quiet broker and a disk without gigabytes of writeback pending from the
     # throughput runs.
@@ -491,7 +492,8 @@ def fmt(value: float, digits: int = 1) -> str:
 def ratio(a: float, b: float) -> str:
     if not a or not b or a != a or b != b:
         return "-"
-    return f"{a / b:.2f}x"
+    r = a / b
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
@@ -582,7 +584,8 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                   "(100% = one core) during that run. CPU s/GB = CPU-seconds per GB (1e9 B) of records delivered: "
                   "broker = the broker process (/proc), client = this process incl. librdkafka's threads "
                   "(os.times()), or the rdkafka_performance child.", highlight=False)
-    console.print(f"every broker first gets {args.warmup_seconds:g}s of unmeasured acks=1 produce (warm-up); "
+    console.print(f"every broker first gets {args.warmup_seconds:g}s of unmeasured acks=1 produce and as long "
+                  "paced (warm-up); "
                   "produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
                   "latency: linger.ms=0, one 1-partition topic, paced produce; consume: assign(), "
                   "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 KAFKA_VERSION = os.environ.get("STRATA_KAFKA_VERSION", "4.4.0")
@@ -257,7 +257,7 @@ class KafkaBroker:
 
 
 def wait_ready(bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-               log_tail: object = None) -> None:
+               log_tail: Callable[[], str] | None = None) -> None:
     """Until an AdminClient's metadata lists a broker at `bootstrap` (the node is unfenced)."""
     from confluent_kafka.admin import AdminClient
 
@@ -267,7 +267,7 @@ def wait_ready(bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | N
     last = ""
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            tail = log_tail() if callable(log_tail) else ""
+            tail = log_tail() if log_tail else ""
             raise RuntimeError(f"Kafka exited with {proc.returncode} before it was ready:\n{tail}")
         try:
             with socket.create_connection((host, int(port)), timeout=0.5):
@@ -283,7 +283,7 @@ def wait_ready(bootstrap: str, timeout: float, proc: subprocess.Popen[bytes] | N
         except Exception as exc:  # not ready yet: the broker is still catching up with its controller
             last = str(exc)
         time.sleep(0.2)
-    tail = log_tail() if callable(log_tail) else ""
+    tail = log_tail() if log_tail else ""
     raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout:.0f}s ({last}):\n{tail}")
 
 
