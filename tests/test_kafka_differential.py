@@ -31,6 +31,7 @@ from confluent_kafka.admin import (
     OffsetSpec,
 )
 from faultproxy import ResponseDroppingProxy
+from hostile_frames import fetch, metadata, produce, record_batch
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafkaclients import consume_confluent, produce_confluent
@@ -391,6 +392,61 @@ def test_describe_configs_of_a_topic(kafka, strata):
              **{f: v for f, v in s.items() if f.removeprefix("config ") in common}})
 
 
+# ---- produce / fetch / metadata error codes on the wire ------------------------------------------
+
+def raw_call(bootstrap: str, request: Any) -> Any:
+    """One request on its own connection ("closed" if the broker hung up instead of answering)."""
+    conn = RawConnection(bootstrap)
+    try:
+        return conn.request(request)
+    except ConnectionError:
+        return "closed"
+    finally:
+        conn.close()
+
+
+def produce_errors(response: Any) -> Any:
+    if isinstance(response, str):
+        return response
+    return [(p.index, p.error_code) for t in response.responses for p in t.partition_responses]
+
+
+def wire_errors_scenario(bootstrap: str, name: str) -> Observations:
+    admin = admin_for(bootstrap)
+    create(admin, name, 1, {"max.message.bytes": "2000"})
+    obs: Observations = {}
+    small = record_batch(3)
+    obs["produce"] = produce_errors(raw_call(bootstrap, produce(name, small)))
+    obs["produce to partition 5"] = produce_errors(raw_call(bootstrap, produce(name, small, partition=5)))
+    obs["produce to unknown topic"] = produce_errors(raw_call(bootstrap, produce(f"{name}-none", small)))
+    obs["produce acks=2"] = produce_errors(raw_call(bootstrap, produce(name, small, acks=2)))
+    obs["produce over max.message.bytes"] = produce_errors(
+        raw_call(bootstrap, produce(name, record_batch(3, payload=b"x" * 1500))))
+    corrupt = bytearray(small)
+    corrupt[-1] ^= 0xFF  # inside the last record: the batch CRC no longer matches
+    obs["produce with a bad CRC"] = produce_errors(raw_call(bootstrap, produce(name, bytes(corrupt))))
+
+    def fetch_result(request: Any) -> Any:
+        response = raw_call(bootstrap, request)
+        if isinstance(response, str):
+            return response
+        part = response.responses[0].partitions[0]
+        return (part.error_code, part.high_watermark, part.last_stable_offset, part.log_start_offset)
+
+    obs["fetch at 0"] = fetch_result(fetch(name, offset=0))
+    obs["fetch beyond the end"] = fetch_result(fetch(name, offset=100))
+    obs["fetch unknown topic"] = fetch_result(fetch(f"{name}-none"))
+    md = raw_call(bootstrap, metadata([f"{name}-none"], allow_auto=False))
+    obs["metadata unknown topic, no auto-create"] = [(t.name == f"{name}-none", t.error_code) for t in md.topics]
+    md = raw_call(bootstrap, metadata([name]))
+    obs["metadata"] = [(t.error_code, len(t.partitions), t.is_internal) for t in md.topics]
+    return obs
+
+
+def test_produce_fetch_metadata_error_codes(both):
+    both("wire_errors", wire_errors_scenario)
+
+
 # ---- idempotent producer: retried, out-of-order and duplicate batches --------------------------
 
 def idempotent_batch(producer_id: int, epoch: int, sequence: int, count: int, tag: str) -> bytes:
@@ -514,3 +570,14 @@ def test_strata_lookup_without_a_match_has_no_leader_epoch(strata):
     for spec in (OffsetSpec.max_timestamp(), OffsetSpec.for_timestamp(0)):
         info = admin.list_offsets({tp: spec})[tp].result(30)
         assert (info.offset, info.timestamp, info.leader_epoch) == (-1, -1, None)
+
+
+def test_strata_fetch_in_error_carries_no_offsets(strata):
+    """Strata alone: a partition answered with an error (here OFFSET_OUT_OF_RANGE) has -1 offsets, as in Kafka."""
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    create(admin_for(strata.bootstrap), name, 1)
+    assert produce_errors(raw_call(strata.bootstrap, produce(name, record_batch(3)))) == [(0, 0)]
+    part = raw_call(strata.bootstrap, fetch(name, offset=100)).responses[0].partitions[0]
+    assert (part.error_code, part.high_watermark, part.last_stable_offset, part.log_start_offset) == (1, -1, -1, -1)
+    part = raw_call(strata.bootstrap, fetch(name, offset=0)).responses[0].partitions[0]
+    assert (part.error_code, part.high_watermark, part.log_start_offset) == (0, 3, 0)
