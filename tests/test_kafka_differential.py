@@ -32,11 +32,17 @@ from confluent_kafka.admin import (
 )
 from faultproxy import ResponseDroppingProxy
 from hostile_frames import fetch, metadata, produce, record_batch
+from kafka.protocol.consumer import LeaveGroupRequest
+from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
+from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafkaclients import consume_confluent, produce_confluent
 from kafkaref import KafkaBroker, missing_tools
 from rawclient import RawConnection
+from test_groups_protocol import commit as group_commit
+from test_groups_protocol import describe as describe_group
+from test_groups_protocol import heartbeat, join, subscription, sync
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "references.md"
 SETTINGS = {"auto.create.topics.enable": "true", "num.partitions": "1"}
@@ -355,6 +361,70 @@ def rebalance_scenario(bootstrap: str, name: str) -> Observations:
 
 def test_group_rebalance_with_two_consumers(both):
     both("rebalance", rebalance_scenario)
+
+
+# ---- the classic group protocol on the wire ------------------------------------------------------
+
+def group_wire_scenario(bootstrap: str, name: str) -> Observations:
+    create(admin_for(bootstrap), name, 2)
+    group = f"g-{name}"
+    conn = RawConnection(bootstrap)
+    obs: Observations = {}
+    try:
+        # As a client does: find the coordinator, then retry while it is still loading the offsets topic
+        # (Kafka creates __consumer_offsets on the first FindCoordinator, then loads its partitions).
+        deadline = time.monotonic() + 60
+        while True:
+            found = conn.request(FindCoordinatorRequest(version=3, key=group, key_type=0))
+            if found.error_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        obs["find coordinator"] = found.error_code
+        protocols = [("range", subscription(name))]
+        while True:
+            first = join(conn, group, protocols=protocols)
+            if first.error_code not in RETRIABLE_COORDINATOR_ERRORS or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        obs["join without a member id"] = (first.error_code, bool(first.member_id))
+        joined = join(conn, group, member_id=first.member_id, protocols=protocols)
+        me, gen = first.member_id, joined.generation_id
+        obs["join"] = (joined.error_code, gen, joined.protocol_name, joined.leader == me, len(joined.members))
+        obs["join with session timeout 1 ms"] = join(conn, f"{group}-x", session_ms=1, protocols=protocols).error_code
+        obs["join with protocol type 'other'"] = join(conn, group, member_id=me, protocol_type="other",
+                                                      protocols=protocols).error_code
+        assignment = bytes(ConsumerProtocolAssignment(
+            version=0, assigned_partitions=[ConsumerProtocolAssignment.TopicPartition(topic=name, partitions=[0, 1])],
+            user_data=None).encode())
+        synced = sync(conn, group, gen, me, {me: assignment})
+        obs["sync as leader"] = (synced.error_code, bytes(synced.assignment) == assignment)
+        obs["sync unknown member"] = sync(conn, group, gen, "nobody").error_code
+        obs["heartbeat"] = heartbeat(conn, group, gen, me)
+        obs["heartbeat wrong generation"] = heartbeat(conn, group, gen + 5, me)
+        obs["heartbeat unknown member"] = heartbeat(conn, group, gen, "nobody")
+        obs["heartbeat unknown group"] = heartbeat(conn, f"{group}-none", 1, "nobody")
+        obs["commit"] = sorted(group_commit(conn, group, gen, me, {(name, 0): 5}).values())
+        obs["commit wrong generation"] = sorted(group_commit(conn, group, gen + 5, me, {(name, 0): 6}).values())
+        obs["commit unknown member"] = sorted(group_commit(conn, group, gen, "nobody", {(name, 0): 6}).values())
+        obs["commit unknown partition"] = sorted(group_commit(conn, group, gen, me, {(name, 9): 1}).values())
+        obs["commit metadata of 5000 bytes"] = sorted(
+            group_commit(conn, group, gen, me, {(name, 1): 1}, metadata="x" * 5000).values())
+        obs["simple commit (generation -1, no member)"] = sorted(
+            group_commit(conn, f"{group}-simple", -1, "", {(name, 0): 3}).values())
+        obs["simple commit into the live group"] = sorted(group_commit(conn, group, -1, "", {(name, 0): 7}).values())
+        obs["described"] = (lambda d: (d.error_code, d.group_state, d.protocol_type, d.protocol_data,
+                                       len(d.members)))(describe_group(conn, group))
+        left = conn.request(LeaveGroupRequest(version=3, group_id=group, members=[
+            LeaveGroupRequest.MemberIdentity(member_id=m, group_instance_id=None) for m in (me, "nobody")]))
+        obs["leave (member, unknown member)"] = (left.error_code, [m.error_code for m in left.members])
+        obs["described after leave"] = (lambda d: (d.group_state, len(d.members)))(describe_group(conn, group))
+    finally:
+        conn.close()
+    return obs
+
+
+def test_group_protocol_on_the_wire(both):
+    both("group_wire", group_wire_scenario)
 
 
 # ---- committed offsets -------------------------------------------------------------------------
