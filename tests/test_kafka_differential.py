@@ -2,9 +2,10 @@
 
 Each scenario runs with real clients (confluent-kafka, kafka-python's protocol codecs) against one
 Apache Kafka 4.x KRaft node (tests/kafkaref.py) and one Strata broker, and returns its observations as
-a flat dict. The two dicts must be equal field by field, except where KNOWN_DIFFERENCES (the one list
+a dict (field -> value). The two dicts must be equal field by field, except where KNOWN_DIFFERENCES (the one list
 of them, mirrored in docs/references.md) says what each side answers: there both sides must answer
-exactly that, so a difference that goes away or changes fails as surely as a new one.
+exactly that, so a difference that goes away or changes fails as surely as a new one. The two
+`test_strata_*` tests at the end pin the small fixes this comparison led to, with Strata alone.
 """
 
 from __future__ import annotations
