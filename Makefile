@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA ?= data
 PORT ?= 9092
 
-.PHONY: venv run test test-all lint tools bench bench-soak kill-loop clean
+.PHONY: venv run test test-all lint tools kafka-ref bench bench-soak kill-loop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,18 +30,24 @@ tools:
 			 (apt-get update -qq && apt-get install -y -qq kcat >/dev/null)) ; \
 		else echo "kcat not found and cannot install it here: kcat tests will be skipped"; fi; }
 
+# Apache Kafka as a reference (docs/references.md): its jars from Maven Central into ~/.cache/strata
+# (once; later runs and fresh clones on this machine reuse them) and tests/java-clients built. Needs
+# java and mvn; without them it says so and the tests that need Kafka skip.
+kafka-ref: venv
+	$(BIN)/python tests/kafkaref.py || echo "kafkaref: fetch failed; the Kafka reference tests will fail with the reason"
+
 # The suite mostly waits on sockets, brokers and timers, so it runs on TEST_WORKERS pytest-xdist
 # processes, whole modules each (module fixtures are started once; tests/conftest.py puts the longest
 # modules first). Every fixture takes its own free ports and temp dirs. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: venv tools
+test: venv tools kafka-ref
 	$(BIN)/ruff check broker-image operator tests bench
 	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 # Includes the long fuzz and soak runs behind the `slow` marker.
-test-all: venv tools
+test-all: venv tools kafka-ref
 	$(BIN)/pytest -q -m "" $(PYTEST_PARALLEL)
 
 lint: venv
@@ -53,8 +59,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e ".[test,bench]"
 	touch $(BENCH_STAMP)
 
-# Throughput/latency beside the raw disk and Tansu, same run; BENCH_ARGS="--seconds 3 --skip-tansu" etc.
-bench: $(BENCH_STAMP)
+# Throughput/latency beside the raw disk, Tansu and Apache Kafka, same run;
+# BENCH_ARGS="--seconds 3 --skip-tansu --skip-kafka" etc.
+bench: $(BENCH_STAMP) kafka-ref
 	$(BIN)/python bench/produce_consume.py $(BENCH_ARGS)
 
 # Cluster mode (docs/cluster.md): one partition's move time with 100 MB vs 1 GB in S3, produce throughput

