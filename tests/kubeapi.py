@@ -23,6 +23,7 @@ import base64
 import datetime
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -210,6 +211,7 @@ def _main(argv: list[str]) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     print(f"export KUBECONFIG={server.kubeconfig}   # {server.server}; Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the children too
     try:
         while server.apiserver and server.apiserver.poll() is None:
             time.sleep(1)
