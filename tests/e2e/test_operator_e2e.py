@@ -121,7 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(Path(external) if external else server.kubeconfig, tools["kubectl"], tools["helm"],  # type: ignore[union-attr]
                 local=server is not None)
     try:
-        c.kubectl("apply", "--server-side", "--field-manager=strata-e2e", "-f", str(CRDS))
+        c.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=strata-e2e", "-f", str(CRDS))
         c.kubectl("wait", "--for=condition=Established", "--timeout=120s", "-f", str(CRDS))
         yield c
     finally:
