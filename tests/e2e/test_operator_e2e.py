@@ -441,10 +441,19 @@ def test_internal_eventbroker_objects_pass_the_servers_validation(cluster, opera
     """What the operator builds for a managed broker is admitted by a real API server (no kubelet:
     the broker Pods never run, so the EventBroker waits in BrokersStarting)."""
     ns = operator.namespace
-    cluster.apply(_obj("EventBroker", "managed", ns, {"image": "strata:e2e", "replicas": 1}))
+    cluster.apply(_obj("EventBroker", "managed", ns, {
+        "image": "strata:e2e", "replicas": 1, "authorization": {"type": "simple"},
+        "listeners": [{"name": "sasl", "port": 9092, "authentication": "scram-sha-512"}]}))
     ready = wait_for(lambda: condition(cluster, "eventbroker", "managed", ns, "Ready") or None,
                      "a Ready condition on EventBroker managed")
     assert ready["status"] == "False" and ready["reason"] == "BrokersStarting", ready
+    # The brokers' credentials Secret (written as stringData, read back as data on the next reconcile).
+    first = json.loads(cluster.kubectl("get", "secret", "managed-credentials", "-n", ns, "-o", "json").stdout)
+    users = json.loads(base64.b64decode(first["data"]["users.json"]))
+    assert "strata-operator" in json.dumps(users)
+    time.sleep(10)  # three more timed reconciles (reconcileInterval 3 s), each reading that Secret back
+    again = json.loads(cluster.kubectl("get", "secret", "managed-credentials", "-n", ns, "-o", "json").stdout)
+    assert again["data"]["users.json"] == first["data"]["users.json"], "the operator rewrote its own credentials"
     sts = json.loads(cluster.kubectl("get", "statefulsets", "-n", ns, "-o", "json").stdout)["items"]
     assert [s["metadata"]["ownerReferences"][0]["name"] for s in sts] == ["managed"]
     kinds = {i["kind"] for i in json.loads(cluster.kubectl(
