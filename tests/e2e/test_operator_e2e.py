@@ -476,6 +476,12 @@ def test_microservice_writer_conflict(cluster, operator, broker_factory):
     assert condition(cluster, "microservice", "writer-a", ns, "WriterConflict").get("status") == "False"
     deployment = cluster.get("deployment", "writer-a", ns)
     assert deployment is not None and deployment["spec"]["replicas"] == 0
+    # Deleting the first writer (its finalizer released once its ACLs are revoked) leaves writer-b the
+    # sole writer. No garbage collector runs here, so writer-a's Deployment stays behind.
+    cluster.kubectl("delete", "microservice", "writer-a", "-n", ns, "--wait=false")
+    wait_for(lambda: cluster.get("microservice", "writer-a", ns) is None, "Microservice writer-a gone")
+    wait_for(lambda: condition(cluster, "microservice", "writer-b", ns, "WriterConflict").get("status") == "False",
+             "writer-b the sole writer")
     _assert_running(operator)
 
 
