@@ -28,8 +28,9 @@ class S3Server:
 
     def start(self) -> S3Server:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        # moto's server, with conditional PUTs made atomic as S3's are (tests/moto_atomic.py).
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_atomic.py")),
+                                      "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

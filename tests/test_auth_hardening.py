@@ -91,13 +91,15 @@ def test_unknown_users_cost_and_read_the_same_as_known_ones(slow_broker: BrokerP
     timings: dict[str, float] = {}
     answers = {}
     for user in ("slow", "nobody-at-all", "plain"):
-        t0 = time.monotonic()
-        answers[user] = plain_login(port, user, "wrong")
-        timings[user] = time.monotonic() - t0
+        for _ in range(3):  # the fastest of three: a loaded machine only ever adds time
+            t0 = time.monotonic()
+            answers[user] = plain_login(port, user, "wrong")
+            timings[user] = min(timings.get(user, 1e9), time.monotonic() - t0)
     assert {(a.error_code, a.error_message) for a in answers.values()} == {
         (SASL_AUTHENTICATION_FAILED, answers["slow"].error_message)}, answers
-    assert timings["nobody-at-all"] > 0.5 * timings["slow"], timings
-    assert timings["plain"] > 0.5 * timings["slow"], timings
+    # Skipping the hash answers in about a millisecond against about half a second.
+    assert timings["nobody-at-all"] > 0.3 * timings["slow"], timings
+    assert timings["plain"] > 0.3 * timings["slow"], timings
     assert plain_login(port, "plain", "plain-secret").error_code == 0
 
 

@@ -70,3 +70,37 @@ def test_a_whole_object_read_fails_when_its_bytes_do_not_match_its_crc32c(s3: S3
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_conditional_writes_racing_on_one_version_let_exactly_one_through(s3: S3Bucket) -> None:
+    """S3's If-Match is atomic; the moto server the tests run must be too (tests/moto_atomic.py),
+    or the producer id counter's reservations can collide in a test where they cannot on S3."""
+    import threading
+
+    from botocore.exceptions import ClientError
+
+    client = s3.server.client()
+    key = "race/counter"
+    etag = client.put_object(Bucket=s3.name, Key=key, Body=b"initial")["ETag"]
+    start = threading.Barrier(24)
+    won: list[int] = []
+
+    def writer(i: int) -> None:
+        mine = s3.server.client()
+        start.wait()
+        try:
+            mine.put_object(Bucket=s3.name, Key=key, Body=f"writer {i}".encode(), IfMatch=etag)
+            won.append(i)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "PreconditionFailed", exc.response
+
+    for round_ in range(30):
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(won) == 1, f"{len(won)} writers passed one If-Match"
+        etag = client.put_object(Bucket=s3.name, Key=key, Body=f"round {round_}".encode())["ETag"]
+        won.clear()
+        start.reset()
