@@ -6,11 +6,14 @@ start against end, and whether open connections returned to the steady pair's co
     .venv/bin/python bench/soak.py [--minutes 10] [--churners 200] [--pause 1] [--rate 2000] [--window 60]
 
 The steady producer offers a fixed load (--rate records/s of 1 KiB, acks=1, confluent-kafka), so its
-throughput shows whether it keeps up and its latency what each record waited; the consumer reads the
-same topic. Churners run in a process of their own (asyncio, raw sockets): each round connects, sends
-a Produce and a Fetch (32 KiB from offset 0) pipelined, reads at most the first answer, and closes
-(half of the time with a reset), then pauses about --pause seconds. Reference in the same run: the
-first window, before anything has had time to leak.
+throughput shows whether it keeps up and its latency what each record waited (client-side queueing
+included, so it also shows the load generator's own share of 2 cores); the consumer reads the same
+topic. A probe sends one acks=1 Produce every 20 ms on a raw connection of its own and times the
+answer: the broker's service to a steady client, with little client in between. Churners run in a
+process of their own (asyncio, raw sockets): each round connects, sends a Produce and a Fetch (32 KiB
+from offset 0) pipelined, reads at most the first answer, and closes (half of the time with a reset),
+then pauses about --pause seconds. Start against end: the median of the first three windows against
+that of the last three, in the same run.
 """
 
 from __future__ import annotations
@@ -136,6 +139,35 @@ async def _churn_one(port: int, topic: str, deadline: float, pause: float, rng: 
         await asyncio.sleep(rng.uniform(0.5 * pause, 1.5 * pause))
 
 
+class Probe:
+    """One small Produce every 20 ms on its own connection; the round trips, per window."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.port, self.topic = port, topic
+        self.lock = threading.Lock()
+        self.round_trips: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with hf.connect(self.port, timeout=60) as sock:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                t0 = time.monotonic()
+                sock.sendall(hf.encode(hf.produce(self.topic, hf.record_batch(1, RECORD)), correlation_id=i))
+                hf.outcome(sock, 1, deadline_s=60)
+                with self.lock:
+                    self.round_trips.append(time.monotonic() - t0)
+                time.sleep(0.02)
+
+    def take(self) -> list[float]:
+        with self.lock:
+            out, self.round_trips = self.round_trips, []
+        return out
+
+
 def churn(port: int, topic: str, churners: int, seconds: float, pause: float, out: multiprocessing.Queue) -> None:
     counts = [0, 0]  # rounds, refused connections
 
@@ -175,8 +207,11 @@ def main() -> int:
     steady = Steady(broker.bootstrap, steady_topic, args.rate)
     steady.start()
     time.sleep(5)
-    steady.take()
     steady_connections = hf.open_connections(metrics)
+    probe = Probe(broker.port, steady_topic)
+    time.sleep(1)
+    steady.take()
+    probe.take()
     seconds = args.minutes * 60
     results: multiprocessing.Queue = multiprocessing.Queue()
     churner = multiprocessing.Process(target=churn, args=(broker.port, churn_topic, args.churners, seconds, args.pause,
@@ -187,8 +222,8 @@ def main() -> int:
           f"({args.rate} records/s of 1 KiB, acks=1) and consumer; one broker, {multiprocessing.cpu_count()} cores")
     print(f"# the steady pair holds {steady_connections} connections")
     print(f"| {'window end':>10} | {'produced/s':>10} | {'p99 ms':>7} | {'consumed/s':>10} | {'errors':>6} | "
-          f"{'RSS MiB':>7} | {'open conns':>10} |")
-    print(f"|{'-' * 12}|{'-' * 12}|{'-' * 9}|{'-' * 12}|{'-' * 8}|{'-' * 9}|{'-' * 12}|")
+          f"{'probe p99 ms':>12} | {'RSS MiB':>7} | {'open conns':>10} |")
+    print(f"|{'-' * 12}|{'-' * 12}|{'-' * 9}|{'-' * 12}|{'-' * 8}|{'-' * 14}|{'-' * 9}|{'-' * 12}|")
     rows = []
     while time.monotonic() - started < seconds:
         time.sleep(min(args.window, seconds - (time.monotonic() - started)) or 0.1)
@@ -196,26 +231,31 @@ def main() -> int:
         produced, consumed, latencies, errors = steady.take()
         window = elapsed - (rows[-1][0] if rows else 0.0)
         row = (elapsed, produced / window, p99(latencies) * 1000, consumed / window, errors,
-               proc_rss_kb(broker.pid) / 1024, hf.open_connections(metrics))
+               proc_rss_kb(broker.pid) / 1024, hf.open_connections(metrics), p99(probe.take()) * 1000)
         rows.append(row)
         print(f"| {row[0]:>9.0f}s | {row[1]:>10.0f} | {row[2]:>7.1f} | {row[3]:>10.0f} | {row[4]:>6} | "
-              f"{row[5]:>7.1f} | {row[6]:>10} |", flush=True)
+              f"{row[7]:>12.1f} | {row[5]:>7.1f} | {row[6]:>10} |", flush=True)
     churner.join(120)
     rounds, refused = results.get(timeout=30) if not results.empty() else (0, 0)
     time.sleep(5)
-    settled = hf.open_connections(metrics)
+    probe.stop.set()
+    probe.thread.join(60)
+    settled = hf.open_connections(metrics)  # the probe's connection is closed: the steady pair's remain
     steady.finish()
     alive = broker.alive()
     broker.kill()
-    first, last = rows[0], rows[-1]
+    # Start and end: the median of the first and of the last three windows (one window is noisy here).
+    head, tail = rows[:3], rows[-3:]
     print()
     print(f"churn rounds: {rounds} ({rounds / seconds:.0f}/s), refused: {refused}; broker alive: {alive}")
-    print(f"| {'':<22} | {'first window':>12} | {'last window':>12} | {'change':>8} |")
+    print(f"| {'median of 3 windows':<22} | {'start':>12} | {'end':>12} | {'change':>8} |")
     print(f"|{'-' * 24}|{'-' * 14}|{'-' * 14}|{'-' * 10}|")
     for name, i in (("steady produced/s", 1), ("steady p99 latency ms", 2), ("steady consumed/s", 3),
-                    ("broker RSS MiB", 5)):
-        change = (last[i] - first[i]) / first[i] * 100 if first[i] else float("nan")
-        print(f"| {name:<22} | {first[i]:>12.1f} | {last[i]:>12.1f} | {change:>+7.1f}% |")
+                    ("probe p99 ms", 7), ("broker RSS MiB", 5)):
+        first = statistics.median(r[i] for r in head)
+        last = statistics.median(r[i] for r in tail)
+        change = (last - first) / first * 100 if first else float("nan")
+        print(f"| {name:<22} | {first:>12.1f} | {last:>12.1f} | {change:>+7.1f}% |")
     print(f"open connections 5 s after the churn: {settled} (the steady pair's: {steady_connections})")
     ok = alive and settled == steady_connections
     print("RESULT:", "open connections returned to the steady pair's count" if ok else "connections leaked")
