@@ -33,6 +33,7 @@ from confluent_kafka.admin import (
 )
 from faultproxy import ResponseDroppingProxy
 from hostile_frames import fetch, metadata, produce, record_batch
+from kafka.protocol.admin import CreateTopicsRequest, DeleteTopicsRequest
 from kafka.protocol.consumer import LeaveGroupRequest
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 from kafka.protocol.metadata import FindCoordinatorRequest
@@ -73,6 +74,16 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], tuple[Any, Any, str]] = {
          "delete all (-1 = high watermark)": "_UNSUPPORTED_FEATURE", "earliest at the end": 0},
         "Strata does not offer DeleteRecords (API 21): the client refuses the call (_UNSUPPORTED_FEATURE) and "
         "the log start only moves by retention"),
+    ("internal_topics", "create __<name>"): (
+        0, 17,
+        "Strata reserves every name starting with __ (and _schemas) for its internal topics from the first "
+        "start, so no client can create one and write forged records into it (INVALID_TOPIC_EXCEPTION)"),
+    ("internal_topics", "create _schemas, validate only"): (
+        0, 17, "_schemas is the schema registry's internal topic in Strata: reserved like the __ names"),
+    ("internal_topics", "delete __<name>"): (
+        0, 42,
+        "no admin request deletes, grows or reconfigures an internal topic (or a reserved name) in Strata, "
+        "whoever asks (INVALID_REQUEST); Kafka deletes it"),
     ("idempotence", "unknown producer id, seq 5"): (
         (0, 8), (45, -1),
         "Kafka accepts any first sequence from a producer id it holds no state for (its state may have "
@@ -562,6 +573,32 @@ def wire_errors_scenario(bootstrap: str, name: str) -> Observations:
 
 def test_produce_fetch_metadata_error_codes(both):
     both("wire_errors", wire_errors_scenario)
+
+
+# ---- internal topics: reserved names ----------------------------------------------------------
+
+def internal_topics_scenario(bootstrap: str, name: str) -> Observations:
+    T = CreateTopicsRequest.CreatableTopic
+
+    def create_code(topic: str, validate_only: bool) -> Any:
+        response = raw_call(bootstrap, CreateTopicsRequest(version=5, topics=[T(
+            name=topic, num_partitions=1, replication_factor=1, assignments=[], configs=[])],
+            timeout_ms=10_000, validate_only=validate_only))
+        return response if isinstance(response, str) else response.topics[0].error_code
+
+    obs: Observations = {}
+    obs["create __<name>"] = create_code(f"__{name}", False)
+    obs["create _schemas, validate only"] = create_code("_schemas", True)
+    time.sleep(0.5)  # Kafka: the new topic's metadata reaches its broker
+    deleted = raw_call(bootstrap, DeleteTopicsRequest(version=4, topic_names=[f"__{name}"], timeout_ms=10_000))
+    obs["delete __<name>"] = deleted if isinstance(deleted, str) else deleted.responses[0].error_code
+    obs["produce to __consumer_offsets"] = produce_errors(
+        raw_call(bootstrap, produce("__consumer_offsets", record_batch(1))))
+    return obs
+
+
+def test_internal_topics_and_reserved_names(both):
+    both("internal_topics", internal_topics_scenario)
 
 
 # ---- idempotent producer: retried, out-of-order and duplicate batches --------------------------
