@@ -191,3 +191,12 @@ def test_transition_rules():
                                            ("7 days", False), ("-1", False), ("", False), ("1y", False)])
 def test_durations_parse_at_admission(retention, ok):
     assert (admission_errors(_topic(retention=retention)) == []) is ok
+
+
+def test_no_topic_config_is_defaulted_into_a_spec():
+    """The API server writes schema defaults into every stored spec, where they would read as the user's
+    wish: adopting a compacted topic would flip it to delete. Only deletionPolicy (not a topic config)
+    may have one."""
+    spec = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    defaulted = {name for name, sub in spec["properties"].items() if "default" in sub}
+    assert defaulted <= {"deletionPolicy"}, defaulted

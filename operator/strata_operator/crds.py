@@ -214,7 +214,8 @@ TOPIC_SPEC = obj({
                         **{"x-kubernetes-validations": [
                             rule("self == oldSelf", "topicName is immutable"),
                             rule("self != '.' && self != '..'", "'.' and '..' are not topic names")]}),
-    "partitions": integer("Number of partitions; may grow, never shrink.", minimum=1, maximum=10000, default=1,
+    "partitions": integer("Number of partitions; may grow, never shrink. Absent: 1 for a new topic, an "
+                          "adopted topic keeps its own.", minimum=1, maximum=10000,
                           **{"x-kubernetes-validations": [
                               rule("self >= oldSelf", "partitions can be increased, never decreased",
                                    reason="FieldValueForbidden")]}),
@@ -225,13 +226,15 @@ TOPIC_SPEC = obj({
                              pattern=DURATION_PATTERN),
     "localRetentionBytes": string("Hot bytes per partition kept on disk once in S3.", pattern=BYTES_PATTERN),
     "cleanupPolicy": string("delete (an event stream) or compact (an entity stream: the latest value "
-                            "per key).", enum=["delete", "compact", "compact,delete"], default="delete"),
-    "durability": string("disk: acks=all answers after fsync; s3: after the batch is in S3.",
-                         enum=["disk", "s3"], default="disk"),
+                            "per key). Absent: the cluster default for a new topic; an adopted topic "
+                            "keeps its own.", enum=["delete", "compact", "compact,delete"]),
+    "durability": string("disk: acks=all answers after fsync; s3: after the batch is in S3. Absent: the "
+                         "cluster default (disk) for a new topic; an adopted topic keeps its own.",
+                         enum=["disk", "s3"]),
     "tiered": boolean("Offload closed segments to S3 (remote.storage.enable); needs a tiered broker."),
     "config": {**string_map("Any other topic config, passed through (Kafka names: segment.bytes, "
-                            "max.message.bytes, ...). A key present is enforced; an absent key keeps "
-                            "the cluster default; typed fields cannot be set here."),
+                            "max.message.bytes, ...). A key present is enforced; an absent key is left "
+                            "as found on the broker; typed fields cannot be set here."),
                "x-kubernetes-validations": [rule(
                    "self.all(k, !(k in " + repr(TYPED_TOPIC_CONFIGS) + "))",
                    "retention, cleanup policy, durability and tiering have their own fields; do not set "
@@ -252,6 +255,8 @@ TOPIC_SPEC = obj({
 TOPIC_STATUS = status_schema({
     "topicName": string(),
     "topicId": string("The broker's topic id (changes if the topic is re-created)."),
+    "managedConfigs": array(string(), "The topic configs this resource enforces (the ones its spec names); "
+                            "a key that leaves the spec is reset to the cluster default once."),
     "partitions": integer(),
     "hotBytes": integer("Bytes on brokers' disks, when the broker reports them.", format="int64"),
     "coldBytes": integer("Bytes in S3, when the broker reports them.", format="int64"),
@@ -378,7 +383,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS, "columns": [
         READY_COLUMN,
         {"name": "Topic", "type": "string", "jsonPath": ".status.topicName"},
-        {"name": "Partitions", "type": "integer", "jsonPath": ".spec.partitions"},
+        {"name": "Partitions", "type": "integer", "jsonPath": ".status.partitions"},
         {"name": "Retention", "type": "string", "jsonPath": ".spec.retention"},
         {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
         {"name": "Broker", "type": "string", "jsonPath": ".spec.brokerRef.name", "priority": 1},

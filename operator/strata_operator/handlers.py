@@ -261,8 +261,15 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     try:
         admin = admin_for(broker, bootstrap)
         state = await run(admin.describe_topic, name)
+        status = body.get("status") or {}
         plan = logic.plan_topic(body["spec"], state.partitions if state else None,
-                                state.dynamic_configs if state else None, state.all_configs if state else None)
+                                state.dynamic_configs if state else None, state.all_configs if state else None,
+                                list(status.get("managedConfigs") or []))
+        # An existing topic this resource has not managed yet (never seen, or re-created behind the
+        # operator's back under a new id): adoption, reported once with what it found.
+        adopted = state is not None and status.get("topicId") != state.topic_id
+        found = {k: state.dynamic_configs[k] for k in logic.unmanaged_configs(state.dynamic_configs, plan.managed)} \
+            if state is not None else {}
         if plan.create:
             await run(admin.create_topic, name, int(body["spec"].get("partitions", 1)), plan.set_configs)
         else:
@@ -278,7 +285,17 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     except BrokerRejected as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerRejected", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY * 4) from exc
-    if timed and not plan.create and plan.changes:
+    patch.status["managedConfigs"] = plan.managed
+    if adopted:
+        changed = "; ".join(plan.differences) or "nothing"
+        kept = ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "none"
+        reason = "AdoptedWithChanges" if plan.differences else "AdoptedAsFound"
+        message = (f"existing topic {name!r} adopted; changed to match the spec: {changed}; "
+                   f"left as found (not named by the spec): {kept}")
+        conditions = logic.set_condition(conditions, "Adopted", True, reason, message, _generation(body))
+        patch.status["conditions"] = conditions
+        kopf.event(body, type="Warning" if plan.differences else "Normal", reason=reason, message=message)
+    elif timed and not plan.create and plan.changes:
         drift = sorted(plan.set_configs) + sorted(plan.delete_configs) + (["partitions"] if plan.grow_to else [])
         kopf.event(body, type="Warning", reason="DriftReverted",
                    message=f"topic {name!r} was changed outside the operator; reverted: {', '.join(drift)}")

@@ -92,10 +92,6 @@ def desired_topic_configs(spec: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-# Defaults that need no dynamic override: setting them explicitly is not drift.
-CONFIG_DEFAULTS = {"cleanup.policy": "delete", "strata.durability": "disk", "remote.storage.enable": "false"}
-
-
 @dataclass
 class TopicPlan:
     create: bool = False
@@ -103,6 +99,8 @@ class TopicPlan:
     set_configs: dict[str, str] = field(default_factory=dict)
     delete_configs: list[str] = field(default_factory=list)
     cannot_shrink: tuple[int, int] | None = None  # (current, asked)
+    managed: list[str] = field(default_factory=list)  # the config keys this spec enforces (status.managedConfigs)
+    differences: list[str] = field(default_factory=list)  # "key: broker value -> spec value", for adoption reports
 
     @property
     def changes(self) -> bool:
@@ -110,30 +108,42 @@ class TopicPlan:
 
 
 def plan_topic(spec: dict[str, Any], current_partitions: int | None, dynamic: dict[str, str] | None,
-               effective: dict[str, str] | None = None) -> TopicPlan:
-    """Unidirectional (Kubernetes -> broker): what to do so the broker matches the spec.
+               effective: dict[str, str] | None = None, managed: list[str] | None = None) -> TopicPlan:
+    """Unidirectional (Kubernetes -> broker): what to do so the broker matches what the spec names.
 
-    A config the spec names is enforced; a dynamic config the spec does not name is reset to
-    the cluster default (drift made behind the operator's back is reverted)."""
+    Only keys the spec names are enforced (drift on them is reverted). A dynamic config the spec does
+    not name is left alone, except one the operator enforced before (`managed`, from
+    status.managedConfigs) and the spec no longer names: that one is reset to the cluster default.
+    Partitions are enforced only when the spec names them; a new topic gets 1 when it does not (and
+    the broker's defaults for every config the spec leaves out): defaults apply at creation only."""
     desired = desired_topic_configs(spec)
-    partitions = int(spec.get("partitions", 1))
-    plan = TopicPlan()
+    plan = TopicPlan(managed=sorted(desired))
     if current_partitions is None:
         plan.create = True
         plan.set_configs = desired
         return plan
-    if partitions > current_partitions:
-        plan.grow_to = partitions
-    elif partitions < current_partitions:
-        plan.cannot_shrink = (current_partitions, partitions)
+    if "partitions" in spec:
+        partitions = int(spec["partitions"])
+        if partitions > current_partitions:
+            plan.grow_to = partitions
+            plan.differences.append(f"partitions: {current_partitions} -> {partitions}")
+        elif partitions < current_partitions:
+            plan.cannot_shrink = (current_partitions, partitions)
     dynamic = dynamic or {}
     effective = effective or {}
     for key, value in desired.items():
         have = dynamic.get(key, effective.get(key))
         if have != value:
             plan.set_configs[key] = value
-    plan.delete_configs = sorted(k for k in dynamic if k not in desired)
+            plan.differences.append(f"{key}: {have if have is not None else '(unset)'} -> {value}")
+    plan.delete_configs = sorted(k for k in dynamic if k in set(managed or []) and k not in desired)
+    plan.differences += [f"{k}: {dynamic[k]} -> (cluster default)" for k in plan.delete_configs]
     return plan
+
+
+def unmanaged_configs(dynamic: dict[str, str] | None, desired: list[str]) -> list[str]:
+    """The topic's own (dynamic) configs a Topic leaves alone because its spec does not name them."""
+    return sorted(k for k in dynamic or {} if k not in desired)
 
 
 def conflict_winner(claimants: list[dict[str, Any]]) -> dict[str, Any]:
