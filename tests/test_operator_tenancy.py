@@ -127,3 +127,33 @@ def test_a_new_topic_gets_the_defaults_at_creation(kube, broker_factory):
     partitions, configs = broker_topic(admin, "fresh-events")
     assert partitions == 1 and configs["cleanup.policy"] == "delete"
     assert cond(cr, "Adopted") == {}
+
+
+# -- 2. a rename never orphans one topic nor deletes another --------------------------------
+
+
+def test_a_renamed_topic_name_touches_neither_topic(kube, broker_factory):
+    """Admission refuses the rename (CEL, test_operator_crds); the emulator has no CEL, like an API
+    server with an older CRD: the operator itself keeps managing the topic it recorded."""
+    broker = broker_factory({"auto.create.topics.enable": "false"})
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    external_broker(kube, "rename", broker.bootstrap)
+    topic(kube, "payments", "rename", topicName="payments.v1", partitions=2, deletionPolicy="Delete")
+    cr = ready(kube, "Topic", "payments")
+    assert cr["status"]["topicName"] == "payments.v1"
+    admin.create_topics([NewTopic("payments.v2", 1, 1)])["payments.v2"].result(10)  # someone else's
+
+    kube.patch_spec("Topic", "payments", {"topicName": "payments.v2", "partitions": 4})
+    c = eventually(lambda: (r := cond(kube.get("Topic", "payments"), "Ready")).get("reason") == "TopicNameChanged"
+                   and r, "TopicNameChanged", kube=kube)
+    assert c["status"] == "False" and "'payments.v1'" in c["message"]
+    time.sleep(INTERVAL * 2)
+    assert broker_topic(admin, "payments.v2")[0] == 1  # not grown: not managed
+    assert broker_topic(admin, "payments.v1")[0] == 2
+    assert kube.get("Topic", "payments")["status"]["topicName"] == "payments.v1"
+
+    # Deleting the resource deletes the topic it managed, never the one its spec names now.
+    kube.delete("Topic", "payments")
+    eventually(lambda: kube.get("Topic", "payments") is None, "Topic gone", kube=kube)
+    assert broker_topic(admin, "payments.v1") is None
+    assert broker_topic(admin, "payments.v2") is not None

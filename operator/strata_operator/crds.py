@@ -212,7 +212,6 @@ TOPIC_SPEC = obj({
     "brokerRef": BROKER_REF,
     "topicName": string("Kafka topic name; defaults to metadata.name. Immutable.", pattern=TOPIC_NAME_PATTERN,
                         **{"x-kubernetes-validations": [
-                            rule("self == oldSelf", "topicName is immutable"),
                             rule("self != '.' && self != '..'", "'.' and '..' are not topic names")]}),
     "partitions": integer("Number of partitions; may grow, never shrink. Absent: 1 for a new topic, an "
                           "adopted topic keeps its own.", minimum=1, maximum=10000,
@@ -251,6 +250,16 @@ TOPIC_SPEC = obj({
         rule("!has(self.durability) || self.durability != 's3' || (has(self.tiered) && self.tiered)",
              "durability s3 needs tiered: true"),
     ])
+
+# On the whole object (where CEL sees metadata.name): the Kafka topic a Topic names may not change,
+# whether spec.topicName is changed, added or removed (a rule on the optional field itself only runs
+# when both the old and the new object have it). Adding topicName equal to metadata.name is no change.
+TOPIC_RULES = [
+    rule("(has(self.spec.topicName) ? self.spec.topicName : self.metadata.name) == "
+         "(has(oldSelf.spec.topicName) ? oldSelf.spec.topicName : oldSelf.metadata.name)",
+         "topicName is immutable: it cannot be changed, added or removed (create a new Topic instead)",
+         fieldPath=".spec.topicName", reason="FieldValueInvalid"),
+]
 
 TOPIC_STATUS = status_schema({
     "topicName": string(),
@@ -380,7 +389,8 @@ KINDS: dict[str, dict[str, Any]] = {
                         {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Bootstrap", "type": "string", "jsonPath": ".status.bootstrapServers"},
                         REASON_COLUMN, AGE_COLUMN]},
-    "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS, "columns": [
+    "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS,
+              "rules": TOPIC_RULES, "columns": [
         READY_COLUMN,
         {"name": "Topic", "type": "string", "jsonPath": ".status.topicName"},
         {"name": "Partitions", "type": "integer", "jsonPath": ".status.partitions"},
@@ -414,7 +424,7 @@ def crd(kind: str) -> dict[str, Any]:
     schema = obj({
         "apiVersion": string(), "kind": string(), "metadata": {"type": "object"},
         "spec": info["spec"], "status": info["status"],
-    }, required=["spec"], description=info["spec"].get("description", ""))
+    }, required=["spec"], description=info["spec"].get("description", ""), rules=info.get("rules"))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

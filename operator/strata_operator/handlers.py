@@ -206,7 +206,7 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
     """(broker namespace, broker name, Kafka topic name) -> the Topic CRs naming it."""
     ns, broker = logic.broker_key(body)
     md = body["metadata"]
-    return {(ns, broker, logic.topic_name(body)): {
+    return {(ns, broker, logic.managed_topic_name(body)): {
         "namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp"),
         "uid": md.get("uid")}}
 
@@ -227,7 +227,7 @@ async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: ko
 
 def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
     ns, broker = logic.broker_key(body)
-    claimants = list(topic_index.get((ns, broker, logic.topic_name(body)), []))
+    claimants = list(topic_index.get((ns, broker, logic.managed_topic_name(body)), []))
     md = body["metadata"]
     me = {"namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp")}
     if not any((c["namespace"], c["name"]) == (me["namespace"], me["name"]) for c in claimants):
@@ -238,8 +238,14 @@ def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
 async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, timed: bool) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
-    name = logic.topic_name(body)
+    name = logic.managed_topic_name(body)
     patch.status["topicName"] = name
+    if logic.topic_name(body) != name:
+        msg = (f"spec names topic {logic.topic_name(body)!r} but this resource manages {name!r} "
+               "(status.topicName): topic names are immutable, so neither topic is touched. Set topicName "
+               f"back to {name!r}, or create a new Topic for the other name")
+        _set(patch, body, conditions, "Ready", False, "TopicNameChanged", msg)
+        return
     winner = _winner(body, topic_index)
     if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
         msg = (f"topic {name!r} is already managed by Topic {winner['namespace']}/{winner['name']} (older); "
@@ -317,7 +323,7 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
 @kopf.on.delete(*TOPIC)
 async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> None:
     md = body["metadata"]
-    name = logic.topic_name(body)
+    name = logic.managed_topic_name(body)
     if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         kopf.warn(body, reason="CleanupSkipped", message=f"{SKIP_CLEANUP}=true: topic {name!r} left as is")
         return

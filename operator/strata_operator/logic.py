@@ -60,7 +60,15 @@ class InvalidSpec(ValueError):
 
 
 def topic_name(topic: dict[str, Any]) -> str:
+    """The Kafka topic a Topic's spec names: spec.topicName, else metadata.name."""
     return topic["spec"].get("topicName") or topic["metadata"]["name"]
+
+
+def managed_topic_name(topic: dict[str, Any]) -> str:
+    """The Kafka topic a Topic manages: the one recorded in status.topicName at its first reconcile
+    (so a rename that got past admission can neither orphan that topic nor delete another), else
+    the one its spec names."""
+    return (topic.get("status") or {}).get("topicName") or topic_name(topic)
 
 
 def desired_topic_configs(spec: dict[str, Any]) -> dict[str, str]:
