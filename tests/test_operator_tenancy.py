@@ -157,3 +157,54 @@ def test_a_renamed_topic_name_touches_neither_topic(kube, broker_factory):
     eventually(lambda: kube.get("Topic", "payments") is None, "Topic gone", kube=kube)
     assert broker_topic(admin, "payments.v1") is None
     assert broker_topic(admin, "payments.v2") is not None
+
+
+# -- 3. single writer by claim, not by age --------------------------------------------------
+
+
+def service(kube: KubeEmulatorProcess, name: str, broker: str, namespace: str = "default", **spec: Any) -> None:
+    spec.setdefault("team", "shipping")
+    spec.setdefault("image", "example/app:1")
+    kube.create({"apiVersion": API, "kind": "Microservice", "metadata": {"name": name, "namespace": namespace},
+                 "spec": {"brokerRef": {"name": broker}, **spec}})
+    time.sleep(0.01)
+
+
+def writer_conflict(kube: KubeEmulatorProcess, name: str, namespace: str = "default") -> str | None:
+    return cond(kube.get("Microservice", name, namespace), "WriterConflict").get("status")
+
+
+def test_the_first_declarer_keeps_write_whatever_the_age(kube, broker_factory):
+    broker = broker_factory({"auto.create.topics.enable": "false"})
+    external_broker(kube, "claims", broker.bootstrap)
+    service(kube, "old-svc", "claims", produces=["audit"])  # the oldest, producing something else
+    service(kube, "new-svc", "claims", produces=["shipments"])
+    eventually(lambda: writer_conflict(kube, "new-svc") == "False", "new-svc the writer", kube=kube)
+    claims = kube.get("Microservice", "new-svc")["status"]["writeClaims"]
+    assert [(c["topic"], c["writer"]) for c in claims] == [("shipments", True)] and claims[0]["since"]
+    time.sleep(INTERVAL)
+
+    # The older service declares the topic later: it waits; the first declarer keeps Write.
+    kube.patch_spec("Microservice", "old-svc", {"produces": ["audit", "shipments"]})
+    c = eventually(lambda: (r := cond(kube.get("Microservice", "old-svc"), "WriterConflict")).get("status") == "True"
+                   and r, "WriterConflict on the older, later declarer", kube=kube)
+    assert "default/new-svc" in c["message"]
+    old = kube.get("Microservice", "old-svc")
+    assert old["status"]["deniedWrites"] == ["shipments"]
+    assert {c["topic"]: c["writer"] for c in old["status"]["writeClaims"]} == {"audit": True, "shipments": False}
+    time.sleep(INTERVAL * 3)  # timed reconciles of both change nothing
+    assert writer_conflict(kube, "new-svc") == "False" and writer_conflict(kube, "old-svc") == "True"
+    perms = {p["name"]: p["operations"] for p in kube.get("Microservice", "new-svc")["status"]["permissions"]}
+    assert perms["shipments"] == ["Write", "Describe"]
+
+    # A third declarer queues behind old-svc; when the writer stops declaring, old-svc (the earlier
+    # claim) takes over, not the third.
+    service(kube, "third-svc", "claims", produces=["shipments"])
+    eventually(lambda: writer_conflict(kube, "third-svc") == "True", "third waits", kube=kube)
+    time.sleep(INTERVAL)
+    kube.patch_spec("Microservice", "new-svc", {"produces": []})
+    eventually(lambda: writer_conflict(kube, "old-svc") == "False", "old-svc takes over", timeout=INTERVAL * 8,
+               kube=kube)
+    time.sleep(INTERVAL * 2)
+    assert writer_conflict(kube, "third-svc") == "True"
+    assert "default/old-svc" in cond(kube.get("Microservice", "third-svc"), "WriterConflict")["message"]

@@ -288,7 +288,8 @@ MICROSERVICE_SPEC = obj({
     "env": ENV,
     "resources": RESOURCES,
     "produces": {**TOPIC_LIST, "description": "Topics this service writes. One writer per topic: the "
-                                              "first Microservice (by creation time) gets Write."},
+                                              "Microservice that declared it first (status.writeClaims) "
+                                              "keeps Write while it declares it; later ones wait in order."},
     "consumes": {**TOPIC_LIST, "description": "Topics this service reads."},
     "consumerGroup": string("Consumer group id; defaults to the service's name.", pattern=TOPIC_NAME_PATTERN),
 }, required=["brokerRef", "team", "image"], description="A team's event-driven microservice.", rules=[
@@ -311,6 +312,11 @@ MICROSERVICE_STATUS = status_schema({
         "operations": array(string()),
     }), "What the broker grants this service's principal."),
     "deniedWrites": array(string(), "Produced topics whose writer is another service."),
+    "writeClaims": array(obj({
+        "topic": string(),
+        "since": string("When this service first declared it produces the topic.", format="date-time"),
+        "writer": boolean("Whether this service holds Write on it."),
+    }), "One per produced topic: the claim that decides the single writer (first declared, first served)."),
 })
 
 

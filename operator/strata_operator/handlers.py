@@ -358,10 +358,16 @@ def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[
     md = body["metadata"]
     if md.get("deletionTimestamp"):
         return {}
-    return {logic.broker_key(body): {
-        "metadata": {"namespace": md["namespace"], "name": md["name"],
-                     "creationTimestamp": md.get("creationTimestamp")},
-        "spec": {"produces": list(body["spec"].get("produces") or [])}}}
+    return {logic.broker_key(body): _peer(body)}
+
+
+def _peer(body: kopf.Body) -> dict[str, Any]:
+    """What single-writer needs of a Microservice: who, what it produces, its recorded claims."""
+    md = body["metadata"]
+    return {"metadata": {"namespace": md["namespace"], "name": md["name"],
+                         "creationTimestamp": md.get("creationTimestamp")},
+            "spec": {"produces": list(body["spec"].get("produces") or [])},
+            "status": {"writeClaims": [dict(c) for c in (body.get("status") or {}).get("writeClaims") or []]}}
 
 
 @kopf.on.resume(*MICROSERVICE)
@@ -383,19 +389,20 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    peers = [dict(p) for p in index.get(logic.broker_key(body), [])]
-    if not any(p["metadata"]["name"] == name and p["metadata"]["namespace"] == ns for p in peers):
-        peers.append({"metadata": {"namespace": ns, "name": name, "creationTimestamp": md.get("creationTimestamp")},
-                      "spec": {"produces": list(body["spec"].get("produces") or [])}})
+    # This service as it is now (the index may lag behind its own last status patch), and its peers.
+    peers = [dict(p) for p in index.get(logic.broker_key(body), [])
+             if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)] + [_peer(body)]
     grants = logic.grants(body, peers, resources.consumer_group(body))
     principal = resources.principal(body)
     patch.status["principal"] = principal
+    patch.status["writeClaims"] = grants.claims
     patch.status["permissions"] = grants.permissions
     patch.status["deniedWrites"] = sorted(grants.denied_writes)
     if grants.denied_writes:
         msg = "; ".join(f"{t!r} is written by {owner}" for t, owner in sorted(grants.denied_writes.items()))
         conditions = _set(patch, body, conditions, "WriterConflict", True, "TopicHasWriter",
-                          f"no Write permission (one writer per topic, first come first served): {msg}")
+                          f"no Write permission (one writer per topic: the first to declare it keeps it "
+                          f"while it declares it): {msg}")
     else:
         conditions = _set(patch, body, conditions, "WriterConflict", False, "SoleWriter",
                           "no other service writes the topics this one produces")

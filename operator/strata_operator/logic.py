@@ -162,41 +162,69 @@ def conflict_winner(claimants: list[dict[str, Any]]) -> dict[str, Any]:
 # -- microservices -------------------------------------------------------------------------
 
 
+def now_precise() -> str:
+    """Now in UTC with microseconds (claim times compare as strings)."""
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass
 class Grants:
     permissions: list[dict[str, Any]]
     acls: list[tuple[str, str, str]]  # (resource type, name, operation)
     denied_writes: dict[str, str]  # topic -> the writer's namespace/name
+    claims: list[dict[str, Any]] = field(default_factory=list)  # status.writeClaims of this service
+    denied_reads: dict[str, str] = field(default_factory=dict)  # topic -> why Read is not granted
+
+
+def _claims(ms: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["topic"]: c for c in (ms.get("status") or {}).get("writeClaims") or [] if c.get("topic")}
 
 
 def writers(microservices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """topic -> the Microservice that may write it: first come (creationTimestamp), first served.
+    """topic -> the Microservice that may write it: by claim, not by age.
+
+    A service that holds Write on a topic (status.writeClaims[].writer) keeps it while it declares the
+    topic. Otherwise the earliest recorded claim wins (a service records the time it first declared a
+    topic, writer or not, so waiting services take over in the order they asked); a claim not recorded
+    yet ranks after every recorded one; ties go to the older service (creationTimestamp, then
+    namespace/name), so every reconcile, of any service, computes the same writer.
     `microservices` are all those of one broker (deleting ones excluded by the caller)."""
-    out: dict[str, dict[str, Any]] = {}
-    for ms in sorted(microservices, key=lambda m: age_key(m["metadata"])):
+    candidates: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+    for ms in microservices:
+        claims = _claims(ms)
         for topic in ms["spec"].get("produces") or []:
-            out.setdefault(topic, ms)
-    return out
+            claim = claims.get(topic) or {}
+            rank = (0 if claim.get("writer") else 1, claim.get("since") or "~", age_key(ms["metadata"]))
+            candidates.setdefault(topic, []).append((rank, ms))
+    return {topic: min(entries, key=lambda e: e[0])[1] for topic, entries in candidates.items()}
 
 
-def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str) -> Grants:
-    """Exactly what was declared, minus Write on topics another service writes."""
+def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str,
+           readable: dict[str, str] | None = None) -> Grants:
+    """Exactly what was declared, minus Write on topics another service writes and minus Read on
+    topics in `readable`'s refusals (topic -> reason; see `read_refusals`)."""
     owners = writers(same_broker)
     me = (ms["metadata"]["namespace"], ms["metadata"]["name"])
     perms: list[dict[str, Any]] = []
     acls: list[tuple[str, str, str]] = []
     denied: dict[str, str] = {}
+    refused = dict(readable or {})
     produces = list(ms["spec"].get("produces") or [])
     consumes = list(ms["spec"].get("consumes") or [])
+    claims = _claims(ms)
+    new_claims: list[dict[str, Any]] = []
     for topic in sorted(set(produces) | set(consumes)):
         ops: list[str] = []
         if topic in produces:
             owner = owners.get(topic, ms)
-            if (owner["metadata"]["namespace"], owner["metadata"]["name"]) == me:
+            writer = (owner["metadata"]["namespace"], owner["metadata"]["name"]) == me
+            if writer:
                 ops.append("Write")
             else:
                 denied[topic] = f"{owner['metadata']['namespace']}/{owner['metadata']['name']}"
-        if topic in consumes:
+            new_claims.append({"topic": topic, "since": (claims.get(topic) or {}).get("since") or now_precise(),
+                               "writer": writer})
+        if topic in consumes and topic not in refused:
             ops.append("Read")
         ops.append("Describe")
         perms.append({"resourceType": "topic", "name": topic, "operations": ops})
@@ -204,4 +232,4 @@ def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str) ->
     if consumes:
         perms.append({"resourceType": "group", "name": group, "operations": ["Read", "Describe"]})
         acls += [("group", group, "read"), ("group", group, "describe")]
-    return Grants(perms, acls, denied)
+    return Grants(perms, acls, denied, new_claims, {t: r for t, r in refused.items() if t in consumes})
