@@ -87,8 +87,16 @@ def test_topic_plan_reverts_drift_and_refuses_to_shrink():
     assert logic.plan_topic(spec, None, None).create
     plan = logic.plan_topic(spec, 4, {"retention.ms": "5", "max.message.bytes": "10", "cleanup.policy": "compact",
                                       "segment.bytes": "1024"})
-    assert plan.set_configs == {"retention.ms": "-1"} and plan.delete_configs == ["max.message.bytes"]
+    # only what the spec names is enforced: max.message.bytes is left alone...
+    assert plan.set_configs == {"retention.ms": "-1"} and plan.delete_configs == []
     assert plan.cannot_shrink == (4, 3) and plan.grow_to is None
+    assert plan.managed == ["cleanup.policy", "retention.ms", "segment.bytes"]
+    # ...unless the operator enforced it before and the spec dropped it: then it is reset, once
+    dropped = logic.plan_topic(spec, 4, {"max.message.bytes": "10", "retention.ms": "-1"},
+                               managed=["max.message.bytes", "retention.ms"])
+    assert dropped.delete_configs == ["max.message.bytes"]
+    # partitions not named: an existing topic keeps its own
+    assert logic.plan_topic({}, 7, {}).cannot_shrink is None and not logic.plan_topic({}, 7, {}).changes
     assert logic.plan_topic({"partitions": 5}, 3, {}).grow_to == 5
     with pytest.raises(logic.InvalidSpec, match="not a duration"):
         logic.plan_topic({"retention": "1 week"}, 1, {})
