@@ -223,7 +223,7 @@ def test_second_producer_gets_writer_conflict(kube, broker_factory):
     assert acls["status"] == "False" and acls["reason"] == "BrokerHasNoAuthorizer"
     perms = {p["name"]: p["operations"] for p in first["status"]["permissions"]}
     assert perms == {"order-events": ["Write", "Describe"], "payment-events": ["Read", "Describe"],
-                     "order-service": ["Read", "Describe"]}
+                     "default.order-service": ["Read", "Describe"]}
     assert first["status"]["principal"] == "User:default.order-service"
 
     deployment = kube.get("Deployment", "order-service")
@@ -232,7 +232,7 @@ def test_second_producer_gets_writer_conflict(kube, broker_factory):
     assert kube.get("ServiceAccount", "order-service") is not None
     secret = kube.get("Secret", "order-service-kafka")
     assert secret["stringData"]["KAFKA_BOOTSTRAP_SERVERS"] == broker.bootstrap
-    assert secret["stringData"]["KAFKA_GROUP_ID"] == "order-service"
+    assert secret["stringData"]["KAFKA_GROUP_ID"] == "default.order-service"
     password = secret["stringData"]["KAFKA_SASL_PASSWORD"]
 
     service("order-service-v2", produces=["order-events"])

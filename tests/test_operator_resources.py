@@ -67,7 +67,8 @@ def test_microservice_objects_validate():
     for obj in objs:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     secret = objs[1]["stringData"]
-    assert secret["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and secret["KAFKA_GROUP_ID"] == "order-service"
+    assert secret["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert secret["KAFKA_GROUP_ID"] == "team-orders.order-service"
     assert secret["KAFKA_SASL_USERNAME"] == "team-orders.order-service"
 
 

@@ -208,3 +208,99 @@ def test_the_first_declarer_keeps_write_whatever_the_age(kube, broker_factory):
     time.sleep(INTERVAL * 2)
     assert writer_conflict(kube, "third-svc") == "True"
     assert "default/old-svc" in cond(kube.get("Microservice", "third-svc"), "WriterConflict")["message"]
+
+
+# -- 4. tenancy: namespaces, reserved topics, consent to read and write ---------------------
+
+
+def permissions(kube: KubeEmulatorProcess, name: str, namespace: str) -> dict[str, list[str]]:
+    ms = kube.get("Microservice", name, namespace)
+    return {p["name"]: p["operations"] for p in (ms.get("status") or {}).get("permissions") or []}
+
+
+def test_two_teams_share_a_broker_only_with_consent(kube, broker_factory):
+    broker = broker_factory({"auto.create.topics.enable": "false"})
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    external_broker(kube, "shared", broker.bootstrap, namespace="team-a", allowedNamespaces=["team-b"])
+    ref = {"name": "shared", "namespace": "team-a"}
+
+    # team-c is not served: its Topic and Microservice are refused and touch nothing
+    kube.create({"apiVersion": API, "kind": "Topic", "metadata": {"name": "c-topic", "namespace": "team-c"},
+                 "spec": {"brokerRef": ref, "team": "c"}})
+    service(kube, "c-svc", "shared", namespace="team-c", consumes=["c-topic"])
+    kube.patch_spec("Microservice", "c-svc", {"brokerRef": ref}, namespace="team-c")
+    eventually(lambda: cond(kube.get("Topic", "c-topic", "team-c"), "Ready").get("reason") == "NamespaceNotAllowed",
+               "Topic in team-c refused", kube=kube)
+    eventually(lambda: cond(kube.get("Microservice", "c-svc", "team-c"), "Ready").get("reason")
+               == "NamespaceNotAllowed", "Microservice in team-c refused", kube=kube)
+    assert broker_topic(admin, "c-topic") is None
+    assert kube.get("Secret", "c-svc-kafka", "team-c") is None
+
+    # team-a owns a topic; team-b's services declared it first, yet get neither Read nor Write
+    def ms(name: str, namespace: str, **spec: Any) -> None:
+        kube.create({"apiVersion": API, "kind": "Microservice", "metadata": {"name": name, "namespace": namespace},
+                     "spec": {"brokerRef": ref, "team": namespace, "image": "example/app:1", **spec}})
+        time.sleep(0.01)
+
+    kube.create({"apiVersion": API, "kind": "Topic", "metadata": {"name": "a-orders", "namespace": "team-a"},
+                 "spec": {"brokerRef": {"name": "shared"}, "team": "a"}})
+    ready(kube, "Topic", "a-orders", "team-a")
+    ms("intruder", "team-b", produces=["a-orders"])
+    ms("reader", "team-b", consumes=["a-orders"])
+    ms("shady", "team-b", consumes=["a-orders"], consumerGroup="team-a.a-svc")
+    eventually(lambda: cond(kube.get("Microservice", "intruder", "team-b"), "AccessDenied").get("status") == "True",
+               "intruder refused", kube=kube)
+    ms("a-svc", "team-a", produces=["a-orders"], consumes=["a-orders"])
+    ready(kube, "Microservice", "a-svc", "team-a")
+    assert permissions(kube, "a-svc", "team-a") == {"a-orders": ["Write", "Read", "Describe"],
+                                                    "team-a.a-svc": ["Read", "Describe"]}
+    intruder = kube.get("Microservice", "intruder", "team-b")
+    assert permissions(kube, "intruder", "team-b") == {"a-orders": ["Describe"]}
+    assert "allowedProducers" in cond(intruder, "AccessDenied")["message"]
+    assert cond(intruder, "Ready")["reason"] == "AccessDenied"
+    reader = eventually(lambda: (m := kube.get("Microservice", "reader", "team-b"))
+                        and cond(m, "AccessDenied").get("status") == "True" and m, "reader refused", kube=kube)
+    assert permissions(kube, "reader", "team-b") == {"a-orders": ["Describe"], "team-b.reader": ["Read", "Describe"]}
+    assert "allowedConsumers" in cond(reader, "AccessDenied")["message"]
+    # the default group and the principal are namespaced
+    assert kube.get("Secret", "reader-kafka", "team-b")["stringData"]["KAFKA_GROUP_ID"] == "team-b.reader"
+    assert reader["status"]["principal"] == "User:team-b.reader"
+    # another team's group is never granted on a shared broker
+    shady = eventually(lambda: (m := kube.get("Microservice", "shady", "team-b"))
+                       and cond(m, "AccessDenied").get("status") == "True" and m, "shady refused", kube=kube)
+    assert "team-a.a-svc" not in permissions(kube, "shady", "team-b")
+    assert "consumer group 'team-a.a-svc'" in cond(shady, "AccessDenied")["message"]
+
+    # the owner consents to team-b reading: Read is granted on the next reconcile; writing stays refused
+    kube.patch_spec("Topic", "a-orders", {"allowedConsumers": ["team-b"]}, namespace="team-a")
+    eventually(lambda: permissions(kube, "reader", "team-b").get("a-orders") == ["Read", "Describe"],
+               "Read with consent", timeout=INTERVAL * 8, kube=kube)
+    eventually(lambda: cond(kube.get("Microservice", "reader", "team-b"), "AccessDenied").get("status") == "False",
+               "AccessDenied cleared", kube=kube)
+    assert permissions(kube, "intruder", "team-b") == {"a-orders": ["Describe"]}
+
+    # team-b cannot take over team-a's topic with a Topic of its own (the older resource manages it)
+    kube.create({"apiVersion": API, "kind": "Topic", "metadata": {"name": "grab", "namespace": "team-b"},
+                 "spec": {"brokerRef": ref, "team": "b", "topicName": "a-orders", "config": {"retention.ms": "1"}}})
+    eventually(lambda: cond(kube.get("Topic", "grab", "team-b"), "ResourceConflict").get("status") == "True",
+               "conflict", kube=kube)
+
+
+def test_internal_topics_are_never_managed(kube, broker_factory):
+    """Admission refuses them (CEL, test_operator_crds); without CEL the operator still does."""
+    broker = broker_factory({"auto.create.topics.enable": "false"})
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("_schemas", 1, 1)])["_schemas"].result(10)
+    external_broker(kube, "internal", broker.bootstrap)
+    topic(kube, "schemas", "internal", topicName="_schemas", partitions=3, deletionPolicy="Delete",
+          cleanupPolicy="delete")
+    c = eventually(lambda: (r := cond(kube.get("Topic", "schemas"), "Ready")).get("reason") == "ReservedTopic" and r,
+                   "ReservedTopic", kube=kube)
+    assert c["status"] == "False"
+    service(kube, "offsets-reader", "internal", consumes=["__consumer_offsets"], produces=["_schemas"])
+    eventually(lambda: cond(kube.get("Microservice", "offsets-reader"), "AccessDenied").get("status") == "True",
+               "reserved topics refused", kube=kube)
+    assert permissions(kube, "offsets-reader", "default") == {"default.offsets-reader": ["Read", "Describe"]}
+    kube.delete("Topic", "schemas")
+    eventually(lambda: kube.get("Topic", "schemas") is None, "Topic gone", kube=kube)
+    assert broker_topic(admin, "_schemas")[0] == 1

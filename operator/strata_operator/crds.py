@@ -179,6 +179,11 @@ EVENTBROKER_SPEC = obj({
                             "own (always a super user), e.g. User:admin.", maxItems=32),
     }, description="ACLs on the brokers (Strimzi's `authorization`). Needs the first listener to authenticate; "
                    "not for an external broker (configure that broker itself)."),
+    "allowedNamespaces": array(string(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$", maxLength=63),
+                               "Namespaces whose Topics, Microservices and CostReports may use this broker, "
+                               "besides its own (always allowed); `*` = any. Default: its own only. When "
+                               "it lists others, a Microservice's consumerGroup must start with "
+                               "`<its namespace>.`.", maxItems=256, **{"x-kubernetes-list-type": "set"}),
     "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
     "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
     "external": obj({
@@ -208,11 +213,22 @@ EVENTBROKER_STATUS = status_schema({
 
 # -- Topic ---------------------------------------------------------------------------------
 
+def NAMESPACE_LIST(description: str) -> dict[str, Any]:  # noqa: N802 - a schema constant's maker
+    return array(string(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$", maxLength=63), description,
+                 maxItems=256, **{"x-kubernetes-list-type": "set"})
+
+
+# Internal and reserved topics: __consumer_offsets, __transaction_state, Strata's __meta, anything
+# starting `__`, and _schemas. The broker manages them; no Topic or Microservice may name them.
+NOT_RESERVED = "!{v}.startsWith('__') && {v} != '_schemas'"
+
 TOPIC_SPEC = obj({
     "brokerRef": BROKER_REF,
     "topicName": string("Kafka topic name; defaults to metadata.name. Immutable.", pattern=TOPIC_NAME_PATTERN,
                         **{"x-kubernetes-validations": [
-                            rule("self != '.' && self != '..'", "'.' and '..' are not topic names")]}),
+                            rule("self != '.' && self != '..'", "'.' and '..' are not topic names"),
+                            rule(NOT_RESERVED.format(v="self"), "internal and reserved topics (__*, _schemas) "
+                                 "are managed by the broker, not by a Topic")]}),
     "partitions": integer("Number of partitions; may grow, never shrink. Absent: 1 for a new topic, an "
                           "adopted topic keeps its own.", minimum=1, maximum=10000,
                           **{"x-kubernetes-validations": [
@@ -239,6 +255,10 @@ TOPIC_SPEC = obj({
                    "retention, cleanup policy, durability and tiering have their own fields; do not set "
                    "them in config")]},
     "team": string("Owning team (for the cost report and the catalogue).", pattern=DNS_LABEL_PATTERN),
+    "allowedConsumers": NAMESPACE_LIST("Namespaces besides this one whose Microservices may read the topic "
+                                       "(`*` = any). Default: this namespace only."),
+    "allowedProducers": NAMESPACE_LIST("Namespaces besides this one whose Microservices may write the topic "
+                                       "(`*` = any; still one writer). Default: this namespace only."),
     "deletionPolicy": string("What deleting this resource does to the Kafka topic: Retain keeps it "
                              "(and its data); Delete deletes it and its S3 objects.",
                              enum=["Retain", "Delete"], default="Retain"),
@@ -291,12 +311,17 @@ MICROSERVICE_SPEC = obj({
                                               "Microservice that declared it first (status.writeClaims) "
                                               "keeps Write while it declares it; later ones wait in order."},
     "consumes": {**TOPIC_LIST, "description": "Topics this service reads."},
-    "consumerGroup": string("Consumer group id; defaults to the service's name.", pattern=TOPIC_NAME_PATTERN),
+    "consumerGroup": string("Consumer group id; defaults to `<namespace>.<name>`. On an EventBroker shared "
+                            "with other namespaces it must start with `<namespace>.`.",
+                            pattern=TOPIC_NAME_PATTERN),
 }, required=["brokerRef", "team", "image"], description="A team's event-driven microservice.", rules=[
     rule("!has(self.produces) || self.produces.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
          "&& t != '..')", "produces must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".produces"),
     rule("!has(self.consumes) || self.consumes.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
          "&& t != '..')", "consumes must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".consumes"),
+    rule("(!has(self.produces) || self.produces.all(t, " + NOT_RESERVED.format(v="t") + ")) && "
+         "(!has(self.consumes) || self.consumes.all(t, " + NOT_RESERVED.format(v="t") + "))",
+         "internal and reserved topics (__*, _schemas) cannot be produced or consumed by a Microservice"),
     rule("!has(self.consumerGroup) || (has(self.consumes) && size(self.consumes) > 0)",
          "consumerGroup is only meaningful for a service that consumes", fieldPath=".consumerGroup"),
 ])

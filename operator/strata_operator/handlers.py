@@ -97,8 +97,10 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     return new
 
 
-async def resolve_broker(body: kopf.Body) -> tuple[dict[str, Any], str]:
-    """The EventBroker a resource refers to, and its bootstrap address. TemporaryError if absent."""
+async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple[dict[str, Any], str]:
+    """The EventBroker a resource refers to, and its bootstrap address: BrokerMissing if absent,
+    NamespaceNotAllowed if it does not serve the resource's namespace (unless `check_namespace` is
+    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable."""
     ns, name = logic.broker_key(body)
     try:
         broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
@@ -106,11 +108,21 @@ async def resolve_broker(body: kopf.Body) -> tuple[dict[str, Any], str]:
         raise kopf.TemporaryError(f"cannot read EventBroker {ns}/{name}: {exc}", delay=RETRY_DELAY) from exc
     if broker is None:
         raise BrokerMissing(f"EventBroker {ns}/{name} does not exist")
+    mine = body["metadata"]["namespace"]
+    if check_namespace and not logic.namespace_allowed(broker, mine):
+        raise NamespaceNotAllowed(f"EventBroker {ns}/{name} does not serve namespace {mine!r} "
+                                  f"(its spec.allowedNamespaces does not list it)")
     return broker, resources.bootstrap_servers(broker)
 
 
 class BrokerMissing(Exception):
-    pass
+    REASON = "BrokerNotFound"
+
+
+class NamespaceNotAllowed(Exception):
+    """The EventBroker does not list the resource's namespace in allowedNamespaces."""
+
+    REASON = "NamespaceNotAllowed"
 
 
 def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
@@ -208,7 +220,8 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
     md = body["metadata"]
     return {(ns, broker, logic.managed_topic_name(body)): {
         "namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp"),
-        "uid": md.get("uid")}}
+        "uid": md.get("uid"), "allowedConsumers": list(body["spec"].get("allowedConsumers") or []),
+        "allowedProducers": list(body["spec"].get("allowedProducers") or [])}}
 
 
 @kopf.on.resume(*TOPIC)
@@ -259,10 +272,14 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     except logic.InvalidSpec as exc:
         _set(patch, body, conditions, "Ready", False, "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from exc
+    if logic.reserved_topic(name):
+        _set(patch, body, conditions, "Ready", False, "ReservedTopic",
+             f"{name!r} is an internal or reserved topic (__*, _schemas): the broker manages it, no Topic does")
+        return
     try:
         broker, bootstrap = await resolve_broker(body)
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+    except (BrokerMissing, NamespaceNotAllowed) as exc:
+        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     try:
         admin = admin_for(broker, bootstrap)
@@ -330,6 +347,8 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
     winner = _winner(body, topic_index)
     if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
         return  # a conflicting duplicate never managed the topic
+    if logic.reserved_topic(name):
+        return  # never managed, never deleted
     if body["spec"].get("deletionPolicy", "Retain") != "Delete":
         kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
         return
@@ -338,6 +357,9 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
         deleted = await run(admin_for(broker, bootstrap).delete_topic, name)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
+        return
+    except NamespaceNotAllowed as exc:
+        kopf.warn(body, reason="NamespaceNotAllowed", message=f"{exc}; topic {name!r} not deleted")
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
         if _deadline_passed(body):
@@ -374,25 +396,54 @@ def _peer(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.create(*MICROSERVICE)
 @kopf.on.update(*MICROSERVICE)
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                                 **_: Any) -> None:
-    await _reconcile_microservice(body, patch, microservice_index)
+                                 topic_index: kopf.Index, **_: Any) -> None:
+    await _reconcile_microservice(body, patch, microservice_index, topic_index)
 
 
 @kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=INTERVAL / 2)
 async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                               **_: Any) -> None:
+                               topic_index: kopf.Index, **_: Any) -> None:
     if not body.get("metadata", {}).get("deletionTimestamp"):
-        await _reconcile_microservice(body, patch, microservice_index)
+        await _reconcile_microservice(body, patch, microservice_index, topic_index)
 
 
-async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index) -> None:
+def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[str]) -> dict[str, Any]:
+    """topic -> the Topic resource (index entry) managing it on that broker, or None."""
+    out: dict[str, Any] = {}
+    for topic in topics:
+        entries = list(topic_index.get((broker[0], broker[1], topic), []))
+        out[topic] = logic.conflict_winner(entries) if entries else None
+    return out
+
+
+async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
+                                  topic_index: kopf.Index) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    # This service as it is now (the index may lag behind its own last status patch), and its peers.
-    peers = [dict(p) for p in index.get(logic.broker_key(body), [])
+    try:
+        broker, bootstrap = await resolve_broker(body)
+    except (BrokerMissing, NamespaceNotAllowed) as exc:
+        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    key = logic.broker_key(body)
+    # This service as it is now (the index may lag behind its own last status patch), and its peers;
+    # a peer's claim on a topic its owner does not let it write does not count.
+    peers = [dict(p) for p in index.get(key, [])
              if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)] + [_peer(body)]
-    grants = logic.grants(body, peers, resources.consumer_group(body))
+    mentioned = {t for p in peers for t in p["spec"]["produces"]} | set(body["spec"].get("consumes") or [])
+    owners = _topic_owners(topic_index, key, mentioned)
+    for peer in peers:
+        refused = logic.access_refusals(peer["metadata"]["namespace"], key[0], peer["spec"]["produces"], owners,
+                                        "allowedProducers")
+        peer["spec"] = {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}
+    unwritable = logic.access_refusals(ns, key[0], list(body["spec"].get("produces") or []), owners,
+                                       "allowedProducers")
+    unreadable = logic.access_refusals(ns, key[0], list(body["spec"].get("consumes") or []), owners,
+                                       "allowedConsumers")
+    group = resources.consumer_group(body)
+    group_refused = logic.shared(broker) and not group.startswith(f"{ns}.")
+    grants = logic.grants(body, peers, None if group_refused else group, unreadable, unwritable)
     principal = resources.principal(body)
     patch.status["principal"] = principal
     patch.status["writeClaims"] = grants.claims
@@ -406,11 +457,16 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     else:
         conditions = _set(patch, body, conditions, "WriterConflict", False, "SoleWriter",
                           "no other service writes the topics this one produces")
-    try:
-        broker, bootstrap = await resolve_broker(body)
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    refusals = [f"no Read on {t!r}: {r}" for t, r in sorted(grants.denied_reads.items())]
+    refusals += [f"no Write on {t!r}: {r}" for t, r in sorted(grants.refused_writes.items())]
+    if group_refused:
+        refusals.append(f"no access to consumer group {group!r}: on an EventBroker shared with other namespaces "
+                        f"a consumerGroup must start with {ns + '.'!r}")
+    if refusals:
+        conditions = _set(patch, body, conditions, "AccessDenied", True, "NotAllowedByOwner", "; ".join(refusals))
+    elif logic.condition(conditions, "AccessDenied"):
+        conditions = _set(patch, body, conditions, "AccessDenied", False, "Allowed",
+                          "every declared topic and the consumer group are allowed")
     sasl = resources.authentication(broker.get("spec", {})) != "none"
     names = resources.microservice_names(name)
     try:
@@ -455,6 +511,9 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     if grants.denied_writes:
         _set(patch, body, conditions, "Ready", False, "WriterConflict",
              "deployed, but without Write on: " + ", ".join(sorted(grants.denied_writes)))
+    elif refusals:
+        _set(patch, body, conditions, "Ready", False, "AccessDenied",
+             "deployed, but without some declared permissions (see AccessDenied)")
     else:
         _set(patch, body, conditions, "Ready", True, "Reconciled",
              f"deployment, credentials and permissions in place for {principal}")
@@ -482,7 +541,7 @@ async def delete_microservice(body: kopf.Body, **_: Any) -> None:
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:
-        broker, bootstrap = await resolve_broker(body)
+        broker, bootstrap = await resolve_broker(body, check_namespace=False)
         admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
         if API_CREATE_ACLS in versions:
@@ -533,8 +592,8 @@ async def _reconcile_costreport(body: kopf.Body, patch: kopf.Patch, force: bool)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         broker, _ = await resolve_broker(body)
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+    except (BrokerMissing, NamespaceNotAllowed) as exc:
+        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     today = costreports.today_utc()
     try:

@@ -47,6 +47,28 @@ def broker_key(cr: dict[str, Any]) -> tuple[str, str]:
     return (ref.get("namespace") or cr["metadata"]["namespace"], ref["name"])
 
 
+def namespace_allowed(broker: dict[str, Any], namespace: str) -> bool:
+    """Whether resources in `namespace` may use this EventBroker: its own namespace always; others
+    when spec.allowedNamespaces lists them (or `*`)."""
+    allowed = (broker.get("spec") or {}).get("allowedNamespaces") or []
+    return namespace == broker["metadata"]["namespace"] or namespace in allowed or "*" in allowed
+
+
+def shared(broker: dict[str, Any]) -> bool:
+    """Whether the EventBroker serves namespaces besides its own (then consumer groups are namespaced)."""
+    ns = broker["metadata"]["namespace"]
+    return any(a != ns for a in (broker.get("spec") or {}).get("allowedNamespaces") or [])
+
+
+RESERVED_TOPICS = ("_schemas",)
+
+
+def reserved_topic(name: str) -> bool:
+    """Internal and reserved topics (`__consumer_offsets`, `__meta`, anything starting `__`,
+    `_schemas`): no Topic manages them and no Microservice is granted them."""
+    return name.startswith("__") or name in RESERVED_TOPICS
+
+
 def age_key(cr_meta: dict[str, Any]) -> tuple[str, str, str]:
     """Older first: creationTimestamp, then namespace/name as a stable tie-break."""
     return (cr_meta.get("creationTimestamp") or "9999", cr_meta.get("namespace") or "", cr_meta["name"])
@@ -162,6 +184,32 @@ def conflict_winner(claimants: list[dict[str, Any]]) -> dict[str, Any]:
 # -- microservices -------------------------------------------------------------------------
 
 
+def access_refusals(namespace: str, broker_namespace: str, topics: list[str],
+                    owners: dict[str, dict[str, Any] | None], allow_field: str) -> dict[str, str]:
+    """topic -> why a service in `namespace` may not use it (absent: it may).
+
+    `owners`: topic -> the Topic resource (index entry) that manages it, or None. A topic is usable
+    by services of the owning Topic's namespace and of the namespaces its `allow_field`
+    (allowedConsumers / allowedProducers) lists (`*`: any). A topic no Topic manages belongs to the
+    broker's own namespace. Reserved topics are never usable."""
+    out: dict[str, str] = {}
+    for topic in topics:
+        if reserved_topic(topic):
+            out[topic] = "an internal/reserved topic"
+            continue
+        owner = owners.get(topic)
+        if owner is None:
+            if namespace != broker_namespace:
+                out[topic] = (f"no Topic resource manages it, so it belongs to the broker's namespace "
+                              f"{broker_namespace!r}; create a Topic for it")
+            continue
+        allowed = owner.get(allow_field) or []
+        if owner["namespace"] != namespace and namespace not in allowed and "*" not in allowed:
+            out[topic] = (f"owned by Topic {owner['namespace']}/{owner['name']}, whose spec.{allow_field} "
+                          f"does not list namespace {namespace!r}")
+    return out
+
+
 def now_precise() -> str:
     """Now in UTC with microseconds (claim times compare as strings)."""
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -173,7 +221,8 @@ class Grants:
     acls: list[tuple[str, str, str]]  # (resource type, name, operation)
     denied_writes: dict[str, str]  # topic -> the writer's namespace/name
     claims: list[dict[str, Any]] = field(default_factory=list)  # status.writeClaims of this service
-    denied_reads: dict[str, str] = field(default_factory=dict)  # topic -> why Read is not granted
+    denied_reads: dict[str, str] = field(default_factory=dict)  # consumed topic -> why Read is not granted
+    refused_writes: dict[str, str] = field(default_factory=dict)  # produced topic -> why its owner refuses it
 
 
 def _claims(ms: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -199,23 +248,25 @@ def writers(microservices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {topic: min(entries, key=lambda e: e[0])[1] for topic, entries in candidates.items()}
 
 
-def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str,
-           readable: dict[str, str] | None = None) -> Grants:
-    """Exactly what was declared, minus Write on topics another service writes and minus Read on
-    topics in `readable`'s refusals (topic -> reason; see `read_refusals`)."""
-    owners = writers(same_broker)
+def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str | None,
+           unreadable: dict[str, str] | None = None, unwritable: dict[str, str] | None = None) -> Grants:
+    """Exactly what was declared, minus Write on topics another service writes, minus what the
+    topics' owners do not allow (`unreadable` / `unwritable`: topic -> reason, from
+    `access_refusals`), and without the group when `group` is None (not allowed)."""
+    unreadable = dict(unreadable or {})
+    unwritable = dict(unwritable or {})
     me = (ms["metadata"]["namespace"], ms["metadata"]["name"])
+    owners = writers(same_broker)
     perms: list[dict[str, Any]] = []
     acls: list[tuple[str, str, str]] = []
     denied: dict[str, str] = {}
-    refused = dict(readable or {})
     produces = list(ms["spec"].get("produces") or [])
     consumes = list(ms["spec"].get("consumes") or [])
     claims = _claims(ms)
     new_claims: list[dict[str, Any]] = []
     for topic in sorted(set(produces) | set(consumes)):
         ops: list[str] = []
-        if topic in produces:
+        if topic in produces and topic not in unwritable:
             owner = owners.get(topic, ms)
             writer = (owner["metadata"]["namespace"], owner["metadata"]["name"]) == me
             if writer:
@@ -224,12 +275,16 @@ def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str,
                 denied[topic] = f"{owner['metadata']['namespace']}/{owner['metadata']['name']}"
             new_claims.append({"topic": topic, "since": (claims.get(topic) or {}).get("since") or now_precise(),
                                "writer": writer})
-        if topic in consumes and topic not in refused:
+        if topic in consumes and topic not in unreadable:
             ops.append("Read")
+        if reserved_topic(topic):
+            continue
         ops.append("Describe")
         perms.append({"resourceType": "topic", "name": topic, "operations": ops})
         acls += [("topic", topic, op.lower()) for op in ops]
-    if consumes:
+    if consumes and group:
         perms.append({"resourceType": "group", "name": group, "operations": ["Read", "Describe"]})
         acls += [("group", group, "read"), ("group", group, "describe")]
-    return Grants(perms, acls, denied, new_claims, {t: r for t, r in refused.items() if t in consumes})
+    return Grants(perms, acls, denied, new_claims,
+                  {t: r for t, r in unreadable.items() if t in consumes},
+                  {t: r for t, r in unwritable.items() if t in produces})

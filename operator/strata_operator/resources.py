@@ -321,7 +321,9 @@ def microservice_names(name: str) -> dict[str, str]:
 
 
 def consumer_group(ms: dict[str, Any]) -> str:
-    return ms["spec"].get("consumerGroup") or ms["metadata"]["name"]
+    """spec.consumerGroup, else `<namespace>.<name>` (like the principal: unique cluster-wide, so two
+    teams' services of one name never share a group)."""
+    return ms["spec"].get("consumerGroup") or principal_name(ms)
 
 
 def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> dict[str, Any]:
