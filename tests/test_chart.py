@@ -343,6 +343,9 @@ def test_schema_covers_every_value_and_closes_every_object():
     ("eventBroker:\n  storage:\n    size: lots\n", "at '/eventBroker/storage/size'"),
     ("eventBroker:\n  authorization:\n    type: acl\n", "at '/eventBroker/authorization/type'"),
     ("operator:\n  kafka:\n    saslMechanism: PLAIN\n", "at '/operator/kafka/saslMechanism'"),
+    # a broker cluster without a bucket would start brokers that cannot share partitions
+    ("eventBroker:\n  replicas: 3\n", "at '/eventBroker/tieredStorage/enabled': value must be true"),
+    ("eventBroker:\n  allowedNamespaces: [Team_B]\n", "at '/eventBroker/allowedNamespaces/0'"),
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys_with_a_clear_message(tmp_path, values, message):
     bad = tmp_path / "bad-values.yaml"

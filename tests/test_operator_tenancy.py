@@ -304,3 +304,15 @@ def test_internal_topics_are_never_managed(kube, broker_factory):
     kube.delete("Topic", "schemas")
     eventually(lambda: kube.get("Topic", "schemas") is None, "Topic gone", kube=kube)
     assert broker_topic(admin, "_schemas")[0] == 1
+
+
+# -- 5. what admission refuses, the operator does not start either --------------------------
+
+
+def test_a_broker_cluster_without_tiered_storage_starts_nothing(kube):
+    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "diskonly"},
+                 "spec": {"image": "example/strata-broker:1", "replicas": 3}})
+    c = eventually(lambda: (r := cond(kube.get("EventBroker", "diskonly"), "Ready")).get("reason") == "InvalidSpec"
+                   and r, "InvalidSpec", kube=kube)
+    assert "tieredStorage" in c["message"]
+    assert kube.get("StatefulSet", "diskonly-broker") is None

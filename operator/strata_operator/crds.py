@@ -134,7 +134,8 @@ AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTime
 # -- EventBroker ---------------------------------------------------------------------------
 
 EVENTBROKER_SPEC = obj({
-    "replicas": integer("Number of brokers (pods), each with its own PersistentVolumeClaim.",
+    "replicas": integer("Number of brokers (pods), each with its own PersistentVolumeClaim; more than 1 "
+                        "needs tieredStorage (docs/cluster.md).",
                         minimum=1, maximum=64, default=1),
     "image": string("Broker container image.", minLength=1),
     "imagePullPolicy": string(enum=["Always", "IfNotPresent", "Never"]),
@@ -195,6 +196,9 @@ EVENTBROKER_SPEC = obj({
     rule("!has(self.external) || (!has(self.tieredStorage) && !has(self.storage))",
          "an external broker has no storage or tieredStorage managed here"),
     rule("has(self.external) || has(self.image)", "image is required unless the broker is external"),
+    rule("!has(self.replicas) || self.replicas <= 1 || has(self.tieredStorage) || has(self.external)",
+         "replicas > 1 needs tieredStorage: the brokers of a cluster share partitions through the bucket",
+         fieldPath=".replicas"),
     rule("!has(self.authorization) || !has(self.authorization.type) || self.authorization.type == 'none' || "
          "(has(self.listeners) && size(self.listeners) > 0 && has(self.listeners[0].authentication) && "
          "self.listeners[0].authentication != 'none')",

@@ -177,6 +177,12 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         patch.status["authorizer"] = authorizer
         _set(patch, body, conditions, "Ready", True, "Reachable", f"external broker at {bootstrap}, {count} broker(s)")
         return
+    if int(spec.get("replicas", 1)) > 1 and not spec.get("tieredStorage"):
+        # Refused at admission (CEL); an older CRD lets it through: start nothing that would crash.
+        _set(patch, body, conditions, "Ready", False, "InvalidSpec",
+             "replicas > 1 needs spec.tieredStorage (the brokers of a cluster share partitions through the "
+             "bucket); nothing was changed")
+        return
     users_file = None
     if resources.uses_sasl(spec) and kafka_admin.KAFKA_PASSWORD:
         names = resources.broker_names(body["metadata"]["name"])
