@@ -561,3 +561,31 @@ def test_rbac_and_serviceaccount_can_be_brought_by_the_user():
     assert not {"ClusterRole", "Role", "ServiceAccount", "ClusterRoleBinding"} & {d["kind"] for d in docs}
     (dep,) = of_kind(docs, "Deployment")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "strata-operator"
+
+
+# -- uninstall ------------------------------------------------------------------------------------
+
+
+def test_uninstall_runs_a_pre_delete_hook_that_deletes_the_eventbroker_first():
+    """kopf's finalizer on the EventBroker must be released while the operator still runs: a pre-delete
+    hook (run before Helm deletes anything) deletes the EventBroker and waits, with its own least-privilege
+    ServiceAccount, and removes the finalizers itself after the timeout. Without the broker, no hook."""
+    assert not [d for d in render() if "pre-delete" in d["metadata"]["name"]]
+    docs = render([CHART / "ci" / "broker-with-s3-values.yaml"], ["--set", "imagePullSecrets[0].name=reg"])
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "pre-delete"]
+    assert sorted(d["kind"] for d in hooks) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
+    (job,) = of_kind(hooks, "Job")
+    (broker,) = of_kind(docs, "EventBroker")
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[:2] == ["operator", "pre-delete"]
+    assert args[args.index("--eventbroker") + 1] == broker["metadata"]["name"]
+    assert args[args.index("--namespace") + 1] == NAMESPACE
+    assert pod["imagePullSecrets"] == [{"name": "reg"}]
+    (role,) = of_kind(hooks, "Role")
+    assert granted(role["rules"]) == {("strata.dev", "eventbrokers", v) for v in ("get", "delete", "patch")}
+    assert role["rules"][0]["resourceNames"] == [broker["metadata"]["name"]]
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+    assert weights["Job"] > max(weights[k] for k in ("ServiceAccount", "Role", "RoleBinding"))
+    # the command the hook runs exists in the operator image's CLI
+    assert "pre-delete" in operator_cli.operator.commands

@@ -316,3 +316,39 @@ def test_a_broker_cluster_without_tiered_storage_starts_nothing(kube):
                    and r, "InvalidSpec", kube=kube)
     assert "tieredStorage" in c["message"]
     assert kube.get("StatefulSet", "diskonly-broker") is None
+
+
+# -- 6. uninstall does not wedge ------------------------------------------------------------
+
+
+def pre_delete(kube: KubeEmulatorProcess, name: str, timeout: float) -> str:
+    proc = subprocess.run([sys.executable, "-m", "strata_operator.cli", "operator", "pre-delete", "-n", "default",
+                           "--eventbroker", name, "--timeout", str(timeout)],
+                          env={**os.environ, "KUBECONFIG": str(kube.kubeconfig())}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_pre_delete_hook_leaves_no_eventbroker_terminating(kube, tmp_path):
+    # with the operator running: it deletes the EventBroker, kopf releases its finalizer
+    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "release-broker"},
+                 "spec": {"image": "example/strata-broker:1"}})
+    eventually(lambda: "strata.dev/finalizer" in (kube.get("EventBroker", "release-broker")["metadata"]
+                                                  .get("finalizers") or []), "kopf's finalizer", kube=kube)
+    assert "deleted (the operator released it)" in pre_delete(kube, "release-broker", 60)
+    assert kube.get("EventBroker", "release-broker") is None
+    assert "not found" in pre_delete(kube, "release-broker", 60)
+
+    # with no operator (it went first, or is broken): the hook removes the finalizer after its timeout
+    alone = KubeEmulatorProcess(tmp_path).start()
+    try:
+        alone.create({"apiVersion": API, "kind": "EventBroker",
+                      "metadata": {"name": "orphan", "finalizers": ["strata.dev/finalizer"]},
+                      "spec": {"image": "example/strata-broker:1"}})
+        alone.delete("EventBroker", "orphan")
+        assert alone.get("EventBroker", "orphan")["metadata"].get("deletionTimestamp")  # Terminating
+        assert "by removing its finalizers" in pre_delete(alone, "orphan", 2)
+        assert alone.get("EventBroker", "orphan") is None
+    finally:
+        alone.stop()
