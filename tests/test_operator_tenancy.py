@@ -352,3 +352,27 @@ def test_the_pre_delete_hook_leaves_no_eventbroker_terminating(kube, tmp_path):
         assert alone.get("EventBroker", "orphan") is None
     finally:
         alone.stop()
+
+
+def test_the_docs_say_truthfully_which_kinds_carry_a_finalizer():
+    """kopf adds its finalizer to a resource with a timer or daemon, or a non-optional deletion handler:
+    the table in docs/operator.md must agree with the handlers registered."""
+    import re
+    from pathlib import Path
+
+    import kopf
+    from strata_operator import handlers  # noqa: F401 - registers the handlers
+    from strata_operator.cluster import handlers as cluster_handlers  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    needs: dict[str, bool] = {}
+    for reg in (registry._spawning, registry._changing):
+        for h in reg.get_all_handlers():
+            if h.selector and h.requires_finalizer:
+                needs[h.selector.plural or h.selector.any_name] = True
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operator.md").read_text()
+    table = dict(re.findall(r"^\| (EventBroker|Topic|Microservice|CostReport) \| (yes|no) \|", doc, re.M))
+    assert len(table) == 4, table
+    plurals = {"EventBroker": "eventbrokers", "Topic": "topics", "Microservice": "microservices",
+               "CostReport": "costreports"}
+    assert {k: v == "yes" for k, v in table.items()} == {k: needs.get(p, False) for k, p in plurals.items()}
