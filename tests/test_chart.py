@@ -589,3 +589,15 @@ def test_uninstall_runs_a_pre_delete_hook_that_deletes_the_eventbroker_first():
     assert weights["Job"] > max(weights[k] for k in ("ServiceAccount", "Role", "RoleBinding"))
     # the command the hook runs exists in the operator image's CLI
     assert "pre-delete" in operator_cli.operator.commands
+
+
+def test_image_pull_secrets_reach_the_brokers_and_the_operators_pods():
+    docs = render([CHART / "ci" / "broker-with-s3-values.yaml"],
+                  ["--set", "imagePullSecrets[0].name=reg", "--set", "operator.podImagePullSecrets[0].name=apps",
+                   "--set", "operator.podImagePullSecrets[1].name=more"])
+    (broker,) = of_kind(docs, "EventBroker")
+    assert broker["spec"]["imagePullSecrets"] == [{"name": "reg"}]
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STRATA_OPERATOR_IMAGE_PULL_SECRETS"] == "apps,more"
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "reg"}]

@@ -228,3 +228,9 @@ def test_no_topic_config_is_defaulted_into_a_spec():
     spec = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     defaulted = {name for name, sub in spec["properties"].items() if "default" in sub}
     assert defaulted <= {"deletionPolicy"}, defaulted
+
+
+def test_status_declares_only_what_the_operator_fills():
+    """hotBytes/coldBytes were declared but never written: a status field nobody fills reads as zero."""
+    topic_status = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert not {"hotBytes", "coldBytes"} & set(topic_status["properties"])

@@ -218,7 +218,13 @@ def test_second_producer_gets_writer_conflict(kube, broker_factory):
     first = eventually(lambda: (m := kube.get("Microservice", "order-service")) and cond(m, "Ready") and m,
                        "first service reconciled", kube=kube)
     assert cond(first, "WriterConflict")["status"] == "False"
-    assert cond(first, "Ready")["status"] == "True", first["status"]["conditions"]
+    # Ready follows the Deployment's availability (the emulator runs no pods: its status is set here)
+    assert cond(first, "Ready")["reason"] == "DeploymentUnavailable", first["status"]["conditions"]
+    kube.patch("Deployment", "order-service", {"status": {"availableReplicas": 1, "readyReplicas": 1}})
+    first = eventually(lambda: (m := kube.get("Microservice", "order-service"))
+                       and cond(m, "Ready").get("status") == "True" and m, "Ready once available",
+                       timeout=INTERVAL * 6, kube=kube)
+    assert first["status"]["availableReplicas"] == 1
     acls = cond(first, "AclsApplied")
     assert acls["status"] == "False" and acls["reason"] == "BrokerHasNoAuthorizer"
     perms = {p["name"]: p["operations"] for p in first["status"]["permissions"]}

@@ -119,3 +119,22 @@ def test_durations(text, ms):
 
 def test_sizes():
     assert size_bytes("10Gi") == 10 << 30 and size_bytes("forever") == -1 and size_bytes("1000") == 1000
+
+
+def test_pull_secrets_on_every_pod_template():
+    from strata_operator import crds as crd_module
+
+    broker = {"apiVersion": crd_module.API_VERSION, "kind": "EventBroker",
+              "metadata": {"name": "events", "namespace": "strata", "uid": "u"},
+              "spec": {"image": "b:1", "imagePullSecrets": [{"name": "mine"}, {"name": "shared"}]}}
+    (sts,) = [o for o in resources.eventbroker_objects(broker, default_pull_secrets=("shared",))
+              if o["kind"] == "StatefulSet"]
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    assert sts["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}, {"name": "mine"}]
+    ms = microservice(produces=["orders"])
+    (dep,) = [o for o in resources.microservice_objects(ms, "b:9092", "pw", True, ("shared",))
+              if o["kind"] == "Deployment"]
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}]
+    (plain,) = [o for o in resources.microservice_objects(ms, "b:9092", "pw", True) if o["kind"] == "Deployment"]
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]

@@ -198,7 +198,10 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     for name in ("order-service", "order-service-v2", "billing"):
         eventually(lambda n=name: cond(kube.get("Microservice", n), "AclsApplied").get("status") == "True",
                    f"{name}: AclsApplied", kube=kube)
-    assert cond(kube.get("Microservice", "order-service"), "Ready")["status"] == "True"
+        # Ready follows the Deployment's availability (the emulator runs no pods: its status is set here)
+        kube.patch("Deployment", name, {"status": {"availableReplicas": 1}})
+    eventually(lambda: cond(kube.get("Microservice", "order-service"), "Ready").get("status") == "True",
+               "order-service Ready", timeout=INTERVAL * 6, kube=kube)
     second = kube.get("Microservice", "order-service-v2")
     assert cond(second, "WriterConflict")["status"] == "True" and cond(second, "Ready")["status"] == "False"
 
@@ -263,7 +266,8 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
                "Write moves to the second claimant", timeout=INTERVAL * 20, kube=kube)
     assert acls_of(admin, "User:default.order-service") == set()
     assert produce(claimant, "orders", b"now the writer") is None
-    assert cond(kube.get("Microservice", "order-service-v2"), "Ready")["status"] == "True"
+    eventually(lambda: cond(kube.get("Microservice", "order-service-v2"), "Ready").get("status") == "True",
+               "order-service-v2 Ready", timeout=INTERVAL * 6, kube=kube)
 
 
 def test_without_the_admin_password_the_condition_says_so(tmp_path, sbroker):

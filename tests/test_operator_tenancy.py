@@ -19,11 +19,34 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from brokerproc import BrokerProcess
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 from kmockserver import KubeEmulatorProcess
-from test_operator_reconcile import API, INTERVAL, broker_topic, cond, eventually
+from test_operator_reconcile import API, broker_topic, cond
+from test_operator_reconcile import eventually as _eventually
+
+# The operator's timed reconcile: longer than test_operator_reconcile's, as this module keeps some thirty
+# resources (each with a timer) on a machine that may be loaded.
+INTERVAL = 3.0
+# Waits for what a timed reconcile (every INTERVAL s) does: generous, the machine may be loaded.
+TIMER_WAIT = 60.0
+
+
+def eventually(check: Any, what: str, timeout: float = TIMER_WAIT, kube: Any = None) -> Any:
+    return _eventually(check, what, timeout=timeout, kube=kube)
+
 
 OPERATOR_ENV = {"STRATA_OPERATOR_IMAGE_PULL_SECRETS": "operator-registry"}
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One broker for the module (each test uses its own topic names and EventBroker resources): no
+    EventBroker of an earlier test points at a dead broker, which would slow every timer down."""
+    proc = BrokerProcess(tmp_path_factory.mktemp("tenancy-broker") / "broker",
+                         settings={"auto.create.topics.enable": "false"}).start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +74,21 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
         emulator.stop()
 
 
+@pytest.fixture(autouse=True)
+def clean_slate(kube: KubeEmulatorProcess) -> Iterator[None]:
+    """After each test, its resources go (with the skip-cleanup escape hatch, so nothing waits on a
+    broker): fewer live resources, fewer timers, a quicker operator for the next test."""
+    yield
+    kinds = ("Microservice", "Topic", "CostReport", "EventBroker")
+    for kind in kinds:
+        for obj in kube.list(kind, namespace=None):
+            md = obj["metadata"]
+            kube.patch(kind, md["name"], {"metadata": {"annotations": {"strata.dev/skip-cleanup": "true"}}},
+                       md["namespace"])
+            kube.delete(kind, md["name"], md["namespace"])
+    eventually(lambda: not any(kube.list(kind, namespace=None) for kind in kinds), "resources gone", kube=kube)
+
+
 def topic(kube: KubeEmulatorProcess, name: str, broker: str, namespace: str = "default", **spec: Any) -> None:
     spec.setdefault("team", "orders")
     kube.create({"apiVersion": API, "kind": "Topic", "metadata": {"name": name, "namespace": namespace},
@@ -60,8 +98,9 @@ def topic(kube: KubeEmulatorProcess, name: str, broker: str, namespace: str = "d
 
 def external_broker(kube: KubeEmulatorProcess, name: str, bootstrap: str, namespace: str = "default",
                     **spec: Any) -> None:
-    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": name, "namespace": namespace},
-                 "spec": {"external": {"bootstrapServers": bootstrap}, **spec}})
+    if kube.get("EventBroker", name, namespace) is None:  # one per module and namespace: fewer timers
+        kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": name, "namespace": namespace},
+                     "spec": {"external": {"bootstrapServers": bootstrap}, **spec}})
     eventually(lambda: cond(kube.get("EventBroker", name, namespace), "Ready").get("status") == "True",
                f"EventBroker {name} Ready", kube=kube)
 
@@ -80,15 +119,15 @@ def alter(admin: AdminClient, topic_name: str, **configs: str) -> None:
 # -- 1. adoption changes only what the Topic names ------------------------------------------
 
 
-def test_adopting_a_topic_changes_only_what_the_spec_names(kube, broker_factory):
-    broker = broker_factory({"auto.create.topics.enable": "false"})
+def test_adopting_a_topic_changes_only_what_the_spec_names(kube, kafka):
+    broker = kafka
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic("ledger", 3, 1, config={
         "cleanup.policy": "compact", "retention.ms": "1234567", "max.message.bytes": "2048"})])["ledger"].result(10)
-    external_broker(kube, "adopt", broker.bootstrap)
+    external_broker(kube, "main", broker.bootstrap)
 
     # The Topic names only retention (no partitions, no cleanupPolicy: nothing defaulted into the spec).
-    topic(kube, "ledger", "adopt", retention="1d")
+    topic(kube, "ledger", "main", retention="1d")
     cr = ready(kube, "Topic", "ledger")
     partitions, configs = broker_topic(admin, "ledger")
     assert partitions == 3
@@ -103,7 +142,7 @@ def test_adopting_a_topic_changes_only_what_the_spec_names(kube, broker_factory)
     # Drift on a key the spec does not name is not the operator's business; on a named key it is.
     alter(admin, "ledger", max_message_bytes="4096", retention_ms="1000")
     eventually(lambda: broker_topic(admin, "ledger")[1]["retention.ms"] == str(86_400_000), "named key reverted",
-               timeout=INTERVAL * 8, kube=kube)
+               timeout=TIMER_WAIT, kube=kube)
     time.sleep(INTERVAL * 2)
     configs = broker_topic(admin, "ledger")[1]
     assert configs["max.message.bytes"] == "4096" and configs["cleanup.policy"] == "compact"
@@ -118,11 +157,11 @@ def test_adopting_a_topic_changes_only_what_the_spec_names(kube, broker_factory)
                       kube=kube)
 
 
-def test_a_new_topic_gets_the_defaults_at_creation(kube, broker_factory):
-    broker = broker_factory({"auto.create.topics.enable": "false"})
+def test_a_new_topic_gets_the_defaults_at_creation(kube, kafka):
+    broker = kafka
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    external_broker(kube, "fresh", broker.bootstrap)
-    topic(kube, "fresh-events", "fresh")
+    external_broker(kube, "main", broker.bootstrap)
+    topic(kube, "fresh-events", "main")
     cr = ready(kube, "Topic", "fresh-events")
     partitions, configs = broker_topic(admin, "fresh-events")
     assert partitions == 1 and configs["cleanup.policy"] == "delete"
@@ -132,13 +171,13 @@ def test_a_new_topic_gets_the_defaults_at_creation(kube, broker_factory):
 # -- 2. a rename never orphans one topic nor deletes another --------------------------------
 
 
-def test_a_renamed_topic_name_touches_neither_topic(kube, broker_factory):
+def test_a_renamed_topic_name_touches_neither_topic(kube, kafka):
     """Admission refuses the rename (CEL, test_operator_crds); the emulator has no CEL, like an API
     server with an older CRD: the operator itself keeps managing the topic it recorded."""
-    broker = broker_factory({"auto.create.topics.enable": "false"})
+    broker = kafka
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    external_broker(kube, "rename", broker.bootstrap)
-    topic(kube, "payments", "rename", topicName="payments.v1", partitions=2, deletionPolicy="Delete")
+    external_broker(kube, "main", broker.bootstrap)
+    topic(kube, "payments", "main", topicName="payments.v1", partitions=2, deletionPolicy="Delete")
     cr = ready(kube, "Topic", "payments")
     assert cr["status"]["topicName"] == "payments.v1"
     admin.create_topics([NewTopic("payments.v2", 1, 1)])["payments.v2"].result(10)  # someone else's
@@ -174,11 +213,11 @@ def writer_conflict(kube: KubeEmulatorProcess, name: str, namespace: str = "defa
     return cond(kube.get("Microservice", name, namespace), "WriterConflict").get("status")
 
 
-def test_the_first_declarer_keeps_write_whatever_the_age(kube, broker_factory):
-    broker = broker_factory({"auto.create.topics.enable": "false"})
-    external_broker(kube, "claims", broker.bootstrap)
-    service(kube, "old-svc", "claims", produces=["audit"])  # the oldest, producing something else
-    service(kube, "new-svc", "claims", produces=["shipments"])
+def test_the_first_declarer_keeps_write_whatever_the_age(kube, kafka):
+    broker = kafka
+    external_broker(kube, "main", broker.bootstrap)
+    service(kube, "old-svc", "main", produces=["audit"])  # the oldest, producing something else
+    service(kube, "new-svc", "main", produces=["shipments"])
     eventually(lambda: writer_conflict(kube, "new-svc") == "False", "new-svc the writer", kube=kube)
     claims = kube.get("Microservice", "new-svc")["status"]["writeClaims"]
     assert [(c["topic"], c["writer"]) for c in claims] == [("shipments", True)] and claims[0]["since"]
@@ -199,11 +238,11 @@ def test_the_first_declarer_keeps_write_whatever_the_age(kube, broker_factory):
 
     # A third declarer queues behind old-svc; when the writer stops declaring, old-svc (the earlier
     # claim) takes over, not the third.
-    service(kube, "third-svc", "claims", produces=["shipments"])
+    service(kube, "third-svc", "main", produces=["shipments"])
     eventually(lambda: writer_conflict(kube, "third-svc") == "True", "third waits", kube=kube)
     time.sleep(INTERVAL)
     kube.patch_spec("Microservice", "new-svc", {"produces": []})
-    eventually(lambda: writer_conflict(kube, "old-svc") == "False", "old-svc takes over", timeout=INTERVAL * 8,
+    eventually(lambda: writer_conflict(kube, "old-svc") == "False", "old-svc takes over", timeout=TIMER_WAIT,
                kube=kube)
     time.sleep(INTERVAL * 2)
     assert writer_conflict(kube, "third-svc") == "True"
@@ -218,8 +257,8 @@ def permissions(kube: KubeEmulatorProcess, name: str, namespace: str) -> dict[st
     return {p["name"]: p["operations"] for p in (ms.get("status") or {}).get("permissions") or []}
 
 
-def test_two_teams_share_a_broker_only_with_consent(kube, broker_factory):
-    broker = broker_factory({"auto.create.topics.enable": "false"})
+def test_two_teams_share_a_broker_only_with_consent(kube, kafka):
+    broker = kafka
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     external_broker(kube, "shared", broker.bootstrap, namespace="team-a", allowedNamespaces=["team-b"])
     ref = {"name": "shared", "namespace": "team-a"}
@@ -251,9 +290,12 @@ def test_two_teams_share_a_broker_only_with_consent(kube, broker_factory):
     eventually(lambda: cond(kube.get("Microservice", "intruder", "team-b"), "AccessDenied").get("status") == "True",
                "intruder refused", kube=kube)
     ms("a-svc", "team-a", produces=["a-orders"], consumes=["a-orders"])
-    ready(kube, "Microservice", "a-svc", "team-a")
-    assert permissions(kube, "a-svc", "team-a") == {"a-orders": ["Write", "Read", "Describe"],
-                                                    "team-a.a-svc": ["Read", "Describe"]}
+    eventually(lambda: permissions(kube, "a-svc", "team-a") == {"a-orders": ["Write", "Read", "Describe"],
+                                                                "team-a.a-svc": ["Read", "Describe"]},
+               "the owner's service gets everything it declared", kube=kube)
+    # (Ready waits for its Deployment, which the emulator never runs)
+    eventually(lambda: cond(kube.get("Microservice", "a-svc", "team-a"), "Ready").get("reason")
+               == "DeploymentUnavailable", "a-svc waits for its Deployment", kube=kube)
     intruder = kube.get("Microservice", "intruder", "team-b")
     assert permissions(kube, "intruder", "team-b") == {"a-orders": ["Describe"]}
     assert "allowedProducers" in cond(intruder, "AccessDenied")["message"]
@@ -274,7 +316,7 @@ def test_two_teams_share_a_broker_only_with_consent(kube, broker_factory):
     # the owner consents to team-b reading: Read is granted on the next reconcile; writing stays refused
     kube.patch_spec("Topic", "a-orders", {"allowedConsumers": ["team-b"]}, namespace="team-a")
     eventually(lambda: permissions(kube, "reader", "team-b").get("a-orders") == ["Read", "Describe"],
-               "Read with consent", timeout=INTERVAL * 8, kube=kube)
+               "Read with consent", timeout=TIMER_WAIT, kube=kube)
     eventually(lambda: cond(kube.get("Microservice", "reader", "team-b"), "AccessDenied").get("status") == "False",
                "AccessDenied cleared", kube=kube)
     assert permissions(kube, "intruder", "team-b") == {"a-orders": ["Describe"]}
@@ -286,18 +328,18 @@ def test_two_teams_share_a_broker_only_with_consent(kube, broker_factory):
                "conflict", kube=kube)
 
 
-def test_internal_topics_are_never_managed(kube, broker_factory):
+def test_internal_topics_are_never_managed(kube, kafka):
     """Admission refuses them (CEL, test_operator_crds); without CEL the operator still does."""
-    broker = broker_factory({"auto.create.topics.enable": "false"})
+    broker = kafka
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     admin.create_topics([NewTopic("_schemas", 1, 1)])["_schemas"].result(10)
-    external_broker(kube, "internal", broker.bootstrap)
-    topic(kube, "schemas", "internal", topicName="_schemas", partitions=3, deletionPolicy="Delete",
+    external_broker(kube, "main", broker.bootstrap)
+    topic(kube, "schemas", "main", topicName="_schemas", partitions=3, deletionPolicy="Delete",
           cleanupPolicy="delete")
     c = eventually(lambda: (r := cond(kube.get("Topic", "schemas"), "Ready")).get("reason") == "ReservedTopic" and r,
                    "ReservedTopic", kube=kube)
     assert c["status"] == "False"
-    service(kube, "offsets-reader", "internal", consumes=["__consumer_offsets"], produces=["_schemas"])
+    service(kube, "offsets-reader", "main", consumes=["__consumer_offsets"], produces=["_schemas"])
     eventually(lambda: cond(kube.get("Microservice", "offsets-reader"), "AccessDenied").get("status") == "True",
                "reserved topics refused", kube=kube)
     assert permissions(kube, "offsets-reader", "default") == {"default.offsets-reader": ["Read", "Describe"]}
@@ -376,3 +418,55 @@ def test_the_docs_say_truthfully_which_kinds_carry_a_finalizer():
     plurals = {"EventBroker": "eventbrokers", "Topic": "topics", "Microservice": "microservices",
                "CostReport": "costreports"}
     assert {k: v == "yes" for k, v in table.items()} == {k: needs.get(p, False) for k, p in plurals.items()}
+
+
+# -- 7. status that tells the truth ---------------------------------------------------------
+
+
+def test_microservice_ready_follows_its_deployment(kube, kafka):
+    broker = kafka
+    external_broker(kube, "main", broker.bootstrap)
+    service(kube, "web", "main", replicas=2, produces=["clicks"])
+    c = eventually(lambda: (r := cond(kube.get("Microservice", "web"), "Ready")).get("reason")
+                   == "DeploymentUnavailable" and r, "not Ready without available pods", kube=kube)
+    assert c["status"] == "False" and "0/2" in c["message"]
+    kube.patch("Deployment", "web", {"status": {"availableReplicas": 1, "readyReplicas": 1, "observedGeneration": 1}})
+    eventually(lambda: "1/2" in cond(kube.get("Microservice", "web"), "Ready").get("message", ""), "1/2",
+               timeout=TIMER_WAIT, kube=kube)
+    assert cond(kube.get("Microservice", "web"), "Ready")["status"] == "False"
+    kube.patch("Deployment", "web", {"status": {"availableReplicas": 2, "readyReplicas": 2}})
+    ms = ready(kube, "Microservice", "web")
+    assert ms["status"]["availableReplicas"] == 2
+
+
+def test_placement_errors_are_eventbroker_conditions(kube):
+    """A broker cluster whose bucket cannot be reached: the placement controller's error shows on the
+    EventBroker (condition Placement), not only in the operator's log."""
+    from brokerproc import free_port
+
+    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "cluster"}, "spec": {
+        "image": "example/strata-broker:1", "replicas": 2,
+        "tieredStorage": {"bucket": "nowhere", "endpoint": f"http://127.0.0.1:{free_port()}"}}})
+    c = eventually(lambda: (r := cond(kube.get("EventBroker", "cluster"), "Placement")).get("status") == "False"
+                   and r, "Placement=False", timeout=60, kube=kube)
+    assert c["reason"] == "PlacementFailed" and c["message"]
+
+
+# -- 8. image pull secrets reach every pod the operator creates -----------------------------
+
+
+def test_image_pull_secrets_reach_every_pod(kube, kafka):
+    """The operator's defaults (STRATA_OPERATOR_IMAGE_PULL_SECRETS, set in this module's fixture) and
+    each resource's own spec.imagePullSecrets, on the brokers' and the Microservices' pods."""
+    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "private"}, "spec": {
+        "image": "registry.example/strata-broker:1", "imagePullSecrets": [{"name": "broker-registry"}]}})
+    sts = eventually(lambda: kube.get("StatefulSet", "private-broker"), "StatefulSet", kube=kube)
+    assert sts["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "operator-registry"},
+                                                                   {"name": "broker-registry"}]
+    broker = kafka
+    external_broker(kube, "main", broker.bootstrap)
+    service(kube, "private-app", "main", imagePullSecrets=[{"name": "team-registry"}])
+    service(kube, "public-app", "main")
+    for name, want in (("private-app", ["operator-registry", "team-registry"]), ("public-app", ["operator-registry"])):
+        deployment = eventually(lambda n=name: kube.get("Deployment", n), f"Deployment {name}", kube=kube)
+        assert [s["name"] for s in deployment["spec"]["template"]["spec"]["imagePullSecrets"]] == want

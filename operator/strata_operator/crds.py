@@ -90,6 +90,12 @@ RESOURCES = obj({
     "limits": {"type": "object", "additionalProperties": QUANTITY},
 }, description="CPU and memory requests and limits, as in a container's `resources`.")
 
+PULL_SECRETS = array(obj({"name": string(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", maxLength=253)},
+                         required=["name"]),
+                     "Secrets (in this namespace) for pulling the image, besides the operator's own "
+                     "defaults (STRATA_OPERATOR_IMAGE_PULL_SECRETS).", maxItems=16,
+                     **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+
 ENV = array(obj({
     "name": string(minLength=1),
     "value": string(),
@@ -139,6 +145,7 @@ EVENTBROKER_SPEC = obj({
                         minimum=1, maximum=64, default=1),
     "image": string("Broker container image.", minLength=1),
     "imagePullPolicy": string(enum=["Always", "IfNotPresent", "Never"]),
+    "imagePullSecrets": PULL_SECRETS,
     "resources": RESOURCES,
     "storage": obj({
         "size": string("Size of each broker's volume for hot segments, e.g. 20Gi.", pattern=QUANTITY_PATTERN,
@@ -291,8 +298,6 @@ TOPIC_STATUS = status_schema({
     "managedConfigs": array(string(), "The topic configs this resource enforces (the ones its spec names); "
                             "a key that leaves the spec is reset to the cluster default once."),
     "partitions": integer(),
-    "hotBytes": integer("Bytes on brokers' disks, when the broker reports them.", format="int64"),
-    "coldBytes": integer("Bytes in S3, when the broker reports them.", format="int64"),
     "lastSyncTime": string(format="date-time"),
 })
 
@@ -306,6 +311,7 @@ MICROSERVICE_SPEC = obj({
     "brokerRef": BROKER_REF,
     "team": string("Owning team: its services' usage is billed to it.", pattern=DNS_LABEL_PATTERN),
     "image": string("Application container image.", minLength=1),
+    "imagePullSecrets": PULL_SECRETS,
     "replicas": integer(minimum=0, maximum=1000, default=1),
     "command": array(string()),
     "args": array(string()),
@@ -335,6 +341,7 @@ MICROSERVICE_STATUS = status_schema({
     "secretName": string("Secret with bootstrap settings and SCRAM credentials."),
     "replicas": integer(),
     "readyReplicas": integer(),
+    "availableReplicas": integer("The Deployment's available replicas; Ready needs all of spec.replicas."),
     "permissions": array(obj({
         "resourceType": string(enum=["topic", "group"]),
         "name": string(),

@@ -9,6 +9,7 @@ never a crash loop. Settings (environment variables, read at import):
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
   STRATA_OPERATOR_KAFKA_*             the operator's own Kafka credentials (admin.py)
+  STRATA_OPERATOR_IMAGE_PULL_SECRETS  comma-separated pull secrets for every pod it creates
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ from .kube import Kube, KubeError
 INTERVAL = float(os.environ.get("STRATA_OPERATOR_RECONCILE_INTERVAL", "60"))
 RETRY_DELAY = float(os.environ.get("STRATA_OPERATOR_RETRY_DELAY", "15"))
 DELETE_TIMEOUT = float(os.environ.get("STRATA_OPERATOR_DELETE_TIMEOUT", "600"))
+# Pull secrets put on every pod the operator creates (brokers, Microservices), besides each resource's own
+# spec.imagePullSecrets; comma-separated Secret names in the pod's namespace (the chart: imagePullSecrets).
+IMAGE_PULL_SECRETS = tuple(n.strip() for n in os.environ.get("STRATA_OPERATOR_IMAGE_PULL_SECRETS", "").split(",")
+                           if n.strip())
 FINALIZER = "strata.dev/finalizer"
 SKIP_CLEANUP = "strata.dev/skip-cleanup"  # the escape hatch: "true" releases the finalizer at once
 
@@ -89,7 +94,8 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     new = logic.set_condition(conditions, type_, status, reason, message, _generation(body))
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     if old is None or old.get("status") != status_text or old.get("reason") != reason:
-        bad = (type_ == "Ready" and status_text == "False") or (type_.endswith("Conflict") and status_text == "True")
+        bad = (type_ in ("Ready", "Placement") and status_text == "False") or (
+            type_.endswith(("Conflict", "Denied")) and status_text == "True")
         kopf.event(body, type="Warning" if bad else "Normal", reason=reason, message=f"{type_}: {message}")
     patch.status["conditions"] = new
     if _generation(body) is not None:
@@ -194,7 +200,7 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD},
                                             _secret_value(current, resources.CREDENTIALS_KEY))
     try:
-        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file):
+        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS):
             await kube().apply(obj)
         sts = await kube().get("apps/v1", "StatefulSet", body["metadata"]["namespace"],
                                resources.broker_names(body["metadata"]["name"])["statefulset"])
@@ -284,8 +290,11 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         return
     try:
         broker, bootstrap = await resolve_broker(body)
-    except (BrokerMissing, NamespaceNotAllowed) as exc:
-        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     try:
         admin = admin_for(broker, bootstrap)
@@ -429,8 +438,11 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     ns, name = md["namespace"], md["name"]
     try:
         broker, bootstrap = await resolve_broker(body)
-    except (BrokerMissing, NamespaceNotAllowed) as exc:
-        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     key = logic.broker_key(body)
     # This service as it is now (the index may lag behind its own last status patch), and its peers;
@@ -478,7 +490,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     try:
         existing = await kube().get("v1", "Secret", ns, names["secret"])
         password = _existing_password(existing) or secrets.token_urlsafe(24)
-        for obj in resources.microservice_objects(body, bootstrap, password, sasl):
+        for obj in resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS):
             await kube().apply(obj)
         deployment = await kube().get("apps/v1", "Deployment", ns, names["deployment"])
     except (KubeError, OSError) as exc:
@@ -487,6 +499,8 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     patch.status["secretName"] = names["secret"]
     patch.status["replicas"] = int(body["spec"].get("replicas", 1))
     patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+    available, patch.status["availableReplicas"], availability = logic.deployment_availability(
+        int(body["spec"].get("replicas", 1)), deployment)
     try:
         admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
@@ -520,9 +534,12 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     elif refusals:
         _set(patch, body, conditions, "Ready", False, "AccessDenied",
              "deployed, but without some declared permissions (see AccessDenied)")
+    elif not available:
+        _set(patch, body, conditions, "Ready", False, "DeploymentUnavailable",
+             f"credentials and permissions in place for {principal}; the Deployment is not available: {availability}")
     else:
         _set(patch, body, conditions, "Ready", True, "Reconciled",
-             f"deployment, credentials and permissions in place for {principal}")
+             f"deployment available ({availability}), credentials and permissions in place for {principal}")
 
 
 def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:
@@ -598,8 +615,11 @@ async def _reconcile_costreport(body: kopf.Body, patch: kopf.Patch, force: bool)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         broker, _ = await resolve_broker(body)
-    except (BrokerMissing, NamespaceNotAllowed) as exc:
-        _set(patch, body, conditions, "Ready", False, type(exc).REASON, str(exc))
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     today = costreports.today_utc()
     try:

@@ -288,3 +288,17 @@ def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str | N
     return Grants(perms, acls, denied, new_claims,
                   {t: r for t, r in unreadable.items() if t in consumes},
                   {t: r for t, r in unwritable.items() if t in produces})
+
+
+def deployment_availability(want: int, deployment: dict[str, Any] | None) -> tuple[bool, int, str]:
+    """(available, available replicas, message) of a Microservice's Deployment: available when all
+    `want` replicas are (none wanted: available at once) and the Deployment has seen its latest spec."""
+    status = (deployment or {}).get("status") or {}
+    have = int(status.get("availableReplicas") or 0)
+    generation = int(((deployment or {}).get("metadata") or {}).get("generation") or 0)
+    observed = int(status.get("observedGeneration") or generation)
+    if deployment is None:
+        return want == 0, 0, "no Deployment yet"
+    if observed < generation:
+        return False, have, f"the Deployment has not rolled out its latest spec yet ({have}/{want} available)"
+    return have >= want, have, f"{have}/{want} replicas available"

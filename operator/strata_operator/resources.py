@@ -48,6 +48,16 @@ def meta(cr: dict[str, Any], name: str, component: str, **extra: Any) -> dict[st
     return out
 
 
+def pull_secrets(spec: dict[str, Any], defaults: list[str] | tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """A pod's imagePullSecrets: the operator's defaults (STRATA_OPERATOR_IMAGE_PULL_SECRETS), then the
+    resource's own spec.imagePullSecrets, without duplicates."""
+    names: list[str] = []
+    for name in [*defaults, *(s.get("name", "") for s in spec.get("imagePullSecrets") or [])]:
+        if name and name not in names:
+            names.append(name)
+    return [{"name": n} for n in names]
+
+
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                   "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -195,7 +205,8 @@ def broker_pdb(broker: dict[str, Any]) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(broker, "broker")}}}
 
 
-def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> dict[str, Any]:
+def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
+                       default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """One pod and one PVC per broker. Rolling updates go one broker at a time (maxUnavailable 1),
     each waiting for the previous pod's readiness (the TCP readiness probe on the Kafka port)."""
     spec = broker["spec"]
@@ -255,6 +266,7 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
         volumes.append(volume)
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
+    pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
     if spec.get("resources"):
         container["resources"] = spec["resources"]
     storage = spec.get("storage") or {}
@@ -282,6 +294,7 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
                     "securityContext": RESTRICTED_POD,
                     "containers": [container],
                     "volumes": volumes,
+                    **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {}),
                 },
             },
             "volumeClaimTemplates": [{
@@ -294,7 +307,8 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
 
 
 def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
-                        users_file: str | None = None) -> list[dict[str, Any]]:
+                        users_file: str | None = None,
+                        default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Everything an EventBroker owns, in apply order. An external broker owns nothing. With a
     listener that authenticates, also the credentials Secret (`users_file`: scram.credentials_file;
     an empty file when None, e.g. before the operator has a password)."""
@@ -302,7 +316,7 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
         return []
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker, operator_user)]
+            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets)]
 
 
 # -- Microservice --------------------------------------------------------------------------
@@ -354,7 +368,8 @@ def microservice_serviceaccount(ms: dict[str, Any]) -> dict[str, Any]:
             "metadata": meta(ms, names["serviceaccount"], "microservice"), "automountServiceAccountToken": False}
 
 
-def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dict[str, Any]:
+def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
+                            default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     spec = ms["spec"]
     names = microservice_names(ms["metadata"]["name"])
     container: dict[str, Any] = {
@@ -368,6 +383,7 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dic
         if spec.get(key):
             container[key] = spec[key]
     pod_labels = {**labels(ms, "microservice"), "strata.dev/team": spec["team"]}
+    pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": meta(ms, names["deployment"], "microservice"),
@@ -378,13 +394,15 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dic
                 "metadata": {"labels": pod_labels,
                              "annotations": {"strata.dev/credentials-version": secret_version or "0"}},
                 "spec": {"serviceAccountName": names["serviceaccount"], "automountServiceAccountToken": False,
-                         "securityContext": RESTRICTED_POD, "containers": [container]},
+                         "securityContext": RESTRICTED_POD, "containers": [container],
+                         **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {})},
             },
         },
     }
 
 
-def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> list[dict[str, Any]]:
+def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool,
+                         default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     secret = microservice_secret(ms, bootstrap, password, sasl)
     version = hashlib.sha256(json.dumps(secret["stringData"], sort_keys=True).encode()).hexdigest()[:16]
-    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version)]
+    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version, default_pull_secrets)]
