@@ -470,3 +470,36 @@ def test_image_pull_secrets_reach_every_pod(kube, kafka):
     for name, want in (("private-app", ["operator-registry", "team-registry"]), ("public-app", ["operator-registry"])):
         deployment = eventually(lambda n=name: kube.get("Deployment", n), f"Deployment {name}", kube=kube)
         assert [s["name"] for s in deployment["spec"]["template"]["spec"]["imagePullSecrets"]] == want
+
+
+def test_the_examples_are_a_working_multi_team_setup():
+    """examples/: every resource's namespace is served by its EventBroker, every Microservice is granted
+    all it declares (consent where it reads another team's topic, a namespaced group)."""
+    from pathlib import Path
+
+    import yaml
+    from strata_operator import logic, resources
+
+    docs = [d for p in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text()) if d and d["apiVersion"].startswith("strata.dev/")]
+    brokers = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "EventBroker"}
+    owners: dict[str, dict[str, Any]] = {}
+    for t in (d for d in docs if d["kind"] == "Topic"):
+        owners[logic.topic_name(t)] = {"namespace": t["metadata"]["namespace"], "name": t["metadata"]["name"],
+                                       "allowedConsumers": t["spec"].get("allowedConsumers") or [],
+                                       "allowedProducers": t["spec"].get("allowedProducers") or []}
+    services = [d for d in docs if d["kind"] == "Microservice"]
+    assert services
+    for d in docs:
+        if d["kind"] in ("Topic", "Microservice", "CostReport"):
+            broker = brokers[logic.broker_key(d)]
+            assert logic.namespace_allowed(broker, d["metadata"]["namespace"]), d["metadata"]
+    for ms in services:
+        ns, broker = ms["metadata"]["namespace"], brokers[logic.broker_key(ms)]
+        for field, topics in (("allowedConsumers", ms["spec"].get("consumes") or []),
+                              ("allowedProducers", ms["spec"].get("produces") or [])):
+            refused = logic.access_refusals(ns, broker["metadata"]["namespace"], topics,
+                                            {t: owners.get(t) for t in topics}, field)
+            assert not refused, (ms["metadata"]["name"], refused)
+        if ms["spec"].get("consumes") and logic.shared(broker):
+            assert resources.consumer_group(ms).startswith(ns + "."), ms["metadata"]["name"]
