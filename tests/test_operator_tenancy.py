@@ -204,6 +204,7 @@ def test_a_renamed_topic_name_touches_neither_topic(kube, kafka):
 def service(kube: KubeEmulatorProcess, name: str, broker: str, namespace: str = "default", **spec: Any) -> None:
     spec.setdefault("team", "shipping")
     spec.setdefault("image", "example/app:1")
+    spec = {k: v for k, v in spec.items() if v is not None}  # None: leave the field out
     kube.create({"apiVersion": API, "kind": "Microservice", "metadata": {"name": name, "namespace": namespace},
                  "spec": {"brokerRef": {"name": broker}, **spec}})
     time.sleep(0.01)
@@ -503,3 +504,35 @@ def test_the_examples_are_a_working_multi_team_setup():
             assert not refused, (ms["metadata"]["name"], refused)
         if ms["spec"].get("consumes") and logic.shared(broker):
             assert resources.consumer_group(ms).startswith(ns + "."), ms["metadata"]["name"]
+
+
+# -- beyond the numbered items: credentials-only services, replicas left to an autoscaler ----
+
+
+def test_a_microservice_without_image_is_credentials_only(kube, kafka):
+    external_broker(kube, "main", kafka.bootstrap)
+    service(kube, "external-app", "main", image=None, consumes=["clicks"])
+    ms = ready(kube, "Microservice", "external-app")
+    assert "credentials only" in cond(ms, "Ready")["message"]
+    secret = kube.get("Secret", "external-app-kafka")
+    assert secret["stringData"]["KAFKA_GROUP_ID"] == "default.external-app"
+    assert {p["name"] for p in ms["status"]["permissions"]} == {"clicks", "default.external-app"}
+    assert kube.get("Deployment", "external-app") is None and kube.get("ServiceAccount", "external-app") is None
+
+
+def test_replicas_left_out_are_left_to_an_autoscaler(kube, kafka):
+    external_broker(kube, "main", kafka.bootstrap)
+    service(kube, "scaled", "main", replicas=None)
+    deployment = eventually(lambda: kube.get("Deployment", "scaled"), "Deployment", kube=kube)
+    assert "replicas" not in deployment["spec"]
+    kube.patch("Deployment", "scaled", {"spec": {"replicas": 5}, "status": {"availableReplicas": 5}})  # an HPA
+    ms = ready(kube, "Microservice", "scaled")
+    assert ms["status"]["replicas"] == 5
+    time.sleep(INTERVAL * 2)  # timed reconciles leave the autoscaler's value alone
+    assert kube.get("Deployment", "scaled")["spec"]["replicas"] == 5
+    # a service that names replicas has them enforced
+    service(kube, "fixed", "main", replicas=2)
+    eventually(lambda: (d := kube.get("Deployment", "fixed")) and d["spec"]["replicas"] == 2, "replicas 2",
+               kube=kube)
+    kube.patch("Deployment", "fixed", {"spec": {"replicas": 7}})
+    eventually(lambda: kube.get("Deployment", "fixed")["spec"]["replicas"] == 2, "replicas enforced", kube=kube)

@@ -310,9 +310,11 @@ TOPIC_LIST = array(string(pattern=TOPIC_NAME_PATTERN, maxLength=249), maxItems=2
 MICROSERVICE_SPEC = obj({
     "brokerRef": BROKER_REF,
     "team": string("Owning team: its services' usage is billed to it.", pattern=DNS_LABEL_PATTERN),
-    "image": string("Application container image.", minLength=1),
+    "image": string("Application container image. Absent: a credentials-only service (Secret and ACLs, no "
+                    "Deployment), for an app deployed by other tools.", minLength=1),
     "imagePullSecrets": PULL_SECRETS,
-    "replicas": integer(minimum=0, maximum=1000, default=1),
+    "replicas": integer("Replicas of the Deployment. Absent: the operator leaves them to whoever scales it (an "
+                        "HPA, KEDA); a new Deployment starts with 1.", minimum=0, maximum=1000),
     "command": array(string()),
     "args": array(string()),
     "env": ENV,
@@ -324,7 +326,7 @@ MICROSERVICE_SPEC = obj({
     "consumerGroup": string("Consumer group id; defaults to `<namespace>.<name>`. On an EventBroker shared "
                             "with other namespaces it must start with `<namespace>.`.",
                             pattern=TOPIC_NAME_PATTERN),
-}, required=["brokerRef", "team", "image"], description="A team's event-driven microservice.", rules=[
+}, required=["brokerRef", "team"], description="A team's event-driven microservice.", rules=[
     rule("!has(self.produces) || self.produces.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
          "&& t != '..')", "produces must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".produces"),
     rule("!has(self.consumes) || self.consumes.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
@@ -444,7 +446,7 @@ KINDS: dict[str, dict[str, Any]] = {
                      "status": MICROSERVICE_STATUS, "columns": [
                          READY_COLUMN,
                          {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
-                         {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                          {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
                          {"name": "Writer-Conflict", "type": "string",
                           "jsonPath": '.status.conditions[?(@.type=="WriterConflict")].status'},

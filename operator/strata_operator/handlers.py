@@ -492,15 +492,20 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
         password = _existing_password(existing) or secrets.token_urlsafe(24)
         for obj in resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS):
             await kube().apply(obj)
-        deployment = await kube().get("apps/v1", "Deployment", ns, names["deployment"])
+        deployment = None if resources.credentials_only(body) else \
+            await kube().get("apps/v1", "Deployment", ns, names["deployment"])
     except (KubeError, OSError) as exc:
         _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     patch.status["secretName"] = names["secret"]
-    patch.status["replicas"] = int(body["spec"].get("replicas", 1))
-    patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-    available, patch.status["availableReplicas"], availability = logic.deployment_availability(
-        int(body["spec"].get("replicas", 1)), deployment)
+    if resources.credentials_only(body):
+        available, availability = True, "credentials only: no image, so no Deployment"
+    else:
+        want = int(body["spec"]["replicas"]) if "replicas" in body["spec"] else None
+        available, patch.status["availableReplicas"], availability = logic.deployment_availability(want, deployment)
+        patch.status["replicas"] = want if want is not None else int(((deployment or {}).get("spec") or {})
+                                                                     .get("replicas", 1))
+        patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     try:
         admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
@@ -539,7 +544,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
              f"credentials and permissions in place for {principal}; the Deployment is not available: {availability}")
     else:
         _set(patch, body, conditions, "Ready", True, "Reconciled",
-             f"deployment available ({availability}), credentials and permissions in place for {principal}")
+             f"{availability}; credentials and permissions in place for {principal}")
 
 
 def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:

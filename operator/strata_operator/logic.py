@@ -290,9 +290,12 @@ def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str | N
                   {t: r for t, r in unwritable.items() if t in produces})
 
 
-def deployment_availability(want: int, deployment: dict[str, Any] | None) -> tuple[bool, int, str]:
+def deployment_availability(want: int | None, deployment: dict[str, Any] | None) -> tuple[bool, int, str]:
     """(available, available replicas, message) of a Microservice's Deployment: available when all
-    `want` replicas are (none wanted: available at once) and the Deployment has seen its latest spec."""
+    `want` replicas are (none wanted: available at once) and the Deployment has seen its latest spec.
+    `want` None: replicas are not managed here (an HPA's): the Deployment's own spec.replicas."""
+    if want is None:
+        want = int(((deployment or {}).get("spec") or {}).get("replicas", 1))
     status = (deployment or {}).get("status") or {}
     have = int(status.get("availableReplicas") or 0)
     generation = int(((deployment or {}).get("metadata") or {}).get("generation") or 0)

@@ -388,7 +388,8 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": meta(ms, names["deployment"], "microservice"),
         "spec": {
-            "replicas": int(spec.get("replicas", 1)),
+            # absent replicas: not ours to set (the merge patch leaves an HPA's or KEDA's value alone)
+            **({"replicas": int(spec["replicas"])} if "replicas" in spec else {}),
             "selector": {"matchLabels": selector(ms, "microservice")},
             "template": {
                 "metadata": {"labels": pod_labels,
@@ -401,8 +402,16 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
     }
 
 
+def credentials_only(ms: dict[str, Any]) -> bool:
+    """A Microservice without an image: its Secret and ACLs only; the app is deployed by other tools."""
+    return not ms["spec"].get("image")
+
+
 def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool,
                          default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Its ServiceAccount, Secret and Deployment; only the Secret for a credentials-only service."""
     secret = microservice_secret(ms, bootstrap, password, sasl)
+    if credentials_only(ms):
+        return [secret]
     version = hashlib.sha256(json.dumps(secret["stringData"], sort_keys=True).encode()).hexdigest()[:16]
     return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version, default_pull_secrets)]
