@@ -138,3 +138,48 @@ def test_pull_secrets_on_every_pod_template():
     assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}]
     (plain,) = [o for o in resources.microservice_objects(ms, "b:9092", "pw", True) if o["kind"] == "Deployment"]
     assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]
+
+
+def test_broker_pod_template_and_default_anti_affinity():
+    base = {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker",
+            "metadata": {"name": "events", "namespace": "strata", "uid": "u"}, "spec": {"image": "b:1"}}
+    sts = resources.broker_statefulset(base)
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    (term,) = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+
+    custom = {**base, "spec": {"image": "b:1", "template": {"pod": {
+        "metadata": {"labels": {"tier": "data", "app.kubernetes.io/component": "mine"},
+                     "annotations": {"example.com/owner": "platform"}},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["kafka"]}]}]}}},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "kafka", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "strata-brokers"}}}}
+    sts = resources.broker_statefulset(custom)
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    pod = sts["spec"]["template"]
+    assert "nodeAffinity" in pod["spec"]["affinity"] and "podAntiAffinity" not in pod["spec"]["affinity"]
+    assert pod["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert pod["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] == \
+        sts["spec"]["selector"]["matchLabels"]
+    assert pod["spec"]["priorityClassName"] == "strata-brokers"
+    assert pod["metadata"]["labels"]["tier"] == "data"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "broker"  # the operator's own win
+    assert pod["metadata"]["annotations"]["example.com/owner"] == "platform"
+    assert "strata.dev/config-hash" in pod["metadata"]["annotations"]
+
+
+def test_broker_pod_template_passes_admission():
+    from test_operator_crds import admission_errors
+
+    broker = {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker", "metadata": {"name": "events"},
+              "spec": {"image": "b:1", "template": {"pod": {
+                  "tolerations": [{"key": "dedicated", "operator": "Exists"}], "priorityClassName": "high",
+                  "affinity": {"podAntiAffinity": {}}, "metadata": {"labels": {"a": "b"}}}}}}
+    assert admission_errors(broker) == []
+    broker["spec"]["template"]["pod"]["priorityClass"] = "typo"
+    assert admission_errors(broker)

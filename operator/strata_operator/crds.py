@@ -147,6 +147,21 @@ EVENTBROKER_SPEC = obj({
     "imagePullPolicy": string(enum=["Always", "IfNotPresent", "Never"]),
     "imagePullSecrets": PULL_SECRETS,
     "resources": RESOURCES,
+    "template": obj({
+        "pod": obj({
+            "metadata": obj({
+                "labels": string_map("Extra labels on every broker pod (the operator's own win)."),
+                "annotations": string_map("Extra annotations on every broker pod."),
+            }),
+            "affinity": free_form("As a pod's affinity. Absent: brokers prefer distinct nodes "
+                                  "(preferred pod anti-affinity on kubernetes.io/hostname)."),
+            "tolerations": array(free_form("As a pod's tolerations[]."), maxItems=32),
+            "topologySpreadConstraints": array(free_form("As a pod's topologySpreadConstraints[]; a "
+                                                         "constraint without labelSelector selects this "
+                                                         "cluster's brokers."), maxItems=8),
+            "priorityClassName": string("PriorityClass of the broker pods.", maxLength=253),
+        }, description="The broker pods (Strimzi's template.pod)."),
+    }, description="Customisation of what the operator creates for the brokers."),
     "storage": obj({
         "size": string("Size of each broker's volume for hot segments, e.g. 20Gi.", pattern=QUANTITY_PATTERN,
                        default="10Gi"),

@@ -205,6 +205,26 @@ def broker_pdb(broker: dict[str, Any]) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(broker, "broker")}}}
 
 
+def broker_pod_template(broker: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """From spec.template.pod: (extra pod spec fields, extra pod metadata). Without an affinity the
+    brokers prefer distinct nodes; a topology spread constraint without labelSelector gets this
+    cluster's broker selector."""
+    pod = ((broker["spec"].get("template") or {}).get("pod")) or {}
+    match = selector(broker, "broker")
+    extra: dict[str, Any] = {"affinity": pod.get("affinity") or {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": match}, "topologyKey": "kubernetes.io/hostname"}}]}}}
+    if pod.get("tolerations"):
+        extra["tolerations"] = list(pod["tolerations"])
+    if pod.get("topologySpreadConstraints"):
+        extra["topologySpreadConstraints"] = [{"labelSelector": {"matchLabels": match}, **c}
+                                              for c in pod["topologySpreadConstraints"]]
+    if pod.get("priorityClassName"):
+        extra["priorityClassName"] = pod["priorityClassName"]
+    meta = pod.get("metadata") or {}
+    return extra, {k: dict(meta[k]) for k in ("labels", "annotations") if meta.get(k)}
+
+
 def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
                        default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """One pod and one PVC per broker. Rolling updates go one broker at a time (maxUnavailable 1),
@@ -267,6 +287,7 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
     pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
+    pod_spec_extra, pod_meta = broker_pod_template(broker)
     if spec.get("resources"):
         container["resources"] = spec["resources"]
     storage = spec.get("storage") or {}
@@ -285,8 +306,9 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "selector": {"matchLabels": selector(broker, "broker")},
             "template": {
-                "metadata": {"labels": labels(broker, "broker"),
-                             "annotations": {"strata.dev/config-hash": config_hash}},
+                "metadata": {"labels": {**pod_meta.get("labels", {}), **labels(broker, "broker")},
+                             "annotations": {**pod_meta.get("annotations", {}),
+                                             "strata.dev/config-hash": config_hash}},
                 "spec": {
                     "serviceAccountName": names["serviceaccount"],
                     "automountServiceAccountToken": False,
@@ -295,6 +317,7 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
                     "containers": [container],
                     "volumes": volumes,
                     **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {}),
+                    **pod_spec_extra,
                 },
             },
             "volumeClaimTemplates": [{
