@@ -183,3 +183,23 @@ def test_broker_pod_template_passes_admission():
     assert admission_errors(broker) == []
     broker["spec"]["template"]["pod"]["priorityClass"] = "typo"
     assert admission_errors(broker)
+
+
+def test_single_writer_by_claim_is_the_same_from_every_viewpoint():
+    def ms(name, created, claims=None):
+        return {"metadata": {"namespace": "ns", "name": name, "creationTimestamp": created},
+                "spec": {"produces": ["t"]}, "status": {"writeClaims": claims or []}}
+
+    old = ms("old", "2020-01-01T00:00:00Z", [{"topic": "t", "since": "2024-05-01T00:00:00.000000Z", "writer": False}])
+    young = ms("young", "2024-01-01T00:00:00Z", [{"topic": "t", "since": "2024-02-01T00:00:00.000000Z",
+                                                  "writer": True}])
+    assert logic.writers([old, young])["t"] is young  # the holder keeps it, whatever its age
+    young["status"]["writeClaims"] = []  # it stopped declaring, or never recorded: the earliest claim wins
+    third = ms("third", "2019-01-01T00:00:00Z", [{"topic": "t", "since": "2024-06-01T00:00:00.000000Z",
+                                                  "writer": False}])
+    assert logic.writers([young, third, old])["t"] is old
+    # nobody recorded yet (two services declared at once): the older, from any service's reconcile
+    a, b = ms("a", "2024-01-01T00:00:00Z"), ms("b", "2024-01-02T00:00:00Z")
+    assert logic.writers([a, b])["t"] is a and logic.writers([b, a])["t"] is a
+    g = logic.grants(b, [a, b], "ns.b")
+    assert g.denied_writes == {"t": "ns/a"} and g.claims[0]["writer"] is False and g.claims[0]["since"]
