@@ -366,6 +366,9 @@ def test_schema_covers_every_value_and_closes_every_object():
     ("eventBroker:\n  storage:\n    size: lots\n", "at '/eventBroker/storage/size'"),
     ("eventBroker:\n  authorization:\n    type: acl\n", "at '/eventBroker/authorization/type'"),
     ("operator:\n  kafka:\n    saslMechanism: PLAIN\n", "at '/operator/kafka/saslMechanism'"),
+    # a broker cluster without a bucket would start brokers that cannot share partitions
+    ("eventBroker:\n  replicas: 3\n", "at '/eventBroker/tieredStorage/enabled': value must be true"),
+    ("eventBroker:\n  allowedNamespaces: [Team_B]\n", "at '/eventBroker/allowedNamespaces/0'"),
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys_with_a_clear_message(tmp_path, values, message):
     bad = tmp_path / "bad-values.yaml"
@@ -573,7 +576,9 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace():
     assert granted(observer["rules"]) == cluster_scoped
     strict = render([CHART / "ci" / "namespaced-rbac-values.yaml"])
     assert not of_kind(strict, "ClusterRole") and not of_kind(strict, "ClusterRoleBinding")
-    assert [r["metadata"]["namespace"] for r in of_kind(strict, "Role")] == [NAMESPACE]
+    operator_roles = [r for r in of_kind(strict, "Role")
+                      if "helm.sh/hook" not in (r["metadata"].get("annotations") or {})]
+    assert [r["metadata"]["namespace"] for r in operator_roles] == [NAMESPACE]  # (the pre-delete hook has its own)
 
 
 def test_rbac_and_serviceaccount_can_be_brought_by_the_user():
@@ -581,3 +586,43 @@ def test_rbac_and_serviceaccount_can_be_brought_by_the_user():
     assert not {"ClusterRole", "Role", "ServiceAccount", "ClusterRoleBinding"} & {d["kind"] for d in docs}
     (dep,) = of_kind(docs, "Deployment")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "strata-operator"
+
+
+# -- uninstall ------------------------------------------------------------------------------------
+
+
+def test_uninstall_runs_a_pre_delete_hook_that_deletes_the_eventbroker_first():
+    """kopf's finalizer on the EventBroker must be released while the operator still runs: a pre-delete
+    hook (run before Helm deletes anything) deletes the EventBroker and waits, with its own least-privilege
+    ServiceAccount, and removes the finalizers itself after the timeout. Without the broker, no hook."""
+    assert not [d for d in render() if "pre-delete" in d["metadata"]["name"]]
+    docs = render([CHART / "ci" / "broker-with-s3-values.yaml"], ["--set", "imagePullSecrets[0].name=reg"])
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "pre-delete"]
+    assert sorted(d["kind"] for d in hooks) == ["Job", "Role", "RoleBinding", "ServiceAccount"]
+    (job,) = of_kind(hooks, "Job")
+    (broker,) = of_kind(docs, "EventBroker")
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[:2] == ["operator", "pre-delete"]
+    assert args[args.index("--eventbroker") + 1] == broker["metadata"]["name"]
+    assert args[args.index("--namespace") + 1] == NAMESPACE
+    assert pod["imagePullSecrets"] == [{"name": "reg"}]
+    (role,) = of_kind(hooks, "Role")
+    assert granted(role["rules"]) == {("strata.dev", "eventbrokers", v) for v in ("get", "delete", "patch")}
+    assert role["rules"][0]["resourceNames"] == [broker["metadata"]["name"]]
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+    assert weights["Job"] > max(weights[k] for k in ("ServiceAccount", "Role", "RoleBinding"))
+    # the command the hook runs exists in the operator image's CLI
+    assert "pre-delete" in operator_cli.operator.commands
+
+
+def test_image_pull_secrets_reach_the_brokers_and_the_operators_pods():
+    docs = render([CHART / "ci" / "broker-with-s3-values.yaml"],
+                  ["--set", "imagePullSecrets[0].name=reg", "--set", "operator.podImagePullSecrets[0].name=apps",
+                   "--set", "operator.podImagePullSecrets[1].name=more"])
+    (broker,) = of_kind(docs, "EventBroker")
+    assert broker["spec"]["imagePullSecrets"] == [{"name": "reg"}]
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["STRATA_OPERATOR_IMAGE_PULL_SECRETS"] == "apps,more"
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "reg"}]

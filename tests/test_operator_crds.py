@@ -131,6 +131,8 @@ def admission_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> 
     errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
               for e in validator.iter_errors(obj)]
     if not errors:
+        root_rules = {"x-kubernetes-validations": schema.get("x-kubernetes-validations") or []}
+        errors += _cel_errors(root_rules, obj, old, "")
         errors += _cel_errors(schema["properties"]["spec"], obj["spec"], (old or {}).get("spec"), "spec")
     return errors
 
@@ -165,11 +167,32 @@ def test_examples_validate(path):
 
 @pytest.mark.parametrize("path", sorted(INVALID.glob("*.yaml")), ids=lambda p: p.name)
 def test_invalid_specs_are_rejected_with_a_useful_message(path):
+    """One document: a create that must be refused. Two documents: an object as stored (accepted),
+    then the update of it that must be refused (for transition rules, which compare with oldSelf)."""
     expect = path.read_text().splitlines()[0].removeprefix("# expect:").strip()
-    (doc,) = _docs(path)
-    errors = admission_errors(doc)
+    *stored, doc = _docs(path)
+    if stored:
+        assert admission_errors(stored[0]) == [], f"{path.name}: the stored object is itself invalid"
+    errors = admission_errors(doc, old=stored[0] if stored else None)
     assert errors, f"{path.name} was accepted"
     assert any(expect in e for e in errors), errors
+
+
+def test_every_cel_rule_has_a_bad_example():
+    """Each x-kubernetes-validations rule is broken by at least one object in tests/operator_invalid/
+    (so a real API server can be checked against the same examples)."""
+    unbroken = []
+    for kind, crd in BY_KIND.items():
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for path, node in _walk(schema):
+            for r in node.get("x-kubernetes-validations") or []:
+                unbroken.append((kind, path, r["message"]))
+    for path in sorted(INVALID.glob("*.yaml")):
+        *stored, doc = _docs(path)
+        errors = admission_errors(doc, old=stored[0] if stored else None)
+        unbroken = [(k, p, m) for k, p, m in unbroken if not (k == doc["kind"] and any(m in e for e in errors))]
+    assert not unbroken, "CEL rules without a bad example in tests/operator_invalid/:\n" + "\n".join(
+        f"{k} {p}: {m}" for k, p, m in unbroken)
 
 
 def _topic(**spec: Any) -> dict[str, Any]:
@@ -182,6 +205,11 @@ def test_transition_rules():
     assert any("never decreased" in e for e in admission_errors(_topic(partitions=2), old=_topic(partitions=3)))
     assert any("topicName is immutable" in e
                for e in admission_errors(_topic(topicName="x"), old=_topic(topicName="y")))
+    # adding or removing topicName changes the Kafka topic too (unless it equals metadata.name)
+    assert any("topicName is immutable" in e for e in admission_errors(_topic(topicName="x"), old=_topic()))
+    assert any("topicName is immutable" in e for e in admission_errors(_topic(), old=_topic(topicName="x")))
+    assert admission_errors(_topic(topicName="t"), old=_topic()) == []
+    assert admission_errors(_topic(topicName="x", partitions=2), old=_topic(topicName="x")) == []
     moved = _topic()
     moved["spec"]["brokerRef"] = {"name": "other"}
     assert any("brokerRef is immutable" in e for e in admission_errors(moved, old=_topic()))
@@ -191,3 +219,18 @@ def test_transition_rules():
                                            ("7 days", False), ("-1", False), ("", False), ("1y", False)])
 def test_durations_parse_at_admission(retention, ok):
     assert (admission_errors(_topic(retention=retention)) == []) is ok
+
+
+def test_no_topic_config_is_defaulted_into_a_spec():
+    """The API server writes schema defaults into every stored spec, where they would read as the user's
+    wish: adopting a compacted topic would flip it to delete. Only deletionPolicy (not a topic config)
+    may have one."""
+    spec = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    defaulted = {name for name, sub in spec["properties"].items() if "default" in sub}
+    assert defaulted <= {"deletionPolicy"}, defaulted
+
+
+def test_status_declares_only_what_the_operator_fills():
+    """hotBytes/coldBytes were declared but never written: a status field nobody fills reads as zero."""
+    topic_status = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert not {"hotBytes", "coldBytes"} & set(topic_status["properties"])

@@ -67,7 +67,8 @@ def test_microservice_objects_validate():
     for obj in objs:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     secret = objs[1]["stringData"]
-    assert secret["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and secret["KAFKA_GROUP_ID"] == "order-service"
+    assert secret["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert secret["KAFKA_GROUP_ID"] == "team-orders.order-service"
     assert secret["KAFKA_SASL_USERNAME"] == "team-orders.order-service"
 
 
@@ -87,8 +88,16 @@ def test_topic_plan_reverts_drift_and_refuses_to_shrink():
     assert logic.plan_topic(spec, None, None).create
     plan = logic.plan_topic(spec, 4, {"retention.ms": "5", "max.message.bytes": "10", "cleanup.policy": "compact",
                                       "segment.bytes": "1024"})
-    assert plan.set_configs == {"retention.ms": "-1"} and plan.delete_configs == ["max.message.bytes"]
+    # only what the spec names is enforced: max.message.bytes is left alone...
+    assert plan.set_configs == {"retention.ms": "-1"} and plan.delete_configs == []
     assert plan.cannot_shrink == (4, 3) and plan.grow_to is None
+    assert plan.managed == ["cleanup.policy", "retention.ms", "segment.bytes"]
+    # ...unless the operator enforced it before and the spec dropped it: then it is reset, once
+    dropped = logic.plan_topic(spec, 4, {"max.message.bytes": "10", "retention.ms": "-1"},
+                               managed=["max.message.bytes", "retention.ms"])
+    assert dropped.delete_configs == ["max.message.bytes"]
+    # partitions not named: an existing topic keeps its own
+    assert logic.plan_topic({}, 7, {}).cannot_shrink is None and not logic.plan_topic({}, 7, {}).changes
     assert logic.plan_topic({"partitions": 5}, 3, {}).grow_to == 5
     with pytest.raises(logic.InvalidSpec, match="not a duration"):
         logic.plan_topic({"retention": "1 week"}, 1, {})
@@ -110,3 +119,87 @@ def test_durations(text, ms):
 
 def test_sizes():
     assert size_bytes("10Gi") == 10 << 30 and size_bytes("forever") == -1 and size_bytes("1000") == 1000
+
+
+def test_pull_secrets_on_every_pod_template():
+    from strata_operator import crds as crd_module
+
+    broker = {"apiVersion": crd_module.API_VERSION, "kind": "EventBroker",
+              "metadata": {"name": "events", "namespace": "strata", "uid": "u"},
+              "spec": {"image": "b:1", "imagePullSecrets": [{"name": "mine"}, {"name": "shared"}]}}
+    (sts,) = [o for o in resources.eventbroker_objects(broker, default_pull_secrets=("shared",))
+              if o["kind"] == "StatefulSet"]
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    assert sts["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}, {"name": "mine"}]
+    ms = microservice(produces=["orders"])
+    (dep,) = [o for o in resources.microservice_objects(ms, "b:9092", "pw", True, ("shared",))
+              if o["kind"] == "Deployment"]
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "shared"}]
+    (plain,) = [o for o in resources.microservice_objects(ms, "b:9092", "pw", True) if o["kind"] == "Deployment"]
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"]
+
+
+def test_broker_pod_template_and_default_anti_affinity():
+    base = {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker",
+            "metadata": {"name": "events", "namespace": "strata", "uid": "u"}, "spec": {"image": "b:1"}}
+    sts = resources.broker_statefulset(base)
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    (term,) = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+
+    custom = {**base, "spec": {"image": "b:1", "template": {"pod": {
+        "metadata": {"labels": {"tier": "data", "app.kubernetes.io/component": "mine"},
+                     "annotations": {"example.com/owner": "platform"}},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["kafka"]}]}]}}},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "kafka", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "strata-brokers"}}}}
+    sts = resources.broker_statefulset(custom)
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+    pod = sts["spec"]["template"]
+    assert "nodeAffinity" in pod["spec"]["affinity"] and "podAntiAffinity" not in pod["spec"]["affinity"]
+    assert pod["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert pod["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] == \
+        sts["spec"]["selector"]["matchLabels"]
+    assert pod["spec"]["priorityClassName"] == "strata-brokers"
+    assert pod["metadata"]["labels"]["tier"] == "data"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "broker"  # the operator's own win
+    assert pod["metadata"]["annotations"]["example.com/owner"] == "platform"
+    assert "strata.dev/config-hash" in pod["metadata"]["annotations"]
+
+
+def test_broker_pod_template_passes_admission():
+    from test_operator_crds import admission_errors
+
+    broker = {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker", "metadata": {"name": "events"},
+              "spec": {"image": "b:1", "template": {"pod": {
+                  "tolerations": [{"key": "dedicated", "operator": "Exists"}], "priorityClassName": "high",
+                  "affinity": {"podAntiAffinity": {}}, "metadata": {"labels": {"a": "b"}}}}}}
+    assert admission_errors(broker) == []
+    broker["spec"]["template"]["pod"]["priorityClass"] = "typo"
+    assert admission_errors(broker)
+
+
+def test_single_writer_by_claim_is_the_same_from_every_viewpoint():
+    def ms(name, created, claims=None):
+        return {"metadata": {"namespace": "ns", "name": name, "creationTimestamp": created},
+                "spec": {"produces": ["t"]}, "status": {"writeClaims": claims or []}}
+
+    old = ms("old", "2020-01-01T00:00:00Z", [{"topic": "t", "since": "2024-05-01T00:00:00.000000Z", "writer": False}])
+    young = ms("young", "2024-01-01T00:00:00Z", [{"topic": "t", "since": "2024-02-01T00:00:00.000000Z",
+                                                  "writer": True}])
+    assert logic.writers([old, young])["t"] is young  # the holder keeps it, whatever its age
+    young["status"]["writeClaims"] = []  # it stopped declaring, or never recorded: the earliest claim wins
+    third = ms("third", "2019-01-01T00:00:00Z", [{"topic": "t", "since": "2024-06-01T00:00:00.000000Z",
+                                                  "writer": False}])
+    assert logic.writers([young, third, old])["t"] is old
+    # nobody recorded yet (two services declared at once): the older, from any service's reconcile
+    a, b = ms("a", "2024-01-01T00:00:00Z"), ms("b", "2024-01-02T00:00:00Z")
+    assert logic.writers([a, b])["t"] is a and logic.writers([b, a])["t"] is a
+    g = logic.grants(b, [a, b], "ns.b")
+    assert g.denied_writes == {"t": "ns/a"} and g.claims[0]["writer"] is False and g.claims[0]["since"]

@@ -198,7 +198,10 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     for name in ("order-service", "order-service-v2", "billing"):
         eventually(lambda n=name: cond(kube.get("Microservice", n), "AclsApplied").get("status") == "True",
                    f"{name}: AclsApplied", kube=kube)
-    assert cond(kube.get("Microservice", "order-service"), "Ready")["status"] == "True"
+        # Ready follows the Deployment's availability (the emulator runs no pods: its status is set here)
+        kube.patch("Deployment", name, {"status": {"availableReplicas": 1}})
+    eventually(lambda: cond(kube.get("Microservice", "order-service"), "Ready").get("status") == "True",
+               "order-service Ready", timeout=INTERVAL * 6, kube=kube)
     second = kube.get("Microservice", "order-service-v2")
     assert cond(second, "WriterConflict")["status"] == "True" and cond(second, "Ready")["status"] == "False"
 
@@ -209,7 +212,7 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     assert acls_of(admin, "User:default.billing") == {
         ("TOPIC", "orders", "READ", "ALLOW"), ("TOPIC", "orders", "DESCRIBE", "ALLOW"),
         ("TOPIC", "invoices", "WRITE", "ALLOW"), ("TOPIC", "invoices", "DESCRIBE", "ALLOW"),
-        ("GROUP", "billing", "READ", "ALLOW"), ("GROUP", "billing", "DESCRIBE", "ALLOW")}
+        ("GROUP", "default.billing", "READ", "ALLOW"), ("GROUP", "default.billing", "DESCRIBE", "ALLOW")}
     # one SCRAM credential per service, set through the admin API
     users = scram_users(admin)
     for name in ("order-service", "order-service-v2", "billing"):
@@ -221,13 +224,13 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
     billing = client_config(kube.get("Secret", "billing-kafka"))
     assert writer["bootstrap.servers"] == bootstrap and writer["security.protocol"] == "SASL_PLAINTEXT"
     assert writer["sasl.username"] == "default.order-service"
-    assert kube.get("Secret", "billing-kafka")["stringData"]["KAFKA_GROUP_ID"] == "billing"
+    assert kube.get("Secret", "billing-kafka")["stringData"]["KAFKA_GROUP_ID"] == "default.billing"
 
     first = f"order-{uuid.uuid4().hex}".encode()
     assert produce(writer, "orders", first) is None
     err = produce(claimant, "orders", b"not allowed")
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
-    assert consume(billing, "orders", "billing", first) is None  # Read topic + Read group
+    assert consume(billing, "orders", "default.billing", first) is None  # Read topic + Read group
     err = produce(billing, "orders", b"not allowed either")
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
     assert produce(billing, "invoices", b"invoice-1") is None
@@ -263,7 +266,8 @@ def test_microservices_get_exactly_what_they_declared(kube, sbroker):
                "Write moves to the second claimant", timeout=INTERVAL * 20, kube=kube)
     assert acls_of(admin, "User:default.order-service") == set()
     assert produce(claimant, "orders", b"now the writer") is None
-    assert cond(kube.get("Microservice", "order-service-v2"), "Ready")["status"] == "True"
+    eventually(lambda: cond(kube.get("Microservice", "order-service-v2"), "Ready").get("status") == "True",
+               "order-service-v2 Ready", timeout=INTERVAL * 6, kube=kube)
 
 
 def test_without_the_admin_password_the_condition_says_so(tmp_path, sbroker):

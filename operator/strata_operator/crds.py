@@ -90,6 +90,12 @@ RESOURCES = obj({
     "limits": {"type": "object", "additionalProperties": QUANTITY},
 }, description="CPU and memory requests and limits, as in a container's `resources`.")
 
+PULL_SECRETS = array(obj({"name": string(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", maxLength=253)},
+                         required=["name"]),
+                     "Secrets (in this namespace) for pulling the image, besides the operator's own "
+                     "defaults (STRATA_OPERATOR_IMAGE_PULL_SECRETS).", maxItems=16,
+                     **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+
 ENV = array(obj({
     "name": string(minLength=1),
     "value": string(),
@@ -134,11 +140,28 @@ AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTime
 # -- EventBroker ---------------------------------------------------------------------------
 
 EVENTBROKER_SPEC = obj({
-    "replicas": integer("Number of brokers (pods), each with its own PersistentVolumeClaim.",
+    "replicas": integer("Number of brokers (pods), each with its own PersistentVolumeClaim; more than 1 "
+                        "needs tieredStorage (docs/cluster.md).",
                         minimum=1, maximum=64, default=1),
     "image": string("Broker container image.", minLength=1),
     "imagePullPolicy": string(enum=["Always", "IfNotPresent", "Never"]),
+    "imagePullSecrets": PULL_SECRETS,
     "resources": RESOURCES,
+    "template": obj({
+        "pod": obj({
+            "metadata": obj({
+                "labels": string_map("Extra labels on every broker pod (the operator's own win)."),
+                "annotations": string_map("Extra annotations on every broker pod."),
+            }),
+            "affinity": free_form("As a pod's affinity. Absent: brokers prefer distinct nodes "
+                                  "(preferred pod anti-affinity on kubernetes.io/hostname)."),
+            "tolerations": array(free_form("As a pod's tolerations[]."), maxItems=32),
+            "topologySpreadConstraints": array(free_form("As a pod's topologySpreadConstraints[]; a "
+                                                         "constraint without labelSelector selects this "
+                                                         "cluster's brokers."), maxItems=8),
+            "priorityClassName": string("PriorityClass of the broker pods.", maxLength=253),
+        }, description="The broker pods (Strimzi's template.pod)."),
+    }, description="Customisation of what the operator creates for the brokers."),
     "storage": obj({
         "size": string("Size of each broker's volume for hot segments, e.g. 20Gi.", pattern=QUANTITY_PATTERN,
                        default="10Gi"),
@@ -179,6 +202,11 @@ EVENTBROKER_SPEC = obj({
                             "own (always a super user), e.g. User:admin.", maxItems=32),
     }, description="ACLs on the brokers (Strimzi's `authorization`). Needs the first listener to authenticate; "
                    "not for an external broker (configure that broker itself)."),
+    "allowedNamespaces": array(string(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$", maxLength=63),
+                               "Namespaces whose Topics, Microservices and CostReports may use this broker, "
+                               "besides its own (always allowed); `*` = any. Default: its own only. When "
+                               "it lists others, a Microservice's consumerGroup must start with "
+                               "`<its namespace>.`.", maxItems=256, **{"x-kubernetes-list-type": "set"}),
     "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
     "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
     "external": obj({
@@ -190,6 +218,9 @@ EVENTBROKER_SPEC = obj({
     rule("!has(self.external) || (!has(self.tieredStorage) && !has(self.storage))",
          "an external broker has no storage or tieredStorage managed here"),
     rule("has(self.external) || has(self.image)", "image is required unless the broker is external"),
+    rule("!has(self.replicas) || self.replicas <= 1 || has(self.tieredStorage) || has(self.external)",
+         "replicas > 1 needs tieredStorage: the brokers of a cluster share partitions through the bucket",
+         fieldPath=".replicas"),
     rule("!has(self.authorization) || !has(self.authorization.type) || self.authorization.type == 'none' || "
          "(has(self.listeners) && size(self.listeners) > 0 && has(self.listeners[0].authentication) && "
          "self.listeners[0].authentication != 'none')",
@@ -208,13 +239,24 @@ EVENTBROKER_STATUS = status_schema({
 
 # -- Topic ---------------------------------------------------------------------------------
 
+def NAMESPACE_LIST(description: str) -> dict[str, Any]:  # noqa: N802 - a schema constant's maker
+    return array(string(pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$", maxLength=63), description,
+                 maxItems=256, **{"x-kubernetes-list-type": "set"})
+
+
+# Internal and reserved topics: __consumer_offsets, __transaction_state, Strata's __meta, anything
+# starting `__`, and _schemas. The broker manages them; no Topic or Microservice may name them.
+NOT_RESERVED = "!{v}.startsWith('__') && {v} != '_schemas'"
+
 TOPIC_SPEC = obj({
     "brokerRef": BROKER_REF,
     "topicName": string("Kafka topic name; defaults to metadata.name. Immutable.", pattern=TOPIC_NAME_PATTERN,
                         **{"x-kubernetes-validations": [
-                            rule("self == oldSelf", "topicName is immutable"),
-                            rule("self != '.' && self != '..'", "'.' and '..' are not topic names")]}),
-    "partitions": integer("Number of partitions; may grow, never shrink.", minimum=1, maximum=10000, default=1,
+                            rule("self != '.' && self != '..'", "'.' and '..' are not topic names"),
+                            rule(NOT_RESERVED.format(v="self"), "internal and reserved topics (__*, _schemas) "
+                                 "are managed by the broker, not by a Topic")]}),
+    "partitions": integer("Number of partitions; may grow, never shrink. Absent: 1 for a new topic, an "
+                          "adopted topic keeps its own.", minimum=1, maximum=10000,
                           **{"x-kubernetes-validations": [
                               rule("self >= oldSelf", "partitions can be increased, never decreased",
                                    reason="FieldValueForbidden")]}),
@@ -225,18 +267,24 @@ TOPIC_SPEC = obj({
                              pattern=DURATION_PATTERN),
     "localRetentionBytes": string("Hot bytes per partition kept on disk once in S3.", pattern=BYTES_PATTERN),
     "cleanupPolicy": string("delete (an event stream) or compact (an entity stream: the latest value "
-                            "per key).", enum=["delete", "compact", "compact,delete"], default="delete"),
-    "durability": string("disk: acks=all answers after fsync; s3: after the batch is in S3.",
-                         enum=["disk", "s3"], default="disk"),
+                            "per key). Absent: the cluster default for a new topic; an adopted topic "
+                            "keeps its own.", enum=["delete", "compact", "compact,delete"]),
+    "durability": string("disk: acks=all answers after fsync; s3: after the batch is in S3. Absent: the "
+                         "cluster default (disk) for a new topic; an adopted topic keeps its own.",
+                         enum=["disk", "s3"]),
     "tiered": boolean("Offload closed segments to S3 (remote.storage.enable); needs a tiered broker."),
     "config": {**string_map("Any other topic config, passed through (Kafka names: segment.bytes, "
-                            "max.message.bytes, ...). A key present is enforced; an absent key keeps "
-                            "the cluster default; typed fields cannot be set here."),
+                            "max.message.bytes, ...). A key present is enforced; an absent key is left "
+                            "as found on the broker; typed fields cannot be set here."),
                "x-kubernetes-validations": [rule(
                    "self.all(k, !(k in " + repr(TYPED_TOPIC_CONFIGS) + "))",
                    "retention, cleanup policy, durability and tiering have their own fields; do not set "
                    "them in config")]},
     "team": string("Owning team (for the cost report and the catalogue).", pattern=DNS_LABEL_PATTERN),
+    "allowedConsumers": NAMESPACE_LIST("Namespaces besides this one whose Microservices may read the topic "
+                                       "(`*` = any). Default: this namespace only."),
+    "allowedProducers": NAMESPACE_LIST("Namespaces besides this one whose Microservices may write the topic "
+                                       "(`*` = any; still one writer). Default: this namespace only."),
     "deletionPolicy": string("What deleting this resource does to the Kafka topic: Retain keeps it "
                              "(and its data); Delete deletes it and its S3 objects.",
                              enum=["Retain", "Delete"], default="Retain"),
@@ -249,12 +297,22 @@ TOPIC_SPEC = obj({
              "durability s3 needs tiered: true"),
     ])
 
+# On the whole object (where CEL sees metadata.name): the Kafka topic a Topic names may not change,
+# whether spec.topicName is changed, added or removed (a rule on the optional field itself only runs
+# when both the old and the new object have it). Adding topicName equal to metadata.name is no change.
+TOPIC_RULES = [
+    rule("(has(self.spec.topicName) ? self.spec.topicName : self.metadata.name) == "
+         "(has(oldSelf.spec.topicName) ? oldSelf.spec.topicName : oldSelf.metadata.name)",
+         "topicName is immutable: it cannot be changed, added or removed (create a new Topic instead)",
+         fieldPath=".spec.topicName", reason="FieldValueInvalid"),
+]
+
 TOPIC_STATUS = status_schema({
     "topicName": string(),
     "topicId": string("The broker's topic id (changes if the topic is re-created)."),
+    "managedConfigs": array(string(), "The topic configs this resource enforces (the ones its spec names); "
+                            "a key that leaves the spec is reset to the cluster default once."),
     "partitions": integer(),
-    "hotBytes": integer("Bytes on brokers' disks, when the broker reports them.", format="int64"),
-    "coldBytes": integer("Bytes in S3, when the broker reports them.", format="int64"),
     "lastSyncTime": string(format="date-time"),
 })
 
@@ -267,21 +325,30 @@ TOPIC_LIST = array(string(pattern=TOPIC_NAME_PATTERN, maxLength=249), maxItems=2
 MICROSERVICE_SPEC = obj({
     "brokerRef": BROKER_REF,
     "team": string("Owning team: its services' usage is billed to it.", pattern=DNS_LABEL_PATTERN),
-    "image": string("Application container image.", minLength=1),
-    "replicas": integer(minimum=0, maximum=1000, default=1),
+    "image": string("Application container image. Absent: a credentials-only service (Secret and ACLs, no "
+                    "Deployment), for an app deployed by other tools.", minLength=1),
+    "imagePullSecrets": PULL_SECRETS,
+    "replicas": integer("Replicas of the Deployment. Absent: the operator leaves them to whoever scales it (an "
+                        "HPA, KEDA); a new Deployment starts with 1.", minimum=0, maximum=1000),
     "command": array(string()),
     "args": array(string()),
     "env": ENV,
     "resources": RESOURCES,
     "produces": {**TOPIC_LIST, "description": "Topics this service writes. One writer per topic: the "
-                                              "first Microservice (by creation time) gets Write."},
+                                              "Microservice that declared it first (status.writeClaims) "
+                                              "keeps Write while it declares it; later ones wait in order."},
     "consumes": {**TOPIC_LIST, "description": "Topics this service reads."},
-    "consumerGroup": string("Consumer group id; defaults to the service's name.", pattern=TOPIC_NAME_PATTERN),
-}, required=["brokerRef", "team", "image"], description="A team's event-driven microservice.", rules=[
+    "consumerGroup": string("Consumer group id; defaults to `<namespace>.<name>`. On an EventBroker shared "
+                            "with other namespaces it must start with `<namespace>.`.",
+                            pattern=TOPIC_NAME_PATTERN),
+}, required=["brokerRef", "team"], description="A team's event-driven microservice.", rules=[
     rule("!has(self.produces) || self.produces.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
          "&& t != '..')", "produces must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".produces"),
     rule("!has(self.consumes) || self.consumes.all(t, t.matches('" + TOPIC_NAME_PATTERN + "') && t != '.' "
          "&& t != '..')", "consumes must name topics (1-249 of a-z A-Z 0-9 . _ -)", fieldPath=".consumes"),
+    rule("(!has(self.produces) || self.produces.all(t, " + NOT_RESERVED.format(v="t") + ")) && "
+         "(!has(self.consumes) || self.consumes.all(t, " + NOT_RESERVED.format(v="t") + "))",
+         "internal and reserved topics (__*, _schemas) cannot be produced or consumed by a Microservice"),
     rule("!has(self.consumerGroup) || (has(self.consumes) && size(self.consumes) > 0)",
          "consumerGroup is only meaningful for a service that consumes", fieldPath=".consumerGroup"),
 ])
@@ -291,12 +358,18 @@ MICROSERVICE_STATUS = status_schema({
     "secretName": string("Secret with bootstrap settings and SCRAM credentials."),
     "replicas": integer(),
     "readyReplicas": integer(),
+    "availableReplicas": integer("The Deployment's available replicas; Ready needs all of spec.replicas."),
     "permissions": array(obj({
         "resourceType": string(enum=["topic", "group"]),
         "name": string(),
         "operations": array(string()),
     }), "What the broker grants this service's principal."),
     "deniedWrites": array(string(), "Produced topics whose writer is another service."),
+    "writeClaims": array(obj({
+        "topic": string(),
+        "since": string("When this service first declared it produces the topic.", format="date-time"),
+        "writer": boolean("Whether this service holds Write on it."),
+    }), "One per produced topic: the claim that decides the single writer (first declared, first served)."),
 })
 
 
@@ -375,10 +448,11 @@ KINDS: dict[str, dict[str, Any]] = {
                         {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Bootstrap", "type": "string", "jsonPath": ".status.bootstrapServers"},
                         REASON_COLUMN, AGE_COLUMN]},
-    "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS, "columns": [
+    "Topic": {"plural": "topics", "short": ["stp"], "spec": TOPIC_SPEC, "status": TOPIC_STATUS,
+              "rules": TOPIC_RULES, "columns": [
         READY_COLUMN,
         {"name": "Topic", "type": "string", "jsonPath": ".status.topicName"},
-        {"name": "Partitions", "type": "integer", "jsonPath": ".spec.partitions"},
+        {"name": "Partitions", "type": "integer", "jsonPath": ".status.partitions"},
         {"name": "Retention", "type": "string", "jsonPath": ".spec.retention"},
         {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
         {"name": "Broker", "type": "string", "jsonPath": ".spec.brokerRef.name", "priority": 1},
@@ -387,7 +461,7 @@ KINDS: dict[str, dict[str, Any]] = {
                      "status": MICROSERVICE_STATUS, "columns": [
                          READY_COLUMN,
                          {"name": "Team", "type": "string", "jsonPath": ".spec.team"},
-                         {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                          {"name": "Ready-Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
                          {"name": "Writer-Conflict", "type": "string",
                           "jsonPath": '.status.conditions[?(@.type=="WriterConflict")].status'},
@@ -409,7 +483,7 @@ def crd(kind: str) -> dict[str, Any]:
     schema = obj({
         "apiVersion": string(), "kind": string(), "metadata": {"type": "object"},
         "spec": info["spec"], "status": info["status"],
-    }, required=["spec"], description=info["spec"].get("description", ""))
+    }, required=["spec"], description=info["spec"].get("description", ""), rules=info.get("rules"))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -9,6 +9,7 @@ never a crash loop. Settings (environment variables, read at import):
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
   STRATA_OPERATOR_KAFKA_*             the operator's own Kafka credentials (admin.py)
+  STRATA_OPERATOR_IMAGE_PULL_SECRETS  comma-separated pull secrets for every pod it creates
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ from .kube import Kube, KubeError
 INTERVAL = float(os.environ.get("STRATA_OPERATOR_RECONCILE_INTERVAL", "60"))
 RETRY_DELAY = float(os.environ.get("STRATA_OPERATOR_RETRY_DELAY", "15"))
 DELETE_TIMEOUT = float(os.environ.get("STRATA_OPERATOR_DELETE_TIMEOUT", "600"))
+# Pull secrets put on every pod the operator creates (brokers, Microservices), besides each resource's own
+# spec.imagePullSecrets; comma-separated Secret names in the pod's namespace (the chart: imagePullSecrets).
+IMAGE_PULL_SECRETS = tuple(n.strip() for n in os.environ.get("STRATA_OPERATOR_IMAGE_PULL_SECRETS", "").split(",")
+                           if n.strip())
 FINALIZER = "strata.dev/finalizer"
 SKIP_CLEANUP = "strata.dev/skip-cleanup"  # the escape hatch: "true" releases the finalizer at once
 
@@ -89,7 +94,8 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     new = logic.set_condition(conditions, type_, status, reason, message, _generation(body))
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     if old is None or old.get("status") != status_text or old.get("reason") != reason:
-        bad = (type_ == "Ready" and status_text == "False") or (type_.endswith("Conflict") and status_text == "True")
+        bad = (type_ in ("Ready", "Placement") and status_text == "False") or (
+            type_.endswith(("Conflict", "Denied")) and status_text == "True")
         kopf.event(body, type="Warning" if bad else "Normal", reason=reason, message=f"{type_}: {message}")
     patch.status["conditions"] = new
     if _generation(body) is not None:
@@ -97,8 +103,10 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     return new
 
 
-async def resolve_broker(body: kopf.Body) -> tuple[dict[str, Any], str]:
-    """The EventBroker a resource refers to, and its bootstrap address. TemporaryError if absent."""
+async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple[dict[str, Any], str]:
+    """The EventBroker a resource refers to, and its bootstrap address: BrokerMissing if absent,
+    NamespaceNotAllowed if it does not serve the resource's namespace (unless `check_namespace` is
+    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable."""
     ns, name = logic.broker_key(body)
     try:
         broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
@@ -106,11 +114,21 @@ async def resolve_broker(body: kopf.Body) -> tuple[dict[str, Any], str]:
         raise kopf.TemporaryError(f"cannot read EventBroker {ns}/{name}: {exc}", delay=RETRY_DELAY) from exc
     if broker is None:
         raise BrokerMissing(f"EventBroker {ns}/{name} does not exist")
+    mine = body["metadata"]["namespace"]
+    if check_namespace and not logic.namespace_allowed(broker, mine):
+        raise NamespaceNotAllowed(f"EventBroker {ns}/{name} does not serve namespace {mine!r} "
+                                  f"(its spec.allowedNamespaces does not list it)")
     return broker, resources.bootstrap_servers(broker)
 
 
 class BrokerMissing(Exception):
-    pass
+    REASON = "BrokerNotFound"
+
+
+class NamespaceNotAllowed(Exception):
+    """The EventBroker does not list the resource's namespace in allowedNamespaces."""
+
+    REASON = "NamespaceNotAllowed"
 
 
 def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
@@ -165,6 +183,12 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         patch.status["authorizer"] = authorizer
         _set(patch, body, conditions, "Ready", True, "Reachable", f"external broker at {bootstrap}, {count} broker(s)")
         return
+    if int(spec.get("replicas", 1)) > 1 and not spec.get("tieredStorage"):
+        # Refused at admission (CEL); an older CRD lets it through: start nothing that would crash.
+        _set(patch, body, conditions, "Ready", False, "InvalidSpec",
+             "replicas > 1 needs spec.tieredStorage (the brokers of a cluster share partitions through the "
+             "bucket); nothing was changed")
+        return
     users_file = None
     if resources.uses_sasl(spec) and kafka_admin.KAFKA_PASSWORD:
         names = resources.broker_names(body["metadata"]["name"])
@@ -176,7 +200,7 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD},
                                             _secret_value(current, resources.CREDENTIALS_KEY))
     try:
-        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file):
+        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS):
             await kube().apply(obj)
         sts = await kube().get("apps/v1", "StatefulSet", body["metadata"]["namespace"],
                                resources.broker_names(body["metadata"]["name"])["statefulset"])
@@ -206,9 +230,10 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
     """(broker namespace, broker name, Kafka topic name) -> the Topic CRs naming it."""
     ns, broker = logic.broker_key(body)
     md = body["metadata"]
-    return {(ns, broker, logic.topic_name(body)): {
+    return {(ns, broker, logic.managed_topic_name(body)): {
         "namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp"),
-        "uid": md.get("uid")}}
+        "uid": md.get("uid"), "allowedConsumers": list(body["spec"].get("allowedConsumers") or []),
+        "allowedProducers": list(body["spec"].get("allowedProducers") or [])}}
 
 
 @kopf.on.resume(*TOPIC)
@@ -227,7 +252,7 @@ async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: ko
 
 def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
     ns, broker = logic.broker_key(body)
-    claimants = list(topic_index.get((ns, broker, logic.topic_name(body)), []))
+    claimants = list(topic_index.get((ns, broker, logic.managed_topic_name(body)), []))
     md = body["metadata"]
     me = {"namespace": md["namespace"], "name": md["name"], "creationTimestamp": md.get("creationTimestamp")}
     if not any((c["namespace"], c["name"]) == (me["namespace"], me["name"]) for c in claimants):
@@ -238,8 +263,14 @@ def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
 async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, timed: bool) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
-    name = logic.topic_name(body)
+    name = logic.managed_topic_name(body)
     patch.status["topicName"] = name
+    if logic.topic_name(body) != name:
+        msg = (f"spec names topic {logic.topic_name(body)!r} but this resource manages {name!r} "
+               "(status.topicName): topic names are immutable, so neither topic is touched. Set topicName "
+               f"back to {name!r}, or create a new Topic for the other name")
+        _set(patch, body, conditions, "Ready", False, "TopicNameChanged", msg)
+        return
     winner = _winner(body, topic_index)
     if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
         msg = (f"topic {name!r} is already managed by Topic {winner['namespace']}/{winner['name']} (older); "
@@ -253,16 +284,30 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     except logic.InvalidSpec as exc:
         _set(patch, body, conditions, "Ready", False, "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from exc
+    if logic.reserved_topic(name):
+        _set(patch, body, conditions, "Ready", False, "ReservedTopic",
+             f"{name!r} is an internal or reserved topic (__*, _schemas): the broker manages it, no Topic does")
+        return
     try:
         broker, bootstrap = await resolve_broker(body)
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
     except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     try:
         admin = admin_for(broker, bootstrap)
         state = await run(admin.describe_topic, name)
+        status = body.get("status") or {}
         plan = logic.plan_topic(body["spec"], state.partitions if state else None,
-                                state.dynamic_configs if state else None, state.all_configs if state else None)
+                                state.dynamic_configs if state else None, state.all_configs if state else None,
+                                list(status.get("managedConfigs") or []))
+        # An existing topic this resource has not managed yet (never seen, or re-created behind the
+        # operator's back under a new id): adoption, reported once with what it found.
+        adopted = state is not None and status.get("topicId") != state.topic_id
+        found = {k: state.dynamic_configs[k] for k in logic.unmanaged_configs(state.dynamic_configs, plan.managed)} \
+            if state is not None else {}
         if plan.create:
             await run(admin.create_topic, name, int(body["spec"].get("partitions", 1)), plan.set_configs)
         else:
@@ -278,7 +323,17 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     except BrokerRejected as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerRejected", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY * 4) from exc
-    if timed and not plan.create and plan.changes:
+    patch.status["managedConfigs"] = plan.managed
+    if adopted:
+        changed = "; ".join(plan.differences) or "nothing"
+        kept = ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "none"
+        reason = "AdoptedWithChanges" if plan.differences else "AdoptedAsFound"
+        message = (f"existing topic {name!r} adopted; changed to match the spec: {changed}; "
+                   f"left as found (not named by the spec): {kept}")
+        conditions = logic.set_condition(conditions, "Adopted", True, reason, message, _generation(body))
+        patch.status["conditions"] = conditions
+        kopf.event(body, type="Warning" if plan.differences else "Normal", reason=reason, message=message)
+    elif timed and not plan.create and plan.changes:
         drift = sorted(plan.set_configs) + sorted(plan.delete_configs) + (["partitions"] if plan.grow_to else [])
         kopf.event(body, type="Warning", reason="DriftReverted",
                    message=f"topic {name!r} was changed outside the operator; reverted: {', '.join(drift)}")
@@ -300,13 +355,15 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
 @kopf.on.delete(*TOPIC)
 async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> None:
     md = body["metadata"]
-    name = logic.topic_name(body)
+    name = logic.managed_topic_name(body)
     if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         kopf.warn(body, reason="CleanupSkipped", message=f"{SKIP_CLEANUP}=true: topic {name!r} left as is")
         return
     winner = _winner(body, topic_index)
     if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
         return  # a conflicting duplicate never managed the topic
+    if logic.reserved_topic(name):
+        return  # never managed, never deleted
     if body["spec"].get("deletionPolicy", "Retain") != "Delete":
         kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
         return
@@ -315,6 +372,9 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
         deleted = await run(admin_for(broker, bootstrap).delete_topic, name)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
+        return
+    except NamespaceNotAllowed as exc:
+        kopf.warn(body, reason="NamespaceNotAllowed", message=f"{exc}; topic {name!r} not deleted")
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
         if _deadline_passed(body):
@@ -335,66 +395,117 @@ def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[
     md = body["metadata"]
     if md.get("deletionTimestamp"):
         return {}
-    return {logic.broker_key(body): {
-        "metadata": {"namespace": md["namespace"], "name": md["name"],
-                     "creationTimestamp": md.get("creationTimestamp")},
-        "spec": {"produces": list(body["spec"].get("produces") or [])}}}
+    return {logic.broker_key(body): _peer(body)}
+
+
+def _peer(body: kopf.Body) -> dict[str, Any]:
+    """What single-writer needs of a Microservice: who, what it produces, its recorded claims."""
+    md = body["metadata"]
+    return {"metadata": {"namespace": md["namespace"], "name": md["name"],
+                         "creationTimestamp": md.get("creationTimestamp")},
+            "spec": {"produces": list(body["spec"].get("produces") or [])},
+            "status": {"writeClaims": [dict(c) for c in (body.get("status") or {}).get("writeClaims") or []]}}
 
 
 @kopf.on.resume(*MICROSERVICE)
 @kopf.on.create(*MICROSERVICE)
 @kopf.on.update(*MICROSERVICE)
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                                 **_: Any) -> None:
-    await _reconcile_microservice(body, patch, microservice_index)
+                                 topic_index: kopf.Index, **_: Any) -> None:
+    await _reconcile_microservice(body, patch, microservice_index, topic_index)
 
 
 @kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=INTERVAL / 2)
 async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                               **_: Any) -> None:
+                               topic_index: kopf.Index, **_: Any) -> None:
     if not body.get("metadata", {}).get("deletionTimestamp"):
-        await _reconcile_microservice(body, patch, microservice_index)
+        await _reconcile_microservice(body, patch, microservice_index, topic_index)
 
 
-async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index) -> None:
+def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[str]) -> dict[str, Any]:
+    """topic -> the Topic resource (index entry) managing it on that broker, or None."""
+    out: dict[str, Any] = {}
+    for topic in topics:
+        entries = list(topic_index.get((broker[0], broker[1], topic), []))
+        out[topic] = logic.conflict_winner(entries) if entries else None
+    return out
+
+
+async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
+                                  topic_index: kopf.Index) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    peers = [dict(p) for p in index.get(logic.broker_key(body), [])]
-    if not any(p["metadata"]["name"] == name and p["metadata"]["namespace"] == ns for p in peers):
-        peers.append({"metadata": {"namespace": ns, "name": name, "creationTimestamp": md.get("creationTimestamp")},
-                      "spec": {"produces": list(body["spec"].get("produces") or [])}})
-    grants = logic.grants(body, peers, resources.consumer_group(body))
+    try:
+        broker, bootstrap = await resolve_broker(body)
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    key = logic.broker_key(body)
+    # This service as it is now (the index may lag behind its own last status patch), and its peers;
+    # a peer's claim on a topic its owner does not let it write does not count.
+    peers = [dict(p) for p in index.get(key, [])
+             if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)] + [_peer(body)]
+    mentioned = {t for p in peers for t in p["spec"]["produces"]} | set(body["spec"].get("consumes") or [])
+    owners = _topic_owners(topic_index, key, mentioned)
+    for peer in peers:
+        refused = logic.access_refusals(peer["metadata"]["namespace"], key[0], peer["spec"]["produces"], owners,
+                                        "allowedProducers")
+        peer["spec"] = {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}
+    unwritable = logic.access_refusals(ns, key[0], list(body["spec"].get("produces") or []), owners,
+                                       "allowedProducers")
+    unreadable = logic.access_refusals(ns, key[0], list(body["spec"].get("consumes") or []), owners,
+                                       "allowedConsumers")
+    group = resources.consumer_group(body)
+    group_refused = logic.shared(broker) and not group.startswith(f"{ns}.")
+    grants = logic.grants(body, peers, None if group_refused else group, unreadable, unwritable)
     principal = resources.principal(body)
     patch.status["principal"] = principal
+    patch.status["writeClaims"] = grants.claims
     patch.status["permissions"] = grants.permissions
     patch.status["deniedWrites"] = sorted(grants.denied_writes)
     if grants.denied_writes:
         msg = "; ".join(f"{t!r} is written by {owner}" for t, owner in sorted(grants.denied_writes.items()))
         conditions = _set(patch, body, conditions, "WriterConflict", True, "TopicHasWriter",
-                          f"no Write permission (one writer per topic, first come first served): {msg}")
+                          f"no Write permission (one writer per topic: the first to declare it keeps it "
+                          f"while it declares it): {msg}")
     else:
         conditions = _set(patch, body, conditions, "WriterConflict", False, "SoleWriter",
                           "no other service writes the topics this one produces")
-    try:
-        broker, bootstrap = await resolve_broker(body)
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    refusals = [f"no Read on {t!r}: {r}" for t, r in sorted(grants.denied_reads.items())]
+    refusals += [f"no Write on {t!r}: {r}" for t, r in sorted(grants.refused_writes.items())]
+    if group_refused:
+        refusals.append(f"no access to consumer group {group!r}: on an EventBroker shared with other namespaces "
+                        f"a consumerGroup must start with {ns + '.'!r}")
+    if refusals:
+        conditions = _set(patch, body, conditions, "AccessDenied", True, "NotAllowedByOwner", "; ".join(refusals))
+    elif logic.condition(conditions, "AccessDenied"):
+        conditions = _set(patch, body, conditions, "AccessDenied", False, "Allowed",
+                          "every declared topic and the consumer group are allowed")
     sasl = resources.authentication(broker.get("spec", {})) != "none"
     names = resources.microservice_names(name)
     try:
         existing = await kube().get("v1", "Secret", ns, names["secret"])
         password = _existing_password(existing) or secrets.token_urlsafe(24)
-        for obj in resources.microservice_objects(body, bootstrap, password, sasl):
+        for obj in resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS):
             await kube().apply(obj)
-        deployment = await kube().get("apps/v1", "Deployment", ns, names["deployment"])
+        deployment = None if resources.credentials_only(body) else \
+            await kube().get("apps/v1", "Deployment", ns, names["deployment"])
     except (KubeError, OSError) as exc:
         _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     patch.status["secretName"] = names["secret"]
-    patch.status["replicas"] = int(body["spec"].get("replicas", 1))
-    patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+    if resources.credentials_only(body):
+        available, availability = True, "credentials only: no image, so no Deployment"
+    else:
+        want = int(body["spec"]["replicas"]) if "replicas" in body["spec"] else None
+        available, patch.status["availableReplicas"], availability = logic.deployment_availability(want, deployment)
+        patch.status["replicas"] = want if want is not None else int(((deployment or {}).get("spec") or {})
+                                                                     .get("replicas", 1))
+        patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     try:
         admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
@@ -425,9 +536,15 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     if grants.denied_writes:
         _set(patch, body, conditions, "Ready", False, "WriterConflict",
              "deployed, but without Write on: " + ", ".join(sorted(grants.denied_writes)))
+    elif refusals:
+        _set(patch, body, conditions, "Ready", False, "AccessDenied",
+             "deployed, but without some declared permissions (see AccessDenied)")
+    elif not available:
+        _set(patch, body, conditions, "Ready", False, "DeploymentUnavailable",
+             f"credentials and permissions in place for {principal}; the Deployment is not available: {availability}")
     else:
         _set(patch, body, conditions, "Ready", True, "Reconciled",
-             f"deployment, credentials and permissions in place for {principal}")
+             f"{availability}; credentials and permissions in place for {principal}")
 
 
 def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:
@@ -452,7 +569,7 @@ async def delete_microservice(body: kopf.Body, **_: Any) -> None:
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:
-        broker, bootstrap = await resolve_broker(body)
+        broker, bootstrap = await resolve_broker(body, check_namespace=False)
         admin = admin_for(broker, bootstrap)
         versions = await run(admin.api_versions)
         if API_CREATE_ACLS in versions:
@@ -503,8 +620,11 @@ async def _reconcile_costreport(body: kopf.Body, patch: kopf.Patch, force: bool)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         broker, _ = await resolve_broker(body)
+    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return
     except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, "BrokerNotFound", str(exc))
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     today = costreports.today_utc()
     try:

@@ -123,8 +123,12 @@ class Kube:
         md = obj["metadata"]
         existing = await self.get(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"])
         if existing is None:
-            created = await self.request("POST", path(obj["apiVersion"], obj["kind"], md.get("namespace")), obj)
-            return created or obj
+            try:
+                created = await self.request("POST", path(obj["apiVersion"], obj["kind"], md.get("namespace")), obj)
+                return created or obj
+            except KubeError as exc:
+                if exc.status != 409:  # 409: created meanwhile (a timer and a handler of one resource): patch it
+                    raise
         patched = await self.request("PATCH", path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
                                      obj, content_type="application/merge-patch+json")
         return patched or obj

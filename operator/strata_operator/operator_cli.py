@@ -44,3 +44,22 @@ def render_crds(directory: Path | None, check: bool) -> None:
 
     argv = ([str(directory)] if directory else []) + (["--check"] if check else [])
     sys.exit(crds.main(argv))
+
+
+@operator.command("pre-delete")
+@click.option("-n", "--namespace", required=True, help="Namespace of the EventBroker.")
+@click.option("--eventbroker", "name", required=True, help="Name of the EventBroker.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the operator to release it before removing its finalizers here.")
+def pre_delete(namespace: str, name: str, timeout: float) -> None:
+    """Delete an EventBroker and wait until it is gone (the Helm chart's pre-delete hook)."""
+    import asyncio
+
+    from .kube import as_user
+    from .uninstall import delete_eventbroker
+
+    outcome = asyncio.run(as_user(lambda client: delete_eventbroker(client, namespace, name, timeout)))
+    click.echo({"absent": f"EventBroker {namespace}/{name}: not found, nothing to do",
+                "deleted": f"EventBroker {namespace}/{name}: deleted (the operator released it)",
+                "released": f"EventBroker {namespace}/{name}: deleted after {timeout:.0f}s by removing its "
+                            "finalizers (the operator did not release it)"}[outcome])

@@ -48,6 +48,16 @@ def meta(cr: dict[str, Any], name: str, component: str, **extra: Any) -> dict[st
     return out
 
 
+def pull_secrets(spec: dict[str, Any], defaults: list[str] | tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """A pod's imagePullSecrets: the operator's defaults (STRATA_OPERATOR_IMAGE_PULL_SECRETS), then the
+    resource's own spec.imagePullSecrets, without duplicates."""
+    names: list[str] = []
+    for name in [*defaults, *(s.get("name", "") for s in spec.get("imagePullSecrets") or [])]:
+        if name and name not in names:
+            names.append(name)
+    return [{"name": n} for n in names]
+
+
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                   "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -195,7 +205,28 @@ def broker_pdb(broker: dict[str, Any]) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(broker, "broker")}}}
 
 
-def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER) -> dict[str, Any]:
+def broker_pod_template(broker: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """From spec.template.pod: (extra pod spec fields, extra pod metadata). Without an affinity the
+    brokers prefer distinct nodes; a topology spread constraint without labelSelector gets this
+    cluster's broker selector."""
+    pod = ((broker["spec"].get("template") or {}).get("pod")) or {}
+    match = selector(broker, "broker")
+    extra: dict[str, Any] = {"affinity": pod.get("affinity") or {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": match}, "topologyKey": "kubernetes.io/hostname"}}]}}}
+    if pod.get("tolerations"):
+        extra["tolerations"] = list(pod["tolerations"])
+    if pod.get("topologySpreadConstraints"):
+        extra["topologySpreadConstraints"] = [{"labelSelector": {"matchLabels": match}, **c}
+                                              for c in pod["topologySpreadConstraints"]]
+    if pod.get("priorityClassName"):
+        extra["priorityClassName"] = pod["priorityClassName"]
+    meta = pod.get("metadata") or {}
+    return extra, {k: dict(meta[k]) for k in ("labels", "annotations") if meta.get(k)}
+
+
+def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
+                       default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """One pod and one PVC per broker. Rolling updates go one broker at a time (maxUnavailable 1),
     each waiting for the previous pod's readiness (the TCP readiness probe on the Kafka port)."""
     spec = broker["spec"]
@@ -255,6 +286,8 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
         volumes.append(volume)
     if spec.get("imagePullPolicy"):
         container["imagePullPolicy"] = spec["imagePullPolicy"]
+    pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
+    pod_spec_extra, pod_meta = broker_pod_template(broker)
     if spec.get("resources"):
         container["resources"] = spec["resources"]
     storage = spec.get("storage") or {}
@@ -273,8 +306,9 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "selector": {"matchLabels": selector(broker, "broker")},
             "template": {
-                "metadata": {"labels": labels(broker, "broker"),
-                             "annotations": {"strata.dev/config-hash": config_hash}},
+                "metadata": {"labels": {**pod_meta.get("labels", {}), **labels(broker, "broker")},
+                             "annotations": {**pod_meta.get("annotations", {}),
+                                             "strata.dev/config-hash": config_hash}},
                 "spec": {
                     "serviceAccountName": names["serviceaccount"],
                     "automountServiceAccountToken": False,
@@ -282,6 +316,8 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
                     "securityContext": RESTRICTED_POD,
                     "containers": [container],
                     "volumes": volumes,
+                    **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {}),
+                    **pod_spec_extra,
                 },
             },
             "volumeClaimTemplates": [{
@@ -294,7 +330,8 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
 
 
 def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
-                        users_file: str | None = None) -> list[dict[str, Any]]:
+                        users_file: str | None = None,
+                        default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Everything an EventBroker owns, in apply order. An external broker owns nothing. With a
     listener that authenticates, also the credentials Secret (`users_file`: scram.credentials_file;
     an empty file when None, e.g. before the operator has a password)."""
@@ -302,7 +339,7 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
         return []
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker, operator_user)]
+            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets)]
 
 
 # -- Microservice --------------------------------------------------------------------------
@@ -321,7 +358,9 @@ def microservice_names(name: str) -> dict[str, str]:
 
 
 def consumer_group(ms: dict[str, Any]) -> str:
-    return ms["spec"].get("consumerGroup") or ms["metadata"]["name"]
+    """spec.consumerGroup, else `<namespace>.<name>` (like the principal: unique cluster-wide, so two
+    teams' services of one name never share a group)."""
+    return ms["spec"].get("consumerGroup") or principal_name(ms)
 
 
 def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> dict[str, Any]:
@@ -352,7 +391,8 @@ def microservice_serviceaccount(ms: dict[str, Any]) -> dict[str, Any]:
             "metadata": meta(ms, names["serviceaccount"], "microservice"), "automountServiceAccountToken": False}
 
 
-def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dict[str, Any]:
+def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
+                            default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     spec = ms["spec"]
     names = microservice_names(ms["metadata"]["name"])
     container: dict[str, Any] = {
@@ -366,23 +406,35 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "") -> dic
         if spec.get(key):
             container[key] = spec[key]
     pod_labels = {**labels(ms, "microservice"), "strata.dev/team": spec["team"]}
+    pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": meta(ms, names["deployment"], "microservice"),
         "spec": {
-            "replicas": int(spec.get("replicas", 1)),
+            # absent replicas: not ours to set (the merge patch leaves an HPA's or KEDA's value alone)
+            **({"replicas": int(spec["replicas"])} if "replicas" in spec else {}),
             "selector": {"matchLabels": selector(ms, "microservice")},
             "template": {
                 "metadata": {"labels": pod_labels,
                              "annotations": {"strata.dev/credentials-version": secret_version or "0"}},
                 "spec": {"serviceAccountName": names["serviceaccount"], "automountServiceAccountToken": False,
-                         "securityContext": RESTRICTED_POD, "containers": [container]},
+                         "securityContext": RESTRICTED_POD, "containers": [container],
+                         **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {})},
             },
         },
     }
 
 
-def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> list[dict[str, Any]]:
+def credentials_only(ms: dict[str, Any]) -> bool:
+    """A Microservice without an image: its Secret and ACLs only; the app is deployed by other tools."""
+    return not ms["spec"].get("image")
+
+
+def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool,
+                         default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Its ServiceAccount, Secret and Deployment; only the Secret for a credentials-only service."""
     secret = microservice_secret(ms, bootstrap, password, sasl)
+    if credentials_only(ms):
+        return [secret]
     version = hashlib.sha256(json.dumps(secret["stringData"], sort_keys=True).encode()).hexdigest()[:16]
-    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version)]
+    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version, default_pull_secrets)]

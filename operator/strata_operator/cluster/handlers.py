@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 
-from .. import costreports, resources
+from .. import costreports, logic, resources
 from .. import handlers as base
 from . import kube_objects
 from .controller import BucketReader, Controller
@@ -92,8 +92,10 @@ async def place_partitions(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
             await known[1].reader.close()
         return
     if not body["spec"].get("tieredStorage"):
-        raise kopf.TemporaryError("a broker cluster (replicas > 1) needs spec.tieredStorage: partitions move "
-                                  "through the bucket, and brokers hold their leases there", delay=60)
+        message = ("a broker cluster (replicas > 1) needs spec.tieredStorage: partitions move through the "
+                   "bucket, and brokers hold their leases there")
+        _placement_condition(body, patch, False, "NoTieredStorage", message)
+        raise kopf.TemporaryError(message, delay=60)
     annotations = md.get("annotations") or {}
     rebalance = REBALANCE_ANNOTATION in annotations
     try:
@@ -101,18 +103,34 @@ async def place_partitions(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
         controller.set_members(kube_objects.members(dict(body)))
         result = await controller.tick(rebalance=rebalance)
     except costreports.Problem as exc:
+        _placement_condition(body, patch, False, exc.reason, exc.message)
         raise kopf.TemporaryError(exc.message, delay=base.RETRY_DELAY) from exc
     except Exception as exc:  # S3 errors come in many types
+        _placement_condition(body, patch, False, "PlacementFailed", f"{type(exc).__name__}: {exc}")
         raise kopf.TemporaryError(f"placement: {exc}", delay=base.RETRY_DELAY) from exc
     if rebalance:
         patch.metadata.annotations[REBALANCE_ANNOTATION] = None
     decision = result.decision
+    brokers = [b.id for b in decision.placement.brokers]
+    _placement_condition(body, patch, True, "Placed",
+                         f"placement v{decision.placement.version} published for brokers {brokers}")
     if decision.changed:
         moves = ", ".join(str(m) for m in decision.moves[:10]) + (" ..." if len(decision.moves) > 10 else "")
         kopf.info(body, reason="PlacementChanged",
                   message=f"placement v{decision.placement.version}: brokers "
                           f"{[b.id for b in decision.placement.brokers]}, {len(decision.moves)} move(s)"
                           + (f": {moves}" if moves else ""))
+
+
+def _placement_condition(body: kopf.Body, patch: kopf.Patch, ok: bool, reason: str, message: str) -> None:
+    """The EventBroker's `Placement` condition (placement errors belong on the resource, not only in
+    the operator's log). Patched only when it changes: the timer ticks every couple of seconds."""
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    old = logic.condition(conditions, "Placement")
+    status = "True" if ok else "False"
+    if old and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
+        return
+    base._set(patch, body, conditions, "Placement", ok, reason, message)
 
 
 def rebalance_patch() -> dict[str, Any]:
