@@ -169,7 +169,10 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
         {"localRetention": "1d", "retention": "7d"},
     ("Topic", "durability s3 needs tiered: true"): {"durability": "s3"},
     ("Topic", "brokerRef is immutable"): ({}, {"brokerRef": {"name": "other"}}),
-    ("Topic", "topicName is immutable"): ({"topicName": "x"}, {"topicName": "y"}),
+    ("Topic", "topicName is immutable: it cannot be changed, added or removed (create a new Topic instead)"):
+        ({"topicName": "x"}, {"topicName": "y"}),
+    ("Topic", "internal and reserved topics (__*, _schemas) are managed by the broker, not by a Topic"):
+        {"topicName": "__consumer_offsets"},
     ("Topic", "'.' and '..' are not topic names"): {"topicName": ".."},
     ("Topic", "partitions can be increased, never decreased"): ({"partitions": 3}, {"partitions": 2}),
     ("Topic", "retention, cleanup policy, durability and tiering have their own fields; do not set them in config"):
@@ -178,9 +181,13 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
     ("Microservice", "consumes must name topics (1-249 of a-z A-Z 0-9 . _ -)"): {"consumes": [".."]},
     ("Microservice", "consumerGroup is only meaningful for a service that consumes"): {"consumerGroup": "g"},
     ("Microservice", "brokerRef is immutable"): ({}, {"brokerRef": {"name": "other"}}),
+    ("Microservice", "internal and reserved topics (__*, _schemas) cannot be produced or consumed by a Microservice"):
+        {"consumes": ["__consumer_offsets"]},
     ("EventBroker", "an external broker has no storage or tieredStorage managed here"):
         {**EXTERNAL, "image": None, "storage": {"size": "1Gi"}},
     ("EventBroker", "image is required unless the broker is external"): {"image": None, "replicas": 1},
+    ("EventBroker", "replicas > 1 needs tieredStorage: the brokers of a cluster share partitions through the bucket"):
+        {"replicas": 3},
     ("EventBroker", "authorization simple needs the first listener to authenticate (authentication: scram-sha-512)"):
         {"authorization": {"type": "simple"}, "listeners": [{"name": "plain", "port": 9092}]},
     ("EventBroker", "an external broker's authorization is configured on that broker, not here"):
