@@ -12,7 +12,8 @@ from s3server import S3Bucket, S3Server
 # The longest modules, run first. `make test` spreads whole modules over pytest-xdist workers in
 # collection order (--dist loadfile --no-loadscope-reorder): started early, these overlap the many
 # short ones instead of running alone at the end. Everything else keeps pytest's order.
-LONG_MODULES_FIRST = ("test_cluster", "test_images", "test_tiered", "test_compaction", "test_operator_reconcile",
+LONG_MODULES_FIRST = ("test_cluster", "test_operator_tenancy", "test_images", "test_tiered", "test_kafka_differential",
+                      "test_compaction", "test_operator_reconcile",
                       "test_operator_security", "test_security_sasl", "test_groups_clients",
                       "test_operator_costreport", "test_security_limits", "test_hostile", "test_idempotence",
                       "test_durability", "test_security_acl", "test_security_quota", "test_local_stack",
