@@ -121,6 +121,20 @@ async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple
     return broker, resources.bootstrap_servers(broker)
 
 
+async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch,
+                               conditions: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    """resolve_broker, or None after setting Ready=False with the reason (NamespaceNotAllowed changes
+    only when the EventBroker does, so the timer re-checks it; a missing broker is retried)."""
+    try:
+        return await resolve_broker(body)
+    except NamespaceNotAllowed as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        return None
+    except BrokerMissing as exc:
+        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+
 class BrokerMissing(Exception):
     REASON = "BrokerNotFound"
 
@@ -288,14 +302,10 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         _set(patch, body, conditions, "Ready", False, "ReservedTopic",
              f"{name!r} is an internal or reserved topic (__*, _schemas): the broker manages it, no Topic does")
         return
-    try:
-        broker, bootstrap = await resolve_broker(body)
-    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+    resolved = await _broker_or_condition(body, patch, conditions)
+    if resolved is None:
         return
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    broker, bootstrap = resolved
     try:
         admin = admin_for(broker, bootstrap)
         state = await run(admin.describe_topic, name)
@@ -436,14 +446,10 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    try:
-        broker, bootstrap = await resolve_broker(body)
-    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+    resolved = await _broker_or_condition(body, patch, conditions)
+    if resolved is None:
         return
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    broker, bootstrap = resolved
     key = logic.broker_key(body)
     # This service as it is now (the index may lag behind its own last status patch), and its peers;
     # a peer's claim on a topic its owner does not let it write does not count.
@@ -618,14 +624,10 @@ async def _reconcile_costreport(body: kopf.Body, patch: kopf.Patch, force: bool)
     if not force and not costreports.due(status, spec, datetime.datetime.now(tz=datetime.UTC)):
         return
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        broker, _ = await resolve_broker(body)
-    except NamespaceNotAllowed as exc:  # changes only when the EventBroker does: the timer re-checks
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
+    resolved = await _broker_or_condition(body, patch, conditions)
+    if resolved is None:
         return
-    except BrokerMissing as exc:
-        _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    broker, _ = resolved
     today = costreports.today_utc()
     try:
         costreports.interval_seconds(spec)
