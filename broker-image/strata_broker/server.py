@@ -832,8 +832,9 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[Any] | None], proto: Fra
             return
         try:
             # Shielded: if this connection ends first, the request is dropped (_drop), not cancelled
-            # midway (a Produce may be waiting for an fsync that other producers share).
-            data = await asyncio.shield(future)
+            # midway (a Produce may be waiting for an fsync that other producers share). An answer
+            # already there (pipelined requests) is taken without the shield's extra future.
+            data = future.result() if future.done() else await asyncio.shield(future)
         except asyncio.CancelledError:
             _drop(future)
             raise
