@@ -1,4 +1,5 @@
-"""The broker process: its logs, its listeners, and its background housekeeping."""
+"""The composition root: builds the broker's parts, hands each its dependencies, runs the
+listeners and the background housekeeping. Nothing else imports this module but the CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from .groups import GroupCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metering import Meter
-from .metrics import serve_metrics
-from .protocol.context import Connection
+from .metrics import BrokerCollector, serve_metrics
+from .protocol.context import Connection, Lifecycle, Services
+from .replica import Leadership, ReplicaManager, SingleBroker
 from .request_pool import RequestMemoryPool
 from .security import ANONYMOUS
 from .security.acl import Authorizer
@@ -42,19 +44,6 @@ class Broker:
         self.listeners = listeners
         self.logs = LogManager(data_dir, config)
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
-        self.groups: GroupCoordinator | None = None
-        self.cluster: ClusterMember | None = None
-        if config["cluster.placement.file"]:
-            if self.tier is None:
-                raise SystemExit("cluster mode (cluster.placement.file) needs tiered storage: set tiered.s3.bucket")
-            self.cluster = ClusterMember(self, self.tier, config["cluster.placement.file"], config["cluster.lease.ms"])
-            self.tier.leads = self.cluster.leads
-        self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
-        self.meter = Meter(self, data_dir)
-        if self.tier is not None:
-            self.logs.producer_id_blocks = self.tier.reserve_producer_ids
-            self.tier.store.on_request = self.meter.s3_call
-            self.tier.store.on_downloaded = self.meter.s3_downloaded
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
@@ -62,7 +51,30 @@ class Broker:
                               config["sasl.failed.authentication.backoff.max.ms"] / 1000.0)
         self.quotas = QuotaManager(self.logs.meta_dir, config["quota.window.size.seconds"],
                                    config["quota.window.num"])
-        self.closing = False
+        self.cluster: ClusterMember | None = None
+        self.leadership: Leadership = SingleBroker(node_id)
+        if config["cluster.placement.file"]:
+            if self.tier is None:
+                raise SystemExit("cluster mode (cluster.placement.file) needs tiered storage: set tiered.s3.bucket")
+            self.cluster = ClusterMember(
+                node_id, self.logs, self.tier, self.listeners,
+                {"acls": self.authorizer, "scram-credentials": self.credentials, "quotas": self.quotas},
+                config["cluster.placement.file"], config["cluster.lease.ms"])
+            self.leadership = self.cluster
+            self.tier.leads = self.cluster.leads
+        self.replicas = ReplicaManager(self.logs, self.leadership, self.tier)
+        self.groups = GroupCoordinator(config, self.logs, self.replicas)
+        self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
+        self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
+        if self.tier is not None:
+            self.logs.producer_id_blocks = self.tier.reserve_producer_ids
+            self.tier.store.on_request = self.meter.s3_call
+            self.tier.store.on_downloaded = self.meter.s3_downloaded
+        self.lifecycle = Lifecycle()
+        self.services = Services(config=config, node_id=node_id, logs=self.logs, replicas=self.replicas,
+                                 leadership=self.leadership, groups=self.groups, authorizer=self.authorizer,
+                                 credentials=self.credentials, auth=self.auth, quotas=self.quotas, meter=self.meter,
+                                 lifecycle=self.lifecycle, default_listener=listeners[0])
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -71,7 +83,6 @@ class Broker:
         self.request_pool = RequestMemoryPool(capacity if capacity > 0 else None)
         self._refused = 0
         self._refused_logged = 0.0
-        self._shutdown_waiters: set[asyncio.Future[None]] = set()
         self._stopped = asyncio.Event()
 
     @property
@@ -115,14 +126,14 @@ class Broker:
                 await self.logs.reserve_producer_id_block()
             except Exception as exc:  # S3 went away after open(): the first InitProducerId asks again
                 log.warning("no producer id block reserved at start-up (%r)", exc)
-        self.groups = GroupCoordinator(self)
-        await self.groups.start()
+        if self.cluster is None:
+            await self.groups.load_all()
         _raise_fd_limit()
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:
             # Partitions arrive through the placement: taken over from the bucket, one by one.
-            await self.cluster.start()
+            await self.cluster.start(self.groups)
         loop = asyncio.get_running_loop()
         if self.config["sasl.credentials.file"]:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
@@ -149,7 +160,8 @@ class Broker:
                 with open(self.config["metrics.bearer.token.file"]) as f:
                     token = f.read().strip()
             certfile, keyfile = self.config["metrics.ssl.certfile"], self.config["metrics.ssl.keyfile"]
-            bound = serve_metrics(self, host or "127.0.0.1", int(port), token, certfile, keyfile)
+            collector = BrokerCollector(self.logs, self.meter, self.cleaner, self.tier, lambda: self.connection_count)
+            bound = serve_metrics(collector, host or "127.0.0.1", int(port), token, certfile, keyfile)
             log.info("metrics on %s://%s:%d/metrics%s", "https" if certfile and keyfile else "http",
                      host or "127.0.0.1", bound, " (bearer token required)" if token else "")
         for lst in self.listeners:
@@ -190,7 +202,7 @@ class Broker:
             principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
             principal = principal or ANONYMOUS
         try:
-            await serve_connection(self, proto, Connection(listener, ip, principal))
+            await serve_connection(self.services, proto, Connection(listener, ip, principal))
         finally:
             self._connections.discard(task)
             left = self._per_ip.get(ip, 1) - 1
@@ -221,7 +233,7 @@ class Broker:
             for plog in topic.partitions:
                 if self.closing:
                     return
-                if self.cluster is not None and not self.cluster.leads(topic.name, plog.partition):
+                if not self.leadership.leads(topic.name, plog.partition):
                     continue
                 await self.cleaner.maybe_clean(plog)
                 if plog.remote is not None and self.tier is not None:
@@ -238,11 +250,9 @@ class Broker:
             except Exception:  # a failed sweep must not stop the next one
                 log.exception("background job %s failed", getattr(job, "__name__", job))
 
-    def add_shutdown_waiter(self, future: asyncio.Future[None]) -> None:
-        self._shutdown_waiters.add(future)
-
-    def remove_shutdown_waiter(self, future: asyncio.Future[None]) -> None:
-        self._shutdown_waiters.discard(future)
+    @property
+    def closing(self) -> bool:
+        return self.lifecycle.closing
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -251,17 +261,13 @@ class Broker:
         """Clean shutdown: stop accepting, let in-flight requests finish, fsync and close the logs."""
         if self.closing:
             return
-        self.closing = True
         log.info("shutting down")
         for server in self._servers:
             server.close()
-        for future in list(self._shutdown_waiters):
-            if not future.done():
-                future.set_result(None)
+        self.lifecycle.close()
         for task in self._tasks:
             task.cancel()
-        if self.groups is not None:
-            self.groups.stop()
+        self.groups.stop()
         if self._connections:
             _, pending = await asyncio.wait(list(self._connections), timeout=5.0)
             for task in pending:

@@ -27,7 +27,11 @@ from typing import TYPE_CHECKING, Any
 from .log.compaction import iter_batches
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from collections.abc import Callable
+
+    from .config import BrokerConfig
+    from .log.manager import LogManager
+    from .tier.manager import TierManager
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +81,13 @@ def topic_of_key(key: str) -> str | None:
 
 
 class Meter:
-    def __init__(self, broker: Broker, data_dir: str) -> None:
-        self.broker = broker
+    def __init__(self, config: BrokerConfig, node_id: int, data_dir: str, logs: LogManager,
+                 connections: Callable[[], int], tier: TierManager | None) -> None:
+        self.cluster_id = config["cluster.id"]
+        self.node_id = node_id
+        self.logs = logs
+        self.connections = connections  # open client connections now
+        self.tier = tier  # usage files go to the bucket when there is one
         self.directory = os.path.join(data_dir, "usage")
         self.epoch_ms = int(time.time() * 1000)
         self.sequence = 0
@@ -87,7 +96,6 @@ class Meter:
         self._uploaded_sizes_path = os.path.join(self.directory, "uploaded.json")
         # Totals since start, for /metrics (client ids idle past the expiry are dropped).
         self.totals: dict[tuple[str, str, str | None], ClientCounters] = defaultdict(ClientCounters)
-        config = broker.config
         self.max_client_ids = config["metering.client.ids.per.principal"]
         self.idle_expiry = config["metering.idle.expiry.ms"] / 1000.0
         # principal -> client id -> when last seen (the sampling clock), least recently seen first
@@ -172,12 +180,12 @@ class Meter:
         self._last_sample = now
         self._clock = now
         self.expire()
-        for topic in list(self.broker.logs.topics.values()):
+        for topic in list(self.logs.topics.values()):
             hot = sum(p.size_bytes for p in topic.partitions)
             cold = sum(p.remote.size_bytes for p in topic.partitions if p.remote is not None)
             self.window.hot_byte_seconds[topic.name] += hot * dt
             self.window.cold_byte_seconds[topic.name] += cold * dt
-        self.window.connection_seconds += self.broker.connection_count * dt
+        self.window.connection_seconds += self.connections() * dt
 
     def cut(self, now: float | None = None) -> list[dict[str, Any]]:
         """Close the current window: its records, and a fresh window from now."""
@@ -185,8 +193,8 @@ class Meter:
         now = time.time() if now is None else now
         window, self.window = self.window, Window(start=now)
         self.sequence += 1
-        cluster = self.broker.cluster_id
-        broker = str(self.broker.node_id)
+        cluster = self.cluster_id
+        broker = str(self.node_id)
         common = {"v": FORMAT_VERSION, "cluster": cluster, "broker": broker,
                   "window_start": _rfc3339(window.start), "window_end": _rfc3339(now)}
         out: list[dict[str, Any]] = []
@@ -208,7 +216,7 @@ class Meter:
     def write(self, records: list[dict[str, Any]], day: datetime) -> str:
         folder = os.path.join(self.directory, day.strftime("%Y"), day.strftime("%m"), day.strftime("%d"))
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{self.broker.node_id}-{self.epoch_ms}.jsonl")
+        path = os.path.join(folder, f"{self.node_id}-{self.epoch_ms}.jsonl")
         with open(path, "a") as f:
             f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
             f.flush()
@@ -227,7 +235,7 @@ class Meter:
         await self.upload()
 
     async def upload(self) -> None:
-        tier = self.broker.tier
+        tier = self.tier
         if tier is None:
             return
         uploaded = _read_json(self._uploaded_sizes_path) or {}

@@ -22,17 +22,25 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .log.cleaner import Cleaner
+    from .log.manager import LogManager
+    from .metering import Meter
+    from .tier.manager import TierManager
 
 
 class BrokerCollector(Collector):
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, logs: LogManager, meter: Meter, cleaner: Cleaner, tier: TierManager | None,
+                 connections: Callable[[], int]) -> None:
+        self.logs = logs
+        self.meter = meter
+        self.cleaner = cleaner
+        self.tier = tier
+        self.connections = connections
 
     def collect(self) -> Iterator[Metric]:
-        logs = self.broker.logs
+        logs = self.logs
         yield GaugeMetricFamily("strata_connections_open", "Client connections holding a connection slot",
-                                value=self.broker.connection_count)
+                                value=self.connections())
         local = GaugeMetricFamily("strata_log_local_bytes", "Bytes of a partition's log on local disk",
                                   labels=["topic", "partition"])
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
@@ -51,12 +59,12 @@ class BrokerCollector(Collector):
         families = {name: CounterMetricFamily(f"strata_client_{name}", f"Per principal, client and topic: {name}",
                                               labels=labels)
                     for name in ("produced_bytes", "produced_records", "fetched_bytes", "fetched_records")}
-        for (principal, client_id, topic), counters in list(self.broker.meter.totals.items()):
+        for (principal, client_id, topic), counters in list(self.meter.totals.items()):
             for name, family in families.items():
                 family.add_metric([principal, client_id, topic or ""], getattr(counters, name))
         yield from families.values()
-        for where, stats in (("local", self.broker.cleaner.stats),
-                             ("s3", self.broker.tier.compactor.stats if self.broker.tier else None)):
+        for where, stats in (("local", self.cleaner.stats),
+                             ("s3", self.tier.compactor.stats if self.tier else None)):
             if stats is None:
                 continue
             yield CounterMetricFamily(f"strata_compaction_{where}_bytes_read", "Bytes read by compaction",
@@ -66,7 +74,7 @@ class BrokerCollector(Collector):
             yield CounterMetricFamily(f"strata_compaction_{where}_seconds", "Time spent compacting",
                                       value=stats.seconds)
             yield CounterMetricFamily(f"strata_compaction_{where}_passes", "Compaction passes", value=stats.passes)
-        tier = self.broker.tier
+        tier = self.tier
         if tier is None:
             return
         lag = GaugeMetricFamily("strata_tier_upload_lag_offsets", "Offsets on local disk not yet in S3",
@@ -120,11 +128,11 @@ def _bearer(app: Callable[..., Iterable[bytes]], token: str) -> Callable[..., It
     return guarded
 
 
-def serve_metrics(broker: Broker, host: str, port: int, token: str | None = None,
+def serve_metrics(collector: BrokerCollector, host: str, port: int, token: str | None = None,
                   certfile: str | None = None, keyfile: str | None = None) -> int:
     """Serve /metrics on a daemon thread; the port bound."""
     registry = CollectorRegistry()
-    registry.register(BrokerCollector(broker))
+    registry.register(collector)
     app = make_wsgi_app(registry)
     if token:
         app = _bearer(app, token)

@@ -45,7 +45,7 @@ from .protocol.metadata import api_versions_response
 from .request_pool import RequestMemoryPool, frame_buffer
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .protocol.context import Services
 
 log = logging.getLogger(__name__)
 
@@ -487,21 +487,21 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connection | None = None) -> None:
+async def serve_connection(services: Services, proto: FrameProtocol, conn: Connection | None = None) -> None:
     peername = proto.get_extra_info("peername")
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
     if conn is None:
         conn = Connection(None, peername[0] if isinstance(peername, tuple) else str(peername))
-    max_frame = broker.config["socket.request.max.bytes"]
-    pre_auth_max_frame = min(max_frame, broker.config["sasl.server.max.receive.size"])
-    idle_timeout = broker.config["connections.max.idle.ms"] / 1000.0 or None
-    request_timeout = broker.config["request.timeout.ms"] / 1000.0
+    max_frame = services.config["socket.request.max.bytes"]
+    pre_auth_max_frame = min(max_frame, services.config["sasl.server.max.receive.size"])
+    idle_timeout = services.config["connections.max.idle.ms"] / 1000.0 or None
+    request_timeout = services.config["request.timeout.ms"] / 1000.0
     # A request that stalls half-sent is idle too: it gets the shorter of the two limits.
     frame_timeout = min(request_timeout, idle_timeout) if idle_timeout else request_timeout
     auth_deadline = time.monotonic() + request_timeout
     # Responses leave in request order; the queue bound is the in-flight limit per connection.
-    outbox: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(broker.config["queued.max.requests"])
-    linger = broker.config["connection.failed.authentication.delay.ms"] / 1000.0
+    outbox: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(services.config["queued.max.requests"])
+    linger = services.config["connection.failed.authentication.delay.ms"] / 1000.0
     pool = proto.pool
     responder = asyncio.get_running_loop().create_task(_respond(outbox, proto, peer, linger))
     # Frames are parsed ahead of this loop; before authentication the limit is the SASL one (a
@@ -510,7 +510,7 @@ async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connectio
     proto.hard_max_frame = max_frame
     proto.max_frame = max_frame if conn.authenticated else pre_auth_max_frame
     try:
-        while not broker.closing:
+        while not services.closing:
             if conn.mute_until:
                 # Quota throttle (KIP-219): the response went out; the next request waits.
                 delay = conn.mute_until - time.monotonic()
@@ -544,7 +544,7 @@ async def serve_connection(broker: Broker, proto: FrameProtocol, conn: Connectio
             authenticated = conn.authenticated
             reserved = proto.last_reserved
             try:
-                future = _dispatch(broker, frame, peer, conn)
+                future = _dispatch(services, frame, peer, conn)
             except BaseException:
                 pool.release(reserved)
                 raise
@@ -656,7 +656,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # mark it retrieved; the connection is gone either way
 
 
-def _dispatch(broker: Broker, frame: Any, peer: str, conn: Connection) -> asyncio.Future[Any]:
+def _dispatch(services: Services, frame: Any, peer: str, conn: Connection) -> asyncio.Future[Any]:
     api_key, api_version, correlation_id = _HEADER_PREFIX.unpack_from(frame, 0)
     if not conn.authenticated and api_key not in _PRE_AUTH_KEYS:
         raise ConnectionClosed(f"API key {api_key} before SASL authentication")
@@ -680,10 +680,10 @@ def _dispatch(broker: Broker, frame: Any, peer: str, conn: Connection) -> asynci
     null_field = _null_in_non_nullable(spec.request._struct, request, api_version)
     if null_field is not None:
         raise ConnectionClosed(f"malformed {spec.name} v{api_version}: non-nullable {null_field} is null")
-    ctx = RequestContext(broker=broker, api_version=api_version, correlation_id=correlation_id,
+    ctx = RequestContext(services=services, api_version=api_version, correlation_id=correlation_id,
                          client_id=request.header.client_id if request.header else None, peer=peer, conn=conn)
     throttle_ms = 0
-    quotas = getattr(broker, "quotas", None)
+    quotas = services.quotas
     if quotas is not None and quotas.active:
         if api_key == PRODUCE_KEY:
             throttle_ms = quotas.record_produce(_user(ctx), ctx.client_id or "", len(frame))
@@ -714,7 +714,7 @@ def _cap_fetch(request: Any, cap: int) -> None:
 def _throttle_fetch(ctx: RequestContext, response: Any) -> int:
     parts = [p for t in response.responses for p in t.partitions]
     size = sum(len(p.records or b"") for p in parts)
-    throttle_ms = ctx.broker.quotas.record_fetch(_user(ctx), ctx.client_id or "", size)
+    throttle_ms = ctx.services.quotas.record_fetch(_user(ctx), ctx.client_id or "", size)
     if throttle_ms:
         for p in parts:  # throttled: answered empty, the consumer fetches the same offsets again
             p.records = b""
@@ -756,7 +756,7 @@ async def _handle(spec: Any, ctx: RequestContext, request: Any, throttle_ms: int
     response = await spec.handler(ctx, request)
     if response is None:
         return None
-    quotas = getattr(ctx.broker, "quotas", None)
+    quotas = ctx.services.quotas
     if spec.key == FETCH_KEY and quotas is not None and quotas.active:
         throttle_ms = _throttle_fetch(ctx, response)
         if throttle_ms and ctx.conn is not None:

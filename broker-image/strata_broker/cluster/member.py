@@ -21,11 +21,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..groups.offsets import OFFSETS_TOPIC, partition_for
 from ..log.files import read_json, write_json_atomic
+from ..replica.leadership import PartitionLeader
 from ..tier.layout import manifest_key, parse_topic_dir, topic_meta_key, topics_root
 from ..tier.manager import seed_partition_dir
 from ..tier.manifest import RemoteManifest
@@ -35,9 +36,9 @@ from .placement import BrokerAddress, Placement, read_placement
 from .shared import SharedDocuments
 
 if TYPE_CHECKING:
-    from ..broker import Broker
-    from ..log.manager import Topic
+    from ..log.manager import LogManager, Topic
     from ..log.partition import PartitionLog
+    from ..security.listeners import Listener
     from ..tier.manager import TierManager
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,25 @@ class Role:
     task: asyncio.Task[None] | None = None
 
 
+class CoordinatorHandoff(Protocol):
+    """The group coordinator, told when this broker takes over or gives up an offsets partition."""
+
+    async def partition_acquired(self, plog: PartitionLog) -> None: ...
+
+    def partition_released(self, partition: int) -> None: ...
+
+
 class ClusterMember:
-    def __init__(self, broker: Broker, tier: TierManager, placement_file: str, lease_ms: int) -> None:
-        self.broker = broker
+    """The clustered `Leadership` strategy (replica/leadership.py), and the hand-over it drives."""
+
+    def __init__(self, node_id: int, logs: LogManager, tier: TierManager, listeners: list[Listener],
+                 shared: dict[str, Any], placement_file: str, lease_ms: int) -> None:
+        self.logs = logs
         self.tier = tier
-        self.node_id = broker.node_id
+        self.listeners = listeners
+        self.node_id = node_id
+        self._shared_documents = shared  # ACLs, credentials, quotas: kept in the bucket for every broker
+        self._coordinator: CoordinatorHandoff | None = None
         self.placement_file = placement_file
         self.lease_ms = lease_ms
         self.placement = Placement()
@@ -80,11 +95,11 @@ class ClusterMember:
     def lease_valid(self) -> bool:
         return time.monotonic() < self._valid_until
 
-    async def start(self) -> None:
-        broker = self.broker
-        broker.logs.require_remote = True
-        self.shared = SharedDocuments(self.tier.store, self.tier.prefix, self.tier.cluster, {
-            "acls": broker.authorizer, "scram-credentials": broker.credentials, "quotas": broker.quotas})
+    async def start(self, coordinator: CoordinatorHandoff) -> None:
+        """Join the cluster; `coordinator` hears about the offsets partitions this broker takes."""
+        self._coordinator = coordinator
+        self.logs.require_remote = True
+        self.shared = SharedDocuments(self.tier.store, self.tier.prefix, self.tier.cluster, self._shared_documents)
         await self.shared.start()
         if not await self._renew():
             raise SystemExit("cluster mode: could not write this broker's lease to the bucket")
@@ -98,11 +113,11 @@ class ClusterMember:
 
     async def _renew(self) -> bool:
         started = time.monotonic()
-        lst = self.broker.listeners[0]
+        lst = self.listeners[0]
         self._renewals += 1
         lease = MemberLease(self.node_id, lst.advertised_host, lst.advertised_port, self._renewals, self.lease_ms,
                             self._measure_bytes_in(started),
-                            {x.name: (x.advertised_host, x.advertised_port) for x in self.broker.listeners})
+                            {x.name: (x.advertised_host, x.advertised_port) for x in self.listeners})
         try:
             await self.tier.store.put(member_key(self.tier.prefix, self.tier.cluster, self.node_id), lease.to_json(),
                                       deadline=self.lease_ms / 2000.0)
@@ -143,7 +158,7 @@ class ClusterMember:
         return True
 
     def _measure_bytes_in(self, now: float) -> dict[str, float]:
-        logs = self.broker.logs
+        logs = self.logs
         rates: dict[str, float] = {}
         for (topic, partition), role in self.roles.items():
             if role.state != LEADING or topic not in logs.topics:
@@ -167,7 +182,7 @@ class ClusterMember:
 
     def check_leader(self, topic: str, partition: int) -> None:
         if not self.leads(topic, partition):
-            if self.placement.assignment(topic, partition) is None and topic in self.broker.logs.topics:
+            if self.placement.assignment(topic, partition) is None and topic in self.logs.topics:
                 raise KafkaProtocolError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{partition} is not placed yet")
             raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
                                      f"broker {self.node_id} does not lead {topic}-{partition}")
@@ -180,7 +195,7 @@ class ClusterMember:
         return self.lease_valid() and plog is not None and plog.leader_epoch == epoch and not plog.fenced
 
     def coordinates(self, group_id: str) -> bool:
-        topic = self.broker.logs.topics.get(OFFSETS_TOPIC)
+        topic = self.logs.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return False
         return self.leads(OFFSETS_TOPIC, partition_for(group_id, len(topic.partitions)))
@@ -196,6 +211,21 @@ class ClusterMember:
         ids = [b.id for b in self.placement.brokers]
         return min(ids) if ids else self.node_id
 
+    def other_brokers(self) -> list[BrokerAddress]:
+        return [b for b in self.placement.brokers if b.id != self.node_id]
+
+    def partition_leaders(self, topic: str, topic_id: str, partitions: int) -> list[PartitionLeader] | None:
+        placed = self.placement.topics.get(topic)
+        if placed is None or str(placed.id) != topic_id:
+            return None
+        live = {b.id for b in self.placement.brokers}
+        return [PartitionLeader(a.leader, a.epoch, a.leader in live) for a in placed.partitions]
+
+    async def shared_state_flushed(self) -> None:
+        """The change is in the bucket before it is answered; the other brokers load it within a second."""
+        if self.shared is not None:
+            await self.shared.flush()
+
     async def exists_elsewhere(self, name: str) -> bool:
         """Whether the cluster has this topic though this broker has not adopted it yet."""
         if name in self.placement.topics:
@@ -210,7 +240,7 @@ class ClusterMember:
         return False
 
     def _plog(self, topic: str, partition: int) -> PartitionLog | None:
-        t = self.broker.logs.topics.get(topic)
+        t = self.logs.topics.get(topic)
         if t is None or partition >= len(t.partitions):
             return None
         return t.partitions[partition]
@@ -243,7 +273,7 @@ class ClusterMember:
         if self._stopping:
             return
         placement = self.placement
-        logs = self.broker.logs
+        logs = self.logs
         for name, placed in placement.topics.items():
             self._created_here.discard(name)
             local = logs.topics.get(name)
@@ -295,13 +325,13 @@ class ClusterMember:
         role = self.roles.pop(key, None)
         if role is not None and role.task is not None and role.task is not asyncio.current_task():
             role.task.cancel()
-        if role is not None and key[0] == OFFSETS_TOPIC and self.broker.groups is not None:
-            self.broker.groups.partition_released(key[1])
+        if role is not None and key[0] == OFFSETS_TOPIC and self._coordinator is not None:
+            self._coordinator.partition_released(key[1])
 
     async def _acquire(self, key: tuple[str, int], epoch: int) -> None:
         topic_name, partition = key
         seen = time.monotonic()
-        logs = self.broker.logs
+        logs = self.logs
         waited_for_seal = False
         watch: dict[str, float] = {}
         try:
@@ -334,8 +364,8 @@ class ClusterMember:
                              "sealed by the previous leader" if manifest is None or manifest.sealed
                              else ("after its lease ran out" if waited_for_seal else "same leader"),
                              time.monotonic() - seen)
-                    if topic_name == OFFSETS_TOPIC and self.broker.groups is not None:
-                        await self.broker.groups.partition_acquired(plog)
+                    if topic_name == OFFSETS_TOPIC and self._coordinator is not None:
+                        await self._coordinator.partition_acquired(plog)
                     return
                 await asyncio.sleep(_POLL_S)
         except asyncio.CancelledError:
@@ -368,7 +398,7 @@ class ClusterMember:
 
     async def _take_over(self, topic: Topic, partition: int, epoch: int, manifest: RemoteManifest | None,
                          etag: str | None) -> bool:
-        logs = self.broker.logs
+        logs = self.logs
         base = manifest or RemoteManifest(topic.name, str(topic.topic_id), partition)
         current = topic.partitions[partition]
         local_epoch = _local_epoch(current)
@@ -403,7 +433,7 @@ class ClusterMember:
 
     async def _late_seal(self, key: tuple[str, int]) -> None:
         topic_name, partition = key
-        topic = self.broker.logs.topics.get(topic_name)
+        topic = self.logs.topics.get(topic_name)
         if topic is None:
             return
         plog = topic.partitions[partition]
@@ -425,7 +455,7 @@ class ClusterMember:
             return
         if self.roles.get(key) is not None and self.roles[key].epoch == 0:
             self.roles.pop(key, None)
-        self.broker.logs.replace_partition(topic_name, partition, None)
+        self.logs.replace_partition(topic_name, partition, None)
         self._dirty = True
 
     async def _release(self, key: tuple[str, int], previous_state: str) -> None:
@@ -439,15 +469,15 @@ class ClusterMember:
             if self.roles.get(key) is role:
                 self.roles.pop(key, None)
             if current is not None and current.log_end_offset > 0:
-                self.broker.logs.replace_partition(topic_name, partition, None)
+                self.logs.replace_partition(topic_name, partition, None)
             self._dirty = True
             return
-        if topic_name == OFFSETS_TOPIC and self.broker.groups is not None:
-            self.broker.groups.partition_released(partition)
+        if topic_name == OFFSETS_TOPIC and self._coordinator is not None:
+            self._coordinator.partition_released(partition)
         started = time.monotonic()
         sealed = False
         try:
-            topic = self.broker.logs.topics.get(topic_name)
+            topic = self.logs.topics.get(topic_name)
             while topic is not None and self.lease_valid():
                 plog = topic.partitions[partition]
                 if plog.fenced or plog.remote is None:
@@ -476,10 +506,10 @@ class ClusterMember:
         finally:
             if self.roles.get(key) is role:
                 self.roles.pop(key, None)
-            topic = self.broker.logs.topics.get(topic_name)
+            topic = self.logs.topics.get(topic_name)
             if topic is not None and partition < len(topic.partitions):
                 end = topic.partitions[partition].log_end_offset
-                self.broker.logs.replace_partition(topic_name, partition, None)
+                self.logs.replace_partition(topic_name, partition, None)
                 if sealed:
                     log.info("handed over %s-%d at offset %d (sealed in %.2fs)", topic_name, partition, end,
                              time.monotonic() - started)

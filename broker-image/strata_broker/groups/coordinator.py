@@ -19,15 +19,17 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import KafkaProtocolError
 from .group import Group, GroupState, JoinResult, Member, SyncResult
 from .offsets import CommittedOffset, OffsetStore, partition_for
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..config import BrokerConfig
+    from ..log.manager import LogManager
     from ..log.partition import PartitionLog
+    from ..replica import ReplicaManager
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +58,31 @@ class E:
     GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 
-def setting(broker: Any, name: str) -> int:
-    """A group property; the names and defaults live in strata_broker.config."""
-    return int(broker.config[name])
-
-
 def _now() -> float:
     return time.monotonic()
 
 
 class GroupCoordinator:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, config: BrokerConfig, logs: LogManager, replicas: ReplicaManager) -> None:
+        self.logs = logs
         self.groups: dict[str, Group] = {}
-        self.offsets = OffsetStore(broker.logs, setting(broker, "offsets.topic.num.partitions"))
-        self.min_session_ms = setting(broker, "group.min.session.timeout.ms")
-        self.max_session_ms = setting(broker, "group.max.session.timeout.ms")
-        self.initial_delay_ms = setting(broker, "group.initial.rebalance.delay.ms")
-        self.max_group_size = setting(broker, "group.max.size")
-        self.max_metadata_bytes = setting(broker, "offset.metadata.max.bytes")
-        self.offsets_retention_ms = setting(broker, "offsets.retention.minutes") * 60_000
-        self.tick_ms = setting(broker, "group.coordinator.tick.ms")
+        self.offsets = OffsetStore(logs, replicas, int(config["offsets.topic.num.partitions"]))
+        self.min_session_ms = int(config["group.min.session.timeout.ms"])
+        self.max_session_ms = int(config["group.max.session.timeout.ms"])
+        self.initial_delay_ms = int(config["group.initial.rebalance.delay.ms"])
+        self.max_group_size = int(config["group.max.size"])
+        self.max_metadata_bytes = int(config["offset.metadata.max.bytes"])
+        self.offsets_retention_ms = int(config["offsets.retention.minutes"]) * 60_000
+        self.tick_ms = int(config["group.coordinator.tick.ms"])
         # group -> wall-clock ms when it became Empty (for offsets.retention.minutes).
         self._empty_since: dict[str, int] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self.offsets.cluster = getattr(self.broker, "cluster", None)
-        if self.offsets.cluster is not None:
-            self.offsets.tier = getattr(self.broker, "tier", None)
-            return  # cluster mode: each offsets partition is loaded when this broker takes it over
-        await self.offsets.load(getattr(self.broker, "tier", None))
+    async def load_all(self) -> None:
+        """One broker coordinates every group: load every offsets partition (in a cluster, each is
+        loaded by `partition_acquired` when this broker takes it over)."""
+        await self.offsets.load()
         now_ms = int(time.time() * 1000)
         for group_id in self.offsets.groups():
             self.groups.setdefault(group_id, Group(group_id))
@@ -517,7 +512,7 @@ class GroupCoordinator:
             self._touch(group.members[member_id])
         results: dict[tuple[str, int], int] = {}
         valid: dict[tuple[str, int], CommittedOffset | None] = {}
-        logs = self.broker.logs
+        logs = self.logs
         for tp, entry in offsets.items():
             topic, partition = tp
             if entry.metadata is not None and len(entry.metadata.encode("utf-8")) > self.max_metadata_bytes:
@@ -567,7 +562,7 @@ class GroupCoordinator:
         for tp in partitions:
             topic, partition = tp
             try:
-                self.broker.logs.get_partition(topic, partition)
+                self.logs.get_partition(topic, partition)
             except KafkaProtocolError:
                 results[tp] = E.UNKNOWN_TOPIC_OR_PARTITION
                 continue

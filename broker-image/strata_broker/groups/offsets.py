@@ -19,14 +19,14 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
-from ..log.partition import OffsetInRemoteStorage, PartitionLog
+from ..log.partition import PartitionLog
+from ..replica import ReplicaManager
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +130,16 @@ def decode_value(buf: bytes) -> CommittedOffset:
 class OffsetStore:
     """group -> {(topic, partition): CommittedOffset}, durable in `__consumer_offsets`."""
 
-    def __init__(self, logs: LogManager, num_partitions: int) -> None:
+    def __init__(self, logs: LogManager, replicas: ReplicaManager, num_partitions: int) -> None:
         self.logs = logs
+        self.replicas = replicas
         self.num_partitions = num_partitions
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
-        self.tier: Any = None
-        self.cluster: Any = None  # cluster mode: the ClusterMember (is this broker still the leader?)
 
     # ---- startup -----------------------------------------------------------------------
 
-    async def load(self, tier: Any = None) -> int:
-        """Replay the topic if it exists; returns the number of records read.
-
-        Segments offloaded to S3 (below the local log start) are read through `tier`.
-        """
-        self.tier = tier
+    async def load(self) -> int:
+        """Replay the topic if it exists (S3 included); returns the number of records read."""
         topic = self.logs.topics.get(OFFSETS_TOPIC)
         if topic is None:
             return 0
@@ -160,17 +155,10 @@ class OffsetStore:
 
     async def load_partition(self, plog: PartitionLog) -> int:
         """Replay one partition of the offsets topic (cluster mode: the one just taken over)."""
-        topic = self.logs.topics[OFFSETS_TOPIC]
-        tier = self.tier
         count = 0
         position = plog.log_start_offset
         while position < plog.log_end_offset:
-            try:
-                data = plog.read(position, 1 << 20, always_one=True)
-            except OffsetInRemoteStorage:
-                if tier is None:
-                    raise
-                data = await tier.read(topic, plog, position, 1 << 20, True)
+            data = await self.replicas.read(plog, position, 1 << 20, always_one=True)
             if not data:
                 break
             records = MemoryRecords(bytes(data))
@@ -233,7 +221,8 @@ class OffsetStore:
                                    topic_id=topic_id)
 
     async def write(self, group_id: str, updates: dict[tuple[str, int], CommittedOffset | None]) -> None:
-        """Append (tombstones for None), fsync, then apply: acknowledged commits survive a crash."""
+        """Append (tombstones for None), make durable (fsync, or S3 with a bucket), then apply:
+        acknowledged commits survive a crash."""
         if not updates:
             return
         self._ensure_topic()
@@ -245,22 +234,14 @@ class OffsetStore:
         for i, ((topic_name, partition), entry) in enumerate(updates.items()):
             builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
                            value=None if entry is None else encode_value(entry), headers=[])
-        result = plog.append(bytes(builder.build()))
-        if self.tier is not None and plog.remote is not None:
-            # With a bucket, a commit is answered once it is in S3: a broker that loses its disk
-            # still knows where every group was.
-            await self.tier.commit_log.commit(OFFSETS_TOPIC, plog.partition, result.base_offset,
-                                              result.last_offset, result.data, plog.leader_epoch)
-            cluster = self.cluster
-            if cluster is not None and not cluster.may_ack(OFFSETS_TOPIC, plog.partition, plog.leader_epoch):
-                raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker")
-        elif result.segment is not None:
-            try:
-                await self.logs.group_commit.sync(result.segment)
-            except KafkaProtocolError:
-                raise
-            except OSError as exc:
-                raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
+        appended = self.replicas.append(plog, bytes(builder.build()))
+        try:
+            await appended.durable()
+        except KafkaProtocolError as exc:
+            if exc.code == ErrorCode.NOT_LEADER_OR_FOLLOWER:
+                raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker") \
+                    from exc
+            raise
         for (topic_name, partition), entry in updates.items():
             if entry is None:
                 self._forget(group_id, topic_name, partition)

@@ -24,7 +24,7 @@ _ZERO_UUID = uuid.UUID(int=0)
 
 
 def _check_placement(ctx: RequestContext, replication_factor: int, broker_lists: list[list[int]]) -> None:
-    node = ctx.broker.node_id
+    node = ctx.services.node_id
     if replication_factor not in (-1, 1):
         raise KafkaProtocolError(ErrorCode.INVALID_REPLICATION_FACTOR,
                                  f"replication factor {replication_factor} > 1 broker")
@@ -36,7 +36,7 @@ def _check_placement(ctx: RequestContext, replication_factor: int, broker_lists:
 @api(CreateTopicsRequest, CreateTopicsResponse, 2, 7)
 async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest) -> CreateTopicsResponse:
     R = CreateTopicsResponse
-    logs = ctx.broker.logs
+    logs = ctx.services.logs
     results = []
     seen: set[str] = set()
     for topic in request.topics:
@@ -52,18 +52,17 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
             _check_placement(ctx, topic.replication_factor, [a.broker_ids for a in topic.assignments])
             partitions = topic.num_partitions
             if partitions == -1:
-                partitions = len(topic.assignments) or ctx.broker.config["num.partitions"]
+                partitions = len(topic.assignments) or ctx.services.config["num.partitions"]
             overrides = {c.name: c.value for c in topic.configs if c.value is not None}
-            cluster = ctx.broker.cluster
-            if cluster is not None and topic.name not in logs.topics and await cluster.exists_elsewhere(topic.name):
+            leadership = ctx.services.leadership
+            if topic.name not in logs.topics and await leadership.exists_elsewhere(topic.name):
                 raise KafkaProtocolError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {topic.name!r} already exists")
             created = logs.create_topic(topic.name, partitions, overrides, validate_only=request.validate_only)
-            if cluster is not None:
-                await cluster.published(topic.name)
+            await leadership.published(topic.name)
             result.num_partitions = partitions
             result.replication_factor = 1
             if ctx.api_version >= 5:
-                values = describe_topic_values(ctx.broker.config, overrides)
+                values = describe_topic_values(ctx.services.config, overrides)
                 result.configs = [
                     R.CreatableTopicResult.CreatableTopicConfigs(
                         name=name, value=value, read_only=False,
@@ -83,7 +82,7 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
 @api(DeleteTopicsRequest, DeleteTopicsResponse, 1, 6)
 async def handle_delete_topics(ctx: RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse:
     R = DeleteTopicsResponse
-    logs = ctx.broker.logs
+    logs = ctx.services.logs
     if ctx.api_version >= 6:
         wanted = [(t.name, t.topic_id) for t in request.topics]
     else:
@@ -123,9 +122,8 @@ async def handle_create_partitions(ctx: RequestContext,
                 raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not alter it")
             refuse_internal(topic.name, "given partitions")
             _check_placement(ctx, -1, [a.broker_ids for a in topic.assignments or []])
-            ctx.broker.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
-            if ctx.broker.cluster is not None:
-                await ctx.broker.cluster.published(topic.name)
+            ctx.services.logs.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
+            await ctx.services.leadership.published(topic.name)
         except KafkaProtocolError as exc:
             result.error_code = int(exc.code)
             result.error_message = exc.message

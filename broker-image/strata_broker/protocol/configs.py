@@ -70,7 +70,7 @@ async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsR
     R = DescribeConfigsResponse
     Entry = R.DescribeConfigsResult.DescribeConfigsResourceResult
     Synonym = Entry.DescribeConfigsSynonym
-    broker = ctx.broker
+    broker = ctx.services
     results = []
     for resource in request.resources:
         result = R.DescribeConfigsResult(error_code=0, error_message=None, resource_type=resource.resource_type,
@@ -151,7 +151,7 @@ async def handle_incremental_alter_configs(
     ctx: RequestContext, request: IncrementalAlterConfigsRequest
 ) -> IncrementalAlterConfigsResponse:
     R = IncrementalAlterConfigsResponse
-    broker = ctx.broker
+    broker = ctx.services
     results = []
     for resource in request.resources:
         result = R.AlterConfigsResourceResponse(error_code=0, error_message=None,
@@ -166,8 +166,7 @@ async def handle_incremental_alter_configs(
             topic = broker.logs.get_topic(resource.resource_name)
             updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
             broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
-            if broker.cluster is not None:
-                await broker.cluster.published(topic.name)
+            await broker.leadership.published(topic.name)
         except KafkaProtocolError as exc:
             result.error_code = int(exc.code)
             result.error_message = exc.message

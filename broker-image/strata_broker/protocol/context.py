@@ -1,7 +1,8 @@
-"""What a handler sees of the broker and of the connection a request came on."""
+"""What a handler sees of the broker (`Services`) and of the connection a request came on."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -9,9 +10,63 @@ from typing import TYPE_CHECKING
 from ..security import ANONYMOUS
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..config import BrokerConfig
+    from ..groups import GroupCoordinator
+    from ..log.manager import LogManager
+    from ..metering import Meter
+    from ..replica import Leadership, ReplicaManager
+    from ..security.acl import Authorizer
+    from ..security.credentials import CredentialStore
     from ..security.listeners import Listener
-    from ..security.sasl import SaslSession
+    from ..security.quotas import QuotaManager
+    from ..security.sasl import AuthGuard, SaslSession
+
+
+class Lifecycle:
+    """Whether the broker is closing, and the long polls to wake when it starts to."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def add_shutdown_waiter(self, future: asyncio.Future[None]) -> None:
+        self._waiters.add(future)
+
+    def remove_shutdown_waiter(self, future: asyncio.Future[None]) -> None:
+        self._waiters.discard(future)
+
+    def close(self) -> None:
+        self.closing = True
+        for future in list(self._waiters):
+            if not future.done():
+                future.set_result(None)
+
+
+@dataclass
+class Services:
+    """Everything the request handlers use, built once by the composition root (broker.py)."""
+
+    config: BrokerConfig
+    node_id: int
+    logs: LogManager
+    replicas: ReplicaManager
+    leadership: Leadership
+    groups: GroupCoordinator
+    authorizer: Authorizer
+    credentials: CredentialStore
+    auth: AuthGuard
+    quotas: QuotaManager
+    meter: Meter
+    lifecycle: Lifecycle
+    default_listener: Listener
+
+    @property
+    def cluster_id(self) -> str:
+        return self.config["cluster.id"]
+
+    @property
+    def closing(self) -> bool:
+        return self.lifecycle.closing
 
 
 @dataclass
@@ -35,7 +90,7 @@ class Connection:
 
 @dataclass
 class RequestContext:
-    broker: Broker
+    services: Services
     api_version: int
     correlation_id: int
     client_id: str | None
@@ -56,10 +111,7 @@ class RequestContext:
 
     def authorize(self, operation: int, resource_type: int, name: str) -> bool:
         """Whether this request's principal may do `operation` on the resource (acl.OP_*, acl.RES_*)."""
-        authorizer = getattr(self.broker, "authorizer", None)
-        if authorizer is None:
-            return True
-        return authorizer.authorize(self.principal, self.host, operation, resource_type, name)
+        return self.services.authorizer.authorize(self.principal, self.host, operation, resource_type, name)
 
     @property
     def listener_name(self) -> str:
@@ -73,10 +125,10 @@ class RequestContext:
         """The host clients reach this broker at on the listener this request came in on."""
         if self.conn is not None and self.conn.listener is not None:
             return self.conn.listener.advertised_host
-        return self.broker.advertised_host
+        return self.services.default_listener.advertised_host
 
     @property
     def advertised_port(self) -> int:
         if self.conn is not None and self.conn.listener is not None:
             return self.conn.listener.advertised_port
-        return self.broker.advertised_port
+        return self.services.default_listener.advertised_port

@@ -8,9 +8,8 @@ import time
 
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 
-from ..errors import ErrorCode, KafkaProtocolError
-from ..log.partition import OffsetInRemoteStorage
-from ..security.acl import OP_READ, RES_TOPIC
+from ..errors import KafkaProtocolError
+from ..security.acl import OP_READ
 from .context import RequestContext
 from .registry import api
 
@@ -24,14 +23,14 @@ _MAX_WAIT_MS = 60_000
 
 @api(FetchRequest, FetchResponse, 4, 12)
 async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
-    logs = ctx.broker.logs
+    logs = ctx.services.logs
     # Clients wait 0.1-1 s; the cap keeps a nonsense value from parking a request for days.
     max_wait = min(max(0, request.max_wait_ms), _MAX_WAIT_MS) / 1000.0
     deadline = time.monotonic() + max_wait
     while True:
         topics, total, errors = await _read_all(ctx, request)
         remaining = deadline - time.monotonic()
-        if total >= max(1, request.min_bytes) or errors or remaining <= 0 or ctx.broker.closing:
+        if total >= max(1, request.min_bytes) or errors or remaining <= 0 or ctx.services.closing:
             break
         waiter = asyncio.get_running_loop().create_future()
         watched = []
@@ -43,7 +42,7 @@ async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchRespo
                     continue
                 plog.add_waiter(waiter)
                 watched.append(plog)
-        ctx.broker.add_shutdown_waiter(waiter)
+        ctx.services.lifecycle.add_shutdown_waiter(waiter)
         try:
             await asyncio.wait_for(waiter, remaining)
         except TimeoutError:
@@ -51,18 +50,18 @@ async def handle_fetch(ctx: RequestContext, request: FetchRequest) -> FetchRespo
         finally:
             for plog in watched:
                 plog.remove_waiter(waiter)
-            ctx.broker.remove_shutdown_waiter(waiter)
+            ctx.services.lifecycle.remove_shutdown_waiter(waiter)
     return FetchResponse(version=ctx.api_version, throttle_time_ms=0, error_code=0, session_id=0, responses=topics)
 
 
 async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_TopicResponse], int, bool]:
-    logs = ctx.broker.logs
+    replicas = ctx.services.replicas
     budget = request.max_bytes if ctx.api_version >= 3 else 1 << 31
     total = 0
     errors = False
     topics = []
     # Reads below the local log start go to S3; they run concurrently, under one timeout.
-    remote: dict[int, asyncio.Task[bytes]] = {}
+    remote: dict[int, asyncio.Task[bytes | memoryview]] = {}
     slots: list[_PartitionData] = []
     topic_by_slot: dict[int, str] = {}
     for topic in request.topics:
@@ -72,11 +71,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                                   last_stable_offset=-1, log_start_offset=-1, aborted_transactions=None,
                                   preferred_read_replica=-1, records=b"")
             try:
-                if not ctx.authorize(OP_READ, RES_TOPIC, topic.topic):
-                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
-                plog = logs.get_partition(topic.topic, part.partition)
-                if ctx.broker.cluster is not None:
-                    ctx.broker.cluster.check_leader(topic.topic, part.partition)
+                plog = replicas.partition(ctx, topic.topic, part.partition, OP_READ)
                 data.high_watermark = plog.high_watermark
                 data.last_stable_offset = plog.high_watermark
                 data.log_start_offset = plog.log_start_offset
@@ -84,21 +79,17 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 if limit > 0 or total == 0:
                     # KIP-74: the first batch of the response is returned whole even past the limits,
                     # so a batch larger than max bytes never stalls a consumer.
-                    try:
-                        records = plog.read(part.fetch_offset, max(limit, 0), always_one=(total == 0))
-                    except OffsetInRemoteStorage:
-                        tier = ctx.broker.tier
-                        assert tier is not None
-                        remote[id(data)] = asyncio.get_running_loop().create_task(tier.read(
-                            logs.get_topic(topic.topic), plog, part.fetch_offset,
-                            min(part.partition_max_bytes, budget), True))
+                    records = replicas.read_local(plog, part.fetch_offset, max(limit, 0), always_one=(total == 0))
+                    if records is None:  # below the local log start: read from S3, concurrently
+                        remote[id(data)] = asyncio.get_running_loop().create_task(replicas.read_remote(
+                            plog, part.fetch_offset, min(part.partition_max_bytes, budget), True))
                         slots.append(data)
                         topic_by_slot[id(data)] = topic.topic
                         records = b""
                     data.records = records
                     total += len(records)
                     if records:
-                        ctx.broker.meter.fetched(ctx.principal, ctx.client_id, topic.topic, records)
+                        ctx.services.meter.fetched(ctx.principal, ctx.client_id, topic.topic, records)
             except KafkaProtocolError as exc:
                 data.error_code = int(exc.code)
                 # As Kafka: a partition in error carries no offsets (-1), whatever was read before.
@@ -107,7 +98,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
             partitions.append(data)
         topics.append(_TopicResponse(topic=topic.topic, partitions=partitions))
     if remote:
-        timeout = ctx.broker.config["tiered.fetch.timeout.ms"] / 1000.0
+        timeout = ctx.services.config["tiered.fetch.timeout.ms"] / 1000.0
         done, _ = await asyncio.wait(remote.values(), timeout=timeout)
         for data in slots:
             task = remote[id(data)]
@@ -122,5 +113,5 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 continue  # over the response budget: this partition's turn comes in the next fetch
             data.records = records
             total += len(records)
-            ctx.broker.meter.fetched(ctx.principal, ctx.client_id, topic_by_slot[id(data)], records)
+            ctx.services.meter.fetched(ctx.principal, ctx.client_id, topic_by_slot[id(data)], records)
     return topics, total, errors

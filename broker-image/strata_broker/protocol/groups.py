@@ -64,9 +64,8 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 def _coordinator(ctx: RequestContext, group_id: str | None = None) -> GroupCoordinator | None:
     """The coordinator, if it runs here and (in a cluster) coordinates `group_id`: clients told
     it is not available look the coordinator up again."""
-    groups = getattr(ctx.broker, "groups", None)
-    cluster = getattr(ctx.broker, "cluster", None)
-    if groups is not None and group_id is not None and cluster is not None and not cluster.coordinates(group_id):
+    groups = ctx.services.groups
+    if group_id is not None and not ctx.services.leadership.coordinates(group_id):
         return None
     return groups
 
@@ -81,7 +80,7 @@ def _client_host(ctx: RequestContext) -> str:
 
 @api(FindCoordinatorRequest, FindCoordinatorResponse, 0, 4)
 async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorRequest) -> FindCoordinatorResponse:
-    broker = ctx.broker
+    broker = ctx.services
     R = FindCoordinatorResponse
     key_type = request.key_type if ctx.api_version >= 1 else _GROUP_KEY
     groups = _coordinator(ctx)
@@ -96,19 +95,18 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
         if groups is None:
             return E.COORDINATOR_NOT_AVAILABLE, "the group coordinator is not running"
         groups.ensure_offsets_topic()
-        if broker.cluster is not None and broker.cluster.coordinator_of(key) is None:
+        if broker.leadership.coordinator_of(key) is None:
             return E.COORDINATOR_NOT_AVAILABLE, "the offsets topic is not placed yet"
         return E.NONE, None
 
     def where(error: int, key: str) -> tuple[int, str, int]:
         if error != 0:
             return -1, "", -1
-        if broker.cluster is not None:
-            # The leader of the group's offsets partition (hash of the group id), as Kafka does.
-            address = broker.cluster.coordinator_of(key)
-            assert address is not None
-            return (address.id, *address.on(ctx.listener_name))
-        return broker.node_id, ctx.advertised_host, ctx.advertised_port
+        # The leader of the group's offsets partition (hash of the group id), as Kafka does.
+        address = broker.leadership.coordinator_of(key)
+        if address is None or address.id == broker.node_id:
+            return broker.node_id, ctx.advertised_host, ctx.advertised_port
+        return (address.id, *address.on(ctx.listener_name))
 
     if ctx.api_version >= 4:
         coordinators = []

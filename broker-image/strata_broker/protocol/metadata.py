@@ -32,8 +32,9 @@ async def handle_api_versions(ctx: RequestContext, request: ApiVersionsRequest) 
 
 @api(MetadataRequest, MetadataResponse, 0, 12)
 async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> MetadataResponse:
-    broker = ctx.broker
+    broker = ctx.services
     logs = broker.logs
+    leadership = broker.leadership
     R = MetadataResponse
     wanted = request.topics
     denied: set[uuid.UUID] = set()
@@ -61,26 +62,24 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
     for name in names:
         # Cluster mode: a topic this broker has not heard of yet may exist already; it is not
         # created twice (the client asks again once the placement has reached this broker).
-        elsewhere = (auto_create and broker.cluster is not None and isinstance(name, str)
-                     and name not in logs.topics and await broker.cluster.exists_elsewhere(name))
+        elsewhere = (auto_create and isinstance(name, str) and name not in logs.topics
+                     and await leadership.exists_elsewhere(name))
         if name in denied:
             topics.append(R.MetadataResponseTopic(error_code=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED), name=None,
                                                   topic_id=name, partitions=[]))
             continue
         topics.append(_describe_topic(ctx, name, auto_create and not elsewhere, elsewhere))
-        if broker.cluster is not None and isinstance(name, str):
-            await broker.cluster.published(name)  # auto-created: in the bucket before anyone hears of it
+        if isinstance(name, str):
+            await leadership.published(name)  # auto-created: known to every broker before any client
     node = broker.node_id
     # The address of the listener this client came in on (each listener advertises its own).
     brokers = [R.MetadataResponseBroker(node_id=node, host=ctx.advertised_host, port=ctx.advertised_port, rack=None)]
-    # One broker is its own controller: admin clients send CreateTopics here.
-    controller = node
-    if broker.cluster is not None and broker.cluster.placement.brokers:
-        # Every broker of the placement; any of them creates topics, the lowest id is named.
-        name = ctx.listener_name
-        brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
-                   for b in broker.cluster.placement.brokers if b.id != node] + brokers
-        controller = broker.cluster.controller_id()
+    # Every broker of a cluster; any of them creates topics, the controller named is the lowest id
+    # (one broker is its own controller: admin clients send CreateTopics here).
+    listener = ctx.listener_name
+    brokers = [R.MetadataResponseBroker(node_id=b.id, host=b.on(listener)[0], port=b.on(listener)[1], rack=None)
+               for b in leadership.other_brokers()] + brokers
+    controller = leadership.controller_id()
     return R(
         version=ctx.api_version,
         throttle_time_ms=0,
@@ -94,7 +93,7 @@ async def handle_metadata(ctx: RequestContext, request: MetadataRequest) -> Meta
 def _describe_topic(ctx: RequestContext, name: str | uuid.UUID, auto_create: bool,
                     elsewhere: bool = False) -> MetadataResponse.MetadataResponseTopic:
     R = MetadataResponse
-    broker = ctx.broker
+    broker = ctx.services
     logs = broker.logs
     if isinstance(name, uuid.UUID):
         return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_ID), name=None, topic_id=name,
@@ -119,26 +118,15 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID, auto_create: boo
             return R.MetadataResponseTopic(error_code=int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION), name=name,
                                            topic_id=_ZERO_UUID, partitions=[])
     P = R.MetadataResponseTopic.MetadataResponsePartition
-    node = broker.node_id
-    if broker.cluster is not None:
-        placement = broker.cluster.placement
-        placed = placement.topics.get(topic.name)
-        if placed is None or str(placed.id) != str(topic.topic_id):
-            return R.MetadataResponseTopic(error_code=int(ErrorCode.LEADER_NOT_AVAILABLE), name=topic.name,
-                                           topic_id=topic.topic_id, is_internal=topic.internal, partitions=[])
-        live = {b.id for b in placement.brokers}
-        partitions = [
-            P(error_code=0 if a.leader in live else int(ErrorCode.LEADER_NOT_AVAILABLE), partition_index=p,
-              leader_id=a.leader if a.leader in live else -1, leader_epoch=a.epoch, replica_nodes=[a.leader],
-              isr_nodes=[a.leader], offline_replicas=[] if a.leader in live else [a.leader])
-            for p, a in enumerate(placed.partitions)
-        ]
-        return R.MetadataResponseTopic(error_code=0, name=topic.name, topic_id=topic.topic_id,
-                                       is_internal=topic.internal, partitions=partitions)
+    leaders = broker.leadership.partition_leaders(topic.name, str(topic.topic_id), len(topic.partitions))
+    if leaders is None:
+        return R.MetadataResponseTopic(error_code=int(ErrorCode.LEADER_NOT_AVAILABLE), name=topic.name,
+                                       topic_id=topic.topic_id, is_internal=topic.internal, partitions=[])
     partitions = [
-        P(error_code=0, partition_index=p, leader_id=node, leader_epoch=0, replica_nodes=[node],
-          isr_nodes=[node], offline_replicas=[])
-        for p in range(len(topic.partitions))
+        P(error_code=0 if a.live else int(ErrorCode.LEADER_NOT_AVAILABLE), partition_index=p,
+          leader_id=a.leader if a.live else -1, leader_epoch=a.epoch, replica_nodes=[a.leader],
+          isr_nodes=[a.leader], offline_replicas=[] if a.live else [a.leader])
+        for p, a in enumerate(leaders)
     ]
     return R.MetadataResponseTopic(error_code=0, name=topic.name, topic_id=topic.topic_id,
                                    is_internal=topic.internal, partitions=partitions)
@@ -146,7 +134,7 @@ def _describe_topic(ctx: RequestContext, name: str | uuid.UUID, auto_create: boo
 
 @api(DescribeClusterRequest, DescribeClusterResponse, 0, 1)
 async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterRequest) -> DescribeClusterResponse:
-    broker = ctx.broker
+    broker = ctx.services
     R = DescribeClusterResponse
     if ctx.api_version >= 1 and request.endpoint_type != 1:
         return R(version=ctx.api_version, error_code=int(ErrorCode.INVALID_REQUEST),
@@ -154,12 +142,10 @@ async def handle_describe_cluster(ctx: RequestContext, request: DescribeClusterR
                  controller_id=broker.node_id, brokers=[], endpoint_type=request.endpoint_type)
     brokers = [R.DescribeClusterBroker(broker_id=broker.node_id, host=ctx.advertised_host,
                                        port=ctx.advertised_port, rack=None)]
-    controller = broker.node_id
-    if broker.cluster is not None:
-        name = ctx.listener_name
-        brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
-                    for b in broker.cluster.placement.brokers if b.id != broker.node_id]
-        controller = broker.cluster.controller_id()
+    name = ctx.listener_name
+    brokers += [R.DescribeClusterBroker(broker_id=b.id, host=b.on(name)[0], port=b.on(name)[1], rack=None)
+                for b in broker.leadership.other_brokers()]
+    controller = broker.leadership.controller_id()
     return R(
         version=ctx.api_version,
         throttle_time_ms=0,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kafka.protocol.consumer import ListOffsetsRequest, ListOffsetsResponse
 
-from ..errors import ErrorCode, KafkaProtocolError
-from ..security.acl import OP_DESCRIBE, RES_TOPIC
+from ..errors import KafkaProtocolError
+from ..security.acl import OP_DESCRIBE
 from .context import RequestContext
 from .registry import api
 
@@ -20,7 +20,7 @@ _PartitionResponse = _TopicResponse.ListOffsetsPartitionResponse
 
 @api(ListOffsetsRequest, ListOffsetsResponse, 1, 8)
 async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
-    logs = ctx.broker.logs
+    replicas = ctx.services.replicas
     topics = []
     for topic in request.topics:
         partitions = []
@@ -28,11 +28,7 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
             response = _PartitionResponse(partition_index=part.partition_index, error_code=0, timestamp=-1,
                                           offset=-1, leader_epoch=0)
             try:
-                if not ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic.name):
-                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
-                plog = logs.get_partition(topic.name, part.partition_index)
-                if ctx.broker.cluster is not None:
-                    ctx.broker.cluster.check_leader(topic.name, part.partition_index)
+                plog = replicas.partition(ctx, topic.name, part.partition_index, OP_DESCRIBE)
                 ts = part.timestamp
                 if ts == LATEST:
                     response.offset = plog.high_watermark
@@ -47,11 +43,7 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                     else:  # as Kafka: no such record, so no offset, timestamp or leader epoch
                         response.leader_epoch = -1
                 elif ts >= 0:
-                    found = None
-                    if ctx.broker.tier is not None and plog.remote is not None:
-                        found = await ctx.broker.tier.offset_for_timestamp(logs.get_topic(topic.name), plog, ts)
-                    if found is None:
-                        found = plog.offset_for_timestamp(ts)
+                    found = await replicas.offset_for_timestamp(plog, ts)
                     if found is not None:
                         response.offset, response.timestamp = found
                     else:  # no record at or after ts: Kafka answers -1 for the epoch too

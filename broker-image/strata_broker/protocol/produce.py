@@ -5,19 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
-from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
-from ..log.segment import Segment
-from ..security.acl import OP_WRITE, RES_TOPIC
+from ..security.acl import OP_WRITE
 from .context import RequestContext
 from .registry import api
-
-if TYPE_CHECKING:
-    from ..tier.manager import TierManager
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +21,10 @@ _PartitionResponse = _TopicResponse.PartitionProduceResponse
 
 # v0-2 (magic 0/1 message sets) are advertised but their batches are refused, as Kafka 4 does
 # (KIP-896): librdkafka only enables gzip/snappy/lz4 when the advertised range includes v0.
-def _commit_to_s3(tier: TierManager, topic: str, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
-    log_ = tier.commit_log
-    if not result.duplicate:
-        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data,
-                           plog.leader_epoch)
-    if log_.durable_offset((topic, plog.partition)) >= result.last_offset:
-        return log_.wait_durable(topic, plog.partition, result.last_offset)
-    try:
-        stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
-    except OffsetInRemoteStorage:
-        return log_.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
-    return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored, plog.leader_epoch)
-
-
 @api(ProduceRequest, ProduceResponse, 0, 11)
 async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
-    logs = ctx.broker.logs
+    services = ctx.services
+    replicas = services.replicas
     acks = request.acks
     request_error: KafkaProtocolError | None = None
     if acks not in (0, 1, -1):
@@ -54,13 +35,7 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     # Appends happen here, before the first await, so requests pipelined on one connection
     # are applied in the order they arrived.
     results: list[tuple[str, list[_PartitionResponse]]] = []
-    to_sync: set[Segment] = set()
-    to_s3: list[tuple[_PartitionResponse, Any]] = []
-    tier = ctx.broker.tier
-    cluster = ctx.broker.cluster
-    # Cluster mode: (response, topic, partition, epoch) of writes acknowledged only after a wait,
-    # which must still be led by this broker when the wait ends.
-    held: list[tuple[_PartitionResponse, str, int, int]] = []
+    waits: list[tuple[_PartitionResponse, Awaitable[None]]] = []  # acks=all: answered once durable
     for topic_data in request.topic_data:
         partitions = []
         for pdata in topic_data.partition_data:
@@ -69,30 +44,21 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
             try:
                 if request_error is not None:
                     raise request_error
-                if not ctx.authorize(OP_WRITE, RES_TOPIC, topic_data.name):
-                    raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not write")
-                plog = logs.get_partition(topic_data.name, pdata.index)
-                if logs.topics[topic_data.name].internal:
+                plog = replicas.partition(ctx, topic_data.name, pdata.index, OP_WRITE)
+                if services.logs.topics[topic_data.name].internal:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
                                              f"{topic_data.name} is internal: only the broker writes it")
                 if pdata.records is None:
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
-                if cluster is not None:
-                    cluster.check_leader(topic_data.name, pdata.index)
-                    if acks == -1:
-                        held.append((response, topic_data.name, pdata.index, plog.leader_epoch))
-                result = plog.append(pdata.records)
+                appended = replicas.append(plog, pdata.records)
+                result = appended.result
                 if not result.duplicate:
-                    ctx.broker.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),
-                                              result.last_offset - result.base_offset + 1)
+                    services.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),
+                                            result.last_offset - result.base_offset + 1)
                 response.base_offset = result.base_offset
                 response.log_start_offset = plog.log_start_offset
-                if acks == -1 and tier is not None and plog.remote is not None and plog.config.durability == "s3":
-                    # strata.durability=s3: answered once the batch is in S3; a retried duplicate
-                    # waits too, and re-sends the stored batch in case its first commit failed.
-                    to_s3.append((response, _commit_to_s3(tier, topic_data.name, plog, result)))
-                elif result.segment is not None and acks == -1:
-                    to_sync.add(result.segment)
+                if acks == -1:
+                    waits.append((response, appended.durable()))
             except KafkaProtocolError as exc:
                 response.error_code = int(exc.code)
                 if ctx.api_version >= 8:
@@ -101,25 +67,14 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
             partitions.append(response)
         results.append((topic_data.name, partitions))
 
-    if to_sync:
-        try:
-            await asyncio.gather(*(logs.group_commit.sync(segment) for segment in to_sync))
-        except KafkaProtocolError as exc:
-            for _, partitions in results:
-                for response in partitions:
-                    if response.error_code == 0:
-                        response.error_code = int(exc.code)
-    if to_s3:
-        outcomes = await asyncio.gather(*(commit for _, commit in to_s3), return_exceptions=True)
-        for (response, _), outcome in zip(to_s3, outcomes, strict=True):
+    if waits:
+        outcomes = await asyncio.gather(*(wait for _, wait in waits), return_exceptions=True)
+        for (response, _), outcome in zip(waits, outcomes, strict=True):
             if isinstance(outcome, KafkaProtocolError):
                 response.error_code = int(outcome.code)
             elif isinstance(outcome, BaseException):
-                log.error("S3 commit failed: %r", outcome)
+                log.error("durable append failed: %r", outcome)
                 response.error_code = int(ErrorCode.KAFKA_STORAGE_ERROR)
-    for response, topic, partition, epoch in held:
-        if response.error_code == 0 and cluster is not None and not cluster.may_ack(topic, partition, epoch):
-            response.error_code = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
     if acks == 0:
         return None
     return ProduceResponse(

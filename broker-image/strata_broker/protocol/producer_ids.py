@@ -19,7 +19,7 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
     R = InitProducerIdResponse
     if request.transactional_id is None and not (
             ctx.authorize(OP_IDEMPOTENT_WRITE, RES_CLUSTER, CLUSTER_NAME)
-            or ctx.broker.authorizer.authorize_any(ctx.principal, ctx.host, OP_WRITE, RES_TOPIC)):
+            or ctx.services.authorizer.authorize_any(ctx.principal, ctx.host, OP_WRITE, RES_TOPIC)):
         # Kafka (KIP-679): an idempotent producer needs IdempotentWrite on the cluster or Write on some topic.
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
                  producer_id=-1, producer_epoch=-1)
@@ -33,7 +33,7 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
     # A producer id and epoch in the request (KIP-360) are not trusted: without a transactional id Kafka
     # hands out a new producer id every time, so nobody can bump the epoch of another producer's id.
     try:
-        producer_id = await ctx.broker.logs.allocate_producer_id()
+        producer_id = await ctx.services.logs.allocate_producer_id()
     except Exception as exc:  # the bucket's counter is out of reach (S3 down): the client retries
         log.warning("no producer id block: %r", exc)
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.COORDINATOR_NOT_AVAILABLE),

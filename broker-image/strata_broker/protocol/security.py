@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def _mechanisms(ctx: RequestContext) -> list[str]:
-    return list(parse_mechanisms(ctx.broker.config["sasl.enabled.mechanisms"]))
+    return list(parse_mechanisms(ctx.services.config["sasl.enabled.mechanisms"]))
 
 
 # ---- SASL ---------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ async def handle_sasl_handshake(ctx: RequestContext, request: SaslHandshakeReque
         ctx.close_after = True
         return R(version=ctx.api_version, error_code=int(ErrorCode.UNSUPPORTED_SASL_MECHANISM),
                  mechanisms=mechanisms)
-    conn.sasl = SaslSession(request.mechanism, ctx.broker.credentials)
+    conn.sasl = SaslSession(request.mechanism, ctx.services.credentials)
     conn.sasl_mechanism = request.mechanism
     return R(version=ctx.api_version, error_code=0, mechanisms=mechanisms)
 
@@ -76,7 +76,7 @@ async def handle_sasl_authenticate(ctx: RequestContext,
                  error_message="SaslAuthenticate without a SaslHandshake first", auth_bytes=b"",
                  session_lifetime_ms=0)
     try:
-        answer, user = await ctx.broker.auth.step(conn.sasl, bytes(request.auth_bytes or b""), ctx.host)
+        answer, user = await ctx.services.auth.step(conn.sasl, bytes(request.auth_bytes or b""), ctx.host)
     except SaslFailure as exc:
         log.info("authentication failed from %s (%s): %s", ctx.peer, conn.sasl_mechanism, exc)
         ctx.close_after = True
@@ -94,7 +94,7 @@ async def handle_sasl_authenticate(ctx: RequestContext,
 
 
 def _acl_gate(ctx: RequestContext, operation: int) -> tuple[ErrorCode, str] | None:
-    if not ctx.broker.authorizer.enabled:
+    if not ctx.services.authorizer.enabled:
         return ErrorCode.SECURITY_DISABLED, "no authorizer is configured on the broker (authorizer.enable)"
     if not ctx.authorize(operation, A.RES_CLUSTER, A.CLUSTER_NAME):
         return ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{ctx.principal} may not manage ACLs"
@@ -121,7 +121,7 @@ async def handle_create_acls(ctx: RequestContext, request: CreateAclsRequest) ->
         valid.append(acl)
         results.append(R.AclCreationResult(error_code=0, error_message=None))
     if valid:
-        ctx.broker.authorizer.add(valid)
+        ctx.services.authorizer.add(valid)
         log.info("%s created ACLs: %s", ctx.principal, valid)
         await _share(ctx)
     return R(version=ctx.api_version, throttle_time_ms=0, results=results)
@@ -130,8 +130,7 @@ async def handle_create_acls(ctx: RequestContext, request: CreateAclsRequest) ->
 async def _share(ctx: RequestContext) -> None:
     """Cluster mode: the change is in the bucket before it is answered; the other brokers load
     it within a second."""
-    if ctx.broker.cluster is not None and ctx.broker.cluster.shared is not None:
-        await ctx.broker.cluster.shared.flush()
+    await ctx.services.leadership.shared_state_flushed()
 
 
 def _filter(f) -> A.AclFilter:  # type: ignore[no-untyped-def]
@@ -156,7 +155,7 @@ async def handle_describe_acls(ctx: RequestContext, request: DescribeAclsRequest
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(code), error_message=message,
                  resources=[])
     grouped: dict[tuple[int, str, int], list[A.Acl]] = {}
-    for acl in ctx.broker.authorizer.describe(flt):
+    for acl in ctx.services.authorizer.describe(flt):
         grouped.setdefault((acl.resource_type, acl.resource_name, acl.pattern_type), []).append(acl)
     D = R.DescribeAclsResource
     return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, error_message=None, resources=[
@@ -180,7 +179,7 @@ async def handle_delete_acls(ctx: RequestContext, request: DeleteAclsRequest) ->
             code, message = gate if gate is not None else (ErrorCode.INVALID_REQUEST, problem)
             results.append(F(error_code=int(code), error_message=message, matching_acls=[]))
             continue
-        gone = ctx.broker.authorizer.remove(flt)
+        gone = ctx.services.authorizer.remove(flt)
         if gone:
             log.info("%s deleted ACLs: %s", ctx.principal, gone)
         results.append(F(error_code=0, error_message=None, matching_acls=[
@@ -202,7 +201,7 @@ async def handle_describe_user_scram_credentials(
     if not ctx.authorize(A.OP_DESCRIBE, A.RES_CLUSTER, A.CLUSTER_NAME):
         return R(version=0, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
                  error_message=f"{ctx.principal} may not describe users", results=[])
-    known = ctx.broker.credentials.describe()
+    known = ctx.services.credentials.describe()
     wanted = sorted(known) if not request.users else [u.name for u in request.users]
     counts: dict[str, int] = {}
     for name in wanted:
@@ -227,7 +226,7 @@ async def handle_alter_user_scram_credentials(
         ctx: RequestContext, request: AlterUserScramCredentialsRequest) -> AlterUserScramCredentialsResponse:
     R = AlterUserScramCredentialsResponse
     Res = R.AlterUserScramCredentialsResult
-    store = ctx.broker.credentials
+    store = ctx.services.credentials
     allowed = ctx.authorize(A.OP_ALTER, A.RES_CLUSTER, A.CLUSTER_NAME)
     errors: dict[str, tuple[ErrorCode, str]] = {}
     order: list[str] = []
@@ -292,7 +291,7 @@ async def handle_describe_client_quotas(ctx: RequestContext,
         if match_type not in (0, 1, 2) or etype not in ENTITY_TYPES + ("ip",):
             return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.INVALID_REQUEST),
                      error_message=f"unsupported filter component {etype}/{match_type}", entries=None)
-    found = ctx.broker.quotas.describe(components, request.strict)
+    found = ctx.services.quotas.describe(components, request.strict)
     return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, error_message=None, entries=[
         E(entity=[E.EntityData(entity_type=t, entity_name=n) for t, n in entity],
           values=[E.ValueData(key=k, value=v) for k, v in sorted(values.items())])
@@ -304,7 +303,7 @@ async def handle_alter_client_quotas(ctx: RequestContext,
                                      request: AlterClientQuotasRequest) -> AlterClientQuotasResponse:
     R = AlterClientQuotasResponse
     E = R.EntryData
-    quotas = ctx.broker.quotas
+    quotas = ctx.services.quotas
     allowed = ctx.authorize(A.OP_ALTER_CONFIGS, A.RES_CLUSTER, A.CLUSTER_NAME)
     results = []
     changed = False

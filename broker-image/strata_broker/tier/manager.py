@@ -11,12 +11,20 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..log.files import read_json, write_json_atomic
-from ..log.partition import CHECKPOINT, PRODUCER_SNAPSHOT, REMOTE_MANIFEST, PartitionLog, snapshot_name
+from ..log.partition import (
+    CHECKPOINT,
+    PRODUCER_SNAPSHOT,
+    REMOTE_MANIFEST,
+    AppendResult,
+    OffsetInRemoteStorage,
+    PartitionLog,
+    snapshot_name,
+)
 from ..log.segment import Segment
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
@@ -350,6 +358,24 @@ class TierManager:
             except PreconditionFailed:
                 continue  # another broker reserved a block in between: read again
             return start
+
+    # ---- durable appends --------------------------------------------------------------------
+
+    def commit(self, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
+        """Answered once the appended batch is in S3 (the commit log). A retried duplicate waits
+        too, and re-sends the stored batch in case its first commit failed."""
+        log_ = self.commit_log
+        topic = plog.topic
+        if not result.duplicate:
+            return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data,
+                               plog.leader_epoch)
+        if log_.durable_offset((topic, plog.partition)) >= result.last_offset:
+            return log_.wait_durable(topic, plog.partition, result.last_offset)
+        try:
+            stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
+        except OffsetInRemoteStorage:
+            return log_.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
+        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored, plog.leader_epoch)
 
     # ---- reads ----------------------------------------------------------------------------
 

@@ -1,0 +1,131 @@
+"""The replica layer: one per-partition interface for the request handlers and the group coordinator.
+
+After Kafka's ReplicaManager: a handler asks for `partition(caller, topic, p, operation)` and gets
+the partition log with authorization and leadership checked once; it appends through `append`,
+whose answer carries the one durable-append path (`Appended.durable`: fsync of the segment, or the
+S3 commit for partitions that commit there, then the cluster fence), and reads through `read` and
+`offset_for_timestamp`, which fall back to remote storage below the local log start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import ErrorCode, KafkaProtocolError
+from ..log.manager import LogManager, Topic, is_internal_name
+from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
+from ..security.acl import RES_TOPIC
+from .leadership import Leadership
+
+
+class Caller(Protocol):
+    """Whoever a request comes from: the handlers' RequestContext."""
+
+    def authorize(self, operation: int, resource_type: int, name: str) -> bool: ...
+
+
+class RemoteLog(Protocol):
+    """Remote storage as the replica layer uses it (tier/manager.py TierManager)."""
+
+    async def read(self, topic: Topic, plog: PartitionLog, offset: int, max_bytes: int,
+                   always_one: bool) -> bytes | memoryview: ...
+
+    async def offset_for_timestamp(self, topic: Topic, plog: PartitionLog,
+                                   timestamp: int) -> tuple[int, int] | None: ...
+
+    def commit(self, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
+        """Make an appended batch durable in S3 (the commit log); a retried duplicate waits for
+        (or re-sends) the stored batch."""
+
+
+@dataclass
+class Appended:
+    """A batch appended to the local log, and how to wait until it may be acknowledged."""
+
+    result: AppendResult
+    plog: PartitionLog
+    epoch: int
+    manager: ReplicaManager
+
+    def durable(self) -> Awaitable[None]:
+        return self.manager.durable(self)
+
+
+class ReplicaManager:
+    def __init__(self, logs: LogManager, leadership: Leadership, remote: RemoteLog | None) -> None:
+        self.logs = logs
+        self.leadership = leadership
+        self.remote = remote
+
+    def partition(self, caller: Caller, topic: str, partition: int, operation: int) -> PartitionLog:
+        """The partition a request names: the caller may do `operation` on the topic, the
+        partition exists and this broker leads it. Raises the Kafka error a client expects."""
+        if not caller.authorize(operation, RES_TOPIC, topic):
+            raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"not authorized for topic {topic}")
+        plog = self.logs.get_partition(topic, partition)
+        self.leadership.check_leader(topic, partition)
+        return plog
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def append(self, plog: PartitionLog, records: bytes) -> Appended:
+        """Append now (no await: pipelined requests are applied in the order they arrived)."""
+        epoch = plog.leader_epoch
+        return Appended(plog.append(records), plog, epoch, self)
+
+    def commits_to_s3(self, plog: PartitionLog) -> bool:
+        """acks=all waits for S3 rather than fsync: strata.durability=s3, and the broker's own
+        internal topics whenever there is a bucket (a broker that loses its disk still knows
+        where every group was)."""
+        return (self.remote is not None and plog.remote is not None
+                and (plog.config.durability == "s3" or is_internal_name(plog.topic)))
+
+    async def durable(self, appended: Appended) -> None:
+        """The one durable-append path: the batch is on disk (fsync, shared by one group commit)
+        or in S3, and, in a cluster, this broker still leads the partition at the epoch it
+        appended at. Raises the Kafka error to answer instead."""
+        plog, result = appended.plog, appended.result
+        if self.remote is not None and self.commits_to_s3(plog):
+            await self.remote.commit(plog, result)
+        elif result.segment is not None:
+            await self.logs.group_commit.sync(result.segment)
+        if not self.leadership.may_ack(plog.topic, plog.partition, appended.epoch):
+            raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                     f"{plog.topic}-{plog.partition} moved to another broker")
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def read_local(self, plog: PartitionLog, offset: int, max_bytes: int, always_one: bool) -> bytes | None:
+        """The local bytes at `offset`; None when they are below the local log start, in remote
+        storage (`read_remote` gets them, so a handler can run many remote reads concurrently)."""
+        try:
+            return plog.read(offset, max_bytes, always_one)
+        except OffsetInRemoteStorage:
+            if self.remote is None:
+                raise
+            return None
+
+    async def read_remote(self, plog: PartitionLog, offset: int, max_bytes: int,
+                          always_one: bool) -> bytes | memoryview:
+        assert self.remote is not None
+        return await self.remote.read(self.logs.get_topic(plog.topic), plog, offset, max_bytes, always_one)
+
+    async def read(self, plog: PartitionLog, offset: int, max_bytes: int,
+                   always_one: bool = True) -> bytes | memoryview:
+        """The bytes at `offset`, from the local log or else from remote storage."""
+        found = self.read_local(plog, offset, max_bytes, always_one)
+        if found is None:
+            return await self.read_remote(plog, offset, max_bytes, always_one)
+        return found
+
+    async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record at or after `timestamp`: the remote time
+        index first (it covers the older data), then the local one."""
+        found = None
+        if self.remote is not None and plog.remote is not None:
+            found = await self.remote.offset_for_timestamp(self.logs.get_topic(plog.topic), plog, timestamp)
+        if found is None:
+            found = plog.offset_for_timestamp(timestamp)
+        return found
