@@ -48,9 +48,11 @@ def strata_command() -> list[str]:
 class Broker:
     """A broker child process on 127.0.0.1:port; stderr goes to a log file."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = env  # None: this process's environment
         self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -64,7 +66,7 @@ class Broker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         log.write(f"\n==== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env)
         log.close()
         wait_for_port(self.port, timeout, self.proc)
 
@@ -97,13 +99,30 @@ class Broker:
             return ""
 
 
-def strata_broker(data_dir: str | os.PathLike, port: int, log_path: Path, *settings: str) -> Broker:
-    argv = strata_command() + ["--data-dir", str(data_dir), "--listen", f"{HOST}:{port}",
+def checkout_broker(ref: str, into: Path) -> Path:
+    """The broker package as of git `ref` (e.g. HEAD~3, a tag), exported under `into`: the previous
+    code of an A/B run. Returns the directory to put on PYTHONPATH."""
+    root = Path(__file__).resolve().parent.parent
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "broker-image/strata_broker"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "broker-image"
+
+
+def strata_broker(data_dir: str | os.PathLike, port: int, log_path: Path, *settings: str,
+                  source: Path | None = None, name: str = "strata") -> Broker:
+    """A strata-broker process; with `source`, the broker package found there (checkout_broker)."""
+    env = None
+    if source is not None:
+        env = dict(os.environ, PYTHONPATH=str(source))
+    command = strata_command() if source is None else [sys.executable, "-m", "strata_broker.cli"]
+    argv = command + ["--data-dir", str(data_dir), "--listen", f"{HOST}:{port}",
                                "--log-level", "WARNING",
                                "--set", "auto.create.topics.enable=true"]
     for setting in settings:
         argv += ["--set", setting]
-    return Broker("strata", argv, port, log_path)
+    return Broker(name, argv, port, log_path, env)
 
 
 def find_tansu() -> str | None:

@@ -33,6 +33,7 @@ import functools
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     WORK_DIR,
     Broker,
+    checkout_broker,
     create_topic,
     delete_topic,
     find_tansu,
@@ -438,6 +440,8 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None)
         res.latency[acks] = lat
         note(f"{broker.name}: latency acks={acks} @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
              f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors)")
+    if args.only_latency:
+        return res
     # Every throughput run starts from the state the first one had: the previous run's topic
     # deleted and the disk's dirty pages written back (os.sync), so no run pays for the writeback
     # of gigabytes another run left behind (later runs otherwise measured up to 2x slower).
@@ -595,6 +599,79 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
             console.print(f"{name}: {notes[name]}", highlight=False)
 
 
+def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binary: str | None,
+                   brokers: list[Broker], source: Path | None, name: str) -> BrokerResults:
+    """The suite against one strata-broker process (`source`: the previous code of an A/B run)."""
+    os.makedirs(data_dir, exist_ok=True)
+    strata = strata_broker(data_dir, free_port(), Path(tmp) / f"{name}.log", *args.broker_set, source=source,
+                           name=name)
+    brokers.append(strata)
+    strata.start()
+    note(f"{name} pid {strata.proc.pid} on {strata.bootstrap}" + (f" (code from {args.baseline})" if source else ""))
+    try:
+        return run_suite(strata, args, perf_binary)
+    finally:
+        rc = strata.stop()
+        if rc not in (0, None):
+            note(f"[red]{name} exited with {rc}[/red]; log tail:\n{strata.tail_log()}")
+        broker_log = strata.log_path.read_text(errors="replace").splitlines()
+        problems = [line for line in broker_log if not line.startswith("====") and (
+            " ERROR " in line or " WARNING " in line or "Traceback" in line)]
+        note(f"{name} log: {len(problems)} warning/error line(s)"
+             + "".join(f"\n    {line[:200]}" for line in problems[:5]))
+        if not args.keep:
+            # Gigabytes of dirty pages would otherwise be written back while the next broker is measured.
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
+    """Alternating A/B rounds of one side: throughput, the median run; latency, every sample."""
+    merged = BrokerResults()
+    for attr in ("produce", "consume", "perf"):
+        keys = {k for r in rounds for k in getattr(r, attr)}
+        for key in keys:
+            runs = sorted((getattr(r, attr)[key] for r in rounds if key in getattr(r, attr)), key=lambda t: t.mb_s)
+            getattr(merged, attr)[key] = runs[(len(runs) - 1) // 2]
+    for acks in {k for r in rounds for k in r.latency}:
+        lat = Latency()
+        for r in rounds:
+            if acks in r.latency:
+                lat.samples += r.latency[acks].samples
+                lat.errors += r.latency[acks].errors
+        lat.broker_cpu = statistics.median([r.latency[acks].broker_cpu for r in rounds if acks in r.latency])
+        merged.latency[acks] = lat
+    return merged
+
+
+def report_ab(fsync_lat: Latency, strata: BrokerResults, previous: BrokerResults, args: argparse.Namespace) -> None:
+    """This code beside the previous code (--baseline), measured alternately in this one run."""
+    table = Table(title=f"A/B: this code vs {args.baseline} ({args.ab_rounds} alternating rounds each; throughput "
+                        "= median round, latency = all samples)")
+    for col in ("measurement", "this code", f"previous ({args.baseline})", "this / previous", "raw disk"):
+        table.add_column(col, justify="left" if col == "measurement" else "right")
+    for acks in ("1", "all"):
+        s, p = strata.latency.get(acks), previous.latency.get(acks)
+        if s is None or p is None:
+            continue
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            ref = fsync_lat.pct(q) if acks == "all" else float("nan")
+            table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(s.pct(q), 2), fmt(p.pct(q), 2),
+                          ratio(s.pct(q), p.pct(q)), fmt(ref, 2) if acks == "all" else "")
+    for (acks, partitions), s_tp in sorted(strata.produce.items()):
+        p_tp = previous.produce.get((acks, partitions))
+        if p_tp is not None:
+            table.add_row(f"produce acks={acks} p={partitions} MB/s", fmt(s_tp.mb_s), fmt(p_tp.mb_s),
+                          ratio(s_tp.mb_s, p_tp.mb_s), "")
+    for partitions, s_tp in sorted(strata.consume.items()):
+        p_tp = previous.consume.get(partitions)
+        if p_tp is not None:
+            table.add_row(f"consume p={partitions} MB/s", fmt(s_tp.mb_s), fmt(p_tp.mb_s),
+                          ratio(s_tp.mb_s, p_tp.mb_s), "")
+    console.print(table)
+    console.print("raw disk latency reference: one 1 KiB append+fsync in the broker's data directory, same run.",
+                  highlight=False)
+
+
 def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
                   brokers: list[Broker]) -> tuple[BrokerResults | None, str]:
     """The same suite against Apache Kafka; (results or None, the note printed under the table)."""
@@ -638,6 +715,11 @@ def main() -> int:
     parser.add_argument("--skip-kafka", action="store_true", help="do not measure Apache Kafka")
     parser.add_argument("--skip-rdkafka-perf", action="store_true", help="do not build/run rdkafka_performance")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data and logs)")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="A/B: also measure the broker as of this git ref (e.g. HEAD~1), alternating with "
+                             "this code, and print both side by side")
+    parser.add_argument("--ab-rounds", type=int, default=2, help="alternating rounds per side with --baseline")
+    parser.add_argument("--only-latency", action="store_true", help="measure latency only (no throughput runs)")
     parser.add_argument("--broker-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra --set for strata-broker (repeatable)")
     args = parser.parse_args()
@@ -669,24 +751,19 @@ def main() -> int:
         else:
             perf_note = "skipped (--skip-rdkafka-perf)"
 
-        strata = strata_broker(data_dir, free_port(), Path(tmp) / "strata.log", *args.broker_set)
-        brokers.append(strata)
-        strata.start()
-        note(f"strata-broker pid {strata.proc.pid} on {strata.bootstrap}")
-        try:
-            strata_res = run_suite(strata, args, perf_binary)
-        finally:
-            rc = strata.stop()
-            if rc not in (0, None):
-                note(f"[red]strata-broker exited with {rc}[/red]; log tail:\n{strata.tail_log()}")
-            broker_log = strata.log_path.read_text(errors="replace").splitlines()
-            problems = [line for line in broker_log if not line.startswith("====") and (
-                " ERROR " in line or " WARNING " in line or "Traceback" in line)]
-            note(f"strata-broker log: {len(problems)} warning/error line(s)"
-                 + "".join(f"\n    {line[:200]}" for line in problems[:5]))
-            if not args.keep:
-                # Gigabytes of dirty pages would otherwise be written back while Tansu is measured.
-                shutil.rmtree(data_dir, ignore_errors=True)
+        if args.baseline:
+            previous_source = checkout_broker(args.baseline, Path(tmp) / "baseline")
+            rounds: dict[str, list[BrokerResults]] = {"strata": [], "previous": []}
+            for round_ in range(args.ab_rounds):
+                # Alternate which side goes first: the machine is shared and drifts.
+                sides = ["strata", "previous"] if round_ % 2 == 0 else ["previous", "strata"]
+                for side in sides:
+                    rounds[side].append(measure_strata(args, tmp, data_dir, perf_binary, brokers,
+                                                       previous_source if side == "previous" else None, side))
+            report_ab(fsync_lat, merge_rounds(rounds["strata"]), merge_rounds(rounds["previous"]), args)
+            note(f"total {time.monotonic() - started:.0f}s")
+            return 0
+        strata_res = measure_strata(args, tmp, data_dir, perf_binary, brokers, None, "strata")
 
         tansu_res: BrokerResults | None = None
         tansu_note = ""

@@ -27,6 +27,7 @@ from .security.quotas import QuotaManager
 from .security.sasl import AuthGuard
 from .server import FrameProtocol, serve_connection
 from .tier.manager import TierManager
+from .tier.manifest import RemoteManifest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Broker:
             adv = [f"{advertise[0]}:{advertise[1]}"] if advertise else []
             listeners = build_listeners(config, [f"{host}:{port}"], adv)
         self.listeners = listeners
-        self.logs = LogManager(data_dir, config)
+        self.logs = LogManager(data_dir, config, RemoteManifest.from_json if config["tiered.s3.bucket"] else None)
         self.tier: TierManager | None = TierManager(config, data_dir, node_id) if config["tiered.s3.bucket"] else None
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)

@@ -11,13 +11,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import BrokerConfig, TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from .files import fsync_dir, read_json, write_json_atomic
-from .partition import PartitionLog
+from .partition import ManifestLoader, PartitionLog
 from .segment import Segment
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,13 @@ def validate_topic_name(name: str) -> None:
 
 
 class GroupCommit:
-    """acks=all waits here: every waiter that arrives during one fsync round shares the next one."""
+    """acks=all waits here: every waiter that arrives during one fsync round shares the next one.
+
+    The fsyncs run on a thread of their own, so an acknowledgement never queues behind the
+    uploads, compaction and downloads that use the default executor."""
 
     def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-fsync")
         self._segments: set[Segment] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
@@ -84,7 +89,7 @@ class GroupCommit:
                 for segment in segments:
                     segment.dirty = False
                 try:
-                    await asyncio.to_thread(_fsync_all, segments)
+                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, segments)
                 except OSError as exc:
                     for future in waiters:
                         if not future.done():
@@ -96,6 +101,9 @@ class GroupCommit:
                         future.set_result(None)
         finally:
             self._running = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 def _fsync_all(segments: set[Segment]) -> None:
@@ -119,9 +127,10 @@ class TopicListener(Protocol):
 
 
 class LogManager:
-    def __init__(self, data_dir: str, config: BrokerConfig) -> None:
+    def __init__(self, data_dir: str, config: BrokerConfig, load_manifest: ManifestLoader | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.config = config
+        self._load_manifest = load_manifest  # with tiered storage: parses a partition's remote manifest copy
         self.meta_dir = os.path.join(self.data_dir, "__meta")
         self.topics: dict[str, Topic] = {}
         self.group_commit = GroupCommit()
@@ -171,11 +180,12 @@ class LogManager:
                       internal=bool(meta.get("internal", False)) or is_internal_name(meta["name"]))
         for p in range(int(meta["partitions"])):
             topic.partitions.append(
-                PartitionLog.open(self._partition_dir(topic.name, p), topic.name, p, topic.config, clean))
+                self._open_partition(self._partition_dir(topic.name, p), topic.name, p, topic.config, clean))
         self.topics[topic.name] = topic
         return topic
 
     def close(self) -> None:
+        self.group_commit.close()
         for topic in self.topics.values():
             for plog in topic.partitions:
                 plog.close()
@@ -226,7 +236,7 @@ class LogManager:
         topic = Topic(name, topic_id or uuid.uuid4(), dict(overrides), config, internal=internal)
         for p in range(partitions):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, config, clean=True))
+            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, config, clean=True))
         self._write_topic_meta(topic)
         self.topics[name] = topic
         log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.topic_id)
@@ -263,7 +273,7 @@ class LogManager:
         for p in range(len(topic.partitions), count):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
             topic.partitions.append(
-                PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+                self._open_partition(self._partition_dir(name, p), name, p, topic.config, clean=True))
         self._write_topic_meta(topic)
         if self.listener is not None:
             self.listener.topic_changed(topic)
@@ -296,7 +306,7 @@ class LogManager:
                       internal=internal or is_internal_name(name))
         for p in range(partitions):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, topic.config, True))
         self._write_topic_meta(topic)
         self.topics[name] = topic
         log.info("topic %s (%d partitions, id %s) placed in the cluster", name, partitions, topic_id)
@@ -306,7 +316,7 @@ class LogManager:
         topic = self.get_topic(name)
         for p in range(len(topic.partitions), partitions):
             shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(PartitionLog.open(self._partition_dir(name, p), name, p, topic.config, clean=True))
+            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, topic.config, True))
         self._write_topic_meta(topic)
 
     def set_topic_overrides(self, name: str, overrides: dict[str, str]) -> None:
@@ -333,10 +343,14 @@ class LogManager:
         os.makedirs(directory, exist_ok=True)
         if seed is not None:
             seed(directory)
-        plog = PartitionLog.open(directory, name, partition, topic.config, clean=True)
+        plog = self._open_partition(directory, name, partition, topic.config, clean=True)
         topic.partitions[partition] = plog
         old._wake()  # long polls parked on the old copy look again
         return plog
+
+    def _open_partition(self, directory: str, topic: str, partition: int, config: TopicConfig,
+                        clean: bool) -> PartitionLog:
+        return PartitionLog.open(directory, topic, partition, config, clean, self._load_manifest)
 
     def get_topic(self, name: str) -> Topic:
         topic = self.topics.get(name)

@@ -9,13 +9,14 @@ import os
 import struct
 import time
 from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any, Protocol
 
 from kafka.record.default_records import DefaultRecordBatch
 
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
-from ..tier.manifest import RemoteManifest
 from .batch import BatchHeader, validate_batches
 from .files import fsync_dir, read_json, write_json_atomic
 from .producer_state import ProducerState
@@ -27,7 +28,26 @@ _OFFSET = struct.Struct(">q")
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
-REMOTE_MANIFEST = "remote-manifest.json"
+REMOTE_MANIFEST = "remote-manifest.json"  # this broker's copy of the partition's remote manifest
+
+
+class RemoteManifestView(Protocol):
+    """What the local log knows of the segments in remote storage (tier/manifest.py RemoteManifest)."""
+
+    log_start_offset: int
+    segments: Sequence[Any]
+
+    @property
+    def end_offset(self) -> int: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def to_json(self) -> bytes: ...
+
+
+# Parses the remote manifest copy kept in the partition directory (remote storage supplies it).
+ManifestLoader = Callable[[bytes], RemoteManifestView]
 # The commit point of a local compaction: which segments go, which cleaned ones replace them.
 CLEANER_SWAP = "cleaner-swap.json"
 
@@ -73,7 +93,7 @@ class PartitionLog:
         self.producers = ProducerState()
         self._waiters: set[asyncio.Future[None]] = set()
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
-        self.remote: RemoteManifest | None = None
+        self.remote: RemoteManifestView | None = None
         self.manifest_lock = asyncio.Lock()
         # Cluster mode: the leader epoch this broker holds the partition at, and the ETag of the
         # manifest version it last wrote or read (manifest writes are conditional on it).
@@ -87,13 +107,14 @@ class PartitionLog:
     # ---- opening and recovery -----------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str, topic: str, partition: int, config: TopicConfig, clean: bool) -> PartitionLog:
+    def open(cls, directory: str, topic: str, partition: int, config: TopicConfig, clean: bool,
+             load_manifest: ManifestLoader | None = None) -> PartitionLog:
         os.makedirs(directory, exist_ok=True)
         plog = cls(directory, topic, partition, config)
-        plog._load(clean)
+        plog._load(clean, load_manifest)
         return plog
 
-    def _load(self, clean: bool) -> None:
+    def _load(self, clean: bool, load_manifest: ManifestLoader | None) -> None:
         for name in os.listdir(self.directory):
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(self.directory, name))
@@ -125,8 +146,8 @@ class PartitionLog:
                 del self.segments[i + 1:]
                 break
         manifest = read_json(os.path.join(self.directory, REMOTE_MANIFEST))
-        if manifest is not None:
-            self.remote = RemoteManifest.from_json(json.dumps(manifest))
+        if manifest is not None and load_manifest is not None:
+            self.remote = load_manifest(json.dumps(manifest).encode())
         floor = self.segments[0].base_offset
         if self.remote is not None and self.remote.segments:
             floor = min(floor, self.remote.log_start_offset)
@@ -413,7 +434,7 @@ class PartitionLog:
         self.write_checkpoint()
         return True
 
-    def set_remote(self, manifest: RemoteManifest) -> None:
+    def set_remote(self, manifest: RemoteManifestView) -> None:
         self.remote = manifest
         write_json_atomic(os.path.join(self.directory, REMOTE_MANIFEST), json.loads(manifest.to_json()))
         self.log_start_offset = max(self.log_start_offset,
