@@ -416,10 +416,14 @@ class BrokerResults:
     consume: dict[int, Throughput] = field(default_factory=dict)
     latency: dict[str, Latency] = field(default_factory=dict)
     perf: dict[str, Throughput] = field(default_factory=dict)
+    # Raw 1 KiB append+fsync in the same directory, just before and just after the acks=all latency
+    # run: the floor under that run, under the same load (the machine is shared).
+    fsync_ref: Latency | None = None
     failure: str = ""
 
 
-def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None) -> BrokerResults:
+def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
+              fsync_dir: str | None = None) -> BrokerResults:
     res = BrokerResults()
     tag = uuid.uuid4().hex[:6]
     # Unmeasured warm-up, the same for every broker: a JVM (Kafka) otherwise spends its first seconds
@@ -436,7 +440,13 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None)
     for acks in ("1", "all"):
         topic = f"bench-{tag}-latency-acks{acks}"
         create_topic(broker.bootstrap, topic, 1)
+        if acks == "all" and fsync_dir:
+            res.fsync_ref = Latency(samples=raw_fsync_latency(fsync_dir, 1.0))
         lat = produce_latency(broker, topic, acks, args.rate, args.latency_seconds)
+        if acks == "all" and fsync_dir and res.fsync_ref is not None:
+            res.fsync_ref.samples += raw_fsync_latency(fsync_dir, 1.0)
+            note(f"{broker.name}: raw append+fsync around it: p50 {res.fsync_ref.pct(0.5):.2f} ms "
+                 f"p99 {res.fsync_ref.pct(0.99):.2f} ms")
         res.latency[acks] = lat
         note(f"{broker.name}: latency acks={acks} @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
              f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors)")
@@ -556,7 +566,7 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
             continue
         for q, name in ((0.5, "p50"), (0.99, "p99")):
             sv, tv, kv = s.pct(q), (t.pct(q) if t else nan), (k.pct(q) if k else nan)
-            ref = fsync_lat.pct(q) if acks == "all" else nan
+            ref = (strata.fsync_ref or fsync_lat).pct(q) if acks == "all" else nan
             table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(sv, 2), fmt(tv, 2), fmt(kv, 2),
                           fmt(ref, 2) if acks == "all" else "", ratio(sv, ref) if acks == "all" else "",
                           ratio(sv, tv), ratio(sv, kv), f"{s.broker_cpu:.0f}%" if name == "p50" else "")
@@ -609,7 +619,7 @@ def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binar
     strata.start()
     note(f"{name} pid {strata.proc.pid} on {strata.bootstrap}" + (f" (code from {args.baseline})" if source else ""))
     try:
-        return run_suite(strata, args, perf_binary)
+        return run_suite(strata, args, perf_binary, data_dir)
     finally:
         rc = strata.stop()
         if rc not in (0, None):
@@ -640,6 +650,9 @@ def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
                 lat.errors += r.latency[acks].errors
         lat.broker_cpu = statistics.median([r.latency[acks].broker_cpu for r in rounds if acks in r.latency])
         merged.latency[acks] = lat
+    refs = [r.fsync_ref for r in rounds if r.fsync_ref is not None]
+    if refs:
+        merged.fsync_ref = Latency(samples=[x for ref in refs for x in ref.samples])
     return merged
 
 
@@ -647,29 +660,32 @@ def report_ab(fsync_lat: Latency, strata: BrokerResults, previous: BrokerResults
     """This code beside the previous code (--baseline), measured alternately in this one run."""
     table = Table(title=f"A/B: this code vs {args.baseline} ({args.ab_rounds} alternating rounds each; throughput "
                         "= median round, latency = all samples)")
-    for col in ("measurement", "this code", f"previous ({args.baseline})", "this / previous", "raw disk"):
+    for col in ("measurement", "this code", f"previous ({args.baseline})", "this / previous",
+                "raw fsync (this code's runs)", "raw fsync (previous' runs)"):
         table.add_column(col, justify="left" if col == "measurement" else "right")
     for acks in ("1", "all"):
         s, p = strata.latency.get(acks), previous.latency.get(acks)
         if s is None or p is None:
             continue
         for q, name in ((0.5, "p50"), (0.99, "p99")):
-            ref = fsync_lat.pct(q) if acks == "all" else float("nan")
+            refs = ["", ""]
+            if acks == "all":
+                refs = [fmt((side.fsync_ref or fsync_lat).pct(q), 2) for side in (strata, previous)]
             table.add_row(f"latency acks={acks} {name} ms @{args.rate}/s", fmt(s.pct(q), 2), fmt(p.pct(q), 2),
-                          ratio(s.pct(q), p.pct(q)), fmt(ref, 2) if acks == "all" else "")
+                          ratio(s.pct(q), p.pct(q)), *refs)
     for (acks, partitions), s_tp in sorted(strata.produce.items()):
         p_tp = previous.produce.get((acks, partitions))
         if p_tp is not None:
             table.add_row(f"produce acks={acks} p={partitions} MB/s", fmt(s_tp.mb_s), fmt(p_tp.mb_s),
-                          ratio(s_tp.mb_s, p_tp.mb_s), "")
+                          ratio(s_tp.mb_s, p_tp.mb_s), "", "")
     for partitions, s_tp in sorted(strata.consume.items()):
         p_tp = previous.consume.get(partitions)
         if p_tp is not None:
             table.add_row(f"consume p={partitions} MB/s", fmt(s_tp.mb_s), fmt(p_tp.mb_s),
-                          ratio(s_tp.mb_s, p_tp.mb_s), "")
+                          ratio(s_tp.mb_s, p_tp.mb_s), "", "")
     console.print(table)
-    console.print("raw disk latency reference: one 1 KiB append+fsync in the broker's data directory, same run.",
-                  highlight=False)
+    console.print("raw fsync: one 1 KiB append+fsync in the broker's data directory, measured for 1 s just before "
+                  "and just after each acks=all latency run (same load as that run).", highlight=False)
 
 
 def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
