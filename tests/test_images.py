@@ -146,21 +146,24 @@ def test_installed_console_scripts_run(image, command, tmp_path_factory):
     assert "Usage:" in proc.stdout
 
 
-def test_installed_package_is_not_the_source_tree_and_carries_its_data(tmp_path_factory):
-    venv = installed("operator", tmp_path_factory)
-    code = ("import strata_broker, strata_operator; from strata_operator.billing import prices; "
-            "assert prices.default_text().startswith('#'); print(strata_broker.__file__, strata_operator.__file__)")
+def python_in(venv: Path, code: str) -> str:
+    """What `code` prints, run by the image's interpreter outside the source tree."""
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=venv)
     assert proc.returncode == 0, proc.stderr
-    assert str(ROOT) not in proc.stdout and "site-packages" in proc.stdout
+    return proc.stdout.strip()
+
+
+def test_installed_package_is_not_the_source_tree_and_carries_its_data(tmp_path_factory):
+    out = python_in(installed("operator", tmp_path_factory),
+                    "import strata_broker, strata_operator; from strata_operator.billing import prices; "
+                    "assert prices.default_text().startswith('#'); "
+                    "print(strata_broker.__file__, strata_operator.__file__)")
+    assert str(ROOT) not in out and "site-packages" in out
 
 
 def test_the_broker_image_holds_only_what_the_broker_runs(tmp_path_factory):
-    venv = installed("broker", tmp_path_factory)
-    code = ("import importlib.util as u, strata_broker.broker; "
-            "print(sorted(m for m in ('kopf', 'moto', 'confluent_kafka', 'boto3', 'rich', 'yaml') if u.find_spec(m)))")
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=venv)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]", f"the broker image installs what the broker never imports: {proc.stdout}"
+    out = python_in(installed("broker", tmp_path_factory),
+                    "import importlib.util as u, strata_broker.broker; print(sorted(m for m in "
+                    "('kopf', 'moto', 'confluent_kafka', 'boto3', 'rich', 'yaml') if u.find_spec(m)))")
+    assert out == "[]", f"the broker image installs what the broker never imports: {out}"
