@@ -55,7 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import HOST, Broker, create_topic, free_port, strata_broker  # noqa: E402
+from _common import HOST, Broker, checkout_broker, create_topic, free_port, strata_broker  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from fetcher import fetch_all  # noqa: E402
 from produce_consume import CpuMeter, cpu_seconds, produce_throughput, settle  # noqa: E402
@@ -762,6 +762,9 @@ def main() -> int:
                         help="extra --set for every strata-broker (repeatable)")
     parser.add_argument("--broker-pythonpath", metavar="DIR",
                         help="run the broker from this source tree (PYTHONPATH), e.g. a patched copy for an A/B")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="A/B: run everything again with the broker as of this git ref (e.g. HEAD~1) and "
+                             "print both, with their ratios")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (data, broker and moto logs)")
     args = parser.parse_args()
     if args.small_mb is None:
@@ -775,8 +778,35 @@ def main() -> int:
     if args.broker_pythonpath:
         os.environ["PYTHONPATH"] = os.path.abspath(args.broker_pythonpath)
     started = time.monotonic()
+    if not args.baseline:
+        res = measure(args, "this code")
+        if res is None:
+            return 1
+        report(res, args)
+        note(f"total {time.monotonic() - started:.0f}s")
+        return 0
+    source = checkout_broker(args.baseline, Path(tempfile.mkdtemp(prefix="strata-bench-baseline-")))
+    sides: dict[str, Results] = {}
+    for name, pythonpath in (("this code", os.environ.get("PYTHONPATH")), (f"previous ({args.baseline})", str(source))):
+        if pythonpath:
+            os.environ["PYTHONPATH"] = pythonpath
+        else:
+            os.environ.pop("PYTHONPATH", None)
+        res = measure(args, name)
+        if res is None:
+            return 1
+        note(f"---- {name} ----")
+        report(res, args)
+        sides[name] = res
+    report_ab(*sides.items())
+    note(f"total {time.monotonic() - started:.0f}s")
+    return 0
+
+
+def measure(args: argparse.Namespace, name: str) -> Results | None:
+    """Every measurement against one broker code (the PYTHONPATH the brokers inherit)."""
     tmp = tempfile.mkdtemp(prefix="strata-bench-tiered-")
-    note(f"temp dir {tmp}")
+    note(f"{name}: temp dir {tmp}")
     res = Results()
     cleanup: list = []  # type: ignore[type-arg]
     try:
@@ -785,7 +815,7 @@ def main() -> int:
         note(f"FAILED: {exc!r} (figures so far below; logs in {tmp})")
         args.keep = True
         report(res, args)
-        return 1
+        return None
     finally:
         for stop in reversed(cleanup):
             try:
@@ -796,9 +826,32 @@ def main() -> int:
             note(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    report(res, args)
-    note(f"total {time.monotonic() - started:.0f}s")
-    return 0
+    return res
+
+
+def report_ab(this: tuple[str, Results], previous: tuple[str, Results]) -> None:
+    """The headline figures of both codes side by side (best run of each, MB/s; restore: median s)."""
+    (this_name, a), (prev_name, b) = this, previous
+    table = Table(title="A/B: tiered storage, this code beside the previous code (run one after the other)")
+    for col in ("measurement", this_name, prev_name, "this / previous"):
+        table.add_column(col, justify="left" if col == "measurement" else "right")
+
+    def best(runs: list[Rate]) -> float:
+        return max((r.mb_s for r in runs), default=float("nan"))
+
+    rows = [("raw S3 GET, ranged (MB/s)", a.raw_ranged, b.raw_ranged), ("raw S3 GET, whole (MB/s)", a.raw_whole,
+                                                                          b.raw_whole),
+            ("cold replay, bare Fetch loop (MB/s)", a.cold_bare, b.cold_bare),
+            ("hot replay, bare Fetch loop (MB/s)", a.hot_bare, b.hot_bare), ("hot replay (MB/s)", a.hot, b.hot)]
+    rows += [(f"cold replay {variant} (MB/s)", a.cold[variant], b.cold.get(variant, [])) for variant in a.cold]
+    rows += [(f"produce durability={d} (MB/s)", a.produce[d], b.produce.get(d, [])) for d in a.produce]
+    for label, x, y in rows:
+        table.add_row(label, f"{best(x):,.1f}", f"{best(y):,.1f}", f"{best(x) / best(y):.2f}x" if y else "")
+    for size in a.restore:
+        x = statistics.median(r[1] for r in a.restore[size])
+        y = statistics.median(r[1] for r in b.restore.get(size, [(0.0, float("nan"))]))
+        table.add_row(f"restore {size} bucket onto an empty disk (s, median)", f"{x:.2f}", f"{y:.2f}", f"{x / y:.2f}x")
+    console.print(table)
 
 
 if __name__ == "__main__":
