@@ -112,6 +112,9 @@ def test_one_leader_reconciles_and_the_standby_takes_over_after_kill_9(kube, bro
         spec = lease(kube)
         assert spec["holderIdentity"] not in (None, leader) and spec["leaseTransitions"] >= 1
         assert "is the leader" in second.text()
+        # Its liveness endpoint is kopf's now (the standby's own server gave the port up).
+        wait_until(lambda: (h := second.healthz()) is not None and "standby" not in h, timeout=30,
+                   what="kopf's liveness endpoint on the new leader")
         print(f"standby reconciled a new Topic {took:.1f}s after the leader's SIGKILL")
 
         # A graceful stop releases the Lease (empty holder) instead of letting it expire.
