@@ -124,3 +124,19 @@ def test_one_leader_reconciles_and_the_standby_takes_over_after_kill_9(kube, bro
     finally:
         for r in replicas:
             r.stop()
+
+
+def test_a_leader_that_loses_the_lease_exits(kube, tmp_path):
+    """Another holder in the Lease (a standby that saw it expire while this leader was cut off): the
+    leader stops at its next renewal, exiting with 70 so Kubernetes restarts it as a standby."""
+    only = OperatorProcess(kube, tmp_path, "only")
+    try:
+        wait_until(lambda: "is the leader" in only.text(), timeout=60, what="the replica leading")
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        kube.patch("Lease", LEASE, {"spec": {"holderIdentity": "intruder", "renewTime": now}})
+        only.proc.wait(30)
+        assert only.proc.returncode == 70, only.text()[-2000:]
+        assert "held by intruder" in only.text()
+        assert lease(kube)["holderIdentity"] == "intruder"  # not released: it was not this replica's
+    finally:
+        only.stop()

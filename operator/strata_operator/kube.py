@@ -21,6 +21,7 @@ import asyncio
 import os
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -103,7 +104,8 @@ class Kube:
 
     async def request(self, method: str, url_path: str, body: Any = None, content_type: str = "application/json",
                       query: list[tuple[str, str]] | None = None) -> dict[str, Any] | None:
-        """One API call; the decoded JSON answer, None on 404, KubeError on any other error status."""
+        """One API call; the decoded JSON answer, None on 404, KubeError on any other error status, an
+        OSError (ConnectionError, TimeoutError) when the API server cannot be reached."""
         api = await self.api_client()
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -117,6 +119,11 @@ class Kube:
             if exc.status == 404:
                 return None
             raise KubeError(int(exc.status or 0), str(exc.body or exc.reason)[:500]) from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc, OSError):
+                raise
+            # A dropped connection, a malformed answer: unreachable, as callers treat OSError.
+            raise ConnectionError(f"{method} {url_path}: {exc!r}") from exc
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return await self.request("GET", path(api_version, kind, namespace, name))
