@@ -2,6 +2,10 @@
 
 The emulator stores objects and serves list/watch/get/create/patch/delete; it does not implement
 metadata.generation, the spec/status split, pruning or CEL (those are tested separately).
+Server-side apply (PATCH as application/apply-patch+yaml, what the operator writes its objects with)
+is emulated as a merge patch that creates a missing object: field managers, managedFields, conflicts
+and the removal of fields an applier stops sending are tested against a real API server only
+(tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds.
 Run: python tests/kmockserver.py  -> prints the server URL on stdout, serves until killed.
 """
 
@@ -24,16 +28,44 @@ NAMESPACED = {
     "policy/v1/poddisruptionbudgets": "PodDisruptionBudget",
     "strata.dev/v1alpha1/eventbrokers": "EventBroker", "strata.dev/v1alpha1/topics": "Topic",
     "strata.dev/v1alpha1/microservices": "Microservice", "strata.dev/v1alpha1/costreports": "CostReport",
+    "coordination.k8s.io/v1/leases": "Lease",
 }
 CLUSTER = {"v1/namespaces": "Namespace",
            "apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition"}
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
 
+def emulator_class() -> type:
+    """kmock's emulator, plus server-side apply as create-or-merge (see the module docstring)."""
+    import kmock
+    from kmock._internal import enums
+
+    class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        async def _handle(self, request: Any) -> Any:
+            if (request.action == enums.action.UPDATE and request.name is not None
+                    and "apply-patch" in (request.headers.get("Content-Type") or "")
+                    and isinstance(request.data, dict)):
+                key = (request.resource, request.namespace, request.name)
+                async with self._lock:  # apply to a missing object: create it first, then merge as usual
+                    if key not in self._objects or self._objects[key].deleted:
+                        data = dict(request.data)
+                        data["metadata"] = {**(data.get("metadata") or {}), "name": request.name,
+                                            **({"namespace": request.namespace} if request.namespace else {})}
+                        if key not in self._objects:
+                            self._objects[key] = data
+                        else:
+                            self._objects[key].create(data)
+                        await self._buses[request.resource].put({"type": "ADDED",
+                                                                 "object": self._objects[key].last.raw})
+            return await super()._handle(request)
+
+    return Emulator
+
+
 async def serve() -> None:
     import kmock
 
-    emulator = kmock.KubernetesEmulator()
+    emulator = emulator_class()()
     for key, kind in {**NAMESPACED, **CLUSTER}.items():
         emulator.resources[key] = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=key in NAMESPACED,
                                                      verbs=VERBS)

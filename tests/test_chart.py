@@ -139,16 +139,25 @@ def test_rendered_objects_validate(case):
 
 def test_operator_deployment():
     (dep,) = of_kind(render(), "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one reconciling: leader election on a Lease; a rolling update never drops to none.
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "ghcr.io/strata-dev/strata-operator:0.1.0"
     args = container["args"]
     assert args[0] == "operator" and "--standalone" in args  # no kopf peering objects: no RBAC for them
     ctx = operator_cli.operator.make_context("operator", list(args[1:]))  # the flags exist and parse
     assert ctx.params["namespaces"] == () and ctx.params["standalone"] is True
-    env = {e["name"] for e in container["env"]}
+    assert ctx.params["leader_election"] is True and ctx.params["lease_name"] == dep["metadata"]["name"]
+    env = {e["name"]: e for e in container["env"]}
     assert {"STRATA_OPERATOR_RECONCILE_INTERVAL", "STRATA_OPERATOR_RETRY_DELAY", "STRATA_OPERATOR_BROKER_TIMEOUT",
-            "STRATA_OPERATOR_DELETE_TIMEOUT"} <= env
+            "STRATA_OPERATOR_DELETE_TIMEOUT"} <= set(env)
+    assert env["STRATA_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    (single,) = of_kind(render(flags=["--set", "operator.leaderElection=false", "--set", "operator.replicas=1"]),
+                        "Deployment")
+    assert single["spec"]["replicas"] == 1 and single["spec"]["strategy"] == {"type": "Recreate"}
+    args = single["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert operator_cli.operator.make_context("operator", list(args[1:])).params["leader_election"] is False
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     namespaced = of_kind(render([CHART / "ci" / "namespaced-rbac-values.yaml"]), "Deployment")[0]
     args = namespaced["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -358,7 +367,8 @@ def test_schema_covers_every_value_and_closes_every_object():
 
 @pytest.mark.parametrize(("values", "message"), [
     ("operator:\n  reconcileInterval: soon\n", "at '/operator/reconcileInterval': got string, want integer"),
-    ("operator:\n  replicas: 2\n", "at '/operator': additional properties 'replicas' not allowed"),
+    ("operator:\n  replicaCount: 2\n", "at '/operator': additional properties 'replicaCount' not allowed"),
+    ("operator:\n  replicas: 2\n  leaderElection: false\n", "at '/operator/leaderElection'"),
     ("brokers: 3\n", "additional properties 'brokers' not allowed"),
     ("rbac:\n  scope: global\n", "at '/rbac/scope'"),
     ("eventBroker:\n  enabled: true\n  replicas: \"3\"\n", "at '/eventBroker/replicas': got string, want integer"),
@@ -404,7 +414,8 @@ def test_price_model_configmap_is_the_operators_default():
 # -- RBAC: exactly the operator's API calls, plus what kopf needs ----------------------------------
 
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
-VERBS = {"get": ["get"], "list": ["list"], "delete": ["delete"], "apply": ["get", "create", "patch"]}
+# apply() is server-side apply: a PATCH, authorized as create too when the object does not exist yet.
+VERBS = {"get": ["get"], "list": ["list"], "delete": ["delete"], "apply": ["create", "patch"]}
 
 
 def _group(api_version: str) -> str:
@@ -463,7 +474,7 @@ def operator_api_calls() -> set[Triple]:
 
     calls: set[Triple] = set()
     for path in sorted(OPERATOR_SRC.rglob("*.py")):
-        if path.name == "kube.py":
+        if path.name in ("kube.py", "leader.py"):  # leader.py: the Lease, in its own Role (tested below)
             continue
         tree = ast.parse(path.read_text())
         text = path.read_text()
@@ -563,8 +574,32 @@ def test_cluster_role_restricted_to_namespaces_adds_namespace_observation():
     assert granted(role["rules"]) == operator_api_calls() | kopf_needs(clusterwide=False)
 
 
+def test_leader_election_lease_role_in_the_release_namespace():
+    """leader.py's calls (get, create, merge-patch a Lease) and nothing else, in the release namespace only,
+    whatever rbac.scope is; none without leader election."""
+    from strata_operator import leader
+
+    source = Path(leader.__file__).read_text()
+    calls = {m for m in ("get", "create", "merge_patch", "list", "delete", "apply", "request")
+             if f"self.kube.{m}(" in source}
+    assert calls == {"get", "create", "merge_patch"}  # get, create, patch
+    for flags in ([], ["--set", "rbac.scope=namespace", "--set", "operator.watchNamespaces={team-a}"]):
+        docs = render(flags=flags)
+        (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert granted(role["rules"]) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
+        (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == role["metadata"]["name"]]
+        (sa,) = of_kind(docs, "ServiceAccount")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                        "namespace": NAMESPACE}]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    docs = render(flags=["--set", "operator.leaderElection=false", "--set", "operator.replicas=1"])
+    assert not [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_namespaced_mode_uses_roles_in_each_watched_namespace():
     docs = render(flags=["--set", "rbac.scope=namespace", "--set", "operator.watchNamespaces={strata,team-a}"])
+    docs = [d for d in docs if not d["metadata"]["name"].endswith("-leader-election")]
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["strata", "team-a"]
     cluster_scoped = {t for t in operator_api_calls() | kopf_needs(clusterwide=False)
@@ -577,7 +612,8 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace():
     strict = render([CHART / "ci" / "namespaced-rbac-values.yaml"])
     assert not of_kind(strict, "ClusterRole") and not of_kind(strict, "ClusterRoleBinding")
     operator_roles = [r for r in of_kind(strict, "Role")
-                      if "helm.sh/hook" not in (r["metadata"].get("annotations") or {})]
+                      if "helm.sh/hook" not in (r["metadata"].get("annotations") or {})
+                      and not r["metadata"]["name"].endswith("-leader-election")]
     assert [r["metadata"]["namespace"] for r in operator_roles] == [NAMESPACE]  # (the pre-delete hook has its own)
 
 

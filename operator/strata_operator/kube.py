@@ -1,137 +1,161 @@
-"""A small async Kubernetes API client for the objects the operator owns (aiohttp).
+"""The operator's Kubernetes API façade over the official async client, `kubernetes_asyncio`.
 
-Credentials come from kopf's own public login helpers (in-cluster service account, then
-kubeconfig), so the operator has one notion of "the cluster" and no extra client library.
-Objects are applied as create-or-merge-patch: idempotent, so create and resume share code.
+Every request goes through one `kubernetes_asyncio.client.ApiClient` (its `call_api`), so TLS,
+bearer tokens, client certificates, exec plugins and in-cluster token rotation are the official
+client's. Credentials: the in-cluster service account, else the kubeconfig (`KUBECONFIG`, else
+~/.kube/config), loaded on the first request.
+
+Objects the operator owns are written with server-side apply (`apply`): a PATCH of content type
+`application/apply-patch+yaml` as field manager `strata-operator`, with `force=true`. The body is the
+builder's whole desired object (resources.py), so the operator owns exactly the fields it builds;
+a field it leaves out (a Deployment's `spec.replicas` when a Microservice leaves replicas to an HPA)
+stays with whichever manager set it. `force` takes back a field that another manager changed
+(kubectl edit, a GitOps tool applying the same object): the operator is the controller of what it
+builds, and a field it builds must hold its value. A field the operator stops building is removed
+by the API server when no other manager owns it (ordinary SSA semantics).
 """
 
 from __future__ import annotations
 
-import base64
-import ssl
-import tempfile
+import asyncio
+import os
 from typing import Any
 
 import aiohttp
-import kopf
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "strata-operator"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+TIMEOUT = 30.0
 
 CORE = {"ConfigMap": "configmaps", "Secret": "secrets", "Service": "services", "ServiceAccount": "serviceaccounts",
         "Event": "events", "PersistentVolumeClaim": "persistentvolumeclaims", "Pod": "pods"}
 GROUPED = {"StatefulSet": "statefulsets", "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets",
            "EventBroker": "eventbrokers", "Topic": "topics", "Microservice": "microservices",
-           "CostReport": "costreports"}
+           "CostReport": "costreports", "Lease": "leases"}
 
 
 class KubeError(Exception):
+    """The API server answered with an error status (404 is not one: reads and deletes return None)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a kind (its collection, or one object when `name` is given)."""
     plural = CORE.get(kind) or GROUPED[kind]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
     return out + (f"/{name}" if name else "")
 
 
-def _to_file(data: str | bytes) -> str:
-    raw = data if isinstance(data, bytes) else data.encode()
-    try:  # kubeconfig's *-data fields are base64; kopf may hand them over decoded or not
-        raw = base64.b64decode(raw, validate=True)
-    except ValueError:
+async def load_configuration() -> k8s_client.Configuration:
+    """The client configuration: in-cluster (service account token, refreshed as the kubelet rotates
+    it), else the kubeconfig. Raises RuntimeError when neither is there."""
+    configuration = k8s_client.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return configuration
+    except k8s_config.ConfigException:
         pass
-    f = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")  # noqa: SIM115 - kept for the process' life
-    f.write(raw)
-    f.close()
-    return f.name
+    try:
+        await k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                          client_configuration=configuration, persist_config=False)
+    except (k8s_config.ConfigException, OSError) as exc:
+        raise RuntimeError(f"no Kubernetes credentials: neither in-cluster nor a kubeconfig ({exc})") from exc
+    return configuration
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
-        self.server = info.server.rstrip("/")
-        headers = {}
-        auth = None
-        if info.token:
-            headers["Authorization"] = f"Bearer {info.token}"
-        elif info.username and info.password:
-            auth = aiohttp.BasicAuth(info.username, info.password)
-        ssl_ctx: ssl.SSLContext | bool = True
-        if self.server.startswith("https"):
-            if info.insecure:
-                ssl_ctx = False
-            else:
-                ctx = ssl.create_default_context(cafile=str(info.ca_path) if info.ca_path else None)
-                if info.ca_data:
-                    ctx.load_verify_locations(cafile=_to_file(info.ca_data))
-                cert = info.certificate_path or (info.certificate_data and _to_file(info.certificate_data))
-                key = info.private_key_path or (info.private_key_data and _to_file(info.private_key_data))
-                if cert:
-                    ctx.load_cert_chain(str(cert), str(key) if key else None)
-                ssl_ctx = ctx
-        self._session_args = {"headers": headers, "auth": auth,
-                              "connector_args": {"ssl": ssl_ctx}}
-        self._session: aiohttp.ClientSession | None = None
+    """get/list/apply/delete and raw requests, all through one kubernetes_asyncio ApiClient."""
+
+    def __init__(self, configuration: k8s_client.Configuration | None = None) -> None:
+        self._configuration = configuration
+        self._api: k8s_client.ApiClient | None = None
+        self._lock: asyncio.Lock | None = None
 
     @classmethod
     def login(cls) -> Kube:
-        settings = kopf.OperatorSettings()
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-        if info is None:
-            raise RuntimeError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
-        return cls(info)
+        """A client whose credentials are loaded on its first request (in-cluster, else kubeconfig)."""
+        return cls()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            args = dict(self._session_args)
-            connector = aiohttp.TCPConnector(**args.pop("connector_args"))
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30),
-                                                  **args)
-        return self._session
+    async def api_client(self) -> k8s_client.ApiClient:
+        """The shared ApiClient (created on first use, inside the running event loop)."""
+        if self._api is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._api is None:
+                    configuration = self._configuration or await load_configuration()
+                    api = k8s_client.ApiClient(configuration)
+                    api.user_agent = f"{FIELD_MANAGER}/kubernetes_asyncio"
+                    self._api = api
+        return self._api
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
-    async def request(self, method: str, url_path: str, body: Any = None,
-                      content_type: str = "application/json") -> dict[str, Any] | None:
-        kwargs: dict[str, Any] = {}
+    async def request(self, method: str, url_path: str, body: Any = None, content_type: str = "application/json",
+                      query: list[tuple[str, str]] | None = None) -> dict[str, Any] | None:
+        """One API call; the decoded JSON answer, None on 404, KubeError on any other error status, an
+        OSError (ConnectionError, TimeoutError) when the API server cannot be reached."""
+        api = await self.api_client()
+        headers = {"Accept": "application/json"}
         if body is not None:
-            kwargs["json"] = body
-            kwargs["headers"] = {"Content-Type": content_type}
-        async with self._client().request(method, self.server + url_path, **kwargs) as resp:
-            if resp.status == 404:
+            headers["Content-Type"] = content_type
+        try:
+            return await api.call_api(
+                url_path, method, query_params=list(query or []), header_params=headers, body=body,
+                response_types_map={200: "object", 201: "object", 202: "object"}, auth_settings=["BearerToken"],
+                _return_http_data_only=True, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
                 return None
-            if resp.status >= 400:
-                text = await resp.text()
-                raise KubeError(resp.status, text[:500])
-            return await resp.json(content_type=None)
+            raise KubeError(int(exc.status or 0), str(exc.body or exc.reason)[:500]) from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc, OSError):
+                raise
+            # A dropped connection, a malformed answer: unreachable, as callers treat OSError.
+            raise ConnectionError(f"{method} {url_path}: {exc!r}") from exc
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return await self.request("GET", path(api_version, kind, namespace, name))
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:
-        url = path(api_version, kind, namespace)
-        if label_selector:
-            url += f"?labelSelector={label_selector}"
-        out = await self.request("GET", url)
+        query = [("labelSelector", label_selector)] if label_selector else []
+        out = await self.request("GET", path(api_version, kind, namespace), query=query)
         return list((out or {}).get("items") or [])
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create, or merge-patch to the desired state (fields we set are ours; others are kept)."""
+        """Server-side apply of the desired object as field manager `strata-operator` (force: the
+        operator's fields are the operator's). Creates the object when it does not exist."""
         md = obj["metadata"]
-        existing = await self.get(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"])
-        if existing is None:
-            try:
-                created = await self.request("POST", path(obj["apiVersion"], obj["kind"], md.get("namespace")), obj)
-                return created or obj
-            except KubeError as exc:
-                if exc.status != 409:  # 409: created meanwhile (a timer and a handler of one resource): patch it
-                    raise
-        patched = await self.request("PATCH", path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
-                                     obj, content_type="application/merge-patch+json")
-        return patched or obj
+        out = await self.request("PATCH", path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
+                                 obj, content_type=APPLY,
+                                 query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+        if out is None:  # 404 on apply: the namespace is gone
+            raise KubeError(404, f"{obj['kind']} {md.get('namespace')}/{md['name']}: namespace not found")
+        return out
+
+    async def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+                          patch: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (None when the object does not exist)."""
+        return await self.request("PATCH", path(api_version, kind, namespace, name), patch, content_type=MERGE,
+                                  query=[("fieldManager", FIELD_MANAGER)])
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """POST a new object (KubeError 409 when it exists)."""
+        md = obj["metadata"]
+        return await self.request("POST", path(obj["apiVersion"], obj["kind"], md.get("namespace")), obj,
+                                  query=[("fieldManager", FIELD_MANAGER)])
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         return await self.request("DELETE", path(api_version, kind, namespace, name)) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,10 +16,16 @@ import click
               help="Liveness/readiness endpoint (kopf's); empty to disable.")
 @click.option("--standalone/--peering", default=True, show_default=True,
               help="Standalone: no kopf peering objects (one replica, Recreate strategy).")
+@click.option("--leader-election/--no-leader-election", default=False, show_default=True,
+              help="Reconcile only while holding a coordination.k8s.io Lease (run several replicas; the "
+              "standbys wait). Timings: STRATA_OPERATOR_LEASE_DURATION/_RENEW/_RENEW_DEADLINE/_RETRY.")
+@click.option("--lease-name", default="strata-operator", show_default=True, help="The Lease's name.")
+@click.option("--lease-namespace", default=None,
+              help="The Lease's namespace [default: STRATA_OPERATOR_NAMESPACE, else the pod's, else default].")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def operator(ctx: click.Context, namespaces: tuple[str, ...], liveness: str, standalone: bool,
-             verbose: bool) -> None:
+             leader_election: bool, lease_name: str, lease_namespace: str | None, verbose: bool) -> None:
     """Run the Strata operator: EventBroker, Topic, Microservice, CostReport."""
     if ctx.invoked_subcommand is not None:
         return
@@ -31,8 +38,22 @@ def operator(ctx: click.Context, namespaces: tuple[str, ...], liveness: str, sta
 
     kopf.configure(verbose=verbose)
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    kopf.run(clusterwide=not namespaces, namespaces=list(namespaces), standalone=standalone,
-             liveness_endpoint=liveness or None)
+    if not leader_election:
+        kopf.run(clusterwide=not namespaces, namespaces=list(namespaces), standalone=standalone,
+                 liveness_endpoint=liveness or None)
+        return
+    import asyncio
+
+    from . import leader
+
+    logging.getLogger("strata.leader").setLevel(logging.INFO)
+
+    def run_kopf() -> Any:
+        return kopf.operator(clusterwide=not namespaces, namespaces=list(namespaces), standalone=standalone,
+                             liveness_endpoint=liveness or None)
+
+    asyncio.run(leader.run_elected(lease_namespace or leader.default_namespace(), lease_name, liveness or None,
+                                   run_kopf))
 
 
 @operator.command("render-crds")

@@ -411,7 +411,7 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": meta(ms, names["deployment"], "microservice"),
         "spec": {
-            # absent replicas: not ours to set (the merge patch leaves an HPA's or KEDA's value alone)
+            # absent replicas: not ours to set (not in the applied object, so an HPA's or KEDA's value stays)
             **({"replicas": int(spec["replicas"])} if "replicas" in spec else {}),
             "selector": {"matchLabels": selector(ms, "microservice")},
             "template": {
