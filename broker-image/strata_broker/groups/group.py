@@ -1,4 +1,5 @@
-"""One classic consumer group: its members, generation and state (Kafka's GroupMetadata)."""
+"""One classic consumer group: its members, generation and state (Kafka's GroupMetadata), and the
+error codes the coordinator answers with."""
 
 from __future__ import annotations
 
@@ -124,8 +125,9 @@ class Group:
     # Monotonic deadline of the join phase (PreparingRebalance), and the initial-join cap.
     rebalance_deadline: float = 0.0
     initial_rebalance_cap: float = 0.0
-    # Wall-clock ms when the group was last seen Empty (offsets.retention.minutes counts from
-    # there); None while it has members, and for a group that has not been Empty since it was made.
+    # Wall-clock ms since when the group has been Empty (loaded from the log, emptied by a
+    # rebalance, or committed to while Empty): offsets.retention.minutes counts from there.
+    # None once a member joins.
     empty_since_ms: int | None = None
 
     def is_(self, state: GroupState) -> bool:

@@ -60,7 +60,7 @@ class OffsetManager:
     def ensure_topic(self) -> None:
         """Create `__consumer_offsets` if it does not exist yet (a failure is logged, not raised)."""
         try:
-            self.store._ensure_topic()
+            self.store.ensure_topic()
         except KafkaProtocolError as exc:
             log.warning("cannot create the offsets topic: %s", exc)
 

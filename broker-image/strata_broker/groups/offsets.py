@@ -218,7 +218,8 @@ class OffsetStore:
 
     # ---- writes ------------------------------------------------------------------------
 
-    def _ensure_topic(self) -> None:
+    def ensure_topic(self) -> None:
+        """Create `__consumer_offsets` (internal, compacted) if it does not exist yet."""
         if OFFSETS_TOPIC not in self.logs.topics:
             # The same id on every broker of a cluster, whichever creates it first.
             topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"strata:{self.logs.config['cluster.id']}:{OFFSETS_TOPIC}")
@@ -230,7 +231,7 @@ class OffsetStore:
         acknowledged commits survive a crash."""
         if not updates:
             return
-        self._ensure_topic()
+        self.ensure_topic()
         topic = self.logs.topics[OFFSETS_TOPIC]
         plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
         builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
