@@ -1,4 +1,5 @@
-"""One classic consumer group: its members, generation and state (Kafka's GroupMetadata)."""
+"""One classic consumer group: its members, generation and state (Kafka's GroupMetadata), and the
+error codes the coordinator answers with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,30 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+
+
+class E:
+    """Kafka error codes the coordinator answers with."""
+
+    NONE = 0
+    UNKNOWN_TOPIC_OR_PARTITION = 3
+    OFFSET_METADATA_TOO_LARGE = 12
+    COORDINATOR_LOAD_IN_PROGRESS = 14
+    COORDINATOR_NOT_AVAILABLE = 15
+    NOT_COORDINATOR = 16
+    ILLEGAL_GENERATION = 22
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    INVALID_GROUP_ID = 24
+    UNKNOWN_MEMBER_ID = 25
+    INVALID_SESSION_TIMEOUT = 26
+    REBALANCE_IN_PROGRESS = 27
+    INVALID_REQUEST = 42
+    NON_EMPTY_GROUP = 68
+    GROUP_ID_NOT_FOUND = 69
+    MEMBER_ID_REQUIRED = 79
+    GROUP_MAX_SIZE_REACHED = 81
+    FENCED_INSTANCE_ID = 82
+    GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 
 class GroupState(Enum):
@@ -100,6 +125,10 @@ class Group:
     # Monotonic deadline of the join phase (PreparingRebalance), and the initial-join cap.
     rebalance_deadline: float = 0.0
     initial_rebalance_cap: float = 0.0
+    # Wall-clock ms since when the group has been Empty (loaded from the log, emptied by a
+    # rebalance, or committed to while Empty): offsets.retention.minutes counts from there.
+    # None once a member joins.
+    empty_since_ms: int | None = None
 
     def is_(self, state: GroupState) -> bool:
         return self.state is state

@@ -18,6 +18,7 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -128,11 +129,15 @@ def decode_value(buf: bytes) -> CommittedOffset:
 
 
 class OffsetStore:
-    """group -> {(topic, partition): CommittedOffset}, durable in `__consumer_offsets`."""
+    """group -> {(topic, partition): CommittedOffset}, durable in `__consumer_offsets`.
 
-    def __init__(self, logs: LogManager, replicas: ReplicaManager, num_partitions: int) -> None:
+    `wall` (seconds since the epoch) stamps the records written."""
+
+    def __init__(self, logs: LogManager, replicas: ReplicaManager, num_partitions: int, *,
+                 wall: Callable[[], float] = time.time) -> None:
         self.logs = logs
         self.replicas = replicas
+        self.wall = wall
         self.num_partitions = num_partitions
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
 
@@ -213,7 +218,8 @@ class OffsetStore:
 
     # ---- writes ------------------------------------------------------------------------
 
-    def _ensure_topic(self) -> None:
+    def ensure_topic(self) -> None:
+        """Create `__consumer_offsets` (internal, compacted) if it does not exist yet."""
         if OFFSETS_TOPIC not in self.logs.topics:
             # The same id on every broker of a cluster, whichever creates it first.
             topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"strata:{self.logs.config['cluster.id']}:{OFFSETS_TOPIC}")
@@ -225,12 +231,12 @@ class OffsetStore:
         acknowledged commits survive a crash."""
         if not updates:
             return
-        self._ensure_topic()
+        self.ensure_topic()
         topic = self.logs.topics[OFFSETS_TOPIC]
         plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
         builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
                                             producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
-        now = int(time.time() * 1000)
+        now = int(self.wall() * 1000)
         for i, ((topic_name, partition), entry) in enumerate(updates.items()):
             builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
                            value=None if entry is None else encode_value(entry), headers=[])
