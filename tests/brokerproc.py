@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -21,8 +22,9 @@ class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, settings: dict[str, str] | None = None,
                  log_path: Path | None = None, advertise: str | None = None,
                  env: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None,
-                 broker_id: int | None = None) -> None:
+                 broker_id: int | None = None, open_files: int | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.open_files = open_files  # the process's open-files limit (soft and hard), as `ulimit -n`
         self.broker_id = broker_id
         # Listeners beside the PLAINTEXT one on `port`: name (SASL_PLAINTEXT, SSL, ...) -> port.
         self.listeners = {name: p or free_port() for name, p in (listeners or {}).items()}
@@ -60,7 +62,14 @@ class BrokerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env} if self.env else None
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        limit = self.open_files
+
+        def set_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=set_limit if limit is not None else None)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -38,6 +38,7 @@ class Broker:
                  listeners: list[Listener] | None = None) -> None:
         self.config = config
         self.node_id = node_id
+        _raise_fd_limit()  # before the logs size their file-handle cache from it
         if listeners is None:
             host, port = listen or ("127.0.0.1", 9092)
             adv = [f"{advertise[0]}:{advertise[1]}"] if advertise else []
@@ -129,7 +130,6 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         if self.cluster is None:
             await self.groups.load_all()
-        _raise_fd_limit()
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:

@@ -176,6 +176,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
                   "reserved before it is read (-1 = unbounded)"),
         ConfigKey("log.retention.check.interval.ms", _int_at_least(10), "300000", "retention sweep period"),
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
+        ConfigKey("log.segment.handles.max", _int_at_least(0), "0",
+                  "segments whose files stay open (4 descriptors each), least recently used closed first; "
+                  "0 = min(1024, open-files limit / 8)"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
         # Cluster mode (docs/cluster.md): several brokers, one bucket, placement from a controller.

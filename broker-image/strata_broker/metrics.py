@@ -9,6 +9,8 @@ beyond loopback should use one of them or a NetworkPolicy (the chart admits only
 from __future__ import annotations
 
 import hmac
+import os
+import resource
 import shutil
 import ssl
 import threading
@@ -26,6 +28,13 @@ if TYPE_CHECKING:
     from .log.manager import LogManager
     from .metering import Meter
     from .tier.manager import TierManager
+
+
+def _open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 class BrokerCollector(Collector):
@@ -51,6 +60,14 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        yield GaugeMetricFamily("strata_open_file_descriptors", "File descriptors this process holds",
+                                value=_open_descriptors())
+        yield GaugeMetricFamily("strata_open_file_descriptors_limit", "The process's open-files limit (soft)",
+                                value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        yield GaugeMetricFamily("strata_log_segments_open", "Segments whose files are open (4 descriptors each)",
+                                value=len(logs.handles))
+        yield CounterMetricFamily("strata_log_segment_evictions", "Segments that gave their descriptors back",
+                                  value=logs.handles.evictions)
         usage = shutil.disk_usage(logs.data_dir)
         yield GaugeMetricFamily("strata_data_dir_free_bytes", "Free bytes on the data dir's filesystem",
                                 value=usage.free)

@@ -139,7 +139,7 @@ def _clean_files(directory: str, segments: list[Segment], dirty_from: int, tombs
     """In a worker thread: write the cleaned segments as `<base>.log.cleaned`; return their bases."""
     datas = []
     for segment in segments:
-        data = segment.read_batch(0, segment.size)
+        data = segment.read_file(0, segment.size)
         budget.spend(len(data))
         datas.append(data)
     latest = latest_offsets((d for s, d in zip(segments, datas, strict=True) if s.next_offset > dirty_from),

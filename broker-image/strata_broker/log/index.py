@@ -17,18 +17,26 @@ _TIME_ENTRY = struct.Struct(">qi")
 
 
 class _AppendOnlyFile:
+    """Opened when first written; `close()` gives the descriptor back, the next write reopens it."""
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fd = -1
+        self._open()  # the file exists from the start, as its segment's log does
+
+    def _open(self) -> int:
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self.fd
 
     def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
+        os.write(self._open(), data)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        os.ftruncate(self._open(), size)
 
     def fsync(self) -> None:
-        os.fsync(self.fd)
+        os.fsync(self._open())
 
     def close(self) -> None:
         if self.fd >= 0:

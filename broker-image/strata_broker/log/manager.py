@@ -18,6 +18,7 @@ from typing import Protocol
 from ..config import BrokerConfig, TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from .files import fsync_dir, read_json, write_json_atomic
+from .handles import HandleCache, automatic_capacity
 from .partition import ManifestLoader, PartitionLog
 from .segment import Segment
 
@@ -89,12 +90,17 @@ class GroupCommit:
                 for segment in segments:
                     segment.dirty = False
                 try:
+                    for segment in segments:
+                        segment.pin()  # its descriptor stays open (and the same) while the thread syncs it
                     await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, segments)
                 except OSError as exc:
                     for future in waiters:
                         if not future.done():
                             future.set_exception(KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)))
                     continue
+                finally:
+                    for segment in segments:
+                        segment.unpin()
                 self.rounds += 1
                 for future in waiters:
                     if not future.done():
@@ -116,6 +122,17 @@ def _fsync_all(segments: set[Segment]) -> None:
                 raise
 
 
+def _reserve_fds(count: int = 2) -> list[int]:
+    """Up to `count` descriptors held in reserve (fewer when the process is out of them)."""
+    out = []
+    for _ in range(count):
+        try:
+            out.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            break
+    return out
+
+
 class TopicListener(Protocol):
     """Told about topic changes (the tier mirrors them into the bucket)."""
 
@@ -131,6 +148,10 @@ class LogManager:
         self.data_dir = os.path.abspath(data_dir)
         self.config = config
         self._load_manifest = load_manifest  # with tiered storage: parses a partition's remote manifest copy
+        capacity = config["log.segment.handles.max"]
+        self.handles = HandleCache(capacity if capacity > 0 else automatic_capacity())
+        # Descriptors kept in reserve, given up only to clean up after running out (rmtree needs two).
+        self._spare_fds = _reserve_fds()
         self.meta_dir = os.path.join(self.data_dir, "__meta")
         self.topics: dict[str, Topic] = {}
         self.group_commit = GroupCommit()
@@ -186,6 +207,9 @@ class LogManager:
 
     def close(self) -> None:
         self.group_commit.close()
+        for fd in self._spare_fds:
+            os.close(fd)
+        self._spare_fds = []
         for topic in self.topics.values():
             for plog in topic.partitions:
                 plog.close()
@@ -234,10 +258,7 @@ class LogManager:
         if validate_only:
             return None
         topic = Topic(name, topic_id or uuid.uuid4(), dict(overrides), config, internal=internal)
-        for p in range(partitions):
-            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, config, clean=True))
-        self._write_topic_meta(topic)
+        self._add_partitions(topic, partitions, new_topic=True)
         self.topics[name] = topic
         log.info("created topic %s (%d partitions, id %s)", name, partitions, topic.topic_id)
         if self.listener is not None:
@@ -270,11 +291,7 @@ class LogManager:
             raise KafkaProtocolError(ErrorCode.INVALID_PARTITIONS, "partitions must be at most 10000")
         if validate_only:
             return
-        for p in range(len(topic.partitions), count):
-            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(
-                self._open_partition(self._partition_dir(name, p), name, p, topic.config, clean=True))
-        self._write_topic_meta(topic)
+        self._add_partitions(topic, count, new_topic=False)
         if self.listener is not None:
             self.listener.topic_changed(topic)
 
@@ -304,20 +321,13 @@ class LogManager:
             self.delete_topic(name, notify=False)
         topic = Topic(name, topic_id, dict(overrides), self.config.resolve_topic(overrides),
                       internal=internal or is_internal_name(name))
-        for p in range(partitions):
-            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, topic.config, True))
-        self._write_topic_meta(topic)
+        self._add_partitions(topic, partitions, new_topic=True)
         self.topics[name] = topic
         log.info("topic %s (%d partitions, id %s) placed in the cluster", name, partitions, topic_id)
         return topic
 
     def grow_topic(self, name: str, partitions: int) -> None:
-        topic = self.get_topic(name)
-        for p in range(len(topic.partitions), partitions):
-            shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
-            topic.partitions.append(self._open_partition(self._partition_dir(name, p), name, p, topic.config, True))
-        self._write_topic_meta(topic)
+        self._add_partitions(self.get_topic(name), partitions, new_topic=False)
 
     def set_topic_overrides(self, name: str, overrides: dict[str, str]) -> None:
         topic = self.get_topic(name)
@@ -348,9 +358,44 @@ class LogManager:
         old._wake()  # long polls parked on the old copy look again
         return plog
 
+    def _add_partitions(self, topic: Topic, count: int, new_topic: bool) -> None:
+        """Open empty partitions up to `count` and record them, all or nothing: when the files cannot
+        be made (out of descriptors or disk), what was made is removed and the topic is as before."""
+        name, first = topic.name, len(topic.partitions)
+        added: list[PartitionLog] = []
+        try:
+            for p in range(first, count):
+                shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+                added.append(self._open_partition(self._partition_dir(name, p), name, p, topic.config, True))
+            topic.partitions.extend(added)
+            self._write_topic_meta(topic)
+        except OSError as exc:
+            del topic.partitions[first:]
+            for plog in added:
+                plog.delete_files()
+            for fd in self._spare_fds:  # removing files needs descriptors: the reserve's are freed now
+                os.close(fd)
+            for p in range(first, count):
+                shutil.rmtree(self._partition_dir(name, p), ignore_errors=True)
+            if new_topic:
+                try:
+                    os.unlink(os.path.join(self.meta_dir, "topics", f"{name}.json"))
+                except FileNotFoundError:
+                    pass
+            else:
+                try:
+                    self._write_topic_meta(topic)
+                except OSError:
+                    pass  # the atomic write failed: the previous file, with the old count, is in place
+            self._spare_fds = _reserve_fds()
+            log.warning("could not create %d partition(s) of %s, nothing was kept: %s", count - first, name, exc)
+            raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR,
+                                     f"could not create the partitions' files ({exc.strerror or exc}); "
+                                     "nothing was created") from exc
+
     def _open_partition(self, directory: str, topic: str, partition: int, config: TopicConfig,
                         clean: bool) -> PartitionLog:
-        return PartitionLog.open(directory, topic, partition, config, clean, self._load_manifest)
+        return PartitionLog.open(directory, topic, partition, config, clean, self._load_manifest, self.handles)
 
     def get_topic(self, name: str) -> Topic:
         topic = self.topics.get(name)

@@ -19,6 +19,7 @@ from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from .batch import BatchHeader, validate_batches
 from .files import fsync_dir, read_json, write_json_atomic
+from .handles import HandleCache
 from .producer_state import ProducerState
 from .segment import Segment, segment_name
 
@@ -83,8 +84,10 @@ class AppendResult:
 
 
 class PartitionLog:
-    def __init__(self, directory: str, topic: str, partition: int, config: TopicConfig) -> None:
+    def __init__(self, directory: str, topic: str, partition: int, config: TopicConfig,
+                 handles: HandleCache | None = None) -> None:
         self.directory = directory
+        self.handles = handles  # the broker's bounded set of segments with open files
         self.topic = topic
         self.partition = partition
         self.config = config
@@ -108,9 +111,9 @@ class PartitionLog:
 
     @classmethod
     def open(cls, directory: str, topic: str, partition: int, config: TopicConfig, clean: bool,
-             load_manifest: ManifestLoader | None = None) -> PartitionLog:
+             load_manifest: ManifestLoader | None = None, handles: HandleCache | None = None) -> PartitionLog:
         os.makedirs(directory, exist_ok=True)
-        plog = cls(directory, topic, partition, config)
+        plog = cls(directory, topic, partition, config, handles)
         plog._load(clean, load_manifest)
         return plog
 
@@ -124,11 +127,11 @@ class PartitionLog:
                        if name.endswith(".log") and name[:-4].isdigit())
         recovery_point = int(checkpoint.get("recovery_point", 0))
         for base in bases:
-            self.segments.append(Segment(self.directory, base, self.config.index_interval_bytes))
+            self.segments.append(Segment(self.directory, base, self.config.index_interval_bytes, self.handles))
         if not self.segments:
             # A partition restored from S3 starts its local log where the bucket ends.
             start = max(int(checkpoint.get("log_start_offset", 0)), int(checkpoint.get("log_end_offset", 0)))
-            self.segments.append(Segment(self.directory, start, self.config.index_interval_bytes))
+            self.segments.append(Segment(self.directory, start, self.config.index_interval_bytes, self.handles))
         # Segments wholly below the recovery point were fsynced with their indexes at roll time;
         # after a crash only the tail from the recovery point on is scanned, so restart time does
         # not grow with the size of the log.
@@ -292,7 +295,7 @@ class PartitionLog:
     def roll(self) -> None:
         old = self.active
         old.seal()
-        self.segments.append(Segment(self.directory, old.next_offset, self.config.index_interval_bytes))
+        self.segments.append(Segment(self.directory, old.next_offset, self.config.index_interval_bytes, self.handles))
         self.write_producer_snapshot()
         write_json_atomic(os.path.join(self.directory, snapshot_name(old.next_offset)),
                           {"offset": old.next_offset, "producers": self.producers.to_json()}, fsync=False)
@@ -425,7 +428,7 @@ class PartitionLog:
         finish_cleaner_swap(self.directory)
         installed = []
         for base in cleaned_bases:
-            segment = Segment(self.directory, base, self.config.index_interval_bytes)
+            segment = Segment(self.directory, base, self.config.index_interval_bytes, self.handles)
             segment.rebuild()
             segment.seal()
             installed.append(segment)

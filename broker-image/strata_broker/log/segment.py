@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 from .batch import HEADER_SIZE, BatchHeader, batch_is_intact, parse_header
+from .handles import HandleCache
 from .index import OffsetIndex, TimeIndex
 
 log = logging.getLogger(__name__)
@@ -23,28 +24,81 @@ def segment_name(base_offset: int) -> str:
 
 
 class Segment:
-    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int) -> None:
+    """Its files are open only while it is among the recently used segments of `handles` (a
+    bounded cache shared by the broker's logs); `_use()` reopens them before any file access."""
+
+    def __init__(self, directory: str, base_offset: int, index_interval_bytes: int,
+                 handles: HandleCache | None = None) -> None:
         self.directory = directory
         self.base_offset = base_offset
         self.index_interval_bytes = index_interval_bytes
+        self._handles = handles
         stem = os.path.join(directory, segment_name(base_offset))
         self.log_path = stem + ".log"
-        self._fd_write = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._fd_read = os.open(self.log_path, os.O_RDONLY)
+        self._fd_write = -1
+        self._fd_read = -1
+        self.closed = False
         self.offset_index = OffsetIndex(stem + ".index")
-        self.time_index = TimeIndex(stem + ".timeindex")
+        try:
+            self.time_index = TimeIndex(stem + ".timeindex")
+        except OSError:
+            self.offset_index.close()
+            raise
+        try:
+            self._use()
+        except OSError:  # out of descriptors: give back what was opened
+            self.offset_index.close()
+            self.time_index.close()
+            raise
         self.size = os.fstat(self._fd_read).st_size
         self.next_offset = base_offset
         self.max_timestamp = -1
         self.created_ms = int(time.time() * 1000)
         self._bytes_since_index = 0
-        self.closed = False
         self.dirty = False
+
+    # ---- descriptors ---------------------------------------------------------------------
+
+    def _use(self) -> None:
+        """Open the files if they were given back, and count this as a use (on the loop's thread)."""
+        if self.closed:
+            return
+        if self._fd_read < 0:
+            self._fd_write = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                self._fd_read = os.open(self.log_path, os.O_RDONLY)
+            except OSError:
+                os.close(self._fd_write)
+                self._fd_write = -1
+                raise
+        if self._handles is not None:
+            self._handles.touch(self)
+
+    def release_files(self) -> None:
+        """Give the descriptors back (the handle cache evicts this segment); reopened on next use.
+        Written data stays in the page cache: a later fsync of the file makes it durable."""
+        for fd in (self._fd_write, self._fd_read):
+            if fd >= 0:
+                os.close(fd)
+        self._fd_write = self._fd_read = -1
+        self.offset_index.close()
+        self.time_index.close()
+
+    def pin(self) -> None:
+        """Open, and not evicted until unpin(): a worker thread is about to use the descriptors."""
+        self._use()
+        if self._handles is not None:
+            self._handles.pin(self)
+
+    def unpin(self) -> None:
+        if self._handles is not None:
+            self._handles.unpin(self)
 
     # ---- opening -------------------------------------------------------------------------
 
     def load(self) -> None:
         """Trust the indexes (they were fsynced with the log) and walk only the tail after the last entry."""
+        self._use()
         if not (self.offset_index.load(self.size) and self.time_index.load()):
             log.warning("rebuilding indexes of %s", self.log_path)
             self.rebuild()
@@ -56,6 +110,7 @@ class Segment:
 
     def recover(self) -> list[BatchHeader]:
         """Validate every batch (CRC included), truncate at the first torn one, rebuild indexes."""
+        self._use()
         self.offset_index.reset()
         self.time_index.reset()
         self.next_offset = self.base_offset
@@ -86,6 +141,7 @@ class Segment:
         return headers
 
     def rebuild(self) -> None:
+        self._use()
         self.offset_index.reset()
         self.time_index.reset()
         self.next_offset = self.base_offset
@@ -101,6 +157,7 @@ class Segment:
 
     def append_pieces(self, pieces: list[bytes | bytearray | memoryview], headers: list[BatchHeader]) -> None:
         """append() of the concatenation of pieces, written with writev (no joined copy)."""
+        self._use()
         start = self.size
         try:
             pending = [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
@@ -138,6 +195,7 @@ class Segment:
 
     def seal(self) -> None:
         """Before a roll: the final time index entry covers the whole segment, then fsync all."""
+        self._use()
         if self.max_timestamp > self.time_index.last_timestamp:
             self.time_index.maybe_append(self.max_timestamp, self.next_offset - 1 - self.base_offset)
         self.fsync()
@@ -145,6 +203,7 @@ class Segment:
     def fsync(self) -> None:
         if self.closed:
             return
+        self._use()
         os.fsync(self._fd_write)
         self.offset_index.fsync()
         self.time_index.fsync()
@@ -156,6 +215,7 @@ class Segment:
             os.fdatasync(self._fd_write)
 
     def truncate_bytes(self, size: int) -> None:
+        self._use()
         os.ftruncate(self._fd_write, size)
         self.size = size
 
@@ -164,11 +224,14 @@ class Segment:
     def walk(self, position: int, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
         """(position, header) of each complete batch from position on, reading headers only."""
         end = self.size if end is None else end
+        self._use()
         buf = b""
         buf_start = position
         pos = position
         while pos + HEADER_SIZE <= end:
             if pos + HEADER_SIZE > buf_start + len(buf):
+                if self._fd_read < 0:  # evicted while a caller held this generator
+                    self._use()
                 buf = os.pread(self._fd_read, _WALK_CHUNK, pos)
                 buf_start = pos
                 if len(buf) < HEADER_SIZE:
@@ -181,6 +244,7 @@ class Segment:
 
     def find(self, offset: int) -> tuple[int, BatchHeader] | None:
         """Position and header of the first batch whose last offset is >= offset."""
+        self._use()
         _, start = self.offset_index.floor(offset - self.base_offset)
         for pos, header in self.walk(start):
             if header.last_offset >= offset:
@@ -189,6 +253,7 @@ class Segment:
 
     def read_from(self, offset: int, max_bytes: int, always_one: bool) -> bytes:
         """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked)."""
+        self._use()
         found = self.find(offset)
         if found is None:
             return b""
@@ -203,7 +268,16 @@ class Segment:
         return os.pread(self._fd_read, end - start, start)
 
     def read_batch(self, position: int, length: int) -> bytes:
+        self._use()
         return os.pread(self._fd_read, length, position)
+
+    def read_file(self, position: int, length: int) -> bytes:
+        """read_batch for a worker thread: through a descriptor of its own, never the cached ones."""
+        fd = os.open(self.log_path, os.O_RDONLY)
+        try:
+            return os.pread(fd, length, position)
+        finally:
+            os.close(fd)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -211,10 +285,9 @@ class Segment:
         if self.closed:
             return
         self.closed = True
-        os.close(self._fd_write)
-        os.close(self._fd_read)
-        self.offset_index.close()
-        self.time_index.close()
+        self.release_files()
+        if self._handles is not None:
+            self._handles.forget(self)
 
     def delete(self) -> None:
         self.close()

@@ -271,7 +271,7 @@ class TierManager:
     async def _put_log(self, key: str, segment: Segment) -> None:
         size = segment.size
         if size <= _MULTIPART_THRESHOLD:
-            await self.store.put(key, await asyncio.to_thread(segment.read_batch, 0, size), deadline=300)
+            await self.store.put(key, await asyncio.to_thread(segment.read_file, 0, size), deadline=300)
             return
         client = self.store._client
         bucket = self.store.bucket
@@ -280,7 +280,7 @@ class TierManager:
         try:
             parts = []
             for number, start in enumerate(range(0, size, _PART_BYTES), start=1):
-                body = await asyncio.to_thread(segment.read_batch, start, min(_PART_BYTES, size - start))
+                body = await asyncio.to_thread(segment.read_file, start, min(_PART_BYTES, size - start))
                 part = await self.store._call("upload_part", deadline=300, Key=key, UploadId=upload_id,
                                               PartNumber=number, Body=body)
                 parts.append({"ETag": part["ETag"], "PartNumber": number})
