@@ -58,6 +58,8 @@ class Broker:
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
+        self.reserved_principals = frozenset(p.strip() for p in config["ssl.reserved.principals"].split(";")
+                                             if p.strip())
         self.auth = AuthGuard(config["sasl.auth.threads"],
                               config["sasl.failed.authentication.backoff.max.ms"] / 1000.0)
         self.quotas = QuotaManager(self.logs.meta_dir, config["quota.window.size.seconds"],
@@ -176,6 +178,16 @@ class Broker:
     async def _on_connection(self, listener: Listener, proto: FrameProtocol) -> None:
         peername = proto.get_extra_info("peername")
         ip = peername[0] if isinstance(peername, tuple) else str(peername)
+        principal: str | None = None  # until SaslAuthenticate succeeds, on a SASL listener
+        if not listener.sasl:
+            principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
+            if principal in self.reserved_principals:
+                # e.g. the operator's own super user: no certificate the CA signs may stand for it
+                log.warning("closing a connection from %s: its client certificate maps to the reserved "
+                            "principal %s (ssl.reserved.principals)", ip, principal)
+                proto.abort()
+                return
+            principal = principal or ANONYMOUS
         if (len(self._connections) >= self.config["max.connections"]
                 or self._per_ip.get(ip, 0) >= self.config["max.connections.per.ip"]):
             self._refuse(ip, proto)
@@ -184,11 +196,6 @@ class Broker:
         assert task is not None
         self._connections.add(task)
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        if listener.sasl:
-            principal = None  # until SaslAuthenticate succeeds
-        else:
-            principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
-            principal = principal or ANONYMOUS
         try:
             await serve_connection(self, proto, Connection(listener, ip, principal))
         finally:

@@ -6,7 +6,14 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from ..config import SECURITY_PROTOCOLS, BrokerConfig, ConfigError, parse_listeners, parse_protocol_map
+from ..config import (
+    SECURITY_PROTOCOLS,
+    BrokerConfig,
+    ConfigError,
+    parse_client_auth_map,
+    parse_listeners,
+    parse_protocol_map,
+)
 
 
 @dataclass
@@ -70,22 +77,30 @@ def build_listeners(config: BrokerConfig, listen: list[str], advertise: list[str
             if target is None:
                 raise ConfigError(f"advertised listener {adv.name} is not a listener")
             target.advertised = (adv.host, adv.port)
-    if any(lst.tls for lst in listeners):
-        context = ssl_context(config)
-        for lst in listeners:
-            if lst.tls:
-                lst.ssl_context = context
+    modes = parse_client_auth_map(config["ssl.client.auth.listener.map"])
+    unknown = sorted(set(modes) - set(by_name))
+    if unknown:
+        raise ConfigError(f"ssl.client.auth.listener.map names {unknown}, which are not listeners")
+    contexts: dict[str, ssl.SSLContext] = {}  # one per client-auth mode
+    for lst in listeners:
+        if lst.tls:
+            mode = modes.get(lst.name, config["ssl.client.auth"])
+            if mode not in contexts:
+                contexts[mode] = ssl_context(config, mode)
+            lst.ssl_context = contexts[mode]
     return listeners
 
 
-def ssl_context(config: BrokerConfig) -> ssl.SSLContext:
+def ssl_context(config: BrokerConfig, mode: str | None = None) -> ssl.SSLContext:
+    """The server context of TLS listeners; `mode` (none | requested | required) defaults to
+    ssl.client.auth."""
     cert = config["ssl.certificate.location"]
     if not cert:
         raise ConfigError("an SSL or SASL_SSL listener needs ssl.certificate.location")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, config["ssl.key.location"] or None, config["ssl.key.password"] or None)
-    mode = config["ssl.client.auth"]
+    mode = mode or config["ssl.client.auth"]
     if mode != "none":
         if not config["ssl.ca.location"]:
             raise ConfigError("ssl.client.auth needs ssl.ca.location")
