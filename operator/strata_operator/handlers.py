@@ -251,14 +251,13 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
     sts_name = resources.broker_names(body["metadata"]["name"])["statefulset"]
     try:
         existing = await kube().get("apps/v1", "StatefulSet", ns, sts_name)
-        objects = resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS)
         made = resources.claim_size(existing)
         if made:  # volumeClaimTemplates are immutable: expand the PVCs instead (or refuse)
-            objects = [resources.with_claim_size(o, made) if o["kind"] == "StatefulSet" else o for o in objects]
             conditions = await _storage_expansion(body, patch, conditions, existing, made)
         else:
             patch.status["storageSize"] = (spec.get("storage") or {}).get("size", "10Gi")
-        for obj in objects:
+        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS,
+                                                 made):
             await kube().apply(obj)
         sts = await kube().get("apps/v1", "StatefulSet", ns, sts_name)
         ca = await broker_ca(body) if resources.uses_tls(spec) else "-"
@@ -290,11 +289,16 @@ async def _storage_class(body: kopf.Body, sts: dict[str, Any]) -> dict[str, Any]
     name = (body["spec"].get("storage") or {}).get("class")
     for template in sts["spec"].get("volumeClaimTemplates") or []:
         name = name or (template.get("spec") or {}).get("storageClassName")
-    if name:
-        return await kube().get("storage.k8s.io/v1", "StorageClass", None, name)
-    for sc in await kube().list("storage.k8s.io/v1", "StorageClass"):
-        if (sc["metadata"].get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
-            return sc
+    try:
+        if name:
+            return await kube().get("storage.k8s.io/v1", "StorageClass", None, name)
+        for sc in await kube().list("storage.k8s.io/v1", "StorageClass"):
+            if (sc["metadata"].get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
+                return sc
+    except KubeError as exc:
+        if exc.status != 403:  # RBAC without cluster-scoped reads (the chart's rbac.clusterObservation: false)
+            raise
+        kopf.warn(body, reason="StorageClassUnreadable", message=f"cannot read StorageClasses: {exc}")
     return None
 
 
@@ -314,7 +318,7 @@ async def _storage_expansion(body: kopf.Body, patch: kopf.Patch, conditions: lis
                     f"storage.size {want} is less than the volumes' {made}: a volume is never shrunk")
     sc = await _storage_class(body, sts)
     if not sc or sc.get("allowVolumeExpansion") is not True:
-        what = f"StorageClass {sc['metadata']['name']}" if sc else "no StorageClass (none named, no default)"
+        what = f"StorageClass {sc['metadata']['name']}" if sc else "no StorageClass (none named and readable)"
         patch.status["storageSize"] = made
         return _set(patch, body, conditions, "StorageExpansionRefused", True, "ExpansionNotAllowed",
                     f"storage.size {want}: {what} does not allow volume expansion (allowVolumeExpansion); the "
@@ -326,10 +330,9 @@ async def _storage_expansion(body: kopf.Body, patch: kopf.Patch, conditions: lis
             continue  # made by the StatefulSet later, at the template's size: expanded by a later reconcile
         have = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage") or "0"
         if logic.quantity(have) < logic.quantity(want):
-            await kube().apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                "metadata": {"name": pvc_name, "namespace": ns},
-                                "spec": {"resources": {"requests": {"storage": want}}}})
             expanded.append(pvc_name)
+    for obj in resources.pvc_resizes(body, expanded, want):
+        await kube().apply(obj)
     patch.status["storageSize"] = want
     return _set(patch, body, conditions, "StorageExpansionRefused", False, "VolumesExpanded",
                 f"StorageClass {sc['metadata']['name']} allows expansion: volumes requested at {want}"

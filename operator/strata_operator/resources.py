@@ -442,20 +442,30 @@ def broker_pvc_names(broker: dict[str, Any]) -> list[str]:
     return [f"data-{sts}-{i}" for i in range(int(broker["spec"].get("replicas", 1)))]
 
 
+def pvc_resizes(broker: dict[str, Any], pvc_names: list[str], size: str) -> list[dict[str, Any]]:
+    """Merge patches that request `size` for these broker PVCs (volume expansion: the StorageClass
+    must allow it; the storage driver then grows the volume)."""
+    ns = broker["metadata"]["namespace"]
+    return [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": ns},
+             "spec": {"resources": {"requests": {"storage": size}}}} for name in pvc_names]
+
+
 def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
-                        users_file: str | None = None,
-                        default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                        users_file: str | None = None, default_pull_secrets: list[str] | tuple[str, ...] = (),
+                        made_size: str | None = None) -> list[dict[str, Any]]:
     """Everything an EventBroker owns, in apply order. An external broker owns nothing. With a
     listener that authenticates, also the credentials Secret (`users_file`: scram.credentials_file;
     an empty file when None, e.g. before the operator has a password); with a TLS listener and
-    spec.tls.issuerRef, the cert-manager Certificate of the brokers."""
+    spec.tls.issuerRef, the cert-manager Certificate of the brokers. `made_size`: the claim size an
+    existing StatefulSet was made with, which it keeps (with_claim_size)."""
     if broker["spec"].get("external"):
         return []
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
     if uses_tls(broker["spec"]) and (broker["spec"].get("tls") or {}).get("issuerRef"):
         secret.append(broker_certificate(broker))
+    sts = broker_statefulset(broker, operator_user, default_pull_secrets)
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets)]
+            broker_pdb(broker), with_claim_size(sts, made_size) if made_size else sts]
 
 
 # -- Microservice --------------------------------------------------------------------------
