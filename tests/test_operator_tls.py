@@ -462,6 +462,10 @@ def test_storage_growth_the_class_cannot_expand_is_refused(kube: KubeEmulatorPro
     assert eb["status"]["storageSize"] == "10Gi"
     # the StatefulSet (whose claim templates are immutable) keeps the size it was made with
     assert resources.claim_size(kube.get("StatefulSet", "fixed-disk-broker")) == "10Gi"
+    # back to the volumes' size: no longer refused
+    kube.patch_spec("EventBroker", "fixed-disk", {"storage": {"size": "10Gi", "class": "fixed"}})
+    eventually(lambda: cond(kube.get("EventBroker", "fixed-disk"), "StorageExpansionRefused").get("reason")
+               == "SizeUnchanged", "StorageExpansionRefused=False", kube=kube)
 
 
 def test_storage_growth_expands_each_pvc_when_the_class_allows(kube: KubeEmulatorProcess):

@@ -283,12 +283,14 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         _set(patch, body, conditions, "Ready", False, "BrokersStarting", f"{ready}/{want} brokers ready")
 
 
-async def _storage_class(body: kopf.Body, sts: dict[str, Any]) -> dict[str, Any] | None:
-    """The StorageClass of the brokers' volumes: spec.storage.class, the claim template's, else the
-    cluster's default (annotation storageclass.kubernetes.io/is-default-class)."""
+async def _storage_class(body: kopf.Body, sts: dict[str, Any],
+                         pvcs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The StorageClass of the brokers' volumes: spec.storage.class, else the one their PVCs were given
+    (the default class is written into a PVC at creation), the claim template's, else the cluster's
+    default (annotation storageclass.kubernetes.io/is-default-class)."""
     name = (body["spec"].get("storage") or {}).get("class")
-    for template in sts["spec"].get("volumeClaimTemplates") or []:
-        name = name or (template.get("spec") or {}).get("storageClassName")
+    for claim in [*pvcs, *(sts["spec"].get("volumeClaimTemplates") or [])]:
+        name = name or (claim.get("spec") or {}).get("storageClassName")
     try:
         if name:
             return await kube().get("storage.k8s.io/v1", "StorageClass", None, name)
@@ -311,12 +313,17 @@ async def _storage_expansion(body: kopf.Body, patch: kopf.Patch, conditions: lis
     ns = body["metadata"]["namespace"]
     if logic.quantity(want) == logic.quantity(made):
         patch.status["storageSize"] = (body.get("status") or {}).get("storageSize") or made
+        if (logic.condition(conditions, "StorageExpansionRefused") or {}).get("status") == "True":
+            return _set(patch, body, conditions, "StorageExpansionRefused", False, "SizeUnchanged",
+                        f"storage.size is the volumes' {made} again")
         return conditions
     if logic.quantity(want) < logic.quantity(made):
         patch.status["storageSize"] = made
         return _set(patch, body, conditions, "StorageExpansionRefused", True, "ShrinkRefused",
                     f"storage.size {want} is less than the volumes' {made}: a volume is never shrunk")
-    sc = await _storage_class(body, sts)
+    pvcs = {name: await kube().get("v1", "PersistentVolumeClaim", ns, name)
+            for name in resources.broker_pvc_names(body)}
+    sc = await _storage_class(body, sts, [p for p in pvcs.values() if p])
     if not sc or sc.get("allowVolumeExpansion") is not True:
         what = f"StorageClass {sc['metadata']['name']}" if sc else "no StorageClass (none named and readable)"
         patch.status["storageSize"] = made
@@ -324,8 +331,7 @@ async def _storage_expansion(body: kopf.Body, patch: kopf.Patch, conditions: lis
                     f"storage.size {want}: {what} does not allow volume expansion (allowVolumeExpansion); the "
                     f"volumes keep {made}")
     expanded = []
-    for pvc_name in resources.broker_pvc_names(body):
-        pvc = await kube().get("v1", "PersistentVolumeClaim", ns, pvc_name)
+    for pvc_name, pvc in pvcs.items():
         if pvc is None:
             continue  # made by the StatefulSet later, at the template's size: expanded by a later reconcile
         have = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage") or "0"
