@@ -311,6 +311,58 @@ def test_mtls_principal_and_the_reserved_operator_name(tmp_path: Path, ca: Ca):
         proc.stop()
 
 
+def served_certificate(port: int) -> bytes:
+    """The DER certificate a TLS listener presents (unverified: only which one it is matters)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    return der
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path, ca: Ca):
+    """cert-manager renews the brokers' certificate in its Secret; the kubelet swaps the mounted files.
+    New connections get the new certificate; a broken pair is refused and the previous one kept."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cr = broker_cr(listeners=[SASL_TLS], tls={"issuerRef": {"name": "strata-ca"}})
+    first = ca.issue(dns=["localhost"], server=True)
+    props = materialise(resources.broker_properties(cr), tmp_path / "mounts", {
+        f"{resources.TLS_DIR}/tls.crt": first[0], f"{resources.TLS_DIR}/tls.key": first[1],
+        f"{resources.TLS_DIR}/ca.crt": ca.pem})
+    props["ssl.certificate.reload.ms"] = "200"
+    props.pop("sasl.credentials.file")
+    port = free_port()
+    proc = BrokerProcess(tmp_path / "broker", settings=local_listeners(props, {"SASL-TLS": port})).start()
+
+    def der(pem: str) -> bytes:
+        return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+
+    def swap(cert: str, key: str) -> None:  # as a Secret volume update: new files renamed into place
+        for name, text in (("tls.crt", cert), ("tls.key", key)):
+            path = Path(props[f"ssl.{'certificate' if name == 'tls.crt' else 'key'}.location"])
+            tmp = path.with_suffix(".new")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+    try:
+        assert served_certificate(port) == der(first[0])
+        renewed = ca.issue(dns=["localhost"], server=True)
+        swap(*renewed)
+        eventually(lambda: served_certificate(port) == der(renewed[0]), "the renewed certificate served")
+        refusals = proc.log_path.read_text().count("do not load, keeping the previous certificate")
+        swap(ca.issue(dns=["localhost"], server=True)[0], renewed[1])  # a certificate with another's key
+        eventually(lambda: proc.log_path.read_text().count("do not load, keeping the previous certificate")
+                   > refusals, "the broken pair refused")
+        assert served_certificate(port) == der(renewed[0])
+    finally:
+        proc.stop()
+
+
 def produce(conf: dict[str, str], topic: str, value: bytes) -> KafkaError | None:
     producer = Producer({**conf, "message.timeout.ms": 20000})
     reports: list[KafkaError | None] = []

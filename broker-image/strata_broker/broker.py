@@ -20,7 +20,7 @@ from .request_pool import RequestMemoryPool
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
-from .security.listeners import Listener, build_listeners, principal_from_cert
+from .security.listeners import Listener, TlsReloader, build_listeners, principal_from_cert
 from .security.quotas import QuotaManager
 from .security.sasl import AuthGuard
 from .server import FrameProtocol, serve_connection
@@ -58,6 +58,7 @@ class Broker:
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
+        self._tls_reloader: TlsReloader | None = None
         self.reserved_principals = frozenset(p.strip() for p in config["ssl.reserved.principals"].split(";")
                                              if p.strip())
         self.auth = AuthGuard(config["sasl.auth.threads"],
@@ -126,6 +127,10 @@ class Broker:
             # Partitions arrive through the placement: taken over from the bucket, one by one.
             await self.cluster.start()
         loop = asyncio.get_running_loop()
+        if any(lst.ssl_context for lst in self.listeners):
+            self._tls_reloader = TlsReloader(self.config, self.listeners)
+            self._tasks.append(loop.create_task(self._every(self.config["ssl.certificate.reload.ms"],
+                                                            self._reload_tls)))
         if self.config["sasl.credentials.file"]:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
                                                             self._reload_credentials)))
@@ -214,6 +219,10 @@ class Broker:
             log.warning("refusing connections over max.connections(.per.ip) (from %s; %d refused so far)", ip,
                         self._refused)
         proto.abort()
+
+    async def _reload_tls(self) -> None:
+        if self._tls_reloader is not None:
+            self._tls_reloader.poll()
 
     async def _reload_credentials(self) -> None:
         self.credentials.poll()

@@ -270,6 +270,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("ssl.key.password", str, "", "password of the private key, if encrypted"),
         ConfigKey("ssl.ca.location", str, "", "PEM CA bundle that client certificates are verified against"),
         ConfigKey("ssl.client.auth", _client_auth, "none", "none | requested | required"),
+        ConfigKey("ssl.certificate.reload.ms", _int_at_least(100), "5000",
+                  "how often the certificate, key and CA files are checked; a renewed certificate (e.g. by "
+                  "cert-manager) is used for new connections"),
         ConfigKey("ssl.client.auth.listener.map", _client_auth_map, "",
                   "NAME:none|requested|required,...: a TLS listener's own ssl.client.auth (e.g. one mTLS "
                   "listener beside a SASL_SSL one)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from ..config import (
     parse_listeners,
     parse_protocol_map,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,3 +122,49 @@ def principal_from_cert(peercert: dict | None) -> str | None:
             if key == "commonName" and value:
                 return f"User:{value}"
     return None
+
+
+class TlsReloader:
+    """Puts renewed certificate files into the TLS listeners' live contexts (new connections use them).
+
+    The files' (inode, mtime, size) are polled (a Secret volume update swaps a symlink); a change is
+    first loaded into a scratch context, so a half-written or mismatched pair is logged and the previous
+    certificate kept. CAs are added to the trust store, never removed (until a restart)."""
+
+    def __init__(self, config: BrokerConfig, listeners: list[Listener]) -> None:
+        self.config = config
+        self.contexts = {id(lst.ssl_context): lst.ssl_context for lst in listeners if lst.ssl_context}
+        self.paths = [p for p in (config["ssl.certificate.location"], config["ssl.key.location"],
+                                  config["ssl.ca.location"]) if p]
+        self._stamp = self._stamps()
+        self.reloads = 0
+
+    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def poll(self) -> bool:
+        """Reload when a file changed; True when the contexts got the new certificate."""
+        stamp = self._stamps()
+        if stamp == self._stamp or not self.contexts:
+            return False
+        self._stamp = stamp
+        try:
+            ssl_context(self.config, "required" if self.config["ssl.ca.location"] else "none")
+        except (OSError, ssl.SSLError, ConfigError) as exc:
+            log.error("the changed certificate files do not load, keeping the previous certificate: %s", exc)
+            return False
+        cert, key = self.config["ssl.certificate.location"], self.config["ssl.key.location"] or None
+        for context in self.contexts.values():
+            context.load_cert_chain(cert, key, self.config["ssl.key.password"] or None)
+            if self.config["ssl.ca.location"] and context.verify_mode != ssl.CERT_NONE:
+                context.load_verify_locations(self.config["ssl.ca.location"])
+        self.reloads += 1
+        log.info("TLS certificate reloaded from %s", cert)
+        return True
