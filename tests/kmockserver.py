@@ -25,12 +25,13 @@ NAMESPACED = {
     "v1/events": "Event", "v1/secrets": "Secret", "v1/serviceaccounts": "ServiceAccount",
     "v1/configmaps": "ConfigMap", "v1/services": "Service", "v1/pods": "Pod",
     "apps/v1/deployments": "Deployment", "apps/v1/statefulsets": "StatefulSet",
-    "policy/v1/poddisruptionbudgets": "PodDisruptionBudget",
+    "policy/v1/poddisruptionbudgets": "PodDisruptionBudget", "v1/persistentvolumeclaims": "PersistentVolumeClaim",
+    "cert-manager.io/v1/certificates": "Certificate",
     "strata.dev/v1alpha1/eventbrokers": "EventBroker", "strata.dev/v1alpha1/topics": "Topic",
     "strata.dev/v1alpha1/microservices": "Microservice", "strata.dev/v1alpha1/costreports": "CostReport",
     "coordination.k8s.io/v1/leases": "Lease",
 }
-CLUSTER = {"v1/namespaces": "Namespace",
+CLUSTER = {"v1/namespaces": "Namespace", "storage.k8s.io/v1/storageclasses": "StorageClass",
            "apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition"}
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
@@ -130,12 +131,13 @@ class KubeEmulatorProcess:
 
     def create(self, obj: dict[str, Any]) -> Any:
         md = obj.setdefault("metadata", {})
-        md.setdefault("namespace", "default")
-        md.setdefault("uid", f"uid-{md['namespace']}-{md['name']}-{time.monotonic_ns()}")
+        if obj["kind"] != "StorageClass":  # cluster-scoped, created without a namespace in its path
+            md.setdefault("namespace", "default")
+        md.setdefault("uid", f"uid-{md.get('namespace', '')}-{md['name']}-{time.monotonic_ns()}")
         md.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         md.setdefault("generation", 1)
         md.setdefault("resourceVersion", "1")  # kopf's JSON patches test it; the emulator never bumps it
-        return self.request("POST", self._path(obj["kind"], md["namespace"]), obj, "application/json")
+        return self.request("POST", self._path(obj["kind"], md.get("namespace")), obj, "application/json")
 
     def get(self, kind: str, name: str, namespace: str = "default") -> Any:
         return self.request("GET", self._path(kind, namespace, name))

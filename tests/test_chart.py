@@ -316,6 +316,35 @@ def test_authorization_without_authentication_is_refused():
     assert proc.returncode and "authorization.type simple needs" in proc.stderr
 
 
+def test_tls_broker_from_a_cert_manager_issuer_and_its_helm_test():
+    docs = render([CHART / "ci" / "tls-broker-values.yaml"])
+    (eb,) = of_kind(docs, "EventBroker")
+    assert eb["spec"]["tls"] == {"issuerRef": {"name": "strata-ca", "kind": "ClusterIssuer",
+                                               "group": "cert-manager.io"}}
+    assert [lst.get("tls") for lst in eb["spec"]["listeners"]] == [True, True]
+    assert resources.listener_protocol(eb["spec"]["listeners"][0]) == "SASL_SSL"
+    (pod,) = [d for d in of_kind(docs, "Pod") if "test" in d["metadata"]["name"]]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["KAFKA_SSL_CA_LOCATION"] == "/etc/strata/tls/ca.crt"
+    assert pod["spec"]["volumes"][0]["secret"]["secretName"] == "events-broker-tls"
+
+
+@pytest.mark.parametrize(("listeners", "tls", "message"), [
+    ('[{"name":"t","port":9093,"tls":true}]', "{}", "at '/eventBroker/tls'"),
+    ('[{"name":"sasl","port":9092,"authentication":"scram-sha-512"},{"name":"m","port":9094,"authentication":"tls"}]',
+     '{"issuerRef":{"name":"ca"}}', "at '/eventBroker/listeners/1': missing property 'tls'"),
+    ('[{"name":"sasl","port":9092,"authentication":"scram-sha-512"},{"name":"m","port":9094,"authentication":"tls",'
+     '"tls":true}]', '{"secretName":"broker-tls"}', "at '/eventBroker/tls/issuerRef/name'"),
+    ('[{"name":"t","port":9093,"tls":true}]', '{"secretName":"a","issuerRef":{"name":"ca"}}', "at '/eventBroker/tls'"),
+])
+def test_schema_refuses_tls_listeners_without_their_certificate(listeners, tls, message):
+    proc = run_helm("template", "s", str(CHART), "--set", "eventBroker.enabled=true", "--set", "eventBroker.name=eb",
+                    "--set-json", f"eventBroker.listeners={listeners}", "--set-json", f"eventBroker.tls={tls}",
+                    check=False)
+    assert proc.returncode and "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
 def test_broker_outside_the_watched_namespaces_is_refused():
     proc = run_helm("template", "s", str(CHART), "--namespace", "default", "--set", "eventBroker.enabled=true",
                     "--set", "operator.watchNamespaces={strata}", check=False)
@@ -435,7 +464,13 @@ def _sample_args(builder: str) -> tuple:
     ms = {"apiVersion": "strata.dev/v1alpha1", "kind": "Microservice",
           "metadata": {"name": "svc", "namespace": "team", "uid": "u-2"},
           "spec": {"brokerRef": {"name": "events"}, "team": "t", "image": "a:1", "consumes": ["x"]}}
-    samples = {"eventbroker_objects": (broker,), "microservice_objects": (ms, "b:9092", "pw", True)}
+    tls_broker = {**broker, "spec": {**broker["spec"], "tls": {"issuerRef": {"name": "ca"}},
+                                     "listeners": [{"name": "mtls", "port": 9094, "tls": True,
+                                                    "authentication": "tls"}]}}
+    mtls = tls_broker["spec"]["listeners"][0]
+    samples = {"eventbroker_objects": (tls_broker,),
+               "microservice_objects": (ms, "b:9094", "pw", True, (), mtls, "CA", resources.issuer_ref(tls_broker)),
+               "pvc_resizes": (broker, ["data-events-broker-0"], "20Gi")}
     assert builder in samples, f"handlers apply the output of resources.{builder}: add sample inputs here"
     return samples[builder]
 
@@ -603,7 +638,7 @@ def test_namespaced_mode_uses_roles_in_each_watched_namespace():
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["strata", "team-a"]
     cluster_scoped = {t for t in operator_api_calls() | kopf_needs(clusterwide=False)
-                      if t[1] in {"customresourcedefinitions", "namespaces"}}
+                      if t[1] in {"customresourcedefinitions", "namespaces", "storageclasses"}}
     for role in roles:
         assert granted(role["rules"]) == (operator_api_calls() | kopf_needs(clusterwide=False)) - cluster_scoped
     assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["strata", "team-a"]

@@ -11,6 +11,8 @@ also evaluates them at admission.
 from __future__ import annotations
 
 import copy
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,25 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_SUFFIXES = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+             "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def _quantity(text: Any) -> celpy.celtypes.DoubleType:
+    """Kubernetes' CEL quantity(): the value of a quantity string (compared with compareTo)."""
+    number = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", str(text))
+    assert number and number.group(2) in _SUFFIXES, f"not a quantity: {text!r}"
+    return celpy.celtypes.DoubleType(float(Decimal(number.group(1)) * _SUFFIXES[number.group(2)]))
+
+
+def _compare_to(a: Any, b: Any) -> celpy.celtypes.IntType:
+    return celpy.celtypes.IntType((a > b) - (a < b))
+
+
+# The Kubernetes CEL library functions the rules use, beyond standard CEL.
+CEL_FUNCTIONS = {"quantity": _quantity, "compareTo": _compare_to}
+
+
 def _cel_errors(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[str]:
     errors = []
     env = celpy.Environment()
@@ -110,7 +131,7 @@ def _cel_errors(schema: dict[str, Any], value: Any, old: Any, path: str) -> list
         activation = {"self": celpy.json_to_cel(value)}
         if old is not None:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = env.program(env.compile(r["rule"])).evaluate(activation)
+        result = env.program(env.compile(r["rule"]), functions=CEL_FUNCTIONS).evaluate(activation)
         if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             errors.append(f"{path}{r.get('fieldPath', '')}: {r['message']}")
     if isinstance(value, dict):
@@ -234,3 +255,26 @@ def test_status_declares_only_what_the_operator_fills():
     """hotBytes/coldBytes were declared but never written: a status field nobody fills reads as zero."""
     topic_status = BY_KIND["Topic"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert not {"hotBytes", "coldBytes"} & set(topic_status["properties"])
+
+
+def _broker(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker", "metadata": {"name": "b"},
+            "spec": {"image": "strata:1", **spec}}
+
+
+def test_storage_may_grow_never_shrink():
+    assert admission_errors(_broker(storage={"size": "20Gi"}), old=_broker(storage={"size": "10Gi"})) == []
+    assert admission_errors(_broker(storage={"size": "1Ti"}), old=_broker(storage={"size": "1000Gi"})) == []
+    assert any("cannot shrink" in e
+               for e in admission_errors(_broker(storage={"size": "10G"}), old=_broker(storage={"size": "10Gi"})))
+
+
+def test_tls_listeners_at_admission():
+    sasl_ssl = {"name": "tls", "port": 9093, "tls": True, "authentication": "scram-sha-512"}
+    mtls = {"name": "mtls", "port": 9094, "tls": True, "authentication": "tls"}
+    assert admission_errors(_broker(tls={"secretName": "broker-tls"}, listeners=[sasl_ssl])) == []
+    assert admission_errors(_broker(tls={"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}},
+                                    listeners=[sasl_ssl, mtls], authorization={"type": "simple"})) == []
+    # the operator logs in with SCRAM on the first listener: an mTLS first listener cannot carry ACLs
+    assert any("scram-sha-512" in e for e in admission_errors(
+        _broker(tls={"issuerRef": {"name": "ca"}}, listeners=[mtls], authorization={"type": "simple"})))

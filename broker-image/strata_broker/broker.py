@@ -22,7 +22,7 @@ from .request_pool import RequestMemoryPool
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
-from .security.listeners import Listener, build_listeners, principal_from_cert
+from .security.listeners import Listener, TlsReloader, build_listeners, principal_from_cert
 from .security.quotas import QuotaManager
 from .security.sasl import AuthGuard
 from .server import FrameProtocol, serve_connection
@@ -49,6 +49,9 @@ class Broker:
         self.authorizer = Authorizer(config["authorizer.enable"], config["super.users"],
                                      config["allow.everyone.if.no.acl.found"], self.logs.meta_dir)
         self.credentials = CredentialStore(config["sasl.credentials.file"], self.logs.meta_dir)
+        self._tls_reloader: TlsReloader | None = None
+        self.reserved_principals = frozenset(p.strip() for p in config["ssl.reserved.principals"].split(";")
+                                             if p.strip())
         self.auth = AuthGuard(config["sasl.auth.threads"],
                               config["sasl.failed.authentication.backoff.max.ms"] / 1000.0)
         self.quotas = QuotaManager(self.logs.meta_dir, config["quota.window.size.seconds"],
@@ -136,6 +139,10 @@ class Broker:
             # Partitions arrive through the placement: taken over from the bucket, one by one.
             await self.cluster.start(self.groups)
         loop = asyncio.get_running_loop()
+        if any(lst.ssl_context for lst in self.listeners):
+            self._tls_reloader = TlsReloader(self.config, self.listeners)
+            self._tasks.append(loop.create_task(self._every(self.config["ssl.certificate.reload.ms"],
+                                                            self._reload_tls)))
         if self.config["sasl.credentials.file"]:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
                                                             self._reload_credentials)))
@@ -189,6 +196,16 @@ class Broker:
     async def _on_connection(self, listener: Listener, proto: FrameProtocol) -> None:
         peername = proto.get_extra_info("peername")
         ip = peername[0] if isinstance(peername, tuple) else str(peername)
+        principal: str | None = None  # until SaslAuthenticate succeeds, on a SASL listener
+        if not listener.sasl:
+            principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
+            if principal in self.reserved_principals:
+                # e.g. the operator's own super user: no certificate the CA signs may stand for it
+                log.warning("closing a connection from %s: its client certificate maps to the reserved "
+                            "principal %s (ssl.reserved.principals)", ip, principal)
+                proto.abort()
+                return
+            principal = principal or ANONYMOUS
         if (len(self._connections) >= self.config["max.connections"]
                 or self._per_ip.get(ip, 0) >= self.config["max.connections.per.ip"]):
             self._refuse(ip, proto)
@@ -197,11 +214,6 @@ class Broker:
         assert task is not None
         self._connections.add(task)
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        if listener.sasl:
-            principal = None  # until SaslAuthenticate succeeds
-        else:
-            principal = principal_from_cert(proto.get_extra_info("peercert")) if listener.tls else None
-            principal = principal or ANONYMOUS
         try:
             await serve_connection(self.services, proto, Connection(listener, ip, principal))
         finally:
@@ -220,6 +232,10 @@ class Broker:
             log.warning("refusing connections over max.connections(.per.ip) (from %s; %d refused so far)", ip,
                         self._refused)
         proto.abort()
+
+    async def _reload_tls(self) -> None:
+        if self._tls_reloader is not None:
+            self._tls_reloader.poll()
 
     async def _reload_credentials(self) -> None:
         self.credentials.poll()

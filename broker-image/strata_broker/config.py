@@ -94,6 +94,22 @@ def parse_protocol_map(value: str) -> dict[str, str]:
     return out
 
 
+CLIENT_AUTH_MODES = ("none", "requested", "required")
+
+
+def parse_client_auth_map(value: str) -> dict[str, str]:
+    """`NAME:MODE,...` (ssl.client.auth.listener.map): a TLS listener's own ssl.client.auth."""
+    out = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        name, sep, mode = part.partition(":")
+        if not sep or mode.strip().lower() not in CLIENT_AUTH_MODES:
+            raise ValueError(f"expected NAME:MODE with MODE in {CLIENT_AUTH_MODES}, got {part!r}")
+        out[name.strip().upper()] = mode.strip().lower()
+    return out
+
+
 def parse_mechanisms(value: str) -> tuple[str, ...]:
     mechs = tuple(m.strip().upper() for m in value.split(",") if m.strip())
     for m in mechs:
@@ -114,13 +130,14 @@ def _validated(parse: Callable[[str], Any]) -> Callable[[str], str]:
 _listeners = _validated(parse_listeners)
 _protocol_map = _validated(parse_protocol_map)
 _mechanisms = _validated(parse_mechanisms)
+_client_auth_map = _validated(parse_client_auth_map)
 
 # Broker properties DescribeConfigs never shows the value of.
 SENSITIVE_CONFIGS = frozenset({"ssl.key.password"})
 
 
 def _client_auth(value: str) -> str:
-    if value not in ("none", "requested", "required"):
+    if value not in CLIENT_AUTH_MODES:
         raise ValueError("ssl.client.auth must be none, requested or required")
     return value
 
@@ -256,6 +273,15 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("ssl.key.password", str, "", "password of the private key, if encrypted"),
         ConfigKey("ssl.ca.location", str, "", "PEM CA bundle that client certificates are verified against"),
         ConfigKey("ssl.client.auth", _client_auth, "none", "none | requested | required"),
+        ConfigKey("ssl.certificate.reload.ms", _int_at_least(100), "5000",
+                  "how often the certificate, key and CA files are checked; a renewed certificate (e.g. by "
+                  "cert-manager) is used for new connections"),
+        ConfigKey("ssl.client.auth.listener.map", _client_auth_map, "",
+                  "NAME:none|requested|required,...: a TLS listener's own ssl.client.auth (e.g. one mTLS "
+                  "listener beside a SASL_SSL one)"),
+        ConfigKey("ssl.reserved.principals", str, "",
+                  "semicolon-separated principals no client certificate can authenticate as (e.g. the operator's "
+                  "User:strata-operator): a connection whose certificate maps to one is closed"),
         ConfigKey("ssl.handshake.timeout.ms", _int_at_least(100), "10000", "a TLS handshake must finish in this"),
         ConfigKey("connection.failed.authentication.delay.ms", _int_at_least(0), "100",
                   "a failed authentication is answered, then the connection closed after this"),

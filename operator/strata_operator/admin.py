@@ -6,7 +6,9 @@ Everything here is synchronous and blocking; handlers call it through `asyncio.t
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,17 +67,35 @@ def operator_principal() -> str:
     return f"User:{KAFKA_USERNAME}"
 
 
-def client_security(authenticated: bool) -> dict[str, str]:
-    """librdkafka settings for the operator's admin connection to a broker (PLAINTEXT when the
-    broker's first listener does not authenticate)."""
-    if not authenticated:
-        return {}
-    if not KAFKA_PASSWORD:
-        raise NoCredentials("the broker requires SASL but the operator has no Kafka admin password "
-                            "(set STRATA_OPERATOR_KAFKA_SASL_PASSWORD; the chart does it from a Secret)")
-    out = {"security.protocol": KAFKA_SECURITY_PROTOCOL, "sasl.mechanism": KAFKA_SASL_MECHANISM,
-           "sasl.username": KAFKA_USERNAME, "sasl.password": KAFKA_PASSWORD}
-    if KAFKA_SSL_CA_LOCATION:
+def ca_file(pem: str) -> str:
+    """A file holding this CA (PEM), for both client libraries; one per distinct CA, kept for the
+    process' life (a renewed CA gets a new file)."""
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"strata-operator-ca-{os.getuid()}-{digest}.pem")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(pem)
+        os.replace(tmp, path)
+    return path
+
+
+def client_security(authenticated: bool, tls: bool = False, ca_pem: str | None = None) -> dict[str, str]:
+    """librdkafka settings for the operator's admin connection to a broker's first listener: PLAINTEXT
+    when it neither authenticates nor encrypts; with `tls`, SSL or SASL_SSL verified against `ca_pem`
+    (the EventBroker's CA), else STRATA_OPERATOR_KAFKA_SSL_CA_LOCATION."""
+    out: dict[str, str] = {}
+    if authenticated:
+        if not KAFKA_PASSWORD:
+            raise NoCredentials("the broker requires SASL but the operator has no Kafka admin password "
+                                "(set STRATA_OPERATOR_KAFKA_SASL_PASSWORD; the chart does it from a Secret)")
+        out = {"security.protocol": KAFKA_SECURITY_PROTOCOL, "sasl.mechanism": KAFKA_SASL_MECHANISM,
+               "sasl.username": KAFKA_USERNAME, "sasl.password": KAFKA_PASSWORD}
+    if tls:
+        out["security.protocol"] = "SASL_SSL" if authenticated else "SSL"
+    if tls and ca_pem:
+        out["ssl.ca.location"] = ca_file(ca_pem)
+    elif (tls or authenticated) and KAFKA_SSL_CA_LOCATION:
         out["ssl.ca.location"] = KAFKA_SSL_CA_LOCATION
     return out
 

@@ -163,8 +163,13 @@ EVENTBROKER_SPEC = obj({
         }, description="The broker pods (Strimzi's template.pod)."),
     }, description="Customisation of what the operator creates for the brokers."),
     "storage": obj({
-        "size": string("Size of each broker's volume for hot segments, e.g. 20Gi.", pattern=QUANTITY_PATTERN,
-                       default="10Gi"),
+        "size": string("Size of each broker's volume for hot segments, e.g. 20Gi. May grow when the "
+                       "StorageClass allows volume expansion (the operator then expands each broker's "
+                       "PersistentVolumeClaim; otherwise condition StorageExpansionRefused and the old size "
+                       "is kept); never shrinks.", pattern=QUANTITY_PATTERN, default="10Gi",
+                       **{"x-kubernetes-validations": [
+                           rule("quantity(self).compareTo(quantity(oldSelf)) >= 0",
+                                "storage.size cannot shrink (a volume is never made smaller)")]}),
         "class": string("StorageClass of the volumes; the cluster default when absent. Immutable.",
                         **{"x-kubernetes-validations": [rule("self == oldSelf", "storage.class is immutable")]}),
     }, description="Local (hot) storage: one PVC per broker."),
@@ -184,16 +189,40 @@ EVENTBROKER_SPEC = obj({
     "listeners": array(obj({
         "name": string(pattern=DNS_LABEL_PATTERN, maxLength=15),
         "port": integer(minimum=1024, maximum=65535),
-        "authentication": string("none (PLAINTEXT), or scram-sha-512 (SASL_PLAINTEXT with SCRAM-SHA-512/256; "
-                                 "users from the operator's credentials Secret <name>-credentials and from "
-                                 "AlterUserScramCredentials).", enum=["none", "scram-sha-512"],
-                                 default="none"),
-    }, required=["name", "port"]), "Client listeners. The first is the one Microservices and the operator "
-                                   "use (for an external broker: how its bootstrapServers authenticate). "
-                                   "Default: one `plain` listener on 9092 without authentication.",
+        "tls": boolean("Encrypt the listener with TLS (SSL, or SASL_SSL with scram-sha-512), with the "
+                       "certificate of spec.tls.", default=False),
+        "authentication": string("none (PLAINTEXT, or SSL with tls), scram-sha-512 (SASL_PLAINTEXT, or SASL_SSL "
+                                 "with tls; SCRAM-SHA-512/256, users from the operator's credentials Secret "
+                                 "<name>-credentials and from AlterUserScramCredentials), or tls (mutual TLS: a "
+                                 "client certificate signed by spec.tls's CA is required; the principal is "
+                                 "User:<its CN>; needs tls: true).",
+                                 enum=["none", "scram-sha-512", "tls"], default="none"),
+    }, required=["name", "port"], rules=[
+        rule("!has(self.authentication) || self.authentication != 'tls' || (has(self.tls) && self.tls)",
+             "authentication tls (mutual TLS) needs tls: true")]),
+        "Client listeners. The first is the one the operator and, unless they name another, Microservices "
+        "use (for an external broker: how its bootstrapServers authenticate). Default: one `plain` listener "
+        "on 9092 without authentication.",
         maxItems=4, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         **{"x-kubernetes-validations": [rule("self.all(l, self.exists_one(m, m.port == l.port))",
                                              "listener ports must be distinct")]}),
+    "tls": obj({
+        "issuerRef": obj({
+            "name": string("Issuer or ClusterIssuer name.", minLength=1, maxLength=253),
+            "kind": string(enum=["Issuer", "ClusterIssuer"], default="Issuer"),
+            "group": string(default="cert-manager.io"),
+        }, required=["name"], description="A cert-manager issuer: the operator creates a cert-manager.io/v1 "
+                                          "Certificate <name>-broker-tls for the broker Services' DNS names "
+                                          "(its Secret, of that name, holds tls.crt, tls.key and ca.crt), and "
+                                          "for each Microservice on a mutual-TLS listener a client Certificate "
+                                          "<service>-kafka-tls (CN = its principal name) in the service's "
+                                          "namespace (a ClusterIssuer for other namespaces)."),
+        "secretName": string("An existing Secret in this namespace with tls.crt, tls.key (the brokers' "
+                             "certificate, for the Services' DNS names) and ca.crt (given to clients). For an "
+                             "external broker: a Secret with ca.crt only.", pattern=DNS_LABEL_PATTERN,
+                             maxLength=253),
+    }, description="Where the certificate of the TLS listeners comes from.", rules=[
+        rule("has(self.issuerRef) != has(self.secretName)", "tls needs exactly one of issuerRef and secretName")]),
     "authorization": obj({
         "type": string("simple: the brokers enforce Kafka ACLs (authorizer.enable); the operator grants each "
                        "Microservice what it declared. none: any client may do anything.",
@@ -223,14 +252,24 @@ EVENTBROKER_SPEC = obj({
          fieldPath=".replicas"),
     rule("!has(self.authorization) || !has(self.authorization.type) || self.authorization.type == 'none' || "
          "(has(self.listeners) && size(self.listeners) > 0 && has(self.listeners[0].authentication) && "
-         "self.listeners[0].authentication != 'none')",
-         "authorization simple needs the first listener to authenticate (authentication: scram-sha-512)"),
+         "self.listeners[0].authentication == 'scram-sha-512')",
+         "authorization simple needs the first listener to authenticate with scram-sha-512 (the operator's login)"),
+    rule("!has(self.listeners) || !self.listeners.exists(l, has(l.tls) && l.tls) || has(self.tls)",
+         "a listener with tls: true needs spec.tls (issuerRef or secretName)", fieldPath=".tls"),
+    rule("!has(self.listeners) || !self.listeners.exists(l, has(l.authentication) && l.authentication == 'tls') "
+         "|| has(self.external) || (has(self.tls) && has(self.tls.issuerRef))",
+         "a mutual-TLS listener needs tls.issuerRef (the operator issues each Microservice's client certificate)",
+         fieldPath=".tls"),
+    rule("!has(self.external) || !has(self.tls) || !has(self.tls.issuerRef)",
+         "an external broker's certificate is not issued here: give its CA with tls.secretName", fieldPath=".tls"),
     rule("!has(self.external) || !has(self.authorization)",
          "an external broker's authorization is configured on that broker, not here"),
 ])
 
 EVENTBROKER_STATUS = status_schema({
     "bootstrapServers": string("Address clients use, e.g. my-broker-bootstrap.ns.svc:9092."),
+    "storageSize": string("The size the brokers' volumes were made or expanded to (spec.storage.size once "
+                          "applied)."),
     "replicas": integer(),
     "readyReplicas": integer(),
     "authorizer": boolean("Whether the broker enforces ACLs (it answers CreateAcls)."),
@@ -338,6 +377,9 @@ MICROSERVICE_SPEC = obj({
                                               "Microservice that declared it first (status.writeClaims) "
                                               "keeps Write while it declares it; later ones wait in order."},
     "consumes": {**TOPIC_LIST, "description": "Topics this service reads."},
+    "listener": string("The EventBroker listener this service connects to (its Secret's bootstrap address, "
+                       "security protocol and certificates); default: the first.", pattern=DNS_LABEL_PATTERN,
+                       maxLength=15),
     "consumerGroup": string("Consumer group id; defaults to `<namespace>.<name>`. On an EventBroker shared "
                             "with other namespaces it must start with `<namespace>.`.",
                             pattern=TOPIC_NAME_PATTERN),

@@ -95,7 +95,7 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     if old is None or old.get("status") != status_text or old.get("reason") != reason:
         bad = (type_ in ("Ready", "Placement") and status_text == "False") or (
-            type_.endswith(("Conflict", "Denied")) and status_text == "True")
+            type_.endswith(("Conflict", "Denied", "Refused")) and status_text == "True")
         kopf.event(body, type="Warning" if bad else "Normal", reason=reason, message=f"{type_}: {message}")
     patch.status["conditions"] = new
     if _generation(body) is not None:
@@ -118,7 +118,28 @@ async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple
     if check_namespace and not logic.namespace_allowed(broker, mine):
         raise NamespaceNotAllowed(f"EventBroker {ns}/{name} does not serve namespace {mine!r} "
                                   f"(its spec.allowedNamespaces does not list it)")
+    if resources.uses_tls(broker.get("spec", {})):
+        await broker_ca(broker)
     return broker, resources.bootstrap_servers(broker)
+
+
+# (namespace, name) of an EventBroker -> the PEM of its CA (ca.crt of its TLS Secret), as last read.
+_BROKER_CA: dict[tuple[str, str], str] = {}
+
+
+async def broker_ca(broker: dict[str, Any]) -> str | None:
+    """The CA of a TLS EventBroker: ca.crt of its certificate's Secret (spec.tls.secretName, or the
+    one cert-manager fills for <name>-broker-tls); None while it is not there. Remembered for admin_for."""
+    ns, name = broker["metadata"]["namespace"], broker["metadata"]["name"]
+    try:
+        secret = await kube().get("v1", "Secret", ns, resources.tls_secret_name(broker))
+    except (KubeError, OSError) as exc:
+        raise kopf.TemporaryError(f"cannot read the TLS Secret of EventBroker {ns}/{name}: {exc}",
+                                  delay=RETRY_DELAY) from exc
+    pem = _secret_value(secret, "ca.crt")
+    if pem:
+        _BROKER_CA[(ns, name)] = pem
+    return pem
 
 
 async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch,
@@ -146,10 +167,15 @@ class NamespaceNotAllowed(Exception):
 
 
 def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
-    """An admin connection to an EventBroker as the operator: SASL with the operator's own
-    credentials when the broker's first listener authenticates (NoCredentials without a password)."""
-    authenticated = resources.authentication(broker.get("spec", {})) != "none"
-    return Admin(bootstrap or resources.bootstrap_servers(broker), kafka_admin.client_security(authenticated))
+    """An admin connection to an EventBroker's first listener as the operator: SCRAM with the operator's
+    own credentials when it authenticates (NoCredentials without a password); TLS, verified against the
+    broker's CA (broker_ca), when it is encrypted."""
+    first = resources.listeners(broker.get("spec", {}))[0]
+    protocol = resources.listener_protocol(first)
+    md = broker.get("metadata", {})
+    ca = _BROKER_CA.get((md.get("namespace", ""), md.get("name", "")))
+    return Admin(bootstrap or resources.bootstrap_servers(broker),
+                 kafka_admin.client_security(protocol.startswith("SASL_"), protocol.endswith("SSL"), ca))
 
 
 async def run(fn: Any, *args: Any) -> Any:
@@ -185,6 +211,8 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
     bootstrap = resources.bootstrap_servers(body)
     patch.status["bootstrapServers"] = bootstrap
     if spec.get("external"):
+        if resources.uses_tls(spec):
+            await broker_ca(body)
         try:
             admin = admin_for(body, bootstrap)
             count = await run(admin.ping)
@@ -213,11 +241,20 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
         users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD},
                                             _secret_value(current, resources.CREDENTIALS_KEY))
+    ns = body["metadata"]["namespace"]
+    sts_name = resources.broker_names(body["metadata"]["name"])["statefulset"]
     try:
-        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS):
+        existing = await kube().get("apps/v1", "StatefulSet", ns, sts_name)
+        made = resources.claim_size(existing)
+        if made:  # volumeClaimTemplates are immutable: expand the PVCs instead (or refuse)
+            conditions = await _storage_expansion(body, patch, conditions, existing, made)
+        else:
+            patch.status["storageSize"] = (spec.get("storage") or {}).get("size", "10Gi")
+        for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, IMAGE_PULL_SECRETS,
+                                                 made):
             await kube().apply(obj)
-        sts = await kube().get("apps/v1", "StatefulSet", body["metadata"]["namespace"],
-                               resources.broker_names(body["metadata"]["name"])["statefulset"])
+        sts = await kube().get("apps/v1", "StatefulSet", ns, sts_name)
+        ca = await broker_ca(body) if resources.uses_tls(spec) else "-"
     except (KubeError, OSError) as exc:
         _set(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -230,10 +267,76 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         _set(patch, body, conditions, "Ready", False, "NoAdminCredentials",
              "a listener authenticates but the operator has no Kafka admin password "
              "(STRATA_OPERATOR_KAFKA_SASL_PASSWORD): the brokers' credentials file has no users")
+    elif not ca:
+        _set(patch, body, conditions, "Ready", False, "CertificateNotReady",
+             f"a listener uses TLS but Secret {resources.tls_secret_name(body)} has no ca.crt, tls.crt and tls.key "
+             "yet (cert-manager issues it from spec.tls.issuerRef; or create it)")
     elif ready >= want:
         _set(patch, body, conditions, "Ready", True, "BrokersReady", f"{ready}/{want} brokers ready at {bootstrap}")
     else:
         _set(patch, body, conditions, "Ready", False, "BrokersStarting", f"{ready}/{want} brokers ready")
+
+
+async def _storage_class(body: kopf.Body, sts: dict[str, Any],
+                         pvcs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The StorageClass of the brokers' volumes: spec.storage.class, else the one their PVCs were given
+    (the default class is written into a PVC at creation), the claim template's, else the cluster's
+    default (annotation storageclass.kubernetes.io/is-default-class)."""
+    name = (body["spec"].get("storage") or {}).get("class")
+    for claim in [*pvcs, *(sts["spec"].get("volumeClaimTemplates") or [])]:
+        name = name or (claim.get("spec") or {}).get("storageClassName")
+    try:
+        if name:
+            return await kube().get("storage.k8s.io/v1", "StorageClass", None, name)
+        for sc in await kube().list("storage.k8s.io/v1", "StorageClass"):
+            if (sc["metadata"].get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true":
+                return sc
+    except KubeError as exc:
+        if exc.status != 403:  # RBAC without cluster-scoped reads (the chart's rbac.clusterObservation: false)
+            raise
+        kopf.warn(body, reason="StorageClassUnreadable", message=f"cannot read StorageClasses: {exc}")
+    return None
+
+
+async def _storage_expansion(body: kopf.Body, patch: kopf.Patch, conditions: list[dict[str, Any]],
+                             sts: dict[str, Any], made: str) -> list[dict[str, Any]]:
+    """spec.storage.size against the size the StatefulSet was made with: when bigger and the StorageClass
+    allows volume expansion, each broker's PVC is expanded; otherwise StorageExpansionRefused and the
+    volumes keep their size (status.storageSize)."""
+    want = (body["spec"].get("storage") or {}).get("size", "10Gi")
+    ns = body["metadata"]["namespace"]
+    if logic.quantity(want) == logic.quantity(made):
+        patch.status["storageSize"] = (body.get("status") or {}).get("storageSize") or made
+        if (logic.condition(conditions, "StorageExpansionRefused") or {}).get("status") == "True":
+            return _set(patch, body, conditions, "StorageExpansionRefused", False, "SizeUnchanged",
+                        f"storage.size is the volumes' {made} again")
+        return conditions
+    if logic.quantity(want) < logic.quantity(made):
+        patch.status["storageSize"] = made
+        return _set(patch, body, conditions, "StorageExpansionRefused", True, "ShrinkRefused",
+                    f"storage.size {want} is less than the volumes' {made}: a volume is never shrunk")
+    pvcs = {name: await kube().get("v1", "PersistentVolumeClaim", ns, name)
+            for name in resources.broker_pvc_names(body)}
+    sc = await _storage_class(body, sts, [p for p in pvcs.values() if p])
+    if not sc or sc.get("allowVolumeExpansion") is not True:
+        what = f"StorageClass {sc['metadata']['name']}" if sc else "no StorageClass (none named and readable)"
+        patch.status["storageSize"] = made
+        return _set(patch, body, conditions, "StorageExpansionRefused", True, "ExpansionNotAllowed",
+                    f"storage.size {want}: {what} does not allow volume expansion (allowVolumeExpansion); the "
+                    f"volumes keep {made}")
+    expanded = []
+    for pvc_name, pvc in pvcs.items():
+        if pvc is None:
+            continue  # made by the StatefulSet later, at the template's size: expanded by a later reconcile
+        have = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage") or "0"
+        if logic.quantity(have) < logic.quantity(want):
+            expanded.append(pvc_name)
+    for obj in resources.pvc_resizes(body, expanded, want):
+        await kube().apply(obj)
+    patch.status["storageSize"] = want
+    return _set(patch, body, conditions, "StorageExpansionRefused", False, "VolumesExpanded",
+                f"StorageClass {sc['metadata']['name']} allows expansion: volumes requested at {want}"
+                + (f" (expanded {', '.join(expanded)})" if expanded else ""))
 
 
 # -- Topic ---------------------------------------------------------------------------------
@@ -493,10 +596,15 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
                           "every declared topic and the consumer group are allowed")
     sasl = resources.authentication(broker.get("spec", {})) != "none"
     names = resources.microservice_names(name)
+    client = await _client_listener(body, patch, conditions, broker)
+    if client is None:
+        return
+    listener, client_bootstrap, ca_pem, issuer = client
     try:
         existing = await kube().get("v1", "Secret", ns, names["secret"])
         password = _existing_password(existing) or secrets.token_urlsafe(24)
-        for obj in resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS):
+        for obj in resources.microservice_objects(body, client_bootstrap, password, sasl, IMAGE_PULL_SECRETS,
+                                                  listener, ca_pem, issuer):
             await kube().apply(obj)
         deployment = None if resources.credentials_only(body) else \
             await kube().get("apps/v1", "Deployment", ns, names["deployment"])
@@ -551,6 +659,34 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     else:
         _set(patch, body, conditions, "Ready", True, "Reconciled",
              f"{availability}; credentials and permissions in place for {principal}")
+
+
+async def _client_listener(body: kopf.Body, patch: kopf.Patch, conditions: list[dict[str, Any]],
+                           broker: dict[str, Any]) -> tuple[dict[str, Any], str, str | None, Any] | None:
+    """The listener a Microservice connects to (spec.listener, else the first), its bootstrap address, the
+    broker's CA (TLS listeners) and the issuer of its client certificate (mutual TLS); None after setting
+    Ready=False when the listener does not exist or its principal is the operator's own."""
+    try:
+        listener = resources.client_listener(broker, body["spec"].get("listener"))
+    except KeyError:
+        _set(patch, body, conditions, "Ready", False, "ListenerNotFound",
+             f"the EventBroker has no listener {body['spec'].get('listener')!r}")
+        return None
+    if resources.principal_name(body) == kafka_admin.KAFKA_USERNAME:
+        _set(patch, body, conditions, "Ready", False, "ReservedPrincipal",
+             f"principal User:{kafka_admin.KAFKA_USERNAME} is the operator's own: no Microservice may have it")
+        return None
+    ca_pem = None
+    if resources.listener_protocol(listener) in ("SSL", "SASL_SSL"):
+        ca_pem = await broker_ca(broker)
+        if not ca_pem:
+            msg = (f"the EventBroker's TLS Secret {resources.tls_secret_name(broker)} has no ca.crt yet "
+                   "(cert-manager issues it, or it must be created)")
+            _set(patch, body, conditions, "Ready", False, "CertificateNotReady", msg)
+            raise kopf.TemporaryError(msg, delay=RETRY_DELAY)
+    tls = broker["spec"].get("tls") or {}
+    issuer = resources.issuer_ref(broker) if resources.mutual_tls(listener) and tls.get("issuerRef") else None
+    return listener, resources.listener_bootstrap(broker, listener), ca_pem, issuer
 
 
 def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:

@@ -35,7 +35,8 @@ CORE = {"ConfigMap": "configmaps", "Secret": "secrets", "Service": "services", "
         "Event": "events", "PersistentVolumeClaim": "persistentvolumeclaims", "Pod": "pods"}
 GROUPED = {"StatefulSet": "statefulsets", "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets",
            "EventBroker": "eventbrokers", "Topic": "topics", "Microservice": "microservices",
-           "CostReport": "costreports", "Lease": "leases"}
+           "CostReport": "costreports", "Lease": "leases", "Certificate": "certificates",
+           "StorageClass": "storageclasses"}
 
 
 class KubeError(Exception):

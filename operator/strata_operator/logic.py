@@ -4,7 +4,9 @@ conditions. The kopf handlers feed these with what they read and apply what they
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from .durations import duration_ms, size_bytes
@@ -305,3 +307,18 @@ def deployment_availability(want: int | None, deployment: dict[str, Any] | None)
     if observed < generation:
         return False, have, f"the Deployment has not rolled out its latest spec yet ({have}/{want} available)"
     return have >= want, have, f"{have}/{want} replicas available"
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_QUANTITY_UNITS = {None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10**3), "M": Decimal(10**6),
+                   "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18),
+                   "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+                   "Pi": Decimal(2**50), "Ei": Decimal(2**60)}
+
+
+def quantity(text: str | int) -> Decimal:
+    """A Kubernetes quantity ("10Gi", "1.5T", 1000) as a number, for comparing sizes."""
+    match = _QUANTITY.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    return Decimal(match.group(1)) * _QUANTITY_UNITS[match.group(2)]

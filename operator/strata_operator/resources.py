@@ -17,6 +17,10 @@ DATA_DIR = "/var/lib/strata"
 CONFIG_DIR = "/etc/strata"
 CREDENTIALS_DIR = "/etc/strata/credentials"
 CREDENTIALS_KEY = "users.json"  # the key of the Secret <name>-credentials (see scram.py)
+TLS_DIR = "/etc/strata/tls"  # the brokers' certificate Secret: tls.crt, tls.key, ca.crt
+CLIENT_TLS_DIR = "/etc/strata/kafka"  # in a Microservice's pod: ca.crt (and tls.crt, tls.key for mutual TLS)
+CA_PEM_KEY = "KAFKA_SSL_CA_PEM"  # the CA in a Microservice's Secret (librdkafka's ssl.ca.pem)
+CERT_MANAGER_API = "cert-manager.io/v1"
 SASL_MECHANISMS = "SCRAM-SHA-512,SCRAM-SHA-256"  # PLAIN is for local use only: never on a managed broker
 DEFAULT_OPERATOR_USER = "strata-operator"
 MANAGED_BY = "strata-operator"
@@ -69,7 +73,7 @@ RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesyst
 def broker_names(name: str) -> dict[str, str]:
     return {"statefulset": f"{name}-broker", "headless": f"{name}-brokers", "bootstrap": f"{name}-bootstrap",
             "configmap": f"{name}-config", "pdb": f"{name}-broker", "serviceaccount": f"{name}-broker",
-            "credentials": f"{name}-credentials"}
+            "credentials": f"{name}-credentials", "tls": f"{name}-broker-tls"}
 
 
 def bootstrap_servers(broker: dict[str, Any]) -> str:
@@ -95,12 +99,80 @@ def authentication(spec: dict[str, Any]) -> str:
 
 
 def listener_protocol(listener: dict[str, Any]) -> str:
-    return "SASL_PLAINTEXT" if listener.get("authentication", "none") != "none" else "PLAINTEXT"
+    """PLAINTEXT, SASL_PLAINTEXT (scram-sha-512), SSL (tls; mutual with authentication tls) or SASL_SSL."""
+    sasl = listener.get("authentication", "none") == "scram-sha-512"
+    if listener.get("tls") or listener.get("authentication") == "tls":
+        return "SASL_SSL" if sasl else "SSL"
+    return "SASL_PLAINTEXT" if sasl else "PLAINTEXT"
+
+
+def mutual_tls(listener: dict[str, Any]) -> bool:
+    return listener.get("authentication") == "tls"
 
 
 def uses_sasl(spec: dict[str, Any]) -> bool:
-    """Some listener authenticates: the brokers get a credentials file (and SCRAM mechanisms)."""
-    return any(listener_protocol(lst) != "PLAINTEXT" for lst in listeners(spec))
+    """Some listener authenticates with SCRAM: the brokers get a credentials file (and SCRAM mechanisms)."""
+    return any(listener_protocol(lst).startswith("SASL_") for lst in listeners(spec))
+
+
+def uses_tls(spec: dict[str, Any]) -> bool:
+    """Some listener is encrypted: the brokers mount the certificate Secret (tls_secret_name)."""
+    return any(listener_protocol(lst) in ("SSL", "SASL_SSL") for lst in listeners(spec))
+
+
+def tls_secret_name(broker: dict[str, Any]) -> str:
+    """The Secret with the brokers' tls.crt, tls.key and ca.crt: spec.tls.secretName, else the one
+    cert-manager writes for the Certificate <name>-broker-tls."""
+    tls = broker["spec"].get("tls") or {}
+    return tls.get("secretName") or broker_names(broker["metadata"]["name"])["tls"]
+
+
+def client_listener(broker: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The listener a Microservice uses: the one named (spec.listener), else the first. KeyError when the
+    EventBroker has no listener of that name."""
+    if not name:
+        return listeners(broker.get("spec", {}))[0]
+    for lst in listeners(broker.get("spec", {})):
+        if lst["name"] == name:
+            return lst
+    raise KeyError(name)
+
+
+def listener_bootstrap(broker: dict[str, Any], listener: dict[str, Any]) -> str:
+    """bootstrap.servers for one listener: the bootstrap Service on its port (an external broker has only
+    its bootstrapServers, for the first listener)."""
+    spec = broker.get("spec", {})
+    if spec.get("external"):
+        return spec["external"]["bootstrapServers"]
+    name, ns = broker["metadata"]["name"], broker["metadata"]["namespace"]
+    return f"{broker_names(name)['bootstrap']}.{ns}.svc:{int(listener['port'])}"
+
+
+def broker_dns_names(broker: dict[str, Any]) -> list[str]:
+    """What the brokers' certificate must name: the bootstrap Service and every pod of the headless one."""
+    names = broker_names(broker["metadata"]["name"])
+    ns = broker["metadata"]["namespace"]
+    out = []
+    for svc, prefix in ((names["bootstrap"], ""), (names["headless"], "*.")):
+        out += [f"{prefix}{svc}.{ns}.svc", f"{prefix}{svc}.{ns}.svc.cluster.local"]
+    return [names["bootstrap"], f"{names['bootstrap']}.{ns}", *out]
+
+
+def issuer_ref(broker: dict[str, Any]) -> dict[str, str]:
+    ref = (broker["spec"].get("tls") or {})["issuerRef"]
+    return {"name": ref["name"], "kind": ref.get("kind", "Issuer"), "group": ref.get("group", "cert-manager.io")}
+
+
+def broker_certificate(broker: dict[str, Any]) -> dict[str, Any]:
+    """The cert-manager Certificate of the brokers' TLS listeners (spec.tls.issuerRef): a server
+    certificate for the Services' DNS names, written to the Secret <name>-broker-tls. Its subject has no
+    common name, so it never maps to a principal."""
+    names = broker_names(broker["metadata"]["name"])
+    return {"apiVersion": CERT_MANAGER_API, "kind": "Certificate", "metadata": meta(broker, names["tls"], "broker"),
+            "spec": {"secretName": names["tls"], "issuerRef": issuer_ref(broker), "dnsNames": broker_dns_names(broker),
+                     "usages": ["server auth", "digital signature", "key encipherment"],
+                     "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                     "secretTemplate": {"labels": labels(broker, "broker")}}}
 
 
 def authorizer(spec: dict[str, Any]) -> bool:
@@ -132,6 +204,14 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
     if uses_sasl(spec):
         props["sasl.enabled.mechanisms"] = SASL_MECHANISMS
         props["sasl.credentials.file"] = f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}"
+    if uses_tls(spec):
+        props["ssl.certificate.location"] = f"{TLS_DIR}/tls.crt"
+        props["ssl.key.location"] = f"{TLS_DIR}/tls.key"
+        props["ssl.ca.location"] = f"{TLS_DIR}/ca.crt"
+        props["ssl.client.auth"] = "none"
+        mtls = [lst for lst in listeners(spec) if mutual_tls(lst)]
+        if mtls:
+            props["ssl.client.auth.listener.map"] = ",".join(f"{lst['name'].upper()}:required" for lst in mtls)
     if authorizer(spec):
         props["authorizer.enable"] = "true"
         props["super.users"] = ";".join(super_users(spec, operator_user))
@@ -148,6 +228,10 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
             props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
     props.update(spec.get("topicDefaults") or {})
     props.update(spec.get("config") or {})
+    if uses_tls(spec):
+        # After spec.config, which cannot undo it: no client certificate may stand for the operator.
+        reserved = [p for p in props.get("ssl.reserved.principals", "").split(";") if p.strip()]
+        props["ssl.reserved.principals"] = ";".join(dict.fromkeys([f"User:{operator_user}", *reserved]))
     from .cluster import kube_objects
 
     if kube_objects.clustered(broker):  # placement from the ConfigMap the operator's controller publishes
@@ -278,6 +362,11 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
         container["volumeMounts"].append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
         volumes.append({"name": "credentials", "secret": {"secretName": names["credentials"],
                                                           "defaultMode": 0o440}})
+    if uses_tls(spec):
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": tls_secret_name(broker), "defaultMode": 0o440,
+                                                  "items": [{"key": k, "path": k}
+                                                            for k in ("tls.crt", "tls.key", "ca.crt")]}})
     from .cluster import kube_objects
 
     if kube_objects.clustered(broker):
@@ -329,17 +418,54 @@ def broker_statefulset(broker: dict[str, Any], operator_user: str = DEFAULT_OPER
     }
 
 
+def claim_size(statefulset: dict[str, Any] | None) -> str | None:
+    """requests.storage of a StatefulSet's `data` volumeClaimTemplate (None without one)."""
+    for template in ((statefulset or {}).get("spec") or {}).get("volumeClaimTemplates") or []:
+        if (template.get("metadata") or {}).get("name") == "data":
+            return ((template.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+    return None
+
+
+def with_claim_size(statefulset: dict[str, Any], size: str) -> dict[str, Any]:
+    """The StatefulSet with its `data` claim template at `size`: a StatefulSet's volumeClaimTemplates
+    are immutable, so an existing one keeps the size it was made with (the PVCs are expanded instead)."""
+    out = json.loads(json.dumps(statefulset))
+    for template in out["spec"]["volumeClaimTemplates"]:
+        if template["metadata"]["name"] == "data":
+            template["spec"]["resources"]["requests"]["storage"] = size
+    return out
+
+
+def broker_pvc_names(broker: dict[str, Any]) -> list[str]:
+    """The brokers' data PersistentVolumeClaims: data-<statefulset>-<ordinal>."""
+    sts = broker_names(broker["metadata"]["name"])["statefulset"]
+    return [f"data-{sts}-{i}" for i in range(int(broker["spec"].get("replicas", 1)))]
+
+
+def pvc_resizes(broker: dict[str, Any], pvc_names: list[str], size: str) -> list[dict[str, Any]]:
+    """Merge patches that request `size` for these broker PVCs (volume expansion: the StorageClass
+    must allow it; the storage driver then grows the volume)."""
+    ns = broker["metadata"]["namespace"]
+    return [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": ns},
+             "spec": {"resources": {"requests": {"storage": size}}}} for name in pvc_names]
+
+
 def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPERATOR_USER,
-                        users_file: str | None = None,
-                        default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                        users_file: str | None = None, default_pull_secrets: list[str] | tuple[str, ...] = (),
+                        made_size: str | None = None) -> list[dict[str, Any]]:
     """Everything an EventBroker owns, in apply order. An external broker owns nothing. With a
     listener that authenticates, also the credentials Secret (`users_file`: scram.credentials_file;
-    an empty file when None, e.g. before the operator has a password)."""
+    an empty file when None, e.g. before the operator has a password); with a TLS listener and
+    spec.tls.issuerRef, the cert-manager Certificate of the brokers. `made_size`: the claim size an
+    existing StatefulSet was made with, which it keeps (with_claim_size)."""
     if broker["spec"].get("external"):
         return []
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
+    if uses_tls(broker["spec"]) and (broker["spec"].get("tls") or {}).get("issuerRef"):
+        secret.append(broker_certificate(broker))
+    sts = broker_statefulset(broker, operator_user, default_pull_secrets)
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets)]
+            broker_pdb(broker), with_claim_size(sts, made_size) if made_size else sts]
 
 
 # -- Microservice --------------------------------------------------------------------------
@@ -354,7 +480,7 @@ def principal(ms: dict[str, Any]) -> str:
 
 
 def microservice_names(name: str) -> dict[str, str]:
-    return {"deployment": name, "serviceaccount": name, "secret": f"{name}-kafka"}
+    return {"deployment": name, "serviceaccount": name, "secret": f"{name}-kafka", "tls": f"{name}-kafka-tls"}
 
 
 def consumer_group(ms: dict[str, Any]) -> str:
@@ -363,13 +489,20 @@ def consumer_group(ms: dict[str, Any]) -> str:
     return ms["spec"].get("consumerGroup") or principal_name(ms)
 
 
-def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool) -> dict[str, Any]:
+def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool,
+                        listener: dict[str, Any] | None = None, ca_pem: str | None = None) -> dict[str, Any]:
     """Bootstrap settings and SCRAM credentials, exposed to the app as environment variables
-    (librdkafka/Java property names upper-cased with underscores, as most client wrappers read them)."""
+    (librdkafka/Java property names upper-cased with underscores, as most client wrappers read them).
+
+    The security protocol is the `listener`'s (without one: SASL_PLAINTEXT when `sasl`, else PLAINTEXT).
+    On a TLS listener the Secret also carries the CA: KAFKA_SSL_CA_PEM (its PEM, librdkafka's ssl.ca.pem)
+    and KAFKA_SSL_CA_LOCATION, the file the Deployment mounts it as; on a mutual-TLS listener,
+    KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION of the mounted client certificate."""
     spec = ms["spec"]
+    protocol = listener_protocol(listener) if listener else ("SASL_PLAINTEXT" if sasl else "PLAINTEXT")
     data = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT" if sasl else "PLAINTEXT",
+        "KAFKA_SECURITY_PROTOCOL": protocol,
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "KAFKA_SASL_USERNAME": principal_name(ms),
         "KAFKA_SASL_PASSWORD": password,
@@ -380,6 +513,12 @@ def microservice_secret(ms: dict[str, Any], bootstrap: str, password: str, sasl:
     }
     if spec.get("consumes"):
         data["KAFKA_GROUP_ID"] = consumer_group(ms)
+    if protocol in ("SSL", "SASL_SSL"):
+        data[CA_PEM_KEY] = ca_pem or ""
+        data["KAFKA_SSL_CA_LOCATION"] = f"{CLIENT_TLS_DIR}/ca.crt"
+    if listener and mutual_tls(listener):
+        data["KAFKA_SSL_CERTIFICATE_LOCATION"] = f"{CLIENT_TLS_DIR}/tls.crt"
+        data["KAFKA_SSL_KEY_LOCATION"] = f"{CLIENT_TLS_DIR}/tls.key"
     names = microservice_names(ms["metadata"]["name"])
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": meta(ms, names["secret"], "microservice"), "stringData": data}
@@ -391,8 +530,36 @@ def microservice_serviceaccount(ms: dict[str, Any]) -> dict[str, Any]:
             "metadata": meta(ms, names["serviceaccount"], "microservice"), "automountServiceAccountToken": False}
 
 
+def microservice_certificate(ms: dict[str, Any], issuer: dict[str, str]) -> dict[str, Any]:
+    """The client certificate of a Microservice on a mutual-TLS listener (cert-manager, the EventBroker's
+    issuer): common name = its principal name `<namespace>.<name>`, so the broker's principal is the
+    same as with SCRAM. Written to the Secret <name>-kafka-tls, which the Deployment mounts."""
+    names = microservice_names(ms["metadata"]["name"])
+    return {"apiVersion": CERT_MANAGER_API, "kind": "Certificate",
+            "metadata": meta(ms, names["tls"], "microservice"),
+            "spec": {"secretName": names["tls"], "commonName": principal_name(ms), "issuerRef": dict(issuer),
+                     "usages": ["client auth", "digital signature", "key encipherment"],
+                     "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                     "secretTemplate": {"labels": labels(ms, "microservice")}}}
+
+
+def client_tls_volume(ms: dict[str, Any], mtls: bool) -> dict[str, Any]:
+    """The CA from the service's Secret as ca.crt (and, for mutual TLS, tls.crt and tls.key of its
+    certificate's Secret), in one directory: CLIENT_TLS_DIR."""
+    names = microservice_names(ms["metadata"]["name"])
+    sources: list[dict[str, Any]] = [{"secret": {"name": names["secret"],
+                                                 "items": [{"key": CA_PEM_KEY, "path": "ca.crt"}]}}]
+    if mtls:
+        sources.append({"secret": {"name": names["tls"], "items": [{"key": "tls.crt", "path": "tls.crt"},
+                                                                    {"key": "tls.key", "path": "tls.key"}]}})
+    return {"name": "kafka-tls", "projected": {"sources": sources, "defaultMode": 0o440}}
+
+
 def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
-                            default_pull_secrets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                            default_pull_secrets: list[str] | tuple[str, ...] = (), tls: bool = False,
+                            mtls: bool = False) -> dict[str, Any]:
+    """The app's Deployment: its Secret as environment (envFrom); with `tls`, the CA (and with `mtls` the
+    client certificate) mounted at CLIENT_TLS_DIR."""
     spec = ms["spec"]
     names = microservice_names(ms["metadata"]["name"])
     container: dict[str, Any] = {
@@ -405,6 +572,10 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
     for key in ("command", "args", "resources"):
         if spec.get(key):
             container[key] = spec[key]
+    volumes = []
+    if tls:
+        volumes.append(client_tls_volume(ms, mtls))
+        container["volumeMounts"] = [{"name": "kafka-tls", "mountPath": CLIENT_TLS_DIR, "readOnly": True}]
     pod_labels = {**labels(ms, "microservice"), "strata.dev/team": spec["team"]}
     pod_pull_secrets = pull_secrets(spec, default_pull_secrets)
     return {
@@ -419,6 +590,7 @@ def microservice_deployment(ms: dict[str, Any], secret_version: str = "",
                              "annotations": {"strata.dev/credentials-version": secret_version or "0"}},
                 "spec": {"serviceAccountName": names["serviceaccount"], "automountServiceAccountToken": False,
                          "securityContext": RESTRICTED_POD, "containers": [container],
+                         **({"volumes": volumes} if volumes else {}),
                          **({"imagePullSecrets": pod_pull_secrets} if pod_pull_secrets else {})},
             },
         },
@@ -431,10 +603,16 @@ def credentials_only(ms: dict[str, Any]) -> bool:
 
 
 def microservice_objects(ms: dict[str, Any], bootstrap: str, password: str, sasl: bool,
-                         default_pull_secrets: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Its ServiceAccount, Secret and Deployment; only the Secret for a credentials-only service."""
-    secret = microservice_secret(ms, bootstrap, password, sasl)
+                         default_pull_secrets: list[str] | tuple[str, ...] = (), listener: dict[str, Any] | None = None,
+                         ca_pem: str | None = None, issuer: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Its ServiceAccount, Secret and Deployment; only the Secret for a credentials-only service. On a
+    mutual-TLS `listener`, also its client Certificate (from `issuer`, the EventBroker's issuerRef)."""
+    secret = microservice_secret(ms, bootstrap, password, sasl, listener, ca_pem)
+    tls = listener is not None and listener_protocol(listener) in ("SSL", "SASL_SSL")
+    mtls = listener is not None and mutual_tls(listener)
+    certificate = [microservice_certificate(ms, issuer)] if mtls and issuer else []
     if credentials_only(ms):
-        return [secret]
+        return [secret, *certificate]
     version = hashlib.sha256(json.dumps(secret["stringData"], sort_keys=True).encode()).hexdigest()[:16]
-    return [microservice_serviceaccount(ms), secret, microservice_deployment(ms, version, default_pull_secrets)]
+    return [microservice_serviceaccount(ms), secret, *certificate,
+            microservice_deployment(ms, version, default_pull_secrets, tls, mtls)]

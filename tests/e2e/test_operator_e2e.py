@@ -189,8 +189,25 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
     ("EventBroker", "image is required unless the broker is external"): {"image": None, "replicas": 1},
     ("EventBroker", "replicas > 1 needs tieredStorage: the brokers of a cluster share partitions through the bucket"):
         {"replicas": 3},
-    ("EventBroker", "authorization simple needs the first listener to authenticate (authentication: scram-sha-512)"):
+    ("EventBroker", "authorization simple needs the first listener to authenticate with scram-sha-512 (the "
+                    "operator's login)"):
         {"authorization": {"type": "simple"}, "listeners": [{"name": "plain", "port": 9092}]},
+    ("EventBroker", "storage.size cannot shrink (a volume is never made smaller)"):
+        ({"storage": {"size": "20Gi"}}, {"storage": {"size": "10Gi"}}),
+    ("EventBroker", "a listener with tls: true needs spec.tls (issuerRef or secretName)"):
+        {"listeners": [{"name": "tls", "port": 9093, "tls": True}]},
+    ("EventBroker", "authentication tls (mutual TLS) needs tls: true"):
+        {"tls": {"issuerRef": {"name": "ca"}}, "listeners": [{"name": "mtls", "port": 9094, "authentication": "tls"}]},
+    ("EventBroker", "a mutual-TLS listener needs tls.issuerRef (the operator issues each Microservice's client "
+                    "certificate)"):
+        {"tls": {"secretName": "broker-tls"},
+         "listeners": [{"name": "mtls", "port": 9094, "tls": True, "authentication": "tls"}]},
+    ("EventBroker", "tls needs exactly one of issuerRef and secretName"):
+        {"tls": {"issuerRef": {"name": "ca"}, "secretName": "broker-tls"},
+         "listeners": [{"name": "tls", "port": 9093, "tls": True}]},
+    ("EventBroker", "an external broker's certificate is not issued here: give its CA with tls.secretName"):
+        {**EXTERNAL, "image": None, "tls": {"issuerRef": {"name": "ca"}},
+         "listeners": [{"name": "tls", "port": 9093, "tls": True}]},
     ("EventBroker", "an external broker's authorization is configured on that broker, not here"):
         {**EXTERNAL, "image": None, "authorization": {"type": "none"}},
     ("EventBroker", "storage.class is immutable"): ({"storage": {"class": "a"}}, {"storage": {"class": "b"}}),

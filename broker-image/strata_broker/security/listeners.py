@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
 
-from ..config import SECURITY_PROTOCOLS, BrokerConfig, ConfigError, parse_listeners, parse_protocol_map
+from ..config import (
+    SECURITY_PROTOCOLS,
+    BrokerConfig,
+    ConfigError,
+    parse_client_auth_map,
+    parse_listeners,
+    parse_protocol_map,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,22 +81,30 @@ def build_listeners(config: BrokerConfig, listen: list[str], advertise: list[str
             if target is None:
                 raise ConfigError(f"advertised listener {adv.name} is not a listener")
             target.advertised = (adv.host, adv.port)
-    if any(lst.tls for lst in listeners):
-        context = ssl_context(config)
-        for lst in listeners:
-            if lst.tls:
-                lst.ssl_context = context
+    modes = parse_client_auth_map(config["ssl.client.auth.listener.map"])
+    unknown = sorted(set(modes) - set(by_name))
+    if unknown:
+        raise ConfigError(f"ssl.client.auth.listener.map names {unknown}, which are not listeners")
+    contexts: dict[str, ssl.SSLContext] = {}  # one per client-auth mode
+    for lst in listeners:
+        if lst.tls:
+            mode = modes.get(lst.name, config["ssl.client.auth"])
+            if mode not in contexts:
+                contexts[mode] = ssl_context(config, mode)
+            lst.ssl_context = contexts[mode]
     return listeners
 
 
-def ssl_context(config: BrokerConfig) -> ssl.SSLContext:
+def ssl_context(config: BrokerConfig, mode: str | None = None) -> ssl.SSLContext:
+    """The server context of TLS listeners; `mode` (none | requested | required) defaults to
+    ssl.client.auth."""
     cert = config["ssl.certificate.location"]
     if not cert:
         raise ConfigError("an SSL or SASL_SSL listener needs ssl.certificate.location")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, config["ssl.key.location"] or None, config["ssl.key.password"] or None)
-    mode = config["ssl.client.auth"]
+    mode = mode or config["ssl.client.auth"]
     if mode != "none":
         if not config["ssl.ca.location"]:
             raise ConfigError("ssl.client.auth needs ssl.ca.location")
@@ -103,3 +122,49 @@ def principal_from_cert(peercert: dict | None) -> str | None:
             if key == "commonName" and value:
                 return f"User:{value}"
     return None
+
+
+class TlsReloader:
+    """Puts renewed certificate files into the TLS listeners' live contexts (new connections use them).
+
+    The files' (inode, mtime, size) are polled (a Secret volume update swaps a symlink); a change is
+    first loaded into a scratch context, so a half-written or mismatched pair is logged and the previous
+    certificate kept. CAs are added to the trust store, never removed (until a restart)."""
+
+    def __init__(self, config: BrokerConfig, listeners: list[Listener]) -> None:
+        self.config = config
+        self.contexts = {id(lst.ssl_context): lst.ssl_context for lst in listeners if lst.ssl_context}
+        self.paths = [p for p in (config["ssl.certificate.location"], config["ssl.key.location"],
+                                  config["ssl.ca.location"]) if p]
+        self._stamp = self._stamps()
+        self.reloads = 0
+
+    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def poll(self) -> bool:
+        """Reload when a file changed; True when the contexts got the new certificate."""
+        stamp = self._stamps()
+        if stamp == self._stamp or not self.contexts:
+            return False
+        self._stamp = stamp
+        try:
+            ssl_context(self.config, "required" if self.config["ssl.ca.location"] else "none")
+        except (OSError, ssl.SSLError, ConfigError) as exc:
+            log.error("the changed certificate files do not load, keeping the previous certificate: %s", exc)
+            return False
+        cert, key = self.config["ssl.certificate.location"], self.config["ssl.key.location"] or None
+        for context in self.contexts.values():
+            context.load_cert_chain(cert, key, self.config["ssl.key.password"] or None)
+            if self.config["ssl.ca.location"] and context.verify_mode != ssl.CERT_NONE:
+                context.load_verify_locations(self.config["ssl.ca.location"])
+        self.reloads += 1
+        log.info("TLS certificate reloaded from %s", cert)
+        return True

@@ -3,7 +3,8 @@
 Usage: python smoke_test.py BOOTSTRAP TOPIC [TIMEOUT_SECONDS]. Runs in the broker image (which
 carries confluent-kafka); tests/test_chart.py also runs it against a local broker. Credentials, when
 the broker authenticates, come from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME
-and KAFKA_SASL_PASSWORD (the names a Microservice's Secret uses).
+and KAFKA_SASL_PASSWORD, and over TLS the CA file from KAFKA_SSL_CA_LOCATION (the names a Microservice's
+Secret uses).
 """
 
 import os
@@ -19,7 +20,8 @@ def main(bootstrap: str, topic: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     conf = {"bootstrap.servers": bootstrap, "client.id": "strata-helm-test"}
     for env, key in (("KAFKA_SECURITY_PROTOCOL", "security.protocol"), ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
-                     ("KAFKA_SASL_USERNAME", "sasl.username"), ("KAFKA_SASL_PASSWORD", "sasl.password")):
+                     ("KAFKA_SASL_USERNAME", "sasl.username"), ("KAFKA_SASL_PASSWORD", "sasl.password"),
+                     ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location")):
         if os.environ.get(env):
             conf[key] = os.environ[env]
     admin = AdminClient(conf)

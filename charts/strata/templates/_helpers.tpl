@@ -49,7 +49,7 @@
 
 {{/* Whether the chart's broker authenticates clients on its first listener. */}}
 {{- define "strata.brokerAuthenticates" -}}
-{{- if ne ((index .Values.eventBroker.listeners 0).authentication | default "none") "none" }}true{{ end -}}
+{{- if eq ((index .Values.eventBroker.listeners 0).authentication | default "none") "scram-sha-512" }}true{{ end -}}
 {{- end -}}
 
 {{/* Namespaces the operator watches; empty list = all (cluster scope only). */}}
