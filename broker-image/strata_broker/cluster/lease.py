@@ -9,6 +9,9 @@ it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/
     {"id": 0, "host": "127.0.0.1", "port": 9092, "renewals": 42, "lease_ms": 9000,
      "bytes_in": {"orders/3": 1234.5},          # bytes/s per led partition, for balancing
      "endpoints": {"PLAINTEXT": ["127.0.0.1", 9092], "SASL_SSL": ["127.0.0.1", 9093]}}
+
+Here: the format (`MemberLease`), the keeper of this broker's own lease (`LeaseKeeper`), and the
+watch a new leader keeps on its predecessor's lease while it waits for a seal (`PreviousLeader`).
 """
 
 from __future__ import annotations
