@@ -102,12 +102,11 @@ class MemStore:
     async def put_if(self, key: str, body: bytes, etag: str | None, deadline: float | None = None) -> str:
         self._request("put_object", key, len(body))
         current = self.objects.get(key)
-        if etag is None:
-            if current is not None:
-                raise PreconditionFailed(key)
-        elif current is None:
+        if etag is not None and current is None:
             raise _missing(key, "PutObject")
-        elif current.etag != etag:
+        if current is not None and current.etag != etag:
+            if current.body == body:
+                return current.etag  # as ObjectStore.put_if: a retried write that had landed is success
             raise PreconditionFailed(key)
         return self._write(key, body)
 
