@@ -292,6 +292,31 @@ async def test_acquire_after_the_previous_leader_vanished_waits_one_lease_period
 
 
 @pytest.mark.asyncio
+async def test_what_the_vanished_leader_committed_to_the_s3_commit_log_is_replayed(
+        root: Path, store: MemStore, placement_file: Path) -> None:
+    """strata.durability=s3: batches acknowledged after their commit-log write, never uploaded as
+    segments, are in the new leader's log once it leads."""
+    old = await leading_node(root, store, placement_file)
+    plog = old.plog()
+    for n in (2, 3):
+        result = plog.append(record_batch(n))
+        await asyncio.wait_for(old.tier.commit(plog, result), 5)
+        assert old.member.may_ack(TOPIC, 0, plog.leader_epoch)
+    assert manifest_in(store).end_offset == 0  # nothing uploaded as a segment
+    old.pause()
+    place(placement_file, 2, [(1, 2)])
+    new = await Node(root, 1, store, placement_file).start()
+    try:
+        await advance(LEASE_S + 0.2, new.clock)
+        await until(lambda: new.member.leads(TOPIC, 0), "broker 1 leading")
+        assert new.plog().log_end_offset == 5
+        assert new.plog().leader_epoch == 2
+    finally:
+        await old.close()
+        await new.close()
+
+
+@pytest.mark.asyncio
 async def test_a_renewing_previous_leader_is_waited_for_until_the_cap_and_is_then_fenced(
         root: Path, store: MemStore) -> None:
     """Broker 0 keeps renewing its lease but never sees the move (its placement is stale, as a
