@@ -3,7 +3,8 @@ dirs, sharing one in-memory bucket (tests/memstore.py), each broker on its own f
 (tests/fakeclock.py) that the test moves, so lease periods pass without waiting for them.
 
 What is covered: taking a partition nobody held, one the previous leader sealed, one whose
-previous leader vanished (after a lease period, not before), a stale leader fenced by the
+previous leader vanished (after a lease period, not before, and with what it committed to the S3
+commit log replayed), a stale leader fenced by the
 conditional manifest write, the seal on release, acknowledgements stopping when the lease cannot
 be renewed, placement changes turning into releases and acquisitions, the hand-over of a tail
 written before a restart, and the state machine's transition table and the follower's decisions.
@@ -24,7 +25,7 @@ import pytest
 from fakeclock import FakeClock
 from hostile_frames import record_batch
 from memstore import MemStore
-from strata_broker.cluster.follower import Held, Move, decide, deleted_topics
+from strata_broker.cluster.follower import Held, Move, PlacementFollower, decide, deleted_topics
 from strata_broker.cluster.handover import (
     ALLOWED,
     IllegalTransition,
@@ -559,3 +560,23 @@ def test_follower_decisions() -> None:
     placement = Placement(3, (), {"a": TopicPlacement(TOPIC_ID, (here,))})
     assert deleted_topics(placement, ["a", "b", "c"], {"c"}) == ["b"]
     assert deleted_topics(Placement(), ["a", "b"], set()) == []  # no placement yet: nothing is deleted
+
+
+def test_follower_takes_only_newer_whole_placements(tmp_path: Path) -> None:
+    path = tmp_path / "placement.json"
+    follower = PlacementFollower(str(path), 0)
+    assert not follower.refresh() and follower.placement.version == 0  # no file yet
+    place(path, 2, [(0, 1), (1, 1)])
+    assert follower.refresh() and follower.placement.version == 2
+    assert not follower.refresh()  # the same version again: nothing new
+    place(path, 1, [(1, 1), (1, 1)])
+    assert not follower.refresh() and follower.assignment(TOPIC, 0) == Assignment(0, 1)  # older: ignored
+    path.write_text('{"version": 3, "brokers": [')  # caught mid-write
+    assert not follower.refresh() and follower.placement.version == 2
+    place(path, 3, [(0, 1), (1, 2)])
+    assert follower.refresh()
+    moves = follower.moves(TOPIC, {(TOPIC, 0): Held(1, False), (TOPIC, 1): Held(1, False)}, {})
+    assert moves == [((TOPIC, 1), Move.RELEASE, 2)]
+    assert follower.controller_id() == 0 and [b.id for b in follower.other_brokers()] == [1]
+    assert follower.partition_leaders(TOPIC, TOPIC_ID) is not None
+    assert follower.partition_leaders(TOPIC, str(uuid.uuid4())) is None  # another topic of that name
