@@ -4,10 +4,10 @@ dirs, sharing one in-memory bucket (tests/memstore.py), each broker on its own f
 
 What is covered: taking a partition nobody held, one the previous leader sealed, one whose
 previous leader vanished (after a lease period, not before, and with what it committed to the S3
-commit log replayed), a stale leader fenced by the
-conditional manifest write, the seal on release, acknowledgements stopping when the lease cannot
-be renewed, placement changes turning into releases and acquisitions, the hand-over of a tail
-written before a restart, and the state machine's transition table and the follower's decisions.
+commit log replayed), a stale leader fenced by the conditional manifest write, the seal on
+release, acknowledgements stopping when the lease cannot be renewed, placement changes turning
+into releases and acquisitions, the hand-over of a tail written before a restart, a clean stop,
+and the state machine's transition table and the follower's decisions and reads.
 """
 
 from __future__ import annotations
