@@ -57,13 +57,15 @@ _PART_BYTES = 25 << 20
 
 
 class TierManager:
-    def __init__(self, config: BrokerConfig, data_dir: str, broker_id: int = 0) -> None:
+    def __init__(self, config: BrokerConfig, data_dir: str, broker_id: int = 0,
+                 store: ObjectStore | None = None) -> None:
+        """`store`: the bucket (default: the S3 client the config names; tests hand in one in memory)."""
         self.config = config
         self.broker_id = broker_id
         self.prefix = config["tiered.s3.prefix"]
         self.cluster = config["cluster.id"]
-        self.store = ObjectStore(config["tiered.s3.bucket"], config["tiered.s3.endpoint"],
-                                 config["tiered.s3.region"])
+        self.store = store or ObjectStore(config["tiered.s3.bucket"], config["tiered.s3.endpoint"],
+                                          config["tiered.s3.region"])
         # The chunks kept in memory cover the read-ahead window and a few more: with fewer, a deep
         # prefetch pushed chunks out of memory before the reader got to them (prefetch=8 ran 10-30%
         # slower than 4 with 8 chunks in memory).
