@@ -17,6 +17,7 @@ from .metering import Meter
 from .metrics import serve_metrics
 from .protocol.context import Connection
 from .request_pool import RequestMemoryPool
+from .schemas import ensure_schemas_topic
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
@@ -117,6 +118,8 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         self.groups = GroupCoordinator(self)
         await self.groups.start()
+        if self.config["schema.registry.principal"]:
+            ensure_schemas_topic(self)  # the schema registry's store (strata_broker/schemas.py)
         _raise_fd_limit()
         for listener in self.listeners:
             await self._listen(listener)

@@ -12,6 +12,7 @@ from kafka.protocol.producer import ProduceRequest, ProduceResponse
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
 from ..log.segment import Segment
+from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE, RES_TOPIC
 from .context import RequestContext
 from .registry import api
@@ -71,8 +72,9 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                     raise request_error
                 if not ctx.authorize(OP_WRITE, RES_TOPIC, topic_data.name):
                     raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not write")
+                internal_ok = schema_gate(ctx, topic_data.name, pdata.records)  # _schemas writer; checked topics
                 plog = logs.get_partition(topic_data.name, pdata.index)
-                if logs.topics[topic_data.name].internal:
+                if logs.topics[topic_data.name].internal and not internal_ok:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
                                              f"{topic_data.name} is internal: only the broker writes it")
                 if pdata.records is None:

@@ -1,0 +1,245 @@
+"""The broker's side of the schema registry (the registry itself is `strata_registry`, another process).
+
+1. `_schemas` is internal, but the principal named by `schema.registry.principal` (or a super user when
+   the authorizer is on) may write it; its first write creates it (one partition, compacted, kept
+   forever, tiered like any topic when the broker has a bucket).
+2. Schema-checked topics: with `strata.value.schema.validation=true` (or `strata.key.schema.validation`)
+   every record's value (key) must start with Confluent's framing, magic byte 0 and a 4-byte schema id,
+   and the id must be registered under `<topic>-value` (`<topic>-key`), or the batch is refused with
+   INVALID_RECORD naming the record. The ids come from the broker's own copy of `_schemas`, read
+   incrementally into a cache: a produce only reads new `_schemas` records when it meets an id the
+   cache does not have, and never calls the registry.
+
+`gate` is the one call the produce path makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import uuid
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from kafka.record.default_records import DefaultRecordBatch
+
+from .errors import ErrorCode, KafkaProtocolError
+from .log.batch import ATTR_COMPRESSION_MASK, HEADER_SIZE, parse_header
+from .log.partition import OffsetInRemoteStorage
+
+if TYPE_CHECKING:
+    from .protocol.context import RequestContext
+
+log = logging.getLogger(__name__)
+
+SCHEMAS_TOPIC = "_schemas"
+SCHEMAS_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "max.message.bytes": str(16 * 1024 * 1024),
+    "segment.bytes": str(64 * 1024 * 1024),
+}
+VALUE_VALIDATION = "strata.value.schema.validation"
+KEY_VALIDATION = "strata.key.schema.validation"
+
+
+def gate(ctx: RequestContext, topic: str, records: bytes | None) -> bool:
+    """Called per partition of a produce before the append. Returns True when this write to an internal
+    topic is allowed (the registry writing `_schemas`, which is created on its first write); raises
+    INVALID_RECORD when a schema-checked topic gets a record without a registered schema id."""
+    broker = ctx.broker
+    logs = broker.logs
+    if topic == SCHEMAS_TOPIC:
+        if not _may_write_schemas(ctx):
+            return False
+        ensure_schemas_topic(broker)
+        return True
+    entry = logs.topics.get(topic)
+    if entry is None or records is None:
+        return False
+    values = entry.config.values
+    check_value, check_key = values.get(VALUE_VALIDATION, False), values.get(KEY_VALIDATION, False)
+    if check_value or check_key:
+        try:
+            _cache_for(broker).check(topic, records, check_key, check_value)
+        except (IndexError, struct.error, ValueError) as exc:
+            raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, f"unreadable records: {exc!r}") from exc
+    return False
+
+
+def ensure_schemas_topic(broker: Any) -> None:
+    """Create `_schemas` (at start-up when `schema.registry.principal` is set: the registry's clients
+    look the topic up before they write, and internal topics are never auto-created)."""
+    logs = broker.logs
+    if SCHEMAS_TOPIC not in logs.topics and broker.cluster is None:
+        topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"strata:{broker.config['cluster.id']}:{SCHEMAS_TOPIC}")
+        config = dict(SCHEMAS_TOPIC_CONFIG)
+        if broker.tier is not None:
+            config["strata.durability"] = "s3"  # a registered schema is in the bucket before it is answered
+        logs.create_topic(SCHEMAS_TOPIC, 1, config, internal=True, topic_id=topic_id)
+
+
+def _may_write_schemas(ctx: RequestContext) -> bool:
+    allowed = ctx.broker.config["schema.registry.principal"]
+    if allowed and ctx.principal == allowed:
+        return True
+    authorizer = ctx.broker.authorizer
+    return bool(authorizer.enabled and ctx.principal in authorizer.super_users)
+
+
+_caches: weakref.WeakKeyDictionary[Any, SchemaIdCache] = weakref.WeakKeyDictionary()
+
+
+def _cache_for(broker: Any) -> SchemaIdCache:
+    cache = _caches.get(broker)
+    if cache is None:
+        cache = _caches[broker] = SchemaIdCache(broker.logs)
+    return cache
+
+
+class SchemaIdCache:
+    """subject -> the schema ids registered (and not deleted) under it, from the local `_schemas` log."""
+
+    def __init__(self, logs: Any) -> None:
+        self.logs = logs
+        self.ids: dict[str, set[int]] = {}
+        self._versions: dict[tuple[str, int], tuple[int, bool]] = {}  # (subject, version) -> (id, deleted)
+        self._next = 0
+        self._topic_id: Any = None
+        self._epoch = 0
+
+    def refresh(self) -> None:
+        """Read the `_schemas` records appended since the last refresh (local disk only)."""
+        topic = self.logs.topics.get(SCHEMAS_TOPIC)
+        if topic is None:
+            return
+        if topic.topic_id != self._topic_id:  # recreated: start over
+            self.ids.clear()
+            self._versions.clear()
+            self._next, self._topic_id, self._epoch = 0, topic.topic_id, 0
+        plog = topic.partitions[0]
+        self._next = max(self._next, plog.log_start_offset)
+        while self._next < plog.log_end_offset:
+            try:
+                data = plog.read(self._next, 1 << 20)
+            except OffsetInRemoteStorage:
+                log.warning("_schemas from offset %d is only in S3: schema checks use the local part",
+                            self._next)
+                self._next = plog.local_start_offset
+                continue
+            if not data:
+                break
+            pos = 0
+            while pos + HEADER_SIZE <= len(data):
+                header = parse_header(data, pos)
+                if pos + header.length > len(data):
+                    break
+                if not header.is_control:
+                    batch = DefaultRecordBatch(bytes(data[pos:pos + header.length]))
+                    for record in batch:
+                        if record.offset >= self._next:
+                            self._apply(record.key, record.value, record.headers)
+                self._next = max(self._next, header.next_offset)
+                pos += header.length
+
+    def _apply(self, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        try:
+            k = json.loads(key) if key else None
+            v = json.loads(value) if value else None
+        except ValueError:
+            return
+        if not isinstance(k, dict):
+            return
+        if k.get("keytype") == "LEADER" and isinstance(v, dict):
+            self._epoch = max(self._epoch, int(v.get("epoch", 0)))
+            return
+        if k.get("keytype") != "SCHEMA":
+            return
+        epoch = next((int(raw) for name, raw in headers or [] if name == "strata-epoch" and raw), None)
+        if epoch is not None and epoch < self._epoch:
+            return  # fenced: a stale registry leader wrote it (strata_registry.state)
+        try:
+            subject, version = str(k["subject"]), int(k["version"])
+            if v is None:
+                self._versions.pop((subject, version), None)
+            else:
+                self._versions[(subject, version)] = (int(v["id"]), bool(v.get("deleted")))
+        except (KeyError, TypeError, ValueError):
+            return
+        self.ids[subject] = {sid for (s, _), (sid, deleted) in self._versions.items() if s == subject and not deleted}
+
+    def check(self, topic: str, records: bytes, check_key: bool, check_value: bool) -> None:
+        view = memoryview(records)
+        pos, total = 0, len(view)
+        while pos + HEADER_SIZE <= total:
+            header = parse_header(view, pos)
+            end = min(pos + header.length, total)
+            if header.attributes & ATTR_COMPRESSION_MASK:
+                batch = DefaultRecordBatch(bytes(view[pos:end]))
+                for index, record in enumerate(batch):
+                    if check_key:
+                        self._check_one(topic, "key", record.key, header.base_offset, index)
+                    if check_value:
+                        self._check_one(topic, "value", record.value, header.base_offset, index)
+            else:
+                self._walk_plain(topic, view, pos + HEADER_SIZE, end, check_key, check_value)
+            pos = end
+
+    def _walk_plain(self, topic: str, view: memoryview, pos: int, end: int, check_key: bool,
+                    check_value: bool) -> None:
+        """Uncompressed records, walked without decoding them: length, attributes, timestamp and offset
+        deltas, key, value; only the first 5 bytes of the checked key/value are looked at."""
+        index = 0
+        while pos < end:
+            length, pos = _varint(view, pos)
+            next_record = pos + length
+            p = pos + 1  # attributes
+            _, p = _varint(view, p)  # timestamp delta
+            _, p = _varint(view, p)  # offset delta
+            key_len, p = _varint(view, p)
+            key = None if key_len < 0 else view[p:p + min(key_len, 5)]
+            if key_len > 0:
+                p += key_len
+            if check_key:
+                self._check_one(topic, "key", None if key is None else bytes(key), 0, index)
+            if check_value:
+                value_len, p = _varint(view, p)
+                value = None if value_len < 0 else bytes(view[p:p + min(value_len, 5)])
+                self._check_one(topic, "value", value, 0, index)
+            pos = next_record
+            index += 1
+
+    def _check_one(self, topic: str, part: str, data: bytes | None, _base: int, index: int) -> None:
+        if data is None or len(data) < 5 or data[0] != 0:
+            raise KafkaProtocolError(ErrorCode.INVALID_RECORD,
+                                     f"record {index} of the batch: its {part} does not start with a schema id "
+                                     f"(magic byte 0 and a 4-byte id), which topic {topic} requires")
+        schema_id = _ID.unpack_from(data, 1)[0]
+        subject = f"{topic}-{part}"
+        if schema_id in self.ids.get(subject, ()):
+            return
+        self.refresh()
+        if schema_id not in self.ids.get(subject, ()):
+            raise KafkaProtocolError(ErrorCode.INVALID_RECORD,
+                                     f"record {index} of the batch: its {part} has schema id {schema_id}, "
+                                     f"which is not registered under subject {subject}")
+
+
+_ID = struct.Struct(">i")
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """A zigzag varint at pos: (value, position after it)."""
+    shift = result = 0
+    while True:
+        b = view[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "varint too long")
+    return (result >> 1) ^ -(result & 1), pos

@@ -1,0 +1,66 @@
+"""`strata-registry`: the schema registry's process (REST API over `_schemas` on a Strata broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+from aiohttp import web
+
+from .app import build_app
+from .service import Registry, Settings
+
+log = logging.getLogger("strata_registry")
+
+
+async def serve(settings: Settings, host: str, port: int, max_body: int) -> None:
+    registry = Registry(settings)
+    await registry.start()
+    runner = web.AppRunner(build_app(registry, max_body), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("strata-registry %s serving on http://%s:%d (advertised %s)", registry.instance[:8], host, port,
+             settings.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await runner.cleanup()
+    await registry.close()
+
+
+@click.command()
+@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True, help="the Strata broker")
+@click.option("--listen", default="127.0.0.1:8081", show_default=True, help="HOST:PORT of the REST API")
+@click.option("--advertised-url", default="", help="URL other instances forward writes to "
+              "(default http://LISTEN)")
+@click.option("--group", "group_id", default="strata-schema-registry", show_default=True,
+              help="consumer group the instances elect their leader in")
+@click.option("--kafka", "kafka_config", multiple=True, metavar="KEY=VALUE",
+              help="librdkafka setting for the connection to the broker (security.protocol, sasl.*, ssl.*)")
+@click.option("--max-schema-bytes", default=1024 * 1024, show_default=True, type=int,
+              help="a larger schema is refused (42209)")
+@click.option("--log-level", default="INFO", show_default=True)
+def main(bootstrap: str, listen: str, advertised_url: str, group_id: str, kafka_config: tuple[str, ...],
+         max_schema_bytes: int, log_level: str) -> None:
+    """Serve the Confluent Schema Registry API, storing everything in the broker's `_schemas` topic."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = listen.rpartition(":")
+    client = {}
+    for item in kafka_config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--kafka")
+        client[key] = value
+    settings = Settings(bootstrap=bootstrap, url=advertised_url or f"http://{host or '127.0.0.1'}:{port}",
+                        group_id=group_id, client_config=client, max_schema_bytes=max_schema_bytes)
+    asyncio.run(serve(settings, host or "127.0.0.1", int(port), max_schema_bytes + 64 * 1024))
+
+
+if __name__ == "__main__":
+    main()
