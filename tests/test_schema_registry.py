@@ -437,3 +437,37 @@ def test_two_instances_distinct_ids_and_failover(tmp_path):
         a.kill()
         b.kill()
         broker.kill()
+
+
+def test_restored_from_the_bucket_onto_an_empty_disk(tmp_path, s3):
+    """`_schemas` is tiered like any topic (and written with strata.durability=s3): a broker that lost its
+    disk restores it from the bucket, and a new registry resolves the same ids to the same schemas."""
+    import shutil
+
+    from s3server import CREDENTIALS
+
+    broker = BrokerProcess(tmp_path / "broker", settings={**REGISTRY_BROKER, **s3.broker_settings()},
+                           env=CREDENTIALS).start()
+    registry = RegistryProcess(broker.bootstrap, tmp_path / "registry.log").start()
+    try:
+        wait_until(registry.leads, 30, "the registry to lead")
+        client = SchemaRegistryClient({"url": registry.url})
+        schemas = {f"bucket-{i}": json.dumps({"type": "record", "name": f"B{i}", "fields": [
+            {"name": "f", "type": "string"}]}) for i in range(3)}
+        ids = {subject: client.register_schema(subject, Schema(text, "AVRO")) for subject, text in schemas.items()}
+        client.set_compatibility("bucket-1", "FULL")
+        registry.kill()
+        broker.kill()
+        shutil.rmtree(broker.data_dir)
+        broker.start()
+        registry = RegistryProcess(broker.bootstrap, tmp_path / "registry2.log").start()
+        wait_until(registry.leads, 30, "the new registry to lead")
+        for subject, schema_id in ids.items():
+            assert registry.get(f"/schemas/ids/{schema_id}")["schema"] == schemas[subject]
+            assert registry.get(f"/subjects/{subject}/versions/1")["id"] == schema_id
+        assert registry.get("/config/bucket-1")["compatibilityLevel"] == "FULL"
+        assert SchemaRegistryClient({"url": registry.url}).register_schema(
+            "bucket-new", Schema('"long"', "AVRO")) == max(ids.values()) + 1
+    finally:
+        registry.kill()
+        broker.kill()
