@@ -7,8 +7,8 @@
    every record's value (key) must start with Confluent's framing, magic byte 0 and a 4-byte schema id,
    and the id must be registered under `<topic>-value` (`<topic>-key`), or the batch is refused with
    INVALID_RECORD naming the record. The ids come from the broker's own copy of `_schemas`, read
-   incrementally into a cache: a produce only reads new `_schemas` records when it meets an id the
-   cache does not have, and never calls the registry.
+   incrementally into a cache: a produce reads `_schemas` only when records were appended to it since
+   the last read (then only those), and never calls the registry.
 
 `gate` is the one call the produce path makes.
 """
@@ -27,6 +27,11 @@ from kafka.record.default_records import DefaultRecordBatch
 from .errors import ErrorCode, KafkaProtocolError
 from .log.batch import ATTR_COMPRESSION_MASK, HEADER_SIZE, parse_header
 from .log.partition import OffsetInRemoteStorage
+
+try:  # compiled (Cython) record batches when aiokafka has its extension for this platform
+    from aiokafka.record._crecords import DefaultRecordBatch as _FastBatch
+except ImportError:  # pragma: no cover - the pure-Python walk below
+    _FastBatch = None
 
 if TYPE_CHECKING:
     from .protocol.context import RequestContext
@@ -171,66 +176,149 @@ class SchemaIdCache:
         self.ids[subject] = {sid for (s, _), (sid, deleted) in self._versions.items() if s == subject and not deleted}
 
     def check(self, topic: str, records: bytes, check_key: bool, check_value: bool) -> None:
-        view = memoryview(records)
-        pos, total = 0, len(view)
+        schemas = self.logs.topics.get(SCHEMAS_TOPIC)
+        if schemas is not None and (schemas.partitions[0].log_end_offset > self._next
+                                    or schemas.topic_id != self._topic_id):
+            self.refresh()  # new registrations or deletes: read them (a comparison when there are none)
+        buf = records if isinstance(records, bytes | memoryview) else bytes(records)
+        pos, total = 0, len(buf)
         while pos + HEADER_SIZE <= total:
-            header = parse_header(view, pos)
+            header = parse_header(buf, pos)
             end = min(pos + header.length, total)
+            if _FastBatch is not None:
+                # aiokafka's compiled batch reader (no copy of the batch): about 0.6 us a record.
+                data = buf if pos == 0 and end == total else memoryview(buf)[pos:end]
+                if check_key:
+                    self._check_heads(topic, "key", {(k[:5] if (k := r.key) is not None else b"")
+                                                     for r in _FastBatch(data)}, data)
+                if check_value:
+                    self._check_heads(topic, "value", {(v[:5] if (v := r.value) is not None else b"")
+                                                       for r in _FastBatch(data)}, data)
+                pos = end
+                continue
+            buf = bytes(buf)
             if header.attributes & ATTR_COMPRESSION_MASK:
-                batch = DefaultRecordBatch(bytes(view[pos:end]))
-                for index, record in enumerate(batch):
-                    if check_key:
-                        self._check_one(topic, "key", record.key, header.base_offset, index)
-                    if check_value:
-                        self._check_one(topic, "value", record.value, header.base_offset, index)
+                batch = DefaultRecordBatch(buf[pos:end])
+                pairs = [(r.key, r.value) for r in batch]
+                for part, wanted, index in (("key", check_key, 0), ("value", check_value, 1)):
+                    if wanted:
+                        self._check_ids(topic, part, [kv[index] for kv in pairs])
             else:
-                self._walk_plain(topic, view, pos + HEADER_SIZE, end, check_key, check_value)
+                if check_key:
+                    self._check_ids(topic, "key", _plain_ids(buf, pos + HEADER_SIZE, end, True))
+                if check_value:
+                    self._check_ids(topic, "value", _plain_ids(buf, pos + HEADER_SIZE, end, False))
             pos = end
 
-    def _walk_plain(self, topic: str, view: memoryview, pos: int, end: int, check_key: bool,
-                    check_value: bool) -> None:
-        """Uncompressed records, walked without decoding them: length, attributes, timestamp and offset
-        deltas, key, value; only the first 5 bytes of the checked key/value are looked at."""
-        index = 0
-        while pos < end:
-            length, pos = _varint(view, pos)
-            next_record = pos + length
-            p = pos + 1  # attributes
-            _, p = _varint(view, p)  # timestamp delta
-            _, p = _varint(view, p)  # offset delta
-            key_len, p = _varint(view, p)
-            key = None if key_len < 0 else view[p:p + min(key_len, 5)]
-            if key_len > 0:
-                p += key_len
-            if check_key:
-                self._check_one(topic, "key", None if key is None else bytes(key), 0, index)
-            if check_value:
-                value_len, p = _varint(view, p)
-                value = None if value_len < 0 else bytes(view[p:p + min(value_len, 5)])
-                self._check_one(topic, "value", value, 0, index)
-            pos = next_record
-            index += 1
+    def _check_heads(self, topic: str, part: str, heads: set[bytes], batch: bytes | memoryview) -> None:
+        """The distinct first five bytes of a batch's keys/values: when all are framed with an allowed id,
+        done; else the slow path finds the record to name."""
+        allowed = self.ids.get(f"{topic}-{part}", ())
+        for head in heads:
+            if len(head) < 5 or head[0] != 0 or _ID.unpack_from(head, 1)[0] not in allowed:
+                records = list(DefaultRecordBatch(bytes(batch)))
+                self._check_ids(topic, part, [r.key if part == "key" else r.value for r in records])
+                return
 
-    def _check_one(self, topic: str, part: str, data: bytes | None, _base: int, index: int) -> None:
-        if data is None or len(data) < 5 or data[0] != 0:
-            raise KafkaProtocolError(ErrorCode.INVALID_RECORD,
-                                     f"record {index} of the batch: its {part} does not start with a schema id "
-                                     f"(magic byte 0 and a 4-byte id), which topic {topic} requires")
-        schema_id = _ID.unpack_from(data, 1)[0]
+    def _check_ids(self, topic: str, part: str, heads: list[bytes | None] | tuple[dict[bytes, int], int]) -> None:
+        """`heads`: the checked key/value of every record (compressed batches), or (the distinct 4-byte
+        ids -> the first record with each, index of the first record without framing or -1) from
+        `_plain_ids`."""
+        if isinstance(heads, tuple):
+            first, bad = heads
+            if bad >= 0:
+                raise _no_id(topic, part, bad)
+            ids = set(first)
+        else:
+            ids = set()
+            for index, data in enumerate(heads):
+                if data is None or len(data) < 5 or data[0] != 0:
+                    raise _no_id(topic, part, index)
+                ids.add(bytes(data[1:5]))
         subject = f"{topic}-{part}"
-        if schema_id in self.ids.get(subject, ()):
-            return
-        self.refresh()
-        if schema_id not in self.ids.get(subject, ()):
-            raise KafkaProtocolError(ErrorCode.INVALID_RECORD,
-                                     f"record {index} of the batch: its {part} has schema id {schema_id}, "
-                                     f"which is not registered under subject {subject}")
+        allowed = self.ids.get(subject, ())
+        for raw in ids:
+            schema_id = _ID.unpack(raw)[0]
+            if schema_id not in allowed:
+                self.refresh()
+                allowed = self.ids.get(subject, ())
+                if schema_id not in allowed:
+                    raise KafkaProtocolError(
+                        ErrorCode.INVALID_RECORD,
+                        f"record {_first_with(heads, raw)} of the batch: its {part} has schema id {schema_id}, "
+                        f"which is not registered under subject {subject}")
+
+
+def _no_id(topic: str, part: str, index: int) -> KafkaProtocolError:
+    return KafkaProtocolError(ErrorCode.INVALID_RECORD,
+                              f"record {index} of the batch: its {part} does not start with a schema id "
+                              f"(magic byte 0 and a 4-byte id), which topic {topic} requires")
+
+
+def _first_with(heads: list[bytes | None] | tuple[dict[bytes, int], int], raw: bytes) -> int | str:
+    if isinstance(heads, list):
+        return next((i for i, d in enumerate(heads) if d is not None and bytes(d[1:5]) == raw), "?")
+    return heads[0].get(raw, "?")
+
+
+def _plain_ids(buf: bytes, pos: int, end: int, key: bool) -> tuple[dict[bytes, int], int]:
+    """The distinct 4-byte schema ids of the keys (key=True) or values of an uncompressed batch's records
+    (each with the index of the first record that has it), and the index of the first record without
+    Confluent's framing (-1: none). Walks the records without decoding them: length, attributes,
+    timestamp and offset deltas, key, value; one- and two-byte varints inline (the common case), longer
+    ones through `_varint`."""
+    ids: dict[bytes, int] = {}
+    last = b""
+    index = 0
+    while pos < end:
+        b = buf[pos]
+        if b < 0x80:
+            length = (b >> 1) ^ -(b & 1)
+            pos += 1
+        elif buf[pos + 1] < 0x80:
+            raw = (b & 0x7F) | (buf[pos + 1] << 7)
+            length = (raw >> 1) ^ -(raw & 1)
+            pos += 2
+        else:
+            length, pos = _varint(buf, pos)
+        record_end = pos + length
+        p = pos + 1  # attributes
+        p = p + 1 if buf[p] < 0x80 else _varint(buf, p)[1]  # timestamp delta
+        p = p + 1 if buf[p] < 0x80 else _varint(buf, p)[1]  # offset delta
+        b = buf[p]
+        if b < 0x80:
+            size = (b >> 1) ^ -(b & 1)
+            p += 1
+        else:
+            size, p = _varint(buf, p)
+        if not key:
+            if size > 0:
+                p += size
+            b = buf[p]
+            if b < 0x80:
+                size = (b >> 1) ^ -(b & 1)
+                p += 1
+            elif buf[p + 1] < 0x80:
+                raw = (b & 0x7F) | (buf[p + 1] << 7)
+                size = (raw >> 1) ^ -(raw & 1)
+                p += 2
+            else:
+                size, p = _varint(buf, p)
+        if size < 5 or buf[p] != 0 or p + 5 > record_end:
+            return ids, index
+        head = buf[p + 1:p + 5]
+        if head != last:
+            ids.setdefault(head, index)
+            last = head
+        pos = record_end
+        index += 1
+    return ids, -1
 
 
 _ID = struct.Struct(">i")
 
 
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+def _varint(view: bytes | memoryview, pos: int) -> tuple[int, int]:
     """A zigzag varint at pos: (value, position after it)."""
     shift = result = 0
     while True:
