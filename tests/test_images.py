@@ -129,7 +129,8 @@ def installed(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["strata-broker", "--help"], ["strata", "--help"],
-                                     ["strata", "operator", "--help"]], ids=" ".join)
+                                     ["strata", "operator", "--help"], ["strata-registry", "--help"]],
+                         ids=" ".join)
 def test_installed_console_scripts_run(installed, command):
     proc = subprocess.run([str(installed / "bin" / command[0]), *command[1:]], capture_output=True, text=True,
                           timeout=60, cwd=installed)

@@ -42,6 +42,8 @@ class SchemasLog:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._watermarks: Consumer | None = None  # asks the broker for the end of _schemas
+        self._watermarks_lock = threading.Lock()
         self.next_offset = 0  # the offset the tail reads next
         self.candidate = False
 
@@ -130,12 +132,12 @@ class SchemasLog:
     async def end_offset(self) -> int:
         """The partition's high watermark now (the offset the next write gets)."""
         def query() -> int:
-            consumer = Consumer({**self._base, "group.id": "strata-registry-watermarks"})
-            try:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=10, cached=False)
+            with self._watermarks_lock:
+                if self._watermarks is None:
+                    self._watermarks = Consumer({**self._base, "group.id": "strata-registry-watermarks"})
+                _low, high = self._watermarks.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=10,
+                                                                    cached=False)
                 return int(high)
-            finally:
-                consumer.close()
         return await asyncio.to_thread(query)
 
     async def caught_up(self, timeout: float = 15.0) -> None:
@@ -166,7 +168,10 @@ class SchemasLog:
             while not self._stop.is_set():
                 consumer.poll(0.2)
         finally:
-            self._set_candidate(False)
+            try:
+                self._set_candidate(False)
+            except RuntimeError:  # the event loop is closed already
+                pass
             consumer.close()
 
     def _set_candidate(self, value: bool) -> None:
@@ -179,3 +184,7 @@ class SchemasLog:
         for thread in self._threads:
             thread.join(timeout=10)
         self.producer.flush(5)
+        with self._watermarks_lock:
+            if self._watermarks is not None:
+                self._watermarks.close()
+                self._watermarks = None

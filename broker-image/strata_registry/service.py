@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -103,7 +104,6 @@ class Registry:
                     await self.log.caught_up()
                     epoch = self.state.epoch + 1
                     value = {"epoch": epoch, "instance": self.instance, "url": self.settings.url}
-                    import json
                     offset = await self.log.produce(leader_key(epoch), json.dumps(value).encode(), epoch)
                     await self.log.wait_applied(offset)
                     if self.state.epoch == epoch and self.state.leader_instance == self.instance and self.log.candidate:
@@ -303,7 +303,6 @@ class Registry:
                     records.append((schema_key(subject, entry.version),
                                     schema_value(subject, entry.version, entry.schema_id, stored, deleted=True)))
             if permanent:
-                import json
                 records.append((b'{"keytype":"IDS","magic":0}',
                                 json.dumps({"max_id": self.state.max_id}).encode()))
                 if not [v for v in self.state.versions(subject, deleted=True) if v not in entries]:
@@ -353,7 +352,6 @@ class Registry:
         return {"mode": previous}
 
     async def _setting(self, keytype: str, subject: str | None, value: dict[str, Any] | None) -> None:
-        import json
         self._require_leader()
         async with self._write_lock:
             self._require_leader()

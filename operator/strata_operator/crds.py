@@ -209,6 +209,15 @@ EVENTBROKER_SPEC = obj({
                                "`<its namespace>.`.", maxItems=256, **{"x-kubernetes-list-type": "set"}),
     "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
     "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
+    "schemaRegistry": obj({
+        "enabled": boolean("Run the schema registry (strata-registry: Confluent's Schema Registry REST API, "
+                           "stored in the brokers' _schemas topic) as a Deployment and the Service "
+                           "<name>-schema-registry.", default=False),
+        "replicas": integer("Registry instances: every one serves reads, one (elected through the brokers) "
+                            "writes.", minimum=1, maximum=5, default=1),
+        "port": integer("Port of the REST API.", minimum=1, maximum=65535, default=8081),
+    }, description="The schema registry beside the brokers (docs/schema-registry.md). For now it connects to "
+                   "the first listener without authentication."),
     "external": obj({
         "bootstrapServers": string("host:port[,host:port...] of a broker the operator does not run.",
                                    pattern=r"^[^,\s]+:[0-9]+(,[^,\s]+:[0-9]+)*$"),
@@ -227,6 +236,11 @@ EVENTBROKER_SPEC = obj({
          "authorization simple needs the first listener to authenticate (authentication: scram-sha-512)"),
     rule("!has(self.external) || !has(self.authorization)",
          "an external broker's authorization is configured on that broker, not here"),
+    rule("!has(self.schemaRegistry) || !has(self.schemaRegistry.enabled) || !self.schemaRegistry.enabled || "
+         "(!has(self.external) && (!has(self.listeners) || size(self.listeners) == 0 || "
+         "!has(self.listeners[0].authentication) || self.listeners[0].authentication == 'none'))",
+         "the schema registry runs beside brokers the operator runs, on a first listener without authentication",
+         fieldPath=".schemaRegistry"),
 ])
 
 EVENTBROKER_STATUS = status_schema({

@@ -125,6 +125,8 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
     maintains; authorization `simple` turns the authorizer on with the operator as a super user."""
     spec = broker["spec"]
     ns, name = broker["metadata"]["namespace"], broker["metadata"]["name"]
+    from . import registry_objects
+
     props: dict[str, str] = {"cluster.id": f"{ns}.{name}", "auto.create.topics.enable": "false"}
     props["listeners"] = ",".join(f"{lst['name'].upper()}://0.0.0.0:{lst['port']}" for lst in listeners(spec))
     props["listener.security.protocol.map"] = ",".join(
@@ -146,6 +148,7 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
             from .durations import duration_ms
 
             props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
+    props.update(registry_objects.broker_properties(broker))  # spec.schemaRegistry (registry_objects.py)
     props.update(spec.get("topicDefaults") or {})
     props.update(spec.get("config") or {})
     from .cluster import kube_objects
@@ -337,9 +340,12 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
     an empty file when None, e.g. before the operator has a password)."""
     if broker["spec"].get("external"):
         return []
+    from . import registry_objects
+
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets)]
+            broker_pdb(broker), broker_statefulset(broker, operator_user, default_pull_secrets),
+            *registry_objects.registry_objects(broker, default_pull_secrets)]
 
 
 # -- Microservice --------------------------------------------------------------------------
