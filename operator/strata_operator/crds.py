@@ -216,6 +216,9 @@ EVENTBROKER_SPEC = obj({
         "replicas": integer("Registry instances: every one serves reads, one (elected through the brokers) "
                             "writes.", minimum=1, maximum=5, default=1),
         "port": integer("Port of the REST API.", minimum=1, maximum=65535, default=8081),
+        "url": string("A registry the operator does not run (e.g. `strata local`'s http://127.0.0.1:8081), "
+                      "for an external broker: the operator registers Topic schemas there.",
+                      pattern=r"^https?://[^\s]+$"),
     }, description="The schema registry beside the brokers (docs/schema-registry.md). For now it connects to "
                    "the first listener without authentication."),
     "external": obj({
@@ -302,6 +305,25 @@ TOPIC_SPEC = obj({
     "deletionPolicy": string("What deleting this resource does to the Kafka topic: Retain keeps it "
                              "(and its data); Delete deletes it and its S3 objects.",
                              enum=["Retain", "Delete"], default="Retain"),
+    "schema": obj({
+        "type": string("Schema type.", enum=["AVRO", "JSON", "PROTOBUF"], default="AVRO"),
+        "compatibility": string("The subject's compatibility level (absent: the registry's default).",
+                                enum=["NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                                      "FULL", "FULL_TRANSITIVE"]),
+        "schema": string("The schema itself (Avro or JSON Schema as JSON text, or a .proto file).",
+                         maxLength=262144),
+        "configMapRef": obj({"name": string(pattern=DNS_LABEL_PATTERN), "key": string(maxLength=253)},
+                            required=["name", "key"], description="Read the schema from this ConfigMap key "
+                                                                  "(in the Topic's namespace)."),
+        "references": array(obj({"name": string(maxLength=1024), "subject": string(maxLength=1024),
+                                 "version": integer(minimum=1)}, required=["name", "subject", "version"]),
+                            "Schemas this one references (Confluent references).", maxItems=64),
+        "key": boolean("Register the record key's schema (subject <topic>-key) instead of the value's "
+                       "(<topic>-value).", default=False),
+    }, description="The topic's record schema: the operator registers it in the EventBroker's schema "
+                   "registry under <topic>-value (TopicNameStrategy) and reports the version and id.",
+        rules=[rule("has(self.schema) != has(self.configMapRef)",
+                    "give the schema inline (schema) or from a ConfigMap (configMapRef), exactly one")]),
 }, required=["brokerRef", "team"], description="A Kafka topic managed by the operator (Kubernetes -> broker).",
     rules=[
         rule("!has(self.localRetention) || !has(self.retention) || self.retention == 'forever' "
@@ -327,6 +349,9 @@ TOPIC_STATUS = status_schema({
     "managedConfigs": array(string(), "The topic configs this resource enforces (the ones its spec names); "
                             "a key that leaves the spec is reset to the cluster default once."),
     "partitions": integer(),
+    "schemaSubject": string("The subject spec.schema is registered under."),
+    "schemaVersion": integer("Its version in the subject."),
+    "schemaId": integer("Its global schema id (what serialized records carry)."),
     "lastSyncTime": string(format="date-time"),
 })
 
