@@ -308,6 +308,8 @@ class Registry:
                 if not [v for v in self.state.versions(subject, deleted=True) if v not in entries]:
                     records.append((setting_key("CONFIG", subject), None))
             await self._write(records)
+            if permanent:
+                self._parsed.clear()  # a version number may be given again: parses naming it are stale
 
     async def set_config(self, subject: str | None, body: Any) -> dict[str, Any]:
         if subject is not None:
