@@ -411,9 +411,20 @@ def test_two_instances_distinct_ids_and_failover(tmp_path):
         time.sleep(2)  # the second member's join may move the lead: let it settle
         wait_until(lambda: a.leads() != b.leads(), 30, "exactly one instance to lead")
         clients = [SchemaRegistryClient({"url": a.url}), SchemaRegistryClient({"url": b.url})]
-        got = [clients[i % 2].register_schema(f"two-{i}", Schema(json.dumps({"type": "fixed", "name": f"F{i}",
-                                                                              "size": i + 1}), "AVRO"))
-               for i in range(10)]
+
+        def register(i: int) -> int:
+            # A rebalance still settling answers 50003/50004 (no leader for a moment): a client retries.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return clients[i % 2].register_schema(f"two-{i}", Schema(json.dumps(
+                        {"type": "fixed", "name": f"F{i}", "size": i + 1}), "AVRO"))
+                except SchemaRegistryError as exc:
+                    if exc.error_code not in (50003, 50004) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+        got = [register(i) for i in range(10)]
         assert len(set(got)) == 10, got
         # Both serve every id (the follower forwarded its writes and reads the same log).
         for schema_id in got:
