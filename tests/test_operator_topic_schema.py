@@ -78,3 +78,15 @@ def test_topic_schema_from_a_config_map(kube, stack):  # noqa: F811 - the fixtur
                        and t, "Topic Ready once the ConfigMap exists", timeout=30, kube=kube)
     assert registry.get(f"/subjects/events-sr-value/versions/{topic['status']['schemaVersion']}")["schemaType"] \
         == "JSON"
+
+
+def test_microservice_status_lists_the_subjects_it_may_write(kube, stack):  # noqa: F811 - the fixture
+    broker, _ = stack
+    kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "sr3"},
+                 "spec": {"external": {"bootstrapServers": broker.bootstrap}}})
+    kube.create({"apiVersion": API, "kind": "Microservice", "metadata": {"name": "shipper"},
+                 "spec": {"brokerRef": {"name": "sr3"}, "team": "shipping", "produces": ["shipments"],
+                          "consumes": ["orders-sr"]}})
+    service = eventually(lambda: (m := kube.get("Microservice", "shipper")) and "schemaSubjects" in (
+        m.get("status") or {}) and m, "the Microservice reconciled", timeout=30, kube=kube)
+    assert service["status"]["schemaSubjects"] == ["shipments-key", "shipments-value"]

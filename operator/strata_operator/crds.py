@@ -404,6 +404,8 @@ MICROSERVICE_STATUS = status_schema({
         "operations": array(string()),
     }), "What the broker grants this service's principal."),
     "deniedWrites": array(string(), "Produced topics whose writer is another service."),
+    "schemaSubjects": array(string(), "Schema registry subjects of the topics it may write (TopicNameStrategy: "
+                            "<topic>-key and <topic>-value)."),
     "writeClaims": array(obj({
         "topic": string(),
         "since": string("When this service first declared it produces the topic.", format="date-time"),

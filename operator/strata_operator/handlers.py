@@ -481,6 +481,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     patch.status["writeClaims"] = grants.claims
     patch.status["permissions"] = grants.permissions
     patch.status["deniedWrites"] = sorted(grants.denied_writes)
+    patch.status["schemaSubjects"] = topic_schema.writable_subjects(grants.permissions)
     if grants.denied_writes:
         msg = "; ".join(f"{t!r} is written by {owner}" for t, owner in sorted(grants.denied_writes.items()))
         conditions = _set(patch, body, conditions, "WriterConflict", True, "TopicHasWriter",

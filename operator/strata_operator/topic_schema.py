@@ -42,6 +42,12 @@ def subject(topic_name: str, schema: dict[str, Any]) -> str:
     return f"{topic_name}-{'key' if schema.get('key') else 'value'}"
 
 
+def writable_subjects(permissions: list[dict[str, Any]]) -> list[str]:
+    """The subjects (TopicNameStrategy) of the topics a Microservice's permissions let it write."""
+    topics = {p["name"] for p in permissions if p.get("resourceType") == "topic" and "Write" in p.get("operations", [])}
+    return sorted(f"{t}-{part}" for t in topics for part in ("key", "value"))
+
+
 async def schema_text(body: dict[str, Any], kube: Any) -> str | Outcome:
     schema = body["spec"]["schema"]
     if schema.get("schema"):
