@@ -160,3 +160,33 @@ def test_schemas_is_written_only_by_the_registry_principal(stack):
         assert outcomes[0] is not None and outcomes[0].code() == KafkaError.TOPIC_EXCEPTION, outcomes
     finally:
         other.stop()
+
+
+def test_a_corrupt_batch_on_a_checked_topic_is_refused_not_fatal(stack):
+    broker, registry = stack
+    topic = f"corrupt-{uuid.uuid4().hex[:8]}"
+    create(broker.bootstrap, topic, {"strata.value.schema.validation": "true"})
+    schema_id = SchemaRegistryClient({"url": registry.url}).register_schema(f"{topic}-value", Schema(SCHEMA, "AVRO"))
+    conn = RawConnection(broker.bootstrap)
+    try:
+        for codec in (0, 3):  # none, lz4
+            builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False,
+                                                producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                                batch_size=1 << 20)
+            for i in range(50):
+                builder.append(i, timestamp=int(time.time() * 1000), key=None, value=framed(schema_id, b"y" * 300),
+                               headers=[])
+            batch = bytearray(builder.build())
+            for pos in range(70, len(batch), 97):  # damage the records (and so the CRC)
+                batch[pos] ^= 0xFF
+            response = conn.request(hostile_frames.produce(topic, bytes(batch), version=8, acks=-1))
+            part = response.responses[0].partition_responses[0]
+            assert part.error_code in (2, 87), (codec, part)  # CORRUPT_MESSAGE or INVALID_RECORD
+        # The connection still serves a good batch.
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                            producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+        builder.append(0, timestamp=int(time.time() * 1000), key=None, value=framed(schema_id), headers=[])
+        response = conn.request(hostile_frames.produce(topic, bytes(builder.build()), version=8, acks=-1))
+        assert response.responses[0].partition_responses[0].error_code == 0
+    finally:
+        conn.close()
