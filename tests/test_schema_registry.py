@@ -426,8 +426,11 @@ def test_two_instances_distinct_ids_and_failover(tmp_path):
 
         got = [register(i) for i in range(10)]
         assert len(set(got)) == 10, got
-        # Both serve every id (the follower forwarded its writes and reads the same log).
+        # Both serve every id (the follower forwarded its writes and reads the same log; a write made
+        # through the other instance reaches it within its tail's poll).
         for schema_id in got:
+            wait_until(lambda sid=schema_id: all(r.request("GET", f"/schemas/ids/{sid}")[0] == 200 for r in (a, b)),
+                       15, f"schema {schema_id} on both instances")
             assert a.get(f"/schemas/ids/{schema_id}") == b.get(f"/schemas/ids/{schema_id}")
         leader, follower = (a, b) if a.leads() else (b, a)
         leader.kill()
