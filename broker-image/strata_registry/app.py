@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from . import errors
+from .auth import BasicAuth
 from .formats import PROTOBUF, SCHEMA_TYPES, StoredSchema, proto_descriptor
 from .service import NotLeader, Registry, check_subject
 
@@ -52,11 +53,20 @@ def _schema_json(stored: StoredSchema, request: web.Request, registry: Registry)
     return out
 
 
-def build_app(registry: Registry, max_body: int) -> web.Application:
+def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None) -> web.Application:
+    """The REST API. With `auth`, every request but `GET /` (the health check) needs HTTP basic
+    credentials the broker accepts (auth.py); any authenticated principal may read and write."""
     session: dict[str, aiohttp.ClientSession] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if auth is not None and request.path != "/":
+            principal = await auth.principal(request.headers.get("Authorization"))
+            if principal is None:
+                return web.Response(text=json.dumps({"error_code": 401, "message": "Unauthorized"}), status=401,
+                                    content_type="application/vnd.schemaregistry.v1+json",
+                                    headers={"WWW-Authenticate": 'Basic realm="strata-registry"'})
+            request["principal"] = principal
         try:
             return await handler(request)
         except errors.RegistryError as exc:
@@ -85,8 +95,10 @@ def build_app(registry: Registry, max_body: int) -> web.Application:
         try:
             async with session["client"].request(request.method, url.rstrip("/") + request.rel_url.path_qs,
                                                  data=await request.read(),
-                                                 headers={"Content-Type": CONTENT_TYPE,
-                                                          "X-Strata-Forwarded": "1"}) as resp:
+                                                 headers={"Content-Type": CONTENT_TYPE, "X-Strata-Forwarded": "1",
+                                                          **({"Authorization": request.headers["Authorization"]}
+                                                             if "Authorization" in request.headers else {})}
+                                                 ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -10,15 +10,16 @@ import click
 from aiohttp import web
 
 from .app import build_app
+from .auth import BasicAuth
 from .service import Registry, Settings
 
 log = logging.getLogger("strata_registry")
 
 
-async def serve(settings: Settings, host: str, port: int, max_body: int) -> None:
+async def serve(settings: Settings, host: str, port: int, max_body: int, auth: BasicAuth | None = None) -> None:
     registry = Registry(settings)
     await registry.start()
-    runner = web.AppRunner(build_app(registry, max_body), access_log=None)
+    runner = web.AppRunner(build_app(registry, max_body, auth), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -45,21 +46,35 @@ async def serve(settings: Settings, host: str, port: int, max_body: int) -> None
               help="librdkafka setting for the connection to the broker (security.protocol, sasl.*, ssl.*)")
 @click.option("--max-schema-bytes", default=1024 * 1024, show_default=True, type=int,
               help="a larger schema is refused (42209)")
+@click.option("--auth-bootstrap", default="", metavar="HOST:PORT",
+              help="Require HTTP basic auth, checked by logging in to this SASL listener of the broker "
+              "(the broker's users are the registry's users)")
+@click.option("--auth-mechanism", default="SCRAM-SHA-512", show_default=True,
+              type=click.Choice(["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]))
+@click.option("--auth-kafka", "auth_config", multiple=True, metavar="KEY=VALUE",
+              help="librdkafka setting for those logins (security.protocol=SASL_SSL, ssl.ca.location, ...)")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(bootstrap: str, listen: str, advertised_url: str, group_id: str, kafka_config: tuple[str, ...],
-         max_schema_bytes: int, log_level: str) -> None:
+         max_schema_bytes: int, auth_bootstrap: str, auth_mechanism: str, auth_config: tuple[str, ...],
+         log_level: str) -> None:
     """Serve the Confluent Schema Registry API, storing everything in the broker's `_schemas` topic."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = listen.rpartition(":")
-    client = {}
-    for item in kafka_config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--kafka")
-        client[key] = value
+    client = _pairs(kafka_config, "--kafka")
+    auth = BasicAuth(auth_bootstrap, auth_mechanism, _pairs(auth_config, "--auth-kafka")) if auth_bootstrap else None
     settings = Settings(bootstrap=bootstrap, url=advertised_url or f"http://{host or '127.0.0.1'}:{port}",
                         group_id=group_id, client_config=client, max_schema_bytes=max_schema_bytes)
-    asyncio.run(serve(settings, host or "127.0.0.1", int(port), max_schema_bytes + 64 * 1024))
+    asyncio.run(serve(settings, host or "127.0.0.1", int(port), max_schema_bytes + 64 * 1024, auth))
+
+
+def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        out[key] = value
+    return out
 
 
 if __name__ == "__main__":
