@@ -63,3 +63,52 @@ def test_the_brokers_users_are_the_registrys_users(registry):
     # The health check stays open (Kubernetes probes it without credentials).
     with urllib.request.urlopen(registry.url + "/", timeout=10) as resp:
         assert resp.status == 200
+
+
+def test_subjects_follow_the_brokers_topic_acls(tmp_path):
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    creds = tmp_path / "users.json"
+    secutil.write_credentials(creds, {**USERS, "carol": "carol-secret"})
+    # The registry connects on the plaintext listener as User:ANONYMOUS, a super user here (it reads the ACLs).
+    broker = BrokerProcess(tmp_path / "broker", listeners={"SASL_PLAINTEXT": None}, settings={
+        "sasl.credentials.file": str(creds), "authorizer.enable": "true", "super.users": "User:ANONYMOUS",
+        "schema.registry.principal": "User:ANONYMOUS"}).start()
+    registry = None
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        for user, op in (("alice", AclOperation.WRITE), ("bob", AclOperation.READ)):
+            binding = AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, f"User:{user}", "*", op,
+                                 AclPermissionType.ALLOW)
+            for future in admin.create_acls([binding]).values():
+                future.result(15)
+        del admin
+        registry = RegistryProcess(broker.bootstrap, tmp_path / "registry.log",
+                                   args=["--auth-bootstrap", broker.address("SASL_PLAINTEXT"), "--authorize",
+                                         "--super-users", "User:ANONYMOUS"]).start()
+
+        def client(user: str) -> SchemaRegistryClient:
+            password = USERS.get(user, "carol-secret")
+            return SchemaRegistryClient({"url": registry.url, "basic.auth.user.info": f"{user}:{password}"})
+
+        schema_id = client("alice").register_schema("orders-value", Schema('"string"', "AVRO"))
+        assert client("bob").get_latest_version("orders-value").schema_id == schema_id  # Read on the topic
+        for user, call in (("bob", lambda c: c.register_schema("orders-value", Schema('"int"', "AVRO"))),
+                           ("carol", lambda c: c.get_latest_version("orders-value")),
+                           ("alice", lambda c: c.set_compatibility(level="NONE")),  # global: super users only
+                           ("alice", lambda c: c.register_schema("misc", Schema('"int"', "AVRO")))):
+            with pytest.raises(SchemaRegistryError) as info:
+                call(client(user))
+            assert (info.value.http_status_code, info.value.error_code) == (403, 40301), (user, info.value)
+        assert client("alice").set_compatibility("orders-value", "FULL")["compatibility"] == "FULL"
+    finally:
+        if registry is not None:
+            registry.kill()
+        broker.kill()

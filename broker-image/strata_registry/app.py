@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from . import errors
-from .auth import BasicAuth
+from .auth import BasicAuth, SubjectAuthorizer
 from .formats import PROTOBUF, SCHEMA_TYPES, StoredSchema, proto_descriptor
 from .service import NotLeader, Registry, check_subject
 
@@ -53,9 +53,11 @@ def _schema_json(stored: StoredSchema, request: web.Request, registry: Registry)
     return out
 
 
-def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None) -> web.Application:
+def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None,
+              authz: SubjectAuthorizer | None = None) -> web.Application:
     """The REST API. With `auth`, every request but `GET /` (the health check) needs HTTP basic
-    credentials the broker accepts (auth.py); any authenticated principal may read and write."""
+    credentials the broker accepts (auth.py); with `authz` too, reading and writing a subject needs
+    the broker's ACLs on its topic (SubjectAuthorizer), else 403 (40301)."""
     session: dict[str, aiohttp.ClientSession] = {}
 
     @web.middleware
@@ -67,6 +69,15 @@ def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None) 
                                     content_type="application/vnd.schemaregistry.v1+json",
                                     headers={"WWW-Authenticate": 'Basic realm="strata-registry"'})
             request["principal"] = principal
+            if authz is not None:
+                subject = request.match_info.get("subject")
+                read_post = request.path.startswith("/compatibility/") or (
+                    request.method == "POST" and not request.path.endswith("/versions"))
+                write = request.method in ("PUT", "DELETE") or (request.method == "POST" and not read_post)
+                if not await authz.allowed(principal, subject, write):
+                    what = f"subject '{subject}'" if subject is not None else "the registry's global settings"
+                    return _json({"error_code": 40301, "message": f"User {principal} is not authorized to "
+                                  f"{'write' if write else 'read'} {what}"}, 403)
         try:
             return await handler(request)
         except errors.RegistryError as exc:

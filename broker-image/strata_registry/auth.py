@@ -73,3 +73,69 @@ class BasicAuth:
             except KafkaException:
                 admin.poll(0.05)
         return False
+
+
+class SubjectAuthorizer:
+    """READ/WRITE on subjects from the broker's topic ACLs: subject `<topic>-value` / `<topic>-key`
+    (TopicNameStrategy) is read by whoever may Read (or Write) the topic, written (registered, deleted,
+    configured) by whoever may Write it. Other subjects and the global config and mode are the super
+    users'. The ACLs are read from the broker (DescribeAcls, as the registry's own principal, which
+    needs Describe on the cluster) every `refresh` seconds and evaluated by the broker's own rules
+    (`strata_broker.security.acl.Authorizer`)."""
+
+    def __init__(self, bootstrap: str, client_config: dict[str, str], super_users: str,
+                 allow_if_no_acl: bool = False, refresh: float = 5.0) -> None:
+        from strata_broker.security.acl import Authorizer
+
+        self.bootstrap = bootstrap
+        self.client_config = dict(client_config)
+        self.super_users = super_users
+        self.allow_if_no_acl = allow_if_no_acl
+        self.refresh = refresh
+        self.authorizer = Authorizer(True, super_users, allow_if_no_acl, None)
+        self.loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _current(self) -> object:
+        async with self._lock:
+            if time.monotonic() - self.loaded_at > self.refresh:
+                self.authorizer = await asyncio.to_thread(self._load)
+                self.loaded_at = time.monotonic()
+        return self.authorizer
+
+    def _load(self) -> object:
+        from confluent_kafka.admin import (
+            AclBindingFilter,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+        from strata_broker.security.acl import Acl, Authorizer
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.client_config})
+        flt = AclBindingFilter(ResourceType.TOPIC, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                               AclPermissionType.ANY)
+        bindings = admin.describe_acls(flt, request_timeout=10).result(15)
+        acls = [Acl(2, b.name, 3 if b.resource_pattern_type == ResourcePatternType.LITERAL else 4, b.principal,
+                    b.host, int(b.operation.value), int(b.permission_type.value)) for b in bindings]
+        fresh = Authorizer(True, self.super_users, self.allow_if_no_acl, None)
+        fresh.add(acls)
+        return fresh
+
+    async def allowed(self, principal: str, subject: str | None, write: bool) -> bool:
+        from strata_broker.security.acl import OP_READ, OP_WRITE, RES_TOPIC
+
+        authorizer = await self._current()
+        if principal in authorizer.super_users:  # type: ignore[attr-defined]
+            return True
+        if subject is None:
+            return not write  # global config and mode: super users only
+        topic = subject.removesuffix("-value") if subject.endswith("-value") else (
+            subject.removesuffix("-key") if subject.endswith("-key") else None)
+        if topic is None:
+            return False
+        ok = authorizer.authorize(principal, "*", OP_WRITE, RES_TOPIC, topic)  # type: ignore[attr-defined]
+        if write or ok:
+            return bool(ok)
+        return bool(authorizer.authorize(principal, "*", OP_READ, RES_TOPIC, topic))  # type: ignore[attr-defined]

@@ -10,16 +10,17 @@ import click
 from aiohttp import web
 
 from .app import build_app
-from .auth import BasicAuth
+from .auth import BasicAuth, SubjectAuthorizer
 from .service import Registry, Settings
 
 log = logging.getLogger("strata_registry")
 
 
-async def serve(settings: Settings, host: str, port: int, max_body: int, auth: BasicAuth | None = None) -> None:
+async def serve(settings: Settings, host: str, port: int, max_body: int, auth: BasicAuth | None = None,
+                authz: SubjectAuthorizer | None = None) -> None:
     registry = Registry(settings)
     await registry.start()
-    runner = web.AppRunner(build_app(registry, max_body, auth), access_log=None)
+    runner = web.AppRunner(build_app(registry, max_body, auth, authz), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -53,18 +54,26 @@ async def serve(settings: Settings, host: str, port: int, max_body: int, auth: B
               type=click.Choice(["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]))
 @click.option("--auth-kafka", "auth_config", multiple=True, metavar="KEY=VALUE",
               help="librdkafka setting for those logins (security.protocol=SASL_SSL, ssl.ca.location, ...)")
+@click.option("--authorize", is_flag=True, help="With --auth-bootstrap: subjects need the broker's ACLs on their "
+              "topic (Read to read <topic>-value/-key, Write to register); the registry's own principal needs "
+              "Describe on the cluster to read them")
+@click.option("--super-users", default="", metavar="User:a;User:b",
+              help="With --authorize: principals allowed everything (the broker's super.users)")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(bootstrap: str, listen: str, advertised_url: str, group_id: str, kafka_config: tuple[str, ...],
          max_schema_bytes: int, auth_bootstrap: str, auth_mechanism: str, auth_config: tuple[str, ...],
-         log_level: str) -> None:
+         authorize: bool, super_users: str, log_level: str) -> None:
     """Serve the Confluent Schema Registry API, storing everything in the broker's `_schemas` topic."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = listen.rpartition(":")
     client = _pairs(kafka_config, "--kafka")
     auth = BasicAuth(auth_bootstrap, auth_mechanism, _pairs(auth_config, "--auth-kafka")) if auth_bootstrap else None
+    if authorize and auth is None:
+        raise click.UsageError("--authorize needs --auth-bootstrap (who asks must be known)")
+    authz = SubjectAuthorizer(bootstrap, client, super_users) if authorize else None
     settings = Settings(bootstrap=bootstrap, url=advertised_url or f"http://{host or '127.0.0.1'}:{port}",
                         group_id=group_id, client_config=client, max_schema_bytes=max_schema_bytes)
-    asyncio.run(serve(settings, host or "127.0.0.1", int(port), max_schema_bytes + 64 * 1024, auth))
+    asyncio.run(serve(settings, host or "127.0.0.1", int(port), max_schema_bytes + 64 * 1024, auth, authz))
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
