@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # One broker on 127.0.0.1:9092 plus an embedded S3 endpoint (moto) on 127.0.0.1:9000 it offloads
-# to; data under ./data (git-ignored), topics created on first use. Ctrl-C stops both.
+# to, and the schema registry on 127.0.0.1:8081; data under ./data (git-ignored), topics created on first use. Ctrl-C stops both.
 run: venv
 	$(BIN)/strata local --data-dir $(DATA) --port $(PORT)
 

@@ -13,7 +13,7 @@ from s3server import S3Bucket, S3Server
 # collection order (--dist loadfile --no-loadscope-reorder): started early, these overlap the many
 # short ones instead of running alone at the end. Everything else keeps pytest's order.
 LONG_MODULES_FIRST = ("test_cluster", "test_operator_tenancy", "test_images", "test_tiered", "test_kafka_differential",
-                      "test_compaction", "test_operator_reconcile",
+                      "test_compaction", "test_operator_reconcile", "test_schema_registry",
                       "test_operator_security", "test_security_sasl", "test_groups_clients",
                       "test_operator_costreport", "test_security_limits", "test_hostile", "test_idempotence",
                       "test_durability", "test_security_acl", "test_security_quota", "test_local_stack",

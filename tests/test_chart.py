@@ -697,3 +697,18 @@ def test_image_pull_secrets_reach_the_brokers_and_the_operators_pods():
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["STRATA_OPERATOR_IMAGE_PULL_SECRETS"] == "apps,more"
     assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "reg"}]
+
+
+def test_schema_registry_is_passed_to_the_eventbroker_and_needs_a_plain_first_listener():
+    plain = 'eventBroker.listeners=[{"name":"plain","port":9092,"authentication":"none"}]'
+    docs = render(flags=["--set", "eventBroker.enabled=true", "--set", "eventBroker.authorization.type=none",
+                         "--set-json", plain, "--set", "eventBroker.schemaRegistry.enabled=true",
+                         "--set", "eventBroker.schemaRegistry.replicas=2"])
+    (eb,) = of_kind(docs, "EventBroker")
+    assert eb["spec"]["schemaRegistry"] == {"enabled": True, "replicas": 2, "port": 8081}
+    assert "schemaRegistry" not in of_kind(render(flags=["--set", "eventBroker.enabled=true"]),
+                                           "EventBroker")[0]["spec"]
+    proc = run_helm("template", "s", str(CHART), "--set", "eventBroker.enabled=true",
+                    "--set", "eventBroker.schemaRegistry.enabled=true", check=False)
+    assert proc.returncode and "schemaRegistry.enabled needs eventBroker.listeners[0] without authentication" \
+        in proc.stderr

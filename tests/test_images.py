@@ -135,6 +135,7 @@ def _install(path: Path, work: Path) -> Path:
 
 
 @pytest.mark.parametrize(("image", "command"), [("broker", ["strata-broker", "--help"]),
+                                                ("broker", ["strata-registry", "--help"]),
                                                 ("operator", ["strata", "--help"]),
                                                 ("operator", ["strata", "operator", "--help"])],
                          ids=lambda v: " ".join(v) if isinstance(v, list) else v)
@@ -162,8 +163,8 @@ def test_installed_package_is_not_the_source_tree_and_carries_its_data(tmp_path_
     assert str(ROOT) not in out and "site-packages" in out
 
 
-def test_the_broker_image_holds_only_what_the_broker_runs(tmp_path_factory):
+def test_the_broker_image_holds_only_what_the_broker_and_registry_run(tmp_path_factory):
     out = python_in(installed("broker", tmp_path_factory),
-                    "import importlib.util as u, strata_broker.broker; print(sorted(m for m in "
-                    "('kopf', 'moto', 'confluent_kafka', 'boto3', 'rich', 'yaml') if u.find_spec(m)))")
-    assert out == "[]", f"the broker image installs what the broker never imports: {out}"
+                    "import importlib.util as u, strata_broker.broker, strata_registry.app; print(sorted(m for m in "
+                    "('kopf', 'kubernetes_asyncio', 'moto', 'boto3', 'rich', 'yaml') if u.find_spec(m)))")
+    assert out == "[]", f"the broker image installs what neither the broker nor the registry imports: {out}"

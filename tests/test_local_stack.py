@@ -14,16 +14,19 @@ from pathlib import Path
 import boto3
 import confluent_kafka
 from brokerproc import free_port
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+ORDER_SCHEMA = '{"type":"record","name":"Order","fields":[{"name":"total","type":"int"}]}'
 
 
 class LocalStack:
     def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port, self.s3_port = free_port(), free_port()
+        self.port, self.s3_port, self.registry_port = free_port(), free_port(), free_port()
         self.data_dir = data_dir
         self.output = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "strata_operator.cli", "local", "--data-dir", str(data_dir), "--port",
-             str(self.port), "--s3-port", str(self.s3_port), *extra],
+             str(self.port), "--s3-port", str(self.s3_port), "--registry-port", str(self.registry_port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     @property
@@ -104,6 +107,10 @@ def test_local_stack_serves_clients_offloads_and_stops_on_sigterm(tmp_path: Path
         got = consume_all(stack.bootstrap, "orders", 6, len(sent))
         assert sorted((k, v) for _, _, k, v in got) == sorted(sent)
         assert len({p for p, _, _, _ in got}) == 6
+        # The schema registry beside the broker (Confluent's API), its schemas kept in _schemas.
+        assert f"schema registry  http://127.0.0.1:{stack.registry_port}" in stack.output
+        registry = SchemaRegistryClient({"url": f"http://127.0.0.1:{stack.registry_port}"})
+        schema_id = registry.register_schema("orders-value", Schema(ORDER_SCHEMA, "AVRO"))
 
         def log_keys() -> list[str]:
             objects = stack.s3().list_objects_v2(Bucket="strata-local").get("Contents", [])
@@ -125,7 +132,7 @@ def test_local_stack_serves_clients_offloads_and_stops_on_sigterm(tmp_path: Path
         code = stack.stop()
     assert code == 0, stack.output
     assert "strata local: stopped" in stack.output
-    assert not listening(stack.port) and not listening(stack.s3_port)
+    assert not listening(stack.port) and not listening(stack.s3_port) and not listening(stack.registry_port)
     mirrored = list((data / "s3" / "strata-local").rglob("*.log"))
     assert mirrored, "the bucket was not mirrored to disk"
 
@@ -135,6 +142,8 @@ def test_local_stack_serves_clients_offloads_and_stops_on_sigterm(tmp_path: Path
         again.wait_ready()
         assert "object(s) restored" in again.output
         assert sorted((k, v) for _, _, k, v in consume_all(again.bootstrap, "orders", 6, len(sent))) == sorted(sent)
+        again_registry = SchemaRegistryClient({"url": f"http://127.0.0.1:{again.registry_port}"})
+        assert again_registry.get_schema(schema_id).schema_str == ORDER_SCHEMA
     finally:
         assert again.stop(signal.SIGINT) == 0, again.output
     assert not listening(again.port) and not listening(again.s3_port)

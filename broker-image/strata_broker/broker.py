@@ -19,6 +19,7 @@ from .metrics import BrokerCollector, serve_metrics
 from .protocol.context import Connection, Lifecycle, Services
 from .replica import Leadership, ReplicaManager, SingleBroker
 from .request_pool import RequestMemoryPool
+from .schemas import ensure_schemas_topic
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
@@ -133,6 +134,8 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         if self.cluster is None:
             await self.groups.load_all()
+        if self.config["schema.registry.principal"]:
+            ensure_schemas_topic(self.logs)  # the schema registry's store (strata_broker/schemas.py)
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:

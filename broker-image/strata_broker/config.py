@@ -175,6 +175,10 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
                   "a dirty record is compacted within this, whatever the ratio"),
         ConfigKey("delete.retention.ms", _int_at_least(0), str(24 * 3600 * 1000),
                   "tombstones stay readable this long (by their timestamp) so slow readers see deletes"),
+        # Schema-checked topics (strata_broker/schemas.py): records must carry a schema id registered
+        # under <topic>-value / <topic>-key.
+        ConfigKey("strata.value.schema.validation", _bool, "false", "refuse values without a registered schema id"),
+        ConfigKey("strata.key.schema.validation", _bool, "false", "refuse keys without a registered schema id"),
     ]
 }
 
@@ -265,6 +269,8 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("sasl.server.max.receive.size", _int_at_least(64), "524288",
                   "largest frame accepted before a SASL connection has authenticated"),
         ConfigKey("authorizer.enable", _bool, "false", "enforce ACLs (off for make run, on in the chart)"),
+        ConfigKey("schema.registry.principal", str, "",
+                  "principal the schema registry connects as: it may write the internal _schemas topic"),
         ConfigKey("super.users", str, "", "semicolon-separated principals allowed everything, e.g. User:admin"),
         ConfigKey("allow.everyone.if.no.acl.found", _bool, "false",
                   "with the authorizer on: a resource no ACL matches is open to everyone"),

@@ -14,6 +14,7 @@ from .groups_cli import groups
 from .local_stack import local
 from .operator_cli import operator
 from .replay_cli import replay
+from .schema_cli import schema
 from .table_cli import table
 from .tier_cli import tier
 
@@ -30,6 +31,7 @@ main.add_command(groups)
 main.add_command(local)
 main.add_command(operator)
 main.add_command(replay)
+main.add_command(schema)
 main.add_command(table)
 main.add_command(tier)
 

@@ -238,6 +238,18 @@ EVENTBROKER_SPEC = obj({
                                "`<its namespace>.`.", maxItems=256, **{"x-kubernetes-list-type": "set"}),
     "config": string_map("Broker properties passed as --set key=value (e.g. num.partitions)."),
     "topicDefaults": string_map("Default topic configs for the cluster (retention.ms, segment.bytes, ...)."),
+    "schemaRegistry": obj({
+        "enabled": boolean("Run the schema registry (strata-registry: Confluent's Schema Registry REST API, "
+                           "stored in the brokers' _schemas topic) as a Deployment and the Service "
+                           "<name>-schema-registry.", default=False),
+        "replicas": integer("Registry instances: every one serves reads, one (elected through the brokers) "
+                            "writes.", minimum=1, maximum=5, default=1),
+        "port": integer("Port of the REST API.", minimum=1, maximum=65535, default=8081),
+        "url": string("A registry the operator does not run (e.g. `strata local`'s http://127.0.0.1:8081), "
+                      "for an external broker: the operator registers Topic schemas there.",
+                      pattern=r"^https?://[^\s]+$"),
+    }, description="The schema registry beside the brokers (docs/schema-registry.md). For now it connects to "
+                   "the first listener without authentication."),
     "external": obj({
         "bootstrapServers": string("host:port[,host:port...] of a broker the operator does not run.",
                                    pattern=r"^[^,\s]+:[0-9]+(,[^,\s]+:[0-9]+)*$"),
@@ -264,6 +276,11 @@ EVENTBROKER_SPEC = obj({
          "an external broker's certificate is not issued here: give its CA with tls.secretName", fieldPath=".tls"),
     rule("!has(self.external) || !has(self.authorization)",
          "an external broker's authorization is configured on that broker, not here"),
+    rule("!has(self.schemaRegistry) || !has(self.schemaRegistry.enabled) || !self.schemaRegistry.enabled || "
+         "(!has(self.external) && (!has(self.listeners) || size(self.listeners) == 0 || "
+         "!has(self.listeners[0].authentication) || self.listeners[0].authentication == 'none'))",
+         "the schema registry runs beside brokers the operator runs, on a first listener without authentication",
+         fieldPath=".schemaRegistry"),
 ])
 
 EVENTBROKER_STATUS = status_schema({
@@ -327,6 +344,25 @@ TOPIC_SPEC = obj({
     "deletionPolicy": string("What deleting this resource does to the Kafka topic: Retain keeps it "
                              "(and its data); Delete deletes it and its S3 objects.",
                              enum=["Retain", "Delete"], default="Retain"),
+    "schema": obj({
+        "type": string("Schema type.", enum=["AVRO", "JSON", "PROTOBUF"], default="AVRO"),
+        "compatibility": string("The subject's compatibility level (absent: the registry's default).",
+                                enum=["NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                                      "FULL", "FULL_TRANSITIVE"]),
+        "schema": string("The schema itself (Avro or JSON Schema as JSON text, or a .proto file).",
+                         maxLength=262144),
+        "configMapRef": obj({"name": string(pattern=DNS_LABEL_PATTERN), "key": string(maxLength=253)},
+                            required=["name", "key"], description="Read the schema from this ConfigMap key "
+                                                                  "(in the Topic's namespace)."),
+        "references": array(obj({"name": string(maxLength=1024), "subject": string(maxLength=1024),
+                                 "version": integer(minimum=1)}, required=["name", "subject", "version"]),
+                            "Schemas this one references (Confluent references).", maxItems=64),
+        "key": boolean("Register the record key's schema (subject <topic>-key) instead of the value's "
+                       "(<topic>-value).", default=False),
+    }, description="The topic's record schema: the operator registers it in the EventBroker's schema "
+                   "registry under <topic>-value (TopicNameStrategy) and reports the version and id.",
+        rules=[rule("has(self.schema) != has(self.configMapRef)",
+                    "give the schema inline (schema) or from a ConfigMap (configMapRef), exactly one")]),
 }, required=["brokerRef", "team"], description="A Kafka topic managed by the operator (Kubernetes -> broker).",
     rules=[
         rule("!has(self.localRetention) || !has(self.retention) || self.retention == 'forever' "
@@ -352,6 +388,9 @@ TOPIC_STATUS = status_schema({
     "managedConfigs": array(string(), "The topic configs this resource enforces (the ones its spec names); "
                             "a key that leaves the spec is reset to the cluster default once."),
     "partitions": integer(),
+    "schemaSubject": string("The subject spec.schema is registered under."),
+    "schemaVersion": integer("Its version in the subject."),
+    "schemaId": integer("Its global schema id (what serialized records carry)."),
     "lastSyncTime": string(format="date-time"),
 })
 
@@ -407,6 +446,8 @@ MICROSERVICE_STATUS = status_schema({
         "operations": array(string()),
     }), "What the broker grants this service's principal."),
     "deniedWrites": array(string(), "Produced topics whose writer is another service."),
+    "schemaSubjects": array(string(), "Schema registry subjects of the topics it may write (TopicNameStrategy: "
+                            "<topic>-key and <topic>-value)."),
     "writeClaims": array(obj({
         "topic": string(),
         "since": string("When this service first declared it produces the topic.", format="date-time"),

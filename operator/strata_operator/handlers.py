@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from . import admin as kafka_admin
-from . import costreports, logic, resources, scram
+from . import costreports, logic, resources, scram, topic_schema
 from .admin import (
     API_ALTER_USER_SCRAM_CREDENTIALS,
     API_CREATE_ACLS,
@@ -456,6 +456,14 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         patch.status["topicId"] = state.topic_id
         patch.status["partitions"] = state.partitions
     patch.status["lastSyncTime"] = logic.now()
+    if body["spec"].get("schema"):  # registered in the broker's schema registry (topic_schema.py)
+        outcome = await topic_schema.register(body, broker, name, kube())
+        patch.status.update(outcome.status)
+        if not outcome.ok:
+            _set(patch, body, conditions, "Ready", False, outcome.reason, outcome.message)
+            if outcome.retry:
+                raise kopf.TemporaryError(outcome.message, delay=RETRY_DELAY)
+            return
     if plan.cannot_shrink:
         have, asked = plan.cannot_shrink
         _set(patch, body, conditions, "Ready", False, "NotSupported",
@@ -576,6 +584,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     patch.status["writeClaims"] = grants.claims
     patch.status["permissions"] = grants.permissions
     patch.status["deniedWrites"] = sorted(grants.denied_writes)
+    patch.status["schemaSubjects"] = topic_schema.writable_subjects(grants.permissions)
     if grants.denied_writes:
         msg = "; ".join(f"{t!r} is written by {owner}" for t, owner in sorted(grants.denied_writes.items()))
         conditions = _set(patch, body, conditions, "WriterConflict", True, "TopicHasWriter",

@@ -6,8 +6,11 @@ mirror back into the fresh endpoint at start-up: stopping and starting `make run
 data as well as the hot data. (After a hard kill the mirror may miss the last few seconds of
 uploads.)
 
-Both children run in their own sessions, so Ctrl-C reaches only this process, which stops them in
-order: the broker first (it finishes its uploads), a last mirror pass, then the S3 endpoint. On
+The schema registry (`strata-registry`, Confluent's REST API) runs beside them on --registry-port
+(8081), storing its schemas in the broker's `_schemas` topic, so they are tiered and mirrored too.
+
+The children run in their own sessions, so Ctrl-C reaches only this process, which stops them in
+order: the registry, the broker (it finishes its uploads), a last mirror pass, then the S3 endpoint. On
 Linux the children also get SIGTERM if this process dies without cleaning up.
 """
 
@@ -263,6 +266,14 @@ def start_broker(data_dir: Path, port: int, settings: dict[str, str], extra_args
                             preexec_fn=_die_with_parent)
 
 
+def start_registry(root: Path, port: int, kafka_port: int) -> subprocess.Popen[bytes]:
+    """`strata-registry` on 127.0.0.1:port against the local broker (log in root/registry.log)."""
+    with open(root / "registry.log", "ab") as registry_log:
+        return subprocess.Popen([sys.executable, "-m", "strata_registry.cli", "--bootstrap", f"127.0.0.1:{kafka_port}",
+                                 "--listen", f"127.0.0.1:{port}"], stdout=registry_log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+
+
 @click.command("local")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Broker data under DIR/broker-0, the bucket's mirror under DIR/s3, moto's log in DIR/moto.log.")
@@ -273,20 +284,26 @@ def start_broker(data_dir: Path, port: int, settings: dict[str, str], extra_args
               help="Hot bytes kept on disk per partition (two 1 MiB segments); the rest lives in S3 only.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Extra broker property, as strata-broker --set (applied last). Repeatable.")
+@click.option("--registry-port", default=8081, show_default=True, type=click.IntRange(0, 65535),
+              help="Schema registry port (Confluent's REST API); 0 = no registry.")
 @click.option("--no-mirror", is_flag=True, help="Do not persist the bucket to DATA_DIR/s3 (it dies with the stack).")
 def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_bytes: int,
-          settings: tuple[str, ...], no_mirror: bool) -> None:
+          settings: tuple[str, ...], registry_port: int, no_mirror: bool) -> None:
     """Run a broker with tiered storage and an embedded S3 endpoint (moto) on loopback."""
     extra = parse_settings(settings)
     if port == s3_port:
         raise click.UsageError("--port and --s3-port must differ")
-    check_ports_free({port: "--port", s3_port: "--s3-port"})
+    ports = {port: "--port", s3_port: "--s3-port"}
+    if registry_port:
+        ports[registry_port] = "--registry-port"
+    check_ports_free(ports)
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     endpoint = f"http://127.0.0.1:{s3_port}"
     stop = threading.Event()
     moto: subprocess.Popen[bytes] | None = None
     broker: subprocess.Popen[bytes] | None = None
+    registry: subprocess.Popen[bytes] | None = None
     mirror = None if no_mirror else BucketMirror(endpoint, bucket, root / "s3" / bucket)
     mirror_thread: threading.Thread | None = None
 
@@ -300,8 +317,13 @@ def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_b
         restored = mirror.restore() if mirror is not None else 0
 
         broker = start_broker(root / "broker-0", port,
-                              {**local_settings(bucket, endpoint, local_retention_bytes), **extra})
+                              {**local_settings(bucket, endpoint, local_retention_bytes),
+                               **({"schema.registry.principal": "User:ANONYMOUS"} if registry_port else {}),
+                               **extra})
         wait_listening(port, broker, 120, "the broker", stop)
+        if registry_port:
+            registry = start_registry(root, registry_port, port)
+            wait_listening(registry_port, registry, 120, f"the schema registry (see {root / 'registry.log'})", stop)
         if mirror is not None:
             mirror_thread = threading.Thread(target=mirror.run, args=(stop,), name="bucket-mirror", daemon=True)
             mirror_thread.start()
@@ -315,7 +337,9 @@ def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_b
             + (f"; mirrored to {mirror.directory}" + (f", {restored} object(s) restored" if restored else "")
                if mirror is not None else "; in memory only") + ")\n"
             f"  data             {root / 'broker-0'}   1 MiB segments, uploaded within 10 s, "
-            f"{local_retention_bytes:,} hot bytes per partition\n\n"
+            f"{local_retention_bytes:,} hot bytes per partition\n"
+            + (f"  schema registry  http://127.0.0.1:{registry_port}   Confluent's REST API, stored in _schemas\n"
+               if registry_port else "") + "\n"
             f"  produce        echo 'order-1:{{\"total\": 12}}' | kcat -b {kafka} -P -t orders -K:\n"
             f"  watch offload  {strata} tier ls --bucket {bucket} --endpoint {endpoint} --bootstrap {kafka}\n"
             f"  replay         {strata} replay --bootstrap {kafka} --topic orders --from-offset 0\n",
@@ -332,6 +356,11 @@ def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_b
                 click.echo(f"strata local: the broker exited ({broker.returncode})", err=True)
                 exit_code = 1
                 break
+            if registry is not None and registry.poll() is not None:
+                click.echo(f"strata local: the schema registry exited ({registry.returncode}); see "
+                           f"{root / 'registry.log'}", err=True)
+                exit_code = 1
+                break
             stop.wait(0.5)
     finally:
         stop.set()
@@ -340,6 +369,7 @@ def local(data_dir: str, port: int, s3_port: int, bucket: str, local_retention_b
         # Ctrl-C again during shutdown should not leave children behind: ignore it until we are done.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
+            _stop(registry, 20)
             _stop(broker, 60)
             if mirror_thread is not None:
                 mirror_thread.join(30)

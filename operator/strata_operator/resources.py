@@ -197,6 +197,8 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
     maintains; authorization `simple` turns the authorizer on with the operator as a super user."""
     spec = broker["spec"]
     ns, name = broker["metadata"]["namespace"], broker["metadata"]["name"]
+    from . import registry_objects
+
     props: dict[str, str] = {"cluster.id": f"{ns}.{name}", "auto.create.topics.enable": "false"}
     props["listeners"] = ",".join(f"{lst['name'].upper()}://0.0.0.0:{lst['port']}" for lst in listeners(spec))
     props["listener.security.protocol.map"] = ",".join(
@@ -226,6 +228,7 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
             from .durations import duration_ms
 
             props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
+    props.update(registry_objects.broker_properties(broker))  # spec.schemaRegistry (registry_objects.py)
     props.update(spec.get("topicDefaults") or {})
     props.update(spec.get("config") or {})
     if uses_tls(spec):
@@ -460,12 +463,15 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
     existing StatefulSet was made with, which it keeps (with_claim_size)."""
     if broker["spec"].get("external"):
         return []
+    from . import registry_objects
+
     secret = [broker_credentials_secret(broker, users_file or '{"users": {}}\n')] if uses_sasl(broker["spec"]) else []
     if uses_tls(broker["spec"]) and (broker["spec"].get("tls") or {}).get("issuerRef"):
         secret.append(broker_certificate(broker))
     sts = broker_statefulset(broker, operator_user, default_pull_secrets)
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
-            broker_pdb(broker), with_claim_size(sts, made_size) if made_size else sts]
+            broker_pdb(broker), with_claim_size(sts, made_size) if made_size else sts,
+            *registry_objects.registry_objects(broker, default_pull_secrets)]
 
 
 # -- Microservice --------------------------------------------------------------------------

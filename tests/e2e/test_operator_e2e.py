@@ -178,6 +178,8 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
     ("Topic", "partitions can be increased, never decreased"): ({"partitions": 3}, {"partitions": 2}),
     ("Topic", "retention, cleanup policy, durability and tiering have their own fields; do not set them in config"):
         {"config": {"retention.ms": "1000"}},
+    ("Topic", "give the schema inline (schema) or from a ConfigMap (configMapRef), exactly one"):
+        {"schema": {"type": "AVRO"}},
     ("Microservice", "produces must name topics (1-249 of a-z A-Z 0-9 . _ -)"): {"produces": ["."]},
     ("Microservice", "consumes must name topics (1-249 of a-z A-Z 0-9 . _ -)"): {"consumes": [".."]},
     ("Microservice", "consumerGroup is only meaningful for a service that consumes"): {"consumerGroup": "g"},
@@ -210,6 +212,10 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
          "listeners": [{"name": "tls", "port": 9093, "tls": True}]},
     ("EventBroker", "an external broker's authorization is configured on that broker, not here"):
         {**EXTERNAL, "image": None, "authorization": {"type": "none"}},
+    ("EventBroker", "the schema registry runs beside brokers the operator runs, on a first listener without "
+                    "authentication"):
+        {"schemaRegistry": {"enabled": True},
+         "listeners": [{"name": "sasl", "port": 9092, "authentication": "scram-sha-512"}]},
     ("EventBroker", "storage.class is immutable"): ({"storage": {"class": "a"}}, {"storage": {"class": "b"}}),
     ("EventBroker", "listener ports must be distinct"):
         {"listeners": [{"name": "a", "port": 9092}, {"name": "b", "port": 9092}]},

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE
 from .context import RequestContext
 from .registry import api
@@ -45,7 +46,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 if request_error is not None:
                     raise request_error
                 plog = replicas.partition(ctx, topic_data.name, pdata.index, OP_WRITE)
-                if services.logs.topics[topic_data.name].internal:
+                internal_ok = schema_gate(ctx, topic_data.name, pdata.records)  # _schemas writer; checked topics
+                if services.logs.topics[topic_data.name].internal and not internal_ok:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
                                              f"{topic_data.name} is internal: only the broker writes it")
                 if pdata.records is None:
