@@ -107,6 +107,12 @@ def source(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[Sour
         broker.stop()
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted replays save their state under $XDG_STATE_HOME: each test has its own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 def strata(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "strata_operator.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
@@ -189,7 +195,9 @@ def test_replay_into_another_topic_preserves_records(source: Source) -> None:
         # The target has as many partitions: each record keeps its partition, hence its order.
         assert (msg.partition(), msg.offset()) == (r.partition, r.offset)
         assert (msg.key(), msg.value(), msg.timestamp()[1]) == (r.key, r.value, r.timestamp)
-        assert tuple(msg.headers() or ()) == r.headers
+        *own, (name, value) = msg.headers()
+        assert tuple(own) == r.headers  # the record's own headers, in order, then the replay's
+        assert name == "strata-replay" and value.decode().endswith(f":{r.partition}:{r.offset}")
 
 
 def test_usage_and_broker_errors_have_distinct_exit_codes(source: Source) -> None:
