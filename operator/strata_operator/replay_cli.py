@@ -7,8 +7,10 @@ Speed: partitions are read in parallel by up to `--parallel N` worker processes 
 count), each with its own librdkafka consumer, encoding whole fetched batches (orjson for JSON)
 and writing them in blocks of about a megabyte. A partition belongs to one worker, so the records
 of a partition come out in offset order; partitions interleave block by block. `--merge-by-timestamp`
-instead reads every partition in one worker and writes one stream ordered by timestamp (ties by
-partition, then offset). The progress bar on stderr adds up every worker's records.
+instead reads every partition in one worker and writes one stream: a k-way merge that always takes
+the earliest timestamp among the partitions' next records (ties: the lower partition), keeping each
+partition's own order, so the stream is in timestamp order whenever each partition is. The progress
+bar on stderr adds up every worker's records.
 
 Output (`--output FILE|-`, `--format json`, the default): one JSON object per line::
 
@@ -1027,6 +1029,12 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 state["marks"] = {str(tp): m for tp, m in _ends(bootstrap, to_topic, nparts, timeout).items()}
             if to_topic is not None:
                 write_state(state_path, state)
+            if fmt == "csv" and (saved is None or (close_fd and not state["output_bytes"])):
+                header = (",".join(CSV_COLUMNS) + "\n").encode()
+                if fd >= 0:
+                    _write_all(fd, header)
+                else:
+                    _write_stdout(header)
             groups = [[r for r in ranges if r.span > 0]] if merge_by_timestamp else split_among(ranges, nworkers)
             if not any(groups):
                 groups = []
