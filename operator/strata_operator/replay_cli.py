@@ -59,9 +59,9 @@ interrupted replay re-run with the same range never writes a record twice: an ou
 back to the length recorded and appended to; `--to-topic` records carry a header
 `strata-replay` = `<replay id>:<partition>:<offset>` (after their own headers; `--no-replay-header`
 leaves it out), and on a resume the target partitions are read from where they stood at the last
-checkpoint (every second) to their end, so records that landed after the checkpoint (a worker
+checkpoint (every 5 seconds) to their end, so records that landed after the checkpoint (a worker
 killed hard) are skipped too. Without that header, resuming after a hard kill may duplicate the
-records of the last second. A finished replay deletes its state file; `--restart` ignores one.
+records of the last checkpoint interval. A finished replay deletes its state file; `--restart` ignores one.
 
 Exit codes: 0 done, 2 usage error, 1 broker or I/O error, 130 interrupted (state saved).
 """
@@ -100,7 +100,7 @@ CSV_COLUMNS = ["topic", "partition", "offset", "timestamp", "timestamp_type", "k
                "value_b64", "headers"]
 _CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 _BLOCK_BYTES = 1 << 20  # write (and report progress) about every megabyte
-_CHECKPOINT_SECONDS = 1.0  # --to-topic: flush and record the next offsets this often
+_CHECKPOINT_SECONDS = 5.0  # --to-topic: flush and record the next offsets this often
 
 
 class ReplayError(Exception):
@@ -537,26 +537,25 @@ class _Output:
 
     def _produce(self, msgs: list[Any]) -> int:
         produce, poll = self.producer.produce, self.producer.poll
-        target, nparts, hid = self.task.to_topic, self.task.target_partitions, self.task.header_id
+        target, nparts = self.task.to_topic, self.task.target_partitions
+        hid = self.task.header_id.encode() if self.task.header_id is not None else None
+        ts_types = _TS_TYPES
         size = 0
         for m in msgs:
             p = m.partition()
             headers = m.headers()
             if hid is not None:
-                headers = (headers or []) + [(REPLAY_HEADER, f"{hid}:{p}:{m.offset()}".encode())]
+                tag = (REPLAY_HEADER, b"%b:%d:%d" % (hid, p, m.offset()))
+                headers = [*headers, tag] if headers else [tag]
             ts_type, ts = m.timestamp()
             k, v = m.key(), m.value()
             size += len(k or b"") + len(v or b"")
-            kwargs: dict[str, Any] = {"key": k, "value": v}
-            if headers:
-                kwargs["headers"] = headers
-            if ts_type in _TS_TYPES:
-                kwargs["timestamp"] = ts
-            if p < nparts:
-                kwargs["partition"] = p
+            # Positional: topic, value, key, partition (-1: the partitioner's choice), callback,
+            # on_delivery (its alias), timestamp (0: now), headers.
+            args = (target, v, k, p if p < nparts else -1, None, None, ts if ts_type in ts_types else 0, headers)
             while True:
                 try:
-                    produce(target, **kwargs)
+                    produce(*args)
                     break
                 except BufferError:
                     poll(0.05)
