@@ -10,7 +10,8 @@ each round, in an order that rotates from round to round, measures:
   for comparison, --parallel 1 and the command as it was before the parallel rewrite (the commit
   given by --old-rev, run from a copy of its replay_cli.py);
 * `strata replay --from-offset 0 --to-topic <fresh topic> -q` (a new target topic each run, as
-  many partitions as the source);
+  many partitions as the source, remote storage off so the broker's upload of the copy does not
+  compete for the cores);
 * time to first record of a replay by timestamp that starts 90% of the way into the topic
   (process start until the first line on a pipe).
 
@@ -232,7 +233,10 @@ def main() -> int:
                 elif argv[-1] == "--to-topic":
                     copies += 1
                     target = f"copy-{copies}"
-                    create_topic(broker.bootstrap, target, args.partitions, config={"retention.ms": "-1"})
+                    # Not offloaded: the copy's upload to S3 would be the broker's work competing
+                    # for the same cores, not the replay's.
+                    create_topic(broker.bootstrap, target, args.partitions,
+                                 config={"retention.ms": "-1", "remote.storage.enable": "false"})
                     secs = timed([*argv, target], args.timeout)
                     got = count_records(broker.bootstrap, target, args.partitions)
                     if got != n:
