@@ -547,3 +547,15 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
         consumer.close()
     for p in range(2):
         assert seen[p] == list(range(n // 2))  # in order, complete, once
+
+
+def test_a_reader_that_stops_reading_ends_the_replay_without_a_state(source: Source, tmp_path: Path) -> None:
+    """`strata replay ... | head -1`: the workers stop, no resumable state is left behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "replay", "-b", source.broker.bootstrap,
+                             "-t", TOPIC, "--from-offset", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["offset"] == 0
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1 and b"the output was closed" in err, err
+    assert not list((tmp_path / "state").rglob("*.json"))

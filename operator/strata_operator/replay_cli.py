@@ -100,6 +100,7 @@ CSV_COLUMNS = ["topic", "partition", "offset", "timestamp", "timestamp_type", "k
                "value_b64", "headers"]
 _CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 _BLOCK_BYTES = 1 << 20  # write (and report progress) about every megabyte
+_CLOSED = "the output was closed"  # e.g. `| head`: nothing to resume
 _CHECKPOINT_SECONDS = 5.0  # --to-topic: flush and record the next offsets this often
 
 
@@ -480,7 +481,7 @@ def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock:
         _run_task(wid, task, events, stop, out_fd, lock)
         events.put(("done", wid))
     except BrokenPipeError:
-        events.put(("error", wid, "the output was closed"))
+        events.put(("error", wid, _CLOSED))
     except ReplayError as exc:
         events.put(("error", wid, str(exc)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which exits 1
@@ -1079,6 +1080,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 elif kind == "done":
                     running.discard(wid)
                 else:
+                    if event[2] == _CLOSED:
+                        ranges = []  # no state: a reader that stopped reading is not an interruption
                     raise ReplayError(event[2])
             finished = True
         except KeyboardInterrupt:
