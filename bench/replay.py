@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,6 +69,7 @@ def note(msg: str) -> None:
 class Runs:
     seconds: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # client CPU seconds (nan: not measured)
 
 
 def raw_get(s3: MotoServer, bucket: str, keys: list[tuple[str, int]]) -> float:
@@ -84,13 +86,21 @@ def raw_get(s3: MotoServer, bucket: str, keys: list[tuple[str, int]]) -> float:
     return elapsed
 
 
-def timed(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> float:
+def children_cpu() -> float:
+    """CPU seconds of the waited-for child processes so far (theirs and their own children's)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its worker processes)."""
+    c0 = children_cpu()
     t0 = time.perf_counter()
     result = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout, env=env)
     elapsed = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited {result.returncode}: {result.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, children_cpu() - c0
 
 
 def first_record_seconds(argv: list[str], timeout: float) -> float:
@@ -228,6 +238,7 @@ def main() -> int:
                 argv = methods[name]
                 if argv is not None:  # a cold broker: restarted, its chunk cache cleared
                     restart()
+                cpu = float("nan")
                 if argv is None:
                     secs = raw_get(s3, bucket, keys)
                 elif argv[-1] == "--to-topic":
@@ -237,16 +248,18 @@ def main() -> int:
                     # for the same cores, not the replay's.
                     create_topic(broker.bootstrap, target, args.partitions,
                                  config={"retention.ms": "-1", "remote.storage.enable": "false"})
-                    secs = timed([*argv, target], args.timeout)
+                    secs, cpu = timed([*argv, target], args.timeout)
                     got = count_records(broker.bootstrap, target, args.partitions)
                     if got != n:
                         raise RuntimeError(f"--to-topic copied {got:,} records, not {n:,}")
                 else:
-                    secs = timed(argv, args.timeout)
+                    secs, cpu = timed(argv, args.timeout)
                 load1 = os.getloadavg()[0]
                 runs[name].seconds.append(secs)
                 runs[name].loads.append(load1)
-                note(f"round {round_no + 1}: {name}: {nbytes / MB / secs:.1f} MB/s ({secs:.2f}s, load {load1:.1f})")
+                runs[name].cpu.append(cpu)
+                note(f"round {round_no + 1}: {name}: {nbytes / MB / secs:.1f} MB/s ({secs:.2f}s, client CPU "
+                     f"{cpu:.2f}s, load {load1:.1f})")
             restart()
             secs = first_record_seconds([*strata[:-3], "--from-timestamp", str(deep_ts), "-q", "-o", "-"], args.timeout)
             first.append(secs)
@@ -255,17 +268,20 @@ def main() -> int:
         table = Table(title=f"strata replay from S3: {n:,} records of 1 KiB, {args.partitions} partitions, "
                             f"{nbytes / MB:.0f} MB in {len(keys)} segment objects, all in S3 (moto), "
                             f"{os.cpu_count()} CPUs")
-        for col in ("method", "median MB/s", "runs MB/s", "median s", "vs kcat", "load avg (1 min)"):
+        for col in ("method", "median MB/s", "runs MB/s", "median s", "vs kcat", "client CPU s (median)",
+                    "load avg (1 min)"):
             table.add_column(col, justify="left" if col == "method" else "right")
         kcat_med = (statistics.median(runs["kcat -C -e > /dev/null"].seconds)
                     if "kcat -C -e > /dev/null" in runs else float("nan"))
         for name, r in runs.items():
             med = statistics.median(r.seconds)
+            cpu_med = statistics.median(r.cpu)
             table.add_row(name, f"{nbytes / MB / med:.1f}", " / ".join(f"{nbytes / MB / s:.0f}" for s in r.seconds),
-                          f"{med:.2f}", f"{kcat_med / med:.2f}x", " / ".join(f"{x:.1f}" for x in r.loads))
+                          f"{med:.2f}", f"{kcat_med / med:.2f}x", "" if cpu_med != cpu_med else f"{cpu_med:.2f}",
+                          " / ".join(f"{x:.1f}" for x in r.loads))
         table.add_section()
         table.add_row("first record, replay by timestamp from 90% into the topic (s)", "",
-                      " / ".join(f"{s:.2f}" for s in first), f"{statistics.median(first):.2f}", "", "")
+                      " / ".join(f"{s:.2f}" for s in first), f"{statistics.median(first):.2f}", "", "", "")
         console.print(table)
         json_med = statistics.median(runs["strata replay -o /dev/null (JSON)"].seconds)
         to_med = statistics.median(runs["strata replay --to-topic"].seconds)
@@ -274,7 +290,9 @@ def main() -> int:
                       f"{kcat_med / to_med:.2f}x ({'met' if kcat_med / to_med >= 0.8 else 'NOT met'}); first record "
                       f"within 2 s: median {statistics.median(first):.2f}s "
                       f"({'met' if statistics.median(first) <= 2 else 'NOT met'}). MB/s = S3 segment bytes / wall "
-                      "time of the whole command; each client run on a freshly restarted broker (empty chunk cache).",
+                      "time of the whole command; each client run on a freshly restarted broker (empty chunk cache). "
+                      "Client CPU = user+sys seconds of the command and its worker processes (the broker and S3 "
+                      "server not included): on a shared machine the steadier measure of the client's cost.",
                       highlight=False)
         note(f"total {time.monotonic() - started:.0f}s")
         return 0

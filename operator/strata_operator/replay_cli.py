@@ -196,11 +196,14 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
     dumps = orjson.dumps
     ts_types = {t: dumps(name) for t, name in _TS_TYPES.items()}
     head = b'{"topic":' + dumps(topic) + b',"partition":'
-    line = b'%b%d,"offset":%d,"timestamp":%b,"timestamp_type":%b,%b,%b,"headers":%b}\n'
+    start = b'%b%d,"offset":%d,"timestamp":%b,"timestamp_type":%b,%b,'
+    line_text = start + b'"value":%b,"headers":%b}\n'
+    line_b64 = start + b'"value_b64":"%b","headers":%b}\n'
     null = b"null"
 
     def encode(msgs: list[Any]) -> tuple[bytes, int]:
         out = []
+        append = out.append
         size = 0
         for m in msgs:
             ts_type, ts = m.timestamp()
@@ -214,15 +217,6 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
                     kf = b'"key":' + dumps(k.decode("utf-8"))
                 except UnicodeDecodeError:
                     kf = b'"key_b64":"' + b2a_base64(k, newline=False) + b'"'
-            v = m.value()
-            if v is None:
-                vf = b'"value":null'
-            else:
-                size += len(v)
-                try:
-                    vf = b'"value":' + dumps(v.decode("utf-8"))
-                except UnicodeDecodeError:
-                    vf = b'"value_b64":"' + b2a_base64(v, newline=False) + b'"'
             h = m.headers()
             if h:
                 hdrs = []
@@ -233,8 +227,17 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
                 hf = dumps(hdrs)
             else:
                 hf = b"[]"
-            out.append(line % (head, m.partition(), m.offset(), b"%d" % ts if name is not None else null,
-                               name or null, kf, vf, hf))
+            v = m.value()
+            if v is None:
+                line, vf = line_text, null
+            else:
+                size += len(v)
+                try:
+                    line, vf = line_text, dumps(v.decode("utf-8"))
+                except UnicodeDecodeError:
+                    line, vf = line_b64, b2a_base64(v, newline=False)
+            append(line % (head, m.partition(), m.offset(), b"%d" % ts if name is not None else null,
+                           name or null, kf, vf, hf))
         return b"".join(out), size
 
     return encode
@@ -518,8 +521,9 @@ class _Output:
         if err is not None:
             self.errors.append(str(err))
 
-    def add(self, msgs: list[Any]) -> None:
-        """Take a batch of records (in order per partition): encode it, or produce it."""
+    def add(self, msgs: list[Any], nxt: dict[int, int]) -> None:
+        """Take a batch of records (in order per partition; `nxt`: the offset after each
+        partition's last one): encode it, or produce it."""
         if self.producer is not None:
             self.nbytes += self._produce(msgs)
         else:
@@ -528,8 +532,7 @@ class _Output:
             self.pending_bytes += len(block)
             self.nbytes += size
         self.records += len(msgs)
-        for m in msgs:
-            self.next[m.partition()] = m.offset() + 1
+        self.next.update(nxt)
         if self.producer is not None:
             if time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS:
                 self.flush()
@@ -637,6 +640,7 @@ def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: A
                 raise ReplayError(f"no records for {task.idle_timeout:.0f}s from partition(s) "
                                   f"{', '.join(map(str, sorted(remaining)))}; is the broker up?")
             keep = []
+            nxt: dict[int, int] = {}
             for msg in msgs:
                 p = msg.partition()
                 err = msg.error()
@@ -660,6 +664,7 @@ def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: A
                         done(p)
                     continue
                 keep.append(msg)
+                nxt[p] = off + 1
                 if off + 1 >= end:
                     done(p)
             if merger is not None:
@@ -667,16 +672,20 @@ def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: A
                     merger.push(msg)
                 ready = merger.pop_ready()
                 if ready:
-                    output.add(ready)
+                    output.add(ready, _next_of(ready))
             elif keep:
-                output.add(keep)
+                output.add(keep, nxt)
         if merger is not None and not stop.is_set():
             rest = merger.pop_ready()
             if rest:
-                output.add(rest)
+                output.add(rest, _next_of(rest))
         output.flush()
     finally:
         consumer.close()
+
+
+def _next_of(msgs: list[Any]) -> dict[int, int]:
+    return {m.partition(): m.offset() + 1 for m in msgs}
 
 
 class _Merger:
