@@ -513,7 +513,7 @@ class _Output:
             self.producer = confluent_kafka.Producer({
                 "bootstrap.servers": task.bootstrap, "enable.idempotence": True, "acks": "all",
                 "linger.ms": 50, "batch.size": 1_000_000, "batch.num.messages": 100_000,
-                "queue.buffering.max.kbytes": 128 * 1024, "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 32 * 1024, "queue.buffering.max.messages": 100_000,
                 "compression.type": task.compression, "client.id": "strata-replay",
                 "delivery.report.only.error": True, "on_delivery": self._on_delivery, **_QUIET_LIBRDKAFKA})
 
@@ -561,8 +561,8 @@ class _Output:
                 try:
                     produce(*args)
                     break
-                except BufferError:
-                    poll(0.05)
+                except BufferError:  # the queue is full: let the broker catch up a little
+                    poll(0.005)
         poll(0)
         if self.errors:
             raise ReplayError(f"producing to {target!r} failed: {self.errors[0]}")
