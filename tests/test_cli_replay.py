@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,6 +109,12 @@ def source(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[Sour
         broker.stop()
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted replays save their state under $XDG_STATE_HOME: each test has its own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 def strata(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "strata_operator.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
@@ -189,7 +197,9 @@ def test_replay_into_another_topic_preserves_records(source: Source) -> None:
         # The target has as many partitions: each record keeps its partition, hence its order.
         assert (msg.partition(), msg.offset()) == (r.partition, r.offset)
         assert (msg.key(), msg.value(), msg.timestamp()[1]) == (r.key, r.value, r.timestamp)
-        assert tuple(msg.headers() or ()) == r.headers
+        *own, (name, value) = msg.headers()
+        assert tuple(own) == r.headers  # the record's own headers, in order, then the replay's
+        assert name == "strata-replay" and value.decode().endswith(f":{r.partition}:{r.offset}")
 
 
 def test_usage_and_broker_errors_have_distinct_exit_codes(source: Source) -> None:
@@ -234,3 +244,318 @@ def test_json_encoding_round_trips() -> None:
     assert parse_timestamp("2020-09-13T12:26:40") == TS0  # naive = UTC
     assert parse_timestamp("2020-09-13T14:26:40+02:00") == TS0
     assert parse_timestamp(str(TS0)) == TS0
+
+
+# ---- the parallel rewrite: same bytes as a single consumer, formats, merge, interrupt and resume ----
+
+CODEC_TOPIC = "replay-codecs"
+CODEC_PARTITIONS = 3
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+TRICKY_TEXT = ["plain", "", "quote \" backslash \\ slash /", "ctrl \x00\x01\x1f\x7f \b\f\n\r\t", "\u2028\u2029",
+               "emoji 🎉 ä 中文", "</script>", "\ufeffbom", "x" * 3000]
+TRICKY_BYTES = [b"\xff\xfe\x00", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", bytes(range(256)), b"\xf4\x90\x80\x80"]
+
+
+def codec_record(i: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None, int]:
+    """(key, value, headers, timestamp) of the i-th record of the codecs topic: text, binary and nulls."""
+    texts = [t.encode() for t in TRICKY_TEXT]
+    pool = texts + TRICKY_BYTES
+    key = None if i % 11 == 0 else pool[i % len(pool)] + str(i).encode()
+    value = None if i % 13 == 0 else pool[(i * 7) % len(pool)]
+    headers = None
+    if i % 4 == 0:
+        headers = [("t", pool[i % len(pool)]), ("n", None), ("ü-name", b"\x00\xff")]
+    return key, value, headers, TS0 + (i * 7919) % 5000  # timestamps out of order within a partition too
+
+
+@pytest.fixture(scope="module")
+def codec_topic(source: Source) -> int:
+    """A topic written by one producer per codec (none, gzip, snappy, lz4, zstd); returns the record count."""
+    create_topic(source.broker.bootstrap, CODEC_TOPIC, CODEC_PARTITIONS, {"retention.ms": "-1"})
+    n = 0
+    errors: list[object] = []
+    for c, codec in enumerate(CODECS):
+        producer = confluent_kafka.Producer({"bootstrap.servers": source.broker.bootstrap, "compression.type": codec,
+                                             "linger.ms": 20, "enable.idempotence": True})
+        for j in range(300):
+            key, value, headers, ts = codec_record(c * 300 + j)
+            producer.produce(CODEC_TOPIC, key=key, value=value, headers=headers, timestamp=ts,
+                             partition=(c + j) % CODEC_PARTITIONS,
+                             on_delivery=lambda err, _m: errors.append(err) if err else None)
+            n += 1
+        assert producer.flush(60) == 0 and not errors, errors[:3]
+    return n
+
+
+def reference_lines(bootstrap: str, topic: str, partitions: int) -> dict[int, list[bytes]]:
+    """The straightforward reading: one consumer, every partition from 0 to its end, each record as
+    record_to_json + json.dumps(ensure_ascii=False, compact) + newline (the pre-parallel code path)."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"ref-{time.monotonic_ns()}",
+                                         "enable.auto.commit": False, "enable.partition.eof": True})
+    lines: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    try:
+        ends = {p: consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)}
+        consumer.assign([confluent_kafka.TopicPartition(topic, p, 0) for p in range(partitions)])
+        left = {p for p, e in ends.items() if e > 0}
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue
+                ts_type, ts = msg.timestamp()
+                name = {confluent_kafka.TIMESTAMP_CREATE_TIME: "CreateTime",
+                        confluent_kafka.TIMESTAMP_LOG_APPEND_TIME: "LogAppendTime"}.get(ts_type)
+                obj = record_to_json(msg.topic(), msg.partition(), msg.offset(), ts if name else None, name,
+                                     msg.key(), msg.value(), msg.headers())
+                lines[msg.partition()].append(
+                    (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    left.discard(msg.partition())
+        assert not left, f"reference read incomplete: {left}"
+    finally:
+        consumer.close()
+    return lines
+
+
+def by_partition(data: bytes) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for line in data.splitlines(keepends=True):
+        out.setdefault(json.loads(line)["partition"], []).append(line)
+    return out
+
+
+def test_parallel_json_is_byte_identical_to_a_single_consumer(source: Source, codec_topic: int,
+                                                              tmp_path: Path) -> None:
+    ref = reference_lines(source.broker.bootstrap, CODEC_TOPIC, CODEC_PARTITIONS)
+    assert sum(map(len, ref.values())) == codec_topic
+    for parallel in ("3", "1"):
+        out = tmp_path / f"p{parallel}.jsonl"
+        result = strata("replay", "-b", source.broker.bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0",
+                        "--parallel", parallel, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert f"replayed {codec_topic:,} record(s)" in result.stderr
+        got = by_partition(out.read_bytes())
+        for p in range(CODEC_PARTITIONS):
+            assert got.get(p, []) == ref[p], f"partition {p} differs with --parallel {parallel}"
+    # And the big S3-backed topic, whose text and binary values come in both forms.
+    out = tmp_path / "source.jsonl"
+    result = strata("replay", "-b", source.broker.bootstrap, "-t", TOPIC, "--from-offset", "0", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert by_partition(out.read_bytes()) == reference_lines(source.broker.bootstrap, TOPIC, PARTITIONS)
+
+
+class _Msg:
+    """The accessors of a confluent_kafka.Message, over given fields (input for the encoder)."""
+
+    def __init__(self, partition: int, offset: int, ts: tuple[int, int], key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None) -> None:
+        self._f = (partition, offset, ts, key, value, headers)
+
+    def partition(self) -> int:
+        return self._f[0]
+
+    def offset(self) -> int:
+        return self._f[1]
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._f[2]
+
+    def key(self) -> bytes | None:
+        return self._f[3]
+
+    def value(self) -> bytes | None:
+        return self._f[4]
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._f[5]
+
+
+def test_json_encoder_follows_the_format_spec_byte_for_byte() -> None:
+    from strata_operator.replay_cli import ENCODERS
+
+    pool = [t.encode() for t in TRICKY_TEXT] + TRICKY_BYTES + [None]
+    msgs = []
+    for i, data in enumerate(pool):
+        ts = [(1, TS0 + i), (2, TS0 - i), (0, -1)][i % 3]  # CreateTime, LogAppendTime, none
+        headers = [("h", data), ("é\u2028", pool[(i + 3) % len(pool)])] if i % 2 else None
+        msgs.append(_Msg(i % 4, 10 ** 12 + i, ts, pool[(i + 5) % len(pool)], data, headers))
+    block, size = ENCODERS["json"]("tö\"pic")(msgs)
+    expected = b""
+    for m in msgs:
+        ts_type, ts = m.timestamp()
+        name = {1: "CreateTime", 2: "LogAppendTime"}.get(ts_type)
+        obj = record_to_json("tö\"pic", m.partition(), m.offset(), ts if name else None, name, m.key(), m.value(),
+                             m.headers())
+        expected += (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    assert block == expected
+    assert size == sum(len(m.key() or b"") + len(m.value() or b"") for m in msgs)
+
+
+def test_raw_and_csv_formats(source: Source, codec_topic: int, tmp_path: Path) -> None:
+    from strata_operator.replay_cli import read_raw
+
+    ref = reference_lines(source.broker.bootstrap, CODEC_TOPIC, CODEC_PARTITIONS)
+    raw = tmp_path / "p1.raw"
+    result = strata("replay", "-b", source.broker.bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0", "-p", "1",
+                    "--format", "raw", "-o", str(raw), "-q")
+    assert result.returncode == 0, result.stderr
+    with raw.open("rb") as f:
+        values = list(read_raw(f))
+    assert values == [record_from_json(json.loads(line))[1] for line in ref[1]]
+
+    import csv
+
+    out = tmp_path / "all.csv"
+    result = strata("replay", "-b", source.broker.bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0",
+                    "--format", "csv", "-o", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == codec_topic
+    by_p: dict[int, list[dict]] = {}
+    for row in rows:
+        by_p.setdefault(int(row["partition"]), []).append(row)
+    for p, lines in ref.items():
+        assert len(by_p[p]) == len(lines)
+        for row, line in zip(by_p[p], lines, strict=True):
+            obj = json.loads(line)
+            assert int(row["offset"]) == obj["offset"] and int(row["timestamp"]) == obj["timestamp"]
+            for name in ("key", "value"):
+                want = obj.get(name)
+                assert row[name] == (want if want is not None else "") and row[f"{name}_b64"] == obj.get(
+                    f"{name}_b64", "")
+            assert json.loads(row["headers"]) == obj["headers"]
+
+
+def test_merge_by_timestamp_gives_one_ordered_stream(source: Source, codec_topic: int) -> None:
+    result = strata("replay", "-b", source.broker.bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0",
+                    "--merge-by-timestamp", "-q")
+    assert result.returncode == 0, result.stderr
+    got = [line for line in result.stdout.split("\n") if line]  # not splitlines(): U+2028 stays raw in JSON
+    objs = [json.loads(line) for line in got]
+    assert len(objs) == codec_topic
+    # A k-way merge: each partition keeps its order (its timestamps are not sorted here), and the next
+    # record is always the earliest of the partitions' next ones (ties: lower partition first).
+    per_partition = [[o for o in objs if o["partition"] == p] for p in range(CODEC_PARTITIONS)]
+    for seq in per_partition:
+        assert [o["offset"] for o in seq] == sorted(o["offset"] for o in seq)
+    assert objs == list(heapq.merge(*per_partition, key=lambda o: (o["timestamp"], o["partition"])))
+    ref = reference_lines(source.broker.bootstrap, CODEC_TOPIC, CODEC_PARTITIONS)
+    assert sorted(line.encode() + b"\n" for line in got) == sorted(
+        line for lines in ref.values() for line in lines)
+
+
+def test_bad_ranges_get_one_line_errors(source: Source) -> None:
+    runner = CliRunner()
+    for args, words in ((["--from-offset", "10", "--to-offset", "5"], "is after --to-offset"),
+                        (["--from-timestamp", "2021-01-01", "--to-timestamp", "2020-01-01"],
+                         "is after --to-timestamp")):
+        result = runner.invoke(main, ["replay", "-b", source.broker.bootstrap, "-t", TOPIC, *args])
+        assert result.exit_code == 2 and words in result.output, result.output
+    result = strata("replay", "-b", source.broker.bootstrap, "-t", TOPIC, "--from-offset", "0", "--to-offset",
+                    str(N), "-p", "0", "-o", os.devnull)
+    assert result.returncode == 0, result.stderr
+    assert f"partition 0: ends at offset {N // PARTITIONS}, before --to-offset {N}" in result.stderr
+
+
+def test_interrupted_replay_resumes_without_a_gap_or_a_duplicate(source: Source, tmp_path: Path) -> None:
+    """Ctrl-C while the output (a pipe nobody reads) holds the workers back; the same command again
+    writes the rest."""
+    argv = [sys.executable, "-m", "strata_operator.cli", "replay", "-b", source.broker.bootstrap, "-t", TOPIC,
+            "--from-offset", "0", "--parallel", "2"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    first = proc.stdout.read(300_000)  # then nobody reads: the workers block on the full pipe
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    first += proc.stdout.read()  # what the workers finish writing as they stop
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"run the same command again" in err
+    states = list((tmp_path / "state" / "strata" / "replay").glob("*.json"))
+    assert len(states) == 1
+    done_first = len(first.splitlines())
+    assert 0 < done_first < N
+    second = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+    assert second.returncode == 0, second.stderr.decode()
+    assert b"resuming replay" in second.stderr
+    assert not list((tmp_path / "state" / "strata" / "replay").glob("*.json"))  # done: the state is gone
+    lines = [json.loads(line) for line in (first + second.stdout).splitlines()]
+    assert len(lines) == N  # no duplicate, no gap
+    check_same(lines, source.expected(lambda r: True))
+    for p in range(PARTITIONS):  # and each partition in order across the two runs
+        offsets_seen = [o["offset"] for o in lines if o["partition"] == p]
+        assert offsets_seen == sorted(offsets_seen)
+
+
+def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess, tmp_path: Path) -> None:
+    """The whole process group SIGKILLed mid-copy: the re-run finds what landed (strata-replay header)
+    after the saved marks and skips it."""
+    src, dst, n = f"big-{time.monotonic_ns()}", f"copy-{time.monotonic_ns()}", 30_000
+    create_topic(broker.bootstrap, src, 2, {"retention.ms": "-1"})
+    create_topic(broker.bootstrap, dst, 2, {"retention.ms": "-1"})
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(src, key=str(i).encode(), value=os.urandom(1000), partition=i % 2,
+                                 headers=[("i", str(i).encode())])
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    argv = [sys.executable, "-m", "strata_operator.cli", "replay", "-b", broker.bootstrap, "-t", src,
+            "--from-offset", "0", "--to-topic", dst, "-q"]
+    probe = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "probe"})
+
+    def landed() -> int:
+        return sum(probe.get_watermark_offsets(confluent_kafka.TopicPartition(dst, p), timeout=10, cached=False)[1]
+                   for p in range(2))
+
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while landed() < 1000 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the copy ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        partial = landed()
+        assert 0 < partial < n
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert landed() == n  # every record once: nothing the killed run produced was sent again
+    finally:
+        probe.close()
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check",
+                                         "enable.auto.commit": False})
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(dst, p, 0) for p in range(2)])
+        deadline = time.monotonic() + 120
+        while sum(map(len, seen.values())) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.5):
+                assert msg.error() is None
+                (_, i), (name, tag) = msg.headers()
+                assert name == "strata-replay"
+                _, sp, so = tag.decode().split(":")
+                assert int(sp) == msg.partition() and int(i) == int(so) * 2 + int(sp)
+                seen[msg.partition()].append(int(so))
+    finally:
+        consumer.close()
+    for p in range(2):
+        assert seen[p] == list(range(n // 2))  # in order, complete, once
+
+
+def test_a_reader_that_stops_reading_ends_the_replay_without_a_state(source: Source, tmp_path: Path) -> None:
+    """`strata replay ... | head -1`: the workers stop, no resumable state is left behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "replay", "-b", source.broker.bootstrap,
+                             "-t", TOPIC, "--from-offset", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["offset"] == 0
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1 and b"the output was closed" in err, err
+    assert not list((tmp_path / "state").rglob("*.json"))

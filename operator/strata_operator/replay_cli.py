@@ -3,7 +3,16 @@
 Records that only live in S3 are served by the broker like any others, so a replay from years back
 is the same Kafka fetch as a replay from a second ago (it is just colder).
 
-Output (`--output FILE|-`): one JSON object per line::
+Speed: partitions are read in parallel by up to `--parallel N` worker processes (default: the CPU
+count), each with its own librdkafka consumer, encoding whole fetched batches (orjson for JSON)
+and writing them in blocks of about a megabyte. A partition belongs to one worker, so the records
+of a partition come out in offset order; partitions interleave block by block. `--merge-by-timestamp`
+instead reads every partition in one worker and writes one stream: a k-way merge that always takes
+the earliest timestamp among the partitions' next records (ties: the lower partition), keeping each
+partition's own order, so the stream is in timestamp order whenever each partition is. The progress
+bar on stderr adds up every worker's records.
+
+Output (`--output FILE|-`, `--format json`, the default): one JSON object per line::
 
     {"topic": "orders", "partition": 0, "offset": 42, "timestamp": 1700000000000,
      "timestamp_type": "CreateTime", "key": "order-1", "value": "{\"total\": 12}",
@@ -13,38 +22,86 @@ A key, value or header value that is valid UTF-8 is written as a string under it
 (`key`, `value`, `headers[].value`); anything else is written as standard base64 under
 `key_b64`, `value_b64` or `headers[].value_b64` instead, so exactly one of the two names is
 present, and a null stays `null` under the plain name. Text stays readable with `jq`, and no
-byte is lost.
+byte is lost. Keys appear in the order above, no spaces, non-ASCII text as UTF-8, one `\\n` after
+each object (the bytes `json.dumps(obj, ensure_ascii=False, separators=(",", ":"))` writes).
+
+`--format raw`: the values only, each framed as a 4-byte big-endian signed length followed by that
+many bytes; a null value is the length -1 with no bytes (the framing Kafka itself uses for a
+value). Nothing else: no key, header, offset or separator. Read it back with
+`struct.unpack(">i", f.read(4))` and `f.read(n)`.
+
+`--format csv`: a header row, then one row per record with the columns
+`topic,partition,offset,timestamp,timestamp_type,key,key_b64,value,value_b64,headers`; as in
+JSON, text goes to `key`/`value`, anything else to `key_b64`/`value_b64` (both empty for a null,
+so a null and an empty text look alike in CSV), and `headers` holds the JSON array of the JSON
+format. RFC 4180 quoting, `\\n` line ends.
 
 Range: `[from, to)`, per partition. `--to-offset N` stops before offset N, `--to-timestamp T`
 stops before the first record at or after T; without either, the replay stops at the end offset
-(high watermark) each partition had when the replay started, so it always terminates.
+(high watermark) each partition had when the replay started, so it always terminates. A start
+by timestamp is looked up with ListOffsets, which the broker answers from the segments' time
+indexes (the remote ones for data in S3), so it costs the same whatever the topic's size.
 
 Re-produce (`--to-topic T2`): keys, values, headers and timestamps are preserved; a record goes to
-the same partition number when the target topic has it (so per-partition order is preserved),
-otherwise the producer's partitioner chooses from the key. The producer is idempotent. Mind the
-target's `retention.ms`: records keep their original timestamps, so old ones are due for deletion
-at once in a topic with time-based retention.
+the same partition number when the target topic has as many partitions as the source (so
+per-partition order is preserved), otherwise the producer's partitioner chooses from the key.
+The producers (one per worker) are idempotent, batch up to 1 MB for up to 50 ms, and compress
+as the target topic's `compression.type` says (none when it says `producer` or nothing;
+`--compression` overrides). Mind the target's `retention.ms`: records keep their original
+timestamps, so old ones are due for deletion at once in a topic with time-based retention.
 
-Exit codes: 0 done, 2 usage error, 1 broker or I/O error.
+Interrupting and resuming: Ctrl-C (or SIGTERM) stops every worker after the block it is writing
+(`--to-topic`: after the producer has flushed what it sent) and saves a state file: the replay's
+id (a hash of the bootstrap, topic, partitions, range and target), each partition's next offset,
+and the output file's length. Running the same command again finds that file (under
+`$XDG_STATE_HOME/strata/replay/`, or `--state FILE`) and continues where it stopped, so an
+interrupted replay re-run with the same range never writes a record twice: an output file is cut
+back to the length recorded and appended to; `--to-topic` records carry a header
+`strata-replay` = `<replay id>:<partition>:<offset>` (after their own headers; `--no-replay-header`
+leaves it out), and on a resume the target partitions are read from where they stood at the last
+checkpoint (every 5 seconds) to their end, so records that landed after the checkpoint (a worker
+killed hard) are skipped too. Without that header, resuming after a hard kill may duplicate the
+records of the last checkpoint interval. A finished replay deletes its state file; `--restart` ignores one.
+
+Exit codes: 0 done, 2 usage error, 1 broker or I/O error, 130 interrupted (state saved).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
+import heapq
+import io
 import json
+import multiprocessing
 import os
+import queue
+import signal
+import stat
+import struct
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any
 
 import click
 
 DEFAULT_BOOTSTRAP = os.environ.get("STRATA_BOOTSTRAP", "localhost:9092")
 _QUIET_LIBRDKAFKA = {"log_level": 2}  # critical only: our own messages explain what went wrong
+REPLAY_HEADER = "strata-replay"
+FORMATS = ("json", "raw", "csv")
+CSV_COLUMNS = ["topic", "partition", "offset", "timestamp", "timestamp_type", "key", "key_b64", "value",
+               "value_b64", "headers"]
+_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+_BLOCK_BYTES = 1 << 20  # write (and report progress) about every megabyte
+_CLOSED = "the output was closed"  # e.g. `| head`: nothing to resume
+_CHECKPOINT_SECONDS = 5.0  # --to-topic: flush and record the next offsets this often
 
 
 class ReplayError(Exception):
@@ -78,6 +135,7 @@ def _bytes_field(out: dict[str, Any], name: str, data: bytes | None) -> None:
 def record_to_json(topic: str, partition: int, offset: int, timestamp: int | None, timestamp_type: str | None,
                    key: bytes | None, value: bytes | None,
                    headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, Any]:
+    """One record as the JSON object of the output format (the specification the encoders follow)."""
     out: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp,
                            "timestamp_type": timestamp_type}
     _bytes_field(out, "key", key)
@@ -102,6 +160,146 @@ def record_from_json(obj: dict[str, Any]) -> tuple[bytes | None, bytes | None, l
     return get(obj, "key"), get(obj, "value"), [(h["key"], get(h, "value")) for h in obj.get("headers", [])]
 
 
+def read_raw(stream: Any) -> Iterable[bytes | None]:
+    """The values of a `--format raw` stream, in order (None for a null value)."""
+    while True:
+        head = stream.read(4)
+        if not head:
+            return
+        if len(head) < 4:
+            raise ValueError("truncated length prefix")
+        (n,) = struct.unpack(">i", head)
+        if n < 0:
+            yield None
+            continue
+        data = stream.read(n)
+        if len(data) < n:
+            raise ValueError("truncated value")
+        yield data
+
+
+# ---- encoders: a list of confluent_kafka Messages -> bytes -----------------------------------
+
+_TS_TYPES = {1: "CreateTime", 2: "LogAppendTime"}  # confluent_kafka.TIMESTAMP_CREATE_TIME / _LOG_APPEND_TIME
+
+
+def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+    """JSON lines, the bytes record_to_json + json.dumps(ensure_ascii=False, compact) + newline give.
+
+    Each line is put together from pieces rather than a dict: orjson encodes only the text
+    (key, value, headers), base64 goes in as bytes, so a record costs a few calls, not a dict.
+    Returns (the block, key + value bytes in it)."""
+    from binascii import b2a_base64
+
+    import orjson
+
+    dumps = orjson.dumps
+    ts_types = {t: dumps(name) for t, name in _TS_TYPES.items()}
+    head = b'{"topic":' + dumps(topic) + b',"partition":'
+    start = b'%b%d,"offset":%d,"timestamp":%b,"timestamp_type":%b,%b,'
+    line_text = start + b'"value":%b,"headers":%b}\n'
+    line_b64 = start + b'"value_b64":"%b","headers":%b}\n'
+    null = b"null"
+
+    def encode(msgs: list[Any]) -> tuple[bytes, int]:
+        out = []
+        append = out.append
+        size = 0
+        for m in msgs:
+            ts_type, ts = m.timestamp()
+            name = ts_types.get(ts_type)
+            k = m.key()
+            if k is None:
+                kf = b'"key":null'
+            else:
+                size += len(k)
+                try:
+                    kf = b'"key":' + dumps(k.decode("utf-8"))
+                except UnicodeDecodeError:
+                    kf = b'"key_b64":"' + b2a_base64(k, newline=False) + b'"'
+            h = m.headers()
+            if h:
+                hdrs = []
+                for hk, hv in h:
+                    e: dict[str, Any] = {"key": hk}
+                    _bytes_field(e, "value", hv)
+                    hdrs.append(e)
+                hf = dumps(hdrs)
+            else:
+                hf = b"[]"
+            v = m.value()
+            if v is None:
+                line, vf = line_text, null
+            else:
+                size += len(v)
+                try:
+                    line, vf = line_text, dumps(v.decode("utf-8"))
+                except UnicodeDecodeError:
+                    line, vf = line_b64, b2a_base64(v, newline=False)
+            append(line % (head, m.partition(), m.offset(), b"%d" % ts if name is not None else null,
+                           name or null, kf, vf, hf))
+        return b"".join(out), size
+
+    return encode
+
+
+def _raw_encoder(_topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+    pack = struct.Struct(">i").pack
+    null = pack(-1)
+
+    def encode(msgs: list[Any]) -> tuple[bytes, int]:
+        out = []
+        size = 0
+        for m in msgs:
+            v = m.value()
+            size += len(m.key() or b"")
+            if v is None:
+                out.append(null)
+            else:
+                size += len(v)
+                out.append(pack(len(v)))
+                out.append(v)
+        return b"".join(out), size
+
+    return encode
+
+
+def _csv_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+    import orjson
+
+    def text_or_b64(data: bytes | None) -> tuple[str, str]:
+        if data is None:
+            return "", ""
+        try:
+            return data.decode("utf-8"), ""
+        except UnicodeDecodeError:
+            return "", base64.b64encode(data).decode("ascii")
+
+    def encode(msgs: list[Any]) -> tuple[bytes, int]:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        size = 0
+        for m in msgs:
+            size += len(m.key() or b"") + len(m.value() or b"")
+            ts_type, ts = m.timestamp()
+            name = _TS_TYPES.get(ts_type)
+            hdrs = []
+            for hk, hv in m.headers() or ():
+                e: dict[str, Any] = {"key": hk}
+                _bytes_field(e, "value", hv)
+                hdrs.append(e)
+            writer.writerow([topic, m.partition(), m.offset(), ts if name is not None else "", name or "",
+                             *text_or_b64(m.key()), *text_or_b64(m.value()), orjson.dumps(hdrs).decode()])
+        return buf.getvalue().encode("utf-8"), size
+
+    return encode
+
+
+ENCODERS = {"json": _json_encoder, "raw": _raw_encoder, "csv": _csv_encoder}
+
+
+# ---- planning ----------------------------------------------------------------------------------
+
 @dataclass
 class PartitionRange:
     partition: int
@@ -125,86 +323,6 @@ class ReplayStats:
     @property
     def seconds(self) -> float:
         return max(time.monotonic() - self.started, 1e-9)
-
-
-def _timestamp_of(msg: Any) -> tuple[int | None, str | None]:
-    import confluent_kafka
-
-    ts_type, ts = msg.timestamp()
-    if ts_type == confluent_kafka.TIMESTAMP_CREATE_TIME:
-        return ts, "CreateTime"
-    if ts_type == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME:
-        return ts, "LogAppendTime"
-    return None, None
-
-
-class JsonLinesSink:
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def write(self, msg: Any) -> None:
-        ts, ts_type = _timestamp_of(msg)
-        obj = record_to_json(msg.topic(), msg.partition(), msg.offset(), ts, ts_type, msg.key(), msg.value(),
-                             msg.headers())
-        self.stream.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
-        self.stream.write("\n")
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class ProduceSink:
-    """Re-produce into another topic, preserving keys, values, headers, timestamps (and partitions where they exist)."""
-
-    def __init__(self, bootstrap: str, topic: str, timeout: float) -> None:
-        import confluent_kafka
-
-        self.topic = topic
-        self.timeout = timeout
-        self.errors: list[str] = []
-        self.producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                                 "linger.ms": 20, "batch.size": 512 * 1024,
-                                                 "client.id": "strata-replay", **_QUIET_LIBRDKAFKA})
-        try:
-            # Asking for the topic by name lets a broker with auto-creation create it, as any producer would.
-            meta = self.producer.list_topics(topic, timeout=timeout)
-        except confluent_kafka.KafkaException as exc:
-            raise ReplayError(f"cannot reach the broker for topic {topic!r}: {exc}") from exc
-        tmeta = meta.topics.get(topic)
-        if tmeta is None or tmeta.error is not None:
-            reason = tmeta.error.str() if tmeta is not None and tmeta.error is not None else "not found"
-            raise ReplayError(f"target topic {topic!r} is not available: {reason}")
-        self.partitions = len(tmeta.partitions)
-
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.errors.append(str(err))
-
-    def write(self, msg: Any) -> None:
-        ts, _ = _timestamp_of(msg)
-        kwargs: dict[str, Any] = {"key": msg.key(), "value": msg.value(), "on_delivery": self._on_delivery}
-        if msg.headers():
-            kwargs["headers"] = msg.headers()
-        if ts is not None:
-            kwargs["timestamp"] = ts
-        if msg.partition() < self.partitions:
-            kwargs["partition"] = msg.partition()
-        while True:
-            try:
-                self.producer.produce(self.topic, **kwargs)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
-        self.producer.poll(0)
-        if self.errors:
-            raise ReplayError(f"producing to {self.topic!r} failed: {self.errors[0]}")
-
-    def close(self) -> None:
-        remaining = self.producer.flush(self.timeout)
-        if self.errors:
-            raise ReplayError(f"producing to {self.topic!r} failed: {self.errors[0]}")
-        if remaining:
-            raise ReplayError(f"{remaining} record(s) not acknowledged by the broker within {self.timeout:.0f}s")
 
 
 def plan(consumer: Any, topic: str, partitions: list[int] | None, from_offset: int | None, from_ts: int | None,
@@ -266,40 +384,263 @@ def plan(consumer: Any, topic: str, partitions: list[int] | None, from_offset: i
     return ranges
 
 
-def run_replay(bootstrap: str, topic: str, ranges_for: Callable[[Any], list[PartitionRange]], sink: Any,
-               on_progress: Callable[[ReplayStats], None] | None = None, idle_timeout: float = 60.0) -> ReplayStats:
-    """Read every planned partition from start to end into the sink."""
-    import confluent_kafka
-    from confluent_kafka import KafkaError, TopicPartition
+def split_among(ranges: list[PartitionRange], workers: int) -> list[list[PartitionRange]]:
+    """Partitions with something to read, spread over at most `workers` lists by their offset spans."""
+    todo = sorted((r for r in ranges if r.span > 0), key=lambda r: -r.span)
+    bins: list[list[PartitionRange]] = [[] for _ in range(max(1, min(workers, len(todo))))]
+    load = [0] * len(bins)
+    for r in todo:
+        i = load.index(min(load))
+        bins[i].append(r)
+        load[i] += r.span
+    return [sorted(b, key=lambda r: r.partition) for b in bins if b]
 
-    consumer = confluent_kafka.Consumer({
+
+# ---- the state file --------------------------------------------------------------------------
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "strata" / "replay"
+
+
+def replay_id(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# ---- workers -----------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    """What one worker process reads and where it puts it."""
+
+    bootstrap: str
+    topic: str
+    ranges: list[tuple[int, int, int]]  # (partition, start, end)
+    fmt: str = "json"
+    merge: bool = False
+    to_topic: str | None = None
+    target_partitions: int = 0
+    compression: str = "none"
+    header_id: str | None = None  # --to-topic: the replay id written in the strata-replay header
+    skip: dict[int, list[int]] = field(default_factory=dict)  # offsets already in the target
+    idle_timeout: float = 60.0
+    timeout: float = 30.0
+
+
+def _consumer(bootstrap: str) -> Any:
+    import confluent_kafka
+
+    return confluent_kafka.Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"strata-replay-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
         "auto.offset.reset": "earliest", "client.id": "strata-replay", "fetch.max.bytes": 64 << 20,
-        **_QUIET_LIBRDKAFKA})
-    _TRANSIENT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._TIMED_OUT}
-    stats = ReplayStats()
+        "max.partition.fetch.bytes": 4 << 20, "fetch.queue.backoff.ms": 10, **_QUIET_LIBRDKAFKA})
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _keep_freed_memory() -> None:
+    """glibc malloc: keep freed memory in the process instead of handing it back to the kernel
+    (and mapping large blocks afresh). A worker allocates and frees megabytes a second; where page
+    faults are dear (a sandboxed kernel) orjson spent ten times longer faulting pages in than
+    encoding. Linux with glibc only; elsewhere nothing happens."""
     try:
-        ranges = ranges_for(consumer)
-        remaining = {r.partition: r.end for r in ranges if r.span > 0}
-        if on_progress is not None:
-            on_progress(stats)
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock: Any) -> None:
+    """A worker process: wait for its Task (None = nothing to do), read it, report on `events`.
+
+    Events: ("progress", wid, records, bytes, {partition: next offset}, file length or -1,
+    {target partition: offset mark}); ("data", wid, block) when the output has no file descriptor
+    (the parent writes it); ("done", wid); ("error", wid, message).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent sets `stop`
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's last resort
+    _keep_freed_memory()
+    task = tasks.get()
+    if task is None:
+        return
+    try:
+        _run_task(wid, task, events, stop, out_fd, lock)
+        events.put(("done", wid))
+    except BrokenPipeError:
+        events.put(("error", wid, _CLOSED))
+    except ReplayError as exc:
+        events.put(("error", wid, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which exits 1
+        events.put(("error", wid, f"{type(exc).__name__}: {exc}"))
+
+
+class _Output:
+    """Where a worker puts encoded blocks: the shared output fd (under a lock) or a producer."""
+
+    def __init__(self, wid: int, task: Task, events: Any, out_fd: int, lock: Any, consumer: Any) -> None:
+        self.wid, self.task, self.events, self.fd, self.lock = wid, task, events, out_fd, lock
+        self.consumer = consumer
+        self.encode = ENCODERS[task.fmt](task.topic) if task.to_topic is None else None
+        self.pending: list[Any] = []
+        self.pending_bytes = 0
+        self.records = 0
+        self.nbytes = 0
+        self.next: dict[int, int] = {}
+        self.last_checkpoint = time.monotonic()
+        self.producer: Any = None
+        self.errors: list[str] = []
+        self.seekable = True
+        if task.to_topic is not None:
+            import confluent_kafka
+
+            self.producer = confluent_kafka.Producer({
+                "bootstrap.servers": task.bootstrap, "enable.idempotence": True, "acks": "all",
+                "linger.ms": 50, "batch.size": 1_000_000, "batch.num.messages": 100_000,
+                "queue.buffering.max.kbytes": 32 * 1024, "queue.buffering.max.messages": 100_000,
+                "compression.type": task.compression, "client.id": "strata-replay",
+                "delivery.report.only.error": True, "on_delivery": self._on_delivery, **_QUIET_LIBRDKAFKA})
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def add(self, msgs: list[Any], nxt: dict[int, int]) -> None:
+        """Take a batch of records (in order per partition; `nxt`: the offset after each
+        partition's last one): encode it, or produce it."""
+        if self.producer is not None:
+            self.nbytes += self._produce(msgs)
+        else:
+            block, size = self.encode(msgs)  # type: ignore[misc]
+            self.pending.append(block)
+            self.pending_bytes += len(block)
+            self.nbytes += size
+        self.records += len(msgs)
+        self.next.update(nxt)
+        if self.producer is not None:
+            if time.monotonic() - self.last_checkpoint >= _CHECKPOINT_SECONDS:
+                self.flush()
+        elif self.pending_bytes >= _BLOCK_BYTES:
+            self.flush()
+
+    def _produce(self, msgs: list[Any]) -> int:
+        produce, poll = self.producer.produce, self.producer.poll
+        target, nparts = self.task.to_topic, self.task.target_partitions
+        hid = self.task.header_id.encode() if self.task.header_id is not None else None
+        ts_types = _TS_TYPES
+        size = 0
+        for m in msgs:
+            p = m.partition()
+            headers = m.headers()
+            if hid is not None:
+                tag = (REPLAY_HEADER, b"%b:%d:%d" % (hid, p, m.offset()))
+                headers = [*headers, tag] if headers else [tag]
+            ts_type, ts = m.timestamp()
+            k, v = m.key(), m.value()
+            size += len(k or b"") + len(v or b"")
+            # Positional: topic, value, key, partition (-1: the partitioner's choice), callback,
+            # on_delivery (its alias), timestamp (0: now), headers.
+            args = (target, v, k, p if p < nparts else -1, None, None, ts if ts_type in ts_types else 0, headers)
+            while True:
+                try:
+                    produce(*args)
+                    break
+                except BufferError:  # the queue is full: let the broker catch up a little
+                    poll(0.005)
+        poll(0)
+        if self.errors:
+            raise ReplayError(f"producing to {target!r} failed: {self.errors[0]}")
+        return size
+
+    def flush(self) -> None:
+        """Write the pending block (or let the producer deliver everything) and report progress."""
+        marks: dict[int, int] = {}
+        length = -1
+        if self.producer is not None:
+            from confluent_kafka import TopicPartition
+
+            if self.task.header_id is not None:  # where this checkpoint's later records can start, at the least
+                for tp in range(self.task.target_partitions):
+                    _, marks[tp] = self.consumer.get_watermark_offsets(TopicPartition(self.task.to_topic, tp),
+                                                                       timeout=self.task.timeout, cached=False)
+            if self.producer.flush(self.task.timeout):
+                raise ReplayError(f"records not acknowledged by the broker within {self.task.timeout:.0f}s")
+            if self.errors:
+                raise ReplayError(f"producing to {self.task.to_topic!r} failed: {self.errors[0]}")
+            self.last_checkpoint = time.monotonic()
+        else:
+            if not self.pending:
+                return
+            block = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            if self.fd < 0:  # an output without a file descriptor: the parent writes it
+                self.events.put(("data", self.wid, block))
+                self.seekable = False
+            else:
+                self.lock.acquire()
+            try:
+                if self.fd >= 0:
+                    _write_all(self.fd, block)
+                if self.seekable:
+                    try:
+                        length = os.lseek(self.fd, 0, os.SEEK_CUR)
+                    except OSError:
+                        self.seekable = False
+            finally:
+                if self.fd >= 0:
+                    self.lock.release()
+            self.pending, self.pending_bytes = [], 0
+        records, nbytes = self.records, self.nbytes
+        self.events.put(("progress", self.wid, records, nbytes, dict(self.next), length, marks))
+        self.records = self.nbytes = 0
+
+
+def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: Any) -> None:
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer = _consumer(task.bootstrap)
+    try:
+        output = _Output(wid, task, events, out_fd, lock, consumer)
+        remaining = {p: end for p, start, end in task.ranges if end > start}
+        skip = {p: set(offs) for p, offs in task.skip.items() if offs}
         if not remaining:
-            return stats
-        consumer.assign([TopicPartition(topic, r.partition, r.start) for r in ranges if r.span > 0])
+            return
+        consumer.assign([TopicPartition(task.topic, p, start) for p, start, end in task.ranges if end > start])
+        transient = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
+                     KafkaError._TIMED_OUT}
         last_progress = time.monotonic()
+        merger = _Merger(list(remaining), consumer, task.topic) if task.merge else None
 
         def done(partition: int) -> None:
             if remaining.pop(partition, None) is not None:
-                consumer.pause([TopicPartition(topic, partition)])
+                consumer.pause([TopicPartition(task.topic, partition)])
+                if merger is not None:
+                    merger.finish(partition)
 
-        while remaining:
-            msgs = consumer.consume(1000, 0.5)
+        while remaining and not stop.is_set():
+            msgs = consumer.consume(10_000, 0) or consumer.consume(1, 0.2)
             if msgs:
                 last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > idle_timeout:
-                raise ReplayError(f"no records for {idle_timeout:.0f}s from partition(s) "
+            elif time.monotonic() - last_progress > task.idle_timeout:
+                raise ReplayError(f"no records for {task.idle_timeout:.0f}s from partition(s) "
                                   f"{', '.join(map(str, sorted(remaining)))}; is the broker up?")
+            keep = []
+            nxt: dict[int, int] = {}
             for msg in msgs:
                 p = msg.partition()
                 err = msg.error()
@@ -308,122 +649,170 @@ def run_replay(bootstrap: str, topic: str, ranges_for: Callable[[Any], list[Part
                         if p in remaining and msg.offset() >= remaining[p]:
                             done(p)
                         continue
-                    if not err.fatal() and (err.retriable() or err.code() in _TRANSIENT):
+                    if not err.fatal() and (err.retriable() or err.code() in transient):
                         continue  # librdkafka reconnects by itself; --idle-timeout bounds the wait
-                    raise ReplayError(f"fetch from {topic}/{p} failed: {err.str()}")
+                    raise ReplayError(f"fetch from {task.topic}/{p} failed: {err.str()}")
                 end = remaining.get(p)
                 if end is None:
                     continue
-                if msg.offset() >= end:
+                off = msg.offset()
+                if off >= end:
                     done(p)
                     continue
-                sink.write(msg)
-                stats.records += 1
-                stats.bytes += len(msg.value() or b"") + len(msg.key() or b"")
-                stats.per_partition[p] = stats.per_partition.get(p, 0) + 1
-                if msg.offset() + 1 >= end:
+                if skip and off in skip.get(p, ()):
+                    if off + 1 >= end:
+                        done(p)
+                    continue
+                keep.append(msg)
+                nxt[p] = off + 1
+                if off + 1 >= end:
                     done(p)
-            if on_progress is not None:
-                on_progress(stats)
-        sink.close()
-        return stats
+            if merger is not None:
+                for msg in keep:
+                    merger.push(msg)
+                ready = merger.pop_ready()
+                if ready:
+                    output.add(ready, _next_of(ready))
+            elif keep:
+                output.add(keep, nxt)
+        if merger is not None and not stop.is_set():
+            rest = merger.pop_ready()
+            if rest:
+                output.add(rest, _next_of(rest))
+        output.flush()
     finally:
         consumer.close()
 
 
-@click.command("replay")
-@click.option("--bootstrap", "-b", default=DEFAULT_BOOTSTRAP, show_default=True,
-              help="HOST:PORT of a broker (env STRATA_BOOTSTRAP).")
-@click.option("--topic", "-t", required=True, help="Topic to replay.")
-@click.option("--from-offset", type=click.IntRange(min=0), default=None,
-              help="Start at this offset in every replayed partition (clamped to what the log holds).")
-@click.option("--from-timestamp", default=None, metavar="ISO8601",
-              help="Start at the first record at or after this time (ISO 8601, naive = UTC; or epoch ms).")
-@click.option("--to-offset", type=click.IntRange(min=0), default=None, help="Stop before this offset (exclusive).")
-@click.option("--to-timestamp", default=None, metavar="ISO8601",
-              help="Stop before the first record at or after this time (exclusive).")
-@click.option("--partition", "-p", "partitions", type=click.IntRange(min=0), multiple=True,
-              help="Only this partition (repeatable). Default: all.")
-@click.option("--output", "-o", default=None, metavar="FILE|-",
-              help="Write JSON lines here ('-' = stdout, the default unless --to-topic is given).")
-@click.option("--to-topic", default=None, help="Re-produce the records into this topic instead of writing JSON.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for metadata, offsets and final acknowledgements.")
-@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Give up when no record arrives for this many seconds before the end is reached.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr.")
-def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: str | None, to_offset: int | None,
-           to_timestamp: str | None, partitions: tuple[int, ...], output: str | None, to_topic: str | None,
-           timeout: float, idle_timeout: float, quiet: bool) -> None:
-    """Replay a topic from any offset or time (hot or in S3) as JSON lines, or into another topic.
+def _next_of(msgs: list[Any]) -> dict[int, int]:
+    return {m.partition(): m.offset() + 1 for m in msgs}
 
-    The range is [from, to) in each partition; without --to-*, it ends at the end offset each
-    partition had when the replay started. Binary keys/values go to key_b64/value_b64.
-    """
-    if (from_offset is None) == (from_timestamp is None):
-        raise click.UsageError("give exactly one of --from-offset and --from-timestamp")
-    if to_offset is not None and to_timestamp is not None:
-        raise click.UsageError("give at most one of --to-offset and --to-timestamp")
-    if to_topic is not None and output is not None:
-        raise click.UsageError("--output and --to-topic are alternatives; give one")
-    if to_topic == topic:
-        raise click.UsageError("--to-topic must differ from --topic")
+
+class _Merger:
+    """--merge-by-timestamp: buffers per partition, releases records in (timestamp, partition, offset)
+    order once every unfinished partition has a record buffered (so nothing earlier can still come)."""
+
+    _HIGH = 50_000  # buffered records of one partition before it is paused
+
+    def __init__(self, partitions: list[int], consumer: Any, topic: str) -> None:
+        self.buffers: dict[int, deque[Any]] = {p: deque() for p in partitions}
+        self.active = set(partitions)
+        self.paused: set[int] = set()
+        self.consumer, self.topic = consumer, topic
+
+    def push(self, msg: Any) -> None:
+        buf = self.buffers[msg.partition()]
+        buf.append(msg)
+        if len(buf) >= self._HIGH and msg.partition() not in self.paused:
+            from confluent_kafka import TopicPartition
+
+            self.paused.add(msg.partition())
+            self.consumer.pause([TopicPartition(self.topic, msg.partition())])
+
+    def finish(self, partition: int) -> None:
+        self.active.discard(partition)
+
+    def pop_ready(self) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        heap = [(buf[0].timestamp()[1], p, buf[0].offset()) for p, buf in self.buffers.items() if buf]
+        heapq.heapify(heap)
+        out = []
+        while heap:
+            if any(not self.buffers[p] for p in self.active):
+                break  # an unfinished partition has nothing buffered: it may still bring an earlier record
+            _, p, _ = heapq.heappop(heap)
+            buf = self.buffers[p]
+            out.append(buf.popleft())
+            if buf:
+                heapq.heappush(heap, (buf[0].timestamp()[1], p, buf[0].offset()))
+        for p in list(self.paused):
+            if len(self.buffers[p]) < self._HIGH // 2 and p in self.active:
+                self.paused.discard(p)
+                self.consumer.resume([TopicPartition(self.topic, p)])
+        return out
+
+
+# ---- the parent: plan, resume, start workers, progress, state ----------------------------------
+
+def _target_info(admin_conf: dict[str, Any], topic: str, timeout: float) -> tuple[int, str | None]:
+    """(partition count, compression.type) of the target topic; asking by name lets a broker with
+    auto-creation create it, as any producer would."""
+    import confluent_kafka
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(admin_conf)
     try:
-        from_ts = parse_timestamp(from_timestamp) if from_timestamp is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--from-timestamp") from exc
+        meta = admin.list_topics(topic, timeout=timeout)
+    except confluent_kafka.KafkaException as exc:
+        raise ReplayError(f"cannot reach the broker for topic {topic!r}: {exc}") from exc
+    tmeta = meta.topics.get(topic)
+    if tmeta is None or tmeta.error is not None:
+        reason = tmeta.error.str() if tmeta is not None and tmeta.error is not None else "not found"
+        raise ReplayError(f"target topic {topic!r} is not available: {reason}")
+    codec = None
     try:
-        to_ts = parse_timestamp(to_timestamp) if to_timestamp is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--to-timestamp") from exc
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
+                                         request_timeout=timeout)
+        for fut in futures.values():
+            entry = fut.result(timeout).get("compression.type")
+            codec = entry.value if entry is not None else None
+    except Exception:  # noqa: BLE001 - a broker without DescribeConfigs: no codec asked for
+        codec = None
+    return len(tmeta.partitions), codec
 
-    from rich.console import Console
 
-    err_console = Console(stderr=True)
-    stream: TextIO | None = None
+def _ends(bootstrap: str, topic: str, partitions: int, timeout: float) -> dict[int, int]:
+    """The high watermark of every partition of a topic."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap)
     try:
-        if to_topic is not None:
-            sink: Any = ProduceSink(bootstrap, to_topic, timeout)
-        else:
-            if output in (None, "-"):
-                stream = sys.stdout
-            else:
-                try:
-                    stream = open(output, "w", encoding="utf-8", newline="\n")
-                except OSError as exc:
-                    raise click.BadParameter(f"cannot write {output}: {exc.strerror}", param_hint="--output") from exc
-            sink = JsonLinesSink(stream)
-        progress = _Progress(err_console, topic, enabled=not quiet)
-        ranges: list[PartitionRange] = []
-
-        def planned(consumer: Any) -> list[PartitionRange]:
-            ranges.extend(plan(consumer, topic, list(partitions) or None, from_offset, from_ts, to_offset, to_ts,
-                               timeout))
-            for r in ranges:
-                if from_offset is not None and from_offset < r.low and not quiet:
-                    err_console.print(f"[yellow]partition {r.partition}: offsets below {r.low} are gone "
-                                      f"(retention); starting at {r.low}[/]")
-            progress.start(sum(r.span for r in ranges))
-            return ranges
-
-        try:
-            stats = run_replay(bootstrap, topic, planned, sink, progress.update, idle_timeout)
-        finally:
-            progress.stop()
-        if not quiet:
-            target = f"topic {to_topic}" if to_topic else ("stdout" if stream is sys.stdout else output)
-            err_console.print(f"replayed {stats.records:,} record(s), {stats.bytes / 1e6:.1f} MB, from "
-                              f"{len([r for r in ranges if r.span])} partition(s) of {topic} to {target} in "
-                              f"{stats.seconds:.1f}s ({stats.bytes / 1e6 / stats.seconds:.1f} MB/s)", highlight=False)
-    except ReplayError as exc:
-        raise click.ClickException(str(exc)) from exc
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
+                for p in range(partitions)}
     finally:
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
+        consumer.close()
+
+
+def _landed(bootstrap: str, topic: str, marks: dict[int, int], rid: str, timeout: float) -> dict[int, list[int]]:
+    """Source offsets (by source partition) this replay id already put in the target at or after `marks`."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer = _consumer(bootstrap)
+    found: dict[int, list[int]] = {}
+    prefix = f"{rid}:".encode()
+    try:
+        ends = {}
+        for p, mark in marks.items():
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+            if high > mark:
+                ends[p] = high
+        if not ends:
+            return found
+        consumer.assign([TopicPartition(topic, p, marks[p]) for p in ends])
+        deadline = time.monotonic() + max(timeout, 60)
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.2):
+                p = msg.partition()
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= ends.get(p, 0):
+                        ends.pop(p, None)
+                    continue
+                for name, value in msg.headers() or ():
+                    if name == REPLAY_HEADER and value and value.startswith(prefix):
+                        _, sp, so = value.decode().split(":")
+                        found.setdefault(int(sp), []).append(int(so))
+                if msg.offset() + 1 >= ends.get(p, 0):
+                    ends.pop(p, None)
+        if ends:
+            raise ReplayError(f"could not read back the end of {topic!r} to resume without duplicates")
+        return found
+    finally:
+        consumer.close()
 
 
 class _Progress:
-    """records, MB, MB/s and ETA on stderr, driven by the offsets still to read."""
+    """records, MB, MB/s and ETA on stderr, driven by the offsets still to read (all workers)."""
 
     def __init__(self, console: Any, topic: str, enabled: bool) -> None:
         self.console = console
@@ -459,3 +848,300 @@ class _Progress:
             self.progress.update(self.task, total=task.completed)
             self.progress.stop()
             self.progress = None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM while replaying: the state is saved, exit code 130."""
+
+
+def _write_stdout(block: bytes) -> None:
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is not None:
+        stream.write(block)
+    else:
+        sys.stdout.write(block.decode("utf-8"))
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command("replay")
+@click.option("--bootstrap", "-b", default=DEFAULT_BOOTSTRAP, show_default=True,
+              help="HOST:PORT of a broker (env STRATA_BOOTSTRAP).")
+@click.option("--topic", "-t", required=True, help="Topic to replay.")
+@click.option("--from-offset", type=click.IntRange(min=0), default=None,
+              help="Start at this offset in every replayed partition (clamped to what the log holds).")
+@click.option("--from-timestamp", default=None, metavar="ISO8601",
+              help="Start at the first record at or after this time (ISO 8601, naive = UTC; or epoch ms).")
+@click.option("--to-offset", type=click.IntRange(min=0), default=None, help="Stop before this offset (exclusive).")
+@click.option("--to-timestamp", default=None, metavar="ISO8601",
+              help="Stop before the first record at or after this time (exclusive).")
+@click.option("--partition", "-p", "partitions", type=click.IntRange(min=0), multiple=True,
+              help="Only this partition (repeatable). Default: all.")
+@click.option("--output", "-o", default=None, metavar="FILE|-",
+              help="Write here ('-' = stdout, the default unless --to-topic is given).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="json: JSON lines; raw: length-prefixed values; csv: one row per record.")
+@click.option("--to-topic", default=None, help="Re-produce the records into this topic instead of writing them out.")
+@click.option("--parallel", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes reading partitions in parallel (default: the CPU count).")
+@click.option("--merge-by-timestamp", is_flag=True,
+              help="One stream ordered by timestamp across partitions (one worker) instead of per-partition order.")
+@click.option("--compression", type=click.Choice(("topic", *_CODECS)), default="topic", show_default=True,
+              help="--to-topic: the producer's codec ('topic': the target topic's compression.type).")
+@click.option("--no-replay-header", is_flag=True,
+              help="--to-topic: do not add the strata-replay header (resuming after a hard kill may duplicate).")
+@click.option("--state", "state_file", default=None, metavar="FILE",
+              help="State file for interrupt and resume (default: one per replay under $XDG_STATE_HOME/strata/replay).")
+@click.option("--restart", is_flag=True, help="Ignore a saved state of this replay and start from the beginning.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for metadata, offsets and final acknowledgements.")
+@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Give up when no record arrives for this many seconds before the end is reached.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr.")
+def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: str | None, to_offset: int | None,
+           to_timestamp: str | None, partitions: tuple[int, ...], output: str | None, fmt: str,
+           to_topic: str | None, parallel: int | None, merge_by_timestamp: bool, compression: str,
+           no_replay_header: bool, state_file: str | None, restart: bool, timeout: float, idle_timeout: float,
+           quiet: bool) -> None:
+    """Replay a topic from any offset or time (hot or in S3) as JSON lines, raw values or CSV, or into
+    another topic, reading partitions in parallel.
+
+    The range is [from, to) in each partition; without --to-*, it ends at the end offset each
+    partition had when the replay started. Binary keys/values go to key_b64/value_b64. An
+    interrupted replay (Ctrl-C) continues where it stopped when the same command is run again.
+    """
+    if (from_offset is None) == (from_timestamp is None):
+        raise click.UsageError("give exactly one of --from-offset and --from-timestamp")
+    if to_offset is not None and to_timestamp is not None:
+        raise click.UsageError("give at most one of --to-offset and --to-timestamp")
+    if to_topic is not None and output is not None:
+        raise click.UsageError("--output and --to-topic are alternatives; give one")
+    if to_topic is not None and fmt != "json":
+        raise click.UsageError("--format applies to --output, not --to-topic")
+    if to_topic == topic:
+        raise click.UsageError("--to-topic must differ from --topic")
+    try:
+        from_ts = parse_timestamp(from_timestamp) if from_timestamp is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from-timestamp") from exc
+    try:
+        to_ts = parse_timestamp(to_timestamp) if to_timestamp is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to-timestamp") from exc
+    if from_offset is not None and to_offset is not None and from_offset > to_offset:
+        raise click.UsageError(f"--from-offset {from_offset} is after --to-offset {to_offset}: an empty range")
+    if from_ts is not None and to_ts is not None and from_ts > to_ts:
+        raise click.UsageError(f"--from-timestamp {from_timestamp} is after --to-timestamp {to_timestamp}: "
+                               "an empty range")
+
+    from rich.console import Console
+
+    err_console = Console(stderr=True)
+    rid = replay_id(bootstrap, topic, sorted(set(partitions)), from_offset, from_ts, to_offset, to_ts,
+                    to_topic, None if to_topic else os.path.abspath(output) if output not in (None, "-") else "-",
+                    fmt, merge_by_timestamp)
+    state_path = Path(state_file) if state_file else state_dir() / f"{rid}.json"
+    saved: dict[str, Any] | None = None
+    if state_path.exists() and not restart:
+        try:
+            saved = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved is not None and saved.get("id") != rid:
+            raise click.UsageError(f"{state_path} holds the state of another replay ({saved.get('id')}, "
+                                   f"this one is {rid}); give another --state or --restart")
+
+    nworkers = 1 if merge_by_timestamp else (parallel or os.cpu_count() or 1)
+    # Workers fork first, before this process starts any librdkafka instance (whose threads a fork
+    # would not copy); each waits for its Task on its own queue.
+    ctx = multiprocessing.get_context("fork")
+    events: Any = ctx.Queue()
+    stop = ctx.Event()
+    lock = ctx.Lock()
+    fd = -1
+    close_fd = False
+    if to_topic is None:
+        if output in (None, "-"):
+            sys.stdout.flush()
+            try:
+                fd = sys.stdout.fileno()
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                fd = -1  # e.g. captured in a test: blocks come back over `events`
+        else:
+            try:
+                fd = os.open(output, os.O_WRONLY | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise click.BadParameter(f"cannot write {output}: {exc.strerror}", param_hint="--output") from exc
+            close_fd = True
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # not /dev/null, a pipe or a terminal
+                keep = int(saved.get("output_bytes", 0)) if saved else 0
+                os.ftruncate(fd, keep)
+                os.lseek(fd, keep, os.SEEK_SET)
+    queues = [ctx.Queue() for _ in range(nworkers)]
+    procs = [ctx.Process(target=worker_main, args=(i, queues[i], events, stop, fd, lock), daemon=True)
+             for i in range(nworkers)]
+    for proc in procs:
+        proc.start()
+    progress = _Progress(err_console, topic, enabled=not quiet)
+    stats = ReplayStats()
+    state: dict[str, Any] = {"id": rid, "topic": topic, "to_topic": to_topic, "output": output,
+                             "next": {}, "marks": {}, "output_bytes": 0}
+    ranges: list[PartitionRange] = []
+    finished = False
+    given: set[int] = set()  # workers that were sent their Task (or None)
+    old_term = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        try:
+            consumer = _consumer(bootstrap)
+            try:
+                ranges = plan(consumer, topic, list(partitions) or None, from_offset, from_ts, to_offset, to_ts,
+                              timeout)
+            finally:
+                consumer.close()
+            for r in ranges:
+                if quiet:
+                    break
+                if from_offset is not None and from_offset < r.low:
+                    err_console.print(f"[yellow]partition {r.partition}: offsets below {r.low} are gone "
+                                      f"(retention); starting at {r.low}[/]")
+                elif from_ts is not None and r.start == r.low and r.low > 0 and r.span > 0:
+                    err_console.print(f"[yellow]partition {r.partition}: records before offset {r.low} are gone "
+                                      f"(retention), and the first one left is not before "
+                                      f"{from_timestamp}; starting at {r.low}[/]")
+                if to_offset is not None and to_offset > r.high and r.high > r.start:
+                    err_console.print(f"[yellow]partition {r.partition}: ends at offset {r.high}, before "
+                                      f"--to-offset {to_offset}[/]")
+            nparts, codec = 0, "none"
+            if to_topic is not None:
+                nparts, topic_codec = _target_info({"bootstrap.servers": bootstrap, **_QUIET_LIBRDKAFKA},
+                                                   to_topic, timeout)
+                codec = compression if compression != "topic" else (
+                    topic_codec if topic_codec in _CODECS else "none")
+            skip: dict[int, list[int]] = {}
+            if saved is not None:
+                for r in ranges:
+                    nxt = saved.get("next", {}).get(str(r.partition))
+                    if nxt is not None:
+                        r.start = min(max(r.start, int(nxt)), r.end)
+                state["next"] = dict(saved.get("next", {}))
+                state["output_bytes"] = int(saved.get("output_bytes", 0))
+                if to_topic is not None and saved.get("marks") and not no_replay_header:
+                    skip = _landed(bootstrap, to_topic, {int(p): m for p, m in saved["marks"].items()}, rid,
+                                   timeout)
+                state["marks"] = dict(saved.get("marks", {}))
+                if not quiet:
+                    err_console.print(f"resuming replay {rid} from {state_path}", highlight=False)
+            if to_topic is not None and not no_replay_header and not state["marks"]:
+                # Before the first record is sent: where a re-run looks for what a killed run produced.
+                state["marks"] = {str(tp): m for tp, m in _ends(bootstrap, to_topic, nparts, timeout).items()}
+            if to_topic is not None:
+                write_state(state_path, state)
+            if fmt == "csv" and (saved is None or (close_fd and not state["output_bytes"])):
+                header = (",".join(CSV_COLUMNS) + "\n").encode()
+                if fd >= 0:
+                    _write_all(fd, header)
+                else:
+                    _write_stdout(header)
+            groups = [[r for r in ranges if r.span > 0]] if merge_by_timestamp else split_among(ranges, nworkers)
+            if not any(groups):
+                groups = []
+            for i, q in enumerate(queues):
+                given.add(i)
+                if i < len(groups):
+                    q.put(Task(bootstrap, topic, [(r.partition, r.start, r.end) for r in groups[i]], fmt,
+                               merge_by_timestamp, to_topic, nparts, codec,
+                               None if to_topic is None or no_replay_header else rid,
+                               {r.partition: skip.get(r.partition, []) for r in groups[i]}, idle_timeout, timeout))
+                else:
+                    q.put(None)
+            progress.start(sum(r.span for r in ranges))
+            running = set(range(len(groups)))
+            worker_marks: dict[int, dict[int, int]] = {}
+            last_state = time.monotonic()
+            while running:
+                try:
+                    event = events.get(timeout=0.25)
+                except queue.Empty:
+                    dead = [i for i in running if not procs[i].is_alive() and procs[i].exitcode not in (0, None)]
+                    if dead:
+                        raise ReplayError(f"worker {dead[0]} died (exit code {procs[dead[0]].exitcode})") from None
+                    continue
+                kind, wid = event[0], event[1]
+                if kind == "data":
+                    _write_stdout(event[2])
+                elif kind == "progress":
+                    _, _, recs, nbytes, nxt, length, marks = event
+                    stats.records += recs
+                    stats.bytes += nbytes
+                    state["next"].update({str(p): o for p, o in nxt.items()})
+                    if length >= 0:
+                        state["output_bytes"] = max(state["output_bytes"], length)
+                    if marks:
+                        worker_marks[wid] = marks
+                        state["marks"] = {str(tp): min(m[tp] for m in worker_marks.values())
+                                          for tp in marks}
+                    progress.update(stats)
+                    if to_topic is not None and time.monotonic() - last_state >= _CHECKPOINT_SECONDS:
+                        write_state(state_path, state)
+                        last_state = time.monotonic()
+                elif kind == "done":
+                    running.discard(wid)
+                else:
+                    if event[2] == _CLOSED:
+                        ranges = []  # no state: a reader that stopped reading is not an interruption
+                    raise ReplayError(event[2])
+            finished = True
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+        finally:
+            stop.set()
+            progress.stop()
+            for i, q in enumerate(queues):
+                if i not in given:
+                    q.put(None)  # planning failed: nothing to do
+            if not finished:
+                # Every worker finishes its block (or its producer's flush) and reports it.
+                deadline = time.monotonic() + timeout
+                while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+                    try:
+                        event = events.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    except KeyboardInterrupt:
+                        break
+                    if event[0] == "data":
+                        _write_stdout(event[2])
+                    elif event[0] == "progress":
+                        _, wid, recs, nbytes, nxt, length, marks = event
+                        stats.records += recs
+                        state["next"].update({str(p): o for p, o in nxt.items()})
+                        if length >= 0:
+                            state["output_bytes"] = max(state["output_bytes"], length)
+            for proc in procs:
+                proc.join(max(0.0, 1.0))
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+            signal.signal(signal.SIGTERM, old_term)
+            if close_fd:
+                os.close(fd)
+            if finished:
+                state_path.unlink(missing_ok=True)
+            elif ranges:
+                write_state(state_path, state)
+    except _Interrupted:
+        err_console.print(f"interrupted after {stats.records:,} record(s); run the same command again to "
+                          f"continue (state in {state_path})", highlight=False)
+        sys.exit(130)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not quiet:
+        target = f"topic {to_topic}" if to_topic else ("stdout" if output in (None, "-") else output)
+        err_console.print(f"replayed {stats.records:,} record(s), {stats.bytes / 1e6:.1f} MB, from "
+                          f"{len([r for r in ranges if r.span])} partition(s) of {topic} to {target} in "
+                          f"{stats.seconds:.1f}s ({stats.bytes / 1e6 / stats.seconds:.1f} MB/s)", highlight=False)
