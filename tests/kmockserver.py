@@ -6,6 +6,7 @@ Server-side apply (PATCH as application/apply-patch+yaml, what the operator writ
 is emulated as a merge patch that creates a missing object: field managers, managedFields, conflicts
 and the removal of fields an applier stops sending are tested against a real API server only
 (tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds.
+A create with only metadata.generateName gets a unique name, as from the API server (kopf's Events).
 Run: python tests/kmockserver.py  -> prints the server URL on stdout, serves until killed.
 """
 
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,11 @@ def emulator_class() -> type:
 
     class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         async def _handle(self, request: Any) -> Any:
+            metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
+            if (request.action == enums.action.CREATE and isinstance(metadata, dict)
+                    and not metadata.get("name") and metadata.get("generateName")):
+                # As the API server does (kopf names its Events so): a unique name from the prefix.
+                metadata["name"] = f"{metadata['generateName']}{uuid.uuid4().hex[:5]}"
             if (request.action == enums.action.UPDATE and request.name is not None
                     and "apply-patch" in (request.headers.get("Content-Type") or "")
                     and isinstance(request.data, dict)):

@@ -60,9 +60,10 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], tuple[Any, Any, str]] = {
          "min.insync.replicas", "preallocate", "remote.copy.lag.bytes", "remote.copy.lag.ms",
          "remote.log.copy.disable", "remote.log.delete.on.disable", "segment.index.bytes", "segment.jitter.ms",
          "unclean.leader.election.enable"],
-        ["strata.durability"],
+        ["strata.durability", "strata.key.schema.validation", "strata.value.schema.validation"],
         "Strata keeps batches as produced (no broker-side recompression), has no replicas, throttles, "
-        "flush.* or index files to tune, and adds its own durability setting; every config both describe matches"),
+        "flush.* or index files to tune, and adds its own durability and schema-validation settings; every "
+        "config both describe matches"),
     ("delete_records", "steps"): (
         {"delete before 4": 4, "earliest after": 4, "delete before 2 (already gone)": 4,
          "delete beyond the end": "OFFSET_OUT_OF_RANGE", "delete unknown topic": "_NOENT",

@@ -144,6 +144,12 @@ def test_adopting_a_topic_changes_only_what_the_spec_names(kube, kafka):
                         and e.get("reason") == "AdoptedWithChanges"
                         and "retention.ms: 1234567 -> 86400000" in e.get("message", "")],
                "an AdoptedWithChanges Event on Topic ledger", kube=kube)
+    # ... and as an Event on the Topic, for `kubectl describe` and whoever watches events.
+    eventually(lambda: [e for e in kube.list("Event", "default")
+                        if e.get("involvedObject", {}).get("name") == "ledger"
+                        and e.get("reason") == "AdoptedWithChanges"
+                        and "retention.ms: 1234567 -> 86400000" in e.get("message", "")],
+               "an AdoptedWithChanges Event on Topic ledger", kube=kube)
 
     # Drift on a key the spec does not name is not the operator's business; on a named key it is.
     alter(admin, "ledger", max_message_bytes="4096", retention_ms="1000")
