@@ -25,6 +25,7 @@ import copy
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -287,7 +288,9 @@ def test_the_server_enforces_each_cel_rule(cluster, scratch, kind, path, rule, m
                           input=json.dumps(bad), check=False)
     assert out.returncode != 0, f"the server accepted a {kind} that breaks {rule!r}: {json.dumps(bad['spec'])}"
     # One error (kubectl lists several as "is invalid: " and then "* field: ..." lines), at the rule's field.
-    assert f"is invalid: {path.lstrip('.')}: " in out.stderr, out.stderr
+    # A rule on the items of a list ("listeners[]") is reported at the item ("listeners[0]").
+    field = re.escape(path.lstrip(".")).replace(r"\[\]", r"\[\d+\]")
+    assert re.search(f"is invalid: {field}: ", out.stderr), out.stderr
     assert "\n* " not in out.stderr, f"more than one error, want only {message!r}: {out.stderr}"
     assert message in out.stderr and not [m for m in others if m in out.stderr], out.stderr
 
