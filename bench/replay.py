@@ -211,7 +211,7 @@ def main() -> int:
         note(f"{len(keys)} segment objects, {nbytes / MB:.1f} MB in S3, none on disk")
         deep_ts = timestamp_at(broker.bootstrap, topic, 0, int(per_part[0] * 0.9))
 
-        strata = [sys.executable, "-m", "strata_operator.cli", "replay", "-b", broker.bootstrap, "-t", topic,
+        strata = [sys.executable, "-m", "strata_cli", "replay", "-b", broker.bootstrap, "-t", topic,
                   "--from-offset", "0", "-q"]
         methods: dict[str, list[str] | None] = {
             "raw S3 GET loop (boto3, whole objects)": None,

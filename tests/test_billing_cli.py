@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from strata_cli.main import main
 from strata_operator.billing import report
-from strata_operator.cli import main
 from test_billing_golden import write_scenario
 
 PERIOD = ["--from", "2025-03-01", "--to", "2025-03-01"]

@@ -22,8 +22,8 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.protocol.consumer.offsets import OffsetSpec
 from kafkaclients import create_topic
 from s3server import CREDENTIALS
-from strata_operator.cli import main
-from strata_operator.replay_cli import parse_timestamp, record_from_json, record_to_json
+from strata_cli.main import main
+from strata_cli.replay import parse_timestamp, record_from_json, record_to_json
 
 TOPIC = "replay-src"
 PARTITIONS = 2
@@ -116,7 +116,7 @@ def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def strata(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "strata_operator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "strata_cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -372,7 +372,7 @@ class _Msg:
 
 
 def test_json_encoder_follows_the_format_spec_byte_for_byte() -> None:
-    from strata_operator.replay_cli import ENCODERS
+    from strata_cli.replay import ENCODERS
 
     pool = [t.encode() for t in TRICKY_TEXT] + TRICKY_BYTES + [None]
     msgs = []
@@ -393,7 +393,7 @@ def test_json_encoder_follows_the_format_spec_byte_for_byte() -> None:
 
 
 def test_raw_and_csv_formats(source: Source, codec_topic: int, tmp_path: Path) -> None:
-    from strata_operator.replay_cli import read_raw
+    from strata_cli.replay import read_raw
 
     ref = reference_lines(source.broker.bootstrap, CODEC_TOPIC, CODEC_PARTITIONS)
     raw = tmp_path / "p1.raw"
@@ -462,7 +462,7 @@ def test_bad_ranges_get_one_line_errors(source: Source) -> None:
 def test_interrupted_replay_resumes_without_a_gap_or_a_duplicate(source: Source, tmp_path: Path) -> None:
     """Ctrl-C while the output (a pipe nobody reads) holds the workers back; the same command again
     writes the rest."""
-    argv = [sys.executable, "-m", "strata_operator.cli", "replay", "-b", source.broker.bootstrap, "-t", TOPIC,
+    argv = [sys.executable, "-m", "strata_cli", "replay", "-b", source.broker.bootstrap, "-t", TOPIC,
             "--from-offset", "0", "--parallel", "2"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -506,7 +506,7 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
             except BufferError:
                 producer.poll(0.05)
     assert producer.flush(60) == 0
-    argv = [sys.executable, "-m", "strata_operator.cli", "replay", "-b", broker.bootstrap, "-t", src,
+    argv = [sys.executable, "-m", "strata_cli", "replay", "-b", broker.bootstrap, "-t", src,
             "--from-offset", "0", "--to-topic", dst, "-q"]
     probe = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "probe"})
 
@@ -551,7 +551,7 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
 
 def test_a_reader_that_stops_reading_ends_the_replay_without_a_state(source: Source, tmp_path: Path) -> None:
     """`strata replay ... | head -1`: the workers stop, no resumable state is left behind."""
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "replay", "-b", source.broker.bootstrap,
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "replay", "-b", source.broker.bootstrap,
                              "-t", TOPIC, "--from-offset", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert json.loads(proc.stdout.readline())["offset"] == 0

@@ -10,7 +10,7 @@ import time
 
 from kafkaclients import create_topic, produce_kafka_python
 
-STRATA = [sys.executable, "-m", "strata_operator.cli"]
+STRATA = [sys.executable, "-m", "strata_cli"]
 
 
 def test_table_to_sqlite_and_follow(broker, topic_name, tmp_path):

@@ -18,7 +18,7 @@ TIERED = {"segment.bytes": str(32 << 10), "tiered.upload.interval.ms": "300", "l
 
 
 def strata(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "strata_operator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "strata_cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **CREDENTIALS, "COLUMNS": "250"})
 
 

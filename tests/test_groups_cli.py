@@ -8,7 +8,7 @@ import time
 from click.testing import CliRunner
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafkaclients import create_topic
-from strata_operator.cli import main
+from strata_cli.main import main
 
 
 def _produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0) -> None:

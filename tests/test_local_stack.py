@@ -25,7 +25,7 @@ class LocalStack:
         self.data_dir = data_dir
         self.output = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "strata_operator.cli", "local", "--data-dir", str(data_dir), "--port",
+            [sys.executable, "-m", "strata_cli", "local", "--data-dir", str(data_dir), "--port",
              str(self.port), "--s3-port", str(self.s3_port), "--registry-port", str(self.registry_port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -154,7 +154,7 @@ def test_local_refuses_a_port_in_use(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "strata_operator.cli", "local", "--data-dir",
+        result = subprocess.run([sys.executable, "-m", "strata_cli", "local", "--data-dir",
                                  str(tmp_path / "d"), "--port", str(port), "--s3-port", str(free_port())],
                                 capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "in use" in result.stderr

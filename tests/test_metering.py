@@ -68,7 +68,7 @@ def test_usage_matches_what_clients_sent_and_received_across_a_restart(broker_fa
     assert len(keys) == 2, keys  # one file per broker process
     # The report: team rows sum exactly to the total, and the bytes are the clients' bytes.
     today = datetime.now(UTC).date()
-    done = subprocess.run([sys.executable, "-m", "strata_operator.cli", "cost", "report",
+    done = subprocess.run([sys.executable, "-m", "strata_cli", "cost", "report",
                            "--from", str(today), "--to", str(today + timedelta(days=1)), "--format", "json",
                            "--usage", str(usage_dir), "-f", str(EXAMPLES)], capture_output=True, text=True,
                           timeout=60)

@@ -19,8 +19,8 @@ from s3server import CREDENTIALS
 from strata_broker.cluster.lease import MemberLease, member_key
 from strata_broker.cluster.placement import read_placement
 from strata_broker.tier.layout import topic_meta_key
+from strata_cli.main import main as strata
 from strata_operator import resources
-from strata_operator.cli import main as strata
 from strata_operator.cluster import kube_objects
 from strata_operator.cluster.controller import BucketReader, Controller, FileSink, Liveness
 
@@ -288,7 +288,7 @@ def test_operator_publishes_the_placement_configmap_and_rebalances(s3, tmp_path:
                "STRATA_OPERATOR_RECONCILE_INTERVAL": "30", "STRATA_OPERATOR_RETRY_DELAY": "1",
                "STRATA_OPERATOR_PLACEMENT_INTERVAL": "0.5", "STRATA_OPERATOR_PLACEMENT_GRACE_MS": "60000"}
         log = open(log_path, "w")
-        proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness",
+        proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness",
                                  f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         log.close()

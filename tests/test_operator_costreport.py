@@ -145,7 +145,7 @@ def kube(tmp_path) -> Iterator[KubeEmulatorProcess]:
     env.update({"KUBECONFIG": str(emulator.kubeconfig()), "STRATA_OPERATOR_RECONCILE_INTERVAL": "5",
                 "STRATA_OPERATOR_RETRY_DELAY": "1", "STRATA_OPERATOR_BROKER_TIMEOUT": "3",
                 "STRATA_OPERATOR_COSTREPORT_INTERVAL": str(REPORT_INTERVAL)})
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness",
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness",
                              f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT)
     emulator.operator_log = log  # type: ignore[attr-defined]

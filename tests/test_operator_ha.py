@@ -39,7 +39,7 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig()), "STRATA_OPERATOR_NAMESPACE": "default",
                "STRATA_OPERATOR_RECONCILE_INTERVAL": "2", "STRATA_OPERATOR_RETRY_DELAY": "1",
                "STRATA_OPERATOR_BROKER_TIMEOUT": "3"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--leader-election",
+        self.proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--leader-election",
                                       "--liveness", self.health], env=env, stdout=open(self.log, "w"),  # noqa: SIM115
                                      stderr=subprocess.STDOUT)
 

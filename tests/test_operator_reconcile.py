@@ -37,7 +37,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
            "STRATA_OPERATOR_DELETE_TIMEOUT": "30",
            "STRATA_OPERATOR_BROKER_TIMEOUT": "3"}
     health = f"http://127.0.0.1:{free_port()}/healthz"
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", health],
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", health],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     emulator.operator_log = log  # type: ignore[attr-defined]
     emulator.health = health  # type: ignore[attr-defined]

@@ -65,7 +65,7 @@ def start_operator(workdir: Path, emulator: KubeEmulatorProcess, password: str) 
            "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
            "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
     emulator.operator_log = log  # type: ignore[attr-defined]
-    return subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
+    return subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 

@@ -60,7 +60,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
     env = {**os.environ, "KUBECONFIG": str(emulator.kubeconfig()), **OPERATOR_ENV,
            "STRATA_OPERATOR_RECONCILE_INTERVAL": str(INTERVAL), "STRATA_OPERATOR_RETRY_DELAY": "1",
            "STRATA_OPERATOR_DELETE_TIMEOUT": "30", "STRATA_OPERATOR_BROKER_TIMEOUT": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     emulator.operator_log = log  # type: ignore[attr-defined]
     try:
@@ -377,7 +377,7 @@ def test_a_broker_cluster_without_tiered_storage_starts_nothing(kube):
 
 
 def pre_delete(kube: KubeEmulatorProcess, name: str, timeout: float) -> str:
-    proc = subprocess.run([sys.executable, "-m", "strata_operator.cli", "operator", "pre-delete", "-n", "default",
+    proc = subprocess.run([sys.executable, "-m", "strata_cli", "operator", "pre-delete", "-n", "default",
                            "--eventbroker", name, "--timeout", str(timeout)],
                           env={**os.environ, "KUBECONFIG": str(kube.kubeconfig())}, capture_output=True, text=True,
                           timeout=120)

@@ -386,7 +386,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulatorProce
            "STRATA_OPERATOR_DELETE_TIMEOUT": "30", "STRATA_OPERATOR_BROKER_TIMEOUT": "5",
            "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
            "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": OPERATOR_PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     emulator.operator_log = log  # type: ignore[attr-defined]
     try:

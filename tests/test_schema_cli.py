@@ -9,7 +9,7 @@ import pytest
 from brokerproc import BrokerProcess
 from click.testing import CliRunner
 from registryproc import RegistryProcess
-from strata_operator.cli import main
+from strata_cli.main import main
 from waiting import wait_until
 
 V1 = {"type": "record", "name": "Order", "namespace": "shop", "fields": [{"name": "id", "type": "long"}]}

@@ -315,7 +315,7 @@ class Operator:
         """One more replica: the same command, environment and identity (its own liveness port)."""
         args = list(self.args)
         args[args.index("--liveness") + 1] = f"http://127.0.0.1:{free_port()}/healthz"
-        return subprocess.Popen([sys.executable, "-m", "strata_operator.cli", *args, "--verbose"], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "strata_cli", *args, "--verbose"], env=self.env,
                                 stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
 
@@ -368,7 +368,7 @@ def run_operator(cluster: Cluster, work: Path, *flags: str) -> Iterator[Operator
     args = list(container["args"])
     args[args.index("--liveness") + 1] = f"http://127.0.0.1:{free_port()}/healthz"
     log = work / "operator.log"
-    proc = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", *args, "--verbose"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", *args, "--verbose"], env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
         yield Operator(ns, proc, log, sa_config, pod["serviceAccountName"], args, env)

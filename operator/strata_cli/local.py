@@ -186,7 +186,7 @@ def _strata_command() -> str:
             return rel if not rel.startswith("..") else str(candidate)
         except ValueError:
             return str(candidate)
-    return f"{sys.executable} -m strata_operator.cli"
+    return f"{sys.executable} -m strata_cli"
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -203,7 +203,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
 stop_process = _stop
 
 
-# ---- pieces shared with `strata dev` (dev_stack.py) -----------------------------------------
+# ---- pieces shared with `strata dev` (dev.py) -----------------------------------------
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, str]:

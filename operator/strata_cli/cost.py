@@ -16,8 +16,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-
-from .billing import BillingError, allocation, ownership, prices, report, usage
+from strata_operator.billing import BillingError, allocation, ownership, prices, report, usage
 
 FORMATS = ("table", "csv", "json", "focus", "html")
 

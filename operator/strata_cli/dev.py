@@ -4,7 +4,7 @@ moto's S3 server (one bucket), N broker processes on ports PORT..PORT+N-1 (broke
 data in DIR/broker-<id>) sharing that bucket, and the cluster controller running in this process,
 writing the placement to DIR/placement.json, which every broker reads (`cluster.placement.file`)
 in place of the ConfigMap it watches on Kubernetes. The pieces (moto, broker processes, settings,
-bucket mirror) are local_stack's, so `strata local` and `strata dev` behave alike: the bucket is
+bucket mirror) are `strata local`'s, so `strata local` and `strata dev` behave alike: the bucket is
 mirrored to DIR/s3/ and restored at the next start (except the brokers' leases, which a restart
 renews), and DIR/placement.json is kept, so leader epochs keep rising across restarts.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from . import local_stack as ls
+from . import local as ls
 
 
 def cluster_settings(placement_file: Path, lease_ms: int) -> dict[str, str]:
@@ -66,7 +66,7 @@ def _clear_leases(endpoint: str, bucket: str) -> int:
 def dev(count: int, data_dir: str, port: int, s3_port: int, bucket: str, local_retention_bytes: int,
         lease_ms: int, grace_ms: int, settings: tuple[str, ...], no_mirror: bool) -> None:
     """Run N brokers sharing an embedded S3 endpoint, with the cluster controller, on loopback."""
-    from .cluster.controller import BucketReader, Controller, FileSink
+    from strata_operator.cluster.controller import BucketReader, Controller, FileSink
 
     extra = ls.parse_settings(settings)
     ports = {port + i: f"broker {i} (--port + {i})" for i in range(count)}

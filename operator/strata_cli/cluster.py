@@ -24,8 +24,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 from strata_broker.cluster.placement import Placement, read_placement
-
-from .billing.report import human_bytes
+from strata_operator.billing.report import human_bytes
 
 
 def _compact(parts: list[tuple[str, int]]) -> str:
@@ -49,7 +48,7 @@ def _compact(parts: list[tuple[str, int]]) -> str:
 
 
 def _leases(bucket: str, endpoint: str | None, region: str, prefix: str, cluster: str) -> dict[int, Any]:
-    from .cluster.controller import BucketReader
+    from strata_operator.cluster.controller import BucketReader
 
     async def read() -> dict[int, Any]:
         reader = BucketReader(bucket, endpoint, region)
@@ -62,7 +61,7 @@ def _leases(bucket: str, endpoint: str | None, region: str, prefix: str, cluster
 
 
 async def _kube_call(fn: Any) -> Any:
-    from .kube import as_user
+    from strata_operator.kube import as_user
 
     return await as_user(fn)
 
@@ -75,7 +74,7 @@ def _load(placement_file: str | None, namespace: str, eventbroker: str | None) -
         return placement
     if not eventbroker:
         raise click.UsageError("give --placement FILE (local) or --eventbroker NAME (Kubernetes)")
-    from .cluster import kube_objects
+    from strata_operator.cluster import kube_objects
 
     name = kube_objects.placement_configmap_name(eventbroker)
     found = asyncio.run(_kube_call(lambda kube: kube.get("v1", "ConfigMap", namespace, name)))
@@ -104,8 +103,8 @@ def cluster() -> None:
 def show(placement_file: str | None, namespace: str, eventbroker: str | None, bucket: str | None,
          endpoint: str | None, region: str, prefix: str, cluster_id: str, as_json: bool) -> None:
     """Print the placement: per broker, the partitions it leads and their bytes in."""
-    from .cluster.assign import broker_loads
-    from .cluster.controller import bytes_in_of
+    from strata_operator.cluster.assign import broker_loads
+    from strata_operator.cluster.controller import bytes_in_of
 
     placement = _load(placement_file, namespace, eventbroker)
     leases: dict[int, Any] = {}
@@ -170,9 +169,9 @@ def rebalance(placement_file: str | None, namespace: str, eventbroker: str | Non
         return
     if not eventbroker:
         raise click.UsageError("give --placement FILE (local) or --eventbroker NAME (Kubernetes)")
-    from .cluster.handlers import rebalance_patch
-    from .crds import GROUP, VERSION
-    from .kube import KubeError, path
+    from strata_operator.cluster.handlers import rebalance_patch
+    from strata_operator.crds import GROUP, VERSION
+    from strata_operator.kube import KubeError, path
 
     async def annotate(kube: Any) -> Any:
         return await kube.request("PATCH", path(f"{GROUP}/{VERSION}", "EventBroker", namespace, eventbroker),

@@ -40,8 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from strata_broker.tier.layout import manifest_key, parse_topic_dir, segment_key, topics_root
 from strata_broker.tier.manifest import RemoteManifest
-
-from .billing.report import human_bytes
+from strata_operator.billing.report import human_bytes
 
 DEFAULT_CLUSTER = "strata-local"  # the broker's default cluster.id
 SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})(?:-c\d+)?\.(log|index|timeindex)$")  # -cN: compacted

@@ -1,0 +1,5 @@
+"""`python -m strata_cli ...` runs the `strata` command."""
+
+from .main import main
+
+main()
