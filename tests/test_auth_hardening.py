@@ -20,7 +20,7 @@ import pytest
 from brokerproc import BrokerProcess
 from kafka.protocol.sasl import SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest
 from strata_broker.security.sasl import AuthGuard
-from strata_broker.security.scram import ScramCredential
+from strata_contract.scram import ScramCredential
 
 SLOW_ITERATIONS = 1_000_000
 SASL_AUTHENTICATION_FAILED = 58

@@ -10,7 +10,8 @@ from kafka.net.sasl.scram import ScramClient
 from strata_broker.security import acl as A
 from strata_broker.security.credentials import CredentialStore
 from strata_broker.security.quotas import PRODUCER, QuotaManager, make_entity
-from strata_broker.security.scram import ScramCredential, ScramError, ScramServer
+from strata_broker.security.scram import ScramError, ScramServer
+from strata_contract.scram import ScramCredential
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])

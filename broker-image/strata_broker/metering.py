@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from strata_contract.principals import ANONYMOUS
+from strata_contract.usage import FORMAT_VERSION
+
 from .log.compaction import iter_batches
 
 if TYPE_CHECKING:
@@ -35,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-ANONYMOUS = "User:ANONYMOUS"
 OTHER_CLIENTS = "other"  # the client id counted for a principal's client ids beyond the limit
 # S3 API calls -> the price classes of the usage format.
 _S3_CLASS = {"put_object": "PUT", "upload_part": "PUT", "create_multipart_upload": "PUT",

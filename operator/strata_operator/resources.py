@@ -10,13 +10,15 @@ import hashlib
 import json
 from typing import Any
 
+from strata_contract.scram import FILE_KEY
+
 from .crds import API_VERSION
 
 BROKER_PORT = 9092
 DATA_DIR = "/var/lib/strata"
 CONFIG_DIR = "/etc/strata"
 CREDENTIALS_DIR = "/etc/strata/credentials"
-CREDENTIALS_KEY = "users.json"  # the key of the Secret <name>-credentials (see scram.py)
+CREDENTIALS_KEY = FILE_KEY  # the key of the Secret <name>-credentials (strata_contract.scram)
 TLS_DIR = "/etc/strata/tls"  # the brokers' certificate Secret: tls.crt, tls.key, ca.crt
 CLIENT_TLS_DIR = "/etc/strata/kafka"  # in a Microservice's pod: ca.crt (and tls.crt, tls.key for mutual TLS)
 CA_PEM_KEY = "KAFKA_SSL_CA_PEM"  # the CA in a Microservice's Secret (librdkafka's ssl.ca.pem)

@@ -8,38 +8,25 @@ reconciles and changes only when the operator's password does.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import os
 from typing import Any
 
-HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+from strata_contract.scram import HASHES, ScramCredential
+
 ITERATIONS = 8192  # Kafka allows 4096-16384
-FILE_KEY = "users.json"
 
 
 def credential(mechanism: str, password: str, salt: bytes | None = None, iterations: int = ITERATIONS
                ) -> dict[str, Any]:
-    """RFC 5802: StoredKey = H(HMAC(SaltedPassword, "Client Key")), ServerKey = HMAC(SaltedPassword,
-    "Server Key"), in the broker's JSON form (base64)."""
-    h = HASHES[mechanism]
-    salt = salt if salt is not None else os.urandom(24)
-    salted = hashlib.pbkdf2_hmac(h, password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", h).digest()
-    b64 = base64.b64encode
-    return {"salt": b64(salt).decode(), "iterations": iterations,
-            "stored_key": b64(hashlib.new(h, client_key).digest()).decode(),
-            "server_key": b64(hmac.new(salted, b"Server Key", h).digest()).decode()}
+    """One credentials-file entry for `password` (strata_contract.scram: what the broker checks)."""
+    return ScramCredential.from_password(mechanism, password, salt, iterations).to_json()
 
 
 def matches(entry: dict[str, Any], mechanism: str, password: str) -> bool:
     try:
-        again = credential(mechanism, password, base64.b64decode(entry["salt"]), int(entry["iterations"]))
+        return ScramCredential.from_json(entry).check_password(mechanism, password)
     except (KeyError, ValueError, TypeError):
         return False
-    return hmac.compare_digest(again["stored_key"], str(entry.get("stored_key")))
 
 
 def credentials_file(users: dict[str, str], previous: str | None = None) -> str:

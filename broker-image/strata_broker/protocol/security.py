@@ -27,13 +27,14 @@ from kafka.protocol.sasl import (
     SaslHandshakeRequest,
     SaslHandshakeResponse,
 )
+from strata_contract.scram import MAX_ITERATIONS, MIN_ITERATIONS, ScramCredential
 
 from ..config import parse_mechanisms
 from ..errors import ErrorCode
 from ..security import acl as A
 from ..security.quotas import ENTITY_TYPES, KEYS, make_entity
 from ..security.sasl import SaslFailure, SaslSession
-from ..security.scram import MAX_ITERATIONS, MECHANISM_IDS, MECHANISM_NAMES, MIN_ITERATIONS, ScramCredential
+from ..security.scram import MECHANISM_IDS, MECHANISM_NAMES
 from .context import RequestContext
 from .registry import api
 

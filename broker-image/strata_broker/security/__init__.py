@@ -1,3 +1,5 @@
 """Authentication (SASL PLAIN/SCRAM, TLS), authorization (Kafka ACLs) and client quotas."""
 
-ANONYMOUS = "User:ANONYMOUS"
+from strata_contract.principals import ANONYMOUS
+
+__all__ = ["ANONYMOUS"]

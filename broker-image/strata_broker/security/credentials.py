@@ -31,8 +31,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from strata_contract.scram import HASHES, MIN_ITERATIONS, ScramCredential
+
 from ..log.files import read_json, write_json_atomic
-from .scram import HASHES, MIN_ITERATIONS, ScramCredential
 
 # The mechanism a PLAIN password is checked with when a user has several SCRAM credentials.
 _PLAIN_ORDER = ("SCRAM-SHA-512", "SCRAM-SHA-256")

@@ -8,8 +8,10 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
+from strata_contract.scram import HASHES
+
 from .credentials import CredentialStore
-from .scram import HASHES, ScramError, ScramServer
+from .scram import ScramError, ScramServer
 
 
 class SaslFailure(Exception):

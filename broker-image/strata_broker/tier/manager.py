@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from strata_contract.usage import usage_prefix
+
 from ..log.files import read_json, write_json_atomic
 from ..log.partition import (
     CHECKPOINT,
@@ -30,7 +32,6 @@ from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .downloader import ChunkDownloader
 from .layout import (
-    cluster_root,
     manifest_key,
     parse_topic_dir,
     partition_root,
@@ -139,7 +140,7 @@ class TierManager:
 
     @property
     def usage_prefix(self) -> str:
-        return cluster_root(self.prefix, self.cluster) + "usage/"
+        return usage_prefix(self.cluster, self.prefix)
 
     def partition_prefix(self, topic: Topic, partition: int) -> str:
         return partition_root(self.prefix, self.cluster, topic.name, topic.topic_id, partition)

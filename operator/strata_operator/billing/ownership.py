@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from strata_contract.principals import ANONYMOUS
 
 from . import BillingError
 
@@ -27,7 +28,6 @@ GROUP = "strata.dev"
 UNOWNED = "unowned"
 IDLE = "idle"
 RESERVED_TEAMS = (UNOWNED, IDLE)
-ANONYMOUS = "User:ANONYMOUS"
 
 
 @dataclass(frozen=True)

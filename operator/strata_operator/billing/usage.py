@@ -1,6 +1,7 @@
-"""Usage records: the JSON-lines format brokers write, and a reader that de-duplicates them.
+"""Usage records: a reader (and validator) of the format brokers write, de-duplicating them.
 
-The format is specified in docs/billing.md ("Usage records"); this module is its reference
+The format is specified in docs/billing.md ("Usage records") and defined in
+strata_contract.usage, which the broker's metering writes with; this module is its reference
 reader. Summary: one JSON object per line, `v` = 1, a globally unique `id`, a `kind`
 (`client`, `topic`, `s3`, `broker`), the window `[window_start, window_end)` in UTC, and the
 counters of that window only (deltas, never running totals). A record seen twice (a retried
@@ -21,82 +22,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from strata_contract.usage import (
+    COMMON_FIELDS,
+    FORMAT_VERSION,
+    KIND_FIELDS,
+    REQUIRED_FIELDS,
+    S3_OPS,
+    UsageRecord,
+    usage_prefix,
+)
+
 from . import BillingError
-
-FORMAT_VERSION = 1
-KINDS = ("client", "topic", "s3", "broker")
-S3_OPS = ("PUT", "GET", "LIST", "DELETE")
-
-# Fields per kind: name -> type ("str", "str?", "int", "dec"). Counters default to 0.
-_COMMON = {"v": "int", "id": "str", "kind": "str", "cluster": "str", "broker": "str",
-           "window_start": "time", "window_end": "time"}
-_KIND_FIELDS: dict[str, dict[str, str]] = {
-    "client": {"principal": "str", "client_id": "str", "topic": "str?",
-               "produced_bytes": "int", "produced_records": "int", "produce_requests": "int",
-               "fetched_bytes": "int", "fetched_records": "int", "fetch_requests": "int",
-               "other_requests": "int"},
-    "topic": {"topic": "str", "hot_byte_hours": "dec", "cold_byte_hours": "dec"},
-    "s3": {"op": "str", "topic": "str?", "principal": "str?", "client_id": "str?",
-           "requests": "int", "bytes": "int"},
-    "broker": {"connection_seconds": "dec", "uptime_seconds": "dec",
-               "requested_cpu_core_hours": "dec", "requested_memory_byte_hours": "dec",
-               "disk_capacity_byte_hours": "dec"},
-}
-_REQUIRED = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": ()}
-
-
-@dataclass(frozen=True)
-class UsageRecord:
-    """One usage record. Fields that do not apply to `kind` keep their zero/None default."""
-
-    id: str
-    kind: str
-    cluster: str
-    broker: str
-    window_start: datetime
-    window_end: datetime
-    v: int = FORMAT_VERSION
-    principal: str | None = None
-    client_id: str | None = None
-    topic: str | None = None
-    produced_bytes: int = 0
-    produced_records: int = 0
-    produce_requests: int = 0
-    fetched_bytes: int = 0
-    fetched_records: int = 0
-    fetch_requests: int = 0
-    other_requests: int = 0
-    hot_byte_hours: Decimal = Decimal(0)
-    cold_byte_hours: Decimal = Decimal(0)
-    op: str | None = None
-    requests: int = 0
-    bytes: int = 0
-    connection_seconds: Decimal = Decimal(0)
-    uptime_seconds: Decimal = Decimal(0)
-    requested_cpu_core_hours: Decimal = Decimal(0)
-    requested_memory_byte_hours: Decimal = Decimal(0)
-    disk_capacity_byte_hours: Decimal = Decimal(0)
-
-    @property
-    def day(self) -> date:
-        """The UTC day the record is billed to: the day its window starts."""
-        return self.window_start.astimezone(UTC).date()
-
-    def to_json(self) -> str:
-        """The record as one line of the usage format (only the fields its kind defines)."""
-        out: dict[str, Any] = {}
-        names = list(_COMMON) + list(_KIND_FIELDS[self.kind])
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, datetime):
-                value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-            elif isinstance(value, Decimal):
-                value = int(value) if value == value.to_integral_value() else float(value)
-            if value is None:
-                continue
-            out[name] = value
-        return json.dumps(out, separators=(",", ":"))
-
 
 _RECORD_FIELDS = {f.name for f in fields(UsageRecord)}
 
@@ -121,14 +57,14 @@ def parse_record(obj: Any, where: str) -> UsageRecord | None:
     if version != FORMAT_VERSION:
         raise BillingError(f"{where}: unsupported usage record version v={version!r} (this reader knows v=1)")
     kind = obj.get("kind")
-    if kind not in _KIND_FIELDS:
+    if kind not in KIND_FIELDS:
         return None
-    spec = {**_COMMON, **_KIND_FIELDS[kind]}
+    spec = {**COMMON_FIELDS, **KIND_FIELDS[kind]}
     values: dict[str, Any] = {}
     for name, typ in spec.items():
         raw = obj.get(name)
         if raw is None:
-            if typ in ("str", "time") and (name in _COMMON or name in _REQUIRED[kind]):
+            if typ in ("str", "time") and (name in COMMON_FIELDS or name in REQUIRED_FIELDS[kind]):
                 raise BillingError(f"{where}: `{kind}` record is missing `{name}`")
             continue
         if typ == "time":
@@ -250,12 +186,6 @@ def read_dir(root: str | Path) -> UsageSet:
     if not path.is_dir():
         raise BillingError(f"usage directory {root} does not exist")
     return read_lines(_dir_files(path))
-
-
-def usage_prefix(cluster: str, prefix: str = "") -> str:
-    """The key prefix of a cluster's usage files (matches the broker's tier layout)."""
-    base = f"{prefix.strip('/')}/clusters/{cluster}/" if prefix.strip("/") else f"clusters/{cluster}/"
-    return base + "usage/"
 
 
 def day_prefixes(cluster: str, start: date, end: date, prefix: str = "") -> list[str]:
