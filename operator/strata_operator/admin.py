@@ -1,13 +1,20 @@
 """Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient, kafka-python for
 ApiVersions and SCRAM credentials). Never imports the broker's code.
 
-Everything here is synchronous and blocking; handlers call it through `asyncio.to_thread`.
+`Admin` is synchronous and blocking. Handlers use it through a `Session` (`session_for`): one per
+broker address and identity, shared by every handler, holding one long-lived authenticated
+AdminClient, running its blocking calls on a dedicated bounded thread pool (`ADMIN_WORKERS`), and
+backing off (failing fast, without touching the network) after the broker could not be reached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +37,10 @@ from confluent_kafka.admin import (
 )
 
 TIMEOUT = float(os.environ.get("STRATA_OPERATOR_BROKER_TIMEOUT", "10"))  # seconds per admin call
+# Threads for blocking admin calls, shared by all sessions: at most this many calls wait on brokers at once.
+ADMIN_WORKERS = int(os.environ.get("STRATA_OPERATOR_ADMIN_WORKERS", "8"))
+# After a broker could not be reached, calls through its session fail fast for 1, 2, 4... seconds, up to this.
+BACKOFF_MAX = float(os.environ.get("STRATA_OPERATOR_ADMIN_BACKOFF_MAX", "16"))
 API_CREATE_ACLS = 30
 API_ALTER_USER_SCRAM_CREDENTIALS = 51
 SECURITY_DISABLED = KafkaError.SECURITY_DISABLED  # a broker without an authorizer answers ACL calls so
@@ -269,3 +280,107 @@ def _kafka_python_security(extra: dict[str, str]) -> dict[str, str]:
     if "ssl.ca.location" in extra:
         out["ssl_cafile"] = extra["ssl.ca.location"]
     return out
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_sessions: dict[tuple[str, tuple[tuple[str, str], ...]], Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def executor() -> ThreadPoolExecutor:
+    """The bounded pool every blocking admin call runs on (not asyncio's default pool)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=ADMIN_WORKERS, thread_name_prefix="strata-admin")
+    return _executor
+
+
+class Session:
+    """One broker's admin session: a single AdminClient (two connections, one SCRAM login each)
+    created on first use and kept, its ApiVersions table read once per connection, and a backoff
+    after a transport failure during which calls raise BrokerUnavailable at once. After the backoff
+    the next call drops the old client and connects anew."""
+
+    def __init__(self, bootstrap: str, extra: dict[str, str]) -> None:
+        self.bootstrap = bootstrap
+        self.extra = dict(extra)
+        self._admin: Admin | None = None
+        self._versions: dict[int, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.connects = 0
+
+    def _client(self) -> Admin:
+        with self._lock:
+            now = time.monotonic()
+            if self.failures and now < self.retry_at:
+                raise BrokerUnavailable(f"{self.last_error} (retrying in {self.retry_at - now:.0f}s)")
+            if self._admin is None:
+                self._admin = Admin(self.bootstrap, self.extra)
+                self._versions = None
+                self.connects += 1
+            return self._admin
+
+    def _failed(self, admin: Admin, exc: BrokerUnavailable) -> None:
+        with self._lock:
+            if self._admin is admin:  # one failure per connection counts, not one per waiting call
+                self._admin = None
+                self._versions = None
+                self.failures += 1
+                self.retry_at = time.monotonic() + min(BACKOFF_MAX, 2.0 ** (self.failures - 1))
+                self.last_error = str(exc)
+
+    def _succeeded(self) -> None:
+        if self.failures:
+            with self._lock:
+                self.failures = 0
+
+    def call_sync(self, method: str, *args: Any) -> Any:
+        """Admin.<method>(*args) on this session's client (blocking; ApiVersions is cached)."""
+        admin = self._client()
+        try:
+            if method in ("api_versions", "supports"):
+                if self._versions is None:
+                    self._versions = admin.api_versions()
+                versions = self._versions
+                result: Any = versions if method == "api_versions" else args[0] in versions
+            else:
+                result = getattr(admin, method)(*args)
+        except BrokerUnavailable as exc:
+            self._failed(admin, exc)
+            raise
+        self._succeeded()
+        return result
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Admin.<method>(*args) on the bounded admin pool."""
+        return await asyncio.get_running_loop().run_in_executor(executor(), self.call_sync, method, *args)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_") or not hasattr(Admin, method):
+            raise AttributeError(method)
+
+        async def bound(*args: Any) -> Any:
+            return await self.call(method, *args)
+        return bound
+
+
+def session_for(bootstrap: str, extra: dict[str, str] | None = None) -> Session:
+    """The shared session for this broker address and these client settings (made on first use)."""
+    key = (bootstrap, tuple(sorted((extra or {}).items())))
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = Session(bootstrap, extra or {})
+        return session
+
+
+def forget_sessions(bootstrap: str) -> None:
+    """Drop the sessions of a broker address (its EventBroker was deleted)."""
+    with _sessions_lock:
+        for key in [k for k in _sessions if k[0] == bootstrap]:
+            del _sessions[key]

@@ -4,7 +4,9 @@ Create, update, resume and the periodic timer of each kind share one idempotent 
 function. Errors become conditions and Events and are retried with backoff (kopf.TemporaryError),
 never a crash loop. Settings (environment variables, read at import):
 
-  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60
+  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60;
+                                      each resource's first tick comes at a random point of the
+                                      first interval, so resources created together do not tick together
   STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import random
 import secrets
 from typing import Any
 
@@ -28,7 +31,6 @@ from .admin import (
     API_ALTER_USER_SCRAM_CREDENTIALS,
     API_CREATE_ACLS,
     SECURITY_DISABLED,
-    Admin,
     BrokerRejected,
     BrokerUnavailable,
     NoCredentials,
@@ -77,9 +79,30 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def close(**_: Any) -> None:
     if _kube is not None:
         await _kube.close()
+    kafka_admin.executor().shutdown(wait=False, cancel_futures=True)
 
 
 # -- shared helpers ------------------------------------------------------------------------
+
+
+def _jitter(**_: Any) -> float:
+    """A timer's initial delay: a random point of the interval (spreads the ticks of resources that
+    were created, or found at startup, together)."""
+    return random.uniform(0.0, INTERVAL)
+
+
+def _only_changes(patch: kopf.Patch, body: kopf.Body) -> None:
+    """Drop from the status patch every field the resource's status already has with that value, so
+    a reconcile that changed nothing writes nothing (kopf sends no empty patch). lastSyncTime is
+    written only along with another change: it is the time of the last change, not of the last check."""
+    if "status" not in patch:
+        return
+    current = body.get("status") or {}
+    for key in list(patch["status"]):
+        if key in current and current[key] == patch["status"][key]:
+            del patch["status"][key]
+    if set(patch["status"]) <= {"lastSyncTime"}:
+        del patch["status"]
 
 
 def _generation(body: kopf.Body) -> int | None:
@@ -103,13 +126,28 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     return new
 
 
-async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple[dict[str, Any], str]:
+@kopf.index(*BROKER)
+def broker_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the EventBroker's metadata and spec: what resolve_broker reads, from the
+    watch instead of a GET per reconcile."""
+    md = body["metadata"]
+    return {(md["namespace"], md["name"]): {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {"namespace": md["namespace"], "name": md["name"], "uid": md.get("uid")},
+        "spec": dict(body.get("spec") or {})}}
+
+
+async def resolve_broker(body: kopf.Body, check_namespace: bool = True,
+                         brokers: kopf.Index | None = None) -> tuple[dict[str, Any], str]:
     """The EventBroker a resource refers to, and its bootstrap address: BrokerMissing if absent,
     NamespaceNotAllowed if it does not serve the resource's namespace (unless `check_namespace` is
-    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable."""
+    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable.
+    Read from `brokers` (broker_index) when it has it; else (a broker newer than the watch) a GET."""
     ns, name = logic.broker_key(body)
+    broker = next(iter(brokers.get((ns, name), [])), None) if brokers is not None else None
     try:
-        broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
+        if broker is None:
+            broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
     except (KubeError, OSError) as exc:
         raise kopf.TemporaryError(f"cannot read EventBroker {ns}/{name}: {exc}", delay=RETRY_DELAY) from exc
     if broker is None:
@@ -121,12 +159,12 @@ async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple
     return broker, resources.bootstrap_servers(broker)
 
 
-async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch,
-                               conditions: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch, conditions: list[dict[str, Any]],
+                               brokers: kopf.Index | None = None) -> tuple[dict[str, Any], str] | None:
     """resolve_broker, or None after setting Ready=False with the reason (NamespaceNotAllowed changes
     only when the EventBroker does, so the timer re-checks it; a missing broker is retried)."""
     try:
-        return await resolve_broker(body)
+        return await resolve_broker(body, brokers=brokers)
     except NamespaceNotAllowed as exc:
         _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         return None
@@ -145,14 +183,17 @@ class NamespaceNotAllowed(Exception):
     REASON = "NamespaceNotAllowed"
 
 
-def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
-    """An admin connection to an EventBroker as the operator: SASL with the operator's own
-    credentials when the broker's first listener authenticates (NoCredentials without a password)."""
+def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> kafka_admin.Session:
+    """The shared admin session of an EventBroker, as the operator: SASL with the operator's own
+    credentials when the broker's first listener authenticates (NoCredentials without a password).
+    One per broker address for the whole process (admin.session_for); its methods are Admin's, awaited."""
     authenticated = resources.authentication(broker.get("spec", {})) != "none"
-    return Admin(bootstrap or resources.bootstrap_servers(broker), kafka_admin.client_security(authenticated))
+    return kafka_admin.session_for(bootstrap or resources.bootstrap_servers(broker),
+                                   kafka_admin.client_security(authenticated))
 
 
 async def run(fn: Any, *args: Any) -> Any:
+    """A blocking call that is not a broker's admin call (those go through admin_for's session)."""
     return await asyncio.to_thread(fn, *args)
 
 
@@ -171,12 +212,18 @@ def _deadline_passed(body: kopf.Body) -> bool:
 @kopf.on.create(*BROKER)
 @kopf.on.update(*BROKER)
 async def reconcile_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await _reconcile_broker(body, patch)
+    try:
+        await _reconcile_broker(body, patch)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*BROKER, interval=INTERVAL, initial_delay=INTERVAL / 2)
+@kopf.timer(*BROKER, interval=INTERVAL, initial_delay=_jitter)
 async def refresh_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await _reconcile_broker(body, patch)
+    try:
+        await _reconcile_broker(body, patch)
+    finally:
+        _only_changes(patch, body)
 
 
 async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
@@ -187,8 +234,8 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
     if spec.get("external"):
         try:
             admin = admin_for(body, bootstrap)
-            count = await run(admin.ping)
-            authorizer = await run(admin.supports, API_CREATE_ACLS)
+            count = await admin.ping()
+            authorizer = await admin.supports(API_CREATE_ACLS)
         except (BrokerUnavailable, BrokerRejected) as exc:
             _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -253,15 +300,23 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
 @kopf.on.resume(*TOPIC)
 @kopf.on.create(*TOPIC)
 @kopf.on.update(*TOPIC)
-async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
-    await _reconcile_topic(body, patch, topic_index, timed=False)
+async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
+                          broker_index: kopf.Index, **_: Any) -> None:
+    try:
+        await _reconcile_topic(body, patch, topic_index, broker_index, timed=False)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*TOPIC, interval=INTERVAL, initial_delay=INTERVAL)
-async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
+@kopf.timer(*TOPIC, interval=INTERVAL, initial_delay=_jitter)
+async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
+                             broker_index: kopf.Index, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    await _reconcile_topic(body, patch, topic_index, timed=True)
+    try:
+        await _reconcile_topic(body, patch, topic_index, broker_index, timed=True)
+    finally:
+        _only_changes(patch, body)
 
 
 def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
@@ -274,7 +329,8 @@ def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
     return logic.conflict_winner(claimants)
 
 
-async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, timed: bool) -> None:
+async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, brokers: kopf.Index,
+                           timed: bool) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     name = logic.managed_topic_name(body)
@@ -302,13 +358,13 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         _set(patch, body, conditions, "Ready", False, "ReservedTopic",
              f"{name!r} is an internal or reserved topic (__*, _schemas): the broker manages it, no Topic does")
         return
-    resolved = await _broker_or_condition(body, patch, conditions)
+    resolved = await _broker_or_condition(body, patch, conditions, brokers)
     if resolved is None:
         return
     broker, bootstrap = resolved
     try:
         admin = admin_for(broker, bootstrap)
-        state = await run(admin.describe_topic, name)
+        state = await admin.describe_topic(name)
         status = body.get("status") or {}
         plan = logic.plan_topic(body["spec"], state.partitions if state else None,
                                 state.dynamic_configs if state else None, state.all_configs if state else None,
@@ -319,14 +375,14 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         found = {k: state.dynamic_configs[k] for k in logic.unmanaged_configs(state.dynamic_configs, plan.managed)} \
             if state is not None else {}
         if plan.create:
-            await run(admin.create_topic, name, int(body["spec"].get("partitions", 1)), plan.set_configs)
+            await admin.create_topic(name, int(body["spec"].get("partitions", 1)), plan.set_configs)
         else:
             if plan.grow_to:
-                await run(admin.grow_partitions, name, plan.grow_to)
+                await admin.grow_partitions(name, plan.grow_to)
             if plan.set_configs or plan.delete_configs:
-                await run(admin.alter_configs, name, plan.set_configs, plan.delete_configs)
+                await admin.alter_configs(name, plan.set_configs, plan.delete_configs)
         if plan.changes:
-            state = await run(admin.describe_topic, name)
+            state = await admin.describe_topic(name)
     except BrokerUnavailable as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -363,7 +419,7 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
 
 
 @kopf.on.delete(*TOPIC)
-async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> None:
+async def delete_topic(body: kopf.Body, topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
     md = body["metadata"]
     name = logic.managed_topic_name(body)
     if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
@@ -378,8 +434,8 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
         kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
         return
     try:
-        broker, bootstrap = await resolve_broker(body)
-        deleted = await run(admin_for(broker, bootstrap).delete_topic, name)
+        broker, bootstrap = await resolve_broker(body, brokers=broker_index)
+        deleted = await admin_for(broker, bootstrap).delete_topic(name)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
         return
@@ -421,15 +477,22 @@ def _peer(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.create(*MICROSERVICE)
 @kopf.on.update(*MICROSERVICE)
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                                 topic_index: kopf.Index, **_: Any) -> None:
-    await _reconcile_microservice(body, patch, microservice_index, topic_index)
+                                 topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
+    try:
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=INTERVAL / 2)
+@kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=_jitter)
 async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                               topic_index: kopf.Index, **_: Any) -> None:
-    if not body.get("metadata", {}).get("deletionTimestamp"):
-        await _reconcile_microservice(body, patch, microservice_index, topic_index)
+                               topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    try:
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index)
+    finally:
+        _only_changes(patch, body)
 
 
 def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[str]) -> dict[str, Any]:
@@ -442,11 +505,11 @@ def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[
 
 
 async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
-                                  topic_index: kopf.Index) -> None:
+                                  topic_index: kopf.Index, brokers: kopf.Index | None = None) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    resolved = await _broker_or_condition(body, patch, conditions)
+    resolved = await _broker_or_condition(body, patch, conditions, brokers)
     if resolved is None:
         return
     broker, bootstrap = resolved
@@ -514,16 +577,16 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
         patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     try:
         admin = admin_for(broker, bootstrap)
-        versions = await run(admin.api_versions)
+        versions = await admin.api_versions()
         if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
             # Upserted on every reconcile, so the broker always knows the Secret's password (a new
             # Secret, a rotation by deleting it, a broker that lost its __meta); before the ACLs, so a
             # service never holds permissions it cannot authenticate for... nor the reverse for long.
-            await run(admin.upsert_scram, resources.principal_name(body), password)
+            await admin.upsert_scram(resources.principal_name(body), password)
         no_authorizer = API_CREATE_ACLS not in versions
         if not no_authorizer:
             try:
-                created, deleted = await run(admin.sync_acls, principal, grants.acls)
+                created, deleted = await admin.sync_acls(principal, grants.acls)
                 conditions = _set(patch, body, conditions, "AclsApplied", True, "AclsApplied",
                                   f"{len(grants.acls)} ACL(s) for {principal} (+{created} -{deleted})")
             except BrokerRejected as exc:
@@ -569,23 +632,23 @@ def _existing_password(secret: dict[str, Any] | None) -> str | None:
 
 
 @kopf.on.delete(*MICROSERVICE)
-async def delete_microservice(body: kopf.Body, **_: Any) -> None:
+async def delete_microservice(body: kopf.Body, broker_index: kopf.Index, **_: Any) -> None:
     """Revoke the principal's ACLs and remove its SCRAM credential; the Deployment, ServiceAccount
     and Secret are garbage-collected through their ownerReferences."""
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:
-        broker, bootstrap = await resolve_broker(body, check_namespace=False)
+        broker, bootstrap = await resolve_broker(body, check_namespace=False, brokers=broker_index)
         admin = admin_for(broker, bootstrap)
-        versions = await run(admin.api_versions)
+        versions = await admin.api_versions()
         if API_CREATE_ACLS in versions:
             try:
-                await run(admin.delete_acls_of, resources.principal(body))
+                await admin.delete_acls_of(resources.principal(body))
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
         if resources.authentication(broker.get("spec", {})) != "none" and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
-            await run(admin.delete_scram, resources.principal_name(body))
+            await admin.delete_scram(resources.principal_name(body))
     except BrokerMissing:
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
