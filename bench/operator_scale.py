@@ -1,0 +1,266 @@
+"""The control plane at scale: `strata operator` as a real process against the emulated Kubernetes
+API (tests/kmockserver.py) and one real broker with SCRAM and the authorizer on.
+
+For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-only Microservices
+(each producing one topic and consuming another), then prints:
+
+- time from the last apply until every Topic / every Microservice is Ready;
+- the steady state, nothing changing, over --steady seconds (after one reconcile interval of
+  settling): the operator's CPU (% of one core, from /proc/<pid>/stat), its threads, Kafka
+  requests per minute counted on the wire in front of the broker (a counting TCP proxy the broker
+  advertises, so every connection goes through it: logins included), and Kubernetes requests per
+  minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
+- the operator's peak RSS (VmHWM) over the whole run;
+- the time to delete min(500, N) Topics (until their resources are gone from the API).
+
+Run:  python bench/operator_scale.py                      # 100 and 1,000 Topics
+      python bench/operator_scale.py --sizes 100 --steady 60
+      python bench/operator_scale.py --with-5000            # adds 5,000
+The reconcile interval is the production default (60 s) unless --interval says otherwise. The
+machine's load (`uptime`) is printed with the table: on a shared machine the figures move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import secutil  # noqa: E402
+from brokerproc import BrokerProcess, free_port  # noqa: E402
+from kmockserver import KubeEmulatorProcess  # noqa: E402
+
+API = "strata.dev/v1alpha1"
+OPERATOR_USER = "strata-operator"
+
+
+class CountingProxy:
+    """A loopback TCP proxy in front of the broker that counts Kafka request frames by api key."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.counts: collections.Counter[int] = collections.Counter()
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _requests(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                head = _read_exact(src, 4)
+                if head is None:
+                    break
+                (size,) = struct.unpack(">i", head)
+                body = _read_exact(src, size)
+                if body is None:
+                    break
+                with self._lock:
+                    self.counts[struct.unpack(">h", body[:2])[0]] += 1
+                dst.sendall(head + body)
+        except OSError:
+            pass
+        _close(src, dst)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        _close(src, dst)
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def proc_stat(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system), threads and peak RSS (MiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    return {"cpu": (int(fields[11]) + int(fields[12])) / ticks, "threads": int(status["Threads"]),
+            "hwm_mib": int(status["VmHWM"].split()[0]) / 1024, "rss_mib": int(status["VmRSS"].split()[0]) / 1024}
+
+
+def kube_requests(kube: KubeEmulatorProcess) -> int:
+    with urllib.request.urlopen(kube.url + "/_kmock/stats", timeout=30) as resp:
+        return int(json.loads(resp.read())["requests"])
+
+
+def ready_count(kube: KubeEmulatorProcess, kind: str) -> tuple[int, int]:
+    items = kube.list(kind)
+    ready = sum(1 for o in items for c in (o.get("status") or {}).get("conditions") or []
+                if c["type"] == "Ready" and c["status"] == "True")
+    return ready, len(items)
+
+
+def wait_ready(kube: KubeEmulatorProcess, kinds: dict[str, int], start: float, timeout: float) -> dict[str, float]:
+    """Seconds from `start` until all `kinds[kind]` resources of each kind are Ready (nan on timeout)."""
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(kinds) and time.monotonic() < deadline:
+        for kind, want in kinds.items():
+            if kind not in done and ready_count(kube, kind)[0] >= want:
+                done[kind] = time.monotonic() - start
+        time.sleep(0.5)
+    return {kind: done.get(kind, float("nan")) for kind in kinds}
+
+
+def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    password = "op-" + uuid.uuid4().hex
+    creds = workdir / "users.json"
+    secutil.write_credentials(creds, {OPERATOR_USER: password})
+    sasl_port = free_port()
+    proxy = CountingProxy(sasl_port)
+    broker = BrokerProcess(workdir / "broker", listeners={"SASL_PLAINTEXT": sasl_port},
+                           advertise=f"SASL_PLAINTEXT://127.0.0.1:{proxy.port}", settings={
+                               "sasl.credentials.file": str(creds),
+                               "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256",
+                               "authorizer.enable": "true", "super.users": f"User:{OPERATOR_USER}",
+                               "auto.create.topics.enable": "false"}).start()
+    kube = KubeEmulatorProcess(workdir).start()
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+        bootstrap = f"127.0.0.1:{proxy.port}"
+        kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "events"}, "spec": {
+            "external": {"bootstrapServers": bootstrap},
+            "listeners": [{"name": "sasl", "port": proxy.port, "authentication": "scram-sha-512"}]}})
+        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig()),
+               "STRATA_OPERATOR_RECONCILE_INTERVAL": str(args.interval),
+               "STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+               "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+               "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
+               "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
+        operator = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
+                                    env=env, stdout=open(workdir / "operator.log", "w"), stderr=subprocess.STDOUT)
+        wait_ready(kube, {"EventBroker": 1}, time.monotonic(), 120)
+        services = max(1, n // 5)
+        for i in range(n):
+            kube.create({"apiVersion": API, "kind": "Topic", "metadata": {"name": f"t{i:05d}"},
+                         "spec": {"brokerRef": {"name": "events"}, "team": "bench", "partitions": 1,
+                                  "retention": "1d", "deletionPolicy": "Delete"}})
+        for i in range(services):
+            kube.create({"apiVersion": API, "kind": "Microservice", "metadata": {"name": f"svc{i:04d}"},
+                         "spec": {"brokerRef": {"name": "events"}, "team": "bench",
+                                  "produces": [f"t{(2 * i) % n:05d}"], "consumes": [f"t{(2 * i + 1) % n:05d}"]}})
+        applied = time.monotonic()
+        to_ready = wait_ready(kube, {"Topic": n, "Microservice": services}, applied, args.ready_timeout)
+        print(f"  {n}: Ready after {to_ready}", flush=True)
+        time.sleep(args.interval)  # the first (jittered) timer ticks, then the steady state
+        before = proc_stat(operator.pid)
+        k0, a0, t0 = kube_requests(kube), proxy.total(), time.monotonic()
+        time.sleep(args.steady)
+        after = proc_stat(operator.pid)
+        k1, a1, t1 = kube_requests(kube), proxy.total(), time.monotonic()
+        minutes = (t1 - t0) / 60
+        deleting = min(500, n)
+        started = time.monotonic()
+        for i in range(deleting):
+            kube.delete("Topic", f"t{i:05d}")
+        deadline = time.monotonic() + args.ready_timeout
+        while time.monotonic() < deadline and len(kube.list("Topic")) > n - deleting:
+            time.sleep(0.5)
+        remaining = len(kube.list("Topic"))
+        delete_s = time.monotonic() - started if remaining <= n - deleting else float("nan")
+        final = proc_stat(operator.pid)
+        return {"n": n, "services": services, "topics_ready_s": to_ready["Topic"],
+                "services_ready_s": to_ready["Microservice"],
+                "cpu_pct": 100 * (after["cpu"] - before["cpu"]) / (t1 - t0),
+                "threads": after["threads"], "peak_rss_mib": final["hwm_mib"],
+                "kafka_req_min": (a1 - a0) / minutes, "kube_req_min": (k1 - k0) / minutes,
+                "broker_connections": proxy.connections, "deleted": deleting, "delete_s": delete_s,
+                "cpu_s_total": final["cpu"]}
+    finally:
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(15)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        kube.stop()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000", help="comma-separated Topic counts (default 100,1000)")
+    parser.add_argument("--with-5000", action="store_true", help="add 5,000 Topics (1,000 Microservices)")
+    parser.add_argument("--interval", type=float, default=60.0, help="STRATA_OPERATOR_RECONCILE_INTERVAL")
+    parser.add_argument("--steady", type=float, default=120.0, help="seconds of steady state measured")
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directories (logs)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s] + ([5000] if args.with_5000 else [])
+    rows = []
+    for n in sizes:
+        workdir = Path(tempfile.mkdtemp(prefix=f"operator-scale-{n}-"))
+        print(f"size {n}: work dir {workdir}", flush=True)
+        rows.append(run_size(n, args, workdir))
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\nreconcile interval {args.interval:.0f}s, steady state measured over {args.steady:.0f}s; load: {load}")
+    print("| resources | all Ready after apply (Topics / Microservices) | steady state: operator CPU, threads | "
+          "Kafka req/min | Kubernetes req/min | peak RSS | broker connections (whole run) | delete Topics |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']} Topics, {r['services']} Microservices | {r['topics_ready_s']:.1f} s / "
+              f"{r['services_ready_s']:.1f} s | {r['cpu_pct']:.1f}% of a core, {r['threads']} threads | "
+              f"{r['kafka_req_min']:.0f} | {r['kube_req_min']:.0f} | {r['peak_rss_mib']:.0f} MiB | "
+              f"{r['broker_connections']} | {r['deleted']} in {r['delete_s']:.1f} s |")
+
+
+if __name__ == "__main__":
+    main()
