@@ -23,15 +23,11 @@ machine's load (`uptime`) is printed with the table: on a shared machine the fig
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -43,86 +39,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import secutil  # noqa: E402
 from brokerproc import BrokerProcess, free_port  # noqa: E402
+from countingproxy import CountingProxy  # noqa: E402
 from kmockserver import KubeEmulatorProcess  # noqa: E402
 
 API = "strata.dev/v1alpha1"
 OPERATOR_USER = "strata-operator"
-
-
-class CountingProxy:
-    """A loopback TCP proxy in front of the broker that counts Kafka request frames by api key."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.counts.values())
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-
-    def _requests(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                head = _read_exact(src, 4)
-                if head is None:
-                    break
-                (size,) = struct.unpack(">i", head)
-                body = _read_exact(src, size)
-                if body is None:
-                    break
-                with self._lock:
-                    self.counts[struct.unpack(">h", body[:2])[0]] += 1
-                dst.sendall(head + body)
-        except OSError:
-            pass
-        _close(src, dst)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        _close(src, dst)
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        try:
-            s.close()
-        except OSError:
-            pass
 
 
 def proc_stat(pid: int) -> dict[str, float]:

@@ -8,6 +8,8 @@ never a crash loop. Settings (environment variables, read at import):
                                       each resource's first tick comes at a random point of the
                                       first interval, so resources created together do not tick together
   STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
+  STRATA_OPERATOR_FULL_RESYNC         seconds between a Microservice's full timed reconciles (its
+                                      Secret read and its objects applied again), default 10 intervals
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
   STRATA_OPERATOR_KAFKA_*             the operator's own Kafka credentials (admin.py)
@@ -18,9 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import json
 import os
 import random
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -40,6 +46,10 @@ from .kube import Kube, KubeError
 
 INTERVAL = float(os.environ.get("STRATA_OPERATOR_RECONCILE_INTERVAL", "60"))
 RETRY_DELAY = float(os.environ.get("STRATA_OPERATOR_RETRY_DELAY", "15"))
+FULL_RESYNC = float(os.environ.get("STRATA_OPERATOR_FULL_RESYNC", str(INTERVAL * 10)))
+# A timed reconcile compares with a snapshot of the broker at most this old (one read per broker, shared):
+# drift is seen within INTERVAL + SNAPSHOT_AGE of happening.
+SNAPSHOT_AGE = INTERVAL / 2
 DELETE_TIMEOUT = float(os.environ.get("STRATA_OPERATOR_DELETE_TIMEOUT", "600"))
 # Pull secrets put on every pod the operator creates (brokers, Microservices), besides each resource's own
 # spec.imagePullSecrets; comma-separated Secret names in the pod's namespace (the chart: imagePullSecrets).
@@ -73,6 +83,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30, 60]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # A resource being deleted waits for its timer to stop; one caught mid-reconcile (awaiting the
+    # broker) is polled for every this many seconds, not kopf's 60.
+    settings.background.cancellation_polling = 2
+    settings.background.instant_exit_timeout = 0.5
 
 
 @kopf.on.cleanup()
@@ -364,11 +378,20 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
     broker, bootstrap = resolved
     try:
         admin = admin_for(broker, bootstrap)
-        state = await admin.describe_topic(name)
         status = body.get("status") or {}
-        plan = logic.plan_topic(body["spec"], state.partitions if state else None,
-                                state.dynamic_configs if state else None, state.all_configs if state else None,
-                                list(status.get("managedConfigs") or []))
+
+        def plan_for(state: kafka_admin.TopicState | None) -> logic.TopicPlan:
+            return logic.plan_topic(body["spec"], state.partitions if state else None,
+                                    state.dynamic_configs if state else None,
+                                    state.all_configs if state else None, list(status.get("managedConfigs") or []))
+
+        # Drift detection (timed): the broker's shared snapshot, no request of this topic's own unless
+        # the snapshot shows a difference, which a fresh read then confirms before anything is changed.
+        state = (await admin.snapshot(SNAPSHOT_AGE)).topics.get(name) if timed else None
+        if not timed or state is None or state.topic_id != status.get("topicId") or plan_for(state).changes:
+            state = await admin.describe_topic(name)
+            admin.remember_topic(name, state)
+        plan = plan_for(state)
         # An existing topic this resource has not managed yet (never seen, or re-created behind the
         # operator's back under a new id): adoption, reported once with what it found.
         adopted = state is not None and status.get("topicId") != state.topic_id
@@ -383,6 +406,7 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
                 await admin.alter_configs(name, plan.set_configs, plan.delete_configs)
         if plan.changes:
             state = await admin.describe_topic(name)
+            admin.remember_topic(name, state)
     except BrokerUnavailable as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -435,7 +459,9 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, broker_index: k
         return
     try:
         broker, bootstrap = await resolve_broker(body, brokers=broker_index)
-        deleted = await admin_for(broker, bootstrap).delete_topic(name)
+        admin = admin_for(broker, bootstrap)
+        deleted = await admin.delete_topic(name)
+        admin.remember_topic(name, None)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
         return
@@ -479,7 +505,7 @@ def _peer(body: kopf.Body) -> dict[str, Any]:
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
                                  topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
     try:
-        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index)
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=False)
     finally:
         _only_changes(patch, body)
 
@@ -490,9 +516,25 @@ async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
     try:
-        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index)
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=True)
     finally:
         _only_changes(patch, body)
+
+
+@dataclass
+class _Applied:
+    """What a Microservice's last full reconcile applied: a digest of its objects, when, with which password."""
+
+    digest: str
+    at: float
+    password: str
+
+
+_applied: dict[str, _Applied] = {}  # Microservice uid -> its last full apply (this process)
+
+
+def _digest(objects: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[str]) -> dict[str, Any]:
@@ -505,7 +547,8 @@ def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[
 
 
 async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
-                                  topic_index: kopf.Index, brokers: kopf.Index | None = None) -> None:
+                                  topic_index: kopf.Index, brokers: kopf.Index | None = None,
+                                  timed: bool = False) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
@@ -556,11 +599,22 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
                           "every declared topic and the consumer group are allowed")
     sasl = resources.authentication(broker.get("spec", {})) != "none"
     names = resources.microservice_names(name)
+    uid = str(md.get("uid"))
+    # A timed reconcile within FULL_RESYNC of the last full one trusts what that one applied (the
+    # Secret's password included) and applies again only if the objects it would apply changed.
+    cached = _applied.get(uid) if timed else None
+    if cached is not None and time.monotonic() - cached.at > FULL_RESYNC:
+        cached = None
     try:
-        existing = await kube().get("v1", "Secret", ns, names["secret"])
-        password = _existing_password(existing) or secrets.token_urlsafe(24)
-        for obj in resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS):
-            await kube().apply(obj)
+        existing = None if cached else await kube().get("v1", "Secret", ns, names["secret"])
+        old_password = cached.password if cached else _existing_password(existing)
+        password = old_password or secrets.token_urlsafe(24)
+        objects = list(resources.microservice_objects(body, bootstrap, password, sasl, IMAGE_PULL_SECRETS))
+        digest = _digest(objects)
+        if cached is None or cached.digest != digest:
+            for obj in objects:
+                await kube().apply(obj)
+            _applied[uid] = _Applied(digest, time.monotonic(), password)
         deployment = None if resources.credentials_only(body) else \
             await kube().get("apps/v1", "Deployment", ns, names["deployment"])
     except (KubeError, OSError) as exc:
@@ -578,21 +632,33 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     try:
         admin = admin_for(broker, bootstrap)
         versions = await admin.api_versions()
-        if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
-            # Upserted on every reconcile, so the broker always knows the Secret's password (a new
-            # Secret, a rotation by deleting it, a broker that lost its __meta); before the ACLs, so a
-            # service never holds permissions it cannot authenticate for... nor the reverse for long.
-            await admin.upsert_scram(resources.principal_name(body), password)
-        no_authorizer = API_CREATE_ACLS not in versions
+        # A timed reconcile compares with the broker's shared snapshot and changes only what differs.
+        snap = await admin.snapshot(SNAPSHOT_AGE) if timed else None
+        user = resources.principal_name(body)
+        if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions and (
+                snap is None or snap.scram_users is None or user not in snap.scram_users or not old_password):
+            # Upserted on every create, update and resume, and when the broker lacks it or the password
+            # is new (a new Secret, a rotation by deleting it, a broker that lost its __meta); before the
+            # ACLs, so a service never holds permissions it cannot authenticate for... nor the reverse for long.
+            await admin.upsert_scram(user, password)
+            admin.remember_user(user, True)
+        # No authorizer (DescribeAcls or CreateAcls answered SECURITY_DISABLED): a timed reconcile makes no ACL call.
+        no_authorizer = API_CREATE_ACLS not in versions or (snap is not None and (snap.acls is None
+                                                                                   or admin.no_authorizer))
         if not no_authorizer:
             try:
-                created, deleted = await admin.sync_acls(principal, grants.acls)
+                if snap is not None and snap.acls is not None and snap.acls.get(principal, set()) == {
+                        kafka_admin.binding(principal, *w) for w in grants.acls}:
+                    created, deleted = 0, 0
+                else:
+                    created, deleted = await admin.sync_acls(principal, grants.acls)
+                    admin.remember_acls(principal, grants.acls)
                 conditions = _set(patch, body, conditions, "AclsApplied", True, "AclsApplied",
                                   f"{len(grants.acls)} ACL(s) for {principal} (+{created} -{deleted})")
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
-                no_authorizer = True
+                no_authorizer = admin.no_authorizer = True
         if no_authorizer:
             conditions = _set(patch, body, conditions, "AclsApplied", False, "BrokerHasNoAuthorizer",
                               "the broker does not enforce ACLs (no CreateAcls, or no authorizer enabled): "
@@ -644,11 +710,14 @@ async def delete_microservice(body: kopf.Body, broker_index: kopf.Index, **_: An
         if API_CREATE_ACLS in versions:
             try:
                 await admin.delete_acls_of(resources.principal(body))
+                admin.remember_acls(resources.principal(body), None)
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
         if resources.authentication(broker.get("spec", {})) != "none" and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
             await admin.delete_scram(resources.principal_name(body))
+            admin.remember_user(resources.principal_name(body), False)
+        _applied.pop(str(body["metadata"].get("uid")), None)
     except BrokerMissing:
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
