@@ -11,7 +11,10 @@ For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-
   advertises, so every connection goes through it: logins included), and Kubernetes requests per
   minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
 - the operator's peak RSS (VmHWM) over the whole run;
-- the time to delete min(500, N) Topics (until their resources are gone from the API).
+- the time to delete min(500, N) Topics (until their resources are gone from the API);
+- with --cold-start: the operator stopped, every resource's conditions cleared, the operator started
+  again with all of them in the API: time to all Ready, its peak RSS and threads, the connections it
+  opened to the broker, and the handler failures in its log.
 
 Run:  python bench/operator_scale.py                      # 100 and 1,000 Topics
       python bench/operator_scale.py --sizes 100 --steady 60
@@ -25,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -44,6 +49,8 @@ from kmockserver import KubeEmulatorProcess  # noqa: E402
 
 API = "strata.dev/v1alpha1"
 OPERATOR_USER = "strata-operator"
+# kopf's words for a handler run that failed (not "Resuming is processed: 1 succeeded; 0 failed.")
+FAILURE = re.compile(r"failed (?:temporarily|permanently|with an exception)")
 
 
 def proc_stat(pid: int) -> dict[str, float]:
@@ -100,14 +107,13 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         kube.create({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "events"}, "spec": {
             "external": {"bootstrapServers": bootstrap},
             "listeners": [{"name": "sasl", "port": proxy.port, "authentication": "scram-sha-512"}]}})
-        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig()),
+        env: dict[str, str] = {**os.environ, "KUBECONFIG": str(kube.kubeconfig()),
                "STRATA_OPERATOR_RECONCILE_INTERVAL": str(args.interval),
                "STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
                "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
-        operator = subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
-                                    env=env, stdout=open(workdir / "operator.log", "w"), stderr=subprocess.STDOUT)
+        operator = start_operator(env, workdir / "operator.log")
         wait_ready(kube, {"EventBroker": 1}, time.monotonic(), 120)
         services = max(1, n // 5)
         for i in range(n):
@@ -128,6 +134,34 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         after = proc_stat(operator.pid)
         k1, a1, t1 = kube_requests(kube), proxy.total(), time.monotonic()
         minutes = (t1 - t0) / 60
+        cold: dict[str, Any] = {}
+        if args.cold_start:
+            stop_operator(operator)
+            for kind, count, fmt in (("Topic", n, "t{:05d}"), ("Microservice", services, "svc{:04d}")):
+                for i in range(count):
+                    kube.patch(kind, fmt.format(i), {"status": {"conditions": []}})
+            conns = proxy.connections
+            operator = start_operator(env, workdir / "operator-cold.log")
+            started = time.monotonic()
+            peak_threads = 0
+            sampler_stop = threading.Event()
+
+            def sample() -> None:
+                nonlocal peak_threads
+                while not sampler_stop.wait(0.5):
+                    try:
+                        peak_threads = max(peak_threads, proc_stat(operator.pid)["threads"])
+                    except (OSError, KeyError):
+                        return
+            threading.Thread(target=sample, daemon=True).start()
+            took = wait_ready(kube, {"Topic": n, "Microservice": services}, started, args.ready_timeout)
+            sampler_stop.set()
+            stat = proc_stat(operator.pid)
+            failures = len(FAILURE.findall((workdir / "operator-cold.log").read_text(errors="replace")))
+            cold = {"cold_s": max(took.values()), "cold_rss_mib": stat["hwm_mib"], "cold_threads": peak_threads,
+                    "cold_connections": proxy.connections - conns, "cold_failures": failures,
+                    "cold_cpu_s": stat["cpu"]}
+            print(f"  {n}: cold start {cold}", flush=True)
         deleting = min(500, n)
         started = time.monotonic()
         for i in range(deleting):
@@ -144,16 +178,25 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "threads": after["threads"], "peak_rss_mib": final["hwm_mib"],
                 "kafka_req_min": (a1 - a0) / minutes, "kube_req_min": (k1 - k0) / minutes,
                 "broker_connections": proxy.connections, "deleted": deleting, "delete_s": delete_s,
-                "cpu_s_total": final["cpu"]}
+                "cpu_s_total": final["cpu"], **cold}
     finally:
         if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(15)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+            stop_operator(operator)
         kube.stop()
         broker.stop()
+
+
+def start_operator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "strata_operator.cli", "operator", "--liveness", ""],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop_operator(operator: subprocess.Popen[bytes]) -> None:
+    operator.terminate()
+    try:
+        operator.wait(15)
+    except subprocess.TimeoutExpired:
+        operator.kill()
 
 
 def main() -> None:
@@ -163,7 +206,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=60.0, help="STRATA_OPERATOR_RECONCILE_INTERVAL")
     parser.add_argument("--steady", type=float, default=120.0, help="seconds of steady state measured")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
-    parser.add_argument("--keep", action="store_true", help="keep the work directories (logs)")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="also restart the operator with every resource present (conditions cleared)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([5000] if args.with_5000 else [])
     rows = []
@@ -181,6 +225,15 @@ def main() -> None:
               f"{r['services_ready_s']:.1f} s | {r['cpu_pct']:.1f}% of a core, {r['threads']} threads | "
               f"{r['kafka_req_min']:.0f} | {r['kube_req_min']:.0f} | {r['peak_rss_mib']:.0f} MiB | "
               f"{r['broker_connections']} | {r['deleted']} in {r['delete_s']:.1f} s |")
+    cold = [r for r in rows if "cold_s" in r]
+    if cold:
+        print("\n| cold start | all Ready | operator CPU | peak RSS | peak threads | broker connections | "
+              "handler failures |")
+        print("|---|---|---|---|---|---|---|")
+        for r in cold:
+            print(f"| {r['n']} Topics, {r['services']} Microservices | {r['cold_s']:.1f} s | {r['cold_cpu_s']:.1f} s "
+                  f"| {r['cold_rss_mib']:.0f} MiB | {r['cold_threads']} | {r['cold_connections']} | "
+                  f"{r['cold_failures']} |")
 
 
 if __name__ == "__main__":
