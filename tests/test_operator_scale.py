@@ -118,7 +118,9 @@ def test_idle_operator_costs_a_snapshot_per_broker_and_no_writes(kube, tmp_path)
         assert a1 - a0 < 80, f"{a1 - a0} Kafka requests for {ticks:.0f} timed reconciles (by api key: {by_key})"
         # Nothing changed: no status PATCH, no apply; only the Microservices' full resync (10 intervals).
         assert k1 - k0 < 30, f"{k1 - k0} Kubernetes requests for {ticks:.0f} timed reconciles"
-        assert proxy.connections <= 6, f"{proxy.connections} connections to the broker"
+        # One session: its AdminClient's two connections and one ApiVersions, again after a reconnect
+        # (a timeout on a loaded machine drops the client); not a client per reconcile (36 resources here).
+        assert proxy.connections <= 8, f"{proxy.connections} connections to the broker"
 
         # Drift is still found (from the snapshot) and reverted.
         from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource

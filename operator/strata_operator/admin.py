@@ -377,6 +377,7 @@ class Session:
         self._admin: Admin | None = None
         self._versions: dict[int, tuple[int, int]] | None = None
         self._lock = threading.Lock()
+        self._versions_lock = threading.Lock()
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -416,9 +417,10 @@ class Session:
         admin = self._client()
         try:
             if method in ("api_versions", "supports"):
-                if self._versions is None:
-                    self._versions = admin.api_versions()
-                versions = self._versions
+                with self._versions_lock:  # one ApiVersions read (a kafka-python client) per connection
+                    if self._versions is None:
+                        self._versions = admin.api_versions()
+                    versions = self._versions
                 result: Any = versions if method == "api_versions" else args[0] in versions
             else:
                 result = getattr(admin, method)(*args)
