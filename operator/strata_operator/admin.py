@@ -482,9 +482,3 @@ def session_for(bootstrap: str, extra: dict[str, str] | None = None) -> Session:
             session = _sessions[key] = Session(bootstrap, extra or {})
         return session
 
-
-def forget_sessions(bootstrap: str) -> None:
-    """Drop the sessions of a broker address (its EventBroker was deleted)."""
-    with _sessions_lock:
-        for key in [k for k in _sessions if k[0] == bootstrap]:
-            del _sessions[key]
