@@ -87,6 +87,16 @@ def wait_ready(kube: KubeEmulatorProcess, kinds: dict[str, int], start: float, t
     return {kind: done.get(kind, float("nan")) for kind in kinds}
 
 
+def raise_fd_limit() -> None:
+    """The broker keeps several files open per partition (5,000 topics: more than 20,000): lift this process's soft
+    limit on open files to the hard one, which the broker (a child) inherits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     password = "op-" + uuid.uuid4().hex
     creds = workdir / "users.json"
@@ -210,6 +220,7 @@ def main() -> None:
                         help="also restart the operator with every resource present (conditions cleared)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([5000] if args.with_5000 else [])
+    raise_fd_limit()
     rows = []
     for n in sizes:
         workdir = Path(tempfile.mkdtemp(prefix=f"operator-scale-{n}-"))
