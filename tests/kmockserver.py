@@ -7,12 +7,19 @@ is emulated as a merge patch that creates a missing object: field managers, mana
 and the removal of fields an applier stops sending are tested against a real API server only
 (tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds.
 A create with only metadata.generateName gets a unique name, as from the API server (kopf's Events).
+
+Made to scale to thousands of objects (bench/operator_scale.py): a get, patch, delete or create looks
+its object up by key (kmock scans every stored object), a request is matched against the reactions on
+its own (kmock scans every request it ever logged), and requests are counted, not kept. GET
+/_kmock/stats answers {"requests": n, "byMethod": {...}} (not counted itself): what the benchmark reads.
 Run: python tests/kmockserver.py  -> prints the server URL on stdout, serves until killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import json
 import subprocess
 import sys
@@ -38,13 +45,91 @@ CLUSTER = {"v1/namespaces": "Namespace", "storage.k8s.io/v1/storageclasses": "St
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
 
+STATS_PATH = "/_kmock/stats"
+
+
+class _CountingLog(list):  # type: ignore[type-arg]
+    """Stands in for kmock's request logs: counts what is appended, keeps nothing (kmock would keep
+    every request forever, and scan them all for each new one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def append(self, item: Any) -> None:
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
 def emulator_class() -> type:
-    """kmock's emulator, plus server-side apply as create-or-merge (see the module docstring)."""
+    """kmock's emulator, plus server-side apply as create-or-merge (see the module docstring), with
+    objects looked up by key and requests counted rather than logged."""
+    import aiohttp.web
     import kmock
-    from kmock._internal import enums
+    from kmock._internal import enums, k8s
+
+    current: contextvars.ContextVar[Any] = contextvars.ContextVar("kmock_request", default=None)
 
     class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        def __attrs_post_init__(self) -> None:
+            super().__attrs_post_init__()
+            self._requests = _CountingLog()
+            self.by_method: collections.Counter[str] = collections.Counter()
+
+        def __iter__(self) -> Any:
+            # kmock asks `request in reaction` by iterating every logged request through the
+            # reaction's filters; the only request worth checking is the one being served.
+            request = current.get()
+            return iter(() if request is None else (request,))
+
+        async def __call__(self, raw_request: Any) -> Any:
+            if raw_request.path == STATS_PATH:
+                return aiohttp.web.json_response({"requests": sum(self.by_method.values()),
+                                                  "byMethod": dict(self.by_method)})
+            watch = raw_request.method == "GET" and raw_request.query.get("watch") in ("true", "1")
+            self.by_method["WATCH" if watch else raw_request.method] += 1
+            for payload in self._payloads:  # the reactions' own request logs: count, do not keep
+                if not isinstance(payload._requests, _CountingLog):
+                    object.__setattr__(payload, "_requests", _CountingLog())
+            return await super().__call__(raw_request)
+
+        def _object(self, request: Any) -> Any:
+            obj = self._objects._objects.get((request.resource, request.namespace, request.name))
+            return None if obj is None else obj
+
+        async def _serve_fetch(self, request: Any) -> Any:
+            obj = self._object(request)
+            if obj is None or obj.deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            return obj.raw
+
+        async def _serve_create(self, request: Any) -> Any:
+            data = request.data or {}
+            key = (request.resource, request.namespace or data.get("metadata", {}).get("namespace"),
+                   request.name or data.get("metadata", {}).get("name"))
+            return self._objects._objects[key].raw
+
+        async def _serve_update(self, request: Any) -> Any:
+            return self._object(request).last.raw
+
+        async def _serve_delete(self, request: Any) -> Any:
+            return self._object(request).last.raw
+
+        async def _serve_list(self, request: Any) -> Any:
+            if request.resource not in self._resources:
+                return await super()._serve_list(request)  # kmock's own lookup, and its 404
+            items = [obj.raw for (resource, namespace, _), obj in self._objects._objects.items()
+                     if resource == request.resource and not obj.deleted
+                     and (request.namespace is None or namespace == request.namespace)]
+            return {"metadata": {"resourceVersion": "..."}, "items": items}
+
         async def _handle(self, request: Any) -> Any:
+            current.set(request)
             metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
             if (request.action == enums.action.CREATE and isinstance(metadata, dict)
                     and not metadata.get("name") and metadata.get("generateName")):

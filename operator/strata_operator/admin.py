@@ -1,15 +1,22 @@
 """Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient, kafka-python for
 ApiVersions and SCRAM credentials). Never imports the broker's code.
 
-Everything here is synchronous and blocking; handlers call it through `asyncio.to_thread`.
+`Admin` is synchronous and blocking. Handlers use it through a `Session` (`session_for`): one per
+broker address and identity, shared by every handler, holding one long-lived authenticated
+AdminClient, running its blocking calls on a dedicated bounded thread pool (`ADMIN_WORKERS`), and
+backing off (failing fast, without touching the network) after the broker could not be reached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +39,10 @@ from confluent_kafka.admin import (
 )
 
 TIMEOUT = float(os.environ.get("STRATA_OPERATOR_BROKER_TIMEOUT", "10"))  # seconds per admin call
+# Threads for blocking admin calls, shared by all sessions: at most this many calls wait on brokers at once.
+ADMIN_WORKERS = int(os.environ.get("STRATA_OPERATOR_ADMIN_WORKERS", "8"))
+# After a broker could not be reached, calls through its session fail fast for 1, 2, 4... seconds, up to this.
+BACKOFF_MAX = float(os.environ.get("STRATA_OPERATOR_ADMIN_BACKOFF_MAX", "16"))
 API_CREATE_ACLS = 30
 API_ALTER_USER_SCRAM_CREDENTIALS = 51
 SECURITY_DISABLED = KafkaError.SECURITY_DISABLED  # a broker without an authorizer answers ACL calls so
@@ -109,6 +120,25 @@ class TopicState:
     all_configs: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Snapshot:
+    """What a broker has, read in a few requests: every topic (partitions, id, configs), every
+    ACL by principal, every user with a SCRAM credential. `taken` is when the read began (monotonic)."""
+
+    taken: float
+    topics: dict[str, TopicState]
+    acls: dict[str, set[AclBinding]] | None  # None: the broker has no authorizer
+    scram_users: set[str] | None  # None: the broker cannot list them
+
+
+def _topic_state(name: str, desc: Any, configs: dict[str, Any]) -> TopicState:
+    dynamic = {k: e.value for k, e in configs.items()
+               if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value and e.value is not None}
+    return TopicState(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions),
+                      dynamic_configs=dynamic,
+                      all_configs={k: e.value for k, e in configs.items() if e.value is not None})
+
+
 def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         err: KafkaError = exc.args[0]
@@ -130,6 +160,8 @@ class Admin:
         self.extra = dict(extra or {})
         self.client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
                                    "socket.connection.setup.timeout.ms": 5000, "client.id": "strata-operator",
+                                   # a broker that is down: a few connection attempts per call, not 10 a second
+                                   "reconnect.backoff.ms": 500, "reconnect.backoff.max.ms": 10000,
                                    **self.extra})
 
     def _wait(self, futures: dict[Any, Any]) -> dict[Any, Any]:
@@ -186,11 +218,57 @@ class Admin:
         (desc,) = self._wait(self.client.describe_topics(TopicCollection([name]))).values()
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         (configs,) = self._wait(self.client.describe_configs([resource])).values()
-        dynamic = {k: e.value for k, e in configs.items()
-                   if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value and e.value is not None}
-        return TopicState(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions),
-                          dynamic_configs=dynamic,
-                          all_configs={k: e.value for k, e in configs.items() if e.value is not None})
+        return _topic_state(name, desc, configs)
+
+    def snapshot(self) -> Snapshot:
+        """Every topic, ACL and SCRAM user of the cluster in five requests (Metadata, DescribeTopics,
+        one DescribeConfigs for all topics, DescribeAcls, DescribeUserScramCredentials). A topic that
+        vanishes between them is left out."""
+        taken = time.monotonic()
+        try:
+            meta = self.client.list_topics(timeout=TIMEOUT)
+        except KafkaException as exc:
+            raise _translate(exc) from exc
+        names = sorted(n for n, t in meta.topics.items() if t.error is None)
+        topics: dict[str, TopicState] = {}
+        if names:
+            descs = self._settled(self.client.describe_topics(TopicCollection(names)))
+            resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+            configs = {res.name: v for res, v in
+                       self._settled(self.client.describe_configs(resources, request_timeout=TIMEOUT)).items()}
+            topics = {n: _topic_state(n, descs[n], configs[n]) for n in names if n in descs and n in configs}
+        acls: dict[str, set[AclBinding]] | None = {}
+        flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                               AclOperation.ANY, AclPermissionType.ANY)
+        try:
+            for found in self.client.describe_acls(flt).result(timeout=TIMEOUT):
+                acls.setdefault(found.principal, set()).add(found)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001
+            err = _translate(exc)
+            if not (isinstance(err, BrokerRejected) and err.code == SECURITY_DISABLED):
+                raise err from exc
+            acls = None
+        users: set[str] | None
+        try:
+            users = set(self.client.describe_user_scram_credentials().result(timeout=TIMEOUT))
+        except Exception as exc:  # noqa: BLE001
+            err = _translate(exc)
+            if isinstance(err, BrokerUnavailable):
+                raise err from exc
+            users = None
+        return Snapshot(taken=taken, topics=topics, acls=acls, scram_users=users)
+
+    def _settled(self, futures: dict[Any, Any]) -> dict[Any, Any]:
+        """The results of the futures that succeeded; BrokerUnavailable if any failed for transport."""
+        out = {}
+        for key, fut in futures.items():
+            try:
+                out[key] = fut.result(timeout=TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - a topic deleted meanwhile is just left out
+                err = _translate(exc)
+                if isinstance(err, BrokerUnavailable):
+                    raise err from exc
+        return out
 
     def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> None:
         try:
@@ -234,7 +312,7 @@ class Admin:
     def sync_acls(self, principal: str, wanted: list[tuple[str, str, str]]) -> tuple[int, int]:
         """Make `principal`'s ALLOW ACLs exactly `wanted` [(resource type, name, operation)];
         returns (created, deleted)."""
-        want = {_binding(principal, *w) for w in wanted}
+        want = {binding(principal, *w) for w in wanted}
         have = set(self.acls_for(principal))
         create = sorted(want - have, key=str)
         delete = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
@@ -271,7 +349,8 @@ class Admin:
         return True
 
 
-def _binding(principal: str, restype: str, name: str, operation: str) -> AclBinding:
+def binding(principal: str, restype: str, name: str, operation: str) -> AclBinding:
+    """The literal ALLOW ACL the operator grants `principal` on one resource, as the broker reports it."""
     return AclBinding(ResourceType[restype.upper()], name, ResourcePatternType.LITERAL, principal, "*",
                       AclOperation[operation.upper()], AclPermissionType.ALLOW)
 
@@ -289,3 +368,137 @@ def _kafka_python_security(extra: dict[str, str]) -> dict[str, str]:
     if "ssl.ca.location" in extra:
         out["ssl_cafile"] = extra["ssl.ca.location"]
     return out
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_sessions: dict[tuple[str, tuple[tuple[str, str], ...]], Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def executor() -> ThreadPoolExecutor:
+    """The bounded pool every blocking admin call runs on (not asyncio's default pool)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=ADMIN_WORKERS, thread_name_prefix="strata-admin")
+    return _executor
+
+
+class Session:
+    """One broker's admin session: a single AdminClient (two connections, one SCRAM login each)
+    created on first use and kept, its ApiVersions table read once per connection, and a backoff
+    after a transport failure during which calls raise BrokerUnavailable at once. After the backoff
+    the next call drops the old client and connects anew."""
+
+    def __init__(self, bootstrap: str, extra: dict[str, str]) -> None:
+        self.bootstrap = bootstrap
+        self.extra = dict(extra)
+        self._admin: Admin | None = None
+        self._versions: dict[int, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
+        self._versions_lock = threading.Lock()
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.connects = 0
+        self.snap: Snapshot | None = None
+        self.no_authorizer = False  # CreateAcls answered SECURITY_DISABLED on this connection
+        self._refreshing: asyncio.Future[Any] | None = None
+
+    def _client(self) -> Admin:
+        with self._lock:
+            now = time.monotonic()
+            if self.failures and now < self.retry_at:
+                raise BrokerUnavailable(f"{self.last_error} (retrying in {self.retry_at - now:.0f}s)")
+            if self._admin is None:
+                self._admin = Admin(self.bootstrap, self.extra)
+                self._versions = None
+                self.no_authorizer = False
+                self.connects += 1
+            return self._admin
+
+    def _failed(self, admin: Admin, exc: BrokerUnavailable) -> None:
+        with self._lock:
+            if self._admin is admin:  # one failure per connection counts, not one per waiting call
+                self._admin = None
+                self._versions = None
+                self.failures += 1
+                self.retry_at = time.monotonic() + min(BACKOFF_MAX, 2.0 ** (self.failures - 1))
+                self.last_error = str(exc)
+
+    def _succeeded(self) -> None:
+        if self.failures:
+            with self._lock:
+                self.failures = 0
+
+    def call_sync(self, method: str, *args: Any) -> Any:
+        """Admin.<method>(*args) on this session's client (blocking; ApiVersions is cached)."""
+        admin = self._client()
+        try:
+            if method in ("api_versions", "supports"):
+                with self._versions_lock:  # one ApiVersions read (a kafka-python client) per connection
+                    if self._versions is None:
+                        self._versions = admin.api_versions()
+                    versions = self._versions
+                result: Any = versions if method == "api_versions" else args[0] in versions
+            else:
+                result = getattr(admin, method)(*args)
+        except BrokerUnavailable as exc:
+            self._failed(admin, exc)
+            raise
+        self._succeeded()
+        return result
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Admin.<method>(*args) on the bounded admin pool."""
+        return await asyncio.get_running_loop().run_in_executor(executor(), self.call_sync, method, *args)
+
+    async def snapshot(self, max_age: float) -> Snapshot:
+        """The broker's state at most `max_age` seconds old: one read (Admin.snapshot) shared by every
+        caller, whatever their number; fresher reads made meanwhile are folded in (remember_*)."""
+        if self.snap is not None and time.monotonic() - self.snap.taken < max_age:
+            return self.snap
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        return await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> Snapshot:
+        self.snap = await self.call("snapshot")
+        return self.snap
+
+    def remember_topic(self, name: str, state: TopicState | None) -> None:
+        """A fresh read (or the result of a change) of one topic, into the snapshot."""
+        if self.snap is not None:
+            if state is None:
+                self.snap.topics.pop(name, None)
+            else:
+                self.snap.topics[name] = state
+
+    def remember_acls(self, principal: str, wanted: list[tuple[str, str, str]] | None) -> None:
+        """`principal` now has exactly `wanted` (None: none at all)."""
+        if self.snap is not None and self.snap.acls is not None:
+            self.snap.acls[principal] = {binding(principal, *w) for w in wanted or []}
+
+    def remember_user(self, user: str, present: bool) -> None:
+        if self.snap is not None and self.snap.scram_users is not None:
+            (self.snap.scram_users.add if present else self.snap.scram_users.discard)(user)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_") or not hasattr(Admin, method):
+            raise AttributeError(method)
+
+        async def bound(*args: Any) -> Any:
+            return await self.call(method, *args)
+        return bound
+
+
+def session_for(bootstrap: str, extra: dict[str, str] | None = None) -> Session:
+    """The shared session for this broker address and these client settings (made on first use)."""
+    key = (bootstrap, tuple(sorted((extra or {}).items())))
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = Session(bootstrap, extra or {})
+        return session
+

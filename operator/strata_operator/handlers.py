@@ -4,8 +4,12 @@ Create, update, resume and the periodic timer of each kind share one idempotent 
 function. Errors become conditions and Events and are retried with backoff (kopf.TemporaryError),
 never a crash loop. Settings (environment variables, read at import):
 
-  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60
+  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60;
+                                      each resource's first tick comes at a random point of the
+                                      first interval, so resources created together do not tick together
   STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
+  STRATA_OPERATOR_FULL_RESYNC         seconds between a Microservice's full timed reconciles (its
+                                      Secret read and its objects applied again), default 10 intervals
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
   STRATA_OPERATOR_KAFKA_*             the operator's own Kafka credentials (admin.py)
@@ -16,8 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import json
 import os
+import random
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -28,7 +37,6 @@ from .admin import (
     API_ALTER_USER_SCRAM_CREDENTIALS,
     API_CREATE_ACLS,
     SECURITY_DISABLED,
-    Admin,
     BrokerRejected,
     BrokerUnavailable,
     NoCredentials,
@@ -38,6 +46,10 @@ from .kube import Kube, KubeError
 
 INTERVAL = float(os.environ.get("STRATA_OPERATOR_RECONCILE_INTERVAL", "60"))
 RETRY_DELAY = float(os.environ.get("STRATA_OPERATOR_RETRY_DELAY", "15"))
+FULL_RESYNC = float(os.environ.get("STRATA_OPERATOR_FULL_RESYNC", str(INTERVAL * 10)))
+# A timed reconcile compares with a snapshot of the broker at most this old (one read per broker, shared):
+# drift is seen within INTERVAL + SNAPSHOT_AGE of happening.
+SNAPSHOT_AGE = INTERVAL / 2
 DELETE_TIMEOUT = float(os.environ.get("STRATA_OPERATOR_DELETE_TIMEOUT", "600"))
 # Pull secrets put on every pod the operator creates (brokers, Microservices), besides each resource's own
 # spec.imagePullSecrets; comma-separated Secret names in the pod's namespace (the chart: imagePullSecrets).
@@ -71,15 +83,40 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30, 60]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # A resource being deleted waits for its timer to stop; one caught mid-reconcile (awaiting the
+    # broker) is polled for every this many seconds, not kopf's 60.
+    settings.background.cancellation_polling = 2
+    settings.background.instant_exit_timeout = 0.5
 
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
     if _kube is not None:
         await _kube.close()
+    kafka_admin.executor().shutdown(wait=False, cancel_futures=True)
 
 
 # -- shared helpers ------------------------------------------------------------------------
+
+
+def _jitter(**_: Any) -> float:
+    """A timer's initial delay: a random point of the interval (spreads the ticks of resources that
+    were created, or found at startup, together)."""
+    return random.uniform(0.0, INTERVAL)
+
+
+def _only_changes(patch: kopf.Patch, body: kopf.Body) -> None:
+    """Drop from the status patch every field the resource's status already has with that value, so
+    a reconcile that changed nothing writes nothing (kopf sends no empty patch). lastSyncTime is
+    written only along with another change: it is the time of the last change, not of the last check."""
+    if "status" not in patch:
+        return
+    current = body.get("status") or {}
+    for key in list(patch["status"]):
+        if key in current and current[key] == patch["status"][key]:
+            del patch["status"][key]
+    if set(patch["status"]) <= {"lastSyncTime"}:
+        del patch["status"]
 
 
 def _generation(body: kopf.Body) -> int | None:
@@ -103,13 +140,28 @@ def _set(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str, Any]], t
     return new
 
 
-async def resolve_broker(body: kopf.Body, check_namespace: bool = True) -> tuple[dict[str, Any], str]:
+@kopf.index(*BROKER)
+def broker_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the EventBroker's metadata and spec: what resolve_broker reads, from the
+    watch instead of a GET per reconcile."""
+    md = body["metadata"]
+    return {(md["namespace"], md["name"]): {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {"namespace": md["namespace"], "name": md["name"], "uid": md.get("uid")},
+        "spec": dict(body.get("spec") or {})}}
+
+
+async def resolve_broker(body: kopf.Body, check_namespace: bool = True,
+                         brokers: kopf.Index | None = None) -> tuple[dict[str, Any], str]:
     """The EventBroker a resource refers to, and its bootstrap address: BrokerMissing if absent,
     NamespaceNotAllowed if it does not serve the resource's namespace (unless `check_namespace` is
-    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable."""
+    False: revoking a deleted service's own ACLs needs no permission), TemporaryError if unreadable.
+    Read from `brokers` (broker_index) when it has it; else (a broker newer than the watch) a GET."""
     ns, name = logic.broker_key(body)
+    broker = next(iter(brokers.get((ns, name), [])), None) if brokers is not None else None
     try:
-        broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
+        if broker is None:
+            broker = await kube().get(f"{GROUP}/{VERSION}", "EventBroker", ns, name)
     except (KubeError, OSError) as exc:
         raise kopf.TemporaryError(f"cannot read EventBroker {ns}/{name}: {exc}", delay=RETRY_DELAY) from exc
     if broker is None:
@@ -142,12 +194,12 @@ async def broker_ca(broker: dict[str, Any]) -> str | None:
     return pem
 
 
-async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch,
-                               conditions: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+async def _broker_or_condition(body: kopf.Body, patch: kopf.Patch, conditions: list[dict[str, Any]],
+                               brokers: kopf.Index | None = None) -> tuple[dict[str, Any], str] | None:
     """resolve_broker, or None after setting Ready=False with the reason (NamespaceNotAllowed changes
     only when the EventBroker does, so the timer re-checks it; a missing broker is retried)."""
     try:
-        return await resolve_broker(body)
+        return await resolve_broker(body, brokers=brokers)
     except NamespaceNotAllowed as exc:
         _set(patch, body, conditions, "Ready", False, exc.REASON, str(exc))
         return None
@@ -166,19 +218,22 @@ class NamespaceNotAllowed(Exception):
     REASON = "NamespaceNotAllowed"
 
 
-def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> Admin:
-    """An admin connection to an EventBroker's first listener as the operator: SCRAM with the operator's
-    own credentials when it authenticates (NoCredentials without a password); TLS, verified against the
-    broker's CA (broker_ca), when it is encrypted."""
+def admin_for(broker: dict[str, Any], bootstrap: str | None = None) -> kafka_admin.Session:
+    """The shared admin session of an EventBroker's first listener, as the operator: SCRAM with the
+    operator's own credentials when it authenticates (NoCredentials without a password); TLS, verified
+    against the broker's CA (broker_ca), when it is encrypted. One per broker address and settings for
+    the whole process (admin.session_for); its methods are Admin's, awaited."""
     first = resources.listeners(broker.get("spec", {}))[0]
     protocol = resources.listener_protocol(first)
     md = broker.get("metadata", {})
     ca = _BROKER_CA.get((md.get("namespace", ""), md.get("name", "")))
-    return Admin(bootstrap or resources.bootstrap_servers(broker),
-                 kafka_admin.client_security(protocol.startswith("SASL_"), protocol.endswith("SSL"), ca))
+    return kafka_admin.session_for(bootstrap or resources.bootstrap_servers(broker),
+                                   kafka_admin.client_security(protocol.startswith("SASL_"), protocol.endswith("SSL"),
+                                                               ca))
 
 
 async def run(fn: Any, *args: Any) -> Any:
+    """A blocking call that is not a broker's admin call (those go through admin_for's session)."""
     return await asyncio.to_thread(fn, *args)
 
 
@@ -197,12 +252,18 @@ def _deadline_passed(body: kopf.Body) -> bool:
 @kopf.on.create(*BROKER)
 @kopf.on.update(*BROKER)
 async def reconcile_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await _reconcile_broker(body, patch)
+    try:
+        await _reconcile_broker(body, patch)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*BROKER, interval=INTERVAL, initial_delay=INTERVAL / 2)
+@kopf.timer(*BROKER, interval=INTERVAL, initial_delay=_jitter)
 async def refresh_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    await _reconcile_broker(body, patch)
+    try:
+        await _reconcile_broker(body, patch)
+    finally:
+        _only_changes(patch, body)
 
 
 async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
@@ -215,8 +276,8 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
             await broker_ca(body)
         try:
             admin = admin_for(body, bootstrap)
-            count = await run(admin.ping)
-            authorizer = await run(admin.supports, API_CREATE_ACLS)
+            count = await admin.ping()
+            authorizer = await admin.supports(API_CREATE_ACLS)
         except (BrokerUnavailable, BrokerRejected) as exc:
             _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -356,15 +417,23 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
 @kopf.on.resume(*TOPIC)
 @kopf.on.create(*TOPIC)
 @kopf.on.update(*TOPIC)
-async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
-    await _reconcile_topic(body, patch, topic_index, timed=False)
+async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
+                          broker_index: kopf.Index, **_: Any) -> None:
+    try:
+        await _reconcile_topic(body, patch, topic_index, broker_index, timed=False)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*TOPIC, interval=INTERVAL, initial_delay=INTERVAL)
-async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, **_: Any) -> None:
+@kopf.timer(*TOPIC, interval=INTERVAL, initial_delay=_jitter)
+async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
+                             broker_index: kopf.Index, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    await _reconcile_topic(body, patch, topic_index, timed=True)
+    try:
+        await _reconcile_topic(body, patch, topic_index, broker_index, timed=True)
+    finally:
+        _only_changes(patch, body)
 
 
 def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
@@ -377,7 +446,8 @@ def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
     return logic.conflict_winner(claimants)
 
 
-async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, timed: bool) -> None:
+async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index, brokers: kopf.Index,
+                           timed: bool) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     name = logic.managed_topic_name(body)
@@ -405,31 +475,41 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
         _set(patch, body, conditions, "Ready", False, "ReservedTopic",
              f"{name!r} is an internal or reserved topic (__*, _schemas): the broker manages it, no Topic does")
         return
-    resolved = await _broker_or_condition(body, patch, conditions)
+    resolved = await _broker_or_condition(body, patch, conditions, brokers)
     if resolved is None:
         return
     broker, bootstrap = resolved
     try:
         admin = admin_for(broker, bootstrap)
-        state = await run(admin.describe_topic, name)
         status = body.get("status") or {}
-        plan = logic.plan_topic(body["spec"], state.partitions if state else None,
-                                state.dynamic_configs if state else None, state.all_configs if state else None,
-                                list(status.get("managedConfigs") or []))
+
+        def plan_for(state: kafka_admin.TopicState | None) -> logic.TopicPlan:
+            return logic.plan_topic(body["spec"], state.partitions if state else None,
+                                    state.dynamic_configs if state else None,
+                                    state.all_configs if state else None, list(status.get("managedConfigs") or []))
+
+        # Drift detection (timed): the broker's shared snapshot, no request of this topic's own unless
+        # the snapshot shows a difference, which a fresh read then confirms before anything is changed.
+        state = (await admin.snapshot(SNAPSHOT_AGE)).topics.get(name) if timed else None
+        if not timed or state is None or state.topic_id != status.get("topicId") or plan_for(state).changes:
+            state = await admin.describe_topic(name)
+            admin.remember_topic(name, state)
+        plan = plan_for(state)
         # An existing topic this resource has not managed yet (never seen, or re-created behind the
         # operator's back under a new id): adoption, reported once with what it found.
         adopted = state is not None and status.get("topicId") != state.topic_id
         found = {k: state.dynamic_configs[k] for k in logic.unmanaged_configs(state.dynamic_configs, plan.managed)} \
             if state is not None else {}
         if plan.create:
-            await run(admin.create_topic, name, int(body["spec"].get("partitions", 1)), plan.set_configs)
+            await admin.create_topic(name, int(body["spec"].get("partitions", 1)), plan.set_configs)
         else:
             if plan.grow_to:
-                await run(admin.grow_partitions, name, plan.grow_to)
+                await admin.grow_partitions(name, plan.grow_to)
             if plan.set_configs or plan.delete_configs:
-                await run(admin.alter_configs, name, plan.set_configs, plan.delete_configs)
+                await admin.alter_configs(name, plan.set_configs, plan.delete_configs)
         if plan.changes:
-            state = await run(admin.describe_topic, name)
+            state = await admin.describe_topic(name)
+            admin.remember_topic(name, state)
     except BrokerUnavailable as exc:
         _set(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -474,7 +554,7 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
 
 
 @kopf.on.delete(*TOPIC)
-async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> None:
+async def delete_topic(body: kopf.Body, topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
     md = body["metadata"]
     name = logic.managed_topic_name(body)
     if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
@@ -489,8 +569,10 @@ async def delete_topic(body: kopf.Body, topic_index: kopf.Index, **_: Any) -> No
         kopf.info(body, reason="Retained", message=f"deletionPolicy Retain: topic {name!r} and its data are kept")
         return
     try:
-        broker, bootstrap = await resolve_broker(body)
-        deleted = await run(admin_for(broker, bootstrap).delete_topic, name)
+        broker, bootstrap = await resolve_broker(body, brokers=broker_index)
+        admin = admin_for(broker, bootstrap)
+        deleted = await admin.delete_topic(name)
+        admin.remember_topic(name, None)
     except BrokerMissing:
         kopf.warn(body, reason="BrokerNotFound", message=f"EventBroker gone; topic {name!r} not deleted")
         return
@@ -532,15 +614,38 @@ def _peer(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.create(*MICROSERVICE)
 @kopf.on.update(*MICROSERVICE)
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                                 topic_index: kopf.Index, **_: Any) -> None:
-    await _reconcile_microservice(body, patch, microservice_index, topic_index)
+                                 topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
+    try:
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=False)
+    finally:
+        _only_changes(patch, body)
 
 
-@kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=INTERVAL / 2)
+@kopf.timer(*MICROSERVICE, interval=INTERVAL, initial_delay=_jitter)
 async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                               topic_index: kopf.Index, **_: Any) -> None:
-    if not body.get("metadata", {}).get("deletionTimestamp"):
-        await _reconcile_microservice(body, patch, microservice_index, topic_index)
+                               topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    try:
+        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=True)
+    finally:
+        _only_changes(patch, body)
+
+
+@dataclass
+class _Applied:
+    """What a Microservice's last full reconcile applied: a digest of its objects, when, with which password."""
+
+    digest: str
+    at: float
+    password: str
+
+
+_applied: dict[str, _Applied] = {}  # Microservice uid -> its last full apply (this process)
+
+
+def _digest(objects: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[str]) -> dict[str, Any]:
@@ -553,11 +658,12 @@ def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[
 
 
 async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
-                                  topic_index: kopf.Index) -> None:
+                                  topic_index: kopf.Index, brokers: kopf.Index | None = None,
+                                  timed: bool = False) -> None:
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
-    resolved = await _broker_or_condition(body, patch, conditions)
+    resolved = await _broker_or_condition(body, patch, conditions, brokers)
     if resolved is None:
         return
     broker, bootstrap = resolved
@@ -609,12 +715,23 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     if client is None:
         return
     listener, client_bootstrap, ca_pem, issuer = client
+    uid = str(md.get("uid"))
+    # A timed reconcile within FULL_RESYNC of the last full one trusts what that one applied (the
+    # Secret's password included) and applies again only if the objects it would apply changed.
+    cached = _applied.get(uid) if timed else None
+    if cached is not None and time.monotonic() - cached.at > FULL_RESYNC:
+        cached = None
     try:
-        existing = await kube().get("v1", "Secret", ns, names["secret"])
-        password = _existing_password(existing) or secrets.token_urlsafe(24)
-        for obj in resources.microservice_objects(body, client_bootstrap, password, sasl, IMAGE_PULL_SECRETS,
-                                                  listener, ca_pem, issuer):
-            await kube().apply(obj)
+        existing = None if cached else await kube().get("v1", "Secret", ns, names["secret"])
+        old_password = cached.password if cached else _existing_password(existing)
+        password = old_password or secrets.token_urlsafe(24)
+        objects = list(resources.microservice_objects(body, client_bootstrap, password, sasl, IMAGE_PULL_SECRETS,
+                                                      listener, ca_pem, issuer))
+        digest = _digest(objects)
+        if cached is None or cached.digest != digest:
+            for obj in objects:
+                await kube().apply(obj)
+            _applied[uid] = _Applied(digest, time.monotonic(), password)
         deployment = None if resources.credentials_only(body) else \
             await kube().get("apps/v1", "Deployment", ns, names["deployment"])
     except (KubeError, OSError) as exc:
@@ -631,22 +748,34 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
         patch.status["readyReplicas"] = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     try:
         admin = admin_for(broker, bootstrap)
-        versions = await run(admin.api_versions)
-        if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
-            # Upserted on every reconcile, so the broker always knows the Secret's password (a new
-            # Secret, a rotation by deleting it, a broker that lost its __meta); before the ACLs, so a
-            # service never holds permissions it cannot authenticate for... nor the reverse for long.
-            await run(admin.upsert_scram, resources.principal_name(body), password)
-        no_authorizer = API_CREATE_ACLS not in versions
+        versions = await admin.api_versions()
+        # A timed reconcile compares with the broker's shared snapshot and changes only what differs.
+        snap = await admin.snapshot(SNAPSHOT_AGE) if timed else None
+        user = resources.principal_name(body)
+        if sasl and API_ALTER_USER_SCRAM_CREDENTIALS in versions and (
+                snap is None or snap.scram_users is None or user not in snap.scram_users or not old_password):
+            # Upserted on every create, update and resume, and when the broker lacks it or the password
+            # is new (a new Secret, a rotation by deleting it, a broker that lost its __meta); before the
+            # ACLs, so a service never holds permissions it cannot authenticate for... nor the reverse for long.
+            await admin.upsert_scram(user, password)
+            admin.remember_user(user, True)
+        # No authorizer (DescribeAcls or CreateAcls answered SECURITY_DISABLED): a timed reconcile makes no ACL call.
+        no_authorizer = API_CREATE_ACLS not in versions or (snap is not None and (snap.acls is None
+                                                                                   or admin.no_authorizer))
         if not no_authorizer:
             try:
-                created, deleted = await run(admin.sync_acls, principal, grants.acls)
+                if snap is not None and snap.acls is not None and snap.acls.get(principal, set()) == {
+                        kafka_admin.binding(principal, *w) for w in grants.acls}:
+                    created, deleted = 0, 0
+                else:
+                    created, deleted = await admin.sync_acls(principal, grants.acls)
+                    admin.remember_acls(principal, grants.acls)
                 conditions = _set(patch, body, conditions, "AclsApplied", True, "AclsApplied",
                                   f"{len(grants.acls)} ACL(s) for {principal} (+{created} -{deleted})")
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
-                no_authorizer = True
+                no_authorizer = admin.no_authorizer = True
         if no_authorizer:
             conditions = _set(patch, body, conditions, "AclsApplied", False, "BrokerHasNoAuthorizer",
                               "the broker does not enforce ACLs (no CreateAcls, or no authorizer enabled): "
@@ -714,23 +843,26 @@ def _existing_password(secret: dict[str, Any] | None) -> str | None:
 
 
 @kopf.on.delete(*MICROSERVICE)
-async def delete_microservice(body: kopf.Body, **_: Any) -> None:
+async def delete_microservice(body: kopf.Body, broker_index: kopf.Index, **_: Any) -> None:
     """Revoke the principal's ACLs and remove its SCRAM credential; the Deployment, ServiceAccount
     and Secret are garbage-collected through their ownerReferences."""
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:
-        broker, bootstrap = await resolve_broker(body, check_namespace=False)
+        broker, bootstrap = await resolve_broker(body, check_namespace=False, brokers=broker_index)
         admin = admin_for(broker, bootstrap)
-        versions = await run(admin.api_versions)
+        versions = await admin.api_versions()
         if API_CREATE_ACLS in versions:
             try:
-                await run(admin.delete_acls_of, resources.principal(body))
+                await admin.delete_acls_of(resources.principal(body))
+                admin.remember_acls(resources.principal(body), None)
             except BrokerRejected as exc:
                 if exc.code != SECURITY_DISABLED:
                     raise
         if resources.authentication(broker.get("spec", {})) != "none" and API_ALTER_USER_SCRAM_CREDENTIALS in versions:
-            await run(admin.delete_scram, resources.principal_name(body))
+            await admin.delete_scram(resources.principal_name(body))
+            admin.remember_user(resources.principal_name(body), False)
+        _applied.pop(str(body["metadata"].get("uid")), None)
     except BrokerMissing:
         return
     except (BrokerUnavailable, BrokerRejected, kopf.TemporaryError) as exc:
