@@ -519,9 +519,19 @@ def operator_api_calls() -> set[Triple]:
         module = importlib.import_module("strata_operator." + ".".join(path.relative_to(OPERATOR_SRC).with_suffix(
             "").parts))
         builders: dict[int, str] = {}  # id of an apply() call -> the resources.* builder its loop iterates
+        # `objects = list(resources.x(...))` (or `= resources.x(...)`): a loop over `objects` applies x's output.
+        named: dict[str, ast.Call] = {}
+        for assign in ast.walk(tree):
+            if isinstance(assign, ast.Assign) and len(assign.targets) == 1 and isinstance(assign.targets[0], ast.Name) \
+                    and isinstance(assign.value, ast.Call):
+                value = assign.value
+                if isinstance(value.func, ast.Name) and value.func.id == "list" and value.args \
+                        and isinstance(value.args[0], ast.Call):
+                    value = value.args[0]
+                named[assign.targets[0].id] = value
         for loop in ast.walk(tree):
             if isinstance(loop, ast.For | ast.AsyncFor) and isinstance(loop.target, ast.Name):
-                src = loop.iter
+                src = named.get(loop.iter.id, loop.iter) if isinstance(loop.iter, ast.Name) else loop.iter
                 if isinstance(src, ast.Call) and isinstance(src.func, ast.Attribute) and isinstance(
                         src.func.value, ast.Name) and src.func.value.id == "resources":
                     for node in (n for stmt in loop.body for n in ast.walk(stmt)):
