@@ -1,7 +1,7 @@
 """CostReport: the billing core (`billing/`) run by the operator on a schedule.
 
 Pure decisions (periods, schedule, where usage lives, the price model, ownership, status) plus two
-small async S3 helpers (read usage, write the report). The kopf handlers in `handlers.py` fetch
+small async S3 helpers (read usage, write the report). The kopf handlers in `handlers/costreport.py` fetch
 what these need from the API server and apply what they return.
 
 Settings (environment variables, read at import):
