@@ -17,6 +17,7 @@ from .replay_cli import replay
 from .schema_cli import schema
 from .table_cli import table
 from .tier_cli import tier
+from .topology_cli import topology
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,7 @@ main.add_command(replay)
 main.add_command(schema)
 main.add_command(table)
 main.add_command(tier)
+main.add_command(topology)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class Microservice:
     produces: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
     principal: str = ""
+    consumer_group: str = ""  # spec.consumerGroup, else `<namespace>.<name>` (as the operator's default)
 
     @property
     def qualified(self) -> str:
@@ -123,7 +124,8 @@ class Ownership:
                     name=name, namespace=namespace, team=team,
                     produces=tuple(str(t) for t in spec.get("produces") or ()),
                     consumes=tuple(str(t) for t in spec.get("consumes") or ()),
-                    principal=str(principal)))
+                    principal=str(principal),
+                    consumer_group=str(spec.get("consumerGroup") or f"{namespace}.{name}")))
         return own
 
     def _add_topic(self, topic: str, team: str, source: str) -> None:
@@ -157,7 +159,10 @@ def load_manifests(paths: Iterable[str | Path]) -> Ownership:
         except (OSError, UnicodeDecodeError) as exc:
             raise BillingError(f"cannot read manifest {path}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise BillingError(f"manifest {path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+            raise BillingError(f"manifest {path} is not valid YAML{where}: {problem}") from None
         part = Ownership.from_objects([d for d in docs if isinstance(d, dict)], str(path))
         for topic, team in part.topics.items():
             own._add_topic(topic, team, str(path))

@@ -24,7 +24,7 @@ from typing import Any
 from . import BillingError
 
 FORMAT_VERSION = 1
-KINDS = ("client", "topic", "s3", "broker")
+KINDS = ("client", "topic", "s3", "broker", "group")
 S3_OPS = ("PUT", "GET", "LIST", "DELETE")
 
 # Fields per kind: name -> type ("str", "str?", "int", "dec"). Counters default to 0.
@@ -41,8 +41,10 @@ _KIND_FIELDS: dict[str, dict[str, str]] = {
     "broker": {"connection_seconds": "dec", "uptime_seconds": "dec",
                "requested_cpu_core_hours": "dec", "requested_memory_byte_hours": "dec",
                "disk_capacity_byte_hours": "dec"},
+    "group": {"group": "str", "topic": "str", "client_id": "str?", "lag": "int"},
 }
-_REQUIRED = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": ()}
+_REQUIRED = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": (),
+             "group": ("group", "topic")}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class UsageRecord:
     requested_cpu_core_hours: Decimal = Decimal(0)
     requested_memory_byte_hours: Decimal = Decimal(0)
     disk_capacity_byte_hours: Decimal = Decimal(0)
+    group: str | None = None
+    lag: int = 0
 
     @property
     def day(self) -> date:
