@@ -57,7 +57,7 @@ def _cluster_ownership(namespace: str | None) -> ownership.Ownership:
 def render_table(topo: model.Topology, console: Console) -> None:
     window = topo.to_json()["window"]
     console.print(f"[bold]Strata topology[/bold] · {topo.cluster or 'cluster'} · {window['from']} .. {window['to']}"
-                  f" · {len(topo.services())} services, {len(topo.topics())} topics, {len(topo.edges)} edges")
+                  f" · {render.counts(topo)}")
     table = Table("team", "service", "edge", "topic", "declared", "bytes/day", "records/day", "lag", "cost")
     for e in sorted(topo.edges.values(), key=lambda e: (topo.nodes[e.source].team, e.source, e.kind, e.topic)):
         node = topo.nodes[e.source]
@@ -140,5 +140,4 @@ def topology(start: datetime | None, end: datetime | None, fmt: str, output: Pat
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc}") from None
-    click.echo(f"wrote {output} ({fmt}: {len(topo.services())} services, {len(topo.topics())} topics, "
-               f"{len(topo.edges)} edges, {len(topo.findings)} findings)", err=True)
+    click.echo(f"wrote {output} ({fmt}: {render.counts(topo)}, {len(topo.findings)} findings)", err=True)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from ..billing.ownership import UNOWNED
 from .model import Topology, topic_id
 
-NODE_W = 230
+NODE_W = 210
 NODE_H = 22
 GAP = 6
 TEAM_GAP = 26  # space for the team label above a team's block
-COLUMN_GAP = 260
+COLUMN_GAP = 200
 MARGIN = 20
 
 

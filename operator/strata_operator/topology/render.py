@@ -8,8 +8,8 @@ declare are red.
 
 The HTML embeds that SVG, the JSON, a small script and its styles, and nothing else: its
 Content-Security-Policy is `default-src 'none'` with the script and style allowed by their
-sha256 hashes, so a browser makes no network request for it. Clicking a node (or opening the
-page with `#node=<id>`) lists its edges, owner, schema subject and cost in the side panel.
+sha256 hashes, so a browser makes no network request for it. Clicking a node (opening the page
+with `#node=<id>` clicks it) lists its edges, owner, schema subject and cost in the side panel.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def render_svg(topo: Topology, lay: Layout | None = None) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="topology" width="{lay.width:.0f}" '
            f'height="{lay.height:.0f}" viewBox="0 0 {lay.width:.0f} {lay.height:.0f}" '
            f'font-family="sans-serif" font-size="12">',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
-           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
+           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="9" markerHeight="9" '
+           'markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
            '<g class="teams">']
     for block in lay.blocks:
         color = _team_color(topo, block.team)
@@ -229,7 +229,10 @@ _SCRIPT = """
     g.addEventListener('click', function () { select(g.getAttribute('data-id')); });
     g.addEventListener('keydown', function (ev) { if (ev.key === 'Enter') select(g.getAttribute('data-id')); });
   });
-  var m = /^#node=(.+)$/.exec(location.hash); if (m) select(decodeURIComponent(m[1]));
+  // #node=<id> opens the page with that node clicked (a real click event, through the handler).
+  var m = /^#node=(.+)$/.exec(location.hash);
+  if (m) { var target = document.querySelector('.node[data-id="' + CSS.escape(decodeURIComponent(m[1])) + '"]');
+    if (target) target.dispatchEvent(new MouseEvent('click', {bubbles: true})); }
   document.body.setAttribute('data-ready', 'true');
   document.body.setAttribute('data-render-ms', String(Math.round(performance.now())));
 })();
@@ -245,6 +248,16 @@ def csp() -> str:
     return f"default-src 'none'; script-src '{_hash(_SCRIPT)}'; style-src '{_hash(_STYLE)}'"
 
 
+def counts(topo: Topology) -> str:
+    """`4 services, 1 unowned principal, 2 topics, 7 edges, 3 teams`."""
+    services = sum(1 for n in topo.nodes.values() if n.kind == "service")
+    principals = sum(1 for n in topo.nodes.values() if n.kind == "principal")
+    text = f"{services} services, "
+    if principals:
+        text += f"{principals} unowned principal{'s' if principals != 1 else ''}, "
+    return text + f"{len(topo.topics())} topics, {len(topo.edges)} edges, {len(topo.teams)} teams"
+
+
 def render_html(topo: Topology) -> str:
     doc = topo.to_json()
     data = json.dumps(doc).replace("</", "<\\/")
@@ -252,8 +265,8 @@ def render_html(topo: Topology) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f'<meta http-equiv="Content-Security-Policy" content="{escape(csp(), quote=False)}">',
              f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<header><h1>{escape(title)}</h1><div>{len(topo.services())} services, {len(topo.topics())} topics, "
-             f"{len(topo.edges)} edges, {len(topo.teams)} teams. Writers left, topics middle, readers right; "
+             f"<header><h1>{escape(title)}</h1><div>{counts(topo)}. "
+             "Writers left, topics middle, readers right; "
              "dashed: declared without traffic; red: undeclared write. Click a node.</div>"]
     for warning in topo.warnings:
         parts.append(f'<div class="warn">warning: {escape(warning)}</div>')
