@@ -21,10 +21,11 @@ Topics whose name starts with `__` (the broker's own) are left out.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
@@ -210,7 +211,21 @@ def internal(topic: str) -> bool:
 
 def build(records: Iterable[UsageRecord], owners: Ownership, prices: PriceModel, start: date, end: date,
           *, cluster: str = "", schema_subjects: dict[str, str] | None = None) -> Topology:
-    """The topology of the UTC days [start, end). Records outside the window are ignored."""
+    """The topology of the UTC days [start, end). Records outside the window are ignored.
+
+    The cyclic garbage collector is paused meanwhile (as while reading usage): with a month of
+    records alive, each collection the lag samples trigger would rescan all of them."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(records, owners, prices, start, end, cluster=cluster, schema_subjects=schema_subjects)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(records: Iterable[UsageRecord], owners: Ownership, prices: PriceModel, start: date, end: date,
+           *, cluster: str, schema_subjects: dict[str, str] | None) -> Topology:
     topo = Topology(start=start, end=end, currency=prices.currency, cluster=cluster)
     topo.warnings.extend(owners.warnings)
     subjects = schema_subjects or {}
@@ -244,36 +259,53 @@ def build(records: Iterable[UsageRecord], owners: Ownership, prices: PriceModel,
 
     metered = False
     group_samples: list[UsageRecord] = []
+    # Sum the counters per (principal, client id, topic) first: a month of snapshots is many
+    # records for few distinct keys.
+    first = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    after = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    totals: dict[tuple[str | None, str | None, str], list[int]] = {}
     for r in records:
-        if not start <= r.day < end:
+        if not first <= r.window_start < after:  # the record's day (that of its window start) is in the window
             continue
         metered = True
-        if r.kind == "group":
+        kind = r.kind
+        if kind == "group":
             group_samples.append(r)
             continue
-        if r.kind != "client" or not r.topic or internal(r.topic):
+        topic = r.topic
+        if kind != "client" or not topic:
             continue
-        service = owners.resolve(r.principal, r.client_id)
+        key = (r.principal, r.client_id, topic)
+        sums = totals.get(key)
+        if sums is None:
+            sums = totals[key] = [0, 0, 0, 0, 0, 0]
+        sums[0] += r.produce_requests
+        sums[1] += r.produced_bytes
+        sums[2] += r.produced_records
+        sums[3] += r.fetch_requests
+        sums[4] += r.fetched_bytes
+        sums[5] += r.fetched_records
+
+    for (principal, client_id, topic), sums in totals.items():
+        if internal(topic):
+            continue
+        service = owners.resolve(principal, client_id)
         if service is not None:
             source = service_id(service)
         else:
-            source = principal_id(r.principal, r.client_id)
+            source = principal_id(principal, client_id)
             if source not in topo.nodes:
-                label = (r.principal or ANONYMOUS) if not source.startswith(f"principal:{ANONYMOUS}/") \
-                    else f"{ANONYMOUS} ({r.client_id or 'no client id'})"
+                label = (principal or ANONYMOUS) if not source.startswith(f"principal:{ANONYMOUS}/") \
+                    else f"{ANONYMOUS} ({client_id or 'no client id'})"
                 topo.nodes[source] = Node(id=source, kind="principal", name=label, team=UNOWNED,
-                                          principal=r.principal or ANONYMOUS, declared=False)
-        add_topic(r.topic)
-        if r.produce_requests or r.produced_bytes:
-            e = edge(source, r.topic, "write")
-            e.requests += r.produce_requests
-            e.bytes += r.produced_bytes
-            e.records += r.produced_records
-        if r.fetch_requests or r.fetched_bytes:
-            e = edge(source, r.topic, "read")
-            e.requests += r.fetch_requests
-            e.bytes += r.fetched_bytes
-            e.records += r.fetched_records
+                                          principal=principal or ANONYMOUS, declared=False)
+        add_topic(topic)
+        for kind, (requests, nbytes, nrecords) in (("write", sums[0:3]), ("read", sums[3:6])):
+            if requests or nbytes:
+                e = edge(source, topic, kind)
+                e.requests += requests
+                e.bytes += nbytes
+                e.records += nrecords
 
     for e in topo.edges.values():
         e.cost = Fraction(e.bytes, GIB) * price[e.kind]
@@ -292,12 +324,16 @@ def _attach_lag(topo: Topology, owners: Ownership, samples: list[UsageRecord]) -
     one its member client id resolves to, else the one the group id names as a client id would."""
     unmatched: set[str] = set()
     by_group = {s.consumer_group: s for s in owners.services}
+    owner_of: dict[tuple[str, str | None], Microservice | None] = {}
     for r in sorted(samples, key=lambda r: r.window_end):
         if not r.topic or internal(r.topic) or not r.group:
             continue
-        service = by_group.get(r.group)
-        service = service or (owners.resolve(None, r.client_id) if r.client_id else None)
-        service = service or owners.resolve(None, r.group)
+        key = (r.group, r.client_id)
+        if key not in owner_of:
+            found = by_group.get(r.group)
+            found = found or (owners.resolve(None, r.client_id) if r.client_id else None)
+            owner_of[key] = found or owners.resolve(None, r.group)
+        service = owner_of[key]
         if service is None:
             unmatched.add(r.group)
             continue
