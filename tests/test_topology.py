@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 from strata_operator.billing.usage import UsageRecord
 from strata_operator.cli import main
+from strata_operator.topology.model import LagSample, lag_grows
 
 DAY = datetime(2025, 3, 1, tzinfo=UTC)
 WINDOW = ["--from", "2025-03-01", "--to", "2025-03-02"]  # two days
@@ -262,3 +263,22 @@ def test_without_manifests_and_without_a_cluster_is_one_line(tmp_path: Path, mon
     monkeypatch.setenv("HOME", str(tmp_path))
     result = run(*WINDOW, "--usage", str(tmp_path))
     one_line_error(result, "cannot read Topic/Microservice resources from the cluster")
+
+
+# -- growing lag ---------------------------------------------------------------------------------
+
+def samples(lags: list[int]) -> list[LagSample]:
+    return [LagSample(DAY + timedelta(minutes=i), lag) for i, lag in enumerate(lags)]
+
+
+@pytest.mark.parametrize("lags, grows", [
+    ([5, 50, 500], True),
+    ([0, 10, 12, 30, 25, 60, 80, 120], True),  # rising with a dip
+    ([0, 0, 0, 0], False),  # caught up all along
+    ([3, 17, 2, 19, 0, 11, 6, 14], False),  # jitter around a small lag
+    ([100, 900, 0, 800, 0, 950, 0, 120], False),  # sawtooth: falls back whenever the consumer catches up
+    ([500, 50, 5], False),  # shrinking
+    ([5, 500], False),  # too few snapshots to call it a trend
+])
+def test_lag_grows(lags: list[int], grows: bool) -> None:
+    assert lag_grows(samples(lags)) is grows

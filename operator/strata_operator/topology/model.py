@@ -40,6 +40,7 @@ FORMAT = "strata.topology/v1"
 FINDING_KINDS = ("undeclared-writer", "multiple-writers", "idle-declared-edge", "unread-topic",
                  "unowned-traffic", "growing-lag")
 MIN_LAG_SAMPLES = 3
+LAG_TREND = 0.8  # Spearman's rank correlation of lag with time that counts as growing
 
 
 @dataclass
@@ -345,14 +346,39 @@ def _attach_lag(topo: Topology, owners: Ownership, samples: list[UsageRecord]) -
         topo.warnings.append(f"lag of consumer group(s) no Microservice owns not shown: {', '.join(sorted(unmatched))}")
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation; 0 when either side is constant."""
+    rx, ry = _ranks(xs), _ranks(ys)
+    n = len(xs)
+    mean = (n + 1) / 2
+    cov = sum((a - mean) * (b - mean) for a, b in zip(rx, ry, strict=True))
+    vx = sum((a - mean) ** 2 for a in rx)
+    vy = sum((b - mean) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx and vy else 0.0
+
+
 def lag_grows(samples: list[LagSample]) -> bool:
-    """At least MIN_LAG_SAMPLES samples, the last above the first, and a rising least-squares trend."""
+    """At least MIN_LAG_SAMPLES snapshots, the last lag above the first, and lag rising with time
+    (Spearman's rank correlation >= LAG_TREND): a lag that jitters, or falls back as the consumer
+    catches up, is not growing."""
     if len(samples) < MIN_LAG_SAMPLES or samples[-1].lag <= samples[0].lag:
         return False
-    xs = [s.at.timestamp() for s in samples]
-    ys = [float(s.lag) for s in samples]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) > 0
+    return spearman([s.at.timestamp() for s in samples], [float(s.lag) for s in samples]) >= LAG_TREND
 
 
 def findings(topo: Topology) -> list[Finding]:
