@@ -29,7 +29,7 @@ spec: {team: shop, partitions: 1}
 apiVersion: strata.dev/v1alpha1
 kind: Topic
 metadata: {name: invoices, namespace: finance}
-spec: {team: finance, partitions: 1}
+spec: {team: finance, partitions: 1, schema: {type: AVRO, schema: '"string"'}}
 ---
 apiVersion: strata.dev/v1alpha1
 kind: Microservice
@@ -133,7 +133,10 @@ def test_edges_carry_traffic_per_day_cost_and_lag(tmp_path: Path) -> None:
         "finance": ["service:finance.billing", "service:finance.ledger"],
         "shop": ["service:shop.checkout", "service:shop.fulfilment"],
         "unowned": ["principal:User:intruder"]}
-    assert {n["id"] for n in doc["nodes"] if n["kind"] == "topic"} == {"topic:orders", "topic:invoices"}
+    topics = {n["id"]: n for n in doc["nodes"] if n["kind"] == "topic"}
+    assert set(topics) == {"topic:orders", "topic:invoices"}
+    assert topics["topic:invoices"]["schema_subject"] == "invoices-value"
+    assert "schema_subject" not in topics["topic:orders"]
 
 
 def test_costs_follow_the_price_model(tmp_path: Path) -> None:

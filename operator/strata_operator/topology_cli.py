@@ -115,7 +115,8 @@ def topology(start: datetime | None, end: datetime | None, fmt: str, output: Pat
             assert bucket is not None
             records = usage.read_s3(bucket, cluster, first, window_end, prefix=prefix, endpoint=endpoint,
                                     region=region)
-        topo = model.build(records.records, owners, model_prices, first, window_end, cluster=cluster)
+        topo = model.build(records.records, owners, model_prices, first, window_end, cluster=cluster,
+                           schema_subjects=owners.schema_subjects)
         topo.warnings[:0] = records.warnings
     except BillingError as exc:
         raise click.ClickException(str(exc)) from None
