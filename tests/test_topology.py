@@ -282,6 +282,9 @@ def samples(lags: list[int]) -> list[LagSample]:
     ([100, 900, 0, 800, 0, 950, 0, 120], False),  # sawtooth: falls back whenever the consumer catches up
     ([500, 50, 5], False),  # shrinking
     ([5, 500], False),  # too few snapshots to call it a trend
+    ([0, 0, 10, 20, 30, 40, 50, 60] + [60] * 40, True),  # grew, then a long plateau
+    ([0] * 30 + [10, 20, 30, 40, 50, 60], True),  # a long calm, then growth
+    ([i + (25 if i % 2 else -25) for i in range(0, 400, 2)], True),  # a noisy but steady climb
 ])
 def test_lag_grows(lags: list[int], grows: bool) -> None:
     assert lag_grows(samples(lags)) is grows

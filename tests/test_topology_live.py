@@ -32,7 +32,7 @@ ORDERS, INVOICES, STRAY = 120, 40, 10  # records: checkout -> orders, billing ->
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     creds = tmp_path / "users.json"
-    secutil.write_credentials(creds, USERS)
+    secutil.write_credentials(creds, {**USERS, "intruder": "pw-intruder"})  # intruder: no Microservice
     proc = BrokerProcess(tmp_path / "broker", listeners={"SASL_PLAINTEXT": None}, settings={
         "sasl.credentials.file": str(creds), "num.partitions": "1",
         "metering.snapshot.interval.ms": "500", "metering.sample.interval.ms": "200"}).start()
@@ -129,4 +129,55 @@ def test_topology_of_a_live_workload(broker: BrokerProcess, tmp_path: Path) -> N
         ("multiple-writers", "topic:orders"),
         ("idle-declared-edge", "read:service:finance.ledger->invoices"),
         ("unread-topic", "topic:invoices"),
+    ]
+
+
+def test_a_consumer_falling_behind_is_found(broker: BrokerProcess, tmp_path: Path) -> None:
+    """fulfilment reads and commits a little, then stops while checkout keeps writing through several
+    snapshots: its group's lag grows from one `group` record to the next -> a growing-lag finding;
+    billing, which has read everything, has none. An unknown principal's reads are unowned traffic."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic("orders", 1, 1), NewTopic("invoices", 1, 1)]).values():
+        future.result(30)
+    produce(broker, "shop.checkout", "orders", 20)
+    consume(broker, "shop.fulfilment", "orders", 20)
+    produce(broker, "finance.billing", "invoices", 5)
+    for step in range(6):  # ~3 s: several 500 ms snapshots, each with a larger lag
+        produce(broker, "shop.checkout", "orders", 10, start=20 + 10 * step)
+        time.sleep(0.6)
+    consume(broker, "finance.billing", "orders", 80)
+    auth = secutil.Auth("SASL_PLAINTEXT", "SCRAM-SHA-512", "intruder", "pw-intruder")
+    sneak = confluent_kafka.Consumer({**secutil.confluent(broker.address("SASL_PLAINTEXT"), auth),
+                                      "group.id": "sneak", "client.id": "sneak", "enable.auto.commit": False})
+    sneak.assign([confluent_kafka.TopicPartition("invoices", 0, confluent_kafka.OFFSET_BEGINNING)])
+    read = 0
+    deadline = time.monotonic() + 60
+    while read < 5 and time.monotonic() < deadline:
+        msg = sneak.poll(1.0)
+        if msg is not None and not msg.error():
+            read += 1
+    sneak.close()
+    assert read == 5
+    time.sleep(1.2)
+    broker.stop()
+
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(MANIFESTS)
+    today = datetime.now(UTC).date().isoformat()
+    done = subprocess.run([sys.executable, "-m", "strata_operator.cli", "topology", "--from", today, "--to", today,
+                           "-f", str(manifests), "--usage", str(broker.data_dir / "usage"), "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    edges = {e["id"]: e for e in doc["edges"]}
+    lag = edges["read:service:shop.fulfilment->orders"]["lag"]
+    assert len(lag) == 1 and lag[0]["group"] == "shop.fulfilment" and lag[0]["last"] == 60
+    assert lag[0]["first"] < lag[0]["last"] and lag[0]["samples"] >= 3
+    assert [(x["group"], x["last"]) for x in edges["read:service:finance.billing->orders"]["lag"]] == \
+        [("finance.billing", 0)]
+    findings = [(f["kind"], f["subject"]) for f in doc["findings"]]
+    assert findings == [
+        ("idle-declared-edge", "read:service:finance.ledger->invoices"),
+        ("unowned-traffic", "principal:User:intruder"),
+        ("growing-lag", "read:service:shop.fulfilment->orders"),
     ]

@@ -373,11 +373,15 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 
 def lag_grows(samples: list[LagSample]) -> bool:
-    """At least MIN_LAG_SAMPLES snapshots, the last lag above the first, and lag rising with time
-    (Spearman's rank correlation >= LAG_TREND): a lag that jitters, or falls back as the consumer
-    catches up, is not growing."""
+    """At least MIN_LAG_SAMPLES snapshots, the last lag above the first, and either the net growth
+    at least as large as all the drops together (a rise with plateaus and small dips) or lag rising
+    with time overall (Spearman's rank correlation >= LAG_TREND: a noisy but steady climb). A lag
+    that jitters, or falls back whenever the consumer catches up, is not growing."""
     if len(samples) < MIN_LAG_SAMPLES or samples[-1].lag <= samples[0].lag:
         return False
+    drops = sum(max(0, a.lag - b.lag) for a, b in zip(samples, samples[1:], strict=False))
+    if samples[-1].lag - samples[0].lag >= drops:
+        return True
     return spearman([s.at.timestamp() for s in samples], [float(s.lag) for s in samples]) >= LAG_TREND
 
 
