@@ -2,9 +2,9 @@
 
 The SVG has one `<g class="node">` per service, principal and topic (with `data-id`,
 `data-kind`, `data-team`) and one `<path class="edge">` per edge (`data-id`, `data-kind`
-write|read, `data-declared`, `data-observed`). Observed edges are drawn with a width growing
-with log(bytes); declared edges without traffic are dashed; observed writes a service did not
-declare are red.
+write|read, `data-declared`, `data-observed`). Writes are grey, reads blue; observed edges are drawn
+with a width growing with their bytes (square root of the share of the largest edge); declared
+edges without traffic are dashed; observed writes a service did not declare are red.
 
 The HTML embeds that SVG, the JSON, a small script and its styles, and nothing else: its
 Content-Security-Policy is `default-src 'none'` with the script and style allowed by their
@@ -105,8 +105,11 @@ def _team_color(topo: Topology, team: str) -> str:
     return TEAM_COLORS[teams.index(team) % len(TEAM_COLORS)] if team in teams else "#888888"
 
 
-def _width(e: Edge) -> float:
-    return 1.0 if not e.observed or e.bytes <= 0 else min(8.0, 1.0 + math.log10(1 + e.bytes) / 1.5)
+def _width(e: Edge, largest: int) -> float:
+    """1 px for an edge without bytes, up to 6 px for the graph's largest (square root scale)."""
+    if not e.observed or e.bytes <= 0 or largest <= 0:
+        return 1.0
+    return 1.0 + 5.0 * math.sqrt(e.bytes / largest)
 
 
 def render_svg(topo: Topology, lay: Layout | None = None) -> str:
@@ -124,6 +127,7 @@ def render_svg(topo: Topology, lay: Layout | None = None) -> str:
                    f'stroke="{color}" stroke-opacity="0.5"/><text x="{block.x + 8:.1f}" y="{block.y + 15:.1f}" '
                    f'fill="{color}" font-weight="bold">{escape(block.team)}</text></g>')
     out.append('</g><g class="edges" fill="none">')
+    largest = max((e.bytes for e in topo.edges.values()), default=0)
     for e in sorted(topo.edges.values(), key=lambda e: e.id):
         s, t = lay.boxes[e.source], lay.boxes[topic_id(e.topic)]
         if s.x < t.x:
@@ -136,7 +140,10 @@ def render_svg(topo: Topology, lay: Layout | None = None) -> str:
         bend = max(40.0, abs(x2 - x1) / 2)
         c1 = x1 + bend if x2 > x1 else x1 - bend
         c2 = x2 - bend if x2 > x1 else x2 + bend
-        color = "#d62728" if e.observed and not e.declared and e.kind == "write" else "#555555"
+        if e.observed and not e.declared and e.kind == "write":
+            color = "#d62728"
+        else:
+            color = "#555555" if e.kind == "write" else "#1f77b4"
         dash = ' stroke-dasharray="5,4"' if not e.observed else ""
         title = f"{e.kind} {topo.nodes[e.source].name} {'->' if e.kind == 'write' else '<-'} {e.topic}: " \
                 f"{_edge_label(e, topo.days)}, {money(e.cost)} {topo.currency}"
@@ -144,7 +151,7 @@ def render_svg(topo: Topology, lay: Layout | None = None) -> str:
                    f'data-source="{escape(e.source)}" data-topic="{escape(topic_id(e.topic))}" '
                    f'data-declared="{str(e.declared).lower()}" data-observed="{str(e.observed).lower()}" '
                    f'd="M{x1:.1f},{y1:.1f} C{c1:.1f},{y1:.1f} {c2:.1f},{y2:.1f} {x2:.1f},{y2:.1f}" '
-                   f'stroke="{color}" stroke-opacity="0.7" stroke-width="{_width(e):.2f}"{dash} '
+                   f'stroke="{color}" stroke-opacity="0.45" stroke-width="{_width(e, largest):.2f}"{dash} '
                    f'marker-end="url(#arrow)"><title>{escape(title)}</title></path>')
     out.append('</g><g class="nodes">')
     for node_id, box in sorted(lay.boxes.items()):
@@ -266,8 +273,8 @@ def render_html(topo: Topology) -> str:
              f'<meta http-equiv="Content-Security-Policy" content="{escape(csp(), quote=False)}">',
              f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
              f"<header><h1>{escape(title)}</h1><div>{counts(topo)}. "
-             "Writers left, topics middle, readers right; "
-             "dashed: declared without traffic; red: undeclared write. Click a node.</div>"]
+             "Writers left, topics middle, readers right; grey: write, blue: read, "
+             "dashed: declared without traffic, red: undeclared write. Click a node.</div>"]
     for warning in topo.warnings:
         parts.append(f'<div class="warn">warning: {escape(warning)}</div>')
     parts.append('</header><main><div id="graph">')
