@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from strata_operator.billing import ownership
 from strata_operator.billing.usage import UsageRecord
 from strata_operator.cli import main
 from strata_operator.topology.model import LagSample, lag_grows
+from strata_operator.topology.observed import observed_by_service
 
 DAY = datetime(2025, 3, 1, tzinfo=UTC)
 WINDOW = ["--from", "2025-03-01", "--to", "2025-03-02"]  # two days
@@ -288,3 +290,26 @@ def samples(lags: list[int]) -> list[LagSample]:
 ])
 def test_lag_grows(lags: list[int], grows: bool) -> None:
     assert lag_grows(samples(lags)) is grows
+
+
+# -- a Microservice's observed produce/consume (for its status) ---------------------------------------
+
+def test_observed_produce_and_consume_of_the_last_day(tmp_path: Path) -> None:
+    manifests, _ = scenario(tmp_path)
+    owners = ownership.load_manifests([manifests])
+    rec = Records()
+    rec.client("User:finance.billing", "orders", hour=9, fetched=(700, 7, 3))  # more than a day before `now`
+    rec.client("User:finance.billing", "orders", day=1, hour=9, fetched=(300, 3, 2))
+    rec.client("User:finance.billing", "orders", day=1, hour=9, produced=(50, 1, 1))  # undeclared
+    rec.client("User:finance.billing", "invoices", day=1, hour=10, produced=(80, 2, 1))
+    rec.client("User:finance.billing", "__consumer_offsets", day=1, hour=10, fetched=(9, 9, 9))
+    now = DAY + timedelta(days=1, hours=12)
+    status = observed_by_service(rec.items, owners, now)
+    assert set(status) == {"shop.checkout", "shop.fulfilment", "finance.billing", "finance.ledger"}
+    billing = status["finance.billing"]
+    assert billing["since"] == "2025-03-01T12:00:00Z" and billing["until"] == "2025-03-02T12:00:00Z"
+    assert billing["produces"] == [{"topic": "invoices", "bytes": 80, "records": 2, "declared": True},
+                                   {"topic": "orders", "bytes": 50, "records": 1, "declared": False}]
+    assert billing["consumes"] == [{"topic": "orders", "bytes": 300, "records": 3, "declared": True}]
+    assert status["finance.ledger"]["consumes"] == [{"topic": "invoices", "bytes": 0, "records": 0,
+                                                     "declared": True}]

@@ -4,6 +4,7 @@
 - `model`   usage records x ownership x prices -> nodes, edges, findings (pure)
 - `layout`  the layered layout (writers | topics | readers, grouped by team)
 - `render`  JSON, dot, Mermaid, SVG and a self-contained offline HTML page
+- `observed` a Microservice's observed produce/consume of the last day (the shape of a status field)
 """
 
 from __future__ import annotations
