@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
+from kmockserver import KubeEmulatorProcess
 from strata_operator.billing import ownership
 from strata_operator.billing.usage import UsageRecord
 from strata_operator.cli import main
@@ -313,3 +315,29 @@ def test_observed_produce_and_consume_of_the_last_day(tmp_path: Path) -> None:
     assert billing["consumes"] == [{"topic": "orders", "bytes": 300, "records": 3, "declared": True}]
     assert status["finance.ledger"]["consumes"] == [{"topic": "invoices", "bytes": 0, "records": 0,
                                                      "declared": True}]
+
+
+# -- the cluster's resources as the source (no -f) -----------------------------------------------------
+
+def test_resources_from_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without -f the Topics and Microservices come from the API server the kubeconfig names (here
+    the emulated one), across namespaces; -n restricts to one."""
+    _, usage = scenario(tmp_path)
+    kube = KubeEmulatorProcess(tmp_path).start()
+    try:
+        for doc in yaml.safe_load_all(MANIFESTS):
+            kube.create(doc)
+        monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig()))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        result = run(*WINDOW, "--usage", str(usage), "--format", "json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert {n["id"] for n in doc["nodes"] if n["kind"] == "service"} == {
+            "service:shop.checkout", "service:shop.fulfilment", "service:finance.billing", "service:finance.ledger"}
+        assert [f["kind"] for f in doc["findings"]] == [
+            "undeclared-writer", "multiple-writers", "idle-declared-edge", "unowned-traffic", "growing-lag"]
+        only_shop = json.loads(run(*WINDOW, "--usage", str(usage), "--format", "json", "-n", "shop").stdout)
+        assert {n["id"] for n in only_shop["nodes"] if n["kind"] == "service"} == {
+            "service:shop.checkout", "service:shop.fulfilment"}
+    finally:
+        kube.stop()
