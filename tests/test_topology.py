@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from kmockserver import KubeEmulatorProcess
+from s3server import CREDENTIALS, S3Bucket
 from strata_operator.billing import ownership
 from strata_operator.billing.usage import UsageRecord
 from strata_operator.cli import main
@@ -341,3 +342,23 @@ def test_resources_from_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "service:shop.checkout", "service:shop.fulfilment"}
     finally:
         kube.stop()
+
+
+# -- usage from the bucket ----------------------------------------------------------------------------
+
+def test_usage_from_the_bucket(tmp_path: Path, s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--bucket reads `clusters/<cluster>/usage/<yyyy>/<mm>/<dd>/*.jsonl`, as the brokers upload them."""
+    manifests, usage = scenario(tmp_path)
+    client = s3.server.client()
+    body = (usage / "0-1.jsonl").read_bytes()
+    client.put_object(Bucket=s3.name, Key="p/clusters/events/usage/2025/03/01/0-1.jsonl", Body=body)
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    args = [*WINDOW, "-f", str(manifests), "--bucket", s3.name, "--endpoint", s3.server.endpoint, "--prefix", "p",
+            "--cluster", "events", "--format", "json"]
+    from_bucket = json.loads(run(*args).stdout)
+    from_dir = json.loads(run(*WINDOW, "-f", str(manifests), "--usage", str(usage), "--format", "json",
+                              "--cluster", "events").stdout)
+    assert from_bucket == from_dir and len(from_bucket["edges"]) == 7
+    missing = run(*[a if a != s3.name else "no-such-bucket" for a in args])
+    one_line_error(missing, "cannot read usage from s3://no-such-bucket/")
