@@ -235,7 +235,14 @@ def test_costreport_per_team_totals_and_report_in_the_bucket(kube, broker_factor
     assert {"orders", "shipping"} <= set(doc["x_strata"]["totals"])
     focus = s3.read(f"{base}.csv").decode()
     assert focus.startswith("BilledCost,BillingAccountId,") and "x_Team" in focus.splitlines()[0]
-    assert "<svg" in s3.read(f"{base}.html").decode()
+    page = s3.read(f"{base}.html").decode()
+    assert "<svg" in page
+    # the business topology of the period: the services and the topics they wrote and read
+    assert '<figure class="topology"' in page
+    for node in ("service:default.order-service", "service:default.shipping-service",
+                 "topic:order-events", "topic:shipment-events"):
+        assert f'data-id="{node}"' in page
+    assert 'data-id="write:service:default.order-service-&gt;order-events"' in page
 
     # a bad price model is a condition, not a crash; fixing it recovers on the next tick
     kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prices"},

@@ -72,6 +72,7 @@ class Broker:
         self.groups = GroupCoordinator(config, self.logs, self.replicas)
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
+        self.meter.group_lag = lambda: self.groups.lag(self.logs)
         if self.tier is not None:
             self.logs.producer_id_blocks = self.tier.reserve_producer_ids
             self.tier.store.on_request = self.meter.s3_call

@@ -7,6 +7,9 @@ metering.snapshot.interval.ms and at UTC midnight. A snapshot is appended to
 retried or repeated after a restart is never counted twice. What was counted since the last
 snapshot when the process dies is lost, never double-counted.
 
+Each snapshot also records, per consumer group with committed offsets on this broker and topic,
+the group's lag at the end of the window (`group` records: log end minus committed offset).
+
 Cardinality is bounded whatever clients send: each principal has at most
 `metering.client.ids.per.principal` client ids counted under their own name (the ones first seen);
 the rest are counted under `other`. A client id not seen for `metering.idle.expiry.ms` is forgotten
@@ -102,6 +105,8 @@ class Meter:
         # principal -> client id -> when last seen (the sampling clock), least recently seen first
         self._client_ids: dict[str, OrderedDict[str, float]] = {}
         self._clock = time.monotonic()
+        # (group, topic, member client id, lag) now, for the `group` records of each snapshot (set by the broker)
+        self.group_lag: Callable[[], list[tuple[str, str, str | None, int]]] | None = None
 
     # ---- counting (called on the request path; cheap) ----------------------------------------
 
@@ -211,6 +216,14 @@ class Meter:
                 cold_byte_hours=window.cold_byte_seconds[topic] / 3600)
         for (op, topic), (requests, nbytes) in sorted(window.s3.items(), key=lambda kv: str(kv[0])):
             add("s3", op=op, topic=topic, principal=None, client_id=None, requests=requests, bytes=nbytes)
+        if self.group_lag is not None:
+            try:
+                lags = self.group_lag()
+            except Exception as exc:  # lag is informative: never lose a snapshot over it
+                log.warning("consumer group lag not metered: %s", exc)
+                lags = []
+            for group, topic, client_id, lag in lags:
+                add("group", group=group, topic=topic, client_id=client_id, lag=lag)
         add("broker", uptime_seconds=now - window.start, connection_seconds=window.connection_seconds)
         return out
 

@@ -1,7 +1,7 @@
 """The usage-record format: what the broker's metering writes and the cost report reads.
 
 Specified in docs/billing.md ("Usage records"): one JSON object per line, `v` = FORMAT_VERSION,
-a globally unique `id`, a `kind` (`client`, `topic`, `s3`, `broker`), the window
+a globally unique `id`, a `kind` (`client`, `topic`, `s3`, `broker`, `group`), the window
 `[window_start, window_end)` in UTC, and the counters of that window only (deltas, never running
 totals). Files live under `[<prefix>/]clusters/<cluster>/usage/<yyyy>/<mm>/<dd>/<broker>-<epoch>.jsonl`.
 """
@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 FORMAT_VERSION = 1
-KINDS = ("client", "topic", "s3", "broker")
+KINDS = ("client", "topic", "s3", "broker", "group")
 S3_OPS = ("PUT", "GET", "LIST", "DELETE")
 
 # Fields per kind: name -> type ("str", "str?", "int", "dec"). Counters default to 0.
@@ -32,8 +32,10 @@ KIND_FIELDS: dict[str, dict[str, str]] = {
     "broker": {"connection_seconds": "dec", "uptime_seconds": "dec",
                "requested_cpu_core_hours": "dec", "requested_memory_byte_hours": "dec",
                "disk_capacity_byte_hours": "dec"},
+    "group": {"group": "str", "topic": "str", "client_id": "str?", "lag": "int"},
 }
-REQUIRED_FIELDS = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": ()}
+REQUIRED_FIELDS = {"client": ("principal", "client_id"), "topic": ("topic",), "s3": ("op",), "broker": (),
+             "group": ("group", "topic")}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class UsageRecord:
     requested_cpu_core_hours: Decimal = Decimal(0)
     requested_memory_byte_hours: Decimal = Decimal(0)
     disk_capacity_byte_hours: Decimal = Decimal(0)
+    group: str | None = None
+    lag: int = 0
 
     @property
     def day(self) -> date:
@@ -87,7 +91,6 @@ class UsageRecord:
                 continue
             out[name] = value
         return json.dumps(out, separators=(",", ":"))
-
 
 
 def usage_prefix(cluster: str, prefix: str = "") -> str:

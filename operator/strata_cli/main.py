@@ -24,6 +24,7 @@ COMMANDS = {
     "schema": "strata_cli.schema:schema",
     "table": "strata_cli.table:table",
     "tier": "strata_cli.tier:tier",
+    "topology": "strata_cli.topology:topology",
 }
 
 

@@ -24,6 +24,8 @@ from . import logic, resources
 from .billing import BillingError, allocation, ownership, prices, report, usage
 from .crds import API_VERSION
 from .durations import duration_ms
+from .topology import model as topology_model
+from .topology import render as topology_render
 
 DEFAULT_INTERVAL = float(os.environ.get("STRATA_OPERATOR_COSTREPORT_INTERVAL", "3600"))
 TICK = max(0.5, min(60.0, DEFAULT_INTERVAL))
@@ -297,7 +299,8 @@ def compute(usage_set: usage.UsageSet, model: prices.PriceModel, owners: ownersh
     teams = team_rows(rep)
     assert sum((Decimal(t["total"]) for t in teams), Decimal(0)) == rep.total
     keys = source.report_keys(namespace, name, period.name)
-    bodies = {"json": report.render_json(rep), "html": report.render_html(rep), "csv": report.render_focus(rep)}
+    bodies = {"json": report.render_json(rep), "html": report.render_html(rep, topology_svg=_topology_svg(
+              usage_set, model, owners, period.start, through, source.cluster)), "csv": report.render_focus(rep)}
     objects = {keys[ext]: (text.encode("utf-8"), CONTENT_TYPES[ext]) for ext, text in bodies.items()}
     status = {
         "period": period.name,
@@ -312,6 +315,14 @@ def compute(usage_set: usage.UsageSet, model: prices.PriceModel, owners: ownersh
         "warnings": [w if len(w) <= 300 else w[:297] + "..." for w in alloc.warnings[:MAX_WARNINGS]],
     }
     return Computed(period, through, rep, objects, status, list(alloc.warnings))
+
+
+def _topology_svg(usage_set: usage.UsageSet, model: prices.PriceModel, owners: ownership.Ownership, start: date,
+                  end: date, cluster: str) -> str:
+    """The business topology of the period as SVG, for the report's HTML (docs/topology.md)."""
+    topo = topology_model.build(usage_set.records, owners, model, start, end, cluster=cluster,
+                                schema_subjects=owners.schema_subjects)
+    return topology_render.render_svg(topo) if not topo.empty else ""
 
 
 # -- S3 ----------------------------------------------------------------------------------

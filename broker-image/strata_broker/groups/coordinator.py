@@ -144,6 +144,29 @@ class GroupCoordinator:
         self.membership.maybe_drop(group)
         return E.NONE, results
 
+    # ---- metering ------------------------------------------------------------------------
+
+    def lag(self, logs: LogManager) -> list[tuple[str, str, str | None, int]]:
+        """(group, topic, a member's client id, lag) for every group with committed offsets here:
+        the lag of a topic is the sum over its partitions of log end offset - committed offset.
+        Internal topics and partitions this broker does not hold are left out."""
+        out: list[tuple[str, str, str | None, int]] = []
+        for group_id in sorted(self.offsets.store.groups()):
+            per_topic: dict[str, int] = {}
+            for (topic, partition), committed in self.offsets.store.group_offsets(group_id).items():
+                if topic.startswith("__"):
+                    continue
+                try:
+                    plog = logs.get_partition(topic, partition)
+                except KafkaProtocolError:
+                    continue
+                per_topic[topic] = per_topic.get(topic, 0) + max(0, plog.log_end_offset - committed.offset)
+            group = self.membership.groups.get(group_id)
+            clients = sorted({m.client_id for m in group.members.values()}) if group is not None else []
+            for topic, lag in sorted(per_topic.items()):
+                out.append((group_id, topic, clients[0] if clients else None, lag))
+        return out
+
     # ---- admin ---------------------------------------------------------------------------
 
     def list_groups(self) -> list[Group]:

@@ -38,6 +38,7 @@ class Microservice:
     produces: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
     principal: str = ""
+    consumer_group: str = ""  # spec.consumerGroup, else `<namespace>.<name>` (as the operator's default)
 
     @property
     def qualified(self) -> str:
@@ -49,6 +50,8 @@ class Ownership:
     topics: dict[str, str] = field(default_factory=dict)  # topic name -> team
     services: list[Microservice] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # topic name -> its schema registry subject (status.schemaSubject, else from spec.schema)
+    schema_subjects: dict[str, str] = field(default_factory=dict)
 
     @property
     def teams(self) -> list[str]:
@@ -92,6 +95,8 @@ class Ownership:
                 nested = cls.from_objects(obj["items"], source)
                 for topic, team in nested.topics.items():
                     own._add_topic(topic, team, source)
+                for topic, subject in nested.schema_subjects.items():
+                    own.schema_subjects.setdefault(topic, subject)
                 own.services.extend(nested.services)
                 own.warnings.extend(nested.warnings)
                 continue
@@ -113,7 +118,11 @@ class Ownership:
                 raise BillingError(f"{source}: {kind} {name}: team name {team!r} is reserved for the report's "
                                    f"own rows ({', '.join(RESERVED_TEAMS)})")
             if kind == "Topic":
-                own._add_topic(str(spec.get("topicName") or name), team, source)
+                topic = str(spec.get("topicName") or name)
+                own._add_topic(topic, team, source)
+                subject = _schema_subject(topic, spec, obj.get("status"))
+                if subject:
+                    own.schema_subjects.setdefault(topic, subject)
             else:
                 namespace = str(meta.get("namespace") or "default")
                 status = obj.get("status") or {}
@@ -123,7 +132,8 @@ class Ownership:
                     name=name, namespace=namespace, team=team,
                     produces=tuple(str(t) for t in spec.get("produces") or ()),
                     consumes=tuple(str(t) for t in spec.get("consumes") or ()),
-                    principal=str(principal)))
+                    principal=str(principal),
+                    consumer_group=str(spec.get("consumerGroup") or f"{namespace}.{name}")))
         return own
 
     def _add_topic(self, topic: str, team: str, source: str) -> None:
@@ -133,6 +143,16 @@ class Ownership:
                                  f"billing it to {self.topics[topic]}")
             return
         self.topics[topic] = team
+
+
+def _schema_subject(topic: str, spec: dict[str, Any], status: Any) -> str:
+    """The subject a Topic's schema is registered under (TopicNameStrategy), or ""."""
+    if isinstance(status, dict) and isinstance(status.get("schemaSubject"), str):
+        return status["schemaSubject"]
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        return ""
+    return f"{topic}-key" if schema.get("key") is True else f"{topic}-value"
 
 
 def _manifest_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -157,10 +177,15 @@ def load_manifests(paths: Iterable[str | Path]) -> Ownership:
         except (OSError, UnicodeDecodeError) as exc:
             raise BillingError(f"cannot read manifest {path}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise BillingError(f"manifest {path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+            raise BillingError(f"manifest {path} is not valid YAML{where}: {problem}") from None
         part = Ownership.from_objects([d for d in docs if isinstance(d, dict)], str(path))
         for topic, team in part.topics.items():
             own._add_topic(topic, team, str(path))
+        for topic, subject in part.schema_subjects.items():
+            own.schema_subjects.setdefault(topic, subject)
         own.services.extend(part.services)
         own.warnings.extend(part.warnings)
     return own

@@ -474,7 +474,9 @@ def _svg_hbars(items: list[tuple[str, Decimal]], label: str) -> str:
     return "".join(parts)
 
 
-def render_html(report: Report, top_n: int = 10) -> str:
+def render_html(report: Report, top_n: int = 10, topology_svg: str = "") -> str:
+    """A self-contained page (no script); `topology_svg`, when given, is shown under the charts as
+    the business topology of the period (the operator's CostReport passes it)."""
     esc = html.escape
     by_type: dict[str, Decimal] = defaultdict(lambda: ZERO)
     by_topic: dict[str, Decimal] = defaultdict(lambda: ZERO)
@@ -521,6 +523,15 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}} figure{{margin:0}} sv
 <figure class="chart" data-view="cost-type">{_svg_hbars(types, "breakdown by cost type")}</figure>
 <h2>Top topics</h2>
 <figure class="chart" data-view="top-topics">{_svg_hbars(topics, "top topics")}</figure>
+{_topology_section(topology_svg)}
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
 </body></html>
 """
+
+
+def _topology_section(svg: str) -> str:
+    if not svg:
+        return ""
+    return ('<h2>Business topology</h2><p>Who writes (left) and reads (right) which topic (middle), by team; '
+            'dashed: declared without traffic, red: undeclared write. Details: <code>strata topology</code>.</p>'
+            f'<figure class="topology" data-view="topology">{svg}</figure>')
