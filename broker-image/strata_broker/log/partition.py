@@ -381,7 +381,7 @@ class PartitionLog:
         total retention is then enforced in S3 by the tier.
         """
         tiered = self.remote is not None
-        if not tiered and not self.config.deletes:
+        if not tiered and not self.config.deletes and self.segments[0].next_offset > self.log_start_offset:
             return 0  # cleanup.policy=compact alone: the cleaner bounds the log, not retention
         keep_ms = self.config.local_retention_ms if tiered else self.config.retention_ms
         keep_bytes = self.config.local_retention_bytes if tiered else self.config.retention_bytes
@@ -392,7 +392,8 @@ class PartitionLog:
                 break  # not in S3 yet: never deleted before its upload lands
             expired = keep_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > keep_ms
             oversize = keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
-            if not (expired or oversize):
+            deleted_records = oldest.next_offset <= self.log_start_offset  # below a DeleteRecords
+            if not (expired or oversize or deleted_records):
                 break
             self.segments.pop(0)
             if not tiered:
@@ -404,6 +405,28 @@ class PartitionLog:
             self.write_checkpoint()
             log.info("%s deleted %d local segment(s) of %s-%d; local log starts at %d", "tiering" if tiered
                      else "retention", deleted, self.topic, self.partition, self.local_start_offset)
+        return deleted
+
+    def advance_log_start(self, offset: int) -> int:
+        """DeleteRecords: records below `offset` are gone for readers from now on. Closed local
+        segments wholly below it are deleted at once (on a tiered partition only once S3 has them:
+        remote retention then deletes the remote copies). Returns how many local segments went."""
+        if offset <= self.log_start_offset:
+            return 0
+        self.log_start_offset = offset
+        tiered = self.remote is not None
+        deleted = 0
+        while len(self.segments) > 1 and self.segments[0].next_offset <= offset:
+            oldest = self.segments[0]
+            if tiered and oldest.next_offset > self.remote_end_offset:
+                break  # not in S3 yet: uploaded first, then removed by local and remote retention
+            self.segments.pop(0)
+            oldest.delete()
+            _unlink_quietly(os.path.join(self.directory, snapshot_name(oldest.next_offset)))
+            deleted += 1
+        self.write_checkpoint()
+        log.info("log start offset of %s-%d moved to %d (DeleteRecords); %d local segment(s) deleted",
+                 self.topic, self.partition, offset, deleted)
         return deleted
 
     def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int) -> bool:
