@@ -232,7 +232,7 @@ async def handle_alter_partition_reassignments(
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
                  error_message="not authorized to ALTER the cluster", responses=[])
     leadership = ctx.services.leadership
-    brokers = {leadership.node_id} | {b.node_id for b in leadership.other_brokers()}
+    brokers = {leadership.node_id} | {b.id for b in leadership.other_brokers()}
     responses = []
     for topic in request.topics:
         partitions = []
