@@ -378,7 +378,8 @@ class PartitionLog:
 
         Without tiering, retention.ms / retention.bytes govern the log. With tiering, the local
         copy of a segment goes only once S3 has confirmed it and local.retention.* has passed;
-        total retention is then enforced in S3 by the tier.
+        total retention is then enforced in S3 by the tier. Segments wholly below the log start
+        (moved by DeleteRecords) go whatever the retention settings (tiered: once in S3).
         """
         tiered = self.remote is not None
         if not tiered and not self.config.deletes and self.segments[0].next_offset > self.log_start_offset:
@@ -390,8 +391,10 @@ class PartitionLog:
             oldest = self.segments[0]
             if tiered and oldest.next_offset > self.remote_end_offset:
                 break  # not in S3 yet: never deleted before its upload lands
-            expired = keep_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > keep_ms
-            oversize = keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
+            by_retention = tiered or self.config.deletes
+            expired = (by_retention and keep_ms >= 0 and oldest.max_timestamp >= 0
+                       and now_ms - oldest.max_timestamp > keep_ms)
+            oversize = by_retention and keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
             deleted_records = oldest.next_offset <= self.log_start_offset  # below a DeleteRecords
             if not (expired or oversize or deleted_records):
                 break
