@@ -15,8 +15,8 @@ import uuid
 import confluent_kafka
 import pytest
 from clusterharness import Cluster
-from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import ElectionType, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KpTopicPartition
 from kafka.errors import PolicyViolationError
@@ -263,3 +263,22 @@ def test_partition_admin_in_a_cluster(cluster, topic_name):
         conn.close()
     (answer,) = response.topics[0].partitions
     assert (answer.error_code, answer.end_offset) == (0, 10)
+
+
+def test_confluent_elect_leaders_and_legacy_alter_configs(broker, topic_name):
+    """confluent-kafka's AdminClient: elect_leaders (ELECTION_NOT_NEEDED per partition, as Kafka when the
+    preferred replica leads) and the deprecated non-incremental alter_configs (unnamed configs reset)."""
+    create_topic(broker.bootstrap, topic_name, 2, {"retention.ms": "1000"})
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    tps = [TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)]
+    result = admin.elect_leaders(ElectionType.PREFERRED, tps).result(30)
+    assert {(tp.partition, err.name() if err else None) for tp, err in result.items()} == {
+        (0, "ELECTION_NOT_NEEDED"), (1, "ELECTION_NOT_NEEDED")}
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic_name, set_config={"segment.bytes": "3000000"})
+    admin.alter_configs([resource])[resource].result(30)
+    described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic_name)])
+    (entries,) = [f.result(30) for f in described.values()]
+    assert entries["segment.bytes"].value == "3000000"
+    assert entries["retention.ms"].value == "604800000"  # not named: back to the default
+    assert entries["retention.ms"].source == confluent_kafka.admin.ConfigSource.DEFAULT_CONFIG.value
