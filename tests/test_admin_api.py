@@ -265,6 +265,7 @@ def test_partition_admin_in_a_cluster(cluster, topic_name):
     assert (answer.error_code, answer.end_offset) == (0, 10)
 
 
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")  # the call under test
 def test_confluent_elect_leaders_and_legacy_alter_configs(broker, topic_name):
     """confluent-kafka's AdminClient: elect_leaders (ELECTION_NOT_NEEDED per partition, as Kafka when the
     preferred replica leads) and the deprecated non-incremental alter_configs (unnamed configs reset)."""
