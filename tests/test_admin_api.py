@@ -283,3 +283,53 @@ def test_confluent_elect_leaders_and_legacy_alter_configs(broker, topic_name):
     assert entries["segment.bytes"].value == "3000000"
     assert entries["retention.ms"].value == "604800000"  # not named: back to the default
     assert entries["retention.ms"].source == confluent_kafka.admin.ConfigSource.DEFAULT_CONFIG.value
+
+
+# ---- message.timestamp.type=LogAppendTime --------------------------------------------------------
+
+def test_log_append_time_is_kept_by_compaction_and_used_by_timestamp_lookups(broker_factory, topic_name):
+    """The broker stamps batches as it appends them; kafka-python reads the append time with its type;
+    offsets_for_times searches the append times; the cleaner's rebuilt batches keep type and time."""
+    broker = broker_factory({"log.cleaner.backoff.ms": "200"})
+    create_topic(broker.bootstrap, topic_name, 1, {
+        "message.timestamp.type": "LogAppendTime", "cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01",
+        "segment.bytes": str(64 << 10), "segment.ms": "500"})
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
+    start = int(time.time() * 1000)
+    for round_keys in (20, 20, 10):  # batches of several records; the last rewrites half the keys, so the
+        for i in range(round_keys):   # cleaner rebuilds the batch before it with the other half
+            producer.send(topic_name, key=f"k{i}".encode(), value=f"{i}".ljust(512, "#").encode(),
+                          timestamp_ms=1_000 + i)
+        producer.flush(30)
+    time.sleep(0.6)
+    producer.send(topic_name, key=b"sentinel", value=b"x", timestamp_ms=5).get(30)  # rolls the active segment
+    producer.close()
+    end = int(time.time() * 1000)
+
+    def read() -> list:  # type: ignore[type-arg]
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                                 enable_auto_commit=False, consumer_timeout_ms=3000)
+        consumer.assign([KpTopicPartition(topic_name, 0)])
+        try:
+            return list(consumer)
+        finally:
+            consumer.close()
+
+    first = read()  # 51 records, or fewer if the cleaner was already there
+    assert len(first) >= 21 and first[-1].key == b"sentinel"
+    assert all(r.timestamp_type == 1 and start <= r.timestamp <= end for r in first)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    try:
+        tp = KpTopicPartition(topic_name, 0)
+        middle = first[len(first) // 2]
+        # (the cleaner may remove records meanwhile: the answer is a record of the same append time)
+        assert consumer.offsets_for_times({tp: middle.timestamp})[tp].timestamp == middle.timestamp
+        assert consumer.offsets_for_times({tp: 1_000})[tp].timestamp >= start  # not the producer's 1000 + i
+    finally:
+        consumer.close()
+
+    wait_until(lambda: len(read()) == 21, 60, "compaction down to one record per key")
+    compacted = read()
+    by_offset = {r.offset: r.timestamp for r in first}
+    assert all(r.timestamp_type == 1 and start <= r.timestamp <= end for r in compacted)
+    assert all(r.timestamp == by_offset[r.offset] for r in compacted if r.offset in by_offset)

@@ -62,10 +62,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], tuple[Any, Any, str]] = {
         ("1", "DYNAMIC_DEFAULT_BROKER_CONFIG", False, False, False), ("1", "DEFAULT_CONFIG", False, False, True),
         "a KRaft cluster stores min.insync.replicas=1 as a dynamic cluster-wide default when it is formatted; "
         "Strata has no dynamic broker configs, and the value is the same"),
-    ("topic_configs", "create message.timestamp.type=LogAppendTime"): (
-        "NONE", "INVALID_CONFIG",
-        "Strata stores batches as produced, with the producer's CreateTime; it refuses LogAppendTime with a "
-        "message saying so rather than accept a setting it would not honour"),
     ("internal_topics", "create __<name>"): (
         0, 17,
         "Strata reserves every name starting with __ (and _schemas) for its internal topics from the first "
@@ -604,6 +600,43 @@ def topic_configs_scenario(bootstrap: str, name: str) -> Observations:
 
 def test_standard_topic_configs(both):
     both("topic_configs", topic_configs_scenario)
+
+
+def log_append_time_scenario(bootstrap: str, name: str) -> Observations:
+    """message.timestamp.type=LogAppendTime: the broker stamps each batch with its append time, in the
+    produce response and in what consumers read, whatever timestamp the producer set."""
+    admin = admin_for(bootstrap)
+    create(admin, name, 1, {"message.timestamp.type": "LogAppendTime"})
+    reports: list[tuple[int, int]] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+    before = int(time.time() * 1000) - 1000
+    for i in range(3):
+        producer.produce(name, value=f"v{i}".encode(), partition=0, timestamp=1_600_000_000_000 + i,
+                         on_delivery=lambda err, msg: reports.append(msg.timestamp()))
+        producer.flush(30)
+    after = int(time.time() * 1000) + 1000
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{name}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(name, 0, confluent_kafka.OFFSET_BEGINNING)])
+    stamps: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(stamps) < 3 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                stamps.append(msg.timestamp())
+    finally:
+        consumer.close()
+    return {
+        "delivery reports": [(kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME, before <= ts <= after)
+                             for kind, ts in reports],
+        "consumed": [(kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME, before <= ts <= after)
+                     for kind, ts in stamps],
+        "consumed stamps ascend": [ts for _, ts in stamps] == sorted(ts for _, ts in stamps),
+    }
+
+
+def test_log_append_time(both):
+    both("log_append_time", log_append_time_scenario)
 
 
 def broker_configs_scenario(bootstrap: str, name: str) -> Observations:

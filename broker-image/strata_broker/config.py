@@ -24,10 +24,7 @@ def _cleanup_policy(value: str) -> str:
 
 
 def _timestamp_type(value: str) -> str:
-    if value == "LogAppendTime":
-        raise ValueError("message.timestamp.type=LogAppendTime is not supported by Strata (batches are stored "
-                         "as produced, with the producer's CreateTime)")
-    if value != "CreateTime":
+    if value not in ("CreateTime", "LogAppendTime"):
         raise ValueError(f"must be CreateTime or LogAppendTime, got {value!r}")
     return value
 
@@ -195,7 +192,8 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("cleanup.policy", _cleanup_policy, "delete", "delete | compact | compact,delete"),
         ConfigKey("max.message.bytes", _int_at_least(0), str(1048588), "largest record batch"),
         ConfigKey("index.interval.bytes", _int_at_least(0), "4096", "bytes between index entries"),
-        ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime", "CreateTime only"),
+        ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime",
+                  "CreateTime (the producer's) | LogAppendTime (the broker stamps each batch as it appends it)"),
         # Tiered storage (KIP-405 names). The default of remote.storage.enable follows
         # whether the broker has a bucket; -2 for local retention means "same as total".
         ConfigKey("remote.storage.enable", _bool, "false", "offload closed segments to S3"),
@@ -496,6 +494,10 @@ class TopicConfig:
     @property
     def index_interval_bytes(self) -> int:
         return self.values["index.interval.bytes"]
+
+    @property
+    def log_append_time(self) -> bool:
+        return self.values["message.timestamp.type"] == "LogAppendTime"
 
     @property
     def remote_storage(self) -> bool:

@@ -17,7 +17,7 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
-from .batch import BatchHeader, validate_batches
+from .batch import BatchHeader, stamp_log_append_time, validate_batches
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache
 from .producer_state import ProducerState
@@ -63,16 +63,19 @@ def snapshot_name(offset: int) -> str:
 
 
 class AppendResult:
-    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "_data", "_pieces")
+    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "_data", "_pieces", "log_append_time")
 
     def __init__(self, base_offset: int, last_offset: int, duplicate: bool, segment: Segment | None,
-                 data: bytes | bytearray = b"", pieces: list[bytes | memoryview] | None = None) -> None:
+                 data: bytes | bytearray = b"", pieces: list[bytes | memoryview] | None = None,
+                 log_append_time: int = -1) -> None:
         self.base_offset = base_offset
         self.last_offset = last_offset
         self.duplicate = duplicate
         self.segment = segment
         self._data = data
         self._pieces = pieces
+        # The time stamped on the batches (message.timestamp.type=LogAppendTime), else -1.
+        self.log_append_time = log_append_time
 
     @property
     def data(self) -> bytes | bytearray:
@@ -240,9 +243,16 @@ class PartitionLog:
         view = memoryview(records)
         pieces: list[bytes | memoryview] = []
         pos = 0
+        append_time = int(time.time() * 1000) if self.config.log_append_time else -1
         for header in headers:
             pieces.append(_OFFSET.pack(next_offset))
-            pieces.append(view[pos + 8:pos + header.length])
+            if append_time >= 0:
+                prefix, stamped = stamp_log_append_time(view[pos:pos + header.length], header, append_time)
+                pieces.append(prefix)
+                pieces.append(view[pos + 43:pos + header.length])
+                header = stamped
+            else:
+                pieces.append(view[pos + 8:pos + header.length])
             rebased.append(_rebase(header, next_offset))
             next_offset += header.last_offset_delta + 1
             pos += header.length
@@ -255,7 +265,7 @@ class PartitionLog:
         for header in rebased:
             self.producers.record(header)
         self._wake()
-        return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces)
+        return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces, log_append_time=append_time)
 
     def append_restored(self, data: bytes) -> int:
         """Append batches that already carry their offsets (replayed from the S3 commit log).
