@@ -60,8 +60,9 @@ def produce_small_batches(bootstrap: str, topic: str, n: int) -> None:
 
 
 def remote_manifest(s3, topic: str) -> dict:
-    (key,) = [k for k in s3.objects() if k.endswith("/0/manifest.json") and f"/topics/{topic}-" in k]
-    return json.loads(s3.read(key))
+    """Partition 0's manifest in the bucket ({"segments": []} until the first upload writes it)."""
+    keys = [k for k in s3.objects() if k.endswith("/0/manifest.json") and f"/topics/{topic}-" in k]
+    return json.loads(s3.read(keys[0])) if keys else {"segments": []}
 
 
 # ---- DeleteRecords ---------------------------------------------------------------------------------
