@@ -33,8 +33,10 @@ from confluent_kafka.admin import (
 )
 from faultproxy import ResponseDroppingProxy
 from hostile_frames import fetch, metadata, produce, record_batch
-from kafka.protocol.admin import CreateTopicsRequest, DeleteTopicsRequest
-from kafka.protocol.consumer import LeaveGroupRequest
+from kafka import KafkaAdminClient
+from kafka import TopicPartition as KpTopicPartition
+from kafka.protocol.admin import AlterConfigsRequest, CreateTopicsRequest, DeleteTopicsRequest
+from kafka.protocol.consumer import LeaveGroupRequest, OffsetForLeaderEpochRequest
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
@@ -53,28 +55,13 @@ SETTINGS = {"auto.create.topics.enable": "true", "num.partitions": "1"}
 # allowed; docs/references.md has the same table for readers (a test checks it lists every entry).
 KNOWN_DIFFERENCES: dict[tuple[str, str], tuple[Any, Any, str]] = {
     ("describe_configs", "names only here"): (
-        ["compression.gzip.level", "compression.lz4.level", "compression.type", "compression.zstd.level",
-         "errors.deadletterqueue.group.enable", "file.delete.delay.ms", "flush.messages", "flush.ms",
-         "follower.replication.throttled.replicas", "leader.replication.throttled.replicas",
-         "max.decompressed.message.bytes", "message.timestamp.after.max.ms", "message.timestamp.before.max.ms",
-         "min.insync.replicas", "preallocate", "remote.copy.lag.bytes", "remote.copy.lag.ms",
-         "remote.log.copy.disable", "remote.log.delete.on.disable", "segment.index.bytes", "segment.jitter.ms",
-         "unclean.leader.election.enable"],
-        ["strata.durability", "strata.key.schema.validation", "strata.value.schema.validation"],
-        "Strata keeps batches as produced (no broker-side recompression), has no replicas, throttles, "
-        "flush.* or index files to tune, and adds its own durability and schema-validation settings; every "
-        "config both describe matches"),
-    ("delete_records", "steps"): (
-        {"delete before 4": 4, "earliest after": 4, "delete before 2 (already gone)": 4,
-         "delete beyond the end": "OFFSET_OUT_OF_RANGE", "delete unknown topic": "_NOENT",
-         "consumed from the beginning": [4, 5, 6, 7, 8, 9], "delete all (-1 = high watermark)": 10,
-         "earliest at the end": 10},
-        {"delete before 4": "_UNSUPPORTED_FEATURE", "earliest after": 0,
-         "delete before 2 (already gone)": "_UNSUPPORTED_FEATURE", "delete beyond the end": "_UNSUPPORTED_FEATURE",
-         "delete unknown topic": "_NOENT", "consumed from the beginning": list(range(10)),
-         "delete all (-1 = high watermark)": "_UNSUPPORTED_FEATURE", "earliest at the end": 0},
-        "Strata does not offer DeleteRecords (API 21): the client refuses the call (_UNSUPPORTED_FEATURE) and "
-        "the log start only moves by retention"),
+        [], ["strata.durability", "strata.key.schema.validation", "strata.value.schema.validation"],
+        "Strata describes every Kafka topic config (those without effect documented in "
+        "docs/kafka-compatibility.md) and adds its own durability and schema-validation settings"),
+    ("describe_configs", "config min.insync.replicas"): (
+        ("1", "DYNAMIC_DEFAULT_BROKER_CONFIG", False, False, False), ("1", "DEFAULT_CONFIG", False, False, True),
+        "a KRaft cluster stores min.insync.replicas=1 as a dynamic cluster-wide default when it is formatted; "
+        "Strata has no dynamic broker configs, and the value is the same"),
     ("internal_topics", "create __<name>"): (
         0, 17,
         "Strata reserves every name starting with __ (and _schemas) for its internal topics from the first "
@@ -303,7 +290,7 @@ def delete_records_scenario(bootstrap: str, name: str) -> Observations:
     obs["consumed from the beginning"] = [r.offset for r in consumed]
     obs["delete all (-1 = high watermark)"] = delete_before(-1)
     obs["earliest at the end"] = admin.list_offsets({earliest: OffsetSpec.earliest()})[earliest].result(30).offset
-    return {"steps": obs}  # one field: Strata lacks the API (KNOWN_DIFFERENCES), so every step differs
+    return obs
 
 
 def test_delete_records(both):
@@ -493,6 +480,182 @@ def test_committed_offsets(both):
 
 
 # ---- DescribeConfigs for a topic ---------------------------------------------------------------
+
+# ---- the partition-level admin APIs (issue 22) ----------------------------------------------------
+
+def partition_admin_scenario(bootstrap: str, name: str) -> Observations:
+    """DescribeLogDirs, ElectLeaders, Alter/ListPartitionReassignments, AlterReplicaLogDirs,
+    OffsetForLeaderEpoch and the legacy AlterConfigs, through kafka-python's admin and codecs."""
+    admin = admin_for(bootstrap)
+    create(admin, name, 2)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+    for i in range(5):
+        producer.produce(name, value=f"v{i}".encode(), partition=0)
+    assert producer.flush(30) == 0
+    leader = admin.list_topics(name, timeout=10).topics[name].partitions[0].leader
+    kp = KafkaAdminClient(bootstrap_servers=bootstrap)
+    obs: Observations = {}
+    try:
+        (broker_dirs,) = kp.describe_log_dirs({name: [0, 1]})  # one broker
+        obs["log dirs"] = len(broker_dirs["log_dirs"])
+        obs["log dir partitions"] = sorted(
+            (t["name"], p["partition_index"], p["partition_size"] > 0, p["offset_lag"], p["is_future_key"])
+            for d in broker_dirs["log_dirs"] for t in d["topics"] for p in t["partitions"])
+        log_dir = broker_dirs["log_dirs"][0]["log_dir"]
+
+        def elect(partitions: dict[str, list[int]], election_type: int = 0) -> Any:
+            response = kp.elect_leaders(election_type, partitions, raise_errors=False)
+            return [(t.topic, p.partition_id, p.error_code) for t in response.replica_election_results
+                    for p in t.partition_result]
+
+        obs["elect preferred"] = elect({name: [0, 1]})
+        obs["elect unclean"] = elect({name: [0]}, 1)
+        obs["elect unknown partition"] = elect({name: [7]})
+        obs["list reassignments"] = kp.list_partition_reassignments()
+        tp = KpTopicPartition(name, 0)
+
+        def reassign(replicas: list[int] | None) -> Any:
+            result = kp.alter_partition_reassignments({tp: replicas})
+            return None if result.get(tp) is None else result[tp].__name__
+
+        obs["reassign to the current replica"] = reassign([leader])
+        obs["cancel a reassignment"] = reassign(None)
+        obs["reassign to a broker that does not exist"] = reassign([leader + 100])
+        obs["move to the current log dir"] = {k[:2]: v.__name__ for k, v in kp.alter_replica_log_dirs(
+            {(name, 0, leader): log_dir}).items()}
+        obs["move to an unknown log dir"] = {k[:2]: v.__name__ for k, v in kp.alter_replica_log_dirs(
+            {(name, 0, leader): log_dir + "-elsewhere"}).items()}
+
+        def epoch_end(epoch: int, current: int = -1) -> Any:
+            T = OffsetForLeaderEpochRequest.OffsetForLeaderTopic
+            request = OffsetForLeaderEpochRequest(version=4, replica_id=-1, topics=[T(topic=name, partitions=[
+                T.OffsetForLeaderPartition(partition=0, current_leader_epoch=current, leader_epoch=epoch)])])
+            response = raw_call(bootstrap, request)
+            (p,) = response.topics[0].partitions
+            return p.error_code, p.leader_epoch, p.end_offset
+
+        obs["end of epoch 0"] = epoch_end(0)
+        obs["end of epoch 0, current 0"] = epoch_end(0, 0)
+        obs["end of a future epoch"] = epoch_end(3)
+        obs["current epoch from the future"] = epoch_end(0, 5)
+
+        def legacy_alter(configs: dict[str, str]) -> Any:
+            Resource = AlterConfigsRequest.AlterConfigsResource
+            request = AlterConfigsRequest(version=2, validate_only=False, resources=[
+                Resource(resource_type=2, resource_name=name, configs=[
+                    Resource.AlterableConfig(name=k, value=v) for k, v in configs.items()])])
+            return [r.error_code for r in raw_call(bootstrap, request).responses]
+
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+
+        def described(*keys: str) -> Any:
+            entries = admin.describe_configs([resource])[resource].result(30)
+            return [(entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name) for k in keys]
+
+        obs["legacy alter"] = legacy_alter({"retention.ms": "1000", "compression.type": "zstd"})
+        obs["after legacy alter"] = described("retention.ms", "compression.type", "segment.bytes")
+        obs["legacy alter replaces all"] = legacy_alter({"segment.bytes": "2000000"})
+        obs["after the second legacy alter"] = described("retention.ms", "compression.type", "segment.bytes")
+        obs["legacy alter bad value"] = legacy_alter({"retention.ms": "soon"})
+        obs["legacy alter unknown name"] = legacy_alter({"no.such.config": "1"})
+    finally:
+        kp.close()
+    return obs
+
+
+def test_partition_admin_apis(both):
+    both("partition_admin", partition_admin_scenario)
+
+
+def topic_configs_scenario(bootstrap: str, name: str) -> Observations:
+    """Kafka's standard topic configs on create (as admin tools and Terraform send them) and on alter."""
+    admin = admin_for(bootstrap)
+    obs: Observations = {}
+    standard = {"compression.type": "zstd", "min.insync.replicas": "2", "unclean.leader.election.enable": "true",
+                "message.timestamp.type": "CreateTime", "message.timestamp.before.max.ms": "86400000",
+                "flush.messages": "10000", "preallocate": "true", "segment.jitter.ms": "1000",
+                "leader.replication.throttled.replicas": "*", "compression.zstd.level": "5"}
+    obs["create with standard configs"] = outcome(admin.create_topics([NewTopic(name, 1, 1, config=standard)])[name])
+    time.sleep(0.5)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    entries = admin.describe_configs([resource])[resource].result(30)
+    obs["described"] = {k: (entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name)
+                        for k in standard}
+    for label, config in [("compression.type=brotli", {"compression.type": "brotli"}),
+                          ("compression.gzip.level=12", {"compression.gzip.level": "12"}),
+                          ("min.insync.replicas=0", {"min.insync.replicas": "0"}),
+                          ("message.timestamp.type=WallClock", {"message.timestamp.type": "WallClock"}),
+                          ("message.timestamp.type=LogAppendTime", {"message.timestamp.type": "LogAppendTime"}),
+                          ("leader.replication.throttled.replicas=x", {"leader.replication.throttled.replicas": "x"})]:
+        topic = f"{name}-{len(obs)}"
+        obs[f"create {label}"] = outcome(admin.create_topics([NewTopic(topic, 1, 1, config=config)])[topic])
+    alter = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry("compression.type", "lz4", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("min.insync.replicas", "1", incremental_operation=AlterConfigOpType.SET)])
+    obs["alter standard configs"] = outcome(admin.incremental_alter_configs([alter])[alter])
+    entries = admin.describe_configs([resource])[resource].result(30)
+    obs["after alter"] = (entries["compression.type"].value, entries["min.insync.replicas"].value)
+    return obs
+
+
+def test_standard_topic_configs(both):
+    both("topic_configs", topic_configs_scenario)
+
+
+def log_append_time_scenario(bootstrap: str, name: str) -> Observations:
+    """message.timestamp.type=LogAppendTime: the broker stamps each batch with its append time, in the
+    produce response and in what consumers read, whatever timestamp the producer set."""
+    admin = admin_for(bootstrap)
+    create(admin, name, 1, {"message.timestamp.type": "LogAppendTime"})
+    reports: list[tuple[int, int]] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+    before = int(time.time() * 1000) - 1000
+    for i in range(3):
+        producer.produce(name, value=f"v{i}".encode(), partition=0, timestamp=1_600_000_000_000 + i,
+                         on_delivery=lambda err, msg: reports.append(msg.timestamp()))
+        producer.flush(30)
+    after = int(time.time() * 1000) + 1000
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{name}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(name, 0, confluent_kafka.OFFSET_BEGINNING)])
+    stamps: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(stamps) < 3 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                stamps.append(msg.timestamp())
+    finally:
+        consumer.close()
+    return {
+        "delivery reports": [(kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME, before <= ts <= after)
+                             for kind, ts in reports],
+        "consumed": [(kind == confluent_kafka.TIMESTAMP_LOG_APPEND_TIME, before <= ts <= after)
+                     for kind, ts in stamps],
+        "consumed stamps ascend": [ts for _, ts in stamps] == sorted(ts for _, ts in stamps),
+    }
+
+
+def test_log_append_time(both):
+    both("log_append_time", log_append_time_scenario)
+
+
+def broker_configs_scenario(bootstrap: str, name: str) -> Observations:
+    """The broker's own configs: sources (STATIC_BROKER_CONFIG for what the operator set, DEFAULT_CONFIG
+    for the rest) of the names both brokers have."""
+    admin = admin_for(bootstrap)
+    (broker_id,) = [b.id for b in admin.list_topics(timeout=10).brokers.values()][:1]
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker_id))
+    entries = admin.describe_configs([resource])[resource].result(30)
+    keys = ["num.partitions", "auto.create.topics.enable", "group.min.session.timeout.ms",
+            "group.max.session.timeout.ms", "log.segment.bytes", "message.max.bytes", "log.retention.bytes",
+            "compression.type", "offsets.topic.num.partitions", "log.retention.check.interval.ms"]
+    return {k: (entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name,
+                entries[k].is_default) for k in keys}
+
+
+def test_broker_config_sources(both):
+    both("broker_configs", broker_configs_scenario)
+
 
 def describe_configs_scenario(bootstrap: str, name: str) -> Observations:
     admin = admin_for(bootstrap)

@@ -24,9 +24,40 @@ def _cleanup_policy(value: str) -> str:
 
 
 def _timestamp_type(value: str) -> str:
-    if value != "CreateTime":
-        raise ValueError("only message.timestamp.type=CreateTime is supported")
+    if value not in ("CreateTime", "LogAppendTime"):
+        raise ValueError(f"must be CreateTime or LogAppendTime, got {value!r}")
     return value
+
+
+COMPRESSION_TYPES = ("producer", "uncompressed", "none", "gzip", "snappy", "lz4", "zstd")
+
+
+def _compression_type(value: str) -> str:
+    if value not in COMPRESSION_TYPES:
+        raise ValueError(f"must be one of {', '.join(COMPRESSION_TYPES)}, got {value!r}")
+    return value
+
+
+def _int_between(low: int, high: int, *also: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number not in also and not low <= number <= high:
+            raise ValueError(f"must be in [{low}, {high}], got {number}")
+        return number
+
+    return parse
+
+
+def _throttled_replicas(value: str) -> str:
+    """Kafka's form: empty, `*`, or `partition:broker,...`."""
+    text = value.strip()
+    if text in ("", "*"):
+        return text
+    for item in text.split(","):
+        partition, sep, broker = item.strip().partition(":")
+        if not sep or not partition.isdigit() or not broker.isdigit():
+            raise ValueError(f"expected *, or PARTITION:BROKER,... got {value!r}")
+    return text
 
 
 def _durability(value: str) -> str:
@@ -161,7 +192,8 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("cleanup.policy", _cleanup_policy, "delete", "delete | compact | compact,delete"),
         ConfigKey("max.message.bytes", _int_at_least(0), str(1048588), "largest record batch"),
         ConfigKey("index.interval.bytes", _int_at_least(0), "4096", "bytes between index entries"),
-        ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime", "CreateTime only"),
+        ConfigKey("message.timestamp.type", _timestamp_type, "CreateTime",
+                  "CreateTime (the producer's) | LogAppendTime (the broker stamps each batch as it appends it)"),
         # Tiered storage (KIP-405 names). The default of remote.storage.enable follows
         # whether the broker has a bucket; -2 for local retention means "same as total".
         ConfigKey("remote.storage.enable", _bool, "false", "offload closed segments to S3"),
@@ -179,6 +211,40 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         # under <topic>-value / <topic>-key.
         ConfigKey("strata.value.schema.validation", _bool, "false", "refuse values without a registered schema id"),
         ConfigKey("strata.key.schema.validation", _bool, "false", "refuse keys without a registered schema id"),
+        # Kafka's other topic configs (docs/kafka-compatibility.md "Topic configs"): accepted, validated as
+        # Kafka validates them and described with Kafka's defaults. Strata keeps batches as produced (no
+        # broker-side recompression), keeps one copy of each partition (durable by fsync or S3, no
+        # followers or ISR) and has no per-topic flush, preallocation or index sizing, so these change nothing.
+        ConfigKey("compression.type", _compression_type, "producer",
+                  "accepted and reported; Strata stores batches with the producer's codec whatever the value"),
+        ConfigKey("compression.gzip.level", _int_between(1, 9, -1), "-1", "accepted; no broker-side recompression"),
+        ConfigKey("compression.lz4.level", _int_between(1, 17), "9", "accepted; no broker-side recompression"),
+        ConfigKey("compression.zstd.level", _int_between(-131072, 22), "3", "accepted; no broker-side recompression"),
+        ConfigKey("min.insync.replicas", _int_at_least(1), "1",
+                  "accepted; one copy made durable by fsync or S3 acknowledges acks=all"),
+        ConfigKey("unclean.leader.election.enable", _bool, "false",
+                  "accepted; a new leader takes over from the copy in S3, never from a lagging replica"),
+        ConfigKey("leader.replication.throttled.replicas", _throttled_replicas, "", "accepted; no replication"),
+        ConfigKey("follower.replication.throttled.replicas", _throttled_replicas, "", "accepted; no replication"),
+        ConfigKey("message.timestamp.before.max.ms", _int_at_least(0), str(2**63 - 1),
+                  "accepted; record timestamps are not checked"),
+        ConfigKey("message.timestamp.after.max.ms", _int_at_least(0), "3600000",
+                  "accepted; record timestamps are not checked"),
+        ConfigKey("flush.messages", _int_at_least(1), str(2**63 - 1),
+                  "accepted; acks=all fsyncs (or commits to S3) before answering"),
+        ConfigKey("flush.ms", _int_at_least(0), str(2**63 - 1), "accepted; see log.flush.interval.ms"),
+        ConfigKey("file.delete.delay.ms", _int_at_least(0), "60000", "accepted; segments are deleted at once"),
+        ConfigKey("preallocate", _bool, "false", "accepted; segment files grow as written"),
+        ConfigKey("segment.index.bytes", _int_at_least(4), str(10 * 1024 * 1024),
+                  "accepted; index files grow as needed"),
+        ConfigKey("segment.jitter.ms", _int_at_least(0), "0", "accepted; segments roll at segment.ms"),
+        ConfigKey("remote.log.copy.disable", _bool, "false", "accepted; see remote.storage.enable"),
+        ConfigKey("remote.log.delete.on.disable", _bool, "false", "accepted; see remote.storage.enable"),
+        ConfigKey("remote.copy.lag.ms", _int_at_least(-1), "0", "accepted; see tiered.upload.interval.ms"),
+        ConfigKey("remote.copy.lag.bytes", _int_at_least(-1), "-1", "accepted; see tiered.upload.interval.ms"),
+        ConfigKey("max.decompressed.message.bytes", _int_at_least(0), "2147483639",
+                  "accepted; the broker does not decompress batches"),
+        ConfigKey("errors.deadletterqueue.group.enable", _bool, "false", "accepted; no share groups"),
     ]
 }
 
@@ -327,7 +393,23 @@ BROKER_ALIASES = {
     "message.max.bytes": "max.message.bytes",
     "log.index.interval.bytes": "index.interval.bytes",
     "log.message.timestamp.type": "message.timestamp.type",
+    "log.cleaner.min.cleanable.ratio": "min.cleanable.dirty.ratio",
+    "log.cleaner.min.compaction.lag.ms": "min.compaction.lag.ms",
+    "log.cleaner.max.compaction.lag.ms": "max.compaction.lag.ms",
+    "log.cleaner.delete.retention.ms": "delete.retention.ms",
+    "log.local.retention.ms": "local.retention.ms",
+    "log.local.retention.bytes": "local.retention.bytes",
+    "log.message.timestamp.before.max.ms": "message.timestamp.before.max.ms",
+    "log.message.timestamp.after.max.ms": "message.timestamp.after.max.ms",
+    "log.flush.interval.messages": "flush.messages",
+    "log.segment.delete.delay.ms": "file.delete.delay.ms",
+    "log.preallocate": "preallocate",
+    "log.index.size.max.bytes": "segment.index.bytes",
+    "log.roll.jitter.ms": "segment.jitter.ms",
 }
+
+# The broker property Kafka names each topic default by (DescribeConfigs of a broker, and synonyms).
+BROKER_NAME_OF_TOPIC_CONFIG = {topic_name: broker_name for broker_name, topic_name in BROKER_ALIASES.items()}
 
 
 class ConfigError(ValueError):
@@ -350,6 +432,9 @@ class BrokerConfig:
 
     props: dict[str, Any] = field(default_factory=dict)
     topic_defaults: dict[str, str] = field(default_factory=dict)
+    # Names (broker properties, and topic configs by their topic name) set by the operator rather
+    # than left at the default: DescribeConfigs reports these STATIC_BROKER_CONFIG, the rest DEFAULT_CONFIG.
+    explicit: frozenset[str] = frozenset()
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, str]) -> BrokerConfig:
@@ -357,8 +442,10 @@ class BrokerConfig:
         topic_defaults = {name: key.default for name, key in TOPIC_CONFIGS.items()}
         bucket = overrides.get("tiered.s3.bucket", "")
         topic_defaults["remote.storage.enable"] = "true" if bucket else "false"
+        explicit = set()
         for raw_name, value in overrides.items():
             name = BROKER_ALIASES.get(raw_name, raw_name)
+            explicit.add(name)
             if name in BROKER_CONFIGS:
                 try:
                     props[name] = BROKER_CONFIGS[name].parse(value)
@@ -369,7 +456,7 @@ class BrokerConfig:
                 topic_defaults[name] = value
             else:
                 raise ConfigError(f"unknown property {raw_name!r}")
-        return cls(props=props, topic_defaults=topic_defaults)
+        return cls(props=props, topic_defaults=topic_defaults, explicit=frozenset(explicit))
 
     def __getitem__(self, name: str) -> Any:
         return self.props[name]
@@ -407,6 +494,10 @@ class TopicConfig:
     @property
     def index_interval_bytes(self) -> int:
         return self.values["index.interval.bytes"]
+
+    @property
+    def log_append_time(self) -> bool:
+        return self.values["message.timestamp.type"] == "LogAppendTime"
 
     @property
     def remote_storage(self) -> bool:

@@ -12,7 +12,7 @@ may rewrite baseOffset and partitionLeaderEpoch without recomputing it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import crc32c
 
@@ -26,6 +26,7 @@ _PREFIX = struct.Struct(">qi")
 _OFFSET = struct.Struct(">q")
 
 ATTR_COMPRESSION_MASK = 0x07
+ATTR_LOG_APPEND_TIME = 0x08
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
 # Compression codecs 0..4: none, gzip, snappy, lz4, zstd.
@@ -116,6 +117,20 @@ def validate_batches(records: bytes | bytearray | memoryview, max_batch_bytes: i
         headers.append(header)
         pos += header.length
     return headers
+
+
+def stamp_log_append_time(batch: bytes | bytearray | memoryview, header: BatchHeader,
+                          now_ms: int) -> tuple[bytes, BatchHeader]:
+    """message.timestamp.type=LogAppendTime, as Kafka does it: the batch's timestamp type becomes
+    LogAppendTime and its max timestamp the append time (every record then reads as that time), with
+    the CRC-32C recomputed. Returns bytes 8..43 of the batch as rewritten (length through max
+    timestamp; the rest of the batch is unchanged) and the batch's new header."""
+    attributes = header.attributes | ATTR_LOG_APPEND_TIME
+    view = memoryview(batch)
+    middle = struct.pack(">hiqq", attributes, header.last_offset_delta, header.base_timestamp, now_ms)
+    crc = crc32c.crc32c(view[43:header.length], crc32c.crc32c(middle))
+    prefix = bytes(view[8:17]) + struct.pack(">I", crc) + middle
+    return prefix, replace(header, attributes=attributes, max_timestamp=now_ms, crc=crc)
 
 
 def batch_is_intact(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader | None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-from .batch import HEADER_SIZE, BatchHeader, parse_header, set_base_offset
+from .batch import ATTR_LOG_APPEND_TIME, HEADER_SIZE, BatchHeader, parse_header, set_base_offset, stamp_log_append_time
 
 KeyMap = dict[bytes, int]
 
@@ -85,4 +85,7 @@ def _rebuild(header: BatchHeader, records: list) -> bytes:  # type: ignore[type-
                        value=record.value, headers=list(record.headers))
     built = bytearray(builder.build())
     set_base_offset(built, 0, header.base_offset)
+    if header.attributes & ATTR_LOG_APPEND_TIME:  # keep the broker's append time and the timestamp type
+        prefix, _ = stamp_log_append_time(built, parse_header(built, 0), header.max_timestamp)
+        built[8:43] = prefix
     return bytes(built)

@@ -17,7 +17,7 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
-from .batch import BatchHeader, validate_batches
+from .batch import BatchHeader, stamp_log_append_time, validate_batches
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache
 from .producer_state import ProducerState
@@ -63,16 +63,19 @@ def snapshot_name(offset: int) -> str:
 
 
 class AppendResult:
-    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "_data", "_pieces")
+    __slots__ = ("base_offset", "last_offset", "duplicate", "segment", "_data", "_pieces", "log_append_time")
 
     def __init__(self, base_offset: int, last_offset: int, duplicate: bool, segment: Segment | None,
-                 data: bytes | bytearray = b"", pieces: list[bytes | memoryview] | None = None) -> None:
+                 data: bytes | bytearray = b"", pieces: list[bytes | memoryview] | None = None,
+                 log_append_time: int = -1) -> None:
         self.base_offset = base_offset
         self.last_offset = last_offset
         self.duplicate = duplicate
         self.segment = segment
         self._data = data
         self._pieces = pieces
+        # The time stamped on the batches (message.timestamp.type=LogAppendTime), else -1.
+        self.log_append_time = log_append_time
 
     @property
     def data(self) -> bytes | bytearray:
@@ -240,9 +243,16 @@ class PartitionLog:
         view = memoryview(records)
         pieces: list[bytes | memoryview] = []
         pos = 0
+        append_time = int(time.time() * 1000) if self.config.log_append_time else -1
         for header in headers:
             pieces.append(_OFFSET.pack(next_offset))
-            pieces.append(view[pos + 8:pos + header.length])
+            if append_time >= 0:
+                prefix, stamped = stamp_log_append_time(view[pos:pos + header.length], header, append_time)
+                pieces.append(prefix)
+                pieces.append(view[pos + 43:pos + header.length])
+                header = stamped
+            else:
+                pieces.append(view[pos + 8:pos + header.length])
             rebased.append(_rebase(header, next_offset))
             next_offset += header.last_offset_delta + 1
             pos += header.length
@@ -255,7 +265,7 @@ class PartitionLog:
         for header in rebased:
             self.producers.record(header)
         self._wake()
-        return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces)
+        return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces, log_append_time=append_time)
 
     def append_restored(self, data: bytes) -> int:
         """Append batches that already carry their offsets (replayed from the S3 commit log).
@@ -378,10 +388,11 @@ class PartitionLog:
 
         Without tiering, retention.ms / retention.bytes govern the log. With tiering, the local
         copy of a segment goes only once S3 has confirmed it and local.retention.* has passed;
-        total retention is then enforced in S3 by the tier.
+        total retention is then enforced in S3 by the tier. Segments wholly below the log start
+        (moved by DeleteRecords) go whatever the retention settings (tiered: once in S3).
         """
         tiered = self.remote is not None
-        if not tiered and not self.config.deletes:
+        if not tiered and not self.config.deletes and self.segments[0].next_offset > self.log_start_offset:
             return 0  # cleanup.policy=compact alone: the cleaner bounds the log, not retention
         keep_ms = self.config.local_retention_ms if tiered else self.config.retention_ms
         keep_bytes = self.config.local_retention_bytes if tiered else self.config.retention_bytes
@@ -390,9 +401,12 @@ class PartitionLog:
             oldest = self.segments[0]
             if tiered and oldest.next_offset > self.remote_end_offset:
                 break  # not in S3 yet: never deleted before its upload lands
-            expired = keep_ms >= 0 and oldest.max_timestamp >= 0 and now_ms - oldest.max_timestamp > keep_ms
-            oversize = keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
-            if not (expired or oversize):
+            by_retention = tiered or self.config.deletes
+            expired = (by_retention and keep_ms >= 0 and oldest.max_timestamp >= 0
+                       and now_ms - oldest.max_timestamp > keep_ms)
+            oversize = by_retention and keep_bytes >= 0 and self.size_bytes - oldest.size >= keep_bytes
+            deleted_records = oldest.next_offset <= self.log_start_offset  # below a DeleteRecords
+            if not (expired or oversize or deleted_records):
                 break
             self.segments.pop(0)
             if not tiered:
@@ -404,6 +418,28 @@ class PartitionLog:
             self.write_checkpoint()
             log.info("%s deleted %d local segment(s) of %s-%d; local log starts at %d", "tiering" if tiered
                      else "retention", deleted, self.topic, self.partition, self.local_start_offset)
+        return deleted
+
+    def advance_log_start(self, offset: int) -> int:
+        """DeleteRecords: records below `offset` are gone for readers from now on. Closed local
+        segments wholly below it are deleted at once (on a tiered partition only once S3 has them:
+        remote retention then deletes the remote copies). Returns how many local segments went."""
+        if offset <= self.log_start_offset:
+            return 0
+        self.log_start_offset = offset
+        tiered = self.remote is not None
+        deleted = 0
+        while len(self.segments) > 1 and self.segments[0].next_offset <= offset:
+            oldest = self.segments[0]
+            if tiered and oldest.next_offset > self.remote_end_offset:
+                break  # not in S3 yet: uploaded first, then removed by local and remote retention
+            self.segments.pop(0)
+            oldest.delete()
+            _unlink_quietly(os.path.join(self.directory, snapshot_name(oldest.next_offset)))
+            deleted += 1
+        self.write_checkpoint()
+        log.info("log start offset of %s-%d moved to %d (DeleteRecords); %d local segment(s) deleted",
+                 self.topic, self.partition, offset, deleted)
         return deleted
 
     def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int) -> bool:

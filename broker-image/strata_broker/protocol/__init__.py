@@ -3,7 +3,7 @@
 Importing this package registers every handler module in the table.
 """
 
-from . import admin, configs, fetch, groups, metadata, offsets, produce, producer_ids, security  # noqa: F401
+from . import admin, configs, fetch, groups, metadata, offsets, produce, producer_ids, replicas, security  # noqa: F401
 from .registry import API_TABLE, ApiSpec
 
 __all__ = ["API_TABLE", "ApiSpec"]

@@ -16,7 +16,7 @@ from kafka.protocol.admin import (
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import refuse_internal
 from ..security.acl import CLUSTER_NAME, OP_ALTER, OP_CREATE, OP_DELETE, RES_CLUSTER, RES_TOPIC
-from .configs import CONFIG_SOURCE_DEFAULT, CONFIG_SOURCE_TOPIC, describe_topic_values
+from .configs import describe_topic_values
 from .context import RequestContext
 from .registry import api
 
@@ -65,10 +65,8 @@ async def handle_create_topics(ctx: RequestContext, request: CreateTopicsRequest
                 values = describe_topic_values(ctx.services.config, overrides)
                 result.configs = [
                     R.CreatableTopicResult.CreatableTopicConfigs(
-                        name=name, value=value, read_only=False,
-                        config_source=CONFIG_SOURCE_TOPIC if from_topic else CONFIG_SOURCE_DEFAULT,
-                        is_sensitive=False)
-                    for name, value, from_topic in values
+                        name=name, value=value, read_only=False, config_source=source, is_sensitive=False)
+                    for name, value, source in values
                 ]
             if created is not None:
                 result.topic_id = created.topic_id

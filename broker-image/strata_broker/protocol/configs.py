@@ -1,8 +1,15 @@
-"""DescribeConfigs (topics and the broker) and IncrementalAlterConfigs (topics)."""
+"""DescribeConfigs (topics and the broker), IncrementalAlterConfigs and the legacy AlterConfigs (topics).
+
+Sources as Kafka reports them: a topic's own setting is TOPIC_CONFIG, a default the operator set on the
+broker (`--set`, the environment) STATIC_BROKER_CONFIG, anything left alone DEFAULT_CONFIG. Topic
+defaults are described on the broker under Kafka's broker property names (log.retention.ms, ...).
+"""
 
 from __future__ import annotations
 
 from kafka.protocol.admin import (
+    AlterConfigsRequest,
+    AlterConfigsResponse,
     DescribeConfigsRequest,
     DescribeConfigsResponse,
     IncrementalAlterConfigsRequest,
@@ -10,7 +17,9 @@ from kafka.protocol.admin import (
 )
 
 from ..config import (
+    BROKER_ALIASES,
     BROKER_CONFIGS,
+    BROKER_NAME_OF_TOPIC_CONFIG,
     SENSITIVE_CONFIGS,
     TOPIC_CONFIGS,
     BrokerConfig,
@@ -38,7 +47,7 @@ OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 
 
 def _config_type(name: str, value: object) -> int:
-    if name == "cleanup.policy":
+    if name in ("cleanup.policy", "log.cleanup.policy"):
         return _TYPE_LIST
     if isinstance(value, bool):
         return _TYPE_BOOLEAN
@@ -47,15 +56,46 @@ def _config_type(name: str, value: object) -> int:
     return _TYPE_STRING
 
 
-def describe_topic_values(config: BrokerConfig, overrides: dict[str, str]) -> list[tuple[str, str, bool]]:
-    """(name, effective value, set on the topic) for every topic config."""
+def describe_topic_values(config: BrokerConfig, overrides: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(name, effective value, config source) for every topic config."""
     out = []
     for name in TOPIC_CONFIGS:
         if name in overrides:
-            out.append((name, overrides[name], True))
+            out.append((name, overrides[name], CONFIG_SOURCE_TOPIC))
         else:
-            out.append((name, config.topic_defaults[name], False))
+            source = CONFIG_SOURCE_STATIC_BROKER if name in config.explicit else CONFIG_SOURCE_DEFAULT
+            out.append((name, config.topic_defaults[name], source))
     return out
+
+
+def _default_of(config: BrokerConfig, name: str) -> str:
+    """The value a config has when nobody sets it (remote.storage.enable follows the bucket)."""
+    if name == "remote.storage.enable":
+        return "true" if config["tiered.s3.bucket"] else "false"
+    key = TOPIC_CONFIGS.get(name) or BROKER_CONFIGS[name]
+    return key.default
+
+
+def _broker_synonyms(config: BrokerConfig, name: str, value: str) -> list[tuple[str, str, int]]:
+    """A broker property's synonyms, as Kafka lists them: the operator's setting, then the default."""
+    topic_name = name if name in TOPIC_CONFIGS else None
+    for topic_config, broker_name in BROKER_NAME_OF_TOPIC_CONFIG.items():
+        if broker_name == name:
+            topic_name = topic_config
+    out = []
+    if (topic_name or name) in config.explicit:
+        out.append((name, value, CONFIG_SOURCE_STATIC_BROKER))
+    out.append((name, _default_of(config, topic_name or name), CONFIG_SOURCE_DEFAULT))
+    return out
+
+
+def _topic_synonyms(config: BrokerConfig, name: str, overrides: dict[str, str]) -> list[tuple[str, str, int]]:
+    """A topic config's synonyms: the topic's own value, then the broker default it falls back to."""
+    out = []
+    if name in overrides:
+        out.append((name, overrides[name], CONFIG_SOURCE_TOPIC))
+    broker_name = BROKER_NAME_OF_TOPIC_CONFIG.get(name, name)
+    return out + _broker_synonyms(config, broker_name, config.topic_defaults[name])
 
 
 def _authorize_config(ctx: RequestContext, resource_type: int, name: str, operation: int) -> None:
@@ -77,34 +117,41 @@ async def handle_describe_configs(ctx: RequestContext, request: DescribeConfigsR
                                          resource_name=resource.resource_name, configs=[])
         keys = set(resource.configuration_keys) if resource.configuration_keys is not None else None
         try:
-            entries: list[tuple[str, str, int, bool]] = []  # name, value, source, read_only
+            # name, value, source, read_only, synonyms
+            entries: list[tuple[str, str, int, bool, list[tuple[str, str, int]]]] = []
             _authorize_config(ctx, resource.resource_type, resource.resource_name, OP_DESCRIBE_CONFIGS)
+            config = broker.config
             if resource.resource_type == RESOURCE_TOPIC:
                 topic = broker.logs.get_topic(resource.resource_name)
-                for name, value, from_topic in describe_topic_values(broker.config, topic.overrides):
-                    entries.append((name, value, CONFIG_SOURCE_TOPIC if from_topic else CONFIG_SOURCE_DEFAULT, False))
+                for name, value, source in describe_topic_values(config, topic.overrides):
+                    entries.append((name, value, source, False, _topic_synonyms(config, name, topic.overrides)))
             elif resource.resource_type == RESOURCE_BROKER:
                 if resource.resource_name not in ("", str(broker.node_id)):
                     raise KafkaProtocolError(ErrorCode.RESOURCE_NOT_FOUND, f"no broker {resource.resource_name}")
-                for name, value in broker.config.props.items():
+                for name, value in config.props.items():
                     if name in SENSITIVE_CONFIGS:
                         continue  # (a password) never shown
                     text = str(value).lower() if isinstance(value, bool) else str(value)
-                    entries.append((name, text, CONFIG_SOURCE_STATIC_BROKER, True))
-                for name, value in broker.config.topic_defaults.items():
-                    entries.append((name, value, CONFIG_SOURCE_STATIC_BROKER, True))
+                    synonyms = _broker_synonyms(config, name, text)
+                    entries.append((name, text, synonyms[0][2], True, synonyms))
+                for name, value in config.topic_defaults.items():
+                    broker_name = BROKER_NAME_OF_TOPIC_CONFIG.get(name, name)
+                    synonyms = _broker_synonyms(config, broker_name, value)
+                    entries.append((broker_name, value, synonyms[0][2], True, synonyms))
             else:
                 raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
                                          f"resource type {resource.resource_type} is not described here")
-            for name, value, source, read_only in entries:
+            for name, value, source, read_only, synonyms in entries:
                 if keys is not None and name not in keys:
                     continue
-                known = TOPIC_CONFIGS.get(name) or BROKER_CONFIGS.get(name)
+                known = (TOPIC_CONFIGS.get(name) or BROKER_CONFIGS.get(name)
+                         or TOPIC_CONFIGS.get(BROKER_ALIASES.get(name, "")))
                 parsed = known.parse(value) if known else value
                 result.configs.append(Entry(
                     name=name, value=value, read_only=read_only, config_source=source,
                     is_default=source == CONFIG_SOURCE_DEFAULT, is_sensitive=False,
-                    synonyms=[Synonym(name=name, value=value, source=source)] if request.include_synonyms else [],
+                    synonyms=[Synonym(name=n, value=v, source=src) for n, v, src in synonyms]
+                    if request.include_synonyms else [],
                     config_type=_config_type(name, parsed),
                     documentation=known.doc if (known and request.include_documentation) else None,
                 ))
@@ -165,6 +212,42 @@ async def handle_incremental_alter_configs(
             refuse_internal(resource.resource_name, "reconfigured")
             topic = broker.logs.get_topic(resource.resource_name)
             updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
+            broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
+            await broker.leadership.published(topic.name)
+        except KafkaProtocolError as exc:
+            result.error_code = int(exc.code)
+            result.error_message = exc.message
+        results.append(result)
+    return R(version=ctx.api_version, throttle_time_ms=0, responses=results)
+
+
+@api(AlterConfigsRequest, AlterConfigsResponse, 0, 2)
+async def handle_alter_configs(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
+    """The legacy (non-incremental) AlterConfigs: a topic's overrides become exactly the configs sent;
+    every config not named goes back to its default, as in Kafka."""
+    R = AlterConfigsResponse
+    broker = ctx.services
+    results = []
+    for resource in request.resources:
+        result = R.AlterConfigsResourceResponse(error_code=0, error_message=None,
+                                                resource_type=resource.resource_type,
+                                                resource_name=resource.resource_name)
+        try:
+            _authorize_config(ctx, resource.resource_type, resource.resource_name, OP_ALTER_CONFIGS)
+            if resource.resource_type != RESOURCE_TOPIC:
+                raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
+                                         "broker properties are static: restart the broker with --set")
+            refuse_internal(resource.resource_name, "reconfigured")
+            topic = broker.logs.get_topic(resource.resource_name)
+            updated: dict[str, str] = {}
+            for entry in resource.configs:
+                if entry.value is None:
+                    raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, f"{entry.name}: null value")
+                try:
+                    parse_topic_config(entry.name, entry.value)
+                except ConfigError as exc:
+                    raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+                updated[entry.name] = entry.value
             broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
             await broker.leadership.published(topic.name)
         except KafkaProtocolError as exc:

@@ -58,6 +58,7 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                     services.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),
                                             result.last_offset - result.base_offset + 1)
                 response.base_offset = result.base_offset
+                response.log_append_time_ms = result.log_append_time
                 response.log_start_offset = plog.log_start_offset
                 if acks == -1:
                     waits.append((response, appended.durable()))

@@ -39,6 +39,9 @@ class RemoteLog(Protocol):
         """Make an appended batch durable in S3 (the commit log); a retried duplicate waits for
         (or re-sends) the stored batch."""
 
+    async def publish_log_start(self, plog: PartitionLog) -> None:
+        """Record a moved log start offset (DeleteRecords) in the partition's remote manifest."""
+
 
 @dataclass
 class Appended:
@@ -94,6 +97,15 @@ class ReplicaManager:
         if not self.leadership.may_ack(plog.topic, plog.partition, appended.epoch):
             raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
                                      f"{plog.topic}-{plog.partition} moved to another broker")
+
+    async def delete_records(self, plog: PartitionLog, offset: int) -> int:
+        """DeleteRecords: move the log start offset up to `offset` (never down), locally and in
+        the bucket's manifest of a tiered partition. Returns the new log start offset."""
+        if offset > plog.log_start_offset:
+            plog.advance_log_start(offset)
+            if self.remote is not None and plog.remote is not None:
+                await self.remote.publish_log_start(plog)
+        return plog.log_start_offset
 
     # ---- reads ----------------------------------------------------------------------------
 

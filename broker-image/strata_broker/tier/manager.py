@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from strata_contract.usage import usage_prefix
 
+from ..errors import ErrorCode, KafkaProtocolError
 from ..log.files import read_json, write_json_atomic
 from ..log.partition import (
     CHECKPOINT,
@@ -264,7 +265,7 @@ class TierManager:
             manifest = replace(plog.remote, segments=[*plog.remote.segments, RemoteSegment(
                 segment.base_offset, last, segment.size, segment.max_timestamp, len(index), len(timeindex))],
                 producer_state=snapshot.get("producers", {}), version=plog.remote.version + 1)
-            if not plog.remote.segments:
+            if not plog.remote.segments or manifest.log_start_offset < plog.log_start_offset:
                 manifest.log_start_offset = plog.log_start_offset
             await publish_manifest(self.store, plog, prefix, manifest, deadline=120)
         self.uploaded_segments += 1
@@ -300,12 +301,19 @@ class TierManager:
         if manifest is None or not manifest.segments:
             return
         retention_ms, retention_bytes = plog.config.retention_ms, plog.config.retention_bytes
-        if (retention_ms < 0 and retention_bytes < 0) or not plog.config.deletes:
+        below_start = manifest.segments[0].last_offset < plog.log_start_offset  # DeleteRecords moved it
+        if ((retention_ms < 0 and retention_bytes < 0) or not plog.config.deletes) and not below_start:
             return
         local_only = sum(s.size for s in plog.segments if s.base_offset >= manifest.end_offset)
         total = manifest.size_bytes + local_only
         doomed: list[RemoteSegment] = []
         for segment in manifest.segments:
+            if segment.last_offset < plog.log_start_offset:
+                doomed.append(segment)  # wholly below the log start: no reader may ask for it
+                total -= segment.size
+                continue
+            if not plog.config.deletes:
+                break
             if segment.base_offset >= plog.local_start_offset:
                 break  # the local copy still exists: local retention goes first
             expired = retention_ms >= 0 and now_ms - segment.max_timestamp > retention_ms
@@ -318,7 +326,7 @@ class TierManager:
             return
         prefix = self.partition_prefix(topic, plog.partition)
         remaining = manifest.segments[len(doomed):]
-        new_start = remaining[0].base_offset if remaining else plog.local_start_offset
+        new_start = max(remaining[0].base_offset if remaining else plog.local_start_offset, plog.log_start_offset)
         updated = replace(manifest, segments=remaining, log_start_offset=new_start, version=manifest.version + 1)
         try:
             # The manifest moves first, so no reader is sent to an object that is about to go.
@@ -330,6 +338,28 @@ class TierManager:
                      topic.name, plog.partition, plog.log_start_offset)
         except Exception as exc:
             log.warning("S3 retention for %s-%d postponed: %s", topic.name, plog.partition, exc)
+
+    async def publish_log_start(self, plog: PartitionLog) -> None:
+        """DeleteRecords: the manifest in the bucket carries the new log start offset, so a restore
+        or the next leader of the partition starts there too. The remote segments wholly below it
+        are deleted by the next retention pass."""
+        topic = self.logs.topics.get(plog.topic) if self.logs is not None else None
+        if topic is None:
+            return
+        async with plog.manifest_lock:
+            manifest = plog.remote
+            if manifest is None or manifest.log_start_offset >= plog.log_start_offset:
+                return
+            updated = replace(manifest, log_start_offset=plog.log_start_offset, version=manifest.version + 1)
+            try:
+                await publish_manifest(self.store, plog, self.partition_prefix(topic, plog.partition), updated,
+                                       deadline=60)
+            except Fenced:
+                raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                         f"{plog.topic}-{plog.partition} moved to another broker") from None
+            except (S3Unavailable, OSError) as exc:
+                raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR,
+                                         f"the new log start could not be written to S3: {exc}") from exc
 
     # ---- compaction ---------------------------------------------------------------------
 
