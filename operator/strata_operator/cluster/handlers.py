@@ -27,7 +27,8 @@ from typing import Any
 import kopf
 
 from .. import costreports, logic, resources
-from .. import handlers as base
+from ..handlers import common as base
+from ..handlers.settings import SETTINGS
 from . import kube_objects
 from .controller import BucketReader, Controller
 
@@ -104,10 +105,10 @@ async def place_partitions(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
         result = await controller.tick(rebalance=rebalance)
     except costreports.Problem as exc:
         _placement_condition(body, patch, False, exc.reason, exc.message)
-        raise kopf.TemporaryError(exc.message, delay=base.RETRY_DELAY) from exc
+        raise kopf.TemporaryError(exc.message, delay=SETTINGS.retry_delay) from exc
     except Exception as exc:  # S3 errors come in many types
         _placement_condition(body, patch, False, "PlacementFailed", f"{type(exc).__name__}: {exc}")
-        raise kopf.TemporaryError(f"placement: {exc}", delay=base.RETRY_DELAY) from exc
+        raise kopf.TemporaryError(f"placement: {exc}", delay=SETTINGS.retry_delay) from exc
     if rebalance:
         patch.metadata.annotations[REBALANCE_ANNOTATION] = None
     decision = result.decision
@@ -130,7 +131,7 @@ def _placement_condition(body: kopf.Body, patch: kopf.Patch, ok: bool, reason: s
     status = "True" if ok else "False"
     if old and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
         return
-    base._set(patch, body, conditions, "Placement", ok, reason, message)
+    base.set_condition(patch, body, conditions, "Placement", ok, reason, message)
 
 
 def rebalance_patch() -> dict[str, Any]:
