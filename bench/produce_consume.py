@@ -635,13 +635,14 @@ def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binar
 
 
 def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
-    """Alternating A/B rounds of one side: throughput, the median run; latency, every sample."""
+    """Alternating A/B rounds of one side: throughput, the best run (as the main table's best of
+    --repeats); latency, every sample of every round."""
     merged = BrokerResults()
     for attr in ("produce", "consume", "perf"):
         keys = {k for r in rounds for k in getattr(r, attr)}
         for key in keys:
-            runs = sorted((getattr(r, attr)[key] for r in rounds if key in getattr(r, attr)), key=lambda t: t.mb_s)
-            getattr(merged, attr)[key] = runs[(len(runs) - 1) // 2]
+            runs = [getattr(r, attr)[key] for r in rounds if key in getattr(r, attr)]
+            getattr(merged, attr)[key] = max(runs, key=lambda t: t.mb_s)
     for acks in {k for r in rounds for k in r.latency}:
         lat = Latency()
         for r in rounds:
@@ -659,7 +660,7 @@ def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
 def report_ab(fsync_lat: Latency, strata: BrokerResults, previous: BrokerResults, args: argparse.Namespace) -> None:
     """This code beside the previous code (--baseline), measured alternately in this one run."""
     table = Table(title=f"A/B: this code vs {args.baseline} ({args.ab_rounds} alternating rounds each; throughput "
-                        "= median round, latency = all samples)")
+                        "= best round, latency = all samples)")
     for col in ("measurement", "this code", f"previous ({args.baseline})", "this / previous",
                 "raw fsync (this code's runs)", "raw fsync (previous' runs)"):
         table.add_column(col, justify="left" if col == "measurement" else "right")
