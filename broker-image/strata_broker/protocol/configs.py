@@ -7,6 +7,9 @@ defaults are described on the broker under Kafka's broker property names (log.re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from kafka.protocol.admin import (
     AlterConfigsRequest,
     AlterConfigsResponse,
@@ -193,12 +196,12 @@ def _apply_ops(current: dict[str, str], ops: list, defaults: dict[str, str]) -> 
     return updated
 
 
-@api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1)
-async def handle_incremental_alter_configs(
-    ctx: RequestContext, request: IncrementalAlterConfigsRequest
-) -> IncrementalAlterConfigsResponse:
-    R = IncrementalAlterConfigsResponse
-    broker = ctx.services
+async def _alter_topic_configs(ctx: RequestContext, request: Any, response_class: Any,
+                               new_overrides: Callable[[Any, dict[str, str]], dict[str, str]]) -> Any:
+    """AlterConfigs, incremental or not: per resource, authorize, refuse broker and internal resources,
+    then set the topic's overrides to `new_overrides(resource, current)` (or only check them)."""
+    R = response_class
+    services = ctx.services
     results = []
     for resource in request.resources:
         result = R.AlterConfigsResourceResponse(error_code=0, error_message=None,
@@ -210,48 +213,42 @@ async def handle_incremental_alter_configs(
                 raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
                                          "broker properties are static: restart the broker with --set")
             refuse_internal(resource.resource_name, "reconfigured")
-            topic = broker.logs.get_topic(resource.resource_name)
-            updated = _apply_ops(topic.overrides, resource.configs, broker.config.topic_defaults)
-            broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
-            await broker.leadership.published(topic.name)
+            topic = services.logs.get_topic(resource.resource_name)
+            updated = new_overrides(resource, topic.overrides)
+            services.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
+            await services.leadership.published(topic.name)
         except KafkaProtocolError as exc:
             result.error_code = int(exc.code)
             result.error_message = exc.message
         results.append(result)
     return R(version=ctx.api_version, throttle_time_ms=0, responses=results)
+
+
+@api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1)
+async def handle_incremental_alter_configs(
+    ctx: RequestContext, request: IncrementalAlterConfigsRequest
+) -> IncrementalAlterConfigsResponse:
+    defaults = ctx.services.config.topic_defaults
+    return await _alter_topic_configs(ctx, request, IncrementalAlterConfigsResponse,
+                                      lambda resource, current: _apply_ops(current, resource.configs, defaults))
+
+
+def _replace_configs(resource: Any, current: dict[str, str]) -> dict[str, str]:
+    """Legacy AlterConfigs: the overrides become exactly the configs sent."""
+    updated: dict[str, str] = {}
+    for entry in resource.configs:
+        if entry.value is None:
+            raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, f"{entry.name}: null value")
+        try:
+            parse_topic_config(entry.name, entry.value)
+        except ConfigError as exc:
+            raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        updated[entry.name] = entry.value
+    return updated
 
 
 @api(AlterConfigsRequest, AlterConfigsResponse, 0, 2)
 async def handle_alter_configs(ctx: RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse:
     """The legacy (non-incremental) AlterConfigs: a topic's overrides become exactly the configs sent;
     every config not named goes back to its default, as in Kafka."""
-    R = AlterConfigsResponse
-    broker = ctx.services
-    results = []
-    for resource in request.resources:
-        result = R.AlterConfigsResourceResponse(error_code=0, error_message=None,
-                                                resource_type=resource.resource_type,
-                                                resource_name=resource.resource_name)
-        try:
-            _authorize_config(ctx, resource.resource_type, resource.resource_name, OP_ALTER_CONFIGS)
-            if resource.resource_type != RESOURCE_TOPIC:
-                raise KafkaProtocolError(ErrorCode.INVALID_REQUEST,
-                                         "broker properties are static: restart the broker with --set")
-            refuse_internal(resource.resource_name, "reconfigured")
-            topic = broker.logs.get_topic(resource.resource_name)
-            updated: dict[str, str] = {}
-            for entry in resource.configs:
-                if entry.value is None:
-                    raise KafkaProtocolError(ErrorCode.INVALID_REQUEST, f"{entry.name}: null value")
-                try:
-                    parse_topic_config(entry.name, entry.value)
-                except ConfigError as exc:
-                    raise KafkaProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
-                updated[entry.name] = entry.value
-            broker.logs.alter_topic_config(topic.name, updated, validate_only=request.validate_only)
-            await broker.leadership.published(topic.name)
-        except KafkaProtocolError as exc:
-            result.error_code = int(exc.code)
-            result.error_message = exc.message
-        results.append(result)
-    return R(version=ctx.api_version, throttle_time_ms=0, responses=results)
+    return await _alter_topic_configs(ctx, request, AlterConfigsResponse, _replace_configs)
