@@ -10,13 +10,13 @@ are one-line errors with exit status 1; a period without usage is an explicit em
 
 from __future__ import annotations
 
-import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
-from rich.console import Console
-from strata_operator.billing import BillingError, allocation, ownership, prices, report, usage
+from strata_operator.billing import BillingError, allocation, ownership, prices, report
+
+from .output import check_usage_source, read_usage, write_table, write_text
 
 FORMATS = ("table", "csv", "json", "focus", "html")
 
@@ -61,8 +61,7 @@ def report_cmd(start: datetime, end: datetime, by: str, fmt: str, output: Path |
     first, last = _date(start), _date(end)
     if last < first:
         raise click.BadParameter(f"--to {last} is before --from {first}", param_hint="--to")
-    if (usage_dir is None) == (bucket is None):
-        raise click.UsageError("give exactly one usage source: --usage DIR or --bucket BUCKET")
+    check_usage_source(usage_dir, bucket)
     period_end = last + timedelta(days=1)
     try:
         model = prices.load(price_file, policy=policy)
@@ -71,12 +70,8 @@ def report_cmd(start: datetime, end: datetime, by: str, fmt: str, output: Path |
         if unknown:
             known = ", ".join(owners.teams) or "none (pass -f MANIFESTS)"
             raise BillingError(f"unknown team(s) {', '.join(unknown)}; known teams: {known}")
-        if usage_dir is not None:
-            records = usage.read_dir(usage_dir)
-        else:
-            assert bucket is not None
-            records = usage.read_s3(bucket, cluster, first, period_end, prefix=prefix, endpoint=endpoint,
-                                    region=region)
+        records = read_usage(usage_dir, bucket, cluster, first, period_end, prefix=prefix, endpoint=endpoint,
+                             region=region)
         alloc = allocation.allocate(records.records, model, owners, first, period_end)
         alloc.warnings[:0] = records.warnings
         if records.duplicates:
@@ -90,22 +85,10 @@ def report_cmd(start: datetime, end: datetime, by: str, fmt: str, output: Path |
     for warning in alloc.warnings:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "table":
-        if output is None:
-            console = Console()
-            if not console.is_terminal:
-                console = Console(width=200)
-            report.render_table(result, console)
-            return
-        with open(output, "w", encoding="utf-8") as fh:
-            report.render_table(result, Console(file=fh, width=160, no_color=True))
+        write_table(lambda console: report.render_table(result, console), output)
         return
     text = {"csv": report.render_csv, "json": report.render_json, "focus": report.render_focus,
             "html": report.render_html}[fmt](result)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {output}: {exc}") from None
+    write_text(text, output)
+    if output is not None:
         click.echo(f"wrote {output} ({fmt}, total {report.money(result.total)} {result.currency})", err=True)

@@ -13,7 +13,6 @@ with exit status 1; a window without usage gives the declared graph and a warnin
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from strata_operator.billing import BillingError, ownership, prices, usage
+from strata_operator.billing import BillingError, ownership, prices
 from strata_operator.crds import API_VERSION
 from strata_operator.topology import model, render
+
+from .output import check_usage_source, read_usage, write_table, write_text
 
 FORMATS = ("table", "json", "html", "svg", "dot", "mermaid")
 
@@ -102,18 +103,13 @@ def topology(start: datetime | None, end: datetime | None, fmt: str, output: Pat
     first: date = start.date() if start else last - timedelta(days=6)
     if last < first:
         raise click.BadParameter(f"--to {last} is before --from {first}", param_hint="--to")
-    if (usage_dir is None) == (bucket is None):
-        raise click.UsageError("give exactly one usage source: --usage DIR or --bucket BUCKET")
+    check_usage_source(usage_dir, bucket)
     window_end = last + timedelta(days=1)
     try:
         model_prices = prices.load(price_file)
         owners = ownership.load_manifests(manifests) if manifests else _cluster_ownership(namespace)
-        if usage_dir is not None:
-            records = usage.read_dir(usage_dir)
-        else:
-            assert bucket is not None
-            records = usage.read_s3(bucket, cluster, first, window_end, prefix=prefix, endpoint=endpoint,
-                                    region=region)
+        records = read_usage(usage_dir, bucket, cluster, first, window_end, prefix=prefix, endpoint=endpoint,
+                             region=region)
         topo = model.build(records.records, owners, model_prices, first, window_end, cluster=cluster,
                            schema_subjects=owners.schema_subjects)
         topo.warnings[:0] = records.warnings
@@ -123,21 +119,9 @@ def topology(start: datetime | None, end: datetime | None, fmt: str, output: Pat
     for warning in topo.warnings:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "table":
-        if output is None:
-            console = Console()
-            if not console.is_terminal:
-                console = Console(width=200)
-            render_table(topo, console)
-            return
-        with open(output, "w", encoding="utf-8") as fh:
-            render_table(topo, Console(file=fh, width=160, no_color=True))
+        write_table(lambda console: render_table(topo, console), output)
         return
-    text = render.RENDERERS[fmt](topo)
+    write_text(render.RENDERERS[fmt](topo), output)
     if output is None:
-        sys.stdout.write(text)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc}") from None
     click.echo(f"wrote {output} ({fmt}: {render.counts(topo)}, {len(topo.findings)} findings)", err=True)

@@ -1,0 +1,50 @@
+"""What the report commands (`strata cost report`, `strata topology`) share: where usage is read
+from, and how a rendered table or text reaches the terminal or a file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import click
+from rich.console import Console
+from strata_operator.billing import usage
+
+
+def check_usage_source(usage_dir: Path | None, bucket: str | None) -> None:
+    if (usage_dir is None) == (bucket is None):
+        raise click.UsageError("give exactly one usage source: --usage DIR or --bucket BUCKET")
+
+
+def read_usage(usage_dir: Path | None, bucket: str | None, cluster: str, first: date, end: date, *,
+               prefix: str, endpoint: str | None, region: str) -> usage.UsageSet:
+    """The usage records of the UTC days [first, end) from a directory or the bucket (BillingError)."""
+    if usage_dir is not None:
+        return usage.read_dir(usage_dir)
+    assert bucket is not None
+    return usage.read_s3(bucket, cluster, first, end, prefix=prefix, endpoint=endpoint, region=region)
+
+
+def write_table(render: Callable[[Console], None], output: Path | None) -> None:
+    """A rich table on the terminal (200 columns when piped), or plain in a file."""
+    if output is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        render(console)
+        return
+    with open(output, "w", encoding="utf-8") as fh:
+        render(Console(file=fh, width=160, no_color=True))
+
+
+def write_text(text: str, output: Path | None) -> None:
+    """Rendered text on stdout, or in a file (a one-line error when it cannot be written)."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc}") from None
