@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from strata_operator.billing import BillingError, allocation, ownership, prices, report
 
-from .output import check_usage_source, read_usage, write_table, write_text
+from .output import check_usage_source, read_usage, usage_source_options, write_table, write_text
 
 FORMATS = ("table", "csv", "json", "focus", "html")
 
@@ -46,13 +46,7 @@ def cost() -> None:
               help="How the shared platform cost is split (default: the price file's tax.policy).")
 @click.option("-f", "--filename", "manifests", multiple=True, type=click.Path(path_type=Path),
               help="Topic and Microservice manifests (files or directories); repeatable.")
-@click.option("--usage", "usage_dir", type=click.Path(path_type=Path),
-              help="Directory of usage files (*.jsonl, searched recursively).")
-@click.option("--bucket", help="Read usage from this S3 bucket instead.")
-@click.option("--endpoint", help="S3 endpoint URL (MinIO, moto, ...); default AWS.")
-@click.option("--prefix", default="", help="Key prefix inside the bucket (the brokers' tiered.s3.prefix).")
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--cluster", default="strata-local", show_default=True, help="Cluster name (the brokers' cluster.id).")
+@usage_source_options
 @click.option("--team", "teams", multiple=True, help="Show only this team's rows (repeatable).")
 def report_cmd(start: datetime, end: datetime, by: str, fmt: str, output: Path | None, price_file: Path | None,
                policy: str | None, manifests: tuple[Path, ...], usage_dir: Path | None, bucket: str | None,

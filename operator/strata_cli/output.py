@@ -13,6 +13,24 @@ from rich.console import Console
 from strata_operator.billing import usage
 
 
+def usage_source_options(command: Callable) -> Callable:
+    """The options that say where usage records are read from: `--usage DIR`, or `--bucket` with
+    its endpoint, prefix, region and the cluster's name."""
+    options = [
+        click.option("--usage", "usage_dir", type=click.Path(path_type=Path),
+                     help="Directory of usage files (*.jsonl, searched recursively)."),
+        click.option("--bucket", help="Read usage from this S3 bucket instead."),
+        click.option("--endpoint", help="S3 endpoint URL (MinIO, moto, ...); default AWS."),
+        click.option("--prefix", default="", help="Key prefix inside the bucket (the brokers' tiered.s3.prefix)."),
+        click.option("--region", default="us-east-1", show_default=True),
+        click.option("--cluster", default="strata-local", show_default=True,
+                     help="Cluster name (the brokers' cluster.id)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def check_usage_source(usage_dir: Path | None, bucket: str | None) -> None:
     if (usage_dir is None) == (bucket is None):
         raise click.UsageError("give exactly one usage source: --usage DIR or --bucket BUCKET")

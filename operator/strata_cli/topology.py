@@ -24,7 +24,7 @@ from strata_operator.billing import BillingError, ownership, prices
 from strata_operator.crds import API_VERSION
 from strata_operator.topology import model, render
 
-from .output import check_usage_source, read_usage, write_table, write_text
+from .output import check_usage_source, read_usage, usage_source_options, write_table, write_text
 
 FORMATS = ("table", "json", "html", "svg", "dot", "mermaid")
 
@@ -88,13 +88,7 @@ def render_table(topo: model.Topology, console: Console) -> None:
 @click.option("--namespace", "-n", help="Without -f: read resources of this namespace only (default: all).")
 @click.option("--prices", "price_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Price model YAML for the edges' cost (as `strata cost report`).")
-@click.option("--usage", "usage_dir", type=click.Path(path_type=Path),
-              help="Directory of usage files (*.jsonl, searched recursively).")
-@click.option("--bucket", help="Read usage from this S3 bucket instead.")
-@click.option("--endpoint", help="S3 endpoint URL (MinIO, moto, ...); default AWS.")
-@click.option("--prefix", default="", help="Key prefix inside the bucket (the brokers' tiered.s3.prefix).")
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--cluster", default="strata-local", show_default=True, help="Cluster name (the brokers' cluster.id).")
+@usage_source_options
 def topology(start: datetime | None, end: datetime | None, fmt: str, output: Path | None,
              manifests: tuple[Path, ...], namespace: str | None, price_file: Path | None, usage_dir: Path | None,
              bucket: str | None, endpoint: str | None, prefix: str, region: str, cluster: str) -> None:
