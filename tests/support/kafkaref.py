@@ -1,7 +1,7 @@
 """Apache Kafka as a reference broker beside Strata: fetched from Maven Central, run as one KRaft node.
 
 The broker's jars (org.apache.kafka:kafka_2.13 and its runtime dependencies, plus Log4j 2 to write
-its log) come from `mvn dependency:copy-dependencies` on the small pom in tests/kafka-ref/, once, into
+its log) come from `mvn dependency:copy-dependencies` on the small pom in tests/support/kafka-ref/, once, into
 a cache outside the clone: ~/.cache/strata/kafka-<version>/lib (STRATA_CACHE_DIR moves
 ~/.cache/strata). Maven's own ~/.m2 keeps the downloads too, so a fresh clone on the same machine
 copies instead of downloading. A file lock makes concurrent first fetches (pytest-xdist workers, a
@@ -13,7 +13,8 @@ id and a static `controller.quorum.voters`, then `kafka.Kafka server.properties`
 Kafka's default flush policy (no log.flush.* setting: the page cache, no fsync per produce). It is
 ready once an AdminClient sees the broker in its metadata.
 
-Used by tests/test_kafka_differential.py, tests/test_java_clients.py and bench/produce_consume.py.
+Used by tests/integration/broker/test_kafka_differential.py, tests/integration/broker/test_java_clients.py
+and bench/produce_consume.py.
 """
 
 from __future__ import annotations
@@ -311,7 +312,8 @@ def build_java_program(project: Path) -> str:
 
 
 def main() -> int:
-    """`python tests/kafkaref.py`: fetch Kafka and build tests/java-clients now (make test/bench call it).
+    """`python tests/support/kafkaref.py`: fetch Kafka and build tests/support/java-clients now (make
+    test/bench call it).
 
     Exits 0 when java or mvn is missing (the tests then skip, naming it) and 1 when a fetch fails.
     """

@@ -12,7 +12,7 @@ Made to scale to thousands of objects (bench/operator_scale.py): a get, patch, d
 its object up by key (kmock scans every stored object), a request is matched against the reactions on
 its own (kmock scans every request it ever logged), and requests are counted, not kept. GET
 /_kmock/stats answers {"requests": n, "byMethod": {...}} (not counted itself): what the benchmark reads.
-Run: python tests/kmockserver.py  -> prints the server URL on stdout, serves until killed.
+Run: python tests/support/kmockserver.py  -> prints the server URL on stdout, serves until killed.
 """
 
 from __future__ import annotations

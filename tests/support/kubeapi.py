@@ -1,6 +1,6 @@
 """A real Kubernetes API server for the operator's e2e tests: etcd + kube-apiserver as local processes.
 
-The binaries are built from Go modules by tests/kube-apiserver/build.sh (`make kube-apiserver`) into
+The binaries are built from Go modules by tests/support/kube-apiserver/build.sh (`make kube-apiserver`) into
 ~/.cache/strata/kube-<version>/bin, outside the clone. `binaries()` finds them (or STRATA_KUBE_BIN)
 and raises KubeUnavailable naming what is missing or which build command failed.
 
@@ -14,7 +14,7 @@ It waits for /readyz and writes `directory/kubeconfig` (the admin). Nothing else
 (Pods are stored, never run), no controller-manager (no garbage collector, no namespace deletion,
 no Deployment/StatefulSet controllers, no ServiceAccount token Secrets), no scheduler.
 
-    python tests/kubeapi.py DIR     # start one, print the kubeconfig path, run until Ctrl-C
+    python tests/support/kubeapi.py DIR     # start one, print the kubeconfig path, run until Ctrl-C
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 from brokerproc import free_port
 from secutil import make_pki
 
-ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "tests" / "kube-apiserver" / "build.sh"
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "tests" / "support" / "kube-apiserver" / "build.sh"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 

@@ -3,7 +3,7 @@
 moto checks a PUT's If-Match / If-None-Match and then writes, in a threaded server: two writers
 racing on one key can both pass the check (the producer id counter's concurrent reservations were
 seen handing out one block twice). A lock around every conditional PUT makes check and write one
-step; other requests stay concurrent. Run as `python tests/moto_atomic.py -H HOST -p PORT`, like
+step; other requests stay concurrent. Run as `python tests/support/moto_atomic.py -H HOST -p PORT`, like
 `python -m moto.server`.
 """
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import boto3
 from brokerproc import free_port
 
+# Broker settings that make tiering quick in a test: 1 MiB segments, uploads every second.
+TIERED = {"segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "500"}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -28,7 +30,7 @@ class S3Server:
 
     def start(self) -> S3Server:
         log = open(self.log_path, "ab")
-        # moto's server, with conditional PUTs made atomic as S3's are (tests/moto_atomic.py).
+        # moto's server, with conditional PUTs made atomic as S3's are (tests/support/moto_atomic.py).
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_atomic.py")),
                                       "-H", "127.0.0.1", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -7,9 +7,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from billing_scenario import DAY, GIB, scenario_records
 from s3server import S3Server
 from strata_operator.billing import BillingError, allocation, ownership, prices, report, usage
-from test_billing_golden import DAY, GIB, scenario_records
 
 
 def _lines(records: list[dict[str, object]]) -> str:

@@ -1,6 +1,6 @@
 """The cluster's hand-over of partitions, in process: real LogManagers and TierManagers in temp
-dirs, sharing one in-memory bucket (tests/memstore.py), each broker on its own fake clock
-(tests/fakeclock.py) that the test moves, so lease periods pass without waiting for them.
+dirs, sharing one in-memory bucket (tests/support/memstore.py), each broker on its own fake clock
+(tests/support/fakeclock.py) that the test moves, so lease periods pass without waiting for them.
 
 What is covered: taking a partition nobody held, one the previous leader sealed, one whose
 previous leader vanished (after a lease period, not before, and with what it committed to the S3

@@ -1,4 +1,4 @@
-"""tests/memstore.py against the real S3 client over moto: the same calls give the same answers,
+"""tests/support/memstore.py against the real S3 client over moto: the same calls give the same answers,
 so the in-process cluster tests (test_cluster_handover.py) exercise the conditional writes the
 brokers rely on as S3 answers them."""
 

@@ -1,35 +1,30 @@
 """The CRDs: one source (strata_operator/crds.py), rendered to crds/ (and the chart's copy),
 structural, and enforcing what admission can check. Examples validate; invalid specs kept in
-tests/operator_invalid/ are rejected with a message naming the problem.
+tests/unit/operator_invalid/ are rejected with a message naming the problem.
 
 OpenAPI validation uses `jsonschema` on each CRD's openAPIV3Schema, with unknown fields rejected
 as `kubectl apply` does (strict field validation). CEL rules (x-kubernetes-validations) are
 evaluated with cel-python (celpy), which covers the subset of CEL these rules use; the API server
-also evaluates them at admission.
+also evaluates them at admission. The admission helper is tests/support/crd_admission.py.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import celpy
-import jsonschema
 import pytest
 import yaml
+from crd_admission import BY_KIND, admission_errors, walk
 from strata_operator import crds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INVALID = Path(__file__).parent / "operator_invalid"
 STRIMZI_SHORT_NAMES = {"k", "kt", "ku", "kc", "kmm", "kmm2", "kb", "kctr", "kr", "knp", "kafka"}
 ALLOWED_KEYS = {"type", "description", "properties", "required", "items", "additionalProperties", "enum", "default",
                 "pattern", "minimum", "maximum", "minLength", "maxLength", "maxItems", "format", "anyOf",
                 "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
                 "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
-BY_KIND = {c["spec"]["names"]["kind"]: c for c in crds.all_crds().values()}
 
 
 def test_committed_crds_equal_the_rendered_ones():
@@ -51,17 +46,6 @@ def test_render_command_check_mode(tmp_path):
     assert crds.main([str(tmp_path), "--check"]) == 1
 
 
-def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
-    out = [(path, schema)]
-    for name, sub in (schema.get("properties") or {}).items():
-        out += _walk(sub, f"{path}.{name}")
-    if isinstance(schema.get("items"), dict):
-        out += _walk(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        out += _walk(schema["additionalProperties"], f"{path}{{}}")
-    return out
-
-
 @pytest.mark.parametrize("kind", sorted(BY_KIND))
 def test_crd_is_structural_with_status_columns_and_short_names(kind):
     crd = BY_KIND[kind]
@@ -69,7 +53,7 @@ def test_crd_is_structural_with_status_columns_and_short_names(kind):
     (version,) = crd["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     schema = version["schema"]["openAPIV3Schema"]
-    for path, node in _walk(schema):
+    for path, node in walk(schema):
         assert not set(node) - ALLOWED_KEYS, (path, set(node) - ALLOWED_KEYS)
         if node.get("x-kubernetes-int-or-string"):
             assert "type" not in node, path
@@ -81,7 +65,7 @@ def test_crd_is_structural_with_status_columns_and_short_names(kind):
     assert columns["Age"] == ".metadata.creationTimestamp"
     short = set(crd["spec"]["names"]["shortNames"])
     assert short and not short & STRIMZI_SHORT_NAMES
-    assert any(node.get("x-kubernetes-validations") for _, node in _walk(schema["properties"]["spec"]))
+    assert any(node.get("x-kubernetes-validations") for _, node in walk(schema["properties"]["spec"]))
 
 
 def test_short_names_are_distinct():
@@ -92,70 +76,6 @@ def test_short_names_are_distinct():
 # -- a small admission emulation: OpenAPI (strict) + CEL -------------------------------------
 
 
-def _strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema as kubectl's strict field validation sees it: unknown fields are errors."""
-    schema = copy.deepcopy(schema)
-    for _, node in _walk(schema):
-        if node.get("type") == "object" and "properties" in node and not node.get(
-                "x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in node:
-            node["additionalProperties"] = False
-    schema["properties"]["metadata"] = {"type": "object"}
-    return schema
-
-
-_SUFFIXES = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-             "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def _quantity(text: Any) -> celpy.celtypes.DoubleType:
-    """Kubernetes' CEL quantity(): the value of a quantity string (compared with compareTo)."""
-    number = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", str(text))
-    assert number and number.group(2) in _SUFFIXES, f"not a quantity: {text!r}"
-    return celpy.celtypes.DoubleType(float(Decimal(number.group(1)) * _SUFFIXES[number.group(2)]))
-
-
-def _compare_to(a: Any, b: Any) -> celpy.celtypes.IntType:
-    return celpy.celtypes.IntType((a > b) - (a < b))
-
-
-# The Kubernetes CEL library functions the rules use, beyond standard CEL.
-CEL_FUNCTIONS = {"quantity": _quantity, "compareTo": _compare_to}
-
-
-def _cel_errors(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[str]:
-    errors = []
-    env = celpy.Environment()
-    for r in schema.get("x-kubernetes-validations") or []:
-        if "oldSelf" in r["rule"] and old is None:
-            continue  # transition rules apply to updates only
-        activation = {"self": celpy.json_to_cel(value)}
-        if old is not None:
-            activation["oldSelf"] = celpy.json_to_cel(old)
-        result = env.program(env.compile(r["rule"]), functions=CEL_FUNCTIONS).evaluate(activation)
-        if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
-            errors.append(f"{path}{r.get('fieldPath', '')}: {r['message']}")
-    if isinstance(value, dict):
-        for name, sub in (schema.get("properties") or {}).items():
-            if name in value:
-                errors += _cel_errors(sub, value[name], (old or {}).get(name) if isinstance(old, dict) else None,
-                                      f"{path}.{name}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            errors += _cel_errors(schema["items"], item, None, f"{path}[{i}]")
-    return errors
-
-
-def admission_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    crd = BY_KIND[obj["kind"]]
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    validator = jsonschema.Draft7Validator(_strict(schema))
-    errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-              for e in validator.iter_errors(obj)]
-    if not errors:
-        root_rules = {"x-kubernetes-validations": schema.get("x-kubernetes-validations") or []}
-        errors += _cel_errors(root_rules, obj, old, "")
-        errors += _cel_errors(schema["properties"]["spec"], obj["spec"], (old or {}).get("spec"), "spec")
-    return errors
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -200,19 +120,19 @@ def test_invalid_specs_are_rejected_with_a_useful_message(path):
 
 
 def test_every_cel_rule_has_a_bad_example():
-    """Each x-kubernetes-validations rule is broken by at least one object in tests/operator_invalid/
+    """Each x-kubernetes-validations rule is broken by at least one object in tests/unit/operator_invalid/
     (so a real API server can be checked against the same examples)."""
     unbroken = []
     for kind, crd in BY_KIND.items():
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        for path, node in _walk(schema):
+        for path, node in walk(schema):
             for r in node.get("x-kubernetes-validations") or []:
                 unbroken.append((kind, path, r["message"]))
     for path in sorted(INVALID.glob("*.yaml")):
         *stored, doc = _docs(path)
         errors = admission_errors(doc, old=stored[0] if stored else None)
         unbroken = [(k, p, m) for k, p, m in unbroken if not (k == doc["kind"] and any(m in e for e in errors))]
-    assert not unbroken, "CEL rules without a bad example in tests/operator_invalid/:\n" + "\n".join(
+    assert not unbroken, "CEL rules without a bad example in tests/unit/operator_invalid/:\n" + "\n".join(
         f"{k} {p}: {m}" for k, p, m in unbroken)
 
 

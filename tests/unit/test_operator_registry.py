@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kubernetes_validate
+from crd_admission import admission_errors
 from strata_operator import registry_objects, resources
-from test_operator_crds import admission_errors
 
 K8S_VERSION = "1.35"
 

@@ -174,7 +174,7 @@ def test_broker_pod_template_and_default_anti_affinity():
 
 
 def test_broker_pod_template_passes_admission():
-    from test_operator_crds import admission_errors
+    from crd_admission import admission_errors
 
     broker = {"apiVersion": "strata.dev/v1alpha1", "kind": "EventBroker", "metadata": {"name": "events"},
               "spec": {"image": "b:1", "template": {"pod": {

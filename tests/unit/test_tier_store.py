@@ -73,7 +73,7 @@ def test_a_whole_object_read_fails_when_its_bytes_do_not_match_its_crc32c(s3: S3
 
 
 def test_conditional_writes_racing_on_one_version_let_exactly_one_through(s3: S3Bucket) -> None:
-    """S3's If-Match is atomic; the moto server the tests run must be too (tests/moto_atomic.py),
+    """S3's If-Match is atomic; the moto server the tests run must be too (tests/support/moto_atomic.py),
     or the producer id counter's reservations can collide in a test where they cannot on S3."""
     import threading
 

@@ -2,7 +2,7 @@
 (restart and restore from the bucket included), config sources and synonyms, the session-timeout
 bounds a default kafka-python consumer needs, and the partition admin calls in a 3-broker cluster.
 
-What Kafka answers for the same calls is checked in tests/test_kafka_differential.py.
+What Kafka answers for the same calls is checked in tests/integration/broker/test_kafka_differential.py.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from kafka import TopicPartition as KpTopicPartition
 from kafka.errors import PolicyViolationError
 from kafka.protocol.admin import DescribeConfigsRequest
 from kafka.protocol.consumer import OffsetForLeaderEpochRequest
-from kafkaclients import consume_confluent, create_topic
+from kafkaclients import consume_confluent, create_topic, produce_numbered
 from rawclient import RawConnection
 from s3server import CREDENTIALS
-from test_tiered import produce_numbered
 from waiting import wait_until
 
 STATIC_BROKER_CONFIG, DEFAULT_CONFIG, TOPIC_CONFIG = 4, 5, 1

@@ -22,7 +22,7 @@ from hostile_frames import create_topics, metadata
 from rawclient import RawConnection
 from waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 LIMIT = 256
 KAFKA_STORAGE_ERROR = 56
 

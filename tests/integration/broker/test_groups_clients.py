@@ -1,6 +1,6 @@
 """Consumer groups with real clients in real processes: split, clean leave, crash, resume.
 
-Each member runs in its own process (tests/group_worker.py) so a crash is a real SIGKILL:
+Each member runs in its own process (tests/support/group_worker.py) so a crash is a real SIGKILL:
 the member never sends LeaveGroup and the coordinator must notice the silence.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kafkaclients import create_topic, produce_confluent
 
-WORKER = str(Path(__file__).with_name("group_worker.py"))
+WORKER = str(Path(__file__).resolve().parents[2] / "support" / "group_worker.py")
 CLIENTS = ["confluent", "kafka-python", "aiokafka"]
 SESSION_S = 6.0
 

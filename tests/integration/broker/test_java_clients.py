@@ -1,7 +1,7 @@
 """Kafka's own Java clients (kafka-clients 4.x) against Strata, and the same program against Kafka.
 
-tests/java-clients/ is a small Maven project (admin, idempotent producer, consumer group, committed
-offsets); tests/kafkaref.py builds it once per source content into ~/.cache/strata. Its observations
+tests/support/java-clients/ is a small Maven project (admin, idempotent producer, consumer group, committed
+offsets); tests/support/kafkaref.py builds it once per source content into ~/.cache/strata. Its observations
 must be the same on both brokers.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kafkaref import build_java_program, missing_tools
 
-PROJECT = Path(__file__).resolve().parent / "java-clients"
+PROJECT = Path(__file__).resolve().parents[2] / "support" / "java-clients"
 
 
 @pytest.fixture(scope="module")

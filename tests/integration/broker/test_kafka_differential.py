@@ -1,7 +1,7 @@
 """Differential compatibility: the same scenarios against Apache Kafka and against Strata, compared.
 
 Each scenario runs with real clients (confluent-kafka, kafka-python's protocol codecs) against one
-Apache Kafka 4.x KRaft node (tests/kafkaref.py) and one Strata broker, and returns its observations as
+Apache Kafka 4.x KRaft node (tests/support/kafkaref.py) and one Strata broker, and returns its observations as
 a dict (field -> value). The two dicts must be equal field by field, except where KNOWN_DIFFERENCES (the one list
 of them, mirrored in docs/references.md) says what each side answers: there both sides must answer
 exactly that, so a difference that goes away or changes fails as surely as a new one. The two
@@ -48,7 +48,7 @@ from test_groups_protocol import commit as group_commit
 from test_groups_protocol import describe as describe_group
 from test_groups_protocol import heartbeat, join, subscription, sync
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "references.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "references.md"
 SETTINGS = {"auto.create.topics.enable": "true", "num.partitions": "1"}
 
 # (scenario, field) -> (what Kafka answers, what Strata answers, why). The only place differences are

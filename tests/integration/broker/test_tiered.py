@@ -9,29 +9,11 @@ import time
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, TopicPartition
-from kafkaclients import consume_confluent, create_topic
-from s3server import CREDENTIALS
+from kafkaclients import NUMBERED_SIZE as RECORD
+from kafkaclients import NUMBERED_TS0 as TS0
+from kafkaclients import consume_confluent, create_topic, produce_numbered
+from s3server import CREDENTIALS, TIERED
 from waiting import wait_until
-
-RECORD = 1024
-TS0 = 1_600_000_000_000
-
-
-def produce_numbered(bootstrap: str, topic: str, n: int, start: int = 0) -> None:
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                                         "batch.size": 256 * 1024})
-    errors: list[object] = []
-    for i in range(start, start + n):
-        value = f"{i:09d}".encode().ljust(RECORD, b"#")
-        while True:
-            try:
-                producer.produce(topic, value=value, partition=0, timestamp=TS0 + i,
-                                 on_delivery=lambda err, _msg: errors.append(err) if err else None)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(120) == 0
-    assert not errors, errors[:3]
 
 
 def local_bytes(broker, topic: str) -> int:
@@ -43,7 +25,6 @@ def manifest(s3, topic: str) -> dict:
     return json.loads(s3.read(key))
 
 
-TIERED = {"segment.bytes": str(1 << 20), "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "500"}
 
 
 def test_offload_replay_timestamps_and_restore(broker_factory, topic_name, s3):

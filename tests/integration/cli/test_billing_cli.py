@@ -12,10 +12,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from billing_scenario import write_scenario
 from click.testing import CliRunner, Result
 from strata_cli.main import main
 from strata_operator.billing import report
-from test_billing_golden import write_scenario
 
 PERIOD = ["--from", "2025-03-01", "--to", "2025-03-01"]
 
@@ -182,7 +182,7 @@ def test_team_filter_keeps_the_full_reports_amounts(scenario: dict[str, str]) ->
 
 
 def test_console_script_runs_without_a_traceback(scenario: dict[str, str]) -> None:
-    strata = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "strata"
+    strata = Path(__file__).resolve().parents[3] / ".venv" / "bin" / "strata"
     if not strata.exists():
         pytest.skip("no .venv/bin/strata console script")
     bad = Path(scenario["tmp"]) / "bad.yaml"

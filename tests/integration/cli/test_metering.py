@@ -10,22 +10,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import confluent_kafka
-from kafkaclients import consume_confluent, create_topic
+from kafkaclients import METERED_VALUE as VALUE
+from kafkaclients import consume_confluent, create_topic, produce_as
 from s3server import CREDENTIALS
 from strata_operator.billing.usage import read_dir
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-VALUE = 4096  # large values keep per-record framing well under 1% of the bytes
-
-
-def produce_as(bootstrap: str, client_id: str, topic: str, n: int) -> int:
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "client.id": client_id, "linger.ms": 5})
-    for i in range(n):
-        producer.produce(topic, key=str(i % 7).encode(), value=bytes([65 + i % 26]) * VALUE)
-        producer.poll(0)
-    assert producer.flush(60) == 0
-    return n * VALUE
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def usage_totals(usage_dir: Path) -> dict[tuple[str, str | None], tuple[int, int]]:

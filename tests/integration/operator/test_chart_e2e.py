@@ -14,7 +14,7 @@ import chart_tools
 import pytest
 from test_chart import ensure_tools
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "strata"
 CI_FILES = sorted((CHART / "ci").glob("*.yaml"))
 

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 from brokerproc import free_port
-from kafkaclients import consume_confluent
+from kafkaclients import consume_confluent, produce_as
 from kmockserver import KubeEmulatorProcess
 from s3server import CREDENTIALS
 from strata_operator import costreports
 from strata_operator.costreports import Problem
-from test_metering import produce_as
 from test_operator_reconcile import API, broker_cr, cond, eventually
 
 REPORT_INTERVAL = 1.0  # STRATA_OPERATOR_COSTREPORT_INTERVAL for the operator under test

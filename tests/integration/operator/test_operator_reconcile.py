@@ -188,7 +188,8 @@ def test_conflicting_topics_and_retain(kube, broker_factory):
 
 
 def test_delete_policy_removes_s3_data(kube, broker_factory, s3):
-    from test_tiered import TIERED, produce_numbered
+    from kafkaclients import produce_numbered
+    from s3server import TIERED
 
     broker = broker_factory(s3.broker_settings(**TIERED, **{"auto.create.topics.enable": "false"}), env=CREDENTIALS)
     broker_cr(kube, "b3", broker.bootstrap)

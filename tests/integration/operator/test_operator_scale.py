@@ -1,6 +1,6 @@
 """Issue 27, the idle cost of the control plane: `strata operator` as a real process against the
-emulated Kubernetes API (tests/kmockserver.py) and a real broker, with Kafka requests counted on the
-wire in front of the broker (tests/countingproxy.py) and Kubernetes requests counted by the emulator.
+emulated Kubernetes API (tests/support/kmockserver.py) and a real broker, with Kafka requests counted on the
+wire in front of the broker (tests/support/countingproxy.py) and Kubernetes requests counted by the emulator.
 
 Proved here: the emulator looks objects up by key (thousands of objects stay quick); with nothing
 changing, the operator's timers cost a shared snapshot per broker, not requests per resource, and no

@@ -398,7 +398,7 @@ def test_managed_broker_pods_get_working_security_settings(tmp_path):
       "authorization": {"type": "simple", "superUsers": ["admin"]}}, "superUsers"),
 ])
 def test_admission_refuses_incoherent_security(spec, message):
-    from test_operator_crds import admission_errors
+    from crd_admission import admission_errors
 
     errors = admission_errors({"apiVersion": API, "kind": "EventBroker", "metadata": {"name": "b"}, "spec": spec})
     assert any(message in e for e in errors), errors

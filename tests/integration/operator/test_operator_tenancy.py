@@ -425,7 +425,7 @@ def test_the_docs_say_truthfully_which_kinds_carry_a_finalizer():
         for h in reg.get_all_handlers():
             if h.selector and h.requires_finalizer:
                 needs[h.selector.plural or h.selector.any_name] = True
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "operator.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operator.md").read_text()
     table = dict(re.findall(r"^\| (EventBroker|Topic|Microservice|CostReport) \| (yes|no) \|", doc, re.M))
     assert len(table) == 4, table
     plurals = {"EventBroker": "eventbrokers", "Topic": "topics", "Microservice": "microservices",
@@ -493,7 +493,7 @@ def test_the_examples_are_a_working_multi_team_setup():
     import yaml
     from strata_operator import logic, resources
 
-    docs = [d for p in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    docs = [d for p in sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
             for d in yaml.safe_load_all(p.read_text()) if d and d["apiVersion"].startswith("strata.dev/")]
     brokers = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "EventBroker"}
     owners: dict[str, dict[str, Any]] = {}

@@ -9,7 +9,7 @@
 #   build.sh --check   no build: print the bin directory if up to date, else say why and exit 1
 #
 # On failure it writes the failing command and the tail of its output to
-# kube-<version>/build-failed.txt (tests/kubeapi.py puts that in its skip reason) and exits 1.
+# kube-<version>/build-failed.txt (tests/support/kubeapi.py puts that in its skip reason) and exits 1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/go.mod")"
@@ -62,7 +62,7 @@ run() {
     if (( rc != 0 )); then
         {
             if (( rc == 124 )); then echo "timed out after ${budget}s (STRATA_KUBE_BUILD_TIMEOUT): $*"
-            else echo "command failed with exit code $rc (in tests/kube-apiserver): $*"; fi
+            else echo "command failed with exit code $rc (in tests/support/kube-apiserver): $*"; fi
             tail -n 30 "$log"
         } > "$out/build-failed.txt"
         echo "build failed: $*; see $out/build-failed.txt" >&2
