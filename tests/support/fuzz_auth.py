@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-import hostile_frames as hf
+import rawclient as rc
 from kafka.protocol.admin import (
     AlterUserScramCredentialsRequest,
     CreateAclsRequest,
@@ -42,15 +42,15 @@ def seed_frames(topic: str, user: str, password: str) -> list[bytes]:
     flt = dict(resource_type_filter=2, resource_name_filter="fz-topic", pattern_type_filter=3,
                principal_filter="User:fz-user", host_filter="*", operation=4, permission_type=3)
     requests = [
-        hf.api_versions(3), hf.api_versions(0),
+        rc.api_versions(3), rc.api_versions(0),
         SaslHandshakeRequest(version=1, mechanism="PLAIN"),
         SaslHandshakeRequest(version=1, mechanism="SCRAM-SHA-512"),
         SaslAuthenticateRequest(version=2, auth_bytes=plain_token(user, password)),
         SaslAuthenticateRequest(version=0, auth_bytes=b"n,,n=fz-user,r=abcdefgh"),
         SaslAuthenticateRequest(version=1, auth_bytes=b"c=biws,r=abcdefgh,p=AAAA"),
-        hf.metadata([topic], version=9), hf.metadata(None, version=4),
-        hf.produce(topic, hf.record_batch(n=3)), hf.fetch(topic, max_wait_ms=0), hf.list_offsets(topic),
-        hf.create_topics("fz-created"),
+        rc.metadata([topic], version=9), rc.metadata(None, version=4),
+        rc.produce(topic, rc.record_batch(n=3)), rc.fetch(topic, max_wait_ms=0), rc.list_offsets(topic),
+        rc.create_topics("fz-created"),
         CreateAclsRequest(version=3, creations=[CreateAclsRequest.AclCreation(**acl)]),
         DescribeAclsRequest(version=2, **flt),
         DeleteAclsRequest(version=1, filters=[DeleteAclsRequest.DeleteAclsFilter(**flt)]),
@@ -62,7 +62,7 @@ def seed_frames(topic: str, user: str, password: str) -> list[bytes]:
             AlterUserScramCredentialsRequest.ScramCredentialUpsertion(
                 name="fz-user", mechanism=2, iterations=4096, salt=b"s" * 16, salted_password=b"p" * 64)]),
     ]
-    return [hf.encode(r, correlation_id=i + 1) for i, r in enumerate(requests)]
+    return [rc.encode(r, correlation_id=i + 1) for i, r in enumerate(requests)]
 
 
 _INTERESTING = [0, 1, -1, -2, 0x7FFFFFFF, -(1 << 31), 0x7FFF, 0xFFFF, 1 << 20]
@@ -101,7 +101,7 @@ def random_frame(rng: random.Random) -> bytes:
     if kind == 1:
         return struct.pack(">i", len(body)) + body
     key = rng.choice([0, 1, 2, 3, 17, 18, 19, 29, 30, 31, 36, 48, 49, 50, 51, rng.randint(-(1 << 15), (1 << 15) - 1)])
-    return hf.raw_frame(key, rng.randint(-1, 20), rng.randint(0, 1 << 20), body, flexible=rng.random() < 0.5)
+    return rc.raw_frame(key, rng.randint(-1, 20), rng.randint(0, 1 << 20), body, flexible=rng.random() < 0.5)
 
 
 def framing(stream: bytes, pre_auth_limit: int) -> list[tuple[int, int, int]]:
@@ -126,11 +126,11 @@ class Stats:
 
 
 def _login(sock: socket.socket, user: str, password: str) -> bool:
-    data = hf.encode(SaslHandshakeRequest(version=1, mechanism="PLAIN"), correlation_id=90001) + hf.encode(
+    data = rc.encode(SaslHandshakeRequest(version=1, mechanism="PLAIN"), correlation_id=90001) + rc.encode(
         SaslAuthenticateRequest(version=2, auth_bytes=plain_token(user, password)), correlation_id=90002)
-    if not hf.send_all(sock, data):
+    if not rc.send_all(sock, data):
         return False
-    result = hf.outcome(sock, 2, 10.0)
+    result = rc.outcome(sock, 2, 10.0)
     if len(result.frames) != 2:
         return False
     return SaslAuthenticateResponse.decode(result.frames[1], version=2, header=True).error_code == 0
@@ -139,13 +139,13 @@ def _login(sock: socket.socket, user: str, password: str) -> bool:
 def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, stats: Stats,
               hang_up: str | None = None) -> None:
     """hang_up: None (half-close, read every answer), "close" or "reset" (leave without reading)."""
-    with hf.connect(port, timeout=10.0) as sock:
+    with rc.connect(port, timeout=10.0) as sock:
         authed = False
         if login is not None:
             authed = _login(sock, *login)
             stats.logins += authed
         stream = b"".join(frames)
-        hf.send_all(sock, stream)
+        rc.send_all(sock, stream)
         if hang_up is not None:
             if hang_up == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -157,7 +157,7 @@ def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, sta
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        result = hf.outcome(sock, 1 << 30, deadline_s=20.0)
+        result = rc.outcome(sock, 1 << 30, deadline_s=20.0)
     stats.connections += 1
     stats.frames += len(frames)
     stats.answers += len(result.frames)
@@ -166,7 +166,7 @@ def one_round(port: int, frames: list[bytes], login: tuple[str, str] | None, sta
     seen = framing(stream, 0)
     remaining = iter(seen)
     for body in result.frames:
-        corr = hf.correlation_id(body)
+        corr = rc.correlation_id(body)
         match = next((e for e in remaining if e[2] == corr), None)
         if match is None:
             stats.problems.append(f"answer with correlation id {corr} matches no request in order")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 from fakeclock import FakeClock
-from hostile_frames import record_batch
 from memstore import MemStore
+from rawclient import record_batch
 from strata_broker.cluster.follower import Held, Move, PlacementFollower, decide, deleted_topics
 from strata_broker.cluster.handover import (
     ALLOWED,

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile_frames as hf
 import pytest
+import rawclient as rc
 from brokerproc import BrokerProcess
 from kafka.protocol.sasl import SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest
 from strata_broker.security.sasl import AuthGuard
@@ -45,21 +45,21 @@ def slow_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProc
 
 def plain_login(port: int, user: str, password: str, timeout: float = 60.0) -> SaslAuthenticateResponse:
     token = b"\x00" + user.encode() + b"\x00" + password.encode()
-    with hf.connect(port, timeout) as sock:
-        sock.sendall(hf.encode(SaslHandshakeRequest(version=1, mechanism="PLAIN"), correlation_id=1)
-                     + hf.encode(SaslAuthenticateRequest(version=2, auth_bytes=token), correlation_id=2))
-        result = hf.outcome(sock, 2, deadline_s=timeout)
+    with rc.connect(port, timeout) as sock:
+        sock.sendall(rc.encode(SaslHandshakeRequest(version=1, mechanism="PLAIN"), correlation_id=1)
+                     + rc.encode(SaslAuthenticateRequest(version=2, auth_bytes=token), correlation_id=2))
+        result = rc.outcome(sock, 2, deadline_s=timeout)
     assert len(result.frames) == 2, result
     return SaslAuthenticateResponse.decode(result.frames[1], version=2, header=True)
 
 
 def scram_first(port: int, user: str) -> dict[str, str]:
     """The server-first-message's attributes for a SCRAM-SHA-512 exchange begun as `user`."""
-    with hf.connect(port, 30) as sock:
-        sock.sendall(hf.encode(SaslHandshakeRequest(version=1, mechanism="SCRAM-SHA-512"), correlation_id=1)
-                     + hf.encode(SaslAuthenticateRequest(version=2, auth_bytes=f"n,,n={user},r=abcdefgh".encode()),
+    with rc.connect(port, 30) as sock:
+        sock.sendall(rc.encode(SaslHandshakeRequest(version=1, mechanism="SCRAM-SHA-512"), correlation_id=1)
+                     + rc.encode(SaslAuthenticateRequest(version=2, auth_bytes=f"n,,n={user},r=abcdefgh".encode()),
                                  correlation_id=2))
-        result = hf.outcome(sock, 2, deadline_s=30)
+        result = rc.outcome(sock, 2, deadline_s=30)
     answer = SaslAuthenticateResponse.decode(result.frames[1], version=2, header=True)
     assert answer.error_code == 0, answer
     return dict(part.split("=", 1) for part in bytes(answer.auth_bytes).decode().split(","))
@@ -75,7 +75,7 @@ def test_password_hashing_does_not_stall_other_clients(slow_broker: BrokerProces
         time.sleep(0.3)
         while any(t.is_alive() for t in logins) and len(round_trips) < 40:
             t0 = time.monotonic()
-            hf.api_versions_ok(slow_broker.port, timeout=30)
+            rc.api_versions_ok(slow_broker.port, timeout=30)
             round_trips.append(time.monotonic() - t0)
             time.sleep(0.05)
     finally:

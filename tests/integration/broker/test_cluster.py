@@ -30,10 +30,9 @@ from confluent_kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from hostile_frames import produce, record_batch
 from kafka import KafkaConsumer
 from kafkaclients import PRODUCERS, Record, create_topic
-from rawclient import RawConnection
+from rawclient import RawConnection, produce, record_batch
 from s3server import S3Bucket
 
 NOT_LEADER_OR_FOLLOWER = 6
@@ -345,8 +344,8 @@ def test_stale_leader_cannot_accept_writes(cluster_factory) -> None:  # type: ig
         connection.sock.sendall(bytes(waiting.encode(header=True, framed=True)))
     finally:
         os.kill(cluster.brokers[stale].pid, signal.SIGCONT)
-    (size,) = struct.unpack(">i", connection._read(4))
-    refused = waiting.header.get_response_class().decode(connection._read(size), header=True)
+    (size,) = struct.unpack(">i", connection.read_exact(4))
+    refused = waiting.header.get_response_class().decode(connection.read_exact(size), header=True)
     assert refused.responses[0].partition_responses[0].error_code == NOT_LEADER_OR_FOLLOWER
     again = connection.request(produce(topic, record_batch(1), partition=partition))
     assert again.responses[0].partition_responses[0].error_code == NOT_LEADER_OR_FOLLOWER

@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile_frames as hf
+import metrics
 import pytest
+import rawclient as rc
 import secutil
 from brokerproc import BrokerProcess, free_port
 from fuzz_auth import proc_rss_kb
@@ -28,16 +29,16 @@ USERS = {"admin": "admin-secret", "alice": "alice-secret"}
 
 
 def open_connections(proc: BrokerProcess) -> int:
-    return hf.open_connections(proc.settings["metrics.listen"])
+    return metrics.open_connections(proc.settings["metrics.listen"])
 
 
 def handshake(mechanism: str = "PLAIN", correlation_id: int = 1) -> bytes:
-    return hf.encode(SaslHandshakeRequest(version=1, mechanism=mechanism), correlation_id=correlation_id)
+    return rc.encode(SaslHandshakeRequest(version=1, mechanism=mechanism), correlation_id=correlation_id)
 
 
 def authenticate(user: str, password: str, correlation_id: int = 2) -> bytes:
     token = b"\x00" + user.encode() + b"\x00" + password.encode()
-    return hf.encode(SaslAuthenticateRequest(version=2, auth_bytes=token), correlation_id=correlation_id)
+    return rc.encode(SaslAuthenticateRequest(version=2, auth_bytes=token), correlation_id=correlation_id)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def plain_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPro
 def _hang_up(port: int, data: bytes, wait_for_close: bool = False) -> None:
     """Send `data` and hang up at once, or after the broker has closed the connection."""
     try:
-        with hf.connect(port) as sock:
-            if hf.send_all(sock, data) and wait_for_close:
-                hf.wait_closed(sock, deadline_s=10)
+        with rc.connect(port) as sock:
+            if rc.send_all(sock, data) and wait_for_close:
+                rc.wait_closed(sock, deadline_s=10)
     except OSError:
         pass  # refused over max.connections.per.ip while earlier ones are still closing: allowed
 
@@ -75,26 +76,26 @@ def test_sasl_hang_ups_behind_a_refused_authenticate_release_their_slots(sasl_br
     port = sasl_broker.listeners["SASL_PLAINTEXT"]
     # SaslAuthenticate with no handshake (answered, then closed), ~40 ApiVersions behind it, hang up.
     attack = authenticate("nobody", "x", correlation_id=1) + b"".join(
-        hf.encode(hf.api_versions(3), correlation_id=10 + i) for i in range(40))
+        rc.encode(rc.api_versions(3), correlation_id=10 + i) for i in range(40))
     for i in range(1000):
         _hang_up(port, attack, wait_for_close=i % 10 == 0)
     wait_until(lambda: open_connections(sasl_broker) == 0, timeout=30,
                what="every hung-up connection's slot released")
-    hf.api_versions_ok(port)  # a new client is served
+    rc.api_versions_ok(port)  # a new client is served
 
 
 def test_long_poll_fetches_then_hang_up_release_their_slots(plain_broker: BrokerProcess) -> None:
     topic = f"longpoll-{uuid.uuid4().hex[:8]}"
-    with hf.connect(plain_broker.port) as sock:
-        sock.sendall(hf.encode(hf.metadata([topic])))
-        assert not hf.outcome(sock, 1).closed
+    with rc.connect(plain_broker.port) as sock:
+        sock.sendall(rc.encode(rc.metadata([topic])))
+        assert not rc.outcome(sock, 1).closed
     # queued.max.requests=4: the request loop waits for a free slot behind long polls when the peer leaves.
-    attack = b"".join(hf.encode(hf.fetch(topic, offset=0, max_wait_ms=3000), correlation_id=i) for i in range(20))
+    attack = b"".join(rc.encode(rc.fetch(topic, offset=0, max_wait_ms=3000), correlation_id=i) for i in range(20))
     for i in range(60):
         _hang_up(plain_broker.port, attack, wait_for_close=i % 10 == 0)
     wait_until(lambda: open_connections(plain_broker) == 0, timeout=30,
                what="every hung-up connection's slot released")
-    hf.api_versions_ok(plain_broker.port)
+    rc.api_versions_ok(plain_broker.port)
 
 
 def _topics(proc: BrokerProcess) -> set[str]:
@@ -114,12 +115,12 @@ def test_nothing_pipelined_behind_a_failed_authentication_runs(sasl_broker: Brok
     topic = f"sneaky-{uuid.uuid4().hex[:8]}"
     data = (handshake(correlation_id=1) + authenticate("alice", "wrong", correlation_id=2)
             + handshake(correlation_id=3) + authenticate("alice", USERS["alice"], correlation_id=4)
-            + hf.encode(hf.create_topics(topic), correlation_id=5))
-    with hf.connect(port) as sock:
+            + rc.encode(rc.create_topics(topic), correlation_id=5))
+    with rc.connect(port) as sock:
         sock.sendall(data)
-        result = hf.outcome(sock, 5, deadline_s=10)
+        result = rc.outcome(sock, 5, deadline_s=10)
     assert result.closed, "the connection stayed open after a failed authentication"
-    assert [hf.correlation_id(f) for f in result.frames] == [1, 2], "requests behind the failure were answered"
+    assert [rc.correlation_id(f) for f in result.frames] == [1, 2], "requests behind the failure were answered"
     time.sleep(0.5)
     assert topic not in _topics(sasl_broker), "a CreateTopics pipelined behind a failed authentication ran"
 
@@ -136,10 +137,10 @@ def test_produce_pipelined_behind_a_failed_authentication_is_not_written(sasl_br
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
     data = (handshake(correlation_id=1) + authenticate("alice", "wrong", correlation_id=2)
             + handshake(correlation_id=3) + authenticate("alice", USERS["alice"], correlation_id=4)
-            + hf.encode(hf.produce(topic, hf.record_batch(3)), correlation_id=5))
-    with hf.connect(port) as sock:
+            + rc.encode(rc.produce(topic, rc.record_batch(3)), correlation_id=5))
+    with rc.connect(port) as sock:
         sock.sendall(data)
-        assert hf.outcome(sock, 5, deadline_s=10).closed
+        assert rc.outcome(sock, 5, deadline_s=10).closed
     time.sleep(0.5)
     consumer = Consumer({**conf, "group.id": f"g-{uuid.uuid4().hex[:6]}"})
     try:
@@ -150,19 +151,19 @@ def test_produce_pipelined_behind_a_failed_authentication_is_not_written(sasl_br
 
 
 def test_announced_frame_sizes_do_not_take_memory(plain_broker: BrokerProcess) -> None:
-    hf.api_versions_ok(plain_broker.port)
+    rc.api_versions_ok(plain_broker.port)
     time.sleep(0.5)
     before = proc_rss_kb(plain_broker.pid)
     socks: list[socket.socket] = []
     try:
         for _ in range(10):
-            sock = hf.connect(plain_broker.port)
+            sock = rc.connect(plain_broker.port)
             sock.sendall(struct.pack(">i", 100 << 20) + struct.pack(">hhi", 0, 8, 1) + b"\x00\x00")
             socks.append(sock)
         time.sleep(1.5)
         grown_mib = (proc_rss_kb(plain_broker.pid) - before) / 1024
         assert grown_mib < 50, f"10 announced 100 MiB frames raised the broker's RSS by {grown_mib:.0f} MiB"
-        hf.api_versions_ok(plain_broker.port)  # everyone else is still served
+        rc.api_versions_ok(plain_broker.port)  # everyone else is still served
     finally:
         for sock in socks:
             sock.close()

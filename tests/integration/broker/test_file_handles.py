@@ -18,8 +18,7 @@ import confluent_kafka
 import pytest
 from brokerproc import BrokerProcess
 from confluent_kafka.admin import AdminClient, NewTopic
-from hostile_frames import create_topics, metadata
-from rawclient import RawConnection
+from rawclient import RawConnection, create_topics, metadata
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]

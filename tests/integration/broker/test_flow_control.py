@@ -9,7 +9,7 @@ import socket
 import struct
 import time
 
-import hostile_frames as hf
+import rawclient as rc
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 from kafka.protocol.producer import ProduceResponse
 
@@ -27,20 +27,20 @@ def _fetch_frame(topic: str, correlation_id: int, offset: int) -> bytes:
                                P(partition=0, current_leader_epoch=-1, fetch_offset=offset, log_start_offset=-1,
                                  partition_max_bytes=1024)])],
                            forgotten_topics_data=[], rack_id="r" * PAD)
-    return hf.encode(request, correlation_id=correlation_id)
+    return rc.encode(request, correlation_id=correlation_id)
 
 
 def _load(port: int, topic: str) -> None:
-    sock = hf.connect(port, timeout=15)
+    sock = rc.connect(port, timeout=15)
     try:
-        sock.sendall(hf.encode(hf.metadata([topic])))
-        assert hf.read_frame(sock) is not None
+        sock.sendall(rc.encode(rc.metadata([topic])))
+        assert rc.read_frame(sock) is not None
         payload = os.urandom(1000)
         for i in range(BATCHES):
             for attempt in range(50):
-                sock.sendall(hf.encode(hf.produce(topic, hf.record_batch(RECORDS_PER_BATCH, payload)),
+                sock.sendall(rc.encode(rc.produce(topic, rc.record_batch(RECORDS_PER_BATCH, payload)),
                                        correlation_id=1000 + i))
-                body = hf.read_frame(sock)
+                body = rc.read_frame(sock)
                 assert body is not None
                 response = ProduceResponse.decode(body, version=8, header=True)
                 if response.responses[0].partition_responses[0].error_code == 0 or attempt == 49:
@@ -51,12 +51,12 @@ def _load(port: int, topic: str) -> None:
 
 
 def _parallel_roundtrip(port: int, topic: str) -> float:
-    sock = hf.connect(port, timeout=10)
+    sock = rc.connect(port, timeout=10)
     try:
         t0 = time.monotonic()
         sock.sendall(_fetch_frame(topic, 7, 0))
-        body = hf.read_frame(sock)
-        assert body is not None and hf.correlation_id(body) == 7
+        body = rc.read_frame(sock)
+        assert body is not None and rc.correlation_id(body) == 7
         return time.monotonic() - t0
     finally:
         sock.close()

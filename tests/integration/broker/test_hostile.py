@@ -16,14 +16,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile_frames as hf
 import pytest
+import rawclient as rc
 from brokerproc import BrokerProcess, free_port
+from bystander import Bystander
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka.protocol.consumer import FetchResponse, ListOffsetsResponse
 from kafka.protocol.metadata import ApiVersionsResponse, MetadataResponse
 from kafka.protocol.producer import ProduceResponse
+from metrics import open_connections
 from strata_broker.protocol import API_TABLE
 from waiting import wait_until
 
@@ -36,8 +38,8 @@ MAX_FRAME = 100 * 1024 * 1024  # socket.request.max.bytes default
 
 
 @pytest.fixture(scope="module")
-def bystander(broker: BrokerProcess) -> Iterator[hf.Bystander]:
-    client = hf.Bystander(broker.bootstrap, f"bystander-{uuid.uuid4().hex[:8]}")
+def bystander(broker: BrokerProcess) -> Iterator[Bystander]:
+    client = Bystander(broker.bootstrap, f"bystander-{uuid.uuid4().hex[:8]}")
     yield client
     client.finish()
 
@@ -45,7 +47,7 @@ def bystander(broker: BrokerProcess) -> Iterator[hf.Bystander]:
 @pytest.fixture(scope="module")
 def supported(broker: BrokerProcess) -> dict[int, tuple[int, int]]:
     """The broker's own advertised version ranges: the reference for 'unsupported'."""
-    response = hf.api_versions_ok(broker.port)
+    response = rc.api_versions_ok(broker.port)
     ranges = {k.api_key: (k.min_version, k.max_version) for k in response.api_keys}
     assert {0, 1, 2, 3, 18, 19} <= set(ranges), ranges
     return ranges
@@ -65,7 +67,7 @@ LEAKS = ("Traceback", "Task exception was never retrieved", "Exception in callba
 
 
 @pytest.fixture
-def watched(broker: BrokerProcess, bystander: hf.Bystander) -> Iterator[None]:
+def watched(broker: BrokerProcess, bystander: Bystander) -> Iterator[None]:
     """Around each test: the parallel client keeps going, the broker stays up and answering, and no
     request made it crash a handler (a traceback in its log) rather than answer or close cleanly."""
     mark = bystander.progress()
@@ -73,36 +75,36 @@ def watched(broker: BrokerProcess, bystander: hf.Bystander) -> Iterator[None]:
     yield
     bystander.check(mark)
     assert broker.alive(), broker.log_tail()
-    hf.api_versions_ok(broker.port)
+    rc.api_versions_ok(broker.port)
     new_log = log_since(broker, start)
     for leak in LEAKS:
         assert leak not in new_log, new_log
 
 
 def send_and_expect_close(port: int, data: bytes, half_close: bool = False, deadline: float = 5.0) -> None:
-    with hf.connect(port) as sock:
-        hf.send_all(sock, data)
+    with rc.connect(port) as sock:
+        rc.send_all(sock, data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        result = hf.outcome(sock, 1, deadline)
+        result = rc.outcome(sock, 1, deadline)
     assert result.closed and not result.frames, f"expected a close without an answer, got {result}"
 
 
-def exchange(port: int, data: bytes, expect: int = 1, deadline: float = 5.0) -> hf.Outcome:
-    with hf.connect(port) as sock:
-        hf.send_all(sock, data)
-        return hf.outcome(sock, expect, deadline)
+def exchange(port: int, data: bytes, expect: int = 1, deadline: float = 5.0) -> rc.Outcome:
+    with rc.connect(port) as sock:
+        rc.send_all(sock, data)
+        return rc.outcome(sock, expect, deadline)
 
 
 def ensure_topic(port: int, topic: str) -> None:
     """Auto-create `topic` (Metadata with allow_auto_topic_creation) and check it exists."""
-    result = exchange(port, hf.encode(hf.metadata([topic], version=9)))
+    result = exchange(port, rc.encode(rc.metadata([topic], version=9)))
     response = MetadataResponse.decode(result.frames[0], version=9, header=True)
     assert [(t.name, t.error_code) for t in response.topics] in ([(topic, 0)], [(topic, 5)]), response.topics
     deadline = time.monotonic() + 5  # 5 = LEADER_NOT_AVAILABLE while it is being created
     while response.topics[0].error_code and time.monotonic() < deadline:
         time.sleep(0.05)
-        result = exchange(port, hf.encode(hf.metadata([topic], version=9)))
+        result = exchange(port, rc.encode(rc.metadata([topic], version=9)))
         response = MetadataResponse.decode(result.frames[0], version=9, header=True)
     assert response.topics[0].error_code == 0
 
@@ -132,7 +134,7 @@ BAD_FRAMES = {
     "http-get": b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n",
     "tls-client-hello": bytes.fromhex("1603010200010001fc0303") + bytes(64),
     "length-2GiB": struct.pack(">i", 0x7FFFFFFF),
-    "length-2GiB-with-data": struct.pack(">i", 0x7FFFFFFF) + hf.encode(hf.api_versions())[4:] + bytes(65536),
+    "length-2GiB-with-data": struct.pack(">i", 0x7FFFFFFF) + rc.encode(rc.api_versions())[4:] + bytes(65536),
     "length-1GiB": struct.pack(">i", 1 << 30) + bytes(1024),
     "length-max-plus-1": struct.pack(">i", MAX_FRAME + 1) + bytes(1024),
     "length-minus-1": struct.pack(">i", -1) + bytes(16),
@@ -147,34 +149,34 @@ BAD_FRAMES = {
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
 def test_bad_framing_closes_that_connection(broker: BrokerProcess, watched: None, name: str) -> None:
     # A parallel raw connection, opened before the abuse, is still served afterwards.
-    with hf.connect(broker.port) as other:
+    with rc.connect(broker.port) as other:
         send_and_expect_close(broker.port, BAD_FRAMES[name])
-        other.sendall(hf.encode(hf.metadata(None), correlation_id=77))
-        result = hf.outcome(other, 1)
-        assert not result.closed and hf.correlation_id(result.frames[0]) == 77
+        other.sendall(rc.encode(rc.metadata(None), correlation_id=77))
+        result = rc.outcome(other, 1)
+        assert not result.closed and rc.correlation_id(result.frames[0]) == 77
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 4, 10, -1])
 def test_truncated_frame_then_eof_closes_promptly(broker: BrokerProcess, watched: None, cut: int) -> None:
     """The length prefix promises more than arrives, then the client half-closes."""
-    frame = hf.encode(hf.metadata([f"trunc-{uuid.uuid4().hex[:6]}"]))
+    frame = rc.encode(rc.metadata([f"trunc-{uuid.uuid4().hex[:6]}"]))
     send_and_expect_close(broker.port, frame[:cut], half_close=True)
 
 
 def test_stalled_truncated_frames_do_not_block_others(broker: BrokerProcess, watched: None,
-                                                      bystander: hf.Bystander) -> None:
+                                                      bystander: Bystander) -> None:
     """Many connections stuck mid-frame (slowloris) while a client keeps working."""
-    frame = hf.encode(hf.metadata(None))
+    frame = rc.encode(rc.metadata(None))
     stalled = []
     try:
         for i in range(40):
-            sock = hf.connect(broker.port)
+            sock = rc.connect(broker.port)
             # Alternate: half a length prefix, or all of the frame but its last byte.
             sock.sendall(frame[: 2 if i % 2 else len(frame) - 1])
             stalled.append(sock)
         mark = bystander.progress()
         bystander.check(mark, min_new=5)
-        hf.api_versions_ok(broker.port)
+        rc.api_versions_ok(broker.port)
         for sock in stalled:  # the broker has not answered any of them (it cannot: the frame is incomplete)
             sock.settimeout(0.05)
             with pytest.raises(TimeoutError):
@@ -187,19 +189,19 @@ def test_stalled_truncated_frames_do_not_block_others(broker: BrokerProcess, wat
 def test_stalled_truncated_frame_closed_by_idle_timeout(broker_factory) -> None:  # type: ignore[no-untyped-def]
     """A frame that never completes is dropped after connections.max.idle.ms, not held forever."""
     proc = broker_factory({"connections.max.idle.ms": "1000", "auto.create.topics.enable": "true"})
-    frame = hf.encode(hf.metadata(None))
+    frame = rc.encode(rc.metadata(None))
     for partial in (frame[:2], frame[:4], frame[: len(frame) - 1], struct.pack(">i", MAX_FRAME) + bytes(4096)):
-        with hf.connect(proc.port) as sock:
+        with rc.connect(proc.port) as sock:
             sock.sendall(partial)
             started = time.monotonic()
-            with hf.connect(proc.port) as other:  # served while the first one stalls
-                other.sendall(hf.encode(hf.api_versions(), correlation_id=5))
-                assert hf.correlation_id(hf.outcome(other, 1).frames[0]) == 5
-            assert hf.wait_closed(sock, 6.0), f"stalled connection ({len(partial)} bytes sent) was never closed"
+            with rc.connect(proc.port) as other:  # served while the first one stalls
+                other.sendall(rc.encode(rc.api_versions(), correlation_id=5))
+                assert rc.correlation_id(rc.outcome(other, 1).frames[0]) == 5
+            assert rc.wait_closed(sock, 6.0), f"stalled connection ({len(partial)} bytes sent) was never closed"
             elapsed = time.monotonic() - started
             assert 0.5 < elapsed < 6.0, elapsed
     assert proc.alive()
-    hf.api_versions_ok(proc.port)
+    rc.api_versions_ok(proc.port)
 
 
 # ---- request headers: unknown keys, unsupported versions -------------------------------------------
@@ -209,7 +211,7 @@ def test_stalled_truncated_frame_closed_by_idle_timeout(broker_factory) -> None:
 def test_unknown_api_key_closes_connection(broker: BrokerProcess, watched: None,
                                            supported: dict[int, tuple[int, int]], api_key: int) -> None:
     assert api_key not in supported
-    send_and_expect_close(broker.port, hf.raw_frame(api_key, 0, 9, b"\x00" * 16))
+    send_and_expect_close(broker.port, rc.raw_frame(api_key, 0, 9, b"\x00" * 16))
 
 
 @pytest.mark.parametrize("version", [5, 6, 99, 32767, -1, -32768])
@@ -217,19 +219,19 @@ def test_unsupported_api_versions_version_answers_v0_error_35(broker: BrokerProc
                                                               supported: dict[int, tuple[int, int]],
                                                               version: int) -> None:
     assert not supported[18][0] <= version <= supported[18][1]
-    with hf.connect(broker.port) as sock:
+    with rc.connect(broker.port) as sock:
         # A future ApiVersions: flexible header, a body this broker cannot know.
-        sock.sendall(hf.raw_frame(18, version, 31337, b"\x0bfuture-lib\x041.0\x00\x07", flexible=True))
-        result = hf.outcome(sock, 1)
+        sock.sendall(rc.raw_frame(18, version, 31337, b"\x0bfuture-lib\x041.0\x00\x07", flexible=True))
+        result = rc.outcome(sock, 1)
         assert not result.closed
-        response = hf.decode_api_versions(result.frames[0], version=0)
+        response = rc.decode_api_versions(result.frames[0], version=0)
         assert response.header.correlation_id == 31337
         assert response.error_code == UNSUPPORTED_VERSION
         assert {k.api_key: (k.min_version, k.max_version) for k in response.api_keys} == supported
         # The connection stays usable: the client retries with a version from that range.
-        sock.sendall(hf.encode(hf.api_versions(supported[18][1]), correlation_id=31338))
-        result = hf.outcome(sock, 1)
-        retry = hf.decode_api_versions(result.frames[0], version=supported[18][1])
+        sock.sendall(rc.encode(rc.api_versions(supported[18][1]), correlation_id=31338))
+        result = rc.outcome(sock, 1)
+        retry = rc.decode_api_versions(result.frames[0], version=supported[18][1])
         assert retry.header.correlation_id == 31338 and retry.error_code == 0
 
 
@@ -240,7 +242,7 @@ def test_unsupported_versions_of_other_apis_close_connection(broker: BrokerProce
         if api_key == 18:
             continue
         for version in {high + 1, high + 50, -1, 32767} | ({low - 1} if low > 0 else set()):
-            send_and_expect_close(broker.port, hf.raw_frame(api_key, version, 3, bytes(32)))
+            send_and_expect_close(broker.port, rc.raw_frame(api_key, version, 3, bytes(32)))
             checked += 1
     assert checked >= 4 * (len(supported) - 1)
 
@@ -249,24 +251,24 @@ def test_unsupported_versions_of_other_apis_close_connection(broker: BrokerProce
 
 
 def _base_requests(topic: str) -> list[tuple[str, bytes]]:
-    batch = hf.record_batch(base_timestamp=1_767_225_600_000)  # fixed: the fuzz seeds must not vary by run
+    batch = rc.record_batch(base_timestamp=1_767_225_600_000)  # fixed: the fuzz seeds must not vary by run
     return [
-        ("api_versions", hf.encode(hf.api_versions(3))),
-        ("metadata-v4", hf.encode(hf.metadata([topic], version=4))),
-        ("metadata-v12", hf.encode(hf.metadata([topic], version=12))),
-        ("produce-v3", hf.encode(hf.produce(topic, batch, version=3))),
-        ("produce-v9", hf.encode(hf.produce(topic, batch, version=9))),
-        ("fetch-v11", hf.encode(hf.fetch(topic, version=11, max_wait_ms=0))),
-        ("fetch-v12", hf.encode(hf.fetch(topic, version=12, max_wait_ms=0))),
-        ("list_offsets-v5", hf.encode(hf.list_offsets(topic, version=5))),
-        ("list_offsets-v7", hf.encode(hf.list_offsets(topic, version=7))),
-        ("create_topics-v4", hf.encode(hf.create_topics(f"{topic}-c4", version=4))),
-        ("create_topics-v5", hf.encode(hf.create_topics(f"{topic}-c5", version=5))),
+        ("api_versions", rc.encode(rc.api_versions(3))),
+        ("metadata-v4", rc.encode(rc.metadata([topic], version=4))),
+        ("metadata-v12", rc.encode(rc.metadata([topic], version=12))),
+        ("produce-v3", rc.encode(rc.produce(topic, batch, version=3))),
+        ("produce-v9", rc.encode(rc.produce(topic, batch, version=9))),
+        ("fetch-v11", rc.encode(rc.fetch(topic, version=11, max_wait_ms=0))),
+        ("fetch-v12", rc.encode(rc.fetch(topic, version=12, max_wait_ms=0))),
+        ("list_offsets-v5", rc.encode(rc.list_offsets(topic, version=5))),
+        ("list_offsets-v7", rc.encode(rc.list_offsets(topic, version=7))),
+        ("create_topics-v4", rc.encode(rc.create_topics(f"{topic}-c4", version=4))),
+        ("create_topics-v5", rc.encode(rc.create_topics(f"{topic}-c5", version=5))),
     ]
 
 
 def _header_len(frame: bytes) -> int:
-    """Bytes of size prefix + request header in a frame built by hf.encode."""
+    """Bytes of size prefix + request header in a frame built by rc.encode."""
     api_key, version = struct.unpack_from(">hh", frame, 4)
     (cid_len,) = struct.unpack_from(">h", frame, 12)
     flexible = API_TABLE[api_key].request.flexible_version_q(version)
@@ -312,18 +314,18 @@ def test_valid_header_with_garbage_body(broker: BrokerProcess, watched: None, to
             silent = _may_stay_silent(request)
             if silent == "long-poll":
                 continue  # it decodes as a Fetch that asked to wait minutes: Kafka would wait too
-            with hf.connect(broker.port) as sock:
+            with rc.connect(broker.port) as sock:
                 sock.sendall(request)
                 if silent == "acks=0":  # no answer by design; the connection must still work (or be closed)
-                    sock.sendall(hf.encode(hf.api_versions(), correlation_id=2))
-                    result = hf.outcome(sock, 1)
-                    assert [hf.correlation_id(f) for f in result.frames] in ([2], []), (name, variant, result)
+                    sock.sendall(rc.encode(rc.api_versions(), correlation_id=2))
+                    result = rc.outcome(sock, 1)
+                    assert [rc.correlation_id(f) for f in result.frames] in ([2], []), (name, variant, result)
                     continue
                 # Whatever decodes may be answered (an error, or even a result); otherwise the connection closes.
-                result = hf.outcome(sock, 1)
+                result = rc.outcome(sock, 1)
             assert result.closed or len(result.frames) == 1, (name, variant, result)
             for response in result.frames:  # an answer must be to this request
-                assert hf.correlation_id(response) == 1, (name, variant)
+                assert rc.correlation_id(response) == 1, (name, variant)
 
 
 # Hand-built bodies with hostile array counts (non-flexible: int32 counts; flexible: varint N+1).
@@ -346,13 +348,13 @@ NEGATIVE_COUNTS = [-2, -1000, -(1 << 31)]
 
 @pytest.mark.parametrize("count", HUGE_COUNTS + NEGATIVE_COUNTS)
 def test_hostile_array_counts(broker: BrokerProcess, watched: None, topic_name: str, count: int) -> None:
-    batch = hf.record_batch()
+    batch = rc.record_batch()
     frames = {
-        "metadata-v4-topics": hf.raw_frame(3, 4, 1, _metadata_v4(count, [topic_name])),
-        "metadata-v9-topics": hf.raw_frame(3, 9, 1, _metadata_v9(varint(count & 0xFFFFFFFF), [topic_name]),
+        "metadata-v4-topics": rc.raw_frame(3, 4, 1, _metadata_v4(count, [topic_name])),
+        "metadata-v9-topics": rc.raw_frame(3, 9, 1, _metadata_v9(varint(count & 0xFFFFFFFF), [topic_name]),
                                            flexible=True),
-        "produce-v3-topics": hf.raw_frame(0, 3, 1, _produce_v3(count, topic_name, 1, batch)),
-        "produce-v3-partitions": hf.raw_frame(0, 3, 1, _produce_v3(1, topic_name, count, batch)),
+        "produce-v3-topics": rc.raw_frame(0, 3, 1, _produce_v3(count, topic_name, 1, batch)),
+        "produce-v3-partitions": rc.raw_frame(0, 3, 1, _produce_v3(1, topic_name, count, batch)),
     }
     for name, frame in frames.items():
         started = time.monotonic()
@@ -366,7 +368,7 @@ def test_hostile_array_counts(broker: BrokerProcess, watched: None, topic_name: 
             # with the right correlation id and a decodable response, or close.
             assert result.closed or len(result.frames) == 1, (name, result)
             for response in result.frames:
-                assert hf.correlation_id(response) == 1
+                assert rc.correlation_id(response) == 1
                 cls = MetadataResponse if name.startswith("metadata") else ProduceResponse
                 version = 9 if "v9" in name else (4 if name.startswith("metadata") else 3)
                 decoded = cls.decode(response, version=version, header=True)
@@ -379,16 +381,16 @@ def test_hostile_array_counts(broker: BrokerProcess, watched: None, topic_name: 
 def test_null_arrays_where_the_schema_forbids_them(broker: BrokerProcess, watched: None, topic_name: str) -> None:
     """A count of -1 decodes as null; for a non-nullable array that is a malformed request (Kafka closes)."""
     frames = {
-        "produce-v3-topics": hf.raw_frame(0, 3, 1, _produce_v3(-1, topic_name, 1, b"")),
-        "produce-v3-partitions": hf.raw_frame(0, 3, 1, _produce_v3(1, topic_name, -1, b"")),
-        "metadata-v0-topics": hf.raw_frame(3, 0, 1, struct.pack(">i", -1)),
-        "create-topics-v4-topics": hf.raw_frame(19, 4, 1, struct.pack(">iib", -1, 5000, 0)),
-        "create-topics-v5-topics": hf.raw_frame(19, 5, 1, b"\x00" + struct.pack(">ib", 5000, 0) + b"\x00",
+        "produce-v3-topics": rc.raw_frame(0, 3, 1, _produce_v3(-1, topic_name, 1, b"")),
+        "produce-v3-partitions": rc.raw_frame(0, 3, 1, _produce_v3(1, topic_name, -1, b"")),
+        "metadata-v0-topics": rc.raw_frame(3, 0, 1, struct.pack(">i", -1)),
+        "create-topics-v4-topics": rc.raw_frame(19, 4, 1, struct.pack(">iib", -1, 5000, 0)),
+        "create-topics-v5-topics": rc.raw_frame(19, 5, 1, b"\x00" + struct.pack(">ib", 5000, 0) + b"\x00",
                                                 flexible=True),
-        "fetch-v11-partitions": hf.raw_frame(1, 11, 1, struct.pack(">iiiibii", -1, 0, 1, 1 << 20, 0, 0, -1)
+        "fetch-v11-partitions": rc.raw_frame(1, 11, 1, struct.pack(">iiiibii", -1, 0, 1, 1 << 20, 0, 0, -1)
                                              + struct.pack(">i", 1) + kstr(topic_name) + struct.pack(">i", -1)
                                              + struct.pack(">i", 0) + kstr("")),
-        "list-offsets-v5-partitions": hf.raw_frame(2, 5, 1, struct.pack(">ibi", -1, 0, 1) + kstr(topic_name)
+        "list-offsets-v5-partitions": rc.raw_frame(2, 5, 1, struct.pack(">ibi", -1, 0, 1) + kstr(topic_name)
                                                    + struct.pack(">i", -1)),
     }
     for name, frame in frames.items():
@@ -397,7 +399,7 @@ def test_null_arrays_where_the_schema_forbids_them(broker: BrokerProcess, watche
 
 
 def test_metadata_topic_name_starting_with_nul(broker: BrokerProcess, watched: None) -> None:
-    result = exchange(broker.port, hf.encode(hf.metadata(["\x00not-a-uuid"], version=9)))
+    result = exchange(broker.port, rc.encode(rc.metadata(["\x00not-a-uuid"], version=9)))
     assert not result.closed, "a bad topic name deserves an error code, not a closed connection"
     response = MetadataResponse.decode(result.frames[0], version=9, header=True)
     assert [t.error_code for t in response.topics] == [17]  # INVALID_TOPIC_EXCEPTION
@@ -405,7 +407,7 @@ def test_metadata_topic_name_starting_with_nul(broker: BrokerProcess, watched: N
 
 def test_hostile_compact_counts(broker: BrokerProcess, watched: None, topic_name: str) -> None:
     for count_varint in (varint(0xFFFFFFFF), varint(0x7FFFFFFF), b"\xff\xff\xff\xff\xff\xff\x01", b"\x80" * 5):
-        result = exchange(broker.port, hf.raw_frame(3, 9, 1, _metadata_v9(count_varint, [topic_name]),
+        result = exchange(broker.port, rc.raw_frame(3, 9, 1, _metadata_v9(count_varint, [topic_name]),
                                                     flexible=True))
         assert result.closed and not result.frames, result
 
@@ -415,20 +417,20 @@ def test_hostile_string_lengths(broker: BrokerProcess, watched: None, topic_name
     frames = [
         struct.pack(">i", 10) + struct.pack(">hhih", 3, 4, 1, 0x7FFF),
         struct.pack(">i", 12) + struct.pack(">hhih", 3, 4, 1, -5) + b"\x00\x00",
-        hf.raw_frame(3, 4, 1, struct.pack(">ih", 1, 0x7FFF) + b"abc"),
-        hf.raw_frame(3, 4, 1, struct.pack(">ih", 1, -7) + b"\x01"),
-        hf.raw_frame(3, 9, 1, b"\x02" + varint(0xFFFFFFF0) + b"abc", flexible=True),
+        rc.raw_frame(3, 4, 1, struct.pack(">ih", 1, 0x7FFF) + b"abc"),
+        rc.raw_frame(3, 4, 1, struct.pack(">ih", 1, -7) + b"\x01"),
+        rc.raw_frame(3, 9, 1, b"\x02" + varint(0xFFFFFFF0) + b"abc", flexible=True),
     ]
     for frame in frames:
         result = exchange(broker.port, frame)
-        assert result.closed or (len(result.frames) == 1 and hf.correlation_id(result.frames[0]) == 1), result
+        assert result.closed or (len(result.frames) == 1 and rc.correlation_id(result.frames[0]) == 1), result
 
 
 # ---- corrupt record batches ------------------------------------------------------------------------
 
 
 def _corruptions() -> dict[str, bytes]:
-    good = hf.record_batch(n=5)
+    good = rc.record_batch(n=5)
     out = {}
     b = bytearray(good)
     b[17] ^= 0x01  # a bit of the CRC itself (offset 17..20)
@@ -447,12 +449,12 @@ def _corruptions() -> dict[str, bytes]:
 def test_corrupt_batch_crc_is_corrupt_message(broker: BrokerProcess, watched: None, topic_name: str,
                                               version: int) -> None:
     ensure_topic(broker.port, topic_name)
-    with hf.connect(broker.port) as sock:
+    with rc.connect(broker.port) as sock:
         corr = 100
         for name, records in _corruptions().items():
             corr += 1
-            sock.sendall(hf.encode(hf.produce(topic_name, records, version=version), correlation_id=corr))
-            result = hf.outcome(sock, 1)
+            sock.sendall(rc.encode(rc.produce(topic_name, records, version=version), correlation_id=corr))
+            result = rc.outcome(sock, 1)
             assert not result.closed, f"{name}: a corrupt batch must not cost the connection"
             response = ProduceResponse.decode(result.frames[0], version=version, header=True)
             assert response.header.correlation_id == corr
@@ -461,17 +463,17 @@ def test_corrupt_batch_crc_is_corrupt_message(broker: BrokerProcess, watched: No
             assert part.error_code == CORRUPT_MESSAGE, (name, part)
             assert part.base_offset == -1
         # Same connection, a good batch: accepted at offset 0 -- nothing corrupt was written before it.
-        sock.sendall(hf.encode(hf.produce(topic_name, hf.record_batch(n=4), version=version), correlation_id=7))
-        response = ProduceResponse.decode(hf.outcome(sock, 1).frames[0], version=version, header=True)
+        sock.sendall(rc.encode(rc.produce(topic_name, rc.record_batch(n=4), version=version), correlation_id=7))
+        response = ProduceResponse.decode(rc.outcome(sock, 1).frames[0], version=version, header=True)
         [part] = response.responses[0].partition_responses
         assert (part.error_code, part.base_offset) == (0, 0)
-        sock.sendall(hf.encode(hf.list_offsets(topic_name, version=5), correlation_id=8))
-        offsets = ListOffsetsResponse.decode(hf.outcome(sock, 1).frames[0], version=5, header=True)
+        sock.sendall(rc.encode(rc.list_offsets(topic_name, version=5), correlation_id=8))
+        offsets = ListOffsetsResponse.decode(rc.outcome(sock, 1).frames[0], version=5, header=True)
         assert offsets.topics[0].partitions[0].offset == 4
 
 
 def test_malformed_batches_are_refused_not_fatal(broker: BrokerProcess, watched: None, topic_name: str) -> None:
-    good = hf.record_batch(n=2)
+    good = rc.record_batch(n=2)
     malformed = {
         "length-huge": good[:8] + struct.pack(">i", 0x7FFFFFFF) + good[12:],
         "length-negative": good[:8] + struct.pack(">i", -5) + good[12:],
@@ -486,41 +488,41 @@ def test_malformed_batches_are_refused_not_fatal(broker: BrokerProcess, watched:
         "garbage": bytes(random.Random(3).randrange(256) for _ in range(300)),
     }
     ensure_topic(broker.port, topic_name)
-    with hf.connect(broker.port) as sock:
+    with rc.connect(broker.port) as sock:
         for i, (name, records) in enumerate(malformed.items()):
-            sock.sendall(hf.encode(hf.produce(topic_name, records, version=9), correlation_id=i))
-            result = hf.outcome(sock, 1)
+            sock.sendall(rc.encode(rc.produce(topic_name, records, version=9), correlation_id=i))
+            result = rc.outcome(sock, 1)
             assert not result.closed, name
             response = ProduceResponse.decode(result.frames[0], version=9, header=True)
             [part] = response.responses[0].partition_responses
             assert part.error_code != 0 and part.base_offset == -1, (name, part)
-        sock.sendall(hf.encode(hf.fetch(topic_name, version=12, max_wait_ms=0), correlation_id=99))
-        fetched = FetchResponse.decode(hf.outcome(sock, 1).frames[0], version=12, header=True)
+        sock.sendall(rc.encode(rc.fetch(topic_name, version=12, max_wait_ms=0), correlation_id=99))
+        fetched = FetchResponse.decode(rc.outcome(sock, 1).frames[0], version=12, header=True)
         [partition] = fetched.responses[0].partitions
         assert partition.high_watermark == 0, "a refused batch was written to the log"
 
 
 def test_pipelined_requests_before_a_bad_frame_are_answered_in_order(broker: BrokerProcess, watched: None,
                                                                       topic_name: str) -> None:
-    good = [hf.encode(hf.api_versions(3), correlation_id=1), hf.encode(hf.metadata([topic_name]), correlation_id=2),
-            hf.encode(hf.produce(topic_name, hf.record_batch()), correlation_id=3),
-            hf.encode(hf.list_offsets(topic_name), correlation_id=4)]
-    result = exchange(broker.port, b"".join(good) + hf.raw_frame(3, 9, 5, b"\xff" * 20, flexible=True), expect=5)
-    assert [hf.correlation_id(f) for f in result.frames] == [1, 2, 3, 4]
+    good = [rc.encode(rc.api_versions(3), correlation_id=1), rc.encode(rc.metadata([topic_name]), correlation_id=2),
+            rc.encode(rc.produce(topic_name, rc.record_batch()), correlation_id=3),
+            rc.encode(rc.list_offsets(topic_name), correlation_id=4)]
+    result = exchange(broker.port, b"".join(good) + rc.raw_frame(3, 9, 5, b"\xff" * 20, flexible=True), expect=5)
+    assert [rc.correlation_id(f) for f in result.frames] == [1, 2, 3, 4]
     assert result.closed
 
 
 def test_client_resets_while_responses_are_in_flight(broker: BrokerProcess, watched: None, topic_name: str) -> None:
     """A client pipelines large fetches and resets the connection (RST) instead of reading the answers."""
     ensure_topic(broker.port, topic_name)
-    with hf.connect(broker.port) as sock:
+    with rc.connect(broker.port) as sock:
         for i in range(8):
-            sock.sendall(hf.encode(hf.produce(topic_name, hf.record_batch(n=16, payload=bytes(16384))),
+            sock.sendall(rc.encode(rc.produce(topic_name, rc.record_batch(n=16, payload=bytes(16384))),
                                    correlation_id=i))
-        assert len(hf.outcome(sock, 8).frames) == 8
-    fetches = b"".join(hf.encode(hf.fetch(topic_name, max_wait_ms=0), correlation_id=i) for i in range(40))
+        assert len(rc.outcome(sock, 8).frames) == 8
+    fetches = b"".join(rc.encode(rc.fetch(topic_name, max_wait_ms=0), correlation_id=i) for i in range(40))
     for _ in range(10):
-        sock = hf.connect(broker.port)
+        sock = rc.connect(broker.port)
         sock.sendall(fetches)
         time.sleep(0.05)  # let the broker start writing into a receive window nobody drains
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -545,7 +547,7 @@ def fuzz_seeds(fuzz_broker: BrokerProcess) -> list[bytes]:
     topic = "fuzz-topic"
     frames = [frame for _, frame in _base_requests(topic)]
     # The topic exists and has data, so a (mutated) Fetch at offset 0 answers at once.
-    result = exchange(fuzz_broker.port, hf.encode(hf.produce(topic, hf.record_batch(n=10))))
+    result = exchange(fuzz_broker.port, rc.encode(rc.produce(topic, rc.record_batch(n=10))))
     assert len(result.frames) == 1
     return frames
 
@@ -592,7 +594,7 @@ def random_frame(draw: st.DrawFn) -> bytes:
     api_key = draw(st.sampled_from(sorted(API_TABLE) + [draw(st.integers(-(1 << 15), (1 << 15) - 1))]))
     version = draw(st.integers(-1, 20))
     body = draw(st.binary(min_size=0, max_size=200))
-    return hf.raw_frame(api_key, version, draw(st.integers(0, 1 << 20)), body, flexible=draw(st.booleans()))
+    return rc.raw_frame(api_key, version, draw(st.integers(0, 1 << 20)), body, flexible=draw(st.booleans()))
 
 
 def _broker_framing(stream: bytes) -> list[tuple[int, int, int]]:
@@ -614,20 +616,20 @@ _RESPONSES = {0: ProduceResponse, 1: FetchResponse, 2: ListOffsetsResponse, 3: M
 
 def check_one_connection(port: int, frames: list[bytes]) -> None:
     stream = b"".join(frames)
-    with hf.connect(port) as sock:
-        hf.send_all(sock, stream)
+    with rc.connect(port) as sock:
+        rc.send_all(sock, stream)
         try:
             sock.shutdown(socket.SHUT_WR)  # no more bytes: the broker must finish with us and close
         except OSError:
             pass
         # Long polls are flushed for up to 10 s after the peer's EOF; allow that, not more.
-        result = hf.outcome(sock, 1 << 30, deadline_s=15.0)
+        result = rc.outcome(sock, 1 << 30, deadline_s=15.0)
     assert result.closed
     seen = _broker_framing(stream)
     # Answers come in request order, each to a request the broker really framed, and each decodes.
     remaining = iter(seen)
     for response in result.frames:
-        corr = hf.correlation_id(response)
+        corr = rc.correlation_id(response)
         request = next((entry for entry in remaining if entry[2] == corr), None)
         assert request is not None, f"response with correlation id {corr} matches no request in order: {seen}"
         api_key, version, _ = request
@@ -636,7 +638,7 @@ def check_one_connection(port: int, frames: list[bytes]) -> None:
             continue
         if api_key == 18:
             low, high = API_TABLE[18].min_version, API_TABLE[18].max_version
-            decoded = hf.decode_api_versions(response, version if low <= version <= high else 0)
+            decoded = rc.decode_api_versions(response, version if low <= version <= high else 0)
             assert decoded.error_code in (0, UNSUPPORTED_VERSION)
         else:
             cls.decode(response, version=version, header=True)
@@ -651,14 +653,14 @@ def _fuzz(port: int, seeds: list[bytes], max_examples: int) -> None:
     @given(frames)
     def run(batch: list[bytes]) -> None:
         check_one_connection(port, batch)
-        hf.api_versions_ok(port)
+        rc.api_versions_ok(port)
 
     run()
 
 
 def _fuzz_with_bystander(proc: BrokerProcess, seeds: list[bytes], max_examples: int) -> None:
     start = log_size(proc)
-    client = hf.Bystander(proc.bootstrap, f"bystander-{uuid.uuid4().hex[:8]}")
+    client = Bystander(proc.bootstrap, f"bystander-{uuid.uuid4().hex[:8]}")
     try:
         mark = client.progress()
         _fuzz(proc.port, seeds, max_examples)
@@ -666,7 +668,7 @@ def _fuzz_with_bystander(proc: BrokerProcess, seeds: list[bytes], max_examples: 
     finally:
         client.finish()
     assert proc.alive(), proc.log_tail()
-    hf.api_versions_ok(proc.port)
+    rc.api_versions_ok(proc.port)
     log = log_since(proc, start)
     for leak in LEAKS:
         assert leak not in log, f"broker log shows {leak!r}:\n{log[log.index(leak) - 300:][:3000]}"
@@ -713,7 +715,7 @@ def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]
 
     port = proc.listeners["SASL_PLAINTEXT"]
     start = log_size(proc)
-    client = hf.Bystander(proc.address("SASL_PLAINTEXT"), f"bystander-{uuid.uuid4().hex[:8]}",
+    client = Bystander(proc.address("SASL_PLAINTEXT"), f"bystander-{uuid.uuid4().hex[:8]}",
                           security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                           sasl_plain_username="bystander", sasl_plain_password=FUZZ_USERS["bystander"])
     try:
@@ -733,7 +735,7 @@ def sasl_fuzz_run(proc: BrokerProcess, frames: int, seed: int) -> dict[str, int]
         client.finish()
     assert proc.alive(), proc.log_tail()
     # Every connection's slot is released (the broker's own count), the fuzzer's hang-ups included.
-    wait_until(lambda: hf.open_connections(proc.settings["metrics.listen"]) == 0, timeout=30,
+    wait_until(lambda: open_connections(proc.settings["metrics.listen"]) == 0, timeout=30,
                what="every connection slot released")
     log = log_since(proc, start)
     for leak in LEAKS:

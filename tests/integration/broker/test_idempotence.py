@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 from brokerproc import free_port
-from faultproxy import ResponseDroppingProxy
+from faultproxy import KafkaProxy
 from kafkaclients import consume_confluent, create_topic, produce_confluent
 
 PRODUCE = 0
@@ -14,7 +14,7 @@ PRODUCE = 0
 
 def run_through_flaky_link(broker_factory, topic_name, idempotent: bool):
     broker_port = free_port()
-    proxy = ResponseDroppingProxy(broker_port, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
+    proxy = KafkaProxy(broker_port, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
     try:
         broker = broker_factory(port=broker_port, advertise=f"127.0.0.1:{proxy.port}")
         bootstrap = f"127.0.0.1:{proxy.port}"

@@ -31,8 +31,7 @@ from confluent_kafka.admin import (
     NewTopic,
     OffsetSpec,
 )
-from faultproxy import ResponseDroppingProxy
-from hostile_frames import fetch, metadata, produce, record_batch
+from faultproxy import KafkaProxy
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KpTopicPartition
 from kafka.protocol.admin import AlterConfigsRequest, CreateTopicsRequest, DeleteTopicsRequest
@@ -43,7 +42,7 @@ from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafkaclients import consume_confluent, produce_confluent
 from kafkaref import KafkaBroker, missing_tools
-from rawclient import RawConnection
+from rawclient import RawConnection, fetch, metadata, produce, record_batch
 from test_groups_protocol import commit as group_commit
 from test_groups_protocol import describe as describe_group
 from test_groups_protocol import heartbeat, join, subscription, sync
@@ -84,13 +83,13 @@ Observations = dict[str, Any]
 # ---- the two brokers -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kafka_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, ResponseDroppingProxy]]:
+def kafka_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, KafkaProxy]]:
     """Apache Kafka with SETTINGS, plus a FLAKY listener reached through a produce-response-dropping proxy."""
     missing = missing_tools()
     if missing:
         pytest.skip(missing)
     upstream = free_port()
-    proxy = ResponseDroppingProxy(upstream, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
+    proxy = KafkaProxy(upstream, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka-ref"), settings=SETTINGS,
                          extra_listeners={"FLAKY": (upstream, f"127.0.0.1:{proxy.port}")})
     try:
@@ -101,7 +100,7 @@ def kafka_and_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
 
 
 @pytest.fixture(scope="module")
-def kafka(kafka_and_proxy: tuple[KafkaBroker, ResponseDroppingProxy]) -> KafkaBroker:
+def kafka(kafka_and_proxy: tuple[KafkaBroker, KafkaProxy]) -> KafkaBroker:
     return kafka_and_proxy[0]
 
 
@@ -832,7 +831,7 @@ def test_idempotent_producer_retries(both):
 PRODUCE = 0
 
 
-def flaky_produce_scenario(direct: str, flaky: str, proxy: ResponseDroppingProxy, name: str) -> Observations:
+def flaky_produce_scenario(direct: str, flaky: str, proxy: KafkaProxy, name: str) -> Observations:
     """confluent-kafka, idempotent, through `flaky`: retried batches must not duplicate anything."""
     admin = admin_for(direct)
     create(admin, name, 2)
@@ -858,7 +857,7 @@ def test_idempotent_producer_retries_through_a_flaky_link(kafka_and_proxy, tmp_p
     name = f"d-{uuid.uuid4().hex[:8]}"
     observed_kafka = flaky_produce_scenario(kafka.bootstrap, f"127.0.0.1:{kafka_proxy.port}", kafka_proxy, name)
     port = free_port()
-    proxy = ResponseDroppingProxy(port, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
+    proxy = KafkaProxy(port, drop_api_key=PRODUCE, probability=0.2, max_drops=15)
     strata = BrokerProcess(tmp_path / "strata", port=port, settings=SETTINGS, advertise=f"127.0.0.1:{proxy.port}")
     try:
         strata.start()

@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile_frames as hf
 import pytest
+import rawclient as rc
 from brokerproc import BrokerProcess, free_port
 from fuzz_auth import proc_rss_kb
 from waiting import wait_until
@@ -49,12 +49,12 @@ def client_ids(text: str, topic: str) -> set[str]:
 
 
 def produce_as(port: int, topic: str, client_ids_: list[str]) -> None:
-    with hf.connect(port) as sock:
-        sock.sendall(hf.encode(hf.metadata([topic]), correlation_id=-1))  # auto-creates the topic
-        assert not hf.outcome(sock, 1).closed
+    with rc.connect(port) as sock:
+        sock.sendall(rc.encode(rc.metadata([topic]), correlation_id=-1))  # auto-creates the topic
+        assert not rc.outcome(sock, 1).closed
         for i, client_id in enumerate(client_ids_):
-            sock.sendall(hf.encode(hf.produce(topic, hf.record_batch(1)), correlation_id=i, client_id=client_id))
-            assert not hf.outcome(sock, 1).closed
+            sock.sendall(rc.encode(rc.produce(topic, rc.record_batch(1)), correlation_id=i, client_id=client_id))
+            assert not rc.outcome(sock, 1).closed
 
 
 def test_metrics_need_the_bearer_token(mbroker: BrokerProcess) -> None:

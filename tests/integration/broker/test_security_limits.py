@@ -10,8 +10,8 @@ import struct
 import time
 from collections.abc import Iterator
 
-import hostile_frames as hf
 import pytest
+import rawclient as rc
 from brokerproc import BrokerProcess
 
 
@@ -80,7 +80,7 @@ def test_idle_connections_and_slowloris_do_not_starve_a_client(broker_factory, m
     idle = [connect_from(proc.port, "127.0.0.2") for _ in range(2000)]
     # Slowloris: announce a request and trickle it a byte at a time; and a frame-length prefix cut short.
     lorises = [connect_from(proc.port, "127.0.0.3") for _ in range(50)]
-    frame = hf.encode(hf.metadata(None, version=9))
+    frame = rc.encode(rc.metadata(None, version=9))
     for sock in lorises:
         sock.sendall(frame[:6])
     try:
@@ -98,7 +98,7 @@ def test_idle_connections_and_slowloris_do_not_starve_a_client(broker_factory, m
                 pass
         closed = 0
         for sock in lorises:
-            closed += hf.wait_closed(sock, 5.0)
+            closed += rc.wait_closed(sock, 5.0)
         assert closed == len(lorises)
         assert proc.alive()
         assert rss_kb(proc.pid) - base_rss < 200_000, "2,000 idle connections cost more than 200 MB"
@@ -117,11 +117,11 @@ def test_per_ip_and_total_connection_caps(broker_factory, topic_name: str) -> No
     try:
         time.sleep(0.3)
         extra = connect_from(proc.port, "127.0.0.2")
-        assert hf.wait_closed(extra, 5.0), "the 11th connection from one IP was not refused"
+        assert rc.wait_closed(extra, 5.0), "the 11th connection from one IP was not refused"
         extra.close()
         # Another address is not affected by that one's cap.
         with connect_from(proc.port, "127.0.0.3") as other:
-            assert not hf.wait_closed(other, 0.5)
+            assert not rc.wait_closed(other, 0.5)
         time.sleep(0.5)  # (the broker has noticed that one went away)
         for i in (3, 4):
             for _ in range(10):
@@ -129,9 +129,9 @@ def test_per_ip_and_total_connection_caps(broker_factory, topic_name: str) -> No
                 time.sleep(0.01)
         time.sleep(0.5)
         over = connect_from(proc.port, "127.0.0.9")
-        assert hf.wait_closed(over, 5.0), "a connection over max.connections was not refused"
+        assert rc.wait_closed(over, 5.0), "a connection over max.connections was not refused"
         over.close()
-        assert all(not hf.wait_closed(sock, 0.01) for sock in held), "a connection under the caps was refused"
+        assert all(not rc.wait_closed(sock, 0.01) for sock in held), "a connection under the caps was refused"
     finally:
         for sock in held:
             sock.close()
@@ -141,18 +141,18 @@ def test_per_ip_and_total_connection_caps(broker_factory, topic_name: str) -> No
 
 def test_unauthenticated_connections_are_timed_out(broker_factory) -> None:  # type: ignore[no-untyped-def]
     proc: BrokerProcess = broker_factory({"request.timeout.ms": "1000"}, listeners={"SASL_PLAINTEXT": None})
-    with hf.connect(proc.listeners["SASL_PLAINTEXT"]) as sock:
-        sock.sendall(hf.encode(hf.api_versions(3)))
+    with rc.connect(proc.listeners["SASL_PLAINTEXT"]) as sock:
+        sock.sendall(rc.encode(rc.api_versions(3)))
         t0 = time.monotonic()
-        assert hf.wait_closed(sock, 5.0)
+        assert rc.wait_closed(sock, 5.0)
         assert time.monotonic() - t0 < 3.0
     # An idle authenticated-by-default plaintext connection is left alone (connections.max.idle.ms).
-    with hf.connect(proc.port) as sock:
-        assert not hf.wait_closed(sock, 1.5)
+    with rc.connect(proc.port) as sock:
+        assert not rc.wait_closed(sock, 1.5)
 
 
 def test_a_frame_length_alone_does_not_pin_a_connection(broker_factory) -> None:  # type: ignore[no-untyped-def]
     proc: BrokerProcess = broker_factory({"request.timeout.ms": "1000"})
-    with hf.connect(proc.port) as sock:
+    with rc.connect(proc.port) as sock:
         sock.sendall(struct.pack(">i", 1000))
-        assert hf.wait_closed(sock, 5.0)
+        assert rc.wait_closed(sock, 5.0)

@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile_frames as hf
 import pytest
+import rawclient as rc
 import secutil
 from brokerproc import BrokerProcess
 from kafka.protocol.metadata import MetadataRequest
@@ -176,29 +176,29 @@ def test_metadata_advertises_the_listener_the_client_used(sbroker: BrokerProcess
 # ---- what an unauthenticated connection gets -------------------------------------------------------
 
 
-def _exchange(port: int, requests: list, expect: int | None = None) -> hf.Outcome:
-    data = b"".join(hf.encode(r, correlation_id=i + 1) for i, r in enumerate(requests))
-    with hf.connect(port) as sock:
-        hf.send_all(sock, data)
-        return hf.outcome(sock, len(requests) if expect is None else expect, 5.0)
+def _exchange(port: int, requests: list, expect: int | None = None) -> rc.Outcome:
+    data = b"".join(rc.encode(r, correlation_id=i + 1) for i, r in enumerate(requests))
+    with rc.connect(port) as sock:
+        rc.send_all(sock, data)
+        return rc.outcome(sock, len(requests) if expect is None else expect, 5.0)
 
 
 def _metadata() -> MetadataRequest:
-    return hf.metadata(None, version=9, allow_auto=False)
+    return rc.metadata(None, version=9, allow_auto=False)
 
 
 def test_unauthenticated_gets_only_api_versions_and_handshake(sbroker: BrokerProcess) -> None:
     port = sbroker.listeners["SASL_PLAINTEXT"]
     # ApiVersions is answered; Metadata before authenticating closes the connection, unanswered.
-    result = _exchange(port, [hf.api_versions(3), _metadata()])
+    result = _exchange(port, [rc.api_versions(3), _metadata()])
     assert len(result.frames) == 1 and result.closed
-    assert hf.decode_api_versions(result.frames[0], version=3).error_code == 0
+    assert rc.decode_api_versions(result.frames[0], version=3).error_code == 0
     # The handshake is answered, but it authenticates nothing: Metadata still closes the connection.
     result = _exchange(port, [SaslHandshakeRequest(version=1, mechanism="PLAIN"), _metadata()])
     assert len(result.frames) == 1 and result.closed
     assert SaslHandshakeResponse.decode(result.frames[0], version=1, header=True).error_code == 0
     # Produce, Fetch, CreateTopics: nothing.
-    for request in [hf.produce("x", hf.record_batch()), hf.fetch("x"), hf.create_topics("x")]:
+    for request in [rc.produce("x", rc.record_batch()), rc.fetch("x"), rc.create_topics("x")]:
         result = _exchange(port, [request], expect=1)
         assert result.closed and not result.frames
     # An unknown mechanism is refused, with the list of those enabled.
@@ -248,10 +248,10 @@ def test_sasl_handshake_on_a_plaintext_listener_is_refused(sbroker: BrokerProces
 
 def test_pre_auth_frames_are_size_limited(sbroker: BrokerProcess) -> None:
     port = sbroker.listeners["SASL_PLAINTEXT"]
-    big = hf.raw_frame(18, 3, 1, b"\x00" * (600 * 1024))  # over sasl.server.max.receive.size
-    with hf.connect(port) as sock:
-        hf.send_all(sock, big)
-        assert hf.wait_closed(sock, 5.0)
+    big = rc.raw_frame(18, 3, 1, b"\x00" * (600 * 1024))  # over sasl.server.max.receive.size
+    with rc.connect(port) as sock:
+        rc.send_all(sock, big)
+        assert rc.wait_closed(sock, 5.0)
 
 
 # ---- credentials: reload and the admin API ---------------------------------------------------------

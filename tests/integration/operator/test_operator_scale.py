@@ -1,6 +1,6 @@
 """Issue 27, the idle cost of the control plane: `strata operator` as a real process against the
 emulated Kubernetes API (tests/support/kmockserver.py) and a real broker, with Kafka requests counted on the
-wire in front of the broker (tests/support/countingproxy.py) and Kubernetes requests counted by the emulator.
+wire in front of the broker (tests/support/faultproxy.py) and Kubernetes requests counted by the emulator.
 
 Proved here: the emulator looks objects up by key (thousands of objects stay quick); with nothing
 changing, the operator's timers cost a shared snapshot per broker, not requests per resource, and no
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from brokerproc import BrokerProcess
-from countingproxy import CountingProxy, RefusingListener
+from faultproxy import KafkaProxy, RefusingListener
 from kmockserver import KubeEmulatorProcess
 from test_operator_reconcile import API, cond, eventually
 
@@ -85,7 +85,7 @@ def test_emulator_looks_objects_up_by_key(kube):
 
 def test_idle_operator_costs_a_snapshot_per_broker_and_no_writes(kube, tmp_path):
     broker = BrokerProcess(tmp_path / "broker", settings={"auto.create.topics.enable": "false"})
-    proxy = CountingProxy(broker.port)
+    proxy = KafkaProxy(broker.port)
     broker.advertise = f"127.0.0.1:{proxy.port}"
     broker.start()
     proc = start_operator(tmp_path, kube)

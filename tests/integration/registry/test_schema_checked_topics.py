@@ -9,8 +9,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import hostile_frames
 import pytest
+import rawclient
 from brokerproc import BrokerProcess
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -105,7 +105,7 @@ def test_the_refusal_names_the_record(stack):
         builder.append(i, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
     conn = RawConnection(broker.bootstrap)
     try:
-        response = conn.request(hostile_frames.produce(topic, bytes(builder.build()), version=8, acks=-1))
+        response = conn.request(rawclient.produce(topic, bytes(builder.build()), version=8, acks=-1))
     finally:
         conn.close()
     part = response.responses[0].partition_responses[0]
@@ -117,7 +117,7 @@ def test_the_refusal_names_the_record(stack):
         builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
                                             producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
         builder.append(0, timestamp=int(time.time() * 1000), key=None, value=framed(4242), headers=[])
-        response = conn.request(hostile_frames.produce(topic, bytes(builder.build()), version=8, acks=-1))
+        response = conn.request(rawclient.produce(topic, bytes(builder.build()), version=8, acks=-1))
     finally:
         conn.close()
     part = response.responses[0].partition_responses[0]
@@ -179,14 +179,14 @@ def test_a_corrupt_batch_on_a_checked_topic_is_refused_not_fatal(stack):
             batch = bytearray(builder.build())
             for pos in range(70, len(batch), 97):  # damage the records (and so the CRC)
                 batch[pos] ^= 0xFF
-            response = conn.request(hostile_frames.produce(topic, bytes(batch), version=8, acks=-1))
+            response = conn.request(rawclient.produce(topic, bytes(batch), version=8, acks=-1))
             part = response.responses[0].partition_responses[0]
             assert part.error_code in (2, 87), (codec, part)  # CORRUPT_MESSAGE or INVALID_RECORD
         # The connection still serves a good batch.
         builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
                                             producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
         builder.append(0, timestamp=int(time.time() * 1000), key=None, value=framed(schema_id), headers=[])
-        response = conn.request(hostile_frames.produce(topic, bytes(builder.build()), version=8, acks=-1))
+        response = conn.request(rawclient.produce(topic, bytes(builder.build()), version=8, acks=-1))
         assert response.responses[0].partition_responses[0].error_code == 0
     finally:
         conn.close()
