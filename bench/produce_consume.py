@@ -623,7 +623,7 @@ def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binar
     finally:
         rc = strata.stop()
         if rc not in (0, None):
-            note(f"[red]{name} exited with {rc}[/red]; log tail:\n{strata.tail_log()}")
+            note(f"[red]{name} exited with {rc}[/red]; log tail:\n{strata.log_tail()}")
         broker_log = strata.log_path.read_text(errors="replace").splitlines()
         problems = [line for line in broker_log if not line.startswith("====") and (
             " ERROR " in line or " WARNING " in line or "Traceback" in line)]
@@ -710,7 +710,7 @@ def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
                      "flush policy (no log.flush.* set: no fsync on produce, the OS writes back)")
     except Exception as exc:  # a broken comparison broker must not hide Strata's figures
         note(f"kafka FAILED: {exc!r}")
-        return None, f"FAILED: {exc!r}; log tail: {kafka.tail_log(5)}"
+        return None, f"FAILED: {exc!r}; log tail: {kafka.log_tail(5)}"
     finally:
         kafka.stop()
         if not args.keep:
@@ -800,7 +800,7 @@ def main() -> int:
                     tansu_res = run_suite(tansu, args, perf_binary)
                     tansu_note = f"{binary}, memory storage engine"
                 except Exception as exc:  # a broken comparison broker must not hide Strata's figures
-                    tansu_note = f"FAILED: {exc!r}; log tail: {tansu.tail_log(5)}"
+                    tansu_note = f"FAILED: {exc!r}; log tail: {tansu.log_tail(5)}"
                     note(tansu_note)
                 finally:
                     tansu.stop()
