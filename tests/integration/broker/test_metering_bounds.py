@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import metrics
 import pytest
 import rawclient as rc
 from brokerproc import BrokerProcess, free_port
@@ -32,12 +33,7 @@ def mbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
 
 
 def scrape(proc: BrokerProcess, token: str | None = TOKEN) -> str:
-    port = int(proc.settings["metrics.listen"].rpartition(":")[2])
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.read().decode()
+    return metrics.scrape(proc.settings["metrics.listen"], token)
 
 
 def client_ids(text: str, topic: str) -> set[str]:

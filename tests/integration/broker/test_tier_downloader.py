@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import signal
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import confluent_kafka
 import pytest
 from brokerproc import free_port
 from kafkaclients import consume_confluent, create_topic
+from metrics import samples, scrape
 from s3server import CREDENTIALS, S3Bucket
 from strata_broker.tier.downloader import ChunkDownloader, Part
 from strata_broker.tier.store import ObjectStore, S3Unavailable
@@ -175,9 +175,8 @@ READY = "strata_tier_downloader_ready"
 
 
 def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
-    return values[0] if values else float("nan")
+    """One sample of the broker's /metrics; NaN while the broker does not export it."""
+    return samples(scrape(port)).get(name, float("nan"))
 
 
 def children(pid: int) -> list[int]:

@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafkaclients import NUMBERED_SIZE as RECORD
 from kafkaclients import NUMBERED_TS0 as TS0
 from kafkaclients import consume_confluent, create_topic, produce_numbered
-from metrics import metric
+from metrics import metric, scrape
 from s3server import CREDENTIALS, TIERED
 from waiting import wait_until
 
@@ -128,7 +128,6 @@ def test_s3_durability_survives_losing_the_disk(broker_factory, topic_name, s3):
 
 def test_s3_outage_keeps_producing_on_disk_and_catches_up(broker_factory, topic_name, s3):
     import threading
-    import urllib.request
 
     from brokerproc import free_port
     from s3faults import S3FaultProxy
@@ -176,7 +175,7 @@ def test_s3_outage_keeps_producing_on_disk_and_catches_up(broker_factory, topic_
                 check_nothing_dropped()
                 assert remote_end() == frozen, "an upload landed through a dead endpoint"
                 time.sleep(1)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        metrics = scrape(metrics_port)
         assert "strata_s3_healthy 0.0" in metrics
         lag = [line for line in metrics.splitlines() if line.startswith("strata_tier_upload_lag_offsets{")]
         assert lag and float(lag[0].split()[-1]) > 0
@@ -194,7 +193,7 @@ def test_s3_outage_keeps_producing_on_disk_and_catches_up(broker_factory, topic_
     records = consume_confluent(broker.bootstrap, topic_name, 1, expected=len(acked), timeout=120)
     stored = {r.offset: r.value for r in records}
     assert all(stored.get(offset) == value for value, offset in acked.items())
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    metrics = scrape(metrics_port)
     assert "strata_s3_healthy 1.0" in metrics
     proxy.close()
 
