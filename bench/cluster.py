@@ -153,9 +153,9 @@ class ClusterRig:
         for i in range(brokers):
             data = root / f"broker-{i}"
             data.mkdir()
-            broker = strata_broker(data, free_port(), root / f"broker-{i}.log", *settings)
             # Same command line as every bench broker, plus an id and INFO logs (the take-over lines).
-            broker.argv += ["--broker-id", str(i), "--log-level", "INFO"]
+            broker = strata_broker(data, free_port(), root / f"broker-{i}.log", *settings, broker_id=i,
+                                   log_level="INFO")
             self.brokers.append(broker)
         self.controller: subprocess.Popen[bytes] | None = None
         self.controller_log = root / "controller.log"

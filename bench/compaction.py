@@ -14,12 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
 import confluent_kafka
 from _common import HOST, create_topic, free_port, strata_broker, wait_for_port
+from metrics import samples, scrape
 from rich.console import Console
 from rich.table import Table
 
@@ -72,11 +72,9 @@ def produce(bootstrap: str, topic: str, records: int, keys: int, value_bytes: in
 
 
 def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    return 0.0
+    """A counter or gauge of the broker's /metrics (tests/support/metrics.py), 0 when not exported."""
+    values = samples(scrape(port))
+    return values.get(name, values.get(name + "_total", 0.0))
 
 
 def wait_settled(port: int, prefix: str, timeout: float) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """A bare Fetch loop: how fast a broker serves a partition's bytes, with almost no client cost.
 
-A replication follower's view of the broker: one Fetch in flight, every partition of the topic in
-each request, the record sets decoded by kafka-python's FetchResponse codec and then only their
-batch headers read (base offset, length, last offset delta) to know where the next fetch starts.
+A replication follower's view of the broker: one Fetch in flight (on the tests' raw-frame client,
+tests/support/rawclient.py), every partition of the topic in each request, the record sets decoded
+by kafka-python's FetchResponse codec and then only their batch headers read (base offset, length,
+last offset delta) to know where the next fetch starts.
 No record is parsed and no CRC is checked, so on a small machine the figure is what the broker
 can serve, not what a full consumer client can parse (confluent-kafka's consumer costs about as
 much CPU per byte as the broker itself).
@@ -10,36 +11,15 @@ much CPU per byte as the broker itself).
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 
 from kafka.protocol.consumer import FetchRequest, FetchResponse
+from rawclient import RawConnection  # tests/support, on sys.path through bench/_common.py
 
 _BATCH_HEAD = struct.Struct(">qi")  # base offset, batch length (bytes after these 12)
 _LAST_DELTA_AT = 23  # int32 last offset delta: base(8) length(4) leader epoch(4) magic(1) crc(4) attrs(2)
 _VERSION = 11
-
-
-class _Receiver:
-    """Reads whole frames into one reused buffer: a fresh multi-MB buffer per response costs this
-    small VM more in page faults than the receive itself."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray(1 << 20)
-
-    def read_exact(self, n: int) -> memoryview:
-        if n > len(self.buf):
-            self.buf = bytearray(n)
-        view = memoryview(self.buf)[:n]
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
-            if k == 0:
-                raise ConnectionError("broker closed the connection")
-            got += k
-        return view
 
 
 def _walk(records: bytes) -> tuple[int, int]:
@@ -58,21 +38,16 @@ def _walk(records: bytes) -> tuple[int, int]:
 def fetch_all(bootstrap: str, topic: str, ends: dict[int, int], timeout: float,
               max_bytes: int = 50 << 20, partition_max_bytes: int = 4 << 20) -> tuple[int, float]:
     """Fetch every partition from offset 0 to ends[p]; (record-set bytes received, seconds)."""
-    host, port = bootstrap.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    receiver = _Receiver(sock)
+    connection = RawConnection(bootstrap, timeout=30, client_id="bench-fetcher")
     positions = {p: 0 for p, end in ends.items() if end > 0}
     P = FetchRequest.FetchTopic.FetchPartition
     received = 0
-    correlation = 0
     t0 = time.perf_counter()
     deadline = t0 + timeout
     try:
         while positions:
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"fetch_all: {positions} not done within {timeout:.0f}s")
-            correlation += 1
             request = FetchRequest(version=_VERSION, replica_id=-1, max_wait_ms=500, min_bytes=1, max_bytes=max_bytes,
                                    isolation_level=0, session_id=0, session_epoch=-1,
                                    topics=[FetchRequest.FetchTopic(topic=topic, partitions=[
@@ -80,10 +55,8 @@ def fetch_all(bootstrap: str, topic: str, ends: dict[int, int], timeout: float,
                                          log_start_offset=-1, partition_max_bytes=partition_max_bytes)
                                        for p, offset in sorted(positions.items())])],
                                    forgotten_topics_data=[], rack_id="")
-            request.with_header(correlation_id=correlation, client_id="bench-fetcher")
-            sock.sendall(bytes(request.encode(header=True, framed=True)))
-            (size,) = struct.unpack(">i", receiver.read_exact(4))
-            frame = receiver.read_exact(size)
+            correlation = connection.send(request)
+            frame = connection.read_frame_view()
             # The v11 response header is the correlation id alone. Not decode(header=True): that
             # copies the whole frame into a BytesIO to read those four bytes.
             (answered,) = struct.unpack_from(">i", frame)
@@ -103,4 +76,4 @@ def fetch_all(bootstrap: str, topic: str, ends: dict[int, int], timeout: float,
                         del positions[part.partition_index]
         return received, time.perf_counter() - t0
     finally:
-        sock.close()
+        connection.close()

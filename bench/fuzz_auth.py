@@ -14,12 +14,12 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 import fuzz_auth  # noqa: E402
-import hostile_frames as hf  # noqa: E402
 import secutil  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
+from bystander import Bystander  # noqa: E402
 
 USERS = {"fuzzer": "fuzzer-pw", "bystander": "bystander-pw"}
 
@@ -35,7 +35,7 @@ def main() -> int:
         "auto.create.topics.enable": "true", "num.partitions": "1", "sasl.credentials.file": str(base / "users.json"),
         "authorizer.enable": "true", "super.users": "User:fuzzer;User:bystander"}).start()
     port = proc.listeners["SASL_PLAINTEXT"]
-    client = hf.Bystander(proc.address("SASL_PLAINTEXT"), f"bystander-{uuid.uuid4().hex[:8]}",
+    client = Bystander(proc.address("SASL_PLAINTEXT"), f"bystander-{uuid.uuid4().hex[:8]}",
                           security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                           sasl_plain_username="bystander", sasl_plain_password=USERS["bystander"])
     ok = True

@@ -436,7 +436,7 @@ def main() -> int:
         note(f"strata-broker pid {broker.proc.pid} on {broker.bootstrap}")
         run(args, broker, res)
     except Exception as exc:  # noqa: BLE001
-        note(f"FAILED: {exc!r}; broker log tail:\n{broker.tail_log()}")
+        note(f"FAILED: {exc!r}; broker log tail:\n{broker.log_tail()}")
         args.keep = True
         rc = 1
     finally:

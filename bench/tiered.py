@@ -48,13 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))  # metrics, rawclient
 
+import metrics  # noqa: E402  (tests/support/metrics.py)
 from _common import HOST, Broker, checkout_broker, create_topic, free_port, strata_broker  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from fetcher import fetch_all  # noqa: E402
@@ -417,16 +418,9 @@ def variant_settings(spec: str) -> list[str]:
 def scrape(metrics_port: int) -> dict[str, float]:
     """The broker's /metrics as {sample name with labels: value} ({} while it does not answer yet)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        return metrics.samples(metrics.scrape(metrics_port))
     except OSError:
         return {}
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def start_ready(broker: Broker, metrics_port: int, settings: list[str], warm: str, warm_ends: dict[int, int],

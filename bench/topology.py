@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import headless  # noqa: E402  (tests/headless.py: the Chromium driver the browser tests use)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+import headless  # noqa: E402  (tests/support/headless.py: the Chromium driver the browser tests use)
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 VALUE = 1024

@@ -11,19 +11,24 @@ from s3server import S3Bucket, S3Server
 
 # The longest modules, run first. `make test` spreads whole modules over pytest-xdist workers in
 # collection order (--dist loadfile --no-loadscope-reorder): started early, these overlap the many
-# short ones instead of running alone at the end. Everything else keeps pytest's order.
-LONG_MODULES_FIRST = ("test_cluster", "test_operator_tenancy", "test_images", "test_tiered", "test_kafka_differential",
-                      "test_compaction", "test_operator_reconcile", "test_schema_registry",
-                      "test_operator_security", "test_security_sasl", "test_groups_clients",
-                      "test_operator_costreport", "test_security_limits", "test_hostile", "test_idempotence",
-                      "test_durability", "test_security_acl", "test_security_quota", "test_local_stack",
-                      "test_cli_tier")
+# short ones instead of running alone at the end. Everything else keeps pytest's order. Paths are
+# relative to tests/, without ".py".
+LONG_MODULES_FIRST = ("integration/broker/test_cluster", "integration/operator/test_operator_tenancy",
+                      "integration/packaging/test_images", "integration/broker/test_tiered",
+                      "integration/broker/test_kafka_differential", "integration/broker/test_compaction",
+                      "integration/operator/test_operator_reconcile", "integration/registry/test_schema_registry",
+                      "integration/operator/test_operator_security", "integration/broker/test_security_sasl",
+                      "integration/broker/test_groups_clients", "integration/operator/test_operator_costreport",
+                      "integration/broker/test_security_limits", "integration/broker/test_hostile",
+                      "integration/broker/test_idempotence", "integration/broker/test_durability",
+                      "integration/broker/test_security_acl", "integration/broker/test_security_quota",
+                      "integration/cli/test_local_stack", "integration/cli/test_cli_tier")
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _module_rank(item: pytest.Item) -> int:
-    stem = item.path.stem
-    return next((i for i, prefix in enumerate(LONG_MODULES_FIRST) if stem.startswith(prefix)),
-                len(LONG_MODULES_FIRST))
+    module = item.path.relative_to(TESTS_DIR).with_suffix("").as_posix()
+    return LONG_MODULES_FIRST.index(module) if module in LONG_MODULES_FIRST else len(LONG_MODULES_FIRST)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -79,7 +84,7 @@ def s3(s3_server: S3Server) -> S3Bucket:
 
 @pytest.fixture(scope="module")
 def kafka_ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """Apache Kafka (tests/kafkaref.py: fetched with Maven on first use), one per module that asks.
+    """Apache Kafka (tests/support/kafkaref.py: fetched with Maven on first use), one per module that asks.
 
     Skipped, with the reason, only when java or mvn is not installed.
     """

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,13 +256,24 @@ def broker_env() -> dict[str, str]:
     return env
 
 
+def broker_argv(data_dir: str | os.PathLike[str], listen: str | Sequence[str], settings: Mapping[str, str],
+                extra_args: Sequence[str] = ()) -> list[str]:
+    """The command line of one broker: `python -m strata_broker.cli --data-dir D --listen L... [extra]
+    --set K=V...`. The one way a broker process is started here, in the tests (tests/support/brokerproc.py)
+    and in bench/."""
+    cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(data_dir)]
+    for address in [listen] if isinstance(listen, str) else listen:
+        cmd += ["--listen", address]
+    cmd += extra_args
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
 def start_broker(data_dir: Path, port: int, settings: dict[str, str], extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`python -m strata_broker.cli` on 127.0.0.1:port with `--set` settings (not waited for)."""
-    cmd = [sys.executable, "-m", "strata_broker.cli", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-           *extra_args]
-    for key, value in settings.items():
-        cmd += ["--set", f"{key}={value}"]
+    cmd = broker_argv(data_dir, f"127.0.0.1:{port}", settings, extra_args)
     return subprocess.Popen(cmd, env=env or broker_env(), stdin=subprocess.DEVNULL, start_new_session=True,
                             preexec_fn=_die_with_parent)
 

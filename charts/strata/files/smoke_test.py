@@ -1,7 +1,7 @@
 """`helm test`: produce one record to the installed broker and consume it back.
 
 Usage: python smoke_test.py BOOTSTRAP TOPIC [TIMEOUT_SECONDS]. Runs in the broker image (which
-carries confluent-kafka); tests/test_chart.py also runs it against a local broker. Credentials, when
+carries confluent-kafka); tests/integration/operator/test_chart.py also runs it against a local broker. Credentials, when
 the broker authenticates, come from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME
 and KAFKA_SASL_PASSWORD, and over TLS the CA file from KAFKA_SSL_CA_LOCATION (the names a Microservice's
 Secret uses).

@@ -1,0 +1,254 @@
+"""kmock's Kubernetes emulator as its own process, plus a tiny synchronous client for tests.
+
+The emulator stores objects and serves list/watch/get/create/patch/delete; it does not implement
+metadata.generation, the spec/status split, pruning or CEL (those are tested separately).
+Server-side apply (PATCH as application/apply-patch+yaml, what the operator writes its objects with)
+is emulated as a merge patch that creates a missing object: field managers, managedFields, conflicts
+and the removal of fields an applier stops sending are tested against a real API server only
+(tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds.
+A create with only metadata.generateName gets a unique name, as from the API server (kopf's Events).
+
+Made to scale to thousands of objects (bench/operator_scale.py): a get, patch, delete or create looks
+its object up by key (kmock scans every stored object), a request is matched against the reactions on
+its own (kmock scans every request it ever logged), and requests are counted, not kept. GET
+/_kmock/stats answers {"requests": n, "byMethod": {...}} (not counted itself): what the benchmark reads.
+Run: python tests/support/kmockserver.py  -> prints the server URL on stdout, serves until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+NAMESPACED = {
+    "v1/events": "Event", "v1/secrets": "Secret", "v1/serviceaccounts": "ServiceAccount",
+    "v1/configmaps": "ConfigMap", "v1/services": "Service", "v1/pods": "Pod",
+    "apps/v1/deployments": "Deployment", "apps/v1/statefulsets": "StatefulSet",
+    "policy/v1/poddisruptionbudgets": "PodDisruptionBudget", "v1/persistentvolumeclaims": "PersistentVolumeClaim",
+    "cert-manager.io/v1/certificates": "Certificate",
+    "strata.dev/v1alpha1/eventbrokers": "EventBroker", "strata.dev/v1alpha1/topics": "Topic",
+    "strata.dev/v1alpha1/microservices": "Microservice", "strata.dev/v1alpha1/costreports": "CostReport",
+    "coordination.k8s.io/v1/leases": "Lease",
+}
+CLUSTER = {"v1/namespaces": "Namespace", "storage.k8s.io/v1/storageclasses": "StorageClass",
+           "apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition"}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+STATS_PATH = "/_kmock/stats"
+
+
+class _CountingLog(list):  # type: ignore[type-arg]
+    """Stands in for kmock's request logs: counts what is appended, keeps nothing (kmock would keep
+    every request forever, and scan them all for each new one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def append(self, item: Any) -> None:
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+def emulator_class() -> type:
+    """kmock's emulator, plus server-side apply as create-or-merge (see the module docstring), with
+    objects looked up by key and requests counted rather than logged."""
+    import aiohttp.web
+    import kmock
+    from kmock._internal import enums, k8s
+
+    current: contextvars.ContextVar[Any] = contextvars.ContextVar("kmock_request", default=None)
+
+    class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        def __attrs_post_init__(self) -> None:
+            super().__attrs_post_init__()
+            self._requests = _CountingLog()
+            self.by_method: collections.Counter[str] = collections.Counter()
+
+        def __iter__(self) -> Any:
+            # kmock asks `request in reaction` by iterating every logged request through the
+            # reaction's filters; the only request worth checking is the one being served.
+            request = current.get()
+            return iter(() if request is None else (request,))
+
+        async def __call__(self, raw_request: Any) -> Any:
+            if raw_request.path == STATS_PATH:
+                return aiohttp.web.json_response({"requests": sum(self.by_method.values()),
+                                                  "byMethod": dict(self.by_method)})
+            watch = raw_request.method == "GET" and raw_request.query.get("watch") in ("true", "1")
+            self.by_method["WATCH" if watch else raw_request.method] += 1
+            for payload in self._payloads:  # the reactions' own request logs: count, do not keep
+                if not isinstance(payload._requests, _CountingLog):
+                    object.__setattr__(payload, "_requests", _CountingLog())
+            return await super().__call__(raw_request)
+
+        def _object(self, request: Any) -> Any:
+            obj = self._objects._objects.get((request.resource, request.namespace, request.name))
+            return None if obj is None else obj
+
+        async def _serve_fetch(self, request: Any) -> Any:
+            obj = self._object(request)
+            if obj is None or obj.deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            return obj.raw
+
+        async def _serve_create(self, request: Any) -> Any:
+            data = request.data or {}
+            key = (request.resource, request.namespace or data.get("metadata", {}).get("namespace"),
+                   request.name or data.get("metadata", {}).get("name"))
+            return self._objects._objects[key].raw
+
+        async def _serve_update(self, request: Any) -> Any:
+            return self._object(request).last.raw
+
+        async def _serve_delete(self, request: Any) -> Any:
+            return self._object(request).last.raw
+
+        async def _serve_list(self, request: Any) -> Any:
+            if request.resource not in self._resources:
+                return await super()._serve_list(request)  # kmock's own lookup, and its 404
+            items = [obj.raw for (resource, namespace, _), obj in self._objects._objects.items()
+                     if resource == request.resource and not obj.deleted
+                     and (request.namespace is None or namespace == request.namespace)]
+            return {"metadata": {"resourceVersion": "..."}, "items": items}
+
+        async def _handle(self, request: Any) -> Any:
+            current.set(request)
+            metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
+            if (request.action == enums.action.CREATE and isinstance(metadata, dict)
+                    and not metadata.get("name") and metadata.get("generateName")):
+                # As the API server does (kopf names its Events so): a unique name from the prefix.
+                metadata["name"] = f"{metadata['generateName']}{uuid.uuid4().hex[:5]}"
+            if (request.action == enums.action.UPDATE and request.name is not None
+                    and "apply-patch" in (request.headers.get("Content-Type") or "")
+                    and isinstance(request.data, dict)):
+                key = (request.resource, request.namespace, request.name)
+                async with self._lock:  # apply to a missing object: create it first, then merge as usual
+                    if key not in self._objects or self._objects[key].deleted:
+                        data = dict(request.data)
+                        data["metadata"] = {**(data.get("metadata") or {}), "name": request.name,
+                                            **({"namespace": request.namespace} if request.namespace else {})}
+                        if key not in self._objects:
+                            self._objects[key] = data
+                        else:
+                            self._objects[key].create(data)
+                        await self._buses[request.resource].put({"type": "ADDED",
+                                                                 "object": self._objects[key].last.raw})
+            return await super()._handle(request)
+
+    return Emulator
+
+
+async def serve() -> None:
+    import kmock
+
+    emulator = emulator_class()()
+    for key, kind in {**NAMESPACED, **CLUSTER}.items():
+        emulator.resources[key] = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=key in NAMESPACED,
+                                                     verbs=VERBS)
+    async with emulator, kmock.Server(emulator) as server:
+        print(str(server.url).rstrip("/"), flush=True)
+        await asyncio.Event().wait()
+
+
+PLURALS = {kind: key for key, kind in {**NAMESPACED, **CLUSTER}.items()}
+
+
+class KubeEmulatorProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> KubeEmulatorProcess:
+        self.proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE,
+                                     stderr=open(self.workdir / "kmock.log", "w"), text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError(f"kmock did not start: {(self.workdir / 'kmock.log').read_text()}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kubeconfig(self) -> Path:
+        path = self.workdir / "kubeconfig.yaml"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "test"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}],
+        }))
+        return path
+
+    # -- a minimal client ----------------------------------------------------------------
+
+    def _path(self, kind: str, namespace: str | None, name: str | None = None) -> str:
+        key = PLURALS[kind]
+        group_version, plural = key.rsplit("/", 1)
+        base = f"/api/{group_version}" if group_version == "v1" else f"/apis/{group_version}"
+        return base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}" + (f"/{name}" if name else "")
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/merge-patch+json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        md = obj.setdefault("metadata", {})
+        if obj["kind"] != "StorageClass":  # cluster-scoped, created without a namespace in its path
+            md.setdefault("namespace", "default")
+        md.setdefault("uid", f"uid-{md.get('namespace', '')}-{md['name']}-{time.monotonic_ns()}")
+        md.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        md.setdefault("generation", 1)
+        md.setdefault("resourceVersion", "1")  # kopf's JSON patches test it; the emulator never bumps it
+        return self.request("POST", self._path(obj["kind"], md.get("namespace")), obj, "application/json")
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> Any:
+        return self.request("GET", self._path(kind, namespace, name))
+
+    def list(self, kind: str, namespace: str | None = "default") -> list[Any]:
+        return (self.request("GET", self._path(kind, namespace)) or {}).get("items", [])
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "default") -> Any:
+        return self.request("PATCH", self._path(kind, namespace, name), body)
+
+    def patch_spec(self, kind: str, name: str, spec: dict[str, Any], namespace: str = "default") -> Any:
+        """A spec change, as the API server would record it: generation + 1."""
+        current = self.get(kind, name, namespace)
+        generation = int(current["metadata"].get("generation", 1)) + 1
+        return self.patch(kind, name, {"spec": spec, "metadata": {"generation": generation}}, namespace)
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> Any:
+        return self.request("DELETE", self._path(kind, namespace, name))
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())
