@@ -14,10 +14,11 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from strata_contract.manifest import RemoteManifest, RemoteSegment
+
 from ..log.cleaner import CleanerStats, IoBudget, due, group_for_merge
 from ..log.compaction import clean, latest_offsets
 from ..log.segment import Segment
-from .manifest import RemoteManifest, RemoteSegment
 from .publish import publish_manifest
 from .store import ObjectStore
 

@@ -15,6 +15,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from strata_contract.layout import (
+    manifest_key,
+    parse_topic_dir,
+    partition_root,
+    producer_ids_key,
+    segment_key,
+    topic_meta_key,
+    topic_root,
+    topics_root,
+)
+from strata_contract.manifest import RemoteManifest, RemoteSegment
 from strata_contract.usage import usage_prefix
 
 from ..errors import ErrorCode, KafkaProtocolError
@@ -32,17 +43,6 @@ from ..log.segment import Segment
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .downloader import ChunkDownloader
-from .layout import (
-    manifest_key,
-    parse_topic_dir,
-    partition_root,
-    producer_ids_key,
-    segment_key,
-    topic_meta_key,
-    topic_root,
-    topics_root,
-)
-from .manifest import RemoteManifest, RemoteSegment
 from .publish import Fenced, publish_manifest
 from .reader import RemoteReader
 from .store import ObjectStore, PreconditionFailed, S3Unavailable

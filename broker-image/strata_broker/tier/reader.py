@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatch
+from strata_contract.manifest import RemoteManifest, RemoteSegment
 
 from ..log.batch import HEADER_SIZE, parse_header
 from .cache import ChunkCache
 from .downloader import ChunkDownloader, Part
-from .manifest import RemoteManifest, RemoteSegment
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from strata_contract.layout import wal_root
+
 from ..errors import ErrorCode, KafkaProtocolError
-from .layout import wal_root
 from .store import ObjectStore
 
 if TYPE_CHECKING:
