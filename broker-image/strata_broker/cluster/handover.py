@@ -43,8 +43,8 @@ from strata_contract.manifest import RemoteManifest
 
 from ..groups.offsets import OFFSETS_TOPIC
 from ..log.files import read_json, write_json_atomic
-from ..tier.manager import seed_partition_dir
 from ..tier.publish import Fenced, publish_manifest
+from ..tier.restore import seed_partition_dir
 from .follower import Held, PartitionKey
 from .lease import PreviousLeader
 
