@@ -29,7 +29,7 @@ from strata_contract.layout import partition_root, producer_ids_key
 from strata_contract.manifest import RemoteManifest
 from strata_contract.usage import usage_prefix
 
-from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
+from ..log.partition import AppendResult, PartitionLog
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .downloader import ChunkDownloader
@@ -209,20 +209,8 @@ class TierManager:
     # ---- the replica layer's remote log (replica/manager.py RemoteLog) -------------------------
 
     def commit(self, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
-        """Answered once the appended batch is in S3 (the commit log). A retried duplicate waits
-        too, and re-sends the stored batch in case its first commit failed."""
-        log_ = self.commit_log
-        topic = plog.topic
-        if not result.duplicate:
-            return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data,
-                               plog.leader_epoch)
-        if log_.durable_offset((topic, plog.partition)) >= result.last_offset:
-            return log_.wait_durable(topic, plog.partition, result.last_offset)
-        try:
-            stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
-        except OffsetInRemoteStorage:
-            return log_.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
-        return log_.commit(topic, plog.partition, result.base_offset, result.last_offset, stored, plog.leader_epoch)
+        """Answered once the appended batch is in S3 (the commit log, wal.py)."""
+        return self.commit_log.commit_append(plog, result)
 
     async def read(self, topic: Topic, plog: PartitionLog, offset: int, max_bytes: int,
                    always_one: bool) -> bytes | memoryview:
