@@ -55,7 +55,7 @@ from produce_consume import cpu_seconds, produce_until, raw_disk_rate  # noqa: E
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
-from strata_broker.cluster.placement import Placement, read_placement  # noqa: E402
+from strata_contract.placement import Placement, read_placement  # noqa: E402
 from tiered import CREDENTIALS, MotoServer, load, raw_get, remote_end, remote_manifests, segment_keys  # noqa: E402
 
 MiB = 1024 * 1024

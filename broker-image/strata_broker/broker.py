@@ -9,6 +9,8 @@ import os
 import resource
 import time
 
+from strata_contract.manifest import RemoteManifest
+
 from .cluster.member import ClusterMember
 from .config import BrokerConfig
 from .groups import GroupCoordinator
@@ -28,7 +30,6 @@ from .security.quotas import QuotaManager
 from .security.sasl import AuthGuard
 from .server import FrameProtocol, serve_connection
 from .tier.manager import TierManager
-from .tier.manifest import RemoteManifest
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from .layout import usage_root
+
 FORMAT_VERSION = 1
 KINDS = ("client", "topic", "s3", "broker", "group")
 S3_OPS = ("PUT", "GET", "LIST", "DELETE")
@@ -94,6 +96,5 @@ class UsageRecord:
 
 
 def usage_prefix(cluster: str, prefix: str = "") -> str:
-    """The key prefix of a cluster's usage files in the bucket."""
-    base = f"{prefix.strip('/')}/clusters/{cluster}/" if prefix.strip("/") else f"clusters/{cluster}/"
-    return base + "usage/"
+    """The key prefix of a cluster's usage files in the bucket (layout.usage_root)."""
+    return usage_root(prefix, cluster)

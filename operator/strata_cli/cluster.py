@@ -23,7 +23,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from strata_broker.cluster.placement import Placement, read_placement
+from strata_contract.placement import Placement, read_placement
 from strata_operator.billing.report import human_bytes
 
 

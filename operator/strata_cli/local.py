@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from strata_contract.s3 import S3Settings, sync_client
 
 BUCKET = "strata-local"
 REGION = "us-east-1"
@@ -91,14 +92,10 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float, wha
 
 
 def s3_client(endpoint: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
-                                      read_timeout=60))
+    """A client of the local S3 endpoint, with the dummy credentials moto takes."""
+    return sync_client(S3Settings(endpoint, REGION, {
+        "aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}))
 
 
 class BucketMirror:

@@ -1,9 +1,10 @@
 """`strata tier ls|scrub`: what a cluster keeps in its bucket, and what it no longer references.
 
-The bucket layout comes from `strata_broker.tier.layout` (the one source of it); this module only
-lists, reads manifests and deletes. S3 access is boto3 with the standard credential chain; when no
-credentials are found at all (a laptop talking to `strata local`'s embedded endpoint), requests are
-sent unsigned, which moto and public buckets accept.
+The bucket layout and the manifest format come from strata_contract (layout.py, manifest.py: the
+one source of them); this module only lists, reads manifests and deletes. The S3 client is
+strata_contract.s3's (botocore) with the standard credential chain; when no credentials are found
+at all (a laptop talking to `strata local`'s embedded endpoint), requests are sent unsigned, which
+moto and public buckets accept.
 
 Options fall back to the broker's own environment variables (`STRATA_TIERED_S3_BUCKET`,
 `..._PREFIX`, `..._ENDPOINT`, `..._REGION`), so one environment serves both.
@@ -29,7 +30,6 @@ snapshots are not touched.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -38,15 +38,20 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from strata_broker.tier.layout import manifest_key, parse_topic_dir, segment_key, topics_root
-from strata_broker.tier.manifest import RemoteManifest
+from strata_contract.layout import (
+    MANIFEST,
+    SEGMENT_SUFFIXES,
+    TOPIC_META,
+    manifest_key,
+    parse_segment_name,
+    parse_topic_dir,
+    topics_root,
+)
+from strata_contract.manifest import RemoteManifest
+from strata_contract.s3 import S3Settings, sync_client
 from strata_operator.billing.report import human_bytes
 
 DEFAULT_CLUSTER = "strata-local"  # the broker's default cluster.id
-SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})(?:-c\d+)?\.(log|index|timeindex)$")  # -cN: compacted
-SEGMENT_SUFFIXES = ("log", "index", "timeindex")
-TOPIC_META = "topic.json"
-MANIFEST = "manifest.json"
 
 
 class TierError(Exception):
@@ -57,16 +62,7 @@ class TierError(Exception):
 
 
 def s3_client(endpoint: str | None, region: str | None) -> Any:
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
-    session = boto3.Session()
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-    if session.get_credentials() is None:
-        config = config.merge(Config(signature_version=UNSIGNED))
-    return session.client("s3", endpoint_url=endpoint or None,
-                          region_name=region or session.region_name or "us-east-1", config=config)
+    return sync_client(S3Settings(endpoint, region, unsigned_if_anonymous=True))
 
 
 @dataclass
@@ -98,9 +94,9 @@ class PartitionObjects:
         """(base, last) of every .log object, sorted (a compacted rewrite and its predecessor count once)."""
         out = set()
         for obj in self.objects:
-            m = SEGMENT_RE.match(obj.name)
-            if m and m.group(3) == "log":
-                out.add((int(m.group(1)), int(m.group(2))))
+            parsed = parse_segment_name(obj.name)
+            if parsed is not None and parsed[3] == "log":
+                out.add((parsed[0], parsed[1]))
         return sorted(out)
 
 
@@ -381,12 +377,8 @@ class ScrubResult:
 
 def _manifest_keys(manifest: RemoteManifest, prefix: str) -> set[str]:
     """Every key a manifest references: its segments' objects, and compaction's not-yet-deletable garbage."""
-    keys = set()
-    for seg in manifest.segments:
-        for suffix in SEGMENT_SUFFIXES:
-            keys.add(seg.key(prefix, suffix) if hasattr(seg, "key")
-                     else segment_key(prefix, seg.base_offset, seg.last_offset, suffix))
-    for item in getattr(manifest, "garbage", None) or []:
+    keys = {seg.key(prefix, suffix) for seg in manifest.segments for suffix in SEGMENT_SUFFIXES}
+    for item in manifest.garbage:
         if item and isinstance(item[0], str):
             # Replaced by compaction; the broker deletes it once no reader can still hold it.
             keys.update((item[0], prefix + item[0]))

@@ -20,6 +20,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from strata_contract.layout import cluster_root
+from strata_contract.s3 import S3Settings, async_client
+
 from . import logic, resources
 from .billing import BillingError, allocation, ownership, prices, report, usage
 from .crds import API_VERSION
@@ -141,7 +144,7 @@ class UsageSource:
 
     def report_keys(self, namespace: str, name: str, period: str) -> dict[str, str]:
         """ext -> key: `[<prefix>/]clusters/<cluster>/reports/<namespace>/<name>/<period>.<ext>`."""
-        base = usage.usage_prefix(self.cluster, self.prefix).removesuffix("usage/")
+        base = cluster_root(self.prefix, self.cluster)
         return {ext: f"{base}reports/{namespace}/{name}/{period}.{ext}" for ext in ("json", "html", "csv")}
 
 
@@ -174,7 +177,7 @@ def usage_source(costreport: dict[str, Any], broker: dict[str, Any]) -> UsageSou
 
 
 def credentials(secret: Secret | None, obj: dict[str, Any] | None) -> dict[str, str]:
-    """aiobotocore client arguments from the Secret (none: the operator's own identity)."""
+    """S3 client credentials (strata_contract.s3.S3Settings) from the Secret (none: the operator's own identity)."""
     if secret is None:
         return {}
     if obj is None:
@@ -329,12 +332,7 @@ def _topology_svg(usage_set: usage.UsageSet, model: prices.PriceModel, owners: o
 
 
 def _client(source: UsageSource, creds: dict[str, str]) -> Any:
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-
-    config = AioConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2})
-    return get_session().create_client("s3", endpoint_url=source.endpoint, region_name=source.region,
-                                       config=config, **creds)
+    return async_client(S3Settings(source.endpoint, source.region, creds, read_timeout=30, max_attempts=2))
 
 
 async def read_usage(source: UsageSource, creds: dict[str, str], start: date, end: date) -> usage.UsageSet:
@@ -344,16 +342,8 @@ async def read_usage(source: UsageSource, creds: dict[str, str], start: date, en
     texts: list[tuple[str, str]] = []
     try:
         async with _client(source, creds) as client:
-            keys: list[str] = []
-            for key_prefix in usage.day_prefixes(source.cluster, start, end, source.prefix):
-                paginator = client.get_paginator("list_objects_v2")
-                async for page in paginator.paginate(Bucket=source.bucket, Prefix=key_prefix):
-                    keys.extend(o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl"))
-            for key in sorted(keys):
-                response = await client.get_object(Bucket=source.bucket, Key=key)
-                async with response["Body"] as stream:
-                    body = await stream.read()
-                texts.append((source.uri(key), body.decode("utf-8", errors="replace")))
+            prefixes = usage.day_prefixes(source.cluster, start, end, source.prefix)
+            texts = await usage.read_s3_texts(client, source.bucket, prefixes, errors="replace")
     except Exception as exc:  # botocore raises many types; the status needs the message
         raise Problem("BucketUnavailable", f"cannot read usage from {where}: {exc}") from None
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from brokerproc import BrokerProcess
 from s3server import CREDENTIALS, S3Bucket
-from strata_broker.cluster.placement import Placement, read_placement
+from strata_contract.placement import Placement, read_placement
 
 
 class Cluster:

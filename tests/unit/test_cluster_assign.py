@@ -6,7 +6,7 @@ import uuid
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strata_broker.cluster.placement import Assignment, BrokerAddress, Placement, TopicPlacement
+from strata_contract.placement import Assignment, BrokerAddress, Placement, TopicPlacement
 from strata_operator.cluster.assign import (
     LOST,
     NEW,

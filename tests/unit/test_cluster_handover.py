@@ -33,17 +33,17 @@ from strata_broker.cluster.handover import (
     State,
     local_leader_epoch,
 )
-from strata_broker.cluster.lease import MemberLease, member_key
 from strata_broker.cluster.member import ClusterMember
-from strata_broker.cluster.placement import Assignment, BrokerAddress, Placement, TopicPlacement, write_placement
 from strata_broker.config import BrokerConfig
 from strata_broker.errors import ErrorCode, KafkaProtocolError
 from strata_broker.log.manager import LogManager
 from strata_broker.log.partition import PartitionLog
 from strata_broker.security.listeners import build_listeners
-from strata_broker.tier.layout import manifest_key, partition_root
 from strata_broker.tier.manager import TierManager
-from strata_broker.tier.manifest import RemoteManifest
+from strata_contract.layout import manifest_key, member_key, partition_root
+from strata_contract.lease import MemberLease
+from strata_contract.manifest import RemoteManifest
+from strata_contract.placement import Assignment, BrokerAddress, Placement, TopicPlacement, write_placement
 
 LEASE_MS = 3000
 LEASE_S = LEASE_MS / 1000

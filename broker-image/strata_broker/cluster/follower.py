@@ -18,9 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from strata_contract.placement import Assignment, BrokerAddress, Placement, read_placement
+
 from ..groups.offsets import OFFSETS_TOPIC, partition_for
 from ..replica.leadership import PartitionLeader
-from .placement import Assignment, BrokerAddress, Placement, read_placement
 
 PartitionKey = tuple[str, int]
 

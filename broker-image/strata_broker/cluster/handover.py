@@ -38,12 +38,13 @@ from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from strata_contract.layout import manifest_key
+from strata_contract.manifest import RemoteManifest
+
 from ..groups.offsets import OFFSETS_TOPIC
 from ..log.files import read_json, write_json_atomic
-from ..tier.layout import manifest_key
-from ..tier.manager import seed_partition_dir
-from ..tier.manifest import RemoteManifest
 from ..tier.publish import Fenced, publish_manifest
+from ..tier.restore import seed_partition_dir
 from .follower import Held, PartitionKey
 from .lease import PreviousLeader
 

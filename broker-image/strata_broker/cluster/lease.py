@@ -4,25 +4,21 @@ The controller calls a broker alive while the object's `renewals` counter keeps 
 (judged by the controller's own clock, so clocks need not agree), and moves its partitions
 away once it has not changed for lease + grace. The broker, for its part, stops accepting
 writes once `cluster.lease.ms` has passed since the start of its last successful renewal, so
-it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/members/<id>.json`
+it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/members/<id>.json`.
 
-    {"id": 0, "host": "127.0.0.1", "port": 9092, "renewals": 42, "lease_ms": 9000,
-     "bytes_in": {"orders/3": 1234.5},          # bytes/s per led partition, for balancing
-     "endpoints": {"PLAINTEXT": ["127.0.0.1", 9092], "SASL_SSL": ["127.0.0.1", 9093]}}
-
-Here: the format (`MemberLease`), the keeper of this broker's own lease (`LeaseKeeper`), and the
+The format (`MemberLease`) and the key are strata_contract's (lease.py, layout.py): the operator's
+controller reads them too. Here: the keeper of this broker's own lease (`LeaseKeeper`), and the
 watch a new leader keeps on its predecessor's lease while it waits for a seal (`PreviousLeader`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..tier.layout import cluster_root
+from strata_contract.layout import member_key
+from strata_contract.lease import MemberLease
 
 if TYPE_CHECKING:
     from ..security.listeners import Listener
@@ -30,38 +26,6 @@ if TYPE_CHECKING:
     from .clock import Clock
 
 log = logging.getLogger(__name__)
-
-
-def members_root(prefix: str, cluster: str) -> str:
-    return cluster_root(prefix, cluster) + "members/"
-
-
-def member_key(prefix: str, cluster: str, node_id: int) -> str:
-    return f"{members_root(prefix, cluster)}{node_id}.json"
-
-
-@dataclass
-class MemberLease:
-    id: int
-    host: str
-    port: int
-    renewals: int = 0
-    lease_ms: int = 9000
-    bytes_in: dict[str, float] = field(default_factory=dict)
-    endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)  # listener name -> advertised address
-
-    def to_json(self) -> bytes:
-        return json.dumps({"id": self.id, "host": self.host, "port": self.port, "renewals": self.renewals,
-                           "lease_ms": self.lease_ms, "bytes_in": self.bytes_in,
-                           "endpoints": {n: list(a) for n, a in self.endpoints.items()}}, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> MemberLease:
-        raw: dict[str, Any] = json.loads(data)
-        return cls(int(raw["id"]), str(raw["host"]), int(raw["port"]), int(raw.get("renewals", 0)),
-                   int(raw.get("lease_ms", 9000)),
-                   {str(k): float(v) for k, v in (raw.get("bytes_in") or {}).items()},
-                   {str(n): (str(a[0]), int(a[1])) for n, a in (raw.get("endpoints") or {}).items()})
 
 
 class LeaseKeeper:

@@ -14,15 +14,16 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from strata_contract.layout import parse_topic_dir, topic_meta_key, topics_root
+from strata_contract.placement import BrokerAddress, Placement
+
 from ..errors import ErrorCode, KafkaProtocolError
 from ..groups.offsets import OFFSETS_TOPIC, partition_for
 from ..replica.leadership import PartitionLeader
-from ..tier.layout import parse_topic_dir, topic_meta_key, topics_root
 from .clock import Clock, MonotonicClock
 from .follower import Move, PlacementFollower, deleted_topics
 from .handover import CoordinatorHandoff, Handovers, State
 from .lease import LeaseKeeper
-from .placement import BrokerAddress, Placement
 from .shared import SharedDocuments
 
 if TYPE_CHECKING:

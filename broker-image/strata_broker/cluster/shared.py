@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..tier.layout import cluster_root
+from strata_contract.layout import security_key
+
 from ..tier.store import ObjectStore, PreconditionFailed, error_code
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ class Shareable(Protocol):
     def shared_entries(self) -> dict[str, Any]: ...
 
     def load_shared(self, entries: dict[str, Any]) -> None: ...
-
-
-def security_key(prefix: str, cluster: str, name: str) -> str:
-    return f"{cluster_root(prefix, cluster)}security/{name}.json"
 
 
 class SharedDocuments:

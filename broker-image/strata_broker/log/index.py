@@ -2,7 +2,9 @@
 
 `.index` entries: relative offset int32, file position int32 (8 bytes).
 `.timeindex` entries: max timestamp so far int64, relative offset int32 (12 bytes).
-Both are searched with a binary search; both are rebuilt from the log when in doubt.
+Both are searched with a binary search; both are rebuilt from the log when in doubt. The entry
+formats (`OFFSET_ENTRY`, `TIME_ENTRY`) and `read_offset_entries`/`read_time_entries` are the one
+definition of these files: remote storage parses the uploaded copies with them too.
 """
 
 from __future__ import annotations
@@ -12,8 +14,26 @@ import struct
 from array import array
 from bisect import bisect_right
 
-_OFFSET_ENTRY = struct.Struct(">ii")
-_TIME_ENTRY = struct.Struct(">qi")
+OFFSET_ENTRY = struct.Struct(">ii")  # relative offset, file position
+TIME_ENTRY = struct.Struct(">qi")  # max timestamp so far, relative offset
+
+
+def read_offset_entries(data: bytes) -> tuple[list[int], list[int]]:
+    """(relative offsets, positions) of an `.index` file's bytes; a torn last entry is left out."""
+    rels, positions = [], []
+    for rel, pos in OFFSET_ENTRY.iter_unpack(data[: len(data) - len(data) % OFFSET_ENTRY.size]):
+        rels.append(rel)
+        positions.append(pos)
+    return rels, positions
+
+
+def read_time_entries(data: bytes) -> tuple[list[int], list[int]]:
+    """(timestamps, relative offsets) of a `.timeindex` file's bytes; a torn last entry is left out."""
+    stamps, rels = [], []
+    for ts, rel in TIME_ENTRY.iter_unpack(data[: len(data) - len(data) % TIME_ENTRY.size]):
+        stamps.append(ts)
+        rels.append(rel)
+    return stamps, rels
 
 
 class _AppendOnlyFile:
@@ -58,10 +78,10 @@ class OffsetIndex:
         """Read the file; False (and nothing loaded) when it is not plausible for a log of log_size."""
         with open(self.path, "rb") as f:
             data = f.read()
-        if len(data) % _OFFSET_ENTRY.size:
+        if len(data) % OFFSET_ENTRY.size:
             return False
         last_rel, last_pos = -1, -1
-        for rel, pos in _OFFSET_ENTRY.iter_unpack(data):
+        for rel, pos in OFFSET_ENTRY.iter_unpack(data):
             if rel <= last_rel or pos <= last_pos or pos >= log_size:
                 return False
             self.relative_offsets.append(rel)
@@ -72,7 +92,7 @@ class OffsetIndex:
     def append(self, relative_offset: int, position: int) -> None:
         self.relative_offsets.append(relative_offset)
         self.positions.append(position)
-        self._file.write(_OFFSET_ENTRY.pack(relative_offset, position))
+        self._file.write(OFFSET_ENTRY.pack(relative_offset, position))
 
     def floor(self, relative_offset: int) -> tuple[int, int]:
         """The last (relative offset, position) at or before relative_offset, or (0, 0)."""
@@ -110,10 +130,10 @@ class TimeIndex:
     def load(self) -> bool:
         with open(self.path, "rb") as f:
             data = f.read()
-        if len(data) % _TIME_ENTRY.size:
+        if len(data) % TIME_ENTRY.size:
             return False
         last_ts, last_rel = -1 << 63, -1
-        for ts, rel in _TIME_ENTRY.iter_unpack(data):
+        for ts, rel in TIME_ENTRY.iter_unpack(data):
             if ts < last_ts or rel < last_rel:
                 return False
             self.timestamps.append(ts)
@@ -125,7 +145,7 @@ class TimeIndex:
         if max_timestamp > self.last_timestamp:
             self.timestamps.append(max_timestamp)
             self.relative_offsets.append(relative_offset)
-            self._file.write(_TIME_ENTRY.pack(max_timestamp, relative_offset))
+            self._file.write(TIME_ENTRY.pack(max_timestamp, relative_offset))
 
     def start_before(self, timestamp: int) -> int:
         """A relative offset from which a scan finds the first record with ts >= timestamp.

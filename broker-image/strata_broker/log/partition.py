@@ -33,7 +33,7 @@ REMOTE_MANIFEST = "remote-manifest.json"  # this broker's copy of the partition'
 
 
 class RemoteManifestView(Protocol):
-    """What the local log knows of the segments in remote storage (tier/manifest.py RemoteManifest)."""
+    """What the local log knows of the segments in remote storage (strata_contract.manifest.RemoteManifest)."""
 
     log_start_offset: int
     segments: Sequence[Any]

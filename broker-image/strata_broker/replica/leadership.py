@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..cluster.placement import BrokerAddress
+from strata_contract.placement import BrokerAddress
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,15 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from strata_contract.layout import SEGMENT_SUFFIXES
+from strata_contract.manifest import RemoteManifest, RemoteSegment
+
 from ..log.cleaner import CleanerStats, IoBudget, due, group_for_merge
 from ..log.compaction import clean, latest_offsets
 from ..log.segment import Segment
-from .manifest import RemoteManifest, RemoteSegment
 from .publish import publish_manifest
 from .store import ObjectStore
+from .uploader import segment_files
 
 if TYPE_CHECKING:
     from ..log.partition import PartitionLog
@@ -74,13 +77,12 @@ class RemoteCompactor:
         for group in groups:
             blob = b"".join(cleaned[i] for i in group)
             first, last = candidates[group[0]], candidates[group[-1]]
-            index, timeindex, max_ts = await asyncio.to_thread(_indexes_for, blob, first.base_offset,
-                                                               plog.config.index_interval_bytes)
+            files, max_ts = await asyncio.to_thread(_segment_files_for, blob, first.base_offset,
+                                                    plog.config.index_interval_bytes)
             new = RemoteSegment(first.base_offset, last.last_offset, len(blob), max_ts if blob else first.max_timestamp,
-                                len(index), len(timeindex), generation)
-            await self.store.put(new.key(prefix, "index"), index, deadline=120)
-            await self.store.put(new.key(prefix, "timeindex"), timeindex, deadline=120)
-            await self.store.put(new.key(prefix, "log"), blob, deadline=300)
+                                len(files["index"]), len(files["timeindex"]), generation)
+            for suffix, body in files.items():
+                await self.store.put(new.key(prefix, suffix), body, deadline=300 if suffix == "log" else 120)
             replacements.append(new)
         async with plog.manifest_lock:
             current = plog.remote
@@ -89,7 +91,7 @@ class RemoteCompactor:
                 return False
             not_before = now_ms + self.delete_delay_ms
             garbage = [*current.garbage, *([s.key(prefix, suffix), not_before] for s in candidates
-                                           for suffix in ("log", "index", "timeindex"))]
+                                           for suffix in SEGMENT_SUFFIXES)]
             updated = replace(current, segments=[*replacements, *current.segments[len(candidates):]],
                               cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
                               version=current.version + 1)
@@ -132,8 +134,9 @@ def _clean_all(candidates: list[RemoteSegment], datas: list[bytes], dirty_from: 
     return out, removed
 
 
-def _indexes_for(blob: bytes, base_offset: int, index_interval_bytes: int) -> tuple[bytes, bytes, int]:
-    """The .index and .timeindex of a cleaned segment, built by the same code as local ones."""
+def _segment_files_for(blob: bytes, base_offset: int, index_interval_bytes: int) -> tuple[dict[str, bytes], int]:
+    """Every object of a cleaned segment (uploader.segment_files: its indexes, built by the same
+    code as local ones, and the log), and its max timestamp."""
     with tempfile.TemporaryDirectory(prefix="strata-compact-") as tmp:
         segment = Segment(tmp, base_offset, index_interval_bytes)
         with open(segment.log_path, "wb") as f:
@@ -143,8 +146,11 @@ def _indexes_for(blob: bytes, base_offset: int, index_interval_bytes: int) -> tu
         segment.seal()
         max_ts = segment.max_timestamp
         segment.close()
-        with open(segment.offset_index.path, "rb") as f:
-            index = f.read()
-        with open(segment.time_index.path, "rb") as f:
-            timeindex = f.read()
-    return index, timeindex, max_ts
+        files = {}
+        for suffix, path in segment_files(segment).items():
+            if suffix == "log":
+                files[suffix] = blob
+            else:
+                with open(path, "rb") as f:
+                    files[suffix] = f.read()
+    return files, max_ts

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .layout import manifest_key
+from strata_contract.layout import manifest_key
+
 from .store import ObjectStore, PreconditionFailed
 
 if TYPE_CHECKING:
+    from strata_contract.manifest import RemoteManifest
+
     from ..log.partition import PartitionLog
-    from .manifest import RemoteManifest
 
 log = logging.getLogger(__name__)
 

@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import struct
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from kafka.record.default_records import DefaultRecordBatch
+from strata_contract.manifest import RemoteManifest, RemoteSegment
 
 from ..log.batch import HEADER_SIZE, parse_header
+from ..log.index import read_offset_entries, read_time_entries
 from .cache import ChunkCache
 from .downloader import ChunkDownloader, Part
-from .manifest import RemoteManifest, RemoteSegment
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-_OFFSET_ENTRY = struct.Struct(">ii")
-_TIME_ENTRY = struct.Struct(">qi")
 # Reads at least this long are returned as views of their chunk, not copies (the Fetch encoder
 # sends long records fields as pieces of their own; short ones it copies anyway).
 _VIEW_MIN = 64 * 1024
@@ -168,12 +166,7 @@ class RemoteReader:
     async def _load_offset_index(self, key: str, segment: RemoteSegment) -> tuple[list[int], list[int]]:
         found = self._indexes.get(key)
         if found is None:
-            data = await self.store.get(key) if segment.index_size else b""
-            rels, positions = [], []
-            for rel, pos in _OFFSET_ENTRY.iter_unpack(data[: len(data) - len(data) % 8]):
-                rels.append(rel)
-                positions.append(pos)
-            found = (rels, positions)
+            found = read_offset_entries(await self.store.get(key) if segment.index_size else b"")
             self._indexes[key] = found
             while len(self._indexes) > 256:
                 self._indexes.popitem(last=False)
@@ -183,12 +176,7 @@ class RemoteReader:
         key = segment.key(prefix, "timeindex")
         found = self._timeindexes.get(key)
         if found is None:
-            data = await self.store.get(key) if segment.timeindex_size else b""
-            stamps, rels = [], []
-            for ts, rel in _TIME_ENTRY.iter_unpack(data[: len(data) - len(data) % 12]):
-                stamps.append(ts)
-                rels.append(rel)
-            found = (stamps, rels)
+            found = read_time_entries(await self.store.get(key) if segment.timeindex_size else b"")
             self._timeindexes[key] = found
             while len(self._timeindexes) > 256:
                 self._timeindexes.popitem(last=False)

@@ -1,4 +1,6 @@
-"""The S3 client (aiobotocore) with backoff, timeouts and request counts."""
+"""One bucket as the broker uses it: an aiobotocore client (built by strata_contract.s3) with
+backoff until a deadline, per-attempt timeouts, conditional writes, multipart uploads, ranged
+reads into caller buffers, and request counts for metrics and metering."""
 
 from __future__ import annotations
 
@@ -6,12 +8,11 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from strata_contract.s3 import S3Settings, async_client, error_code
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,11 @@ class PreconditionFailed(Exception):
     """A conditional write lost: the object is not the version the writer expected (412)."""
 
 
-def error_code(exc: BaseException) -> str:
-    """The S3 error code of a botocore ClientError ('' for network errors and the like)."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return ""
-    return str(response.get("Error", {}).get("Code", ""))
+__all__ = ["CHECKSUM", "ObjectStore", "PreconditionFailed", "S3Unavailable", "error_code"]
+
+# Objects larger than this go up as multipart uploads of PART_BYTES parts.
+MULTIPART_THRESHOLD = 64 << 20
+PART_BYTES = 25 << 20
 
 
 class ObjectStore:
@@ -63,11 +63,9 @@ class ObjectStore:
 
     async def open(self) -> None:
         # Credentials: the standard AWS chain (environment, config files, web identity / IRSA).
-        config = AioConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 1, "mode": "standard"},
-                           max_pool_connections=32)
-        session = get_session()
-        self._client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=self.endpoint, region_name=self.region, config=config))
+        # One attempt per botocore call: _call retries itself, with backoff, until its deadline.
+        settings = S3Settings(self.endpoint, self.region, read_timeout=15, max_attempts=1, max_pool_connections=32)
+        self._client = await self._stack.enter_async_context(async_client(settings))
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -108,6 +106,25 @@ class ObjectStore:
     async def put(self, key: str, body: bytes, deadline: float | None = None) -> None:
         await self._call("put_object", deadline, Key=key, Body=body, ChecksumAlgorithm=CHECKSUM)
         self.bytes["put"] += len(body)
+
+    async def put_multipart(self, key: str, size: int, read: Callable[[int, int], Awaitable[bytes]],
+                            deadline: float = 300) -> None:
+        """Write `size` bytes, read(start, length) at a time, as a multipart upload of PART_BYTES
+        parts (each with its own deadline); aborted if any part fails."""
+        upload = await self._call("create_multipart_upload", Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, PART_BYTES), start=1):
+                body = await read(start, min(PART_BYTES, size - start))
+                part = await self._call("upload_part", deadline=deadline, Key=key, UploadId=upload_id,
+                                        PartNumber=number, Body=body)
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                             MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     async def put_if(self, key: str, body: bytes, etag: str | None, deadline: float | None = None) -> str:
         """Write only over the version `etag` names (None: only if the key does not exist yet);

@@ -16,12 +16,14 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from strata_contract.layout import wal_root
+
 from ..errors import ErrorCode, KafkaProtocolError
-from .layout import wal_root
+from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
 from .store import ObjectStore
 
 if TYPE_CHECKING:
@@ -101,6 +103,21 @@ class S3CommitLog:
         if last_offset > self._durable.get(key, -1):
             self._durable[key] = last_offset
             self._release()
+
+    def commit_append(self, plog: PartitionLog, result: AppendResult) -> Awaitable[None]:
+        """Answered once a batch just appended to `plog` is in S3. A retried duplicate waits too,
+        and re-sends the stored batch in case its first commit failed."""
+        topic = plog.topic
+        if not result.duplicate:
+            return self.commit(topic, plog.partition, result.base_offset, result.last_offset, result.data,
+                               plog.leader_epoch)
+        if self.durable_offset((topic, plog.partition)) >= result.last_offset:
+            return self.wait_durable(topic, plog.partition, result.last_offset)
+        try:
+            stored = plog.read(result.base_offset, 1)  # exactly the batch the producer retried
+        except OffsetInRemoteStorage:
+            return self.wait_durable(topic, plog.partition, result.last_offset)  # uploaded: durable already
+        return self.commit(topic, plog.partition, result.base_offset, result.last_offset, stored, plog.leader_epoch)
 
     async def commit(self, topic: str, partition: int, base_offset: int, last_offset: int, data: bytes,
                      epoch: int = 0) -> None:

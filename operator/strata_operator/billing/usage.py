@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from strata_contract.s3 import S3Settings, async_client
 from strata_contract.usage import (
     COMMON_FIELDS,
     FORMAT_VERSION,
@@ -262,24 +263,28 @@ def day_prefixes(cluster: str, start: date, end: date, prefix: str = "") -> list
     return out
 
 
+async def read_s3_texts(client: Any, bucket: str, prefixes: list[str],
+                        errors: str = "strict") -> list[tuple[str, str]]:
+    """(s3 URI, text) of every `.jsonl` object under the key prefixes, in key order, over an open
+    aiobotocore client (strata_contract.s3.async_client). `errors`: how undecodable bytes are taken."""
+    out: list[tuple[str, str]] = []
+    keys: list[str] = []
+    for key_prefix in prefixes:
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".jsonl"))
+    for key in sorted(keys):
+        response = await client.get_object(Bucket=bucket, Key=key)
+        async with response["Body"] as stream:
+            body = await stream.read()
+        out.append((f"s3://{bucket}/{key}", body.decode("utf-8", errors=errors)))
+    return out
+
+
 async def _read_s3_async(bucket: str, prefixes: list[str], endpoint: str | None,
                          region: str) -> list[tuple[str, str]]:
-    from aiobotocore.session import get_session
-
-    session = get_session()
-    out: list[tuple[str, str]] = []
-    async with session.create_client("s3", endpoint_url=endpoint or None, region_name=region) as client:
-        keys: list[str] = []
-        for key_prefix in prefixes:
-            paginator = client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".jsonl"))
-        for key in sorted(keys):
-            response = await client.get_object(Bucket=bucket, Key=key)
-            async with response["Body"] as stream:
-                body = await stream.read()
-            out.append((f"s3://{bucket}/{key}", body.decode("utf-8")))
-    return out
+    async with async_client(S3Settings(endpoint, region)) as client:
+        return await read_s3_texts(client, bucket, prefixes)
 
 
 def read_s3(bucket: str, cluster: str, start: date, end: date, *, prefix: str = "",

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from strata_broker.cluster.placement import Assignment, BrokerAddress, Placement, TopicPlacement
+from strata_contract.placement import Assignment, BrokerAddress, Placement, TopicPlacement
 
 # Why a partition moved (Move.reason).
 NEW = "new"                # a new topic or partition: no previous leader

@@ -1,7 +1,7 @@
 """The cluster controller: leases and topics in the bucket -> liveness -> placement -> publish.
 
 Every tick (0.5 s by default) the controller lists the member leases
-(`clusters/<cluster>/members/<id>.json`, strata_broker.cluster.lease) and the topics
+(`clusters/<cluster>/members/<id>.json`, strata_contract.lease) and the topics
 (`clusters/<cluster>/topics/<name>-<id>/topic.json`), judges liveness, computes the next placement
 with `assign.next_placement`, and publishes it through a sink when it changed:
 
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -57,9 +56,11 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from strata_broker.cluster.lease import MemberLease, members_root
-from strata_broker.cluster.placement import BrokerAddress, Placement, read_placement, write_placement
-from strata_broker.tier.layout import parse_topic_dir, topics_root
+from strata_contract.layout import TOPIC_META, members_root, parse_topic_dir, topics_root
+from strata_contract.lease import MemberLease
+from strata_contract.manifest import TopicMeta
+from strata_contract.placement import BrokerAddress, Placement, read_placement, write_placement
+from strata_contract.s3 import S3Settings, async_client, is_not_found
 
 from . import assign
 
@@ -101,12 +102,9 @@ class BucketReader:
         # A client belongs to the event loop that opened it; a new loop (asyncio.run per call) gets its own.
         self._client = self._context = None
         self._loop = loop
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        config = AioConfig(connect_timeout=3, read_timeout=self.timeout, retries={"max_attempts": 2})
-        self._context = get_session().create_client("s3", endpoint_url=self.endpoint, region_name=self.region,
-                                                    config=config, **self.credentials)
+        settings = S3Settings(self.endpoint, self.region, self.credentials, connect_timeout=3,
+                              read_timeout=self.timeout, max_attempts=2)
+        self._context = async_client(settings)
         self._client = await self._context.__aenter__()
 
     async def close(self) -> None:
@@ -135,8 +133,7 @@ class BucketReader:
         try:
             response = await asyncio.wait_for(self._client.get_object(Bucket=self.bucket, Key=key), self.timeout)
         except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(exc):
                 return None
             raise
         async with response["Body"] as stream:
@@ -187,18 +184,16 @@ class BucketReader:
 
         async def read(d: str) -> None:
             async with limit:
-                got = await self._get(d + "topic.json")
+                got = await self._get(d + TOPIC_META)
             info: assign.TopicInfo | None = None
             modified = ""
             if got is not None:
                 modified = got[1]
                 try:
-                    raw = json.loads(got[0])
-                    info = assign.TopicInfo(str(raw["id"]), int(raw["partitions"]),
-                                            {str(k): str(v) for k, v in (raw.get("configs") or {}).items()},
-                                            bool(raw.get("internal", False)))
+                    meta = TopicMeta.from_json(got[0])
+                    info = assign.TopicInfo(meta.id, meta.partitions, meta.configs, meta.internal)
                 except (ValueError, KeyError, TypeError):
-                    log.warning("ignoring unreadable s3://%s/%stopic.json", self.bucket, d)
+                    log.warning("ignoring unreadable s3://%s/%s%s", self.bucket, d, TOPIC_META)
             fresh[d] = (info, modified, now)
 
         await asyncio.gather(*(read(d) for d in due))

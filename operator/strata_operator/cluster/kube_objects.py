@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strata_broker.cluster.placement import Placement
+from strata_contract.placement import Placement
 
 from .. import resources
 

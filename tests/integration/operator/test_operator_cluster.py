@@ -16,10 +16,10 @@ import kubernetes_validate
 import pytest
 from click.testing import CliRunner
 from s3server import CREDENTIALS
-from strata_broker.cluster.lease import MemberLease, member_key
-from strata_broker.cluster.placement import read_placement
-from strata_broker.tier.layout import topic_meta_key
 from strata_cli.main import main as strata
+from strata_contract.layout import member_key, topic_meta_key
+from strata_contract.lease import MemberLease
+from strata_contract.placement import read_placement
 from strata_operator import resources
 from strata_operator.cluster import kube_objects
 from strata_operator.cluster.controller import BucketReader, Controller, FileSink, Liveness
@@ -44,7 +44,7 @@ def broker_cr(replicas: int = 3, **spec):
 
 
 def test_clustered_statefulset_mounts_the_placement_and_validates():
-    from strata_broker.cluster.placement import Assignment, BrokerAddress, Placement, TopicPlacement
+    from strata_contract.placement import Assignment, BrokerAddress, Placement, TopicPlacement
 
     cr = broker_cr(3)
     sts = resources.broker_statefulset(cr)

@@ -1,4 +1,13 @@
-"""The per-partition remote manifest: which segments are in S3, and where the log starts."""
+"""The JSON documents that describe a topic in the bucket (keys: layout.py).
+
+- `TopicMeta` (`topic.json`): the topic's name, id, partition count and config overrides. The
+  broker writes it when a tiered topic is created or changed and deletes it first when the topic
+  is deleted; a restore and the operator's cluster controller read it.
+- `RemoteManifest` (`<partition>/manifest.json`): which segments of a partition are in S3, where
+  its log starts, the producer state at its end, and (cluster mode) the leader epoch that owns
+  it. The broker rewrites it after every upload, retention pass and compaction; `strata tier`
+  reads it to tell referenced objects from orphans.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .layout import segment_key
+
+
+@dataclass(frozen=True)
+class TopicMeta:
+    """`topic.json`: what a restore or the cluster controller needs to know of a topic."""
+
+    name: str
+    id: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+    def to_json(self) -> bytes:
+        return json.dumps({"name": self.name, "id": self.id, "partitions": self.partitions,
+                           "configs": self.configs, "internal": self.internal}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> TopicMeta:
+        """Raises ValueError, KeyError or TypeError on a document that is not one."""
+        raw = json.loads(data)
+        return cls(str(raw.get("name", "")), str(raw["id"]), int(raw["partitions"]),
+                   {str(k): str(v) for k, v in (raw.get("configs") or {}).items()}, bool(raw.get("internal", False)))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One writer (the controller: the operator, or `strata dev` locally) publishes it as JSON — in a
 ConfigMap mounted into every broker pod, or a plain file in development — and every broker
-reads it. This module is the one definition of that format; the controller imports it.
+reads it (strata_broker.cluster.follower). This module is the one definition of that format.
 
     {"version": 7,
      "brokers": [{"id": 0, "host": "10.0.0.5", "port": 9092}, ...],
