@@ -421,7 +421,9 @@ def test_raw_frames_wrong_epoch_timeout_and_unadded_partition(broker_factory) ->
         assert _produce(conn, "tx-raw", topic, _txn_batch(pid2, epoch2)) == 0
         assert _end(conn, "tx-raw", pid2, epoch2, True) == 0
         assert _end(conn, "tx-raw", pid2, epoch2, True) == 0  # a retried EndTxn
-        assert _end(conn, "tx-raw", pid2, epoch2, False) == INVALID_TXN_STATE
+        assert _add_partitions(conn, "tx-raw", pid2, epoch2, topic) == 0
+        assert _end(conn, "tx-raw", pid2, epoch2, False) == 0
+        assert _end(conn, "tx-raw", pid2, epoch2, True) == INVALID_TXN_STATE  # commit after the abort
     finally:
         conn.close()
     assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed") == [b"raw"]
@@ -433,7 +435,6 @@ USERS = {"admin": "admin-pw", "txuser": "txuser-pw"}
 
 
 def test_transactional_id_and_topic_acls(tmp_path) -> None:
-    from kafka import KafkaProducer
     from kafka.admin import (
         ACL,
         ACLOperation,
@@ -444,8 +445,6 @@ def test_transactional_id_and_topic_acls(tmp_path) -> None:
         ResourcePattern,
         ResourceType,
     )
-    from kafka.errors import TopicAuthorizationFailedError, TransactionalIdAuthorizationFailedError
-
     creds = tmp_path / "users.json"
     secutil.write_credentials(creds, USERS)
     broker = BrokerProcess(tmp_path / "broker", listeners={"SASL_PLAINTEXT": None}, settings={
@@ -464,28 +463,29 @@ def test_transactional_id_and_topic_acls(tmp_path) -> None:
                        ResourcePattern(rtype, name, ACLResourcePatternType.LITERAL))
 
         result = admin.create_acls([allow(ACLOperation.WRITE, ResourceType.TOPIC, "allowed"),
+                                    allow(ACLOperation.DESCRIBE, ResourceType.TOPIC, "forbidden"),
                                     allow(ACLOperation.WRITE, ResourceType.TRANSACTIONAL_ID, "tx-ok")])
         assert not result["failed"], result
         admin.close()
 
-        denied = KafkaProducer(**cfg("txuser"), transactional_id="tx-denied", max_block_ms=10000)
-        try:
-            with pytest.raises(TransactionalIdAuthorizationFailedError):
-                denied.init_transactions()
-        finally:
-            denied.close(2)
+        conf = secutil.confluent(broker.address("SASL_PLAINTEXT"),
+                                 secutil.Auth("SASL_PLAINTEXT", "SCRAM-SHA-512", "txuser", USERS["txuser"]))
+        denied = Producer({**conf, "transactional.id": "tx-denied"})
+        with pytest.raises(KafkaException) as raised:
+            denied.init_transactions(30)
+        assert raised.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
 
-        producer = KafkaProducer(**cfg("txuser"), transactional_id="tx-ok", max_block_ms=10000)
-        try:
-            producer.init_transactions()
-            producer.begin_transaction()
-            producer.send("allowed", b"ok")
-            producer.commit_transaction()
-            producer.begin_transaction()
-            producer.send("forbidden", b"no")
-            with pytest.raises(TopicAuthorizationFailedError):
-                producer.commit_transaction()
-        finally:
-            producer.close(2)
+        producer = Producer({**conf, "transactional.id": "tx-ok"})
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.produce("allowed", b"ok")
+        producer.commit_transaction(30)
+        producer.begin_transaction()
+        producer.produce("forbidden", b"no")
+        with pytest.raises(KafkaException) as raised:
+            producer.commit_transaction(30)
+        assert raised.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, raised.value
+        assert raised.value.args[0].txn_requires_abort()
+        producer.abort_transaction(30)
     finally:
         broker.stop()

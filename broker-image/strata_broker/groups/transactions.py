@@ -252,11 +252,11 @@ class TransactionCoordinator:
                 return E.NONE
             if meta.state == (TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT):
                 return E.NONE  # a retry of the EndTxn that completed it
-            if meta.state == TxnState.EMPTY and not commit:
-                return E.NONE  # abort of a transaction that added nothing
-            if meta.state == TxnState.EMPTY:
-                return E.NONE  # commit of a transaction that added nothing
-            return E.INVALID_TXN_STATE
+            if meta.state == TxnState.EMPTY or not commit:
+                # Nothing was added (or every AddPartitionsToTxn was refused, after which librdkafka
+                # still sends an abort): there is nothing to end.
+                return E.NONE
+            return E.INVALID_TXN_STATE  # commit after the transaction was aborted
 
     def verify_produce(self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str,
                        partition: int) -> ErrorCode:
