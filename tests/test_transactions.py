@@ -489,3 +489,57 @@ def test_transactional_id_and_topic_acls(tmp_path) -> None:
         producer.abort_transaction(30)
     finally:
         broker.stop()
+
+
+# ---- tiered storage: cold reads of aborted ranges, restore onto an empty disk -----------------------
+
+
+def test_tiered_cold_reads_and_restore_keep_aborted_ranges_hidden(broker_factory, s3) -> None:
+    import shutil
+
+    from s3server import CREDENTIALS
+
+    broker = broker_factory(s3.broker_settings(**FAST, **{
+        "tiered.upload.interval.ms": "1000", "log.retention.check.interval.ms": "300"}), env=CREDENTIALS)
+    topic = f"cold-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1, {"segment.bytes": str(16 << 10), "local.retention.bytes": "1",
+                                              "retention.ms": "-1"})
+    producer = txn_producer(broker.bootstrap, "tx-cold")
+    expected: list[bytes] = []
+    pad = b"#" * 1000
+    for round_ in range(6):
+        producer.begin_transaction()
+        values = [b"r%d-%02d" % (round_, i) + pad for i in range(20)]
+        for value in values:
+            producer.produce(topic, value=value)
+        assert producer.flush(30) == 0
+        if round_ % 2:
+            producer.abort_transaction(30)
+        else:
+            producer.commit_transaction(30)
+            expected += values
+    # A tail without transactions rolls the last transactional segment so it is uploaded too.
+    produce_confluent(broker.bootstrap, topic, [(None, b"tail-%03d" % i + pad) for i in range(40)])
+    expected += [b"tail-%03d" % i + pad for i in range(40)]
+
+    def local_start() -> int:
+        names = sorted(p.name for p in (broker.data_dir / f"{topic}-0").glob("*.log"))
+        return int(names[0][:-4]) if names else 0
+
+    wait_until(lambda: local_start() > 120, 90, "transactional segments to be uploaded and dropped locally")
+    assert any(k.endswith(".txnindex") and f"/topics/{topic}-" in k for k in s3.objects()), \
+        "no aborted-transaction index was uploaded"
+    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
+    assert len(consume_all(broker.bootstrap, [(topic, 0)], "read_uncommitted", timeout=60)) == len(expected) + 60
+
+    # An empty disk: topic data, the aborted-transaction index and the coordinator's state come from the bucket.
+    broker.kill()
+    shutil.rmtree(broker.data_dir)
+    broker.start(timeout=60)
+    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
+    conn = RawConnection(broker.bootstrap)
+    try:
+        error, _, epoch = _init(conn, "tx-cold")
+    finally:
+        conn.close()
+    assert error == 0 and epoch == 1, "the transactional id's epoch was not restored from __transaction_state"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from strata_contract.usage import usage_prefix
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..log import txn_index
 from ..log.files import read_json, write_json_atomic
 from ..log.partition import (
     CHECKPOINT,
@@ -29,6 +30,7 @@ from ..log.partition import (
     snapshot_name,
 )
 from ..log.segment import Segment
+from ..log.txn_index import AbortedTxn
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .downloader import ChunkDownloader
@@ -258,6 +260,10 @@ class TierManager:
         await self.store.put(segment_key(prefix, segment.base_offset, last, "index"), index, deadline=120)
         await self.store.put(segment_key(prefix, segment.base_offset, last, "timeindex"), timeindex, deadline=120)
         await self._put_log(segment_key(prefix, segment.base_offset, last, "log"), segment)
+        aborted = await asyncio.to_thread(_read_file_or_empty,
+                                          txn_index.index_path(plog.directory, segment.base_offset))
+        if aborted:  # the aborted-transaction index, only for segments that have one
+            await self.store.put(segment_key(prefix, segment.base_offset, last, "txnindex"), aborted, deadline=120)
         snapshot = read_json(os.path.join(plog.directory, snapshot_name(segment.next_offset))) or {}
         # Uploads, compaction, retention and garbage collection all rewrite the manifest: one at a time.
         async with plog.manifest_lock:
@@ -333,7 +339,7 @@ class TierManager:
             await publish_manifest(self.store, plog, prefix, updated, deadline=60)
             plog.log_start_offset = max(plog.log_start_offset, new_start)
             await self.store.delete_many([s.key(prefix, suffix) for s in doomed
-                                          for suffix in ("log", "index", "timeindex")])
+                                          for suffix in ("log", "index", "timeindex", "txnindex")])
             log.info("retention removed %d segment(s) of %s-%d from S3; log start offset now %d", len(doomed),
                      topic.name, plog.partition, plog.log_start_offset)
         except Exception as exc:
@@ -424,6 +430,16 @@ class TierManager:
         return await self.reader.offset_for_timestamp(plog.remote, self.partition_prefix(topic, plog.partition),
                                                       timestamp, plog.local_start_offset)
 
+    async def aborted_transactions(self, topic: Topic, plog: PartitionLog, fetch_offset: int,
+                                   upper_offset: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping [fetch_offset, upper_offset) from the remote segments'
+        `.txnindex` objects (cold read_committed reads)."""
+        if plog.remote is None:
+            return []
+        return await self.reader.aborted_transactions(plog.remote, self.partition_prefix(topic, plog.partition),
+                                                      fetch_offset, upper_offset,
+                                                      int(self.config["transaction.max.timeout.ms"]))
+
     # ---- restore --------------------------------------------------------------------------
 
     async def restore(self, data_dir: str, meta_dir: str) -> int:
@@ -472,6 +488,13 @@ def seed_partition_dir(directory: str, manifest: RemoteManifest) -> None:
     write_json_atomic(os.path.join(directory, CHECKPOINT), {
         "log_start_offset": manifest.log_start_offset, "log_end_offset": end,
         "recovery_point": end, "high_watermark": end, "remote_offset": end - 1})
+
+
+def _read_file_or_empty(path: str) -> bytes:
+    try:
+        return _read_file(path)
+    except FileNotFoundError:
+        return b""
 
 
 def _read_file(path: str) -> bytes:
