@@ -561,6 +561,14 @@ class PartitionLog:
             segment.seal()
             installed.append(segment)
         self.segments[start:start + count] = installed
+        # Segments may have been merged: each installed one's `.txnindex` holds the entries of
+        # the markers it now contains (compaction keeps markers and offsets).
+        for segment in originals:
+            if segment.base_offset not in cleaned_bases:
+                _unlink_quietly(_txn_index_path(segment))
+        for segment in installed:
+            txn_index.write_index(_txn_index_path(segment), [
+                e for e in self.aborted if segment.base_offset <= e.last_offset < segment.next_offset])
         self.cleaned_offset = max(self.cleaned_offset, cleaned_through)
         self.write_checkpoint()
         return True
