@@ -583,3 +583,34 @@ def test_compaction_drops_aborted_records_and_keeps_committed_values(broker_fact
     assert sorted(consume_all(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
     broker.restart()
     assert sorted(consume_all(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
+
+
+def test_describe_and_list_transactions(broker_factory) -> None:
+    from kafka.protocol.admin.transactions import DescribeTransactionsRequest, ListTransactionsRequest
+
+    broker = broker_factory(settings=FAST)
+    topic = f"dt-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1)
+    conn = RawConnection(broker.bootstrap)
+    try:
+        _, pid, epoch = _init(conn, "tx-described", timeout_ms=45000)
+        assert _add_partitions(conn, "tx-described", pid, epoch, topic) == 0
+        _init(conn, "tx-idle")
+        described = conn.request(DescribeTransactionsRequest(version=0, transactional_ids=["tx-described",
+                                                                                          "tx-nobody"]))
+        found, missing = described.transaction_states
+        assert (found.error_code, found.transaction_state, found.producer_id, found.producer_epoch,
+                found.transaction_timeout_ms) == (0, "Ongoing", pid, epoch, 45000)
+        assert [(t.topic, list(t.partitions)) for t in found.topics] == [(topic, [0])]
+        assert found.transaction_start_time_ms > 0
+        assert missing.error_code == 105  # TRANSACTIONAL_ID_NOT_FOUND
+        listed = conn.request(ListTransactionsRequest(version=1, state_filters=["Ongoing", "Bogus"],
+                                                      producer_id_filters=[], duration_filter=-1))
+        assert [(s.transactional_id, s.transaction_state) for s in listed.transaction_states] == \
+            [("tx-described", "Ongoing")]
+        assert list(listed.unknown_state_filters) == ["Bogus"]
+        everything = conn.request(ListTransactionsRequest(version=1, state_filters=[], producer_id_filters=[],
+                                                          duration_filter=-1))
+        assert sorted(s.transactional_id for s in everything.transaction_states) == ["tx-described", "tx-idle"]
+    finally:
+        conn.close()

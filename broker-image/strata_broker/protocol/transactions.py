@@ -1,4 +1,5 @@
-"""Transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn.
+"""Transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn, and the admin
+side, DescribeTransactions and ListTransactions.
 
 The handlers check authorization (WRITE on the transactional id; WRITE on each topic added;
 READ on the group and its topics for offsets) and hand the rest to the `TransactionCoordinator`
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 import time
 
+from kafka.protocol.admin.transactions import (
+    DescribeTransactionsRequest,
+    DescribeTransactionsResponse,
+    ListTransactionsRequest,
+    ListTransactionsResponse,
+)
 from kafka.protocol.producer.transaction import (
     AddOffsetsToTxnRequest,
     AddOffsetsToTxnResponse,
@@ -24,8 +31,9 @@ from kafka.protocol.producer.transaction import (
 from ..errors import ErrorCode
 from ..groups.group import E as GE
 from ..groups.offsets import CommittedOffset
+from ..groups.txn_log import TxnState
 from ..log.manager import is_internal_name
-from ..security.acl import OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
+from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
 
@@ -203,3 +211,70 @@ async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnR
             found = E.COORDINATOR_NOT_AVAILABLE  # markers not durable yet: the client retries, we finish on load
         error = fenced_code(found, ctx.api_version, 2)
     return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, producer_id=-1, producer_epoch=-1)
+
+
+# ---- DescribeTransactions, ListTransactions ---------------------------------------------------------
+
+
+@api(DescribeTransactionsRequest, DescribeTransactionsResponse, 0, 0)
+async def handle_describe_transactions(ctx: RequestContext,
+                                       request: DescribeTransactionsRequest) -> DescribeTransactionsResponse:
+    """The coordinator's view of each transactional id (DESCRIBE on it; topics the caller may not
+    describe are left out, as Kafka)."""
+    R = DescribeTransactionsResponse
+    S = R.TransactionState
+    txns = ctx.services.transactions
+    out = []
+    for txn_id in request.transactional_ids:
+        state = S(error_code=0, transactional_id=txn_id, transaction_state="", transaction_timeout_ms=0,
+                  transaction_start_time_ms=-1, producer_id=-1, producer_epoch=-1, topics=[])
+        meta = txns.transactions.get(txn_id) if txns is not None else None
+        if txns is None or not txns.loaded:
+            state.error_code = int(E.COORDINATOR_NOT_AVAILABLE)
+        elif not ctx.authorize(OP_DESCRIBE, RES_TRANSACTIONAL_ID, txn_id):
+            state.error_code = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        elif meta is None or meta.producer_epoch < 0:
+            state.error_code = int(E.TRANSACTIONAL_ID_NOT_FOUND)
+        else:
+            state.transaction_state = meta.state.kafka_name
+            state.transaction_timeout_ms = meta.timeout_ms
+            state.transaction_start_time_ms = meta.start_ms
+            state.producer_id, state.producer_epoch = meta.producer_id, meta.producer_epoch
+            by_topic: dict[str, list[int]] = {}
+            for topic, partition in sorted(meta.partitions):
+                if ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic):
+                    by_topic.setdefault(topic, []).append(partition)
+            state.topics = [S.TopicData(topic=t, partitions=ps) for t, ps in by_topic.items()]
+        out.append(state)
+    return R(version=ctx.api_version, throttle_time_ms=0, transaction_states=out)
+
+
+@api(ListTransactionsRequest, ListTransactionsResponse, 0, 1)
+async def handle_list_transactions(ctx: RequestContext,
+                                   request: ListTransactionsRequest) -> ListTransactionsResponse:
+    """Transactional ids the caller may describe, filtered by state, producer id and (v1) how long
+    the transaction has been open."""
+    R = ListTransactionsResponse
+    txns = ctx.services.transactions
+    if txns is None or not txns.loaded:
+        return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(E.COORDINATOR_NOT_AVAILABLE),
+                 unknown_state_filters=[], transaction_states=[])
+    known = {s.kafka_name for s in TxnState}
+    states = set(request.state_filters or [])
+    pids = set(request.producer_id_filters or [])
+    min_duration = request.duration_filter if ctx.api_version >= 1 else -1
+    now = int(time.time() * 1000)
+    listed = []
+    for txn_id, meta in sorted(txns.transactions.items()):
+        if meta.producer_epoch < 0 or not ctx.authorize(OP_DESCRIBE, RES_TRANSACTIONAL_ID, txn_id):
+            continue
+        if states and meta.state.kafka_name not in states:
+            continue
+        if pids and meta.producer_id not in pids:
+            continue
+        if min_duration >= 0 and (meta.state != TxnState.ONGOING or now - meta.start_ms < min_duration):
+            continue
+        listed.append(R.TransactionState(transactional_id=txn_id, producer_id=meta.producer_id,
+                                         transaction_state=meta.state.kafka_name))
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=0,
+             unknown_state_filters=sorted(states - known), transaction_states=listed)
