@@ -14,6 +14,7 @@ from strata_contract.manifest import RemoteManifest
 from .cluster.member import ClusterMember
 from .config import BrokerConfig
 from .groups import GroupCoordinator
+from .groups.transactions import TransactionCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metering import Meter
@@ -71,6 +72,9 @@ class Broker:
             self.tier.leads = self.cluster.leads
         self.replicas = ReplicaManager(self.logs, self.leadership, self.tier)
         self.groups = GroupCoordinator(config, self.logs, self.replicas)
+        # Transactions need every partition's markers written here: one broker only (for now).
+        self.transactions = (TransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store)
+                             if self.cluster is None else None)
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
         self.meter.group_lag = lambda: self.groups.lag(self.logs)
@@ -82,7 +86,8 @@ class Broker:
         self.services = Services(config=config, node_id=node_id, logs=self.logs, replicas=self.replicas,
                                  leadership=self.leadership, groups=self.groups, authorizer=self.authorizer,
                                  credentials=self.credentials, auth=self.auth, quotas=self.quotas, meter=self.meter,
-                                 lifecycle=self.lifecycle, default_listener=listeners[0])
+                                 lifecycle=self.lifecycle, default_listener=listeners[0],
+                                 transactions=self.transactions)
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -136,6 +141,8 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         if self.cluster is None:
             await self.groups.load_all()
+        if self.transactions is not None:
+            await self.transactions.load()
         if self.config["schema.registry.principal"]:
             ensure_schemas_topic(self.logs)  # the schema registry's store (strata_broker/schemas.py)
         for listener in self.listeners:
@@ -152,6 +159,8 @@ class Broker:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
                                                             self._reload_credentials)))
         self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
+        if self.transactions is not None:
+            self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
         if self.tier is not None:

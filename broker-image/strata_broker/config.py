@@ -303,6 +303,13 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("offsets.retention.minutes", _int_at_least(1), str(7 * 24 * 60),
                   "committed offsets of an empty group expire after this"),
         ConfigKey("group.coordinator.tick.ms", _int_at_least(10), "100", "session expiry check period"),
+        # Transactions (Kafka's names and defaults).
+        ConfigKey("transaction.max.timeout.ms", _int_at_least(1), "900000",
+                  "longest transaction.timeout.ms a producer may ask"),
+        ConfigKey("transaction.state.log.num.partitions", _int_at_least(1), "50",
+                  "partitions of __transaction_state"),
+        ConfigKey("transaction.abort.timed.out.transaction.cleanup.interval.ms", _int_at_least(10), "10000",
+                  "how often the coordinator aborts transactions past their timeout"),
         ConfigKey("tiered.s3.bucket", str, "", "S3 bucket for closed segments; empty = no tiering"),
         ConfigKey("tiered.s3.prefix", str, "", "key prefix inside the bucket"),
         ConfigKey("tiered.s3.endpoint", str, "", "S3 endpoint URL; empty = AWS"),

@@ -140,6 +140,9 @@ class OffsetStore:
         self.wall = wall
         self.num_partitions = num_partitions
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        # Transactional offsets not committed yet: producer id -> group -> {(topic, p): offset}.
+        # They become the group's offsets when the commit marker reaches their partition.
+        self.pending: dict[int, dict[str, dict[tuple[str, int], CommittedOffset]]] = {}
 
     # ---- startup -----------------------------------------------------------------------
 
@@ -171,7 +174,18 @@ class OffsetStore:
                 batch = records.next_batch()
                 if batch is None:
                     break
-                if not getattr(batch, "is_control_batch", False):
+                if batch.is_control_batch:
+                    for record in batch:
+                        key = bytes(record.key or b"")
+                        if record.offset >= position and len(key) >= 4:
+                            commit = _I16.unpack_from(key, 2)[0] == 1
+                            self.complete_txn(batch.producer_id, commit, plog.partition)
+                elif batch.is_transactional:
+                    for record in batch:
+                        if record.offset >= position:
+                            count += 1
+                            self._apply_pending(batch.producer_id, record.key, record.value)
+                else:
                     for record in batch:
                         if record.offset >= position:
                             count += 1
@@ -200,6 +214,66 @@ class OffsetStore:
                 self.offsets.setdefault(group, {})[(topic, partition)] = decode_value(bytes(value))
         except (struct.error, UnicodeDecodeError, IndexError):
             log.warning("skipping an unreadable record in %s", OFFSETS_TOPIC)
+
+    def _apply_pending(self, producer_id: int, key: bytes | None, value: bytes | None) -> None:
+        if not key or value is None:
+            return
+        try:
+            parsed = decode_key(bytes(key))
+            if parsed is None:
+                return
+            group, topic, partition = parsed
+            self.pending.setdefault(producer_id, {}).setdefault(group, {})[(topic, partition)] = \
+                decode_value(bytes(value))
+        except (struct.error, UnicodeDecodeError, IndexError):
+            log.warning("skipping an unreadable transactional record in %s", OFFSETS_TOPIC)
+
+    def complete_txn(self, producer_id: int, commit: bool, partition: int) -> None:
+        """A marker reached an offsets partition: the producer's pending offsets of the groups
+        stored there become committed (commit) or are dropped (abort)."""
+        groups = self.pending.get(producer_id)
+        if not groups:
+            return
+        for group in [g for g in groups if partition_for(g, self.num_partitions) == partition]:
+            entries = groups.pop(group)
+            if commit:
+                self.offsets.setdefault(group, {}).update(entries)
+        if not groups:
+            del self.pending[producer_id]
+
+    def has_pending(self, group_id: str, partitions: list[tuple[str, int]] | None) -> bool:
+        """Whether a transaction has offsets of these partitions (all when None) not decided yet."""
+        for groups in self.pending.values():
+            entries = groups.get(group_id)
+            if entries and (partitions is None or any(tp in entries for tp in partitions)):
+                return True
+        return False
+
+    async def write_txn(self, group_id: str, producer_id: int, producer_epoch: int,
+                        offsets: dict[tuple[str, int], CommittedOffset]) -> None:
+        """TxnOffsetCommit: the offsets go to the group's partition in a transactional batch of the
+        producer; they stay pending until the transaction's marker decides them."""
+        if not offsets:
+            return
+        self.ensure_topic()
+        topic = self.logs.topics[OFFSETS_TOPIC]
+        plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True,
+                                            producer_id=producer_id, producer_epoch=producer_epoch,
+                                            base_sequence=-1, batch_size=1 << 30)
+        now = int(self.wall() * 1000)
+        for i, ((topic_name, partition), entry) in enumerate(offsets.items()):
+            builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
+                           value=encode_value(entry), headers=[])
+        appended = self.replicas.append(plog, bytes(builder.build()))
+        try:
+            await appended.durable()
+        except KafkaProtocolError as exc:
+            if exc.code == ErrorCode.NOT_LEADER_OR_FOLLOWER:
+                raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker") \
+                    from exc
+            raise
+        self.pending.setdefault(producer_id, {}).setdefault(group_id, {}).update(offsets)
 
     def _forget(self, group: str, topic: str, partition: int) -> None:
         entries = self.offsets.get(group)

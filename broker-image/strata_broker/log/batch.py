@@ -86,8 +86,10 @@ def peek_length(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int
     return base, length + LOG_OVERHEAD
 
 
-def validate_batches(records: bytes | bytearray | memoryview, max_batch_bytes: int) -> list[BatchHeader]:
-    """Parse and check every batch of a produce request's records; raise on the first bad one."""
+def validate_batches(records: bytes | bytearray | memoryview, max_batch_bytes: int,
+                     allow_control: bool = False) -> list[BatchHeader]:
+    """Parse and check every batch of a produce request's records; raise on the first bad one.
+    Control batches (transaction markers) only where the broker wrote them (`allow_control`)."""
     view = memoryview(records)
     total = len(view)
     if total == 0:
@@ -110,7 +112,7 @@ def validate_batches(records: bytes | bytearray | memoryview, max_batch_bytes: i
             raise KafkaProtocolError(ErrorCode.INVALID_RECORD, "record count and offset delta disagree")
         if (header.attributes & ATTR_COMPRESSION_MASK) > MAX_CODEC:
             raise KafkaProtocolError(ErrorCode.UNSUPPORTED_COMPRESSION_TYPE, "unknown compression codec")
-        if header.is_control:
+        if header.is_control and not allow_control:
             raise KafkaProtocolError(ErrorCode.INVALID_RECORD, "clients may not write control batches")
         if crc32c.crc32c(view[pos + 21 : pos + header.length]) != header.crc:
             raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "record batch CRC-32C mismatch")
@@ -147,3 +149,62 @@ def batch_is_intact(buf: bytes | bytearray | memoryview, pos: int, end: int) -> 
 
 def set_base_offset(batch: bytearray, pos: int, base_offset: int) -> None:
     _OFFSET.pack_into(batch, pos, base_offset)
+
+
+# ---- control batches (transaction markers) --------------------------------------------------
+
+CONTROL_ABORT = 0
+CONTROL_COMMIT = 1
+_CONTROL_KEY = struct.Struct(">hh")  # version 0, type (0 abort, 1 commit)
+_CONTROL_VALUE = struct.Struct(">hi")  # version 0, coordinator epoch
+
+
+def _varint(value: int) -> bytes:
+    """A zig-zag varint, as records encode their lengths and deltas."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value & ~0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def build_control_batch(producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+                        timestamp_ms: int) -> bytes:
+    """A transaction marker as Kafka writes it: one control record (key: version 0 and type 0 abort
+    / 1 commit; value: version 0 and the coordinator epoch) in a batch with the control and
+    transactional attribute bits, the producer's id and epoch, and no sequence. Base offset 0:
+    the log assigns the real one."""
+    key = _CONTROL_KEY.pack(0, CONTROL_COMMIT if commit else CONTROL_ABORT)
+    value = _CONTROL_VALUE.pack(0, coordinator_epoch)
+    body = (b"\x00" + _varint(0) + _varint(0) + _varint(len(key)) + key + _varint(len(value)) + value
+            + _varint(0))
+    record = _varint(len(body)) + body
+    attributes = ATTR_TRANSACTIONAL | ATTR_CONTROL
+    after_crc = struct.pack(">hiqqqhii", attributes, 0, timestamp_ms, timestamp_ms, producer_id, producer_epoch,
+                            -1, 1) + record
+    crc = crc32c.crc32c(after_crc)
+    batch_length = 4 + 1 + 4 + len(after_crc)  # leader epoch, magic, crc, then the rest
+    return struct.pack(">qiibI", 0, batch_length, -1, 2, crc) + after_crc
+
+
+def control_type(batch: bytes | bytearray | memoryview) -> int | None:
+    """The type of a control batch's record (CONTROL_ABORT or CONTROL_COMMIT), None if unreadable."""
+    view = memoryview(batch)
+    pos = HEADER_SIZE
+    try:
+        for _ in range(4):  # record length, attributes (1 byte, not a varint), timestamp delta, offset delta
+            if _ == 1:
+                pos += 1
+                continue
+            while view[pos] & 0x80:
+                pos += 1
+            pos += 1
+        while view[pos] & 0x80:  # key length
+            pos += 1
+        pos += 1
+        _, kind = _CONTROL_KEY.unpack_from(view, pos)
+    except (IndexError, struct.error):
+        return None
+    return int(kind)

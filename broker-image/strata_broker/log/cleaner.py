@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from .compaction import clean, latest_offsets
+from .compaction import AbortedRanges, aborted_ranges, clean, latest_offsets
 from .partition import PartitionLog
 from .segment import Segment, segment_name
 
@@ -51,10 +51,14 @@ class IoBudget:
 
 
 def cleanable_segments(plog: PartitionLog, now_ms: int) -> list[Segment]:
-    """The closed segments old enough to compact (a prefix of the log; never the active one)."""
+    """The closed segments old enough to compact (a prefix of the log; never the active one, nor
+    one that reaches past the last stable offset: an open transaction is not cleaned)."""
     lag = plog.config.values["min.compaction.lag.ms"]
+    stable = plog.last_stable_offset
     out = []
     for segment in plog.segments[:-1]:
+        if segment.next_offset > stable:
+            break
         if segment.max_timestamp >= 0 and now_ms - segment.max_timestamp < lag:
             break
         if plog.remote is not None and segment.next_offset > plog.remote_end_offset:
@@ -119,7 +123,8 @@ class Cleaner:
         budget = IoBudget(self.io_bytes_per_second)
         try:
             bases, removed, read, written = await asyncio.to_thread(
-                _clean_files, plog.directory, segments, dirty_from, cutoff, plog.config.segment_bytes, budget)
+                _clean_files, plog.directory, segments, dirty_from, cutoff, plog.config.segment_bytes, budget,
+                aborted_ranges(plog.aborted))
         except OSError as exc:
             log.warning("compaction of %s-%d failed: %s", plog.topic, plog.partition, exc)
             return False
@@ -135,7 +140,8 @@ class Cleaner:
 
 
 def _clean_files(directory: str, segments: list[Segment], dirty_from: int, tombstone_cutoff_ms: int,
-                 segment_bytes: int, budget: IoBudget) -> tuple[list[int], int, int, int]:
+                 segment_bytes: int, budget: IoBudget,
+                 aborted: AbortedRanges | None = None) -> tuple[list[int], int, int, int]:
     """In a worker thread: write the cleaned segments as `<base>.log.cleaned`; return their bases."""
     datas = []
     for segment in segments:
@@ -143,11 +149,11 @@ def _clean_files(directory: str, segments: list[Segment], dirty_from: int, tombs
         budget.spend(len(data))
         datas.append(data)
     latest = latest_offsets((d for s, d in zip(segments, datas, strict=True) if s.next_offset > dirty_from),
-                            dirty_from)
+                            dirty_from, aborted=aborted)
     cleaned = []
     removed = 0
     for data in datas:
-        out, gone = clean(data, latest, tombstone_cutoff_ms)
+        out, gone = clean(data, latest, tombstone_cutoff_ms, aborted)
         cleaned.append(out)
         removed += gone
     bases = []

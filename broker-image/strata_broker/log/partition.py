@@ -17,7 +17,16 @@ from kafka.record.default_records import DefaultRecordBatch
 
 from ..config import TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
-from .batch import BatchHeader, stamp_log_append_time, validate_batches
+from . import txn_index
+from .batch import (
+    CONTROL_ABORT,
+    BatchHeader,
+    build_control_batch,
+    control_type,
+    parse_header,
+    stamp_log_append_time,
+    validate_batches,
+)
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache
 from .producer_state import ProducerState
@@ -97,6 +106,8 @@ class PartitionLog:
         self.segments: list[Segment] = []
         self.log_start_offset = 0
         self.producers = ProducerState()
+        # Aborted transactions whose marker is in the local log, in marker order (.txnindex files).
+        self.aborted: list[txn_index.AbortedTxn] = []
         self._waiters: set[asyncio.Future[None]] = set()
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
         self.remote: RemoteManifestView | None = None
@@ -162,15 +173,24 @@ class PartitionLog:
         self._load_producer_state()
 
     def _load_producer_state(self) -> None:
+        """Producer state (sequences, ongoing transactions) from the last snapshot, then the batches
+        after it; the aborted-transaction index is read from the segments' `.txnindex` files, and
+        rebuilt for the part of the log the snapshot does not cover."""
         snapshot = read_json(os.path.join(self.directory, PRODUCER_SNAPSHOT))
         from_offset = 0
         if snapshot and int(snapshot.get("offset", -1)) <= self.log_end_offset:
             self.producers = ProducerState.from_json(snapshot.get("producers", {}))
             from_offset = int(snapshot["offset"])
+        for segment in self.segments:
+            entries = txn_index.read_index(_txn_index_path(segment))
+            kept = [e for e in entries if e.last_offset < from_offset]
+            if len(kept) != len(entries):
+                txn_index.write_index(_txn_index_path(segment), kept)
+            self.aborted.extend(kept)
         for segment in self._segments_from(from_offset):
-            for _, header in segment.walk(0):
+            for pos, header in segment.walk(0):
                 if header.base_offset >= from_offset:
-                    self.producers.record(header)
+                    self._record(header, segment, pos)
 
     def _segments_from(self, offset: int) -> list[Segment]:
         i = max(0, bisect_right([s.base_offset for s in self.segments], offset) - 1)
@@ -262,8 +282,9 @@ class PartitionLog:
         except OSError as exc:
             log.error("append to %s-%d failed: %s", self.topic, self.partition, exc)
             raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
+        producers = self.producers
         for header in rebased:
-            self.producers.record(header)
+            producers.record(header)
         self._wake()
         return AppendResult(base_offset, next_offset - 1, False, segment, pieces=pieces, log_append_time=append_time)
 
@@ -272,7 +293,7 @@ class PartitionLog:
 
         Batches below the log end are already here and skipped; returns how many were appended.
         """
-        headers = validate_batches(data, max(self.config.max_message_bytes, len(data)))
+        headers = validate_batches(data, max(self.config.max_message_bytes, len(data)), allow_control=True)
         appended = 0
         pos = 0
         for header in headers:
@@ -285,13 +306,82 @@ class PartitionLog:
                                          f"restored batch at {header.base_offset} leaves a gap after "
                                          f"{self.log_end_offset}")
             self._maybe_roll(len(chunk))
-            self.active.append(chunk, [header])
-            self.producers.record(header)
+            segment = self.active
+            position = segment.size
+            segment.append(chunk, [header])
+            self._record(header, segment, position)
             appended += 1
         if appended:
             self.active.fsync()
             self._wake()
         return appended
+
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool,
+                      coordinator_epoch: int = 0) -> AppendResult:
+        """Write a transaction marker (a control batch) that ends the producer's transaction in this
+        partition: commit makes its records visible to read_committed readers, abort adds an entry to
+        the aborted-transaction index. A marker from an older producer epoch is refused."""
+        known = self.producers.epoch_of(producer_id)
+        if known is not None and producer_epoch < known:
+            raise KafkaProtocolError(ErrorCode.INVALID_PRODUCER_EPOCH,
+                                     f"marker epoch {producer_epoch} < producer epoch {known}")
+        batch = bytearray(build_control_batch(producer_id, producer_epoch, commit, coordinator_epoch,
+                                              int(time.time() * 1000)))
+        self._maybe_roll(len(batch))
+        offset = self.log_end_offset
+        _OFFSET.pack_into(batch, 0, offset)
+        header = parse_header(batch)
+        segment = self.active
+        position = segment.size
+        try:
+            segment.append(bytes(batch), [header])
+        except OSError as exc:
+            log.error("marker append to %s-%d failed: %s", self.topic, self.partition, exc)
+            raise KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)) from exc
+        self._record(header, segment, position, bytes(batch))
+        self._wake()
+        return AppendResult(offset, offset, False, segment, data=bytes(batch))
+
+    def _record(self, header: BatchHeader, segment: Segment, position: int, batch: bytes | None = None) -> None:
+        """Producer state after an appended (or recovered) batch; an abort marker that ends a
+        transaction with records here adds an entry to the aborted-transaction index."""
+        if not header.is_control or header.producer_id < 0:
+            self.producers.record(header)
+            return
+        first = self.producers.ongoing.get(header.producer_id)
+        self.producers.record(header)
+        if first is None:
+            return
+        if batch is None:
+            batch = segment.read_batch(position, header.length)
+        if control_type(batch) != CONTROL_ABORT:
+            return
+        unstable = self.producers.first_unstable_offset()
+        entry = txn_index.AbortedTxn(header.producer_id, first, header.base_offset,
+                                     header.next_offset if unstable is None else unstable)
+        self.aborted.append(entry)
+        txn_index.append_entry(_txn_index_path(segment), entry)
+
+    @property
+    def last_stable_offset(self) -> int:
+        """Below it every transaction is decided (Kafka's LSO): the first offset of the oldest
+        ongoing transaction, else the high watermark. read_committed readers stop there."""
+        unstable = self.producers.first_unstable_offset()
+        return self.high_watermark if unstable is None else min(unstable, self.high_watermark)
+
+    def aborted_between(self, fetch_offset: int, upper_offset: int) -> list[txn_index.AbortedTxn]:
+        """Aborted transactions (local index) overlapping [fetch_offset, upper_offset)."""
+        if not self.aborted:
+            return []
+        lasts = [e.last_offset for e in self.aborted]
+        start = bisect_right(lasts, fetch_offset - 1)
+        return txn_index.overlapping(self.aborted[start:], fetch_offset, upper_offset)
+
+    def _prune_aborted(self) -> None:
+        """Forget index entries whose marker is no longer in the local log."""
+        start = self.local_start_offset
+        if self.aborted and self.aborted[0].last_offset < start:
+            self.aborted = [e for e in self.aborted if e.last_offset >= start]
 
     def _maybe_roll(self, incoming: int) -> None:
         active = self.active
@@ -415,6 +505,7 @@ class PartitionLog:
             _unlink_quietly(os.path.join(self.directory, snapshot_name(oldest.next_offset)))
             deleted += 1
         if deleted:
+            self._prune_aborted()
             self.write_checkpoint()
             log.info("%s deleted %d local segment(s) of %s-%d; local log starts at %d", "tiering" if tiered
                      else "retention", deleted, self.topic, self.partition, self.local_start_offset)
@@ -437,6 +528,7 @@ class PartitionLog:
             oldest.delete()
             _unlink_quietly(os.path.join(self.directory, snapshot_name(oldest.next_offset)))
             deleted += 1
+        self._prune_aborted()
         self.write_checkpoint()
         log.info("log start offset of %s-%d moved to %d (DeleteRecords); %d local segment(s) deleted",
                  self.topic, self.partition, offset, deleted)
@@ -469,6 +561,14 @@ class PartitionLog:
             segment.seal()
             installed.append(segment)
         self.segments[start:start + count] = installed
+        # Segments may have been merged: each installed one's `.txnindex` holds the entries of
+        # the markers it now contains (compaction keeps markers and offsets).
+        for segment in originals:
+            if segment.base_offset not in cleaned_bases:
+                _unlink_quietly(_txn_index_path(segment))
+        for segment in installed:
+            txn_index.write_index(_txn_index_path(segment), [
+                e for e in self.aborted if segment.base_offset <= e.last_offset < segment.next_offset])
         self.cleaned_offset = max(self.cleaned_offset, cleaned_through)
         self.write_checkpoint()
         return True
@@ -534,6 +634,10 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _txn_index_path(segment: Segment) -> str:
+    return txn_index.index_path(segment.directory, segment.base_offset)
 
 
 def _rebase(header: BatchHeader, base_offset: int) -> BatchHeader:

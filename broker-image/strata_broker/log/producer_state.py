@@ -1,4 +1,6 @@
-"""Idempotent-producer sequence tracking for one partition (what makes retries exactly-once)."""
+"""Idempotent-producer sequence tracking for one partition (what makes retries exactly-once), and the
+transactions open in it (the first offset of each producer's ongoing transaction, which bounds the
+last stable offset)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class _CachedBatch:
 class _Producer:
     epoch: int
     batches: deque[_CachedBatch] = field(default_factory=lambda: deque(maxlen=_CACHED_BATCHES))
+    txn_first_offset: int = -1  # first offset of the producer's ongoing transaction here, else -1
 
     @property
     def last_seq(self) -> int:
@@ -36,11 +39,21 @@ class _Producer:
 class ProducerState:
     def __init__(self) -> None:
         self._producers: dict[int, _Producer] = {}
+        # producer id -> first offset of its ongoing transaction in this partition
+        self.ongoing: dict[int, int] = {}
+
+    def first_unstable_offset(self) -> int | None:
+        """The first offset of the oldest ongoing transaction (the last stable offset), or None."""
+        return min(self.ongoing.values()) if self.ongoing else None
+
+    def epoch_of(self, producer_id: int) -> int | None:
+        producer = self._producers.get(producer_id)
+        return None if producer is None else producer.epoch
 
     def check(self, header: BatchHeader) -> int | None:
         """Base offset of an earlier identical batch (a retry), None if new; raise if out of order."""
-        if header.producer_id < 0:
-            return None
+        if header.producer_id < 0 or header.base_sequence < 0:
+            return None  # not idempotent, or written by a coordinator (transactional offsets)
         producer = self._producers.get(header.producer_id)
         if producer is None:
             if header.base_sequence != 0:
@@ -67,12 +80,24 @@ class ProducerState:
 
     def record(self, header: BatchHeader) -> None:
         """Remember an appended batch (its header carries the assigned offsets)."""
-        if header.producer_id < 0:
+        pid = header.producer_id
+        if pid < 0:
             return
-        producer = self._producers.get(header.producer_id)
-        if producer is None or header.producer_epoch != producer.epoch:
-            producer = _Producer(epoch=header.producer_epoch)
-            self._producers[header.producer_id] = producer
+        producer = self._producers.get(pid)
+        if producer is None or header.producer_epoch > producer.epoch or (
+                header.producer_epoch != producer.epoch and not header.is_control):
+            first = producer.txn_first_offset if producer is not None else -1
+            producer = _Producer(epoch=header.producer_epoch, txn_first_offset=first)
+            self._producers[pid] = producer
+        if header.is_control:  # a transaction marker ends the producer's transaction here
+            producer.txn_first_offset = -1
+            self.ongoing.pop(pid, None)
+            return
+        if header.is_transactional and producer.txn_first_offset < 0:
+            producer.txn_first_offset = header.base_offset
+            self.ongoing[pid] = header.base_offset
+        if header.base_sequence < 0:
+            return
         producer.batches.append(
             _CachedBatch(header.base_sequence, header.last_sequence, header.base_offset, header.last_offset)
         )
@@ -80,7 +105,7 @@ class ProducerState:
     def to_json(self) -> dict[str, Any]:
         return {
             str(pid): {"epoch": p.epoch, "batches": [[b.first_seq, b.last_seq, b.base_offset, b.last_offset]
-                                                      for b in p.batches]}
+                                                      for b in p.batches], "txn": p.txn_first_offset}
             for pid, p in self._producers.items()
         }
 
@@ -88,8 +113,10 @@ class ProducerState:
     def from_json(cls, data: dict[str, Any]) -> ProducerState:
         state = cls()
         for pid, entry in data.items():
-            producer = _Producer(epoch=int(entry["epoch"]))
+            producer = _Producer(epoch=int(entry["epoch"]), txn_first_offset=int(entry.get("txn", -1)))
             for first_seq, last_seq, base, last in entry["batches"]:
                 producer.batches.append(_CachedBatch(first_seq, last_seq, base, last))
             state._producers[int(pid)] = producer
+            if producer.txn_first_offset >= 0:
+                state.ongoing[int(pid)] = producer.txn_first_offset
         return state

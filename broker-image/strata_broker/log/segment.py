@@ -291,7 +291,8 @@ class Segment:
 
     def delete(self) -> None:
         self.close()
-        for path in (self.log_path, self.offset_index.path, self.time_index.path):
+        for path in (self.log_path, self.offset_index.path, self.time_index.path,
+                     self.log_path[:-4] + ".txnindex"):
             try:
                 os.unlink(path)
             except FileNotFoundError:

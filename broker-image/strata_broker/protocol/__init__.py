@@ -3,7 +3,19 @@
 Importing this package registers every handler module in the table.
 """
 
-from . import admin, configs, fetch, groups, metadata, offsets, produce, producer_ids, replicas, security  # noqa: F401
+from . import (  # noqa: F401
+    admin,
+    configs,
+    fetch,
+    groups,
+    metadata,
+    offsets,
+    produce,
+    producer_ids,
+    replicas,
+    security,
+    transactions,
+)
 from .registry import API_TABLE, ApiSpec
 
 __all__ = ["API_TABLE", "ApiSpec"]

@@ -12,6 +12,7 @@ from ..security import ANONYMOUS
 if TYPE_CHECKING:
     from ..config import BrokerConfig
     from ..groups import GroupCoordinator
+    from ..groups.transactions import TransactionCoordinator
     from ..log.manager import LogManager
     from ..metering import Meter
     from ..replica import Leadership, ReplicaManager
@@ -59,6 +60,8 @@ class Services:
     meter: Meter
     lifecycle: Lifecycle
     default_listener: Listener
+    # The transaction coordinator; None in cluster mode (not available there yet).
+    transactions: TransactionCoordinator | None = None
 
     @property
     def cluster_id(self) -> str:

@@ -9,12 +9,42 @@ import time
 from kafka.protocol.consumer import FetchRequest, FetchResponse
 
 from ..errors import KafkaProtocolError
+from ..log.batch import LOG_OVERHEAD, peek_length
 from ..security.acl import OP_READ
 from .context import RequestContext
 from .registry import api
 
 _TopicResponse = FetchResponse.FetchableTopicResponse
 _PartitionData = _TopicResponse.PartitionData
+_Aborted = _PartitionData.AbortedTransaction
+READ_COMMITTED = 1
+
+
+def _below(records: bytes | memoryview, limit: int) -> bytes | memoryview:
+    """The whole batches of `records` that start below `limit` (the last stable offset): a
+    transaction's batches all start at or after its first offset, so none straddles it."""
+    pos = 0
+    total = len(records)
+    while pos + LOG_OVERHEAD <= total:
+        base, length = peek_length(records, pos)
+        if base >= limit:
+            break
+        pos += length
+    return records if pos >= total else records[:pos]
+
+
+def _end_offset(records: bytes | memoryview, fetch_offset: int) -> int:
+    """One past the last offset the batches in `records` cover (fetch_offset when empty)."""
+    pos = 0
+    end = fetch_offset
+    total = len(records)
+    view = memoryview(records)
+    while pos + 61 <= total:
+        base, length = peek_length(view, pos)
+        last_delta = int.from_bytes(view[pos + 23:pos + 27], "big", signed=True)
+        end = max(end, base + last_delta + 1)
+        pos += length
+    return end
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +90,12 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
     total = 0
     errors = False
     topics = []
+    committed = ctx.api_version >= 4 and request.isolation_level == READ_COMMITTED
     # Reads below the local log start go to S3; they run concurrently, under one timeout.
     remote: dict[int, asyncio.Task[bytes | memoryview]] = {}
     slots: list[_PartitionData] = []
     topic_by_slot: dict[int, str] = {}
+    offsets_by_slot: dict[int, int] = {}
     for topic in request.topics:
         partitions = []
         for part in topic.partitions:
@@ -73,7 +105,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
             try:
                 plog = replicas.partition(ctx, topic.topic, part.partition, OP_READ)
                 data.high_watermark = plog.high_watermark
-                data.last_stable_offset = plog.high_watermark
+                lso = data.last_stable_offset = plog.last_stable_offset
                 data.log_start_offset = plog.log_start_offset
                 limit = min(part.partition_max_bytes, budget - total)
                 if limit > 0 or total == 0:
@@ -85,7 +117,13 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                             plog, part.fetch_offset, min(part.partition_max_bytes, budget), True))
                         slots.append(data)
                         topic_by_slot[id(data)] = topic.topic
+                        offsets_by_slot[id(data)] = part.fetch_offset
                         records = b""
+                    elif committed:
+                        records = _below(records, lso)
+                        data.aborted_transactions = [
+                            _Aborted(producer_id=a.producer_id, first_offset=a.first_offset)
+                            for a in plog.aborted_between(part.fetch_offset, _end_offset(records, part.fetch_offset))]
                     data.records = records
                     total += len(records)
                     if records:
@@ -109,6 +147,13 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 log.warning("remote read of partition %d failed: %s", data.partition_index, task.exception())
                 continue
             records = task.result()
+            if committed:
+                plog = ctx.services.logs.get_partition(topic_by_slot[id(data)], data.partition_index)
+                records = _below(records, data.last_stable_offset)
+                fetch_offset = offsets_by_slot[id(data)]
+                found = await replicas.aborted_transactions(plog, fetch_offset, _end_offset(records, fetch_offset))
+                data.aborted_transactions = [_Aborted(producer_id=a.producer_id, first_offset=a.first_offset)
+                                             for a in found]
             if total + len(records) > budget and total > 0:
                 continue  # over the response budget: this partition's turn comes in the next fetch
             data.records = records

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ..groups import GroupCoordinator
 
 _GROUP_KEY = 0
+_TXN_KEY = 1
 GROUP_AUTHORIZATION_FAILED = 30
 TOPIC_AUTHORIZATION_FAILED = 29
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
@@ -90,8 +91,16 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
             return GROUP_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe group {key}"
         if key_type != _GROUP_KEY and not ctx.authorize(OP_DESCRIBE, RES_TRANSACTIONAL_ID, key):
             return TRANSACTIONAL_ID_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe {key}"
+        if key_type == _TXN_KEY:
+            txns = broker.transactions
+            if txns is None:
+                return E.COORDINATOR_NOT_AVAILABLE, "transactions are not available in cluster mode yet"
+            if not txns.loaded:
+                return E.COORDINATOR_NOT_AVAILABLE, "the transaction coordinator is loading"
+            txns.ensure_topic()
+            return E.NONE, None
         if key_type != _GROUP_KEY:
-            return E.COORDINATOR_NOT_AVAILABLE, "only group coordinators are served (no transactions)"
+            return E.INVALID_REQUEST, f"unknown coordinator key type {key_type}"
         if groups is None:
             return E.COORDINATOR_NOT_AVAILABLE, "the group coordinator is not running"
         groups.ensure_offsets_topic()
@@ -102,6 +111,8 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
     def where(error: int, key: str) -> tuple[int, str, int]:
         if error != 0:
             return -1, "", -1
+        if key_type == _TXN_KEY:
+            return broker.node_id, ctx.advertised_host, ctx.advertised_port
         # The leader of the group's offsets partition (hash of the group id), as Kafka does.
         address = broker.leadership.coordinator_of(key)
         if address is None or address.id == broker.node_id:

@@ -22,6 +22,7 @@ _PartitionResponse = _TopicResponse.ListOffsetsPartitionResponse
 async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse:
     replicas = ctx.services.replicas
     topics = []
+    committed = ctx.api_version >= 2 and request.isolation_level == 1
     for topic in request.topics:
         partitions = []
         for part in topic.partitions:
@@ -31,7 +32,8 @@ async def handle_list_offsets(ctx: RequestContext, request: ListOffsetsRequest) 
                 plog = replicas.partition(ctx, topic.name, part.partition_index, OP_DESCRIBE)
                 ts = part.timestamp
                 if ts == LATEST:
-                    response.offset = plog.high_watermark
+                    # read_committed readers see up to the last stable offset (Kafka's ListOffsets v2+)
+                    response.offset = plog.last_stable_offset if committed else plog.high_watermark
                 elif ts == EARLIEST:
                     response.offset = plog.log_start_offset
                 elif ts == EARLIEST_LOCAL:

@@ -9,8 +9,9 @@ from collections.abc import Awaitable
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..log.batch import ATTR_TRANSACTIONAL, HEADER_SIZE, parse_header
 from ..schemas import gate as schema_gate
-from ..security.acl import OP_WRITE
+from ..security.acl import OP_WRITE, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
 
@@ -30,8 +31,15 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     request_error: KafkaProtocolError | None = None
     if acks not in (0, 1, -1):
         request_error = KafkaProtocolError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks={acks}")
-    elif request.transactional_id is not None:
-        request_error = KafkaProtocolError(ErrorCode.INVALID_REQUEST, "transactions are not supported")
+    txn_id = request.transactional_id
+    txns = services.transactions
+    if request_error is None and txn_id is not None:
+        if txns is None:
+            request_error = KafkaProtocolError(ErrorCode.INVALID_REQUEST,
+                                               "transactions are not available in cluster mode yet")
+        elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, txn_id):
+            request_error = KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                                               f"not authorized for transactional id {txn_id}")
 
     # Appends happen here, before the first await, so requests pipelined on one connection
     # are applied in the order they arrived.
@@ -50,8 +58,20 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 if services.logs.topics[topic_data.name].internal and not internal_ok:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
                                              f"{topic_data.name} is internal: only the broker writes it")
-                if pdata.records is None:
+                records = pdata.records
+                if records is None:
                     raise KafkaProtocolError(ErrorCode.CORRUPT_MESSAGE, "null records")
+                # Attributes (int16 at byte 21): their low byte holds the transactional bit.
+                if len(records) >= HEADER_SIZE and records[22] & ATTR_TRANSACTIONAL:
+                    if txn_id is None or txns is None:
+                        raise KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                                                 "transactional records need a transactional id")
+                    header = parse_header(records)
+                    refused = txns.verify_produce(txn_id, header.producer_id, header.producer_epoch,
+                                                  topic_data.name, pdata.index)
+                    if refused != ErrorCode.NONE:
+                        raise KafkaProtocolError(refused, f"{topic_data.name}-{pdata.index} is not in the "
+                                                 f"transaction of {txn_id} (or the producer is fenced)")
                 appended = replicas.append(plog, pdata.records)
                 result = appended.result
                 if not result.duplicate:

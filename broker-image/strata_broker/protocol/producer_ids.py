@@ -1,4 +1,5 @@
-"""InitProducerId for idempotent producers (transactions are not offered): always a new producer id."""
+"""InitProducerId: a new producer id for an idempotent producer; for a transactional one, the
+transaction coordinator's id and a bumped epoch (groups/transactions.py)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,22 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
         return R(version=ctx.api_version, throttle_time_ms=0,
                  error_code=int(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED), producer_id=-1, producer_epoch=-1)
     if request.transactional_id is not None:
-        return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.INVALID_REQUEST),
-                 producer_id=-1, producer_epoch=-1)
+        txns = ctx.services.transactions
+        if txns is None or not txns.loaded:
+            return R(version=ctx.api_version, throttle_time_ms=0,
+                     error_code=int(ErrorCode.COORDINATOR_NOT_AVAILABLE), producer_id=-1, producer_epoch=-1)
+        pid_in = request.producer_id if ctx.api_version >= 3 else -1
+        epoch_in = request.producer_epoch if ctx.api_version >= 3 else -1
+        try:
+            error, pid, epoch = await txns.init_producer_id(request.transactional_id, request.transaction_timeout_ms,
+                                                            pid_in, epoch_in)
+        except Exception as exc:  # not durable (disk or S3 trouble): the client retries
+            log.warning("InitProducerId for %s failed: %r", request.transactional_id, exc)
+            error, pid, epoch = ErrorCode.COORDINATOR_NOT_AVAILABLE, -1, -1
+        if error == ErrorCode.PRODUCER_FENCED and ctx.api_version < 4:
+            error = ErrorCode.INVALID_PRODUCER_EPOCH
+        return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(error), producer_id=pid,
+                 producer_epoch=epoch)
     # A producer id and epoch in the request (KIP-360) are not trusted: without a transactional id Kafka
     # hands out a new producer id every time, so nobody can bump the epoch of another producer's id.
     try:

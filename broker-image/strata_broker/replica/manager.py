@@ -16,6 +16,7 @@ from typing import Protocol
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager, Topic, is_internal_name
 from ..log.partition import AppendResult, OffsetInRemoteStorage, PartitionLog
+from ..log.txn_index import AbortedTxn
 from ..security.acl import RES_TOPIC
 from .leadership import Leadership
 
@@ -78,6 +79,13 @@ class ReplicaManager:
         epoch = plog.leader_epoch
         return Appended(plog.append(records), plog, epoch, self)
 
+    def append_marker(self, plog: PartitionLog, producer_id: int, producer_epoch: int, commit: bool,
+                      coordinator_epoch: int = 0) -> Appended:
+        """A transaction marker (control batch), written by the transaction coordinator; made
+        durable like any append."""
+        epoch = plog.leader_epoch
+        return Appended(plog.append_marker(producer_id, producer_epoch, commit, coordinator_epoch), plog, epoch, self)
+
     def commits_to_s3(self, plog: PartitionLog) -> bool:
         """acks=all waits for S3 rather than fsync: strata.durability=s3, and the broker's own
         internal topics whenever there is a bucket (a broker that loses its disk still knows
@@ -130,6 +138,19 @@ class ReplicaManager:
         found = self.read_local(plog, offset, max_bytes, always_one)
         if found is None:
             return await self.read_remote(plog, offset, max_bytes, always_one)
+        return found
+
+    async def aborted_transactions(self, plog: PartitionLog, fetch_offset: int,
+                                   upper_offset: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping [fetch_offset, upper_offset): from the remote segments'
+        `.txnindex` files for the part below the local log, then the local index."""
+        found: list[AbortedTxn] = []
+        remote_index = getattr(self.remote, "aborted_transactions", None)
+        if remote_index is not None and plog.remote is not None and fetch_offset < plog.local_start_offset:
+            found = await remote_index(self.logs.get_topic(plog.topic), plog, fetch_offset, upper_offset)
+        seen = {(a.producer_id, a.last_offset) for a in found}
+        found += [a for a in plog.aborted_between(fetch_offset, upper_offset)
+                  if (a.producer_id, a.last_offset) not in seen]
         return found
 
     async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> tuple[int, int] | None:

@@ -30,6 +30,7 @@ from strata_contract.manifest import RemoteManifest
 from strata_contract.usage import usage_prefix
 
 from ..log.partition import AppendResult, PartitionLog
+from ..log.txn_index import AbortedTxn
 from .cache import ChunkCache
 from .compactor import RemoteCompactor
 from .downloader import ChunkDownloader
@@ -223,6 +224,16 @@ class TierManager:
             return None
         return await self.reader.offset_for_timestamp(plog.remote, self.partition_prefix(topic, plog.partition),
                                                       timestamp, plog.local_start_offset)
+
+    async def aborted_transactions(self, topic: Topic, plog: PartitionLog, fetch_offset: int,
+                                   upper_offset: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping [fetch_offset, upper_offset) from the remote segments'
+        `.txnindex` objects (cold read_committed reads)."""
+        if plog.remote is None:
+            return []
+        return await self.reader.aborted_transactions(plog.remote, self.partition_prefix(topic, plog.partition),
+                                                      fetch_offset, upper_offset,
+                                                      int(self.config["transaction.max.timeout.ms"]))
 
     async def publish_log_start(self, plog: PartitionLog) -> None:
         """DeleteRecords: the manifest in the bucket carries the new log start offset, so a restore

@@ -13,6 +13,7 @@ from typing import Any
 from kafka.record.default_records import DefaultRecordBatch
 from strata_contract.manifest import RemoteManifest, RemoteSegment
 
+from ..log import txn_index
 from ..log.batch import HEADER_SIZE, parse_header
 from ..log.index import read_offset_entries, read_time_entries
 from .cache import ChunkCache
@@ -39,6 +40,7 @@ class RemoteReader:
         self._inflight: dict[tuple[str, int], asyncio.Task[bytes | memoryview]] = {}
         self._indexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self._timeindexes: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
+        self._txnindexes: OrderedDict[str, list[txn_index.AbortedTxn]] = OrderedDict()
         self._index_loads: dict[str, asyncio.Task[tuple[list[int], list[int]]]] = {}
         # (segment log key, offset) -> byte position of the batch that starts at that offset: where a
         # read ended. Objects never change (a rewritten segment has a new key), so a hint stays true.
@@ -180,6 +182,38 @@ class RemoteReader:
             self._timeindexes[key] = found
             while len(self._timeindexes) > 256:
                 self._timeindexes.popitem(last=False)
+        return found
+
+    async def aborted_transactions(self, manifest: RemoteManifest, prefix: str, fetch_offset: int,
+                                   upper_offset: int, max_span_ms: int) -> list[txn_index.AbortedTxn]:
+        """Entries of the remote segments' `.txnindex` objects that overlap [fetch_offset,
+        upper_offset). A transaction begun before upper_offset may be aborted by a marker in a later
+        segment, so the search goes on, as Kafka's does, until an entry's last stable offset shows
+        every such transaction decided, or the segments are newer than the read by more than
+        `max_span_ms` (the longest a transaction may stay open). A segment without aborted
+        transactions has no object: a missing key is an empty index."""
+        found: list[txn_index.AbortedTxn] = []
+        upper_time: int | None = None
+        previous_max_ts = -1
+        for segment in manifest.segments:
+            if segment.last_offset < fetch_offset:
+                continue
+            if segment.base_offset >= upper_offset:
+                if upper_time is None:
+                    upper_time = previous_max_ts
+                if upper_time >= 0 and previous_max_ts > upper_time + max_span_ms:
+                    break
+            previous_max_ts = max(previous_max_ts, segment.max_timestamp)
+            key = segment.key(prefix, "txnindex")
+            entries = self._txnindexes.get(key)
+            if entries is None:
+                entries = txn_index.decode(await self.store.get_or_none(key) or b"")
+                self._txnindexes[key] = entries
+                while len(self._txnindexes) > 256:
+                    self._txnindexes.popitem(last=False)
+            found += txn_index.overlapping(entries, fetch_offset, upper_offset)
+            if any(e.last_stable_offset >= upper_offset for e in entries):
+                break
         return found
 
     async def _position_of(self, prefix: str, segment: RemoteSegment, offset: int) -> int:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from strata_contract.layout import segment_key
 from strata_contract.manifest import RemoteSegment
 
+from ..log import txn_index
 from ..log.files import read_json
 from ..log.partition import PartitionLog, snapshot_name
 from ..log.segment import Segment
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 def segment_files(segment: Segment) -> dict[str, str]:
     """The local files uploaded for a segment, by the suffix of their objects, in upload order (the
     log last). A new per-segment index is one more entry here, and its suffix in
-    strata_contract.layout.SEGMENT_SUFFIXES (what retention deletes and `strata tier scrub` keeps)."""
+    strata_contract.layout.SEGMENT_SUFFIXES (what retention deletes and `strata tier scrub` keeps).
+    The aborted-transaction index (`.txnindex`) goes up beside them only when it has entries."""
     return {"index": segment.offset_index.path, "timeindex": segment.time_index.path, "log": segment.log_path}
 
 
@@ -91,6 +93,10 @@ class Uploader:
                 sizes[suffix] = await self._put_file(key, path, segment.size, deadline=300)
             else:
                 sizes[suffix] = await self._put_file(key, path, None, deadline=120)
+        aborted = txn_index.index_path(plog.directory, segment.base_offset)
+        if os.path.exists(aborted) and os.path.getsize(aborted) > 0:  # only segments with an aborted transaction
+            await self._put_file(segment_key(prefix, segment.base_offset, last, "txnindex"), aborted, None,
+                                 deadline=120)
         snapshot = read_json(os.path.join(plog.directory, snapshot_name(segment.next_offset))) or {}
         # Uploads, compaction, retention and garbage collection all rewrite the manifest: one at a time.
         async with plog.manifest_lock:

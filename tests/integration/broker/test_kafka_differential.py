@@ -898,3 +898,107 @@ def test_strata_fetch_in_error_carries_no_offsets(strata):
     assert (part.error_code, part.high_watermark, part.last_stable_offset, part.log_start_offset) == (1, -1, -1, -1)
     part = raw_call(strata.bootstrap, fetch(name, offset=0)).responses[0].partitions[0]
     assert (part.error_code, part.high_watermark, part.log_start_offset) == (0, 3, 0)
+
+
+# ---- transactions --------------------------------------------------------------------------
+
+
+def transactions_scenario(bootstrap: str, name: str) -> Observations:
+    """A transactional producer's commit and abort as read_committed / read_uncommitted readers see
+    them, the LSO while a transaction is open, and the coordinator's answers to wrong requests."""
+    from kafka.protocol.consumer import ListOffsetsRequest
+    from kafka.protocol.producer.transaction import AddPartitionsToTxnRequest, EndTxnRequest
+
+    admin = admin_for(bootstrap)
+    create(admin, name, 2)
+    obs: Observations = {}
+    txn_id = f"{name}-tx"
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id, "linger.ms": 5})
+    producer.init_transactions(60)
+    producer.begin_transaction()
+    for i in range(4):
+        producer.produce(name, value=b"c%d" % i, partition=i % 2)
+    producer.commit_transaction(60)
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(name, value=b"a%d" % i, partition=0)
+    assert producer.flush(30) == 0
+
+    def latest(isolation: int) -> int:
+        conn = RawConnection(bootstrap)
+        try:
+            T = ListOffsetsRequest.ListOffsetsTopic
+            response = conn.request(ListOffsetsRequest(version=5, replica_id=-1, isolation_level=isolation, topics=[
+                T(name=name, partitions=[T.ListOffsetsPartition(partition_index=0, current_leader_epoch=-1,
+                                                                timestamp=-1)])]))
+            return response.topics[0].partitions[0].offset
+        finally:
+            conn.close()
+
+    obs["open: latest read_uncommitted, read_committed"] = (latest(0), latest(1))
+    producer.abort_transaction(60)
+    # Kafka answers EndTxn once the outcome is persisted and writes the markers after; Strata answers
+    # once the markers are durable. Observed when both offsets have settled.
+    deadline = time.monotonic() + 20
+    while latest(0) != latest(1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    obs["aborted: latest read_uncommitted, read_committed"] = (latest(0), latest(1))
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{name}-{isolation}",
+                             "auto.offset.reset": "earliest", "isolation.level": isolation,
+                             "enable.partition.eof": True})
+        consumer.assign([TopicPartition(name, 0), TopicPartition(name, 1)])
+        values, ends, deadline = [], 0, time.monotonic() + 30
+        while ends < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                values.append((msg.partition(), msg.offset(), msg.value()))
+            elif msg is not None and msg.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                ends += 1
+        consumer.close()
+        obs[f"{isolation} records"] = sorted(values)
+
+    conn = RawConnection(bootstrap)
+    try:
+        def init(timeout_ms: int) -> tuple[int, int]:
+            r = conn.request(InitProducerIdRequest(version=4, transactional_id=f"{name}-raw",
+                                                   transaction_timeout_ms=timeout_ms, producer_id=-1,
+                                                   producer_epoch=-1))
+            return r.error_code, r.producer_epoch
+
+        obs["init: timeout over the maximum"] = init(10**9)
+        obs["init: first, second (epochs)"] = (init(60000), init(60000))
+        r = conn.request(InitProducerIdRequest(version=4, transactional_id=f"{name}-raw",
+                                               transaction_timeout_ms=60000, producer_id=-1, producer_epoch=-1))
+        pid, epoch = r.producer_id, r.producer_epoch
+
+        def end(txn: str, p: int, e: int, commit: bool, version: int = 3) -> int:
+            return conn.request(EndTxnRequest(version=version, transactional_id=txn, producer_id=p, producer_epoch=e,
+                                              committed=commit)).error_code
+
+        def add(p: int, e: int, topic: str) -> int:
+            T = AddPartitionsToTxnRequest.AddPartitionsToTxnTopic
+            return conn.request(AddPartitionsToTxnRequest(
+                version=3, v3_and_below_transactional_id=f"{name}-raw", v3_and_below_producer_id=p,
+                v3_and_below_producer_epoch=e, v3_and_below_topics=[T(name=topic, partitions=[0])],
+            )).results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+
+        obs["add: unknown topic"] = add(pid, epoch, f"{name}-missing")
+        obs["add: wrong producer id"] = add(pid + 1000, epoch, name)
+        obs["add: older epoch"] = add(pid, epoch - 1, name)
+        obs["end: older epoch v3, v1"] = (end(f"{name}-raw", pid, epoch - 1, True),
+                                          end(f"{name}-raw", pid, epoch - 1, True, version=1))
+        obs["end: unknown transactional id"] = end(f"{name}-nobody", pid, epoch, True)
+        added, ended = add(pid, epoch, name), end(f"{name}-raw", pid, epoch, True)
+        again, deadline = end(f"{name}-raw", pid, epoch, True), time.monotonic() + 20
+        while again == 51 and time.monotonic() < deadline:  # CONCURRENT_TRANSACTIONS while Kafka writes markers
+            time.sleep(0.1)
+            again = end(f"{name}-raw", pid, epoch, True)
+        obs["add, end commit, end commit again"] = (added, ended, again)
+    finally:
+        conn.close()
+    return obs
+
+
+def test_transactions(both):
+    both("transactions", transactions_scenario)
