@@ -55,6 +55,8 @@ class BrokerCollector(Collector):
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
         for topic in list(logs.topics.values()):
             for plog in topic.partitions:
+                if not plog.loaded:
+                    continue  # loaded by the event loop (start-up's background loader), never from here
                 labels = [topic.name, str(plog.partition)]
                 local.add_metric(labels, plog.size_bytes)
                 end.add_metric(labels, plog.log_end_offset)
@@ -100,7 +102,7 @@ class BrokerCollector(Collector):
                                    labels=["topic", "partition"])
         for topic in list(logs.topics.values()):
             for plog in topic.partitions:
-                if plog.remote is not None:
+                if plog.loaded and plog.remote is not None:
                     labels = [topic.name, str(plog.partition)]
                     lag.add_metric(labels, plog.log_end_offset - plog.remote_end_offset)
                     remote.add_metric(labels, plog.remote.size_bytes)
