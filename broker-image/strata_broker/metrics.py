@@ -66,7 +66,7 @@ class BrokerCollector(Collector):
                                 value=_open_descriptors())
         yield GaugeMetricFamily("strata_open_file_descriptors_limit", "The process's open-files limit (soft)",
                                 value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        yield GaugeMetricFamily("strata_log_segments_open", "Segments whose files are open (4 descriptors each)",
+        yield GaugeMetricFamily("strata_log_segments_open", "Segments whose log file is open (one descriptor each)",
                                 value=len(logs.handles))
         yield CounterMetricFamily("strata_log_segment_evictions", "Segments that gave their descriptors back",
                                   value=logs.handles.evictions)

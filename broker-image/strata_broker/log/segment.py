@@ -64,22 +64,16 @@ class Segment:
         if self.closed:
             return
         if self._fd_read < 0:
-            self._fd_write = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                self._fd_read = os.open(self.log_path, os.O_RDONLY)
-            except OSError:
-                os.close(self._fd_write)
-                self._fd_write = -1
-                raise
+            # One descriptor reads and writes (appends go with pwritev at the known end).
+            self._fd_read = self._fd_write = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
         if self._handles is not None:
             self._handles.touch(self)
 
     def release_files(self) -> None:
         """Give the descriptors back (the handle cache evicts this segment); reopened on next use.
         Written data stays in the page cache: a later fsync of the file makes it durable."""
-        for fd in (self._fd_write, self._fd_read):
-            if fd >= 0:
-                os.close(fd)
+        if self._fd_read >= 0:
+            os.close(self._fd_read)
         self._fd_write = self._fd_read = -1
         self.offset_index.close()
         self.time_index.close()
@@ -156,14 +150,16 @@ class Segment:
         self.append_pieces([data], headers)
 
     def append_pieces(self, pieces: list[bytes | bytearray | memoryview], headers: list[BatchHeader]) -> None:
-        """append() of the concatenation of pieces, written with writev (no joined copy)."""
+        """append() of the concatenation of pieces, written with pwritev at the end (no joined copy)."""
         self._use()
         start = self.size
         try:
             pending = [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
+            at = start
             while pending:
                 batch = pending[:_IOV_MAX]
-                written = os.writev(self._fd_write, batch)
+                written = os.pwritev(self._fd_write, batch, at)
+                at += written
                 # Drop what was written; a short write resumes inside the piece it stopped in.
                 while pending and written >= len(pending[0]):
                     written -= len(pending[0])
