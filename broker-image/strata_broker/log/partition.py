@@ -248,7 +248,10 @@ class PartitionLog:
                     self.producers.record(header)
 
     def _segments_from(self, offset: int) -> list[Segment]:
-        i = max(0, bisect_right([s.base_offset for s in self.segments], offset) - 1)
+        segments = self.segments
+        if offset >= segments[-1].base_offset:
+            return segments[-1:]  # the common case: reading the active segment
+        i = max(0, bisect_right([s.base_offset for s in segments], offset) - 1)
         return self.segments[i:]
 
     # ---- state ---------------------------------------------------------------------------

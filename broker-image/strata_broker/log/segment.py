@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from .batch import HEADER_SIZE, BatchHeader, batch_is_intact, parse_header
+from .batch import HEADER_SIZE, LOG_OVERHEAD, BatchHeader, batch_is_intact, parse_header, peek_length
 from .handles import HandleCache
 from .index import OffsetIndex, TimeIndex
 
@@ -248,20 +248,26 @@ class Segment:
         return None
 
     def read_from(self, offset: int, max_bytes: int, always_one: bool) -> bytes:
-        """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked)."""
+        """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked).
+
+        One read of the bytes that can be returned, whose batch boundaries are then found in memory
+        (a fetch of many partitions with little data each costs one pread per partition here)."""
         self._use()
         found = self.find(offset)
         if found is None:
             return b""
         start, first = found
-        end = start
-        for pos, header in self.walk(start):
-            if end + header.length - start > max_bytes and not (always_one and pos == start):
+        want = max_bytes if not always_one else max(max_bytes, first.length)
+        data = os.pread(self._fd_read, min(self.size - start, want), start)
+        end = 0
+        while end + LOG_OVERHEAD <= len(data):
+            _, length = peek_length(data, end)
+            if length < HEADER_SIZE or end + length > len(data):
                 break
-            end = pos + header.length
-        if end == start:
-            return b""
-        return os.pread(self._fd_read, end - start, start)
+            end += length
+        if end == len(data):
+            return data
+        return data[:end]
 
     def read_batch(self, position: int, length: int) -> bytes:
         self._use()
