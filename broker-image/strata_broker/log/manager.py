@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -83,8 +83,12 @@ class GroupCommit:
         self.dirs: set[str] = set()
 
     async def sync(self, segment: Segment) -> None:
+        await self.sync_many((segment,))
+
+    async def sync_many(self, segments: Iterable[Segment]) -> None:
+        """Until every one of `segments` is durable: one waiter for all (a request's partitions)."""
         future = asyncio.get_running_loop().create_future()
-        self._segments.add(segment)
+        self._segments.update(segments)
         self._waiters.append(future)
         if not self._running:
             self._running = True
