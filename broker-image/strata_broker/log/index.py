@@ -52,7 +52,12 @@ class _AppendOnlyFile:
         self.flush(sync=True)
 
     def close(self) -> None:
-        self.flush()
+        """Write buffered entries out; when that fails (out of descriptors), they stay buffered for
+        the next flush (the segment is reopened, synced or closed later)."""
+        try:
+            self.flush()
+        except OSError:
+            pass
 
 
 class OffsetIndex:
