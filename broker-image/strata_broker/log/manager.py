@@ -103,18 +103,23 @@ class GroupCommit:
                 dirs, self.dirs = self.dirs, set()
                 for segment in segments:
                     segment.dirty = False
+                # An open segment's descriptor stays open (and the same) while the thread syncs it; one
+                # not open is synced through a descriptor of the thread's own (never all opened at once:
+                # a round may hold more segments than the handle cache).
+                pinned: dict[Segment, bool] = {}
                 try:
                     for segment in segments:
-                        segment.pin()  # its descriptor stays open (and the same) while the thread syncs it
-                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, segments, dirs)
+                        pinned[segment] = segment.pin_if_open()
+                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, pinned, dirs)
                 except OSError as exc:
                     for future in waiters:
                         if not future.done():
                             future.set_exception(KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)))
                     continue
                 finally:
-                    for segment in segments:
-                        segment.unpin()
+                    for segment, was_pinned in pinned.items():
+                        if was_pinned:
+                            segment.unpin()
                 self.rounds += 1
                 for future in waiters:
                     if not future.done():
@@ -126,12 +131,12 @@ class GroupCommit:
         self._executor.shutdown(wait=True)
 
 
-def _fsync_all(segments: set[Segment], dirs: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> None:
     for directory in dirs:
         fsync_dir(directory)
-    for segment in segments:
+    for segment, pinned in segments.items():
         try:
-            segment.sync_log()
+            segment.sync_log(pinned)
         except OSError:
             # A segment deleted by retention meanwhile was fsynced when it was sealed.
             if not segment.closed:
@@ -531,4 +536,4 @@ class LogManager:
         """Background fsync so that acks=0/1 data reaches the disk within log.flush.interval.ms."""
         dirty = [s for p in self.all_partitions() for s in p.dirty_segments()]
         if dirty:
-            await asyncio.gather(*(self.group_commit.sync(segment) for segment in dirty))
+            await self.group_commit.sync_many(dirty)  # one waiter, however many segments

@@ -84,6 +84,15 @@ class Segment:
         if self._handles is not None:
             self._handles.pin(self)
 
+    def pin_if_open(self) -> bool:
+        """pin() without opening: False (nothing pinned) when the files are not open."""
+        if self.closed or self._fd_write < 0:
+            return False
+        if self._handles is not None:
+            self._handles.touch(self)
+            self._handles.pin(self)
+        return True
+
     def unpin(self) -> None:
         if self._handles is not None:
             self._handles.unpin(self)
@@ -204,11 +213,20 @@ class Segment:
         self.offset_index.fsync()
         self.time_index.fsync()
 
-    def sync_log(self) -> None:
+    def sync_log(self, pinned: bool = True) -> None:
         """Group commit: only the log must be durable. After a crash recovery rebuilds the tail
-        segment's indexes anyway; seal() and close() still fsync them."""
-        if not self.closed:
+        segment's indexes anyway; seal() and close() still fsync them. Not pinned (its files were
+        given back): through a descriptor of its own, the same file's data made durable."""
+        if self.closed:
+            return
+        if pinned:
             os.fdatasync(self._fd_write)
+            return
+        fd = os.open(self.log_path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def truncate_bytes(self, size: int) -> None:
         self._use()
