@@ -573,9 +573,16 @@ class PartitionLog:
         return [s for s in self._segments if s.dirty]
 
     def close(self) -> None:
-        """Clean shutdown: fsync, remember where the data is safe, close files. A partition never
-        loaded is left as it is (nothing of it was opened or written)."""
+        """Clean shutdown: fsync, remember where the data is safe, close files. A partition not
+        written since start-up (or never loaded) is only closed: nothing of it changed."""
         if self._pending is not None:
+            return
+        if self.on_first_write is not None:
+            # Not written since start-up: its files and checkpoint are as the last close left them
+            # (retention, DeleteRecords and compaction write their own checkpoints).
+            self._wake()
+            for segment in self._segments:
+                segment.close()
             return
         self.active.fsync()
         self.write_producer_snapshot()
