@@ -70,13 +70,12 @@ class Segment:
             self._handles.touch(self)
 
     def release_files(self) -> None:
-        """Give the descriptors back (the handle cache evicts this segment); reopened on next use.
-        Written data stays in the page cache: a later fsync of the file makes it durable."""
+        """Give the descriptor back (the handle cache evicts this segment); reopened on next use.
+        Written data stays in the page cache: a later fsync of the file makes it durable. Buffered
+        index entries stay buffered (they hold no descriptor) until the next fsync or close."""
         if self._fd_read >= 0:
             os.close(self._fd_read)
         self._fd_write = self._fd_read = -1
-        self.offset_index.close()
-        self.time_index.close()
 
     def pin(self) -> None:
         """Open, and not evicted until unpin(): a worker thread is about to use the descriptors."""
@@ -306,6 +305,8 @@ class Segment:
             return
         self.closed = True
         self.release_files()
+        self.offset_index.close()
+        self.time_index.close()
         if self._handles is not None:
             self._handles.forget(self)
 
