@@ -151,6 +151,8 @@ class Broker:
             # Partitions arrive through the placement: taken over from the bucket, one by one.
             await self.cluster.start(self.groups)
         loop = asyncio.get_running_loop()
+        # Partitions not written since the last clean shutdown were opened lazily: load them now, stepwise.
+        self._tasks.append(loop.create_task(self.logs.load_remaining()))
         if any(lst.ssl_context for lst in self.listeners):
             self._tls_reloader = TlsReloader(self.config, self.listeners)
             self._tasks.append(loop.create_task(self._every(self.config["ssl.certificate.reload.ms"],

@@ -55,6 +55,8 @@ class BrokerCollector(Collector):
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
         for topic in list(logs.topics.values()):
             for plog in topic.partitions:
+                if not plog.loaded:
+                    continue  # loaded by the event loop (start-up's background loader), never from here
                 labels = [topic.name, str(plog.partition)]
                 local.add_metric(labels, plog.size_bytes)
                 end.add_metric(labels, plog.log_end_offset)
@@ -64,7 +66,7 @@ class BrokerCollector(Collector):
                                 value=_open_descriptors())
         yield GaugeMetricFamily("strata_open_file_descriptors_limit", "The process's open-files limit (soft)",
                                 value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        yield GaugeMetricFamily("strata_log_segments_open", "Segments whose files are open (4 descriptors each)",
+        yield GaugeMetricFamily("strata_log_segments_open", "Segments whose log file is open (one descriptor each)",
                                 value=len(logs.handles))
         yield CounterMetricFamily("strata_log_segment_evictions", "Segments that gave their descriptors back",
                                   value=logs.handles.evictions)
@@ -100,7 +102,7 @@ class BrokerCollector(Collector):
                                    labels=["topic", "partition"])
         for topic in list(logs.topics.values()):
             for plog in topic.partitions:
-                if plog.remote is not None:
+                if plog.loaded and plog.remote is not None:
                     labels = [topic.name, str(plog.partition)]
                     lag.add_metric(labels, plog.log_end_offset - plog.remote_end_offset)
                     remote.add_metric(labels, plog.remote.size_bytes)

@@ -1,11 +1,11 @@
 """A bounded set of segments whose files are open: descriptors do not grow with the partition count.
 
-A segment opens its four files (log for appending, log for reading, `.index`, `.timeindex`) when it
-is used and keeps them while it is among the `capacity` most recently used segments; the least
-recently used one gives its descriptors back (`Segment.release_files`) and opens them again on its
-next use. Every use and every eviction happens on the event loop's thread. A segment a worker
-thread is using (an fsync round of the group commit) is pinned and never evicted meanwhile; other
-worker-thread reads open the file by path and never touch these descriptors.
+A segment opens its log file (one descriptor, read and written) when it is used and keeps it while the
+segment is among the `capacity` most recently used segments; the least recently used one gives its
+descriptor back (`Segment.release_files`) and opens it again on its next use. Every use and every
+eviction happens on the event loop's thread. A segment a worker thread is using (an fsync round of
+the group commit) is pinned and never evicted meanwhile; other worker-thread reads open the file
+by path and never touch these descriptors.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import resource
 from collections import OrderedDict
 from typing import Protocol
 
-# Descriptors a segment holds while open.
-FILES_PER_SEGMENT = 4
+# Descriptors a segment holds while open: its log (read and written through one descriptor); its
+# index files are opened only while their buffered entries are written out.
+FILES_PER_SEGMENT = 1
 # With an automatic capacity, at most this many segments are open ...
-_AUTO_MAX = 1024
+_AUTO_MAX = 4096
 # ... and they hold at most this share of the process's descriptor limit (the rest is for
 # client connections, the S3 client's sockets and everything else).
 _AUTO_SHARE = 2
@@ -47,13 +48,14 @@ class HandleCache:
 
     def _evict(self, keep: HasFiles | None = None) -> None:
         """Close least recently used segments down to capacity; never a pinned one, nor `keep` (the
-        segment being used right now). With many pinned, the cache stays over capacity meanwhile."""
-        if len(self._open) <= self.capacity:
-            return
-        for candidate in list(self._open):
-            if len(self._open) <= self.capacity:
-                return
+        segment being used right now). With many pinned, the cache stays over capacity meanwhile.
+        Looks at the oldest entries only (skipped ones move to the recent end): O(1) per eviction."""
+        skipped = 0
+        while len(self._open) > self.capacity and skipped < len(self._open):
+            candidate = next(iter(self._open))
             if candidate in self._pinned or candidate is keep:
+                self._open.move_to_end(candidate)
+                skipped += 1
                 continue
             del self._open[candidate]
             self.evictions += 1

@@ -37,31 +37,47 @@ def read_time_entries(data: bytes) -> tuple[list[int], list[int]]:
 
 
 class _AppendOnlyFile:
-    """Opened when first written; `close()` gives the descriptor back, the next write reopens it."""
+    """Entries are buffered in memory and written out (open, write, close) by `flush()`: at fsync,
+    seal, close and when the segment gives its descriptors back, so an append costs no syscall
+    here and an idle index holds no descriptor. After a crash the indexes of every partition
+    written since the last clean shutdown are rebuilt from the log, so unwritten entries are never
+    trusted."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = -1
-        self._open()  # the file exists from the start, as its segment's log does
-
-    def _open(self) -> int:
-        if self.fd < 0:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return self.fd
+        self._pending = bytearray()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))  # exists from the start, as its log does
 
     def write(self, data: bytes) -> None:
-        os.write(self._open(), data)
+        self._pending += data
+
+    def flush(self, sync: bool = False) -> None:
+        if not self._pending and not sync:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if self._pending:
+                os.write(fd, self._pending)
+                self._pending = bytearray()
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self._open(), size)
+        self._pending = bytearray()
+        os.truncate(self.path, size)
 
     def fsync(self) -> None:
-        os.fsync(self._open())
+        self.flush(sync=True)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Write buffered entries out; when that fails (out of descriptors), they stay buffered for
+        the next flush (the segment is reopened, synced or closed later)."""
+        try:
+            self.flush()
+        except OSError:
+            pass
 
 
 class OffsetIndex:

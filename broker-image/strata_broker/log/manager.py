@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _CLEAN_MARKER = ".clean-shutdown"
+# __meta/written/<topic>-<partition>: the partition was written since the last clean shutdown (made
+# before its first write after a start, removed at the next clean start). After a crash only these
+# are recovered; `.tracking` says the data dir keeps these records (older ones did not: all recovered).
+_WRITTEN_DIR = "written"
+_TRACKING = ".tracking"
+# Lazily opened partitions loaded per step of the background loader (the event loop serves between).
+_LOAD_STEP = 200
 _PRODUCER_ID_BLOCK = 1000
 
 
@@ -72,10 +79,16 @@ class GroupCommit:
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
         self.rounds = 0
+        # Directories whose new entries must be durable before this round's data (written markers).
+        self.dirs: set[str] = set()
 
     async def sync(self, segment: Segment) -> None:
+        await self.sync_many((segment,))
+
+    async def sync_many(self, segments: Iterable[Segment]) -> None:
+        """Until every one of `segments` is durable: one waiter for all (a request's partitions)."""
         future = asyncio.get_running_loop().create_future()
-        self._segments.add(segment)
+        self._segments.update(segments)
         self._waiters.append(future)
         if not self._running:
             self._running = True
@@ -87,20 +100,26 @@ class GroupCommit:
             while self._waiters:
                 segments, waiters = self._segments, self._waiters
                 self._segments, self._waiters = set(), []
+                dirs, self.dirs = self.dirs, set()
                 for segment in segments:
                     segment.dirty = False
+                # An open segment's descriptor stays open (and the same) while the thread syncs it; one
+                # not open is synced through a descriptor of the thread's own (never all opened at once:
+                # a round may hold more segments than the handle cache).
+                pinned: dict[Segment, bool] = {}
                 try:
                     for segment in segments:
-                        segment.pin()  # its descriptor stays open (and the same) while the thread syncs it
-                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, segments)
+                        pinned[segment] = segment.pin_if_open()
+                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, pinned, dirs)
                 except OSError as exc:
                     for future in waiters:
                         if not future.done():
                             future.set_exception(KafkaProtocolError(ErrorCode.KAFKA_STORAGE_ERROR, str(exc)))
                     continue
                 finally:
-                    for segment in segments:
-                        segment.unpin()
+                    for segment, was_pinned in pinned.items():
+                        if was_pinned:
+                            segment.unpin()
                 self.rounds += 1
                 for future in waiters:
                     if not future.done():
@@ -112,10 +131,12 @@ class GroupCommit:
         self._executor.shutdown(wait=True)
 
 
-def _fsync_all(segments: set[Segment]) -> None:
-    for segment in segments:
+def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> None:
+    for directory in dirs:
+        fsync_dir(directory)
+    for segment, pinned in segments.items():
         try:
-            segment.sync_log()
+            segment.sync_log(pinned)
         except OSError:
             # A segment deleted by retention meanwhile was fsynced when it was sealed.
             if not segment.closed:
@@ -178,32 +199,93 @@ class LogManager:
             raise SystemExit(f"data dir {self.data_dir} is in use by another broker") from exc
         marker = os.path.join(self.data_dir, _CLEAN_MARKER)
         clean = os.path.exists(marker)
+        written_dir = self.written_dir
+        os.makedirs(written_dir, exist_ok=True)
+        tracked = os.path.exists(os.path.join(written_dir, _TRACKING))
         if clean:
+            # Every partition was closed cleanly: none needs recovery, whatever was written before.
+            for name in os.listdir(written_dir):
+                if name != _TRACKING:
+                    os.unlink(os.path.join(written_dir, name))
+            if not tracked:
+                write_json_atomic(os.path.join(written_dir, _TRACKING), {})
+            fsync_dir(written_dir)
             os.unlink(marker)
+        written = set(os.listdir(written_dir)) - {_TRACKING}
+        # A crash of a broker that kept no such records (an older version): every partition is recovered.
+        recover_all = not clean and not tracked
         for name in os.listdir(self.data_dir):
             if name.endswith("-delete"):
                 shutil.rmtree(os.path.join(self.data_dir, name), ignore_errors=True)
         started = time.monotonic()
+        recovered = 0
         for name in sorted(os.listdir(os.path.join(self.meta_dir, "topics"))):
             meta = read_json(os.path.join(self.meta_dir, "topics", name))
             if not meta or not name.endswith(".json"):
                 continue
-            self._open_topic(meta, clean)
+            recovered += self._open_topic(meta, clean, None if recover_all else written)
+        if recover_all:
+            # Recovered (rebuilt indexes not yet fsynced): recovered again after another crash.
+            for plog in self.all_partitions():
+                self._mark_written(plog)
+            write_json_atomic(os.path.join(written_dir, _TRACKING), {})
+            fsync_dir(written_dir)
         ids = read_json(os.path.join(self.meta_dir, "producer-ids.json")) or {}
         self._next_producer_id = self._producer_id_limit = int(ids.get("next_block", 0))
-        previous = "clean" if clean else ("crash, tails recovered" if self.topics else "none")
-        log.info("opened %d topic(s) from %s in %.3fs (previous shutdown: %s)", len(self.topics), self.data_dir,
-                 time.monotonic() - started, previous)
+        previous = "clean" if clean else (f"crash, {recovered} written partition(s) recovered" if self.topics
+                                          else "none")
+        log.info("opened %d topic(s) from %s in %.3fs (previous shutdown: %s; other partitions load on first "
+                 "use)", len(self.topics), self.data_dir, time.monotonic() - started, previous)
 
-    def _open_topic(self, meta: dict, clean: bool) -> Topic:
+    @property
+    def written_dir(self) -> str:
+        return os.path.join(self.meta_dir, _WRITTEN_DIR)
+
+    def _open_topic(self, meta: dict, clean: bool, written: set[str] | None) -> int:
+        """Open a topic's partitions: those written since the last clean shutdown (all when
+        `written` is None) are recovered now, before anything is served; the rest load on first
+        use. Returns how many were recovered."""
         overrides = {str(k): str(v) for k, v in meta.get("configs", {}).items()}
         topic = Topic(meta["name"], uuid.UUID(meta["id"]), overrides, self.config.resolve_topic(overrides),
                       internal=bool(meta.get("internal", False)) or is_internal_name(meta["name"]))
+        recovered = 0
         for p in range(int(meta["partitions"])):
-            topic.partitions.append(
-                self._open_partition(self._partition_dir(topic.name, p), topic.name, p, topic.config, clean))
+            directory = self._partition_dir(topic.name, p)
+            recover = not clean and (written is None or os.path.basename(directory) in written)
+            plog = PartitionLog.open(directory, topic.name, p, topic.config, not recover, self._load_manifest,
+                                     self.handles, lazy=not recover)
+            if recover:
+                recovered += 1  # its written record stays until the next clean start
+            else:
+                plog.on_first_write = self._mark_written
+            topic.partitions.append(plog)
         self.topics[topic.name] = topic
-        return topic
+        return recovered
+
+    def _mark_written(self, plog: PartitionLog) -> None:
+        """Before a partition's first write since start-up: record it, so a crash recovers it. The
+        record's directory entry is made durable by the next group commit round, before its data."""
+        path = os.path.join(self.written_dir, os.path.basename(plog.directory))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        self.group_commit.dirs.add(self.written_dir)
+
+    def unloaded_partitions(self) -> int:
+        return sum(1 for t in self.topics.values() for p in t.partitions if not p.loaded)
+
+    async def load_remaining(self) -> None:
+        """After start-up: load the lazily opened partitions a step at a time, serving in between
+        (retention and the other housekeeping then see every partition)."""
+        started = time.monotonic()
+        count = 0
+        for topic in list(self.topics.values()):
+            for plog in list(topic.partitions):
+                if not plog.loaded:
+                    plog.ensure_loaded()
+                    count += 1
+                    if count % _LOAD_STEP == 0:
+                        await asyncio.sleep(0)
+        if count:
+            log.info("loaded %d partition(s) in the background in %.1fs", count, time.monotonic() - started)
 
     def close(self) -> None:
         self.group_commit.close()
@@ -395,7 +477,9 @@ class LogManager:
 
     def _open_partition(self, directory: str, topic: str, partition: int, config: TopicConfig,
                         clean: bool) -> PartitionLog:
-        return PartitionLog.open(directory, topic, partition, config, clean, self._load_manifest, self.handles)
+        plog = PartitionLog.open(directory, topic, partition, config, clean, self._load_manifest, self.handles)
+        plog.on_first_write = self._mark_written
+        return plog
 
     def get_topic(self, name: str) -> Topic:
         topic = self.topics.get(name)
@@ -452,4 +536,4 @@ class LogManager:
         """Background fsync so that acks=0/1 data reaches the disk within log.flush.interval.ms."""
         dirty = [s for p in self.all_partitions() for s in p.dirty_segments()]
         if dirty:
-            await asyncio.gather(*(self.group_commit.sync(segment) for segment in dirty))
+            await self.group_commit.sync_many(dirty)  # one waiter, however many segments

@@ -10,7 +10,6 @@ import struct
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 from kafka.record.default_records import DefaultRecordBatch
@@ -103,14 +102,20 @@ class PartitionLog:
         self.topic = topic
         self.partition = partition
         self.config = config
-        self.segments: list[Segment] = []
-        self.log_start_offset = 0
-        self.producers = ProducerState()
+        self._segments: list[Segment] = []
+        self._log_start_offset = 0
+        self._producers = ProducerState()
+        # Opened lazily (LogManager at start-up): (clean, manifest loader) until first use loads the
+        # partition from its directory; nothing of it is served before that.
+        self._pending: tuple[bool, ManifestLoader | None] | None = None
+        # Called before the first write since start-up (the manager records the partition as
+        # written, so that only written partitions are recovered after a crash).
         # Aborted transactions whose marker is in the local log, in marker order (.txnindex files).
-        self.aborted: list[txn_index.AbortedTxn] = []
+        self._aborted: list[txn_index.AbortedTxn] = []
+        self.on_first_write: Callable[[PartitionLog], None] | None = None
         self._waiters: set[asyncio.Future[None]] = set()
         # Tiered storage: the manifest of what is in S3 (None when this topic is not tiered).
-        self.remote: RemoteManifestView | None = None
+        self._remote: RemoteManifestView | None = None
         self.manifest_lock = asyncio.Lock()
         # Cluster mode: the leader epoch this broker holds the partition at, and the ETag of the
         # manifest version it last wrote or read (manifest writes are conditional on it).
@@ -119,17 +124,98 @@ class PartitionLog:
         self.fenced = False
         self.claimed = False  # cluster mode: this broker's claim at leader_epoch is in the bucket
         # Compaction: offsets below this are clean.
-        self.cleaned_offset = 0
+        self._cleaned_offset = 0
 
     # ---- opening and recovery -----------------------------------------------------------
 
     @classmethod
     def open(cls, directory: str, topic: str, partition: int, config: TopicConfig, clean: bool,
-             load_manifest: ManifestLoader | None = None, handles: HandleCache | None = None) -> PartitionLog:
-        os.makedirs(directory, exist_ok=True)
+             load_manifest: ManifestLoader | None = None, handles: HandleCache | None = None,
+             lazy: bool = False) -> PartitionLog:
+        """lazy: read nothing now; the directory is loaded (as after a clean shutdown when `clean`)
+        on the first use of the partition's state."""
         plog = cls(directory, topic, partition, config, handles)
+        if lazy:
+            plog._pending = (clean, load_manifest)
+            return plog
+        os.makedirs(directory, exist_ok=True)
         plog._load(clean, load_manifest)
         return plog
+
+    @property
+    def loaded(self) -> bool:
+        return self._pending is None
+
+    def ensure_loaded(self) -> None:
+        """Load a lazily opened partition now (on the event loop's thread)."""
+        if self._pending is not None:
+            clean, load_manifest = self._pending
+            self._pending = None
+            os.makedirs(self.directory, exist_ok=True)
+            self._load(clean, load_manifest)
+
+    # The state a load reads from disk: every access loads a lazily opened partition first.
+
+    @property
+    def segments(self) -> list[Segment]:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._segments
+
+    @property
+    def log_start_offset(self) -> int:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._log_start_offset
+
+    @log_start_offset.setter
+    def log_start_offset(self, value: int) -> None:
+        self.ensure_loaded()
+        self._log_start_offset = value
+
+    @property
+    def producers(self) -> ProducerState:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._producers
+
+    @producers.setter
+    def producers(self, value: ProducerState) -> None:
+        self.ensure_loaded()
+        self._producers = value
+
+    @property
+    def remote(self) -> RemoteManifestView | None:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._remote
+
+    @remote.setter
+    def remote(self, value: RemoteManifestView | None) -> None:
+        self.ensure_loaded()
+        self._remote = value
+
+    @property
+    def aborted(self) -> list[txn_index.AbortedTxn]:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._aborted
+
+    @aborted.setter
+    def aborted(self, value: list[txn_index.AbortedTxn]) -> None:
+        self.ensure_loaded()
+        self._aborted = value
+
+    @property
+    def cleaned_offset(self) -> int:
+        if self._pending is not None:
+            self.ensure_loaded()
+        return self._cleaned_offset
+
+    @cleaned_offset.setter
+    def cleaned_offset(self, value: int) -> None:
+        self.ensure_loaded()
+        self._cleaned_offset = value
 
     def _load(self, clean: bool, load_manifest: ManifestLoader | None) -> None:
         for name in os.listdir(self.directory):
@@ -193,7 +279,10 @@ class PartitionLog:
                     self._record(header, segment, pos)
 
     def _segments_from(self, offset: int) -> list[Segment]:
-        i = max(0, bisect_right([s.base_offset for s in self.segments], offset) - 1)
+        segments = self.segments
+        if offset >= segments[-1].base_offset:
+            return segments[-1:]  # the common case: reading the active segment
+        i = max(0, bisect_right([s.base_offset for s in segments], offset) - 1)
         return self.segments[i:]
 
     # ---- state ---------------------------------------------------------------------------
@@ -245,8 +334,15 @@ class PartitionLog:
 
     # ---- appending -----------------------------------------------------------------------
 
+    def _first_write(self) -> None:
+        hook, self.on_first_write = self.on_first_write, None
+        if hook is not None:
+            hook(self)
+
     def append(self, records: bytes) -> AppendResult:
         headers = validate_batches(records, self.config.max_message_bytes)
+        if self.on_first_write is not None:
+            self._first_write()
         if len(headers) == 1:
             duplicate_of = self.producers.check(headers[0])
             if duplicate_of is not None:
@@ -294,6 +390,8 @@ class PartitionLog:
         Batches below the log end are already here and skipped; returns how many were appended.
         """
         headers = validate_batches(data, max(self.config.max_message_bytes, len(data)), allow_control=True)
+        if self.on_first_write is not None:
+            self._first_write()
         appended = 0
         pos = 0
         for header in headers:
@@ -581,10 +679,22 @@ class PartitionLog:
         self.write_checkpoint()
 
     def dirty_segments(self) -> list[Segment]:
-        return [s for s in self.segments if s.dirty]
+        if self._pending is not None:
+            return []  # not loaded: not written since start-up
+        return [s for s in self._segments if s.dirty]
 
     def close(self) -> None:
-        """Clean shutdown: fsync, remember where the data is safe, close files."""
+        """Clean shutdown: fsync, remember where the data is safe, close files. A partition not
+        written since start-up (or never loaded) is only closed: nothing of it changed."""
+        if self._pending is not None:
+            return
+        if self.on_first_write is not None:
+            # Not written since start-up: its files and checkpoint are as the last close left them
+            # (retention, DeleteRecords and compaction write their own checkpoints).
+            self._wake()
+            for segment in self._segments:
+                segment.close()
+            return
         self.active.fsync()
         self.write_producer_snapshot()
         self.write_checkpoint(recovery_point=self.log_end_offset)
@@ -593,7 +703,9 @@ class PartitionLog:
             segment.close()
 
     def delete_files(self) -> None:
-        for segment in self.segments:
+        if self._pending is not None:
+            return
+        for segment in self._segments:
             segment.close()
 
 
@@ -640,5 +752,8 @@ def _txn_index_path(segment: Segment) -> str:
     return txn_index.index_path(segment.directory, segment.base_offset)
 
 
-def _rebase(header: BatchHeader, base_offset: int) -> BatchHeader:
-    return replace(header, base_offset=base_offset)
+def _rebase(h: BatchHeader, base_offset: int) -> BatchHeader:
+    # The constructor directly: dataclasses.replace costs several times more, once per batch.
+    return BatchHeader(base_offset, h.length, h.leader_epoch, h.magic, h.crc, h.attributes, h.last_offset_delta,
+                       h.base_timestamp, h.max_timestamp, h.producer_id, h.producer_epoch, h.base_sequence,
+                       h.record_count)

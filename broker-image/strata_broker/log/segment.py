@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from .batch import HEADER_SIZE, BatchHeader, batch_is_intact, parse_header
+from .batch import HEADER_SIZE, LOG_OVERHEAD, BatchHeader, batch_is_intact, parse_header, peek_length
 from .handles import HandleCache
 from .index import OffsetIndex, TimeIndex
 
@@ -64,31 +64,33 @@ class Segment:
         if self.closed:
             return
         if self._fd_read < 0:
-            self._fd_write = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                self._fd_read = os.open(self.log_path, os.O_RDONLY)
-            except OSError:
-                os.close(self._fd_write)
-                self._fd_write = -1
-                raise
+            # One descriptor reads and writes (appends go with pwritev at the known end).
+            self._fd_read = self._fd_write = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
         if self._handles is not None:
             self._handles.touch(self)
 
     def release_files(self) -> None:
-        """Give the descriptors back (the handle cache evicts this segment); reopened on next use.
-        Written data stays in the page cache: a later fsync of the file makes it durable."""
-        for fd in (self._fd_write, self._fd_read):
-            if fd >= 0:
-                os.close(fd)
+        """Give the descriptor back (the handle cache evicts this segment); reopened on next use.
+        Written data stays in the page cache: a later fsync of the file makes it durable. Buffered
+        index entries stay buffered (they hold no descriptor) until the next fsync or close."""
+        if self._fd_read >= 0:
+            os.close(self._fd_read)
         self._fd_write = self._fd_read = -1
-        self.offset_index.close()
-        self.time_index.close()
 
     def pin(self) -> None:
         """Open, and not evicted until unpin(): a worker thread is about to use the descriptors."""
         self._use()
         if self._handles is not None:
             self._handles.pin(self)
+
+    def pin_if_open(self) -> bool:
+        """pin() without opening: False (nothing pinned) when the files are not open."""
+        if self.closed or self._fd_write < 0:
+            return False
+        if self._handles is not None:
+            self._handles.touch(self)
+            self._handles.pin(self)
+        return True
 
     def unpin(self) -> None:
         if self._handles is not None:
@@ -156,14 +158,16 @@ class Segment:
         self.append_pieces([data], headers)
 
     def append_pieces(self, pieces: list[bytes | bytearray | memoryview], headers: list[BatchHeader]) -> None:
-        """append() of the concatenation of pieces, written with writev (no joined copy)."""
+        """append() of the concatenation of pieces, written with pwritev at the end (no joined copy)."""
         self._use()
         start = self.size
         try:
             pending = [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
+            at = start
             while pending:
                 batch = pending[:_IOV_MAX]
-                written = os.writev(self._fd_write, batch)
+                written = os.pwritev(self._fd_write, batch, at)
+                at += written
                 # Drop what was written; a short write resumes inside the piece it stopped in.
                 while pending and written >= len(pending[0]):
                     written -= len(pending[0])
@@ -208,11 +212,20 @@ class Segment:
         self.offset_index.fsync()
         self.time_index.fsync()
 
-    def sync_log(self) -> None:
+    def sync_log(self, pinned: bool = True) -> None:
         """Group commit: only the log must be durable. After a crash recovery rebuilds the tail
-        segment's indexes anyway; seal() and close() still fsync them."""
-        if not self.closed:
+        segment's indexes anyway; seal() and close() still fsync them. Not pinned (its files were
+        given back): through a descriptor of its own, the same file's data made durable."""
+        if self.closed:
+            return
+        if pinned:
             os.fdatasync(self._fd_write)
+            return
+        fd = os.open(self.log_path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def truncate_bytes(self, size: int) -> None:
         self._use()
@@ -252,20 +265,26 @@ class Segment:
         return None
 
     def read_from(self, offset: int, max_bytes: int, always_one: bool) -> bytes:
-        """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked)."""
+        """Whole batches starting at the one holding offset, up to max_bytes (one at least if asked).
+
+        One read of the bytes that can be returned, whose batch boundaries are then found in memory
+        (a fetch of many partitions with little data each costs one pread per partition here)."""
         self._use()
         found = self.find(offset)
         if found is None:
             return b""
         start, first = found
-        end = start
-        for pos, header in self.walk(start):
-            if end + header.length - start > max_bytes and not (always_one and pos == start):
+        want = max_bytes if not always_one else max(max_bytes, first.length)
+        data = os.pread(self._fd_read, min(self.size - start, want), start)
+        end = 0
+        while end + LOG_OVERHEAD <= len(data):
+            _, length = peek_length(data, end)
+            if length < HEADER_SIZE or end + length > len(data):
                 break
-            end = pos + header.length
-        if end == start:
-            return b""
-        return os.pread(self._fd_read, end - start, start)
+            end += length
+        if end == len(data):
+            return data
+        return data[:end]
 
     def read_batch(self, position: int, length: int) -> bytes:
         self._use()
@@ -286,6 +305,8 @@ class Segment:
             return
         self.closed = True
         self.release_files()
+        self.offset_index.close()
+        self.time_index.close()
         if self._handles is not None:
             self._handles.forget(self)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.batch import ATTR_TRANSACTIONAL, HEADER_SIZE, parse_header
+from ..replica.manager import Appended
 from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE, RES_TRANSACTIONAL_ID
 from .context import RequestContext
@@ -44,7 +43,7 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     # Appends happen here, before the first await, so requests pipelined on one connection
     # are applied in the order they arrived.
     results: list[tuple[str, list[_PartitionResponse]]] = []
-    waits: list[tuple[_PartitionResponse, Awaitable[None]]] = []  # acks=all: answered once durable
+    waits: list[tuple[_PartitionResponse, Appended]] = []  # acks=all: answered once durable
     for topic_data in request.topic_data:
         partitions = []
         for pdata in topic_data.partition_data:
@@ -81,7 +80,7 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                 response.log_append_time_ms = result.log_append_time
                 response.log_start_offset = plog.log_start_offset
                 if acks == -1:
-                    waits.append((response, appended.durable()))
+                    waits.append((response, appended))
             except KafkaProtocolError as exc:
                 response.error_code = int(exc.code)
                 if ctx.api_version >= 8:
@@ -91,8 +90,10 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
         results.append((topic_data.name, partitions))
 
     if waits:
-        outcomes = await asyncio.gather(*(wait for _, wait in waits), return_exceptions=True)
+        outcomes = await replicas.durable_all([appended for _, appended in waits])  # one wait per request
         for (response, _), outcome in zip(waits, outcomes, strict=True):
+            if outcome is None:
+                continue
             if isinstance(outcome, KafkaProtocolError):
                 response.error_code = int(outcome.code)
             elif isinstance(outcome, BaseException):

@@ -9,6 +9,7 @@ S3 commit for partitions that commit there, then the cluster fence), and reads t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
@@ -105,6 +106,36 @@ class ReplicaManager:
         if not self.leadership.may_ack(plog.topic, plog.partition, appended.epoch):
             raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
                                      f"{plog.topic}-{plog.partition} moved to another broker")
+
+    async def durable_all(self, appends: list[Appended]) -> list[BaseException | None]:
+        """durable() of many appends (one produce request's partitions), each one's outcome (None:
+        may be acknowledged). The local ones wait for one group-commit round together, rather
+        than one waiter per partition."""
+        outcomes: list[BaseException | None] = [None] * len(appends)
+        local: list[int] = []
+        others: list[int] = []
+        for i, appended in enumerate(appends):
+            if (self.remote is not None and self.commits_to_s3(appended.plog)) or appended.result.segment is None:
+                others.append(i)
+            else:
+                local.append(i)
+        waits: list[Awaitable[object]] = [self.durable(appends[i]) for i in others]
+        if local:
+            waits.append(self.logs.group_commit.sync_many({appends[i].result.segment for i in local}))
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        for i, result in zip(others, results, strict=False):
+            outcomes[i] = result if isinstance(result, BaseException) else None
+        if local:
+            failed = results[-1] if isinstance(results[-1], BaseException) else None
+            for i in local:
+                appended = appends[i]
+                if failed is not None:
+                    outcomes[i] = failed
+                elif not self.leadership.may_ack(appended.plog.topic, appended.plog.partition, appended.epoch):
+                    outcomes[i] = KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                                     f"{appended.plog.topic}-{appended.plog.partition} "
+                                                     "moved to another broker")
+        return outcomes
 
     async def delete_records(self, plog: PartitionLog, offset: int) -> int:
         """DeleteRecords: move the log start offset up to `offset` (never down), locally and in
