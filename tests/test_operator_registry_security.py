@@ -224,11 +224,13 @@ def test_the_operators_registry_serves_https_with_authentication_and_goes_when_d
             registry.kill()
         broker.kill()
 
-    # Turned off: the Deployment, Service and password Secret go, and the status says so.
+    # Turned off: the Deployment and Service go, the registry's user leaves the brokers' credentials file,
+    # and the status says so.
     kube.patch_spec("EventBroker", "events", {"schemaRegistry": {"enabled": False}})
     eventually(lambda: kube.get("Deployment", "events-schema-registry") is None
-               and kube.get("Service", "events-schema-registry") is None
-               and kube.get("Secret", "events-schema-registry") is None, "the registry's objects deleted", kube=kube)
+               and kube.get("Service", "events-schema-registry") is None, "the registry's objects deleted", kube=kube)
+    eventually(lambda: registry_objects.REGISTRY_USER not in secret_data(kube.get("Secret", "events-credentials"))[
+        resources.CREDENTIALS_KEY], "the registry's user removed from the credentials file", kube=kube)
     eb = eventually(lambda: (b := kube.get("EventBroker", "events"))
                     and "schemaRegistryUrl" not in (b.get("status") or {}) and b, "status without the URL", kube=kube)
     assert cond(eb, "Ready")["status"] in ("True", "False")

@@ -127,14 +127,6 @@ def certificate(broker: dict[str, Any]) -> dict[str, Any]:
                      "secretTemplate": {"labels": resources.labels(broker, "schema-registry")}}}
 
 
-def owned_names(broker: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(apiVersion, kind, name) of what the registry adds to an EventBroker: what the operator deletes when
-    spec.schemaRegistry.enabled is turned off (the operator's Secret and Certificate included)."""
-    name = registry_name(broker)
-    return [("apps/v1", "Deployment", name), ("v1", "Service", name), ("v1", "Secret", password_secret_name(broker)),
-            (resources.CERT_MANAGER_API, "Certificate", f"{name}-tls")]
-
-
 def _command(broker: dict[str, Any], port: int, operator_user: str) -> list[str]:
     spec = broker["spec"]
     first = resources.listeners(spec)[0]

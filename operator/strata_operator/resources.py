@@ -476,6 +476,14 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
             *registry_objects.registry_objects(broker, default_pull_secrets, operator_user)]
 
 
+def registry_password_objects(broker: dict[str, Any], password: str) -> list[dict[str, Any]]:
+    """The schema registry's password Secret (registry_objects.password_secret), applied by the handler
+    when it makes the password (the registry logs in to an authenticating first listener)."""
+    from . import registry_objects
+
+    return [registry_objects.password_secret(broker, password)]
+
+
 # -- Microservice --------------------------------------------------------------------------
 
 def principal_name(ms: dict[str, Any]) -> str:

@@ -134,7 +134,8 @@ async def _registry_password(body: kopf.Body, patch: kopf.Patch, conditions: lis
         password = secret_value(await kube().get("v1", "Secret", ns, name), registry_objects.PASSWORD_KEY)
         if not password:
             password = secrets.token_urlsafe(24)
-            await kube().apply(registry_objects.password_secret(body, password))
+            for obj in resources.registry_password_objects(body, password):
+                await kube().apply(obj)
     except (KubeError, OSError) as exc:
         set_condition(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
         raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay) from exc
@@ -143,15 +144,17 @@ async def _registry_password(body: kopf.Body, patch: kopf.Patch, conditions: lis
 
 async def _registry_removed(body: kopf.Body, patch: kopf.Patch) -> None:
     """status.schemaRegistryUrl while the registry runs; once spec.schemaRegistry.enabled is off, its
-    Deployment, Service, password Secret and Certificate are deleted (once: the status field says they
-    were made)."""
+    Deployment and Service are deleted (once: the status field says they were made). Its password Secret
+    and Certificate stay until the EventBroker goes (a registry enabled again reuses them); the registry's
+    user leaves the brokers' credentials file at once (registry_objects.credentials)."""
     if registry_objects.enabled(body):
         patch.status["schemaRegistryUrl"] = registry_objects.registry_url(body)
         return
     if not (body.get("status") or {}).get("schemaRegistryUrl"):
         return
-    for api_version, kind, name in registry_objects.owned_names(body):
-        await kube().delete(api_version, kind, body["metadata"]["namespace"], name)
+    ns, name = body["metadata"]["namespace"], registry_objects.registry_name(body)
+    await kube().delete("apps/v1", "Deployment", ns, name)
+    await kube().delete("v1", "Service", ns, name)
     patch.status["schemaRegistryUrl"] = None
 
 
