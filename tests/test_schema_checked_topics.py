@@ -37,9 +37,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProc
     broker.stop()
 
 
-def create(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+def create(bootstrap: str, topic: str, configs: dict[str, str], partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1, config=configs)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, partitions, 1, config=configs)])[topic].result(30)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],

@@ -14,7 +14,12 @@
    cluster (the local log starts where the bucket ends) reads the remote part in the background, and
    meanwhile an unknown id is answered with the retriable REQUEST_TIMED_OUT rather than refused.
 3. In a cluster `_schemas` is created once, by the placement's controller broker (the lowest broker id),
-   after it joins (`ensure_schemas_in_cluster`), and placed like any topic.
+   after it joins (`ensure_schemas_in_cluster`), and placed like any topic. A broker that does not lead
+   `_schemas` has no current copy: it reads `_schemas` from the bucket instead (its manifest's segments,
+   then the S3 commit log beyond them, where a registration is before it is answered). A record with an
+   id it does not know starts such a read and is answered REQUEST_TIMED_OUT (retriable) until a read that
+   began after the record arrived has finished; only then is an unknown id refused. Known ids cost
+   nothing; a read every `BUCKET_REFRESH_S` while checked topics take writes picks up deletes.
 
 `gate` is the one call the produce path makes.
 """
@@ -25,6 +30,7 @@ import asyncio
 import json
 import logging
 import struct
+import time
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -56,6 +62,7 @@ SCHEMAS_TOPIC_CONFIG = {
     "max.message.bytes": str(16 * 1024 * 1024),
     "segment.bytes": str(64 * 1024 * 1024),
 }
+BUCKET_REFRESH_S = 10.0  # cluster mode, not leading _schemas: re-read it from the bucket this often
 VALUE_VALIDATION = "strata.value.schema.validation"
 KEY_VALIDATION = "strata.key.schema.validation"
 
@@ -161,6 +168,17 @@ class SchemaIdCache:
         self._topic_id: Any = None
         self._epoch = 0
         self._loading: asyncio.Task[None] | None = None
+        # Cluster mode, another broker leads _schemas: reads of the bucket (monotonic start of the last
+        # finished one, ids first seen unknown -> when).
+        self._bucket_loaded_from = -1.0
+        self._bucket_started = -1.0
+        self._unknown_since: dict[int, float] = {}
+
+    def _elsewhere(self) -> bool:
+        """A cluster in which another broker leads `_schemas` (this broker's copy is not current)."""
+        replicas = self.replicas
+        return (replicas is not None and replicas.remote is not None and self.logs.require_remote
+                and not replicas.leadership.leads(SCHEMAS_TOPIC, 0))
 
     def _partition(self) -> Any:
         """`_schemas`' partition (None while it does not exist); starts over when the topic was recreated."""
@@ -177,14 +195,40 @@ class SchemaIdCache:
 
     @property
     def loading(self) -> bool:
-        """Whether a read of the remote part is under way."""
+        """Whether a read of the remote part (or of the bucket) is under way."""
         return self._loading is not None and not self._loading.done()
+
+    async def load_from_bucket(self) -> None:
+        """Cluster mode, another broker leads `_schemas`: read what the bucket has beyond `_next`, the
+        uploaded segments (the manifest) and then the S3 commit log's chain of batches."""
+        plog = self._partition()
+        tier = self.replicas.remote if self.replicas is not None else None
+        if plog is None or tier is None:
+            return
+        from .tier.layout import manifest_key, partition_root
+        from .tier.manifest import RemoteManifest
+
+        started = time.monotonic()
+        self._bucket_started = started
+        root = partition_root(tier.prefix, tier.cluster, SCHEMAS_TOPIC, self._topic_id, 0)
+        raw = await tier.store.get_or_none(manifest_key(root))
+        if raw is not None:
+            manifest = RemoteManifest.from_json(raw)
+            self._next = max(self._next, manifest.log_start_offset)
+            while self._next < manifest.end_offset:
+                data = await tier.reader.read(manifest, root, self._next, 1 << 20, True)
+                if not data or not self._apply_batches(data):
+                    break
+        for entry in await tier.commit_log.chain_for(SCHEMAS_TOPIC, 0, self._next, 1 << 31):
+            self._apply_batches(entry.data)
+        self._bucket_loaded_from = started
 
     def refresh(self) -> None:
         """Read the `_schemas` records appended to the local log since the last read. Records only in
-        remote storage are read by `load`, started here in the background."""
+        remote storage are read by `load`, started here in the background. Not while another broker
+        leads `_schemas` (this copy is not current: `load_from_bucket`)."""
         plog = self._partition()
-        if plog is None:
+        if plog is None or self._elsewhere():
             return
         while self._next < plog.log_end_offset:
             try:
@@ -207,6 +251,13 @@ class SchemaIdCache:
                 data = await self.replicas.read(plog, self._next, 1 << 20, always_one=True)
             if not data or not self._apply_batches(data):
                 break
+
+    def _start_bucket_load(self) -> None:
+        if self.loading:
+            return
+        task = asyncio.get_running_loop().create_task(self.load_from_bucket())
+        task.add_done_callback(_log_failure)
+        self._loading = task
 
     def _start_load(self) -> None:
         if self.loading:
@@ -238,6 +289,20 @@ class SchemaIdCache:
             pos += header.length
         return self._next > before
 
+    def _unknown_in_bucket(self, schema_id: int, subject: str) -> None:
+        """An id this broker does not know while another leads `_schemas`: refused (by the caller) only
+        once a read of the bucket that began after the id was first seen has finished; until then a read
+        is started and the record answered with a retriable error."""
+        now = time.monotonic()
+        since = self._unknown_since.setdefault(schema_id, now)
+        if self._bucket_loaded_from > since:
+            self._unknown_since.pop(schema_id, None)
+            return
+        self._start_bucket_load()
+        if len(self._unknown_since) > 10000:
+            self._unknown_since.clear()
+        raise _no_id_yet(schema_id)
+
     def _apply(self, key: bytes | None, value: bytes | None, headers: Any) -> None:
         try:
             k = json.loads(key) if key else None
@@ -266,8 +331,13 @@ class SchemaIdCache:
 
     def check(self, topic: str, records: bytes, check_key: bool, check_value: bool) -> None:
         schemas = self.logs.topics.get(SCHEMAS_TOPIC)
-        if schemas is not None and (schemas.partitions[0].log_end_offset > self._next
-                                    or schemas.topic_id != self._topic_id):
+        if schemas is not None and self._elsewhere():
+            if schemas.topic_id != self._topic_id:
+                self._partition()
+            if time.monotonic() - self._bucket_started > BUCKET_REFRESH_S:
+                self._start_bucket_load()  # deletes since the last read (nothing waits for it)
+        elif schemas is not None and (schemas.partitions[0].log_end_offset > self._next
+                                      or schemas.topic_id != self._topic_id):
             self.refresh()  # new registrations or deletes: read them (a comparison when there are none)
         buf = records if isinstance(records, bytes | memoryview) else bytes(records)
         pos, total = 0, len(buf)
@@ -328,6 +398,9 @@ class SchemaIdCache:
         allowed = self.ids.get(subject, ())
         for raw in ids:
             schema_id = _ID.unpack(raw)[0]
+            if schema_id not in allowed and self._elsewhere():
+                self._unknown_in_bucket(schema_id, subject)
+                allowed = self.ids.get(subject, ())
             if schema_id not in allowed:
                 self.refresh()
                 allowed = self.ids.get(subject, ())
@@ -341,6 +414,12 @@ class SchemaIdCache:
                         ErrorCode.INVALID_RECORD,
                         f"record {_first_with(heads, raw)} of the batch: its {part} has schema id {schema_id}, "
                         f"which is not registered under subject {subject}")
+
+
+def _no_id_yet(schema_id: int) -> KafkaProtocolError:
+    return KafkaProtocolError(ErrorCode.REQUEST_TIMED_OUT,
+                              f"schema id {schema_id} is not known yet: _schemas is being read from the bucket "
+                              "(retry)")
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
