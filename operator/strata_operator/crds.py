@@ -260,7 +260,7 @@ EVENTBROKER_SPEC = obj({
         }, description="Serve the REST API over HTTPS, with the certificate from a cert-manager issuer or a "
                        "Secret (as spec.tls for the listeners).", rules=[
             rule("has(self.issuerRef) != has(self.secretName)",
-                 "schemaRegistry.tls needs exactly one of issuerRef and secretName")]),
+                 "schemaRegistry.tls: give exactly one of issuerRef and secretName")]),
     }, description="The schema registry beside the brokers (docs/schema-registry.md). It connects to the first "
                    "listener (as its own SCRAM user strata-schema-registry when that listener authenticates); "
                    "with authorization simple its REST API requires HTTP basic auth (the brokers' SCRAM users) "

@@ -217,7 +217,7 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
                     "mutual TLS"):
         {"schemaRegistry": {"enabled": True}, "tls": {"issuerRef": {"name": "ca"}},
          "listeners": [{"name": "mtls", "port": 9094, "tls": True, "authentication": "tls"}]},
-    ("EventBroker", "schemaRegistry.tls needs exactly one of issuerRef and secretName"):
+    ("EventBroker", "schemaRegistry.tls: give exactly one of issuerRef and secretName"):
         {"schemaRegistry": {"enabled": True, "tls": {"issuerRef": {"name": "ca"}, "secretName": "registry-tls"}}},
     ("EventBroker", "storage.class is immutable"): ({"storage": {"class": "a"}}, {"storage": {"class": "b"}}),
     ("EventBroker", "listener ports must be distinct"):
