@@ -164,3 +164,25 @@ def test_https_sasl_login_and_forwarding_between_two_instances(tmp_path):
         for instance in instances:
             instance.kill()
         broker.kill()
+
+
+def test_a_renewed_certificate_is_loaded_for_new_connections(tmp_path):
+    """cert-manager rewrites the Secret's files in place: the next look loads them (a half-written pair is
+    skipped, the old certificate stays)."""
+    import os
+    import shutil
+
+    from strata_registry.cli import ServerTls
+
+    first, second = secutil.make_pki(tmp_path / "one"), secutil.make_pki(tmp_path / "two")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(first.server_cert, cert)
+    shutil.copy(first.server_key, key)
+    tls = ServerTls(str(cert), str(key))
+    assert tls.reload_if_changed() is False
+    cert.write_text(second.server_cert.read_text())  # the key does not match yet
+    os.utime(cert, (time.time() + 5, time.time() + 5))
+    assert tls.reload_if_changed() is False
+    key.write_text(second.server_key.read_text())
+    os.utime(key, (time.time() + 10, time.time() + 10))
+    assert tls.reload_if_changed() is True
