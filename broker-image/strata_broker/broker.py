@@ -22,7 +22,7 @@ from .metrics import BrokerCollector, serve_metrics
 from .protocol.context import Connection, Lifecycle, Services
 from .replica import Leadership, ReplicaManager, SingleBroker
 from .request_pool import RequestMemoryPool
-from .schemas import ensure_schemas_topic
+from .schemas import ensure_schemas_in_cluster, ensure_schemas_topic, load_schema_ids
 from .security import ANONYMOUS
 from .security.acl import Authorizer
 from .security.credentials import CredentialStore
@@ -143,8 +143,11 @@ class Broker:
             await self.groups.load_all()
         if self.transactions is not None:
             await self.transactions.load()
-        if self.config["schema.registry.principal"]:
+        if self.config["schema.registry.principal"] and self.cluster is None:
             ensure_schemas_topic(self.logs)  # the schema registry's store (strata_broker/schemas.py)
+        if self.cluster is None:
+            # Schema-checked topics know every registered id, S3 included, before the first produce.
+            await load_schema_ids(self.logs, self.replicas)
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:
@@ -153,6 +156,8 @@ class Broker:
         loop = asyncio.get_running_loop()
         # Partitions not written since the last clean shutdown were opened lazily: load them now, stepwise.
         self._tasks.append(loop.create_task(self.logs.load_remaining()))
+        if self.cluster is not None and self.config["schema.registry.principal"]:
+            self._tasks.append(loop.create_task(ensure_schemas_in_cluster(self.logs, self.cluster)))
         if any(lst.ssl_context for lst in self.listeners):
             self._tls_reloader = TlsReloader(self.config, self.listeners)
             self._tasks.append(loop.create_task(self._every(self.config["ssl.certificate.reload.ms"],

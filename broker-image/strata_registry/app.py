@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,10 +55,11 @@ def _schema_json(stored: StoredSchema, request: web.Request, registry: Registry)
 
 
 def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None,
-              authz: SubjectAuthorizer | None = None) -> web.Application:
+              authz: SubjectAuthorizer | None = None, forward_ssl: ssl.SSLContext | None = None) -> web.Application:
     """The REST API. With `auth`, every request but `GET /` (the health check) needs HTTP basic
     credentials the broker accepts (auth.py); with `authz` too, reading and writing a subject needs
-    the broker's ACLs on its topic (SubjectAuthorizer), else 403 (40301)."""
+    the broker's ACLs on its topic (SubjectAuthorizer), else 403 (40301). `forward_ssl`: how a follower
+    verifies the leader when it forwards a write to an https:// URL (default: the system's CAs)."""
     session: dict[str, aiohttp.ClientSession] = {}
 
     @web.middleware
@@ -102,7 +104,8 @@ def build_app(registry: Registry, max_body: int, auth: BasicAuth | None = None,
         if request.headers.get("X-Strata-Forwarded"):
             return _json(errors.forwarding_failed("the leader sent the request back").body(), 500)
         if "client" not in session:
-            session["client"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            connector = aiohttp.TCPConnector(ssl=forward_ssl) if forward_ssl is not None else None
+            session["client"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=connector)
         try:
             async with session["client"].request(request.method, url.rstrip("/") + request.rel_url.path_qs,
                                                  data=await request.read(),

@@ -248,8 +248,23 @@ EVENTBROKER_SPEC = obj({
         "url": string("A registry the operator does not run (e.g. `strata local`'s http://127.0.0.1:8081), "
                       "for an external broker: the operator registers Topic schemas there.",
                       pattern=r"^https?://[^\s]+$"),
-    }, description="The schema registry beside the brokers (docs/schema-registry.md). For now it connects to "
-                   "the first listener without authentication."),
+        "tls": obj({
+            "issuerRef": obj({
+                "name": string("Issuer or ClusterIssuer name.", minLength=1, maxLength=253),
+                "kind": string(enum=["Issuer", "ClusterIssuer"], default="Issuer"),
+                "group": string(default="cert-manager.io"),
+            }, required=["name"], description="A cert-manager issuer: the operator creates a Certificate "
+                                              "<name>-schema-registry-tls for the registry Service's DNS names."),
+            "secretName": string("An existing Secret in this namespace with tls.crt, tls.key (for the registry "
+                                 "Service's DNS names) and ca.crt.", pattern=DNS_LABEL_PATTERN, maxLength=253),
+        }, description="Serve the REST API over HTTPS, with the certificate from a cert-manager issuer or a "
+                       "Secret (as spec.tls for the listeners).", rules=[
+            rule("has(self.issuerRef) != has(self.secretName)",
+                 "schemaRegistry.tls: give exactly one of issuerRef and secretName")]),
+    }, description="The schema registry beside the brokers (docs/schema-registry.md). It connects to the first "
+                   "listener (as its own SCRAM user strata-schema-registry when that listener authenticates); "
+                   "with authorization simple its REST API requires HTTP basic auth (the brokers' SCRAM users) "
+                   "and authorizes subjects by the brokers' topic ACLs."),
     "external": obj({
         "bootstrapServers": string("host:port[,host:port...] of a broker the operator does not run.",
                                    pattern=r"^[^,\s]+:[0-9]+(,[^,\s]+:[0-9]+)*$"),
@@ -278,8 +293,8 @@ EVENTBROKER_SPEC = obj({
          "an external broker's authorization is configured on that broker, not here"),
     rule("!has(self.schemaRegistry) || !has(self.schemaRegistry.enabled) || !self.schemaRegistry.enabled || "
          "(!has(self.external) && (!has(self.listeners) || size(self.listeners) == 0 || "
-         "!has(self.listeners[0].authentication) || self.listeners[0].authentication == 'none'))",
-         "the schema registry runs beside brokers the operator runs, on a first listener without authentication",
+         "!has(self.listeners[0].authentication) || self.listeners[0].authentication != 'tls'))",
+         "the schema registry runs beside brokers the operator runs, on a first listener without mutual TLS",
          fieldPath=".schemaRegistry"),
 ])
 
@@ -290,6 +305,7 @@ EVENTBROKER_STATUS = status_schema({
     "replicas": integer(),
     "readyReplicas": integer(),
     "authorizer": boolean("Whether the broker enforces ACLs (it answers CreateAcls)."),
+    "schemaRegistryUrl": string("Where the schema registry the operator runs answers (spec.schemaRegistry)."),
 })
 
 

@@ -230,7 +230,7 @@ def broker_properties(broker: dict[str, Any], operator_user: str = DEFAULT_OPERA
             from .durations import duration_ms
 
             props["tiered.upload.interval.ms"] = str(duration_ms(tiered["uploadInterval"]))
-    props.update(registry_objects.broker_properties(broker))  # spec.schemaRegistry (registry_objects.py)
+    props.update(registry_objects.broker_properties(broker, props))  # spec.schemaRegistry (registry_objects.py)
     props.update(spec.get("topicDefaults") or {})
     props.update(spec.get("config") or {})
     if uses_tls(spec):
@@ -473,7 +473,15 @@ def eventbroker_objects(broker: dict[str, Any], operator_user: str = DEFAULT_OPE
     sts = broker_statefulset(broker, operator_user, default_pull_secrets)
     return [broker_serviceaccount(broker), *secret, broker_configmap(broker, operator_user), *broker_services(broker),
             broker_pdb(broker), with_claim_size(sts, made_size) if made_size else sts,
-            *registry_objects.registry_objects(broker, default_pull_secrets)]
+            *registry_objects.registry_objects(broker, default_pull_secrets, operator_user)]
+
+
+def registry_password_objects(broker: dict[str, Any], password: str) -> list[dict[str, Any]]:
+    """The schema registry's password Secret (registry_objects.password_secret), applied by the handler
+    when it makes the password (the registry logs in to an authenticating first listener)."""
+    from . import registry_objects
+
+    return [registry_objects.password_secret(broker, password)]
 
 
 # -- Microservice --------------------------------------------------------------------------

@@ -5,17 +5,24 @@ The compatibility level, when the spec names one, is set on the subject first; t
 registered (the registry answers the existing id when it is there already, so a reconcile repeats
 nothing). An incompatible change is refused by the registry (409) and becomes Ready=False with the
 registry's message; the registered versions are left as they were.
+
+The registry the operator runs is called as it is served: over HTTPS verified against ca.crt of its
+certificate's Secret (spec.schemaRegistry.tls), and with the operator's own SCRAM login as HTTP basic auth
+when the brokers' authorizer is on (the operator is a super user there).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from . import admin as kafka_admin
 from . import registry_objects
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -82,9 +89,15 @@ async def register(body: dict[str, Any], broker: dict[str, Any], topic_name: str
     if schema.get("references"):
         request["references"] = [{"name": r["name"], "subject": r["subject"], "version": int(r["version"])}
                                  for r in schema["references"]]
+    connection = await _connection(broker, kube)
+    if isinstance(connection, Outcome):
+        return connection
+    headers, context = connection
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
-                                         headers={"Content-Type": CONTENT_TYPE}) as session:
+                                         headers={"Content-Type": CONTENT_TYPE, **headers},
+                                         connector=aiohttp.TCPConnector(ssl=context) if context else None
+                                         ) as session:
             if schema.get("compatibility"):
                 status, answer = await _call(session, "PUT", f"{url}/config/{quoted}",
                                              {"compatibility": schema["compatibility"]})
@@ -100,6 +113,27 @@ async def register(body: dict[str, Any], broker: dict[str, Any], topic_name: str
         return Outcome(False, "SchemaRegistryUnavailable", f"{url}: {exc!r}", retry=True)
     return Outcome(True, message=f"schema registered under {name} (version {found['version']}, id {found['id']})",
                    status={"schemaSubject": name, "schemaVersion": found["version"], "schemaId": found["id"]})
+
+
+async def _connection(broker: dict[str, Any], kube: Any) -> tuple[dict[str, str], ssl.SSLContext | None] | Outcome:
+    """Headers and TLS context for the registry the operator runs (nothing extra for spec.schemaRegistry.url)."""
+    if (broker.get("spec", {}).get("schemaRegistry") or {}).get("url") or not registry_objects.enabled(broker):
+        return {}, None
+    headers: dict[str, str] = {}
+    if registry_objects.authenticates(broker):
+        login = f"{kafka_admin.KAFKA_USERNAME}:{kafka_admin.KAFKA_PASSWORD}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+    context = None
+    if registry_objects.uses_tls(broker):
+        ns, name = broker["metadata"]["namespace"], registry_objects.tls_secret_name(broker)
+        secret = await kube.get("v1", "Secret", ns, name)
+        raw = ((secret or {}).get("data") or {}).get("ca.crt")
+        pem = base64.b64decode(raw).decode() if raw else ((secret or {}).get("stringData") or {}).get("ca.crt")
+        if not pem:
+            return Outcome(False, "SchemaRegistryUnavailable", f"Secret {ns}/{name} has no ca.crt yet (the schema "
+                           "registry's certificate, spec.schemaRegistry.tls)", retry=True)
+        context = ssl.create_default_context(cadata=pem)
+    return headers, context
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, body: Any) -> tuple[int, Any]:

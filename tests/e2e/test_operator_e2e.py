@@ -214,9 +214,11 @@ CEL_CASES: dict[tuple[str, str], dict[str, Any] | tuple[dict[str, Any], dict[str
     ("EventBroker", "an external broker's authorization is configured on that broker, not here"):
         {**EXTERNAL, "image": None, "authorization": {"type": "none"}},
     ("EventBroker", "the schema registry runs beside brokers the operator runs, on a first listener without "
-                    "authentication"):
-        {"schemaRegistry": {"enabled": True},
-         "listeners": [{"name": "sasl", "port": 9092, "authentication": "scram-sha-512"}]},
+                    "mutual TLS"):
+        {"schemaRegistry": {"enabled": True}, "tls": {"issuerRef": {"name": "ca"}},
+         "listeners": [{"name": "mtls", "port": 9094, "tls": True, "authentication": "tls"}]},
+    ("EventBroker", "schemaRegistry.tls: give exactly one of issuerRef and secretName"):
+        {"schemaRegistry": {"enabled": True, "tls": {"issuerRef": {"name": "ca"}, "secretName": "registry-tls"}}},
     ("EventBroker", "storage.class is immutable"): ({"storage": {"class": "a"}}, {"storage": {"class": "b"}}),
     ("EventBroker", "listener ports must be distinct"):
         {"listeners": [{"name": "a", "port": 9092}, {"name": "b", "port": 9092}]},
@@ -508,6 +510,38 @@ def test_internal_eventbroker_objects_pass_the_servers_validation(cluster, opera
         "get", "services,configmaps,poddisruptionbudgets", "-n", ns, "-o", "json").stdout)["items"]
         if any(o.get("name") == "managed" for o in i["metadata"].get("ownerReferences") or [])}
     assert {"Service", "ConfigMap", "PodDisruptionBudget"} <= kinds
+    _assert_running(operator)
+
+
+def test_schema_registry_objects_pass_the_servers_validation_and_go_when_disabled(cluster, operator):
+    """An EventBroker's schema registry with HTTPS (a Secret) and REST authentication (the authorizer is on,
+    the registry logs in as its own SCRAM user): the Deployment, Service and password Secret are admitted by
+    a real API server, and turning the registry off deletes the Deployment and Service, as the chart's
+    ServiceAccount."""
+    ns = operator.namespace
+    spec = {"image": "strata:e2e", "replicas": 1, "authorization": {"type": "simple"},
+            "listeners": [{"name": "sasl", "port": 9092, "authentication": "scram-sha-512"}],
+            "schemaRegistry": {"enabled": True, "replicas": 2, "tls": {"secretName": "registry-tls"}}}
+    cluster.apply(_obj("EventBroker", "withreg", ns, spec))
+    deployment = wait_for(lambda: cluster.get("deployment", "withreg-schema-registry", ns),
+                          "the registry's Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--authorize" in command and "--tls-cert" in command
+    assert cluster.get("service", "withreg-schema-registry", ns) is not None
+    secret = wait_for(lambda: cluster.get("secret", "withreg-schema-registry", ns), "the registry's password")
+    assert base64.b64decode(secret["data"]["password"])
+    users = wait_for(lambda: (s := cluster.get("secret", "withreg-credentials", ns))
+                     and "strata-schema-registry" in base64.b64decode(s["data"]["users.json"]).decode(),
+                     "the registry's user in the brokers' credentials")
+    assert users
+    wait_for(lambda: ((cluster.get("eventbroker", "withreg", ns) or {}).get("status") or {}).get("schemaRegistryUrl")
+             == f"https://withreg-schema-registry.{ns}.svc:8081", "status.schemaRegistryUrl")
+    cluster.apply(_obj("EventBroker", "withreg", ns, {**spec, "schemaRegistry": {"enabled": False}}))
+    wait_for(lambda: cluster.get("deployment", "withreg-schema-registry", ns) is None
+             and cluster.get("service", "withreg-schema-registry", ns) is None, "the registry's objects deleted")
+    wait_for(lambda: "schemaRegistryUrl" not in ((cluster.get("eventbroker", "withreg", ns) or {}).get("status") or {}),
+             "status without schemaRegistryUrl")
     _assert_running(operator)
 
 

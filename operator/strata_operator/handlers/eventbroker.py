@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import kopf
 
 from .. import admin as kafka_admin
-from .. import logic, resources, scram
+from .. import logic, registry_objects, resources, scram
 from ..admin import (
     API_CREATE_ACLS,
     BrokerRejected,
@@ -72,6 +73,7 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
              "replicas > 1 needs spec.tieredStorage (the brokers of a cluster share partitions through the "
              "bucket); nothing was changed")
         return
+    registry_password = await _registry_password(body, patch, conditions)
     users_file = None
     if resources.uses_sasl(spec) and kafka_admin.KAFKA_PASSWORD:
         names = resources.broker_names(body["metadata"]["name"])
@@ -80,7 +82,8 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         except (KubeError, OSError) as exc:
             set_condition(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
             raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay) from exc
-        users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD},
+        users_file = scram.credentials_file({kafka_admin.KAFKA_USERNAME: kafka_admin.KAFKA_PASSWORD,
+                                             **registry_objects.credentials(body, registry_password)},
                                             secret_value(current, resources.CREDENTIALS_KEY))
     ns = body["metadata"]["namespace"]
     sts_name = resources.broker_names(body["metadata"]["name"])["statefulset"]
@@ -95,6 +98,7 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
         for obj in resources.eventbroker_objects(body, kafka_admin.KAFKA_USERNAME, users_file, pull_secrets,
                                                  made):
             await kube().apply(obj)
+        await _registry_removed(body, patch)
         sts = await kube().get("apps/v1", "StatefulSet", ns, sts_name)
         ca = await broker_ca(body) if resources.uses_tls(spec) else "-"
     except (KubeError, OSError) as exc:
@@ -118,6 +122,40 @@ async def _reconcile_broker(body: kopf.Body, patch: kopf.Patch) -> None:
                       f"{ready}/{want} brokers ready at {bootstrap}")
     else:
         set_condition(patch, body, conditions, "Ready", False, "BrokersStarting", f"{ready}/{want} brokers ready")
+
+
+async def _registry_password(body: kopf.Body, patch: kopf.Patch, conditions: list[dict[str, Any]]) -> str | None:
+    """The schema registry's password on the brokers' first listener when it logs in there
+    (registry_objects.logs_in): the one in its Secret, else a new one, written to the Secret now."""
+    if not (registry_objects.enabled(body) and registry_objects.logs_in(body)):
+        return None
+    ns, name = body["metadata"]["namespace"], registry_objects.password_secret_name(body)
+    try:
+        password = secret_value(await kube().get("v1", "Secret", ns, name), registry_objects.PASSWORD_KEY)
+        if not password:
+            password = secrets.token_urlsafe(24)
+            for obj in resources.registry_password_objects(body, password):
+                await kube().apply(obj)
+    except (KubeError, OSError) as exc:
+        set_condition(patch, body, conditions, "Ready", False, "ApplyFailed", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay) from exc
+    return password
+
+
+async def _registry_removed(body: kopf.Body, patch: kopf.Patch) -> None:
+    """status.schemaRegistryUrl while the registry runs; once spec.schemaRegistry.enabled is off, its
+    Deployment and Service are deleted (once: the status field says they were made). Its password Secret
+    and Certificate stay until the EventBroker goes (a registry enabled again reuses them); the registry's
+    user leaves the brokers' credentials file at once (registry_objects.credentials)."""
+    if registry_objects.enabled(body):
+        patch.status["schemaRegistryUrl"] = registry_objects.registry_url(body)
+        return
+    if not (body.get("status") or {}).get("schemaRegistryUrl"):
+        return
+    ns, name = body["metadata"]["namespace"], registry_objects.registry_name(body)
+    await kube().delete("apps/v1", "Deployment", ns, name)
+    await kube().delete("v1", "Service", ns, name)
+    patch.status["schemaRegistryUrl"] = None
 
 
 async def _storage_class(body: kopf.Body, sts: dict[str, Any],

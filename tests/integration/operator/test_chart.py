@@ -470,7 +470,8 @@ def _sample_args(builder: str) -> tuple:
     mtls = tls_broker["spec"]["listeners"][0]
     samples = {"eventbroker_objects": (tls_broker,),
                "microservice_objects": (ms, "b:9094", "pw", True, (), mtls, "CA", resources.issuer_ref(tls_broker)),
-               "pvc_resizes": (broker, ["data-events-broker-0"], "20Gi")}
+               "pvc_resizes": (broker, ["data-events-broker-0"], "20Gi"),
+               "registry_password_objects": (broker, "pw")}
     assert builder in samples, f"handlers apply the output of resources.{builder}: add sample inputs here"
     return samples[builder]
 
@@ -709,7 +710,7 @@ def test_image_pull_secrets_reach_the_brokers_and_the_operators_pods():
     assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "reg"}]
 
 
-def test_schema_registry_is_passed_to_the_eventbroker_and_needs_a_plain_first_listener():
+def test_schema_registry_is_passed_to_the_eventbroker_with_tls_and_not_on_mutual_tls():
     plain = 'eventBroker.listeners=[{"name":"plain","port":9092,"authentication":"none"}]'
     docs = render(flags=["--set", "eventBroker.enabled=true", "--set", "eventBroker.authorization.type=none",
                          "--set-json", plain, "--set", "eventBroker.schemaRegistry.enabled=true",
@@ -718,7 +719,23 @@ def test_schema_registry_is_passed_to_the_eventbroker_and_needs_a_plain_first_li
     assert eb["spec"]["schemaRegistry"] == {"enabled": True, "replicas": 2, "port": 8081}
     assert "schemaRegistry" not in of_kind(render(flags=["--set", "eventBroker.enabled=true"]),
                                            "EventBroker")[0]["spec"]
-    proc = run_helm("template", "s", str(CHART), "--set", "eventBroker.enabled=true",
+    # With the default SCRAM listener and the authorizer: allowed (the registry logs in, REST auth is on),
+    # with HTTPS from an issuer or a Secret.
+    on = ["--set", "eventBroker.enabled=true", "--set", "eventBroker.schemaRegistry.enabled=true"]
+    (eb,) = of_kind(render(flags=[*on, "--set", "eventBroker.schemaRegistry.tls.issuerRef.name=ca",
+                                  "--set", "eventBroker.schemaRegistry.tls.issuerRef.kind=ClusterIssuer"]),
+                    "EventBroker")
+    assert eb["spec"]["schemaRegistry"]["tls"] == {"issuerRef": {"name": "ca", "kind": "ClusterIssuer",
+                                                                 "group": "cert-manager.io"}}
+    (eb,) = of_kind(render(flags=[*on, "--set", "eventBroker.schemaRegistry.tls.secretName=registry-cert"]),
+                    "EventBroker")
+    assert eb["spec"]["schemaRegistry"]["tls"] == {"secretName": "registry-cert"}
+    both = run_helm("template", "s", str(CHART), *on, "--set", "eventBroker.schemaRegistry.tls.secretName=a",
+                    "--set", "eventBroker.schemaRegistry.tls.issuerRef.name=b", check=False)
+    assert both.returncode and "set issuerRef.name or secretName, not both" in both.stderr
+    mtls = 'eventBroker.listeners=[{"name":"mtls","port":9094,"authentication":"tls","tls":true}]'
+    proc = run_helm("template", "s", str(CHART), "--set", "eventBroker.enabled=true", "--set-json", mtls,
+                    "--set", "eventBroker.tls.issuerRef.name=ca", "--set", "eventBroker.authorization.type=none",
                     "--set", "eventBroker.schemaRegistry.enabled=true", check=False)
-    assert proc.returncode and "schemaRegistry.enabled needs eventBroker.listeners[0] without authentication" \
+    assert proc.returncode and "schemaRegistry.enabled needs eventBroker.listeners[0] without mutual TLS" \
         in proc.stderr

@@ -37,9 +37,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProc
     broker.stop()
 
 
-def create(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+def create(bootstrap: str, topic: str, configs: dict[str, str], partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1, config=configs)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, partitions, 1, config=configs)])[topic].result(30)
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
@@ -190,3 +190,61 @@ def test_a_corrupt_batch_on_a_checked_topic_is_refused_not_fatal(stack):
         assert response.responses[0].partition_responses[0].error_code == 0
     finally:
         conn.close()
+
+
+def test_ids_only_in_the_bucket_are_known_after_a_restore(tmp_path, s3):
+    """A broker restored from the bucket onto an empty disk reads all of `_schemas` (remote storage included)
+    before it listens: an id registered before the loss is accepted by a checked topic with no registry
+    running, and resolves in a new registry afterwards."""
+    import shutil
+
+    from s3server import CREDENTIALS
+
+    settings = {"schema.registry.principal": "User:ANONYMOUS", "tiered.upload.interval.ms": "300",
+                **s3.broker_settings()}
+    broker = BrokerProcess(tmp_path / "broker", settings=settings, env=CREDENTIALS).start()
+    registry = RegistryProcess(broker.bootstrap, tmp_path / "registry.log").start()
+    try:
+        wait_until(registry.leads, 30, "the registry to lead")
+        topic = "restored-checked"
+        create(broker.bootstrap, topic, {"strata.value.schema.validation": "true"})
+        client = SchemaRegistryClient({"url": registry.url})
+        serializer = AvroSerializer(client, SCHEMA)
+        good = serializer({"id": 7, "note": "before"}, SerializationContext(topic, MessageField.VALUE))
+        schema_id = struct.unpack(">i", good[1:5])[0]
+        assert produce(broker.bootstrap, topic, [(None, good)]) == [None]
+        end = registry_end(broker.bootstrap)
+
+        def schemas_uploaded() -> bool:
+            manifests = [k for k in s3.objects() if "/_schemas-" in k and k.endswith("/0/manifest.json")]
+            return bool(manifests) and max(
+                (s["last_offset"] for s in json.loads(s3.read(manifests[0])).get("segments", [])),
+                default=-1) >= end - 1
+
+        # Every _schemas record in an uploaded segment: after the restore none of them is on the disk.
+        wait_until(schemas_uploaded, 60, "_schemas uploaded to the bucket")
+        registry.kill()
+        broker.kill()
+        shutil.rmtree(broker.data_dir)
+        broker.start()
+        assert produce(broker.bootstrap, topic, [(None, good)]) == [None]  # known from the bucket alone
+        outcomes = produce(broker.bootstrap, topic, [(None, framed(schema_id + 1000))])
+        assert outcomes[0] is not None and outcomes[0].code() == KafkaError.INVALID_RECORD
+        registry = RegistryProcess(broker.bootstrap, tmp_path / "registry2.log").start()
+        wait_until(registry.leads, 30, "the new registry to lead")
+        assert json.loads(registry.get(f"/schemas/ids/{schema_id}")["schema"]) == json.loads(SCHEMA)
+        assert registry.get(f"/subjects/{topic}-value/versions/1")["id"] == schema_id
+    finally:
+        registry.kill()
+        broker.kill()
+
+
+def registry_end(bootstrap: str) -> int:
+    """The end offset of `_schemas` now."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition("_schemas", 0), timeout=10, cached=False)[1]
+    finally:
+        consumer.close()
