@@ -310,12 +310,23 @@ def test_observed_produce_and_consume_of_the_last_day(tmp_path: Path) -> None:
     status = observed_by_service(rec.items, owners, now)
     assert set(status) == {"shop.checkout", "shop.fulfilment", "finance.billing", "finance.ledger"}
     billing = status["finance.billing"]
-    assert billing["since"] == "2025-03-01T12:00:00Z" and billing["until"] == "2025-03-02T12:00:00Z"
-    assert billing["produces"] == [{"topic": "invoices", "bytes": 80, "records": 2, "declared": True},
-                                   {"topic": "orders", "bytes": 50, "records": 1, "declared": False}]
-    assert billing["consumes"] == [{"topic": "orders", "bytes": 300, "records": 3, "declared": True}]
-    assert status["finance.ledger"]["consumes"] == [{"topic": "invoices", "bytes": 0, "records": 0,
-                                                     "declared": True}]
+    assert billing["window"] == "24h"
+    assert billing["topics"] == [
+        {"topic": "invoices", "direction": "produce", "bytes": 80, "records": 2, "declared": True,
+         "lastSeen": "2025-03-02T11:00:00Z"},
+        {"topic": "orders", "direction": "produce", "bytes": 50, "records": 1, "declared": False,
+         "lastSeen": "2025-03-02T10:00:00Z"},
+        # the read of the day before is not counted, but the last one is when it was seen
+        {"topic": "orders", "direction": "consume", "bytes": 300, "records": 3, "declared": True,
+         "lastSeen": "2025-03-02T10:00:00Z"}]
+    assert status["finance.ledger"]["topics"] == [
+        {"topic": "invoices", "direction": "consume", "bytes": 0, "records": 0, "declared": True}]
+    # traffic that stopped more than a day ago: 0 in the window, still when it was last seen
+    later = observed_by_service(rec.items, owners, now + timedelta(days=1))["finance.billing"]["topics"]
+    assert [(t["topic"], t["direction"], t["bytes"], t.get("lastSeen")) for t in later] == [
+        ("invoices", "produce", 0, "2025-03-02T11:00:00Z"), ("orders", "consume", 0, "2025-03-02T10:00:00Z")]
+    # nothing in it moves with the clock alone
+    assert observed_by_service(rec.items, owners, now + timedelta(minutes=5)) == status
 
 
 # -- the cluster's resources as the source (no -f) -----------------------------------------------------
