@@ -8,7 +8,9 @@ retried or repeated after a restart is never counted twice. What was counted sin
 snapshot when the process dies is lost, never double-counted.
 
 Each snapshot also records, per consumer group with committed offsets on this broker and topic,
-the group's lag at the end of the window (`group` records: log end minus committed offset).
+the group's lag at the end of the window (`group` records: log end minus committed offset, over
+every partition of the topic the group committed; in a cluster the end offsets of partitions other
+brokers lead come from their leases, read just before the cut).
 
 Cardinality is bounded whatever clients send: each principal has at most
 `metering.client.ids.per.principal` client ids counted under their own name (the ones first seen);
@@ -33,7 +35,7 @@ from strata_contract.usage import FORMAT_VERSION
 from .log.compaction import iter_batches
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .config import BrokerConfig
     from .log.manager import LogManager
@@ -107,6 +109,8 @@ class Meter:
         self._clock = time.monotonic()
         # (group, topic, member client id, lag) now, for the `group` records of each snapshot (set by the broker)
         self.group_lag: Callable[[], list[tuple[str, str, str | None, int]]] | None = None
+        # awaited before each snapshot's cut, to fetch what group_lag needs from elsewhere (set by the broker)
+        self.before_cut: Callable[[], Awaitable[None]] | None = None
 
     # ---- counting (called on the request path; cheap) ----------------------------------------
 
@@ -244,6 +248,11 @@ class Meter:
         if datetime.fromtimestamp(now, UTC).date() != start_day:
             midnight = datetime(start_day.year, start_day.month, start_day.day, tzinfo=UTC).timestamp() + 86400
             now = midnight
+        if self.before_cut is not None:
+            try:
+                await self.before_cut()
+            except Exception as exc:  # lag is informative: never lose a snapshot over it
+                log.warning("consumer group lag inputs not refreshed: %s", exc)
         records = self.cut(now)
         self.write(records, datetime.fromtimestamp(self.window.start - 1e-6, UTC))
         await self.upload()

@@ -8,6 +8,7 @@ it has fenced itself before anyone else takes over. Object: `clusters/<cluster>/
 
     {"id": 0, "host": "127.0.0.1", "port": 9092, "renewals": 42, "lease_ms": 9000,
      "bytes_in": {"orders/3": 1234.5},          # bytes/s per led partition, for balancing
+     "end_offsets": {"orders/3": 5120},         # log end offset per led partition, for consumer lag
      "endpoints": {"PLAINTEXT": ["127.0.0.1", 9092], "SASL_SSL": ["127.0.0.1", 9093]}}
 
 Here: the format (`MemberLease`), the keeper of this broker's own lease (`LeaseKeeper`), and the
@@ -49,11 +50,14 @@ class MemberLease:
     lease_ms: int = 9000
     bytes_in: dict[str, float] = field(default_factory=dict)
     endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)  # listener name -> advertised address
+    # Log end offset per led partition: a group coordinator's lag of partitions other brokers lead.
+    end_offsets: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps({"id": self.id, "host": self.host, "port": self.port, "renewals": self.renewals,
                            "lease_ms": self.lease_ms, "bytes_in": self.bytes_in,
-                           "endpoints": {n: list(a) for n, a in self.endpoints.items()}}, sort_keys=True).encode()
+                           "endpoints": {n: list(a) for n, a in self.endpoints.items()},
+                           "end_offsets": self.end_offsets}, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> MemberLease:
@@ -61,7 +65,8 @@ class MemberLease:
         return cls(int(raw["id"]), str(raw["host"]), int(raw["port"]), int(raw.get("renewals", 0)),
                    int(raw.get("lease_ms", 9000)),
                    {str(k): float(v) for k, v in (raw.get("bytes_in") or {}).items()},
-                   {str(n): (str(a[0]), int(a[1])) for n, a in (raw.get("endpoints") or {}).items()})
+                   {str(n): (str(a[0]), int(a[1])) for n, a in (raw.get("endpoints") or {}).items()},
+                   {str(k): int(v) for k, v in (raw.get("end_offsets") or {}).items()})
 
 
 class LeaseKeeper:
@@ -72,7 +77,8 @@ class LeaseKeeper:
     stops acknowledging no later than the controller may move its partitions."""
 
     def __init__(self, store: ObjectStore, prefix: str, cluster: str, node_id: int, listeners: list[Listener],
-                 lease_ms: int, clock: Clock, bytes_in: Callable[[float], dict[str, float]]) -> None:
+                 lease_ms: int, clock: Clock, bytes_in: Callable[[float], dict[str, float]],
+                 end_offsets: Callable[[], dict[str, int]] | None = None) -> None:
         self.store = store
         self.key = member_key(prefix, cluster, node_id)
         self.node_id = node_id
@@ -80,6 +86,7 @@ class LeaseKeeper:
         self.lease_ms = lease_ms
         self.clock = clock
         self.bytes_in = bytes_in  # bytes/s per led partition since the last renewal, for balancing
+        self.end_offsets = end_offsets or dict  # log end offset per led partition, for consumer lag
         self.renewals = 0
         self.valid_until = 0.0
 
@@ -96,7 +103,8 @@ class LeaseKeeper:
         self.renewals += 1
         lease = MemberLease(self.node_id, first.advertised_host, first.advertised_port, self.renewals, self.lease_ms,
                             self.bytes_in(started),
-                            {x.name: (x.advertised_host, x.advertised_port) for x in self.listeners})
+                            {x.name: (x.advertised_host, x.advertised_port) for x in self.listeners},
+                            self.end_offsets())
         try:
             await self.store.put(self.key, lease.to_json(), deadline=self.lease_ms / 2000.0)
         except Exception as exc:
