@@ -373,3 +373,13 @@ def test_usage_from_the_bucket(tmp_path: Path, s3: S3Bucket, monkeypatch: pytest
     assert from_bucket == from_dir and len(from_bucket["edges"]) == 7
     missing = run(*[a if a != s3.name else "no-such-bucket" for a in args])
     one_line_error(missing, "cannot read usage from s3://no-such-bucket/")
+    # --upload (the chart's Topology CronJob): the page goes into the bucket, nothing to stdout
+    key = "p/clusters/events/topology/topology.html"
+    uploaded = run(*args[:-2], "--format", "html", "--upload", key)
+    assert uploaded.exit_code == 0, uploaded.output
+    assert uploaded.stdout == "" and f"wrote s3://{s3.name}/{key}" in uploaded.stderr
+    page = client.get_object(Bucket=s3.name, Key=key)
+    assert page["ContentType"].startswith("text/html") and b'data-id="topic:orders"' in page["Body"].read()
+    one_line_error(run(*args, "--format", "table", "--upload", key),
+                   "--upload needs --bucket and a --format other than table")
+    assert json.loads(run("--to", "2025-03-02", "--days", "2", *args[4:]).stdout) == from_bucket

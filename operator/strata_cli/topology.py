@@ -2,12 +2,15 @@
 
     strata topology -f examples/ --usage data/usage --from 2025-03-01 --to 2025-03-31 --format html -o t.html
     strata topology --bucket B --endpoint URL --prefix P --cluster C --format json
+    strata topology --bucket B --cluster C --days 7 --format html --upload clusters/C/topology/topology.html
 
 Sources are those of `strata cost report`: Topic and Microservice manifests (`-f`, repeatable)
 or, without `-f`, the cluster's Topic and Microservice resources (kubeconfig or in-cluster);
 usage records from `--usage DIR` or `--bucket`. The window is whole UTC days, `--to` inclusive
-(default today), `--from` defaulting to six days before `--to`. Problems are one-line errors
-with exit status 1; a window without usage gives the declared graph and a warning.
+(default today), `--from` defaulting to six days before `--to` (or `--days` days ending `--to`).
+`--upload KEY` writes the output into the bucket instead (the chart's Topology CronJob does).
+Problems are one-line errors with exit status 1; a window without usage gives the declared graph
+and a warning.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from strata_operator.billing import BillingError, ownership, prices
 from strata_operator.crds import API_VERSION
 from strata_operator.topology import model, render
 
-from .output import check_usage_source, read_usage, write_table, write_text
+from .output import check_usage_source, read_usage, upload_text, write_table, write_text
 
 FORMATS = ("table", "json", "html", "svg", "dot", "mermaid")
+CONTENT_TYPES = {"json": "application/json", "html": "text/html; charset=utf-8", "svg": "image/svg+xml"}
 
 
 
@@ -79,6 +83,8 @@ def render_table(topo: model.Topology, console: Console) -> None:
               help="First day (UTC), YYYY-MM-DD; default six days before --to.")
 @click.option("--to", "end", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Last day (UTC, inclusive), YYYY-MM-DD; default today.")
+@click.option("--days", type=click.IntRange(1, 366),
+              help="Days in the window, ending --to (instead of --from).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file instead of stdout.")
@@ -95,15 +101,22 @@ def render_table(topo: model.Topology, console: Console) -> None:
 @click.option("--prefix", default="", help="Key prefix inside the bucket (the brokers' tiered.s3.prefix).")
 @click.option("--region", default="us-east-1", show_default=True)
 @click.option("--cluster", default="strata-local", show_default=True, help="Cluster name (the brokers' cluster.id).")
-def topology(start: datetime | None, end: datetime | None, fmt: str, output: Path | None,
+@click.option("--upload", "upload_key", metavar="KEY",
+              help="Write the output into --bucket under this key (not to stdout or -o); not with --format table.")
+def topology(start: datetime | None, end: datetime | None, days: int | None, fmt: str, output: Path | None,
              manifests: tuple[Path, ...], namespace: str | None, price_file: Path | None, usage_dir: Path | None,
-             bucket: str | None, endpoint: str | None, prefix: str, region: str, cluster: str) -> None:
+             bucket: str | None, endpoint: str | None, prefix: str, region: str, cluster: str,
+             upload_key: str | None) -> None:
     """Services and topics by team: declared and observed writes and reads, traffic, lag, cost, findings."""
+    if start is not None and days is not None:
+        raise click.UsageError("give --from or --days, not both")
     last: date = end.date() if end else datetime.now(UTC).date()
-    first: date = start.date() if start else last - timedelta(days=6)
+    first: date = start.date() if start else last - timedelta(days=(days or 7) - 1)
     if last < first:
         raise click.BadParameter(f"--to {last} is before --from {first}", param_hint="--to")
     check_usage_source(usage_dir, bucket)
+    if upload_key is not None and (bucket is None or fmt == "table" or output is not None):
+        raise click.ClickException("--upload needs --bucket and a --format other than table, and no -o")
     window_end = last + timedelta(days=1)
     try:
         model_prices = prices.load(price_file)
@@ -121,7 +134,15 @@ def topology(start: datetime | None, end: datetime | None, fmt: str, output: Pat
     if fmt == "table":
         write_table(lambda console: render_table(topo, console), output)
         return
-    write_text(render.RENDERERS[fmt](topo), output)
+    text = render.RENDERERS[fmt](topo)
+    if upload_key is not None:
+        assert bucket is not None
+        upload_text(bucket, upload_key, text, CONTENT_TYPES.get(fmt, "text/plain; charset=utf-8"),
+                    endpoint=endpoint, region=region)
+        click.echo(f"wrote s3://{bucket}/{upload_key} ({fmt}: {render.counts(topo)}, {len(topo.findings)} findings)",
+                   err=True)
+        return
+    write_text(text, output)
     if output is None:
         return
     click.echo(f"wrote {output} ({fmt}: {render.counts(topo)}, {len(topo.findings)} findings)", err=True)
