@@ -34,7 +34,7 @@ CONTENT_TYPES = {"json": "application/json", "html": "text/html; charset=utf-8",
 
 
 
-def _cluster_ownership(namespace: str | None) -> ownership.Ownership:
+def _cluster_ownership(namespaces: tuple[str, ...]) -> ownership.Ownership:
     """Topic and Microservice resources from the API server the kubeconfig points at."""
     from strata_operator.kube import Kube
 
@@ -43,8 +43,9 @@ def _cluster_ownership(namespace: str | None) -> ownership.Ownership:
         try:
             objects = []
             for kind in ("Topic", "Microservice"):
-                for item in await kube.list(API_VERSION, kind, namespace):
-                    objects.append({**item, "apiVersion": item.get("apiVersion") or API_VERSION, "kind": kind})
+                for namespace in namespaces or (None,):
+                    objects.extend({**item, "apiVersion": item.get("apiVersion") or API_VERSION, "kind": kind}
+                                   for item in await kube.list(API_VERSION, kind, namespace))
             return objects
         finally:
             await kube.close()
@@ -91,7 +92,8 @@ def render_table(topo: model.Topology, console: Console) -> None:
 @click.option("-f", "--filename", "manifests", multiple=True, type=click.Path(path_type=Path),
               help="Topic and Microservice manifests (files or directories); repeatable. "
                    "Default: the cluster's resources.")
-@click.option("--namespace", "-n", help="Without -f: read resources of this namespace only (default: all).")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Without -f: read resources of this namespace only (repeatable; default: all).")
 @click.option("--prices", "price_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Price model YAML for the edges' cost (as `strata cost report`).")
 @click.option("--usage", "usage_dir", type=click.Path(path_type=Path),
@@ -104,7 +106,7 @@ def render_table(topo: model.Topology, console: Console) -> None:
 @click.option("--upload", "upload_key", metavar="KEY",
               help="Write the output into --bucket under this key (not to stdout or -o); not with --format table.")
 def topology(start: datetime | None, end: datetime | None, days: int | None, fmt: str, output: Path | None,
-             manifests: tuple[Path, ...], namespace: str | None, price_file: Path | None, usage_dir: Path | None,
+             manifests: tuple[Path, ...], namespaces: tuple[str, ...], price_file: Path | None, usage_dir: Path | None,
              bucket: str | None, endpoint: str | None, prefix: str, region: str, cluster: str,
              upload_key: str | None) -> None:
     """Services and topics by team: declared and observed writes and reads, traffic, lag, cost, findings."""
@@ -120,7 +122,7 @@ def topology(start: datetime | None, end: datetime | None, days: int | None, fmt
     window_end = last + timedelta(days=1)
     try:
         model_prices = prices.load(price_file)
-        owners = ownership.load_manifests(manifests) if manifests else _cluster_ownership(namespace)
+        owners = ownership.load_manifests(manifests) if manifests else _cluster_ownership(namespaces)
         records = read_usage(usage_dir, bucket, cluster, first, window_end, prefix=prefix, endpoint=endpoint,
                              region=region)
         topo = model.build(records.records, owners, model_prices, first, window_end, cluster=cluster,
