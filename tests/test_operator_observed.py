@@ -27,7 +27,7 @@ from s3server import CREDENTIALS
 from test_metering import VALUE, produce_as
 from test_operator_reconcile import API, broker_cr, cond, eventually
 
-INTERVAL = 2.0  # STRATA_OPERATOR_RECONCILE_INTERVAL: also how old the shared usage read may get
+INTERVAL = 2.0  # STRATA_OPERATOR_RECONCILE_INTERVAL and _OBSERVED_INTERVAL: how old the shared usage read may get
 REFRESH_LOG = re.compile(r"observed traffic of broker default/events: read ")
 
 
@@ -38,6 +38,7 @@ def kube(tmp_path) -> Iterator[KubeEmulatorProcess]:
     log = tmp_path / "operator.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # S3 keys come from a Secret
     env.update({"KUBECONFIG": str(emulator.kubeconfig()), "STRATA_OPERATOR_RECONCILE_INTERVAL": str(INTERVAL),
+                "STRATA_OPERATOR_OBSERVED_INTERVAL": str(INTERVAL),
                 "STRATA_OPERATOR_RETRY_DELAY": "1", "STRATA_OPERATOR_BROKER_TIMEOUT": "3",
                 "STRATA_OPERATOR_COSTREPORT_INTERVAL": "3600"})
     proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness",

@@ -6,17 +6,24 @@ CostReport (by namespace and name; its `spec.usageSource` over the broker's tier
 EventBroker's tieredStorage bucket and cluster.id. A broker with neither has no observed status.
 
 One shared read per broker, not one per Microservice: the first Microservice reconciled after
-`max_age` seconds (the reconcile interval) lists the CostReports, Topics and Microservices and the
+`max_age` seconds lists the CostReports, Topics and Microservices and the
 usage files of the last days, and computes every service's status at once; the others take theirs
 from that result. Files are fetched again only when their size changed (the brokers append to a
 day's file and upload it again), so a refresh costs one LIST per day plus the files that grew.
 A refresh that fails (bucket or API server unreachable) is logged and keeps the previous result.
+
+Setting (environment, read at import):
+
+  STRATA_OPERATOR_OBSERVED_INTERVAL  seconds between two reads of a broker's usage, default 300; never
+                                     less than the reconcile interval (the counts move with the brokers'
+                                     metering snapshots and uploads anyway, a minute or more apart)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +40,7 @@ from .settings import SETTINGS
 log = logging.getLogger(__name__)
 
 HOURS = 24  # the span of status.observed
+INTERVAL = float(os.environ.get("STRATA_OPERATOR_OBSERVED_INTERVAL", "300"))
 
 
 @dataclass
@@ -53,12 +61,12 @@ _brokers: dict[tuple[str, str], BrokerUsage] = {}
 
 async def observed_status(body: Any, broker: dict[str, Any], max_age: float | None = None) -> dict[str, Any] | None:
     """This Microservice's `status.observed` from its broker's shared usage read (refreshed when older
-    than `max_age`, default the reconcile interval); None when there is none to show (no usage
-    source, or the service is newer than the last read)."""
+    than `max_age`, default STRATA_OPERATOR_OBSERVED_INTERVAL but at least the reconcile interval);
+    None when there is none to show (no usage source, or the service is newer than the last read)."""
     md = body["metadata"]
     key = logic.broker_key(body)
     entry = _brokers.setdefault(key, BrokerUsage())
-    age = SETTINGS.interval if max_age is None else max_age
+    age = max(SETTINGS.interval, INTERVAL) if max_age is None else max_age
     async with entry.lock:
         if entry.at is None or time.monotonic() - entry.at >= age:
             entry.at = time.monotonic()
