@@ -20,6 +20,7 @@ the rest are counted under `other`. A client id not seen for `metering.idle.expi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BEFORE_CUT_TIMEOUT = 3.0  # seconds before_cut may take: a slow bucket never holds up (or loses) a snapshot
 OTHER_CLIENTS = "other"  # the client id counted for a principal's client ids beyond the limit
 # S3 API calls -> the price classes of the usage format.
 _S3_CLASS = {"put_object": "PUT", "upload_part": "PUT", "create_multipart_upload": "PUT",
@@ -250,7 +252,7 @@ class Meter:
             now = midnight
         if self.before_cut is not None:
             try:
-                await self.before_cut()
+                await asyncio.wait_for(self.before_cut(), BEFORE_CUT_TIMEOUT)
             except Exception as exc:  # lag is informative: never lose a snapshot over it
                 log.warning("consumer group lag inputs not refreshed: %s", exc)
         records = self.cut(now)

@@ -126,11 +126,16 @@ class ClusterMember:
         return rates
 
     def _end_offsets(self) -> dict[str, int]:
-        """Log end offset per partition this broker leads (in its lease)."""
+        """Log end offset per non-empty partition this broker leads (in its lease; an empty partition
+        has no lag whatever was committed, so leaving it out changes no sum)."""
         logs = self.logs
-        return {f"{topic}/{partition}": logs.topics[topic].partitions[partition].log_end_offset
-                for (topic, partition), handover in self.handovers.table.items()
-                if handover.state is State.LEADING and topic in logs.topics}
+        out: dict[str, int] = {}
+        for (topic, partition), handover in self.handovers.table.items():
+            if handover.state is State.LEADING and topic in logs.topics:
+                end = logs.topics[topic].partitions[partition].log_end_offset
+                if end:
+                    out[f"{topic}/{partition}"] = end
+        return out
 
     # ---- consumer lag across brokers ---------------------------------------------------------
 
