@@ -8,7 +8,8 @@ EventBroker's tieredStorage bucket and cluster.id. A broker with neither has no 
 One shared read per broker, not one per Microservice: the first Microservice reconciled after
 `max_age` seconds lists the CostReports, Topics and Microservices and the
 usage files of the last days, and computes every service's status at once; the others take theirs
-from that result. Files are fetched again only when their size changed (the brokers append to a
+from that result (while a refresh is under way, from the previous one: a slow bucket holds up no
+reconcile but the first). Files are fetched again only when their size changed (the brokers append to a
 day's file and upload it again), so a refresh costs one LIST per day plus the files that grew.
 A refresh that fails (bucket or API server unreachable) is logged and keeps the previous result.
 
@@ -67,6 +68,8 @@ async def observed_status(body: Any, broker: dict[str, Any], max_age: float | No
     key = logic.broker_key(body)
     entry = _brokers.setdefault(key, BrokerUsage())
     age = max(SETTINGS.interval, INTERVAL) if max_age is None else max_age
+    if entry.lock.locked() and entry.result is not None:
+        return entry.result.get(f"{md['namespace']}.{md['name']}")  # a refresh is under way: the last result
     async with entry.lock:
         if entry.at is None or time.monotonic() - entry.at >= age:
             entry.at = time.monotonic()
