@@ -77,7 +77,12 @@ class Broker:
                              if self.cluster is None else None)
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
-        self.meter.group_lag = lambda: self.groups.lag(self.logs)
+        if self.cluster is not None:  # a group's lag covers the partitions other brokers lead (their leases)
+            cluster = self.cluster
+            self.meter.group_lag = lambda: self.groups.lag(self.logs, cluster.end_offset)
+            self.meter.before_cut = cluster.refresh_peer_end_offsets
+        else:
+            self.meter.group_lag = lambda: self.groups.lag(self.logs)
         if self.tier is not None:
             self.logs.producer_id_blocks = self.tier.reserve_producer_ids
             self.tier.store.on_request = self.meter.s3_call

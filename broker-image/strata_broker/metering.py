@@ -8,7 +8,9 @@ retried or repeated after a restart is never counted twice. What was counted sin
 snapshot when the process dies is lost, never double-counted.
 
 Each snapshot also records, per consumer group with committed offsets on this broker and topic,
-the group's lag at the end of the window (`group` records: log end minus committed offset).
+the group's lag at the end of the window (`group` records: log end minus committed offset, over
+every partition of the topic the group committed; in a cluster the end offsets of partitions other
+brokers lead come from their leases, read just before the cut).
 
 Cardinality is bounded whatever clients send: each principal has at most
 `metering.client.ids.per.principal` client ids counted under their own name (the ones first seen);
@@ -18,6 +20,7 @@ the rest are counted under `other`. A client id not seen for `metering.idle.expi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -33,7 +36,7 @@ from strata_contract.usage import FORMAT_VERSION
 from .log.compaction import iter_batches
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .config import BrokerConfig
     from .log.manager import LogManager
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BEFORE_CUT_TIMEOUT = 3.0  # seconds before_cut may take: a slow bucket never holds up (or loses) a snapshot
 OTHER_CLIENTS = "other"  # the client id counted for a principal's client ids beyond the limit
 # S3 API calls -> the price classes of the usage format.
 _S3_CLASS = {"put_object": "PUT", "upload_part": "PUT", "create_multipart_upload": "PUT",
@@ -107,6 +111,8 @@ class Meter:
         self._clock = time.monotonic()
         # (group, topic, member client id, lag) now, for the `group` records of each snapshot (set by the broker)
         self.group_lag: Callable[[], list[tuple[str, str, str | None, int]]] | None = None
+        # awaited before each snapshot's cut, to fetch what group_lag needs from elsewhere (set by the broker)
+        self.before_cut: Callable[[], Awaitable[None]] | None = None
 
     # ---- counting (called on the request path; cheap) ----------------------------------------
 
@@ -244,6 +250,11 @@ class Meter:
         if datetime.fromtimestamp(now, UTC).date() != start_day:
             midnight = datetime(start_day.year, start_day.month, start_day.day, tzinfo=UTC).timestamp() + 86400
             now = midnight
+        if self.before_cut is not None:
+            try:
+                await asyncio.wait_for(self.before_cut(), BEFORE_CUT_TIMEOUT)
+            except Exception as exc:  # lag is informative: never lose a snapshot over it
+                log.warning("consumer group lag inputs not refreshed: %s", exc)
         records = self.cut(now)
         self.write(records, datetime.fromtimestamp(self.window.start - 1e-6, UTC))
         await self.upload()

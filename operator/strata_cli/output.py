@@ -45,6 +45,23 @@ def read_usage(usage_dir: Path | None, bucket: str | None, cluster: str, first: 
     return usage.read_s3(bucket, cluster, first, end, prefix=prefix, endpoint=endpoint, region=region)
 
 
+def upload_text(bucket: str, key: str, text: str, content_type: str, *, endpoint: str | None,
+                region: str) -> None:
+    """Put the text into the bucket (credentials from the usual AWS chain); a one-line error if it fails."""
+    import asyncio
+
+    from aiobotocore.session import get_session
+
+    async def put() -> None:
+        async with get_session().create_client("s3", endpoint_url=endpoint or None, region_name=region) as client:
+            await client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
+
+    try:
+        asyncio.run(put())
+    except Exception as exc:  # botocore raises many types; the user needs the message, not a traceback
+        raise click.ClickException(f"cannot write s3://{bucket}/{key}: {exc}") from None
+
+
 def write_table(render: Callable[[Console], None], output: Path | None) -> None:
     """A rich table on the terminal (200 columns when piped), or plain in a file."""
     if output is None:

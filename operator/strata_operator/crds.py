@@ -469,6 +469,21 @@ MICROSERVICE_STATUS = status_schema({
         "since": string("When this service first declared it produces the topic.", format="date-time"),
         "writer": boolean("Whether this service holds Write on it."),
     }), "One per produced topic: the claim that decides the single writer (first declared, first served)."),
+    "observed": obj({
+        "window": string("The span the counts cover, ending at the operator's last read of the usage records."),
+        "topics": array(obj({
+            "topic": string(),
+            "direction": string("produce (Produce requests) or consume (Fetch requests).",
+                                enum=["produce", "consume"]),
+            "bytes": integer("Bytes produced or fetched in the window.", format="int64"),
+            "records": integer("Records produced or fetched in the window.", format="int64"),
+            "declared": boolean("Whether spec.produces/spec.consumes lists the topic (false: observed only)."),
+            "lastSeen": string("End of the last metering window with a request (absent: none in the records "
+                               "read).", format="date-time"),
+        }, required=["topic", "direction", "bytes", "records", "declared"]),
+            "Per topic and direction: declared topics (0 bytes if idle) and observed ones."),
+    }, description="What the brokers' metering saw this service produce and consume lately (usage records in "
+                   "the bucket; docs/topology.md)."),
 })
 
 

@@ -36,7 +36,8 @@ class LeaseKeeper:
     stops acknowledging no later than the controller may move its partitions."""
 
     def __init__(self, store: ObjectStore, prefix: str, cluster: str, node_id: int, listeners: list[Listener],
-                 lease_ms: int, clock: Clock, bytes_in: Callable[[float], dict[str, float]]) -> None:
+                 lease_ms: int, clock: Clock, bytes_in: Callable[[float], dict[str, float]],
+                 end_offsets: Callable[[], dict[str, int]] | None = None) -> None:
         self.store = store
         self.key = member_key(prefix, cluster, node_id)
         self.node_id = node_id
@@ -44,6 +45,7 @@ class LeaseKeeper:
         self.lease_ms = lease_ms
         self.clock = clock
         self.bytes_in = bytes_in  # bytes/s per led partition since the last renewal, for balancing
+        self.end_offsets = end_offsets or dict  # log end offset per led partition, for consumer lag
         self.renewals = 0
         self.valid_until = 0.0
 
@@ -60,7 +62,8 @@ class LeaseKeeper:
         self.renewals += 1
         lease = MemberLease(self.node_id, first.advertised_host, first.advertised_port, self.renewals, self.lease_ms,
                             self.bytes_in(started),
-                            {x.name: (x.advertised_host, x.advertised_port) for x in self.listeners})
+                            {x.name: (x.advertised_host, x.advertised_port) for x in self.listeners},
+                            self.end_offsets())
         try:
             await self.store.put(self.key, lease.to_json(), deadline=self.lease_ms / 2000.0)
         except Exception as exc:

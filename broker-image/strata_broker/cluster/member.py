@@ -14,7 +14,8 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from strata_contract.layout import parse_topic_dir, topic_meta_key, topics_root
+from strata_contract.layout import member_key, parse_topic_dir, topic_meta_key, topics_root
+from strata_contract.lease import MemberLease
 from strata_contract.placement import BrokerAddress, Placement
 
 from ..errors import ErrorCode, KafkaProtocolError
@@ -52,13 +53,14 @@ class ClusterMember:
         self._shared_documents = shared  # ACLs, credentials, quotas: kept in the bucket for every broker
         self.follower = PlacementFollower(placement_file, node_id)
         self.lease = LeaseKeeper(tier.store, tier.prefix, tier.cluster, node_id, listeners, lease_ms, self.clock,
-                                 self._measure_bytes_in)
+                                 self._measure_bytes_in, self._end_offsets)
         self.handovers = Handovers(node_id, logs, tier, lease_ms, self.lease.valid, self.clock, poll_s)
         self._created_here: set[str] = set()  # topics created on this broker, not placed yet
         self._publishing: dict[str, asyncio.Task[None] | None] = {}  # topic.json writes in flight
         self._tasks: list[asyncio.Task[None]] = []
         self._sizes: dict[tuple[str, int], tuple[float, int]] = {}
         self.shared: SharedDocuments | None = None  # ACLs, credentials, quotas: set up at start
+        self._peer_ends: dict[tuple[str, int], int] = {}  # from the other brokers' leases (refresh_peer_end_offsets)
 
     @property
     def placement(self) -> Placement:
@@ -124,6 +126,45 @@ class ClusterMember:
             if now > then:
                 rates[f"{topic}/{partition}"] = round(max(0, size - before) / (now - then), 1)
         return rates
+
+    def _end_offsets(self) -> dict[str, int]:
+        """Log end offset per non-empty partition this broker leads (in its lease; an empty partition
+        has no lag whatever was committed, so leaving it out changes no sum)."""
+        logs = self.logs
+        out: dict[str, int] = {}
+        for (topic, partition), handover in self.handovers.table.items():
+            if handover.state is State.LEADING and topic in logs.topics:
+                end = logs.topics[topic].partitions[partition].log_end_offset
+                if end:
+                    out[f"{topic}/{partition}"] = end
+        return out
+
+    # ---- consumer lag across brokers ---------------------------------------------------------
+
+    async def refresh_peer_end_offsets(self) -> None:
+        """Read the other brokers' leases for the end offsets of the partitions the placement says they
+        lead (as fresh as their last renewal, every lease_ms / 3): the group coordinator's lag then
+        covers partitions led elsewhere. A lease that cannot be read leaves its partitions out."""
+        ends: dict[tuple[str, int], int] = {}
+        for other in self.other_brokers():
+            raw = await self.tier.store.get_or_none(member_key(self.tier.prefix, self.tier.cluster, other.id))
+            if raw is None:
+                continue
+            for name, offset in MemberLease.from_json(raw).end_offsets.items():
+                topic, _, partition = name.rpartition("/")
+                assignment = self.follower.assignment(topic, int(partition))
+                if assignment is not None and assignment.leader == other.id:
+                    ends[(topic, int(partition))] = offset
+        self._peer_ends = ends
+
+    def end_offset(self, topic: str, partition: int) -> int | None:
+        """A partition's log end offset: this broker's own if it leads it, else the leader's (its last
+        lease, as read by refresh_peer_end_offsets); None when unknown. A local copy of a partition
+        led elsewhere is stale and never used."""
+        if self.leads(topic, partition):
+            plog = self._plog(topic, partition)
+            return plog.log_end_offset if plog is not None else None
+        return self._peer_ends.get((topic, partition))
 
     # ---- questions the request handlers ask --------------------------------------------------
 

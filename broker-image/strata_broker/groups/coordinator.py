@@ -146,21 +146,29 @@ class GroupCoordinator:
 
     # ---- metering ------------------------------------------------------------------------
 
-    def lag(self, logs: LogManager) -> list[tuple[str, str, str | None, int]]:
+    def lag(self, logs: LogManager, end_offset: Callable[[str, int], int | None] | None = None
+            ) -> list[tuple[str, str, str | None, int]]:
         """(group, topic, a member's client id, lag) for every group with committed offsets here:
         the lag of a topic is the sum over its partitions of log end offset - committed offset.
-        Internal topics and partitions this broker does not hold are left out."""
+        `end_offset` gives a partition's log end offset (None: unknown; in a cluster, that of the
+        broker leading it); without it, this broker's own logs. Internal topics and partitions whose
+        end offset is unknown are left out."""
         out: list[tuple[str, str, str | None, int]] = []
         for group_id in sorted(self.offsets.store.groups()):
             per_topic: dict[str, int] = {}
             for (topic, partition), committed in self.offsets.store.group_offsets(group_id).items():
                 if topic.startswith("__"):
                     continue
-                try:
-                    plog = logs.get_partition(topic, partition)
-                except KafkaProtocolError:
-                    continue
-                per_topic[topic] = per_topic.get(topic, 0) + max(0, plog.log_end_offset - committed.offset)
+                if end_offset is not None:
+                    end = end_offset(topic, partition)
+                    if end is None:
+                        continue
+                else:
+                    try:
+                        end = logs.get_partition(topic, partition).log_end_offset
+                    except KafkaProtocolError:
+                        continue
+                per_topic[topic] = per_topic.get(topic, 0) + max(0, end - committed.offset)
             group = self.membership.groups.get(group_id)
             clients = sorted({m.client_id for m in group.members.values()}) if group is not None else []
             for topic, lag in sorted(per_topic.items()):

@@ -37,6 +37,7 @@ from .common import (
     resolve_broker,
     set_condition,
 )
+from .observed import observed_status
 from .settings import SETTINGS
 
 
@@ -115,6 +116,9 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     if resolved is None:
         return
     broker, bootstrap = resolved
+    observed = await observed_status(body, broker)  # status.observed: traffic of the last day (observed.py)
+    if observed is not None:
+        patch.status["observed"] = observed
     key = logic.broker_key(body)
     # This service as it is now (the index may lag behind its own last status patch), and its peers;
     # a peer's claim on a topic its owner does not let it write does not count.

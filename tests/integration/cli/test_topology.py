@@ -310,12 +310,23 @@ def test_observed_produce_and_consume_of_the_last_day(tmp_path: Path) -> None:
     status = observed_by_service(rec.items, owners, now)
     assert set(status) == {"shop.checkout", "shop.fulfilment", "finance.billing", "finance.ledger"}
     billing = status["finance.billing"]
-    assert billing["since"] == "2025-03-01T12:00:00Z" and billing["until"] == "2025-03-02T12:00:00Z"
-    assert billing["produces"] == [{"topic": "invoices", "bytes": 80, "records": 2, "declared": True},
-                                   {"topic": "orders", "bytes": 50, "records": 1, "declared": False}]
-    assert billing["consumes"] == [{"topic": "orders", "bytes": 300, "records": 3, "declared": True}]
-    assert status["finance.ledger"]["consumes"] == [{"topic": "invoices", "bytes": 0, "records": 0,
-                                                     "declared": True}]
+    assert billing["window"] == "24h"
+    assert billing["topics"] == [
+        {"topic": "invoices", "direction": "produce", "bytes": 80, "records": 2, "declared": True,
+         "lastSeen": "2025-03-02T11:00:00Z"},
+        {"topic": "orders", "direction": "produce", "bytes": 50, "records": 1, "declared": False,
+         "lastSeen": "2025-03-02T10:00:00Z"},
+        # the read of the day before is not counted, but the last one is when it was seen
+        {"topic": "orders", "direction": "consume", "bytes": 300, "records": 3, "declared": True,
+         "lastSeen": "2025-03-02T10:00:00Z"}]
+    assert status["finance.ledger"]["topics"] == [
+        {"topic": "invoices", "direction": "consume", "bytes": 0, "records": 0, "declared": True}]
+    # traffic that stopped more than a day ago: 0 in the window, still when it was last seen
+    later = observed_by_service(rec.items, owners, now + timedelta(days=1))["finance.billing"]["topics"]
+    assert [(t["topic"], t["direction"], t["bytes"], t.get("lastSeen")) for t in later] == [
+        ("invoices", "produce", 0, "2025-03-02T11:00:00Z"), ("orders", "consume", 0, "2025-03-02T10:00:00Z")]
+    # nothing in it moves with the clock alone
+    assert observed_by_service(rec.items, owners, now + timedelta(minutes=5)) == status
 
 
 # -- the cluster's resources as the source (no -f) -----------------------------------------------------
@@ -362,3 +373,13 @@ def test_usage_from_the_bucket(tmp_path: Path, s3: S3Bucket, monkeypatch: pytest
     assert from_bucket == from_dir and len(from_bucket["edges"]) == 7
     missing = run(*[a if a != s3.name else "no-such-bucket" for a in args])
     one_line_error(missing, "cannot read usage from s3://no-such-bucket/")
+    # --upload (the chart's Topology CronJob): the page goes into the bucket, nothing to stdout
+    key = "p/clusters/events/topology/topology.html"
+    uploaded = run(*args[:-2], "--format", "html", "--upload", key)
+    assert uploaded.exit_code == 0, uploaded.output
+    assert uploaded.stdout == "" and f"wrote s3://{s3.name}/{key}" in uploaded.stderr
+    page = client.get_object(Bucket=s3.name, Key=key)
+    assert page["ContentType"].startswith("text/html") and b'data-id="topic:orders"' in page["Body"].read()
+    one_line_error(run(*args, "--format", "table", "--upload", key),
+                   "--upload needs --bucket and a --format other than table")
+    assert json.loads(run("--to", "2025-03-02", "--days", "2", *args[4:]).stdout) == from_bucket

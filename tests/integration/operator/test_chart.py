@@ -96,6 +96,8 @@ def _pod_specs(doc: dict) -> list[dict]:
         return [doc["spec"]]
     if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
         return [doc["spec"]["template"]["spec"]]
+    if doc["kind"] == "CronJob":
+        return [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
     return []
 
 
@@ -739,3 +741,44 @@ def test_schema_registry_is_passed_to_the_eventbroker_with_tls_and_not_on_mutual
                     "--set", "eventBroker.schemaRegistry.enabled=true", check=False)
     assert proc.returncode and "schemaRegistry.enabled needs eventBroker.listeners[0] without mutual TLS" \
         in proc.stderr
+
+
+def test_topology_view_is_a_cronjob_writing_the_page_into_the_brokers_bucket():
+    """topology.enabled: a CronJob running `strata topology --format html --upload` with the operator's
+    image and ServiceAccount (which may list Topics and Microservices), reading and writing the bucket of
+    eventBroker.tieredStorage unless topology.* names another; none by default."""
+    assert not of_kind(render(), "CronJob")
+    docs = render([CHART / "ci" / "broker-with-s3-values.yaml"])
+    (job,) = of_kind(docs, "CronJob")
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert args[0] == "topology" and container["image"] == of_kind(docs, "Deployment")[0]["spec"]["template"][
+        "spec"]["containers"][0]["image"]
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert options == {"--bucket": "strata-ci", "--prefix": "ci", "--region": "eu-west-1",
+                       "--endpoint": "http://minio.minio.svc:9000", "--cluster": f"{NAMESPACE}.events",
+                       "--days": "7", "--prices": "/etc/strata/prices/prices.yaml", "--format": "html",
+                       "--upload": f"ci/clusters/{NAMESPACE}.events/topology/topology.html"}
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {
+        "AWS_ACCESS_KEY_ID": "strata-s3", "AWS_SECRET_ACCESS_KEY": "strata-s3"}
+    (operator,) = of_kind(docs, "Deployment")
+    assert spec["serviceAccountName"] == operator["spec"]["template"]["spec"]["serviceAccountName"]
+    (role,) = [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator")]
+    assert {("strata.dev", kind, "list") for kind in ("topics", "microservices")} <= granted(role["rules"])
+    assert job["spec"]["concurrencyPolicy"] == "Forbid" and job["spec"]["schedule"] == "17 * * * *"
+    # its own bucket and cluster id; the namespaces the operator watches when its RBAC is namespaced
+    own = render([CHART / "ci" / "namespaced-rbac-values.yaml"],
+                 ["--set", "topology.enabled=true,topology.bucket=views,topology.clusterId=c1,topology.days=30,"
+                       "priceModel.enabled=false"])
+    (job,) = of_kind(own, "CronJob")
+    args = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--prices" not in args and "--endpoint" not in args and "--prefix" not in args
+    assert args[args.index("--upload") + 1] == "clusters/c1/topology/topology.html"
+    assert args[args.index("--days") + 1] == "30"
+    namespaces = [args[i + 1] for i, a in enumerate(args) if a == "--namespace"]
+    assert namespaces and namespaces == yaml.safe_load((CHART / "ci" / "namespaced-rbac-values.yaml").read_text())[
+        "operator"].get("watchNamespaces", [NAMESPACE])
+    # no bucket anywhere: a clear refusal
+    proc = run_helm("template", "s", str(CHART), "--set", "topology.enabled=true", check=False)
+    assert proc.returncode != 0 and "topology.enabled needs topology.bucket" in proc.stderr
