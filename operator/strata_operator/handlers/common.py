@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import random
+import time
 from typing import Any
 
 import kopf
@@ -78,6 +79,55 @@ def only_changes(patch: kopf.Patch, body: kopf.Body) -> None:
             del patch["status"][key]
     if set(patch["status"]) <= {"lastSyncTime"}:
         del patch["status"]
+
+
+# uid -> a lock held while one reconcile of that object runs: a kopf handler and the broker's resync
+# (resync.py) never reconcile the same object at once. With the monotonic time its last reconcile ended.
+_locks: dict[str, asyncio.Lock] = {}
+_reconciled: dict[str, float] = {}
+
+
+def object_lock(body: dict[str, Any]) -> asyncio.Lock:
+    """The reconcile lock of this object (by uid), made on first use."""
+    uid = str(body.get("metadata", {}).get("uid"))
+    lock = _locks.get(uid)
+    if lock is None:
+        lock = _locks[uid] = asyncio.Lock()
+    return lock
+
+
+def mark_reconciled(body: dict[str, Any]) -> None:
+    _reconciled[str(body.get("metadata", {}).get("uid"))] = time.monotonic()
+
+
+def reconciled_within(body: dict[str, Any], seconds: float) -> bool:
+    """Whether a reconcile of this object ended less than `seconds` ago (the watch may not have
+    brought its status patch yet: the resync leaves it for its next pass)."""
+    at = _reconciled.get(str(body.get("metadata", {}).get("uid")))
+    return at is not None and time.monotonic() - at < seconds
+
+
+def forget(body: dict[str, Any]) -> None:
+    """A deleted object's lock and reconcile time."""
+    uid = str(body.get("metadata", {}).get("uid"))
+    _locks.pop(uid, None)
+    _reconciled.pop(uid, None)
+
+
+async def patch_status(kind: str, body: dict[str, Any], patch: kopf.Patch) -> bool:
+    """What a kopf handler's patch does, for a reconcile run outside kopf (the resync): only the
+    changed status fields (only_changes), as a merge patch of the status subresource; nothing at all
+    when nothing changed. True when something was written."""
+    only_changes(patch, body)
+    status = patch.get("status")
+    if not status:
+        return False
+    md = body["metadata"]
+    if kind == "Topic":
+        await kube().patch_status(f"{GROUP}/{VERSION}", "Topic", md["namespace"], md["name"], dict(status))
+    else:
+        await kube().patch_status(f"{GROUP}/{VERSION}", "Microservice", md["namespace"], md["name"], dict(status))
+    return True
 
 
 def generation(body: kopf.Body) -> int | None:
