@@ -141,6 +141,14 @@ def microservice_differs(body: dict[str, Any], ctx: WriterContext, topic_index: 
             or [(c["topic"], c["writer"]) for c in grants.claims]
             != [(c.get("topic"), c.get("writer")) for c in status.get("writeClaims") or []]):
         return True, False
+    # Who holds each denied topic and why access is refused are in the conditions' messages.
+    conflict = (logic.condition(status.get("conditions"), "WriterConflict") or {}).get("message", "")
+    denied = (logic.condition(status.get("conditions"), "AccessDenied") or {}).get("message", "")
+    if any(f"{t!r} is written by {owner}" not in conflict for t, owner in grants.denied_writes.items()) or any(
+            f"no {op} on {t!r}: {why}" not in denied
+            for op, refused in (("Read", grants.denied_reads), ("Write", grants.refused_writes))
+            for t, why in refused.items()):
+        return True, False
     principal = resources.principal(body)
     if (resources.authentication(broker.get("spec", {})) != "none" and API_ALTER_USER_SCRAM_CREDENTIALS in versions
             and snap.scram_users is not None and resources.principal_name(body) not in snap.scram_users):

@@ -76,7 +76,7 @@ def topic_differs(body: dict[str, Any], topic_index: kopf.Index, broker: dict[st
     md = body["metadata"]
     winner = _winner(body, topic_index)
     if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
-        return reason != "ResourceConflict"
+        return reason != "ResourceConflict" or f"Topic {winner['namespace']}/{winner['name']} " not in ready["message"]
     if reason == "ResourceConflict" or not logic.namespace_allowed(broker, md["namespace"]):
         return reason != "NamespaceNotAllowed"
     name = logic.managed_topic_name(body)
