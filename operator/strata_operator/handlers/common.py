@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import random
 import time
 from typing import Any
@@ -42,6 +43,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="strata.dev", key="last-handled-configuration")
     settings.posting.level = 20  # INFO and above become Events
+    # ...but kopf's own per-object log lines only from WARNING (a handler that failed): "Handler ...
+    # succeeded" and "Creation is processed" would be two Events (two POSTs) per handler run, thousands
+    # at a cold start. The operator's own Events (transitions, kopf.info/warn) are posted as before.
+    for handler in logging.getLogger("kopf.objects").handlers:
+        if type(handler).__name__ == "K8sPoster" and not any(isinstance(f, _OnlyFailures) for f in handler.filters):
+            handler.addFilter(_OnlyFailures())
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30, 60]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -49,6 +56,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # broker) is polled for every this many seconds, not kopf's 60.
     settings.background.cancellation_polling = 2
     settings.background.instant_exit_timeout = 0.5
+
+
+class _OnlyFailures(logging.Filter):
+    """Passes log records of WARNING and above (kopf's poster of log lines as Events)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
 
 
 @kopf.on.cleanup()
