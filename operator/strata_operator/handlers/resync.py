@@ -63,17 +63,29 @@ log = logging.getLogger("strata.resync")
 RETRYABLE = frozenset({"BrokerUnavailable", "BrokerRejected", "ApplyFailed", "CertificateNotReady", "BrokerNotFound"})
 # Ready=False reasons of a Microservice that the comparison recomputes (any other one is retried).
 COMPUTED = frozenset({"WriterConflict", "AccessDenied", "DeploymentUnavailable"})
-DROPPED_ANNOTATIONS = ("strata.dev/last-handled-configuration", "kubectl.kubernetes.io/last-applied-configuration")
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+HANDLED = "strata.dev/last-handled-configuration"  # kopf's diff base: present once a create handler succeeded
 
 
 def _kept(body: kopf.Body) -> dict[str, Any]:
-    """What an index keeps of an object: all of it but managedFields and the big annotations."""
+    """What an index keeps of an object: all of it but managedFields and the big annotations (kopf's
+    diff base only as a mark that kopf handled the object once)."""
     out = copy.deepcopy(dict(body))
     md = out.setdefault("metadata", {})
     md.pop("managedFields", None)
     if md.get("annotations"):
-        md["annotations"] = {k: v for k, v in md["annotations"].items() if k not in DROPPED_ANNOTATIONS}
+        md["annotations"] = {k: ("-" if k == HANDLED else v) for k, v in md["annotations"].items()
+                             if k == HANDLED or k not in DROPPED_ANNOTATIONS}
     return out
+
+
+def _pending(body: dict[str, Any]) -> bool:
+    """Whether the object is being deleted, or kopf has not run its create handler yet (that handler
+    reconciles it; the resync would race it)."""
+    md = body["metadata"]
+    return bool(md.get("deletionTimestamp")) or HANDLED not in (md.get("annotations") or {})
 
 
 @kopf.index(*TOPIC)
@@ -201,7 +213,7 @@ class Pass:
             if reconciled_within(body, self.grace):
                 return False
             fresh = _latest(index, self.key, str(body["metadata"].get("uid")))
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            if fresh is None or _pending(fresh):
                 return False
             patch = kopf.Patch()
             failed = False
@@ -295,7 +307,7 @@ async def resync_once(body: kopf.Body, ix: dict[str, kopf.Index], failures: int)
         return SETTINGS.retry_delay, 0
     jobs: list[Awaitable[bool]] = []
     for topic in topics:
-        if topic["metadata"].get("deletionTimestamp") or reconciled_within(topic, run.grace):
+        if _pending(topic) or reconciled_within(topic, run.grace):
             continue
         if topic_differs(topic, ix["topic_index"], broker, snap):
             async def run_topic(b: dict[str, Any], p: kopf.Patch) -> None:
@@ -304,7 +316,7 @@ async def resync_once(body: kopf.Body, ix: dict[str, kopf.Index], failures: int)
     if services:
         ctx = writer_context(ix["microservice_index"], ix["topic_index"], key)  # once per broker and pass
         for service in services:
-            if service["metadata"].get("deletionTimestamp") or reconciled_within(service, run.grace):
+            if _pending(service) or reconciled_within(service, run.grace):
                 continue
             differs, full = microservice_differs(service, ctx, ix["topic_index"], broker, snap, versions,
                                                  session.no_authorizer, ix["deployment_index"])
