@@ -226,6 +226,8 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"operator-scale-{n}-"))
         print(f"size {n}: work dir {workdir}", flush=True)
         rows.append(run_size(n, args, workdir))
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        print(f"  {n}: {json.dumps(rows[-1])}; load: {load}", flush=True)  # each size's figures as they come
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\nreconcile interval {args.interval:.0f}s, steady state measured over {args.steady:.0f}s; load: {load}")
     print("| resources | all Ready after apply (Topics / Microservices) | steady state: operator CPU, threads | "

@@ -152,6 +152,12 @@ class Kube:
         return await self.request("PATCH", path(api_version, kind, namespace, name), patch, content_type=MERGE,
                                   query=[("fieldManager", FIELD_MANAGER)])
 
+    async def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str,
+                           status: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of an object's status subresource (None when the object does not exist)."""
+        return await self.request("PATCH", path(api_version, kind, namespace, name) + "/status", {"status": status},
+                                  content_type=MERGE, query=[("fieldManager", FIELD_MANAGER)])
+
     async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """POST a new object (KubeError 409 when it exists)."""
         md = obj["metadata"]

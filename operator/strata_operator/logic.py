@@ -251,14 +251,16 @@ def writers(microservices: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def grants(ms: dict[str, Any], same_broker: list[dict[str, Any]], group: str | None,
-           unreadable: dict[str, str] | None = None, unwritable: dict[str, str] | None = None) -> Grants:
+           unreadable: dict[str, str] | None = None, unwritable: dict[str, str] | None = None,
+           writer_of: dict[str, dict[str, Any]] | None = None) -> Grants:
     """Exactly what was declared, minus Write on topics another service writes, minus what the
     topics' owners do not allow (`unreadable` / `unwritable`: topic -> reason, from
-    `access_refusals`), and without the group when `group` is None (not allowed)."""
+    `access_refusals`), and without the group when `group` is None (not allowed). `writer_of`:
+    `writers(same_broker)` when the caller computed it already (once for all services of a broker)."""
     unreadable = dict(unreadable or {})
     unwritable = dict(unwritable or {})
     me = (ms["metadata"]["namespace"], ms["metadata"]["name"])
-    owners = writers(same_broker)
+    owners = writer_of if writer_of is not None else writers(same_broker)
     perms: list[dict[str, Any]] = []
     acls: list[tuple[str, str, str]] = []
     denied: dict[str, str] = {}

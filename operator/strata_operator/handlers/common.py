@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import random
+import time
 from typing import Any
 
 import kopf
@@ -41,6 +43,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="strata.dev", key="last-handled-configuration")
     settings.posting.level = 20  # INFO and above become Events
+    # ...but kopf's own per-object log lines only from WARNING (a handler that failed): "Handler ...
+    # succeeded" and "Creation is processed" would be two Events (two POSTs) per handler run, thousands
+    # at a cold start. The operator's own Events (transitions, kopf.info/warn) are posted as before.
+    for handler in logging.getLogger("kopf.objects").handlers:
+        if type(handler).__name__ == "K8sPoster" and not any(isinstance(f, _OnlyFailures) for f in handler.filters):
+            handler.addFilter(_OnlyFailures())
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30, 60]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -48,6 +56,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # broker) is polled for every this many seconds, not kopf's 60.
     settings.background.cancellation_polling = 2
     settings.background.instant_exit_timeout = 0.5
+
+
+class _OnlyFailures(logging.Filter):
+    """Passes log records of WARNING and above (kopf's poster of log lines as Events)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
 
 
 @kopf.on.cleanup()
@@ -78,6 +93,55 @@ def only_changes(patch: kopf.Patch, body: kopf.Body) -> None:
             del patch["status"][key]
     if set(patch["status"]) <= {"lastSyncTime"}:
         del patch["status"]
+
+
+# uid -> a lock held while one reconcile of that object runs: a kopf handler and the broker's resync
+# (resync.py) never reconcile the same object at once. With the monotonic time its last reconcile ended.
+_locks: dict[str, asyncio.Lock] = {}
+_reconciled: dict[str, float] = {}
+
+
+def object_lock(body: dict[str, Any]) -> asyncio.Lock:
+    """The reconcile lock of this object (by uid), made on first use."""
+    uid = str(body.get("metadata", {}).get("uid"))
+    lock = _locks.get(uid)
+    if lock is None:
+        lock = _locks[uid] = asyncio.Lock()
+    return lock
+
+
+def mark_reconciled(body: dict[str, Any]) -> None:
+    _reconciled[str(body.get("metadata", {}).get("uid"))] = time.monotonic()
+
+
+def reconciled_within(body: dict[str, Any], seconds: float) -> bool:
+    """Whether a reconcile of this object ended less than `seconds` ago (the watch may not have
+    brought its status patch yet: the resync leaves it for its next pass)."""
+    at = _reconciled.get(str(body.get("metadata", {}).get("uid")))
+    return at is not None and time.monotonic() - at < seconds
+
+
+def forget(body: dict[str, Any]) -> None:
+    """A deleted object's lock and reconcile time."""
+    uid = str(body.get("metadata", {}).get("uid"))
+    _locks.pop(uid, None)
+    _reconciled.pop(uid, None)
+
+
+async def patch_status(kind: str, body: dict[str, Any], patch: kopf.Patch) -> bool:
+    """What a kopf handler's patch does, for a reconcile run outside kopf (the resync): only the
+    changed status fields (only_changes), as a merge patch of the status subresource; nothing at all
+    when nothing changed. True when something was written."""
+    only_changes(patch, body)
+    status = patch.get("status")
+    if not status:
+        return False
+    md = body["metadata"]
+    if kind == "Topic":
+        await kube().patch_status(f"{GROUP}/{VERSION}", "Topic", md["namespace"], md["name"], dict(status))
+    else:
+        await kube().patch_status(f"{GROUP}/{VERSION}", "Microservice", md["namespace"], md["name"], dict(status))
+    return True
 
 
 def generation(body: kopf.Body) -> int | None:

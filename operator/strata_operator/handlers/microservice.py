@@ -31,8 +31,10 @@ from .common import (
     broker_or_condition,
     deadline_passed,
     existing_password,
-    jitter,
+    forget,
     kube,
+    mark_reconciled,
+    object_lock,
     only_changes,
     resolve_broker,
     set_condition,
@@ -64,21 +66,37 @@ def _peer(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.update(*MICROSERVICE)
 async def reconcile_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
                                  topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
-    try:
-        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=False)
-    finally:
-        only_changes(patch, body)
+    async with object_lock(body):
+        try:
+            await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=False)
+        finally:
+            only_changes(patch, body)
+            mark_reconciled(body)
 
 
-@kopf.timer(*MICROSERVICE, interval=SETTINGS.interval, initial_delay=jitter)
-async def refresh_microservice(body: kopf.Body, patch: kopf.Patch, microservice_index: kopf.Index,
-                               topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    try:
-        await _reconcile_microservice(body, patch, microservice_index, topic_index, broker_index, timed=True)
-    finally:
-        only_changes(patch, body)
+@dataclass
+class WriterContext:
+    """Single writer for every Microservice of one broker, computed once: the services (index entries,
+    each one's produced topics without those their owners refuse it) and who writes each topic."""
+
+    peers: list[dict[str, Any]]
+    writer_of: dict[str, dict[str, Any]]
+
+
+def writer_context(index: kopf.Index, topic_index: kopf.Index, key: tuple[str, str],
+                   body: kopf.Body | None = None) -> WriterContext:
+    """The writers of broker `key`'s topics, from microservice_index; `body` (a service being
+    reconciled) replaces its own index entry, which may lag behind its own last status patch."""
+    me = (body["metadata"]["namespace"], body["metadata"]["name"]) if body is not None else None
+    peers = [dict(p) for p in index.get(key, []) if (p["metadata"]["namespace"], p["metadata"]["name"]) != me]
+    if body is not None:
+        peers.append(_peer(body))
+    owners = _topic_owners(topic_index, key, {t for p in peers for t in p["spec"]["produces"]})
+    for peer in peers:
+        refused = logic.access_refusals(peer["metadata"]["namespace"], key[0], peer["spec"]["produces"], owners,
+                                        "allowedProducers")
+        peer["spec"] = {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}
+    return WriterContext(peers, logic.writers(peers))
 
 
 @dataclass
@@ -108,7 +126,10 @@ def _topic_owners(topic_index: kopf.Index, broker: tuple[str, str], topics: set[
 
 async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kopf.Index,
                                   topic_index: kopf.Index, brokers: kopf.Index | None = None,
-                                  timed: bool = False) -> None:
+                                  timed: bool = False, full: bool = False,
+                                  context: WriterContext | None = None) -> None:
+    """One idempotent reconcile. `timed` (the broker's resync): compare with the broker's snapshot and
+    trust the last full apply (unless `full`); `context`: the broker's writers, computed by the caller."""
     conditions = list(body.get("status", {}).get("conditions") or [])
     md = body["metadata"]
     ns, name = md["namespace"], md["name"]
@@ -120,23 +141,17 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     if observed is not None:
         patch.status["observed"] = observed
     key = logic.broker_key(body)
-    # This service as it is now (the index may lag behind its own last status patch), and its peers;
-    # a peer's claim on a topic its owner does not let it write does not count.
-    peers = [dict(p) for p in index.get(key, [])
-             if (p["metadata"]["namespace"], p["metadata"]["name"]) != (ns, name)] + [_peer(body)]
-    mentioned = {t for p in peers for t in p["spec"]["produces"]} | set(body["spec"].get("consumes") or [])
-    owners = _topic_owners(topic_index, key, mentioned)
-    for peer in peers:
-        refused = logic.access_refusals(peer["metadata"]["namespace"], key[0], peer["spec"]["produces"], owners,
-                                        "allowedProducers")
-        peer["spec"] = {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}
+    # A peer's claim on a topic its owner does not let it write does not count.
+    ctx = context or writer_context(index, topic_index, key, body)
+    owners = _topic_owners(topic_index, key, set(body["spec"].get("produces") or [])
+                           | set(body["spec"].get("consumes") or []))
     unwritable = logic.access_refusals(ns, key[0], list(body["spec"].get("produces") or []), owners,
                                        "allowedProducers")
     unreadable = logic.access_refusals(ns, key[0], list(body["spec"].get("consumes") or []), owners,
                                        "allowedConsumers")
     group = resources.consumer_group(body)
     group_refused = logic.shared(broker) and not group.startswith(f"{ns}.")
-    grants = logic.grants(body, peers, None if group_refused else group, unreadable, unwritable)
+    grants = logic.grants(body, ctx.peers, None if group_refused else group, unreadable, unwritable, ctx.writer_of)
     principal = resources.principal(body)
     patch.status["principal"] = principal
     patch.status["writeClaims"] = grants.claims
@@ -171,7 +186,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     uid = str(md.get("uid"))
     # A timed reconcile within SETTINGS.full_resync of the last full one trusts what that one applied (the
     # Secret's password included) and applies again only if the objects it would apply changed.
-    cached = _applied.get(uid) if timed else None
+    cached = _applied.get(uid) if timed and not full else None
     if cached is not None and time.monotonic() - cached.at > SETTINGS.full_resync:
         cached = None
     try:
@@ -238,6 +253,8 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
         reason = "NoAdminCredentials" if isinstance(exc, NoCredentials) else "BrokerUnavailable"
         conditions = set_condition(patch, body, conditions, "AclsApplied", "Unknown", reason, f"{bootstrap}: {exc}")
         set_condition(patch, body, conditions, "Ready", False, reason, f"{bootstrap}: {exc}")
+        if isinstance(exc, BrokerUnavailable):
+            return  # retried by the broker's resync once the broker answers (resync.py), not per service
         raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay) from exc
     if grants.denied_writes:
         set_condition(patch, body, conditions, "Ready", False, "WriterConflict",
@@ -286,6 +303,7 @@ async def _client_listener(body: kopf.Body, patch: kopf.Patch, conditions: list[
 async def delete_microservice(body: kopf.Body, broker_index: kopf.Index, **_: Any) -> None:
     """Revoke the principal's ACLs and remove its SCRAM credential; the Deployment, ServiceAccount
     and Secret are garbage-collected through their ownerReferences."""
+    forget(body)
     if (body["metadata"].get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         return
     try:

@@ -1,11 +1,13 @@
 """The operator's settings: environment variables, read once at start into one typed object.
 
-  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between timed reconciles (drift repair), default 60;
-                                      each resource's first tick comes at a random point of the
-                                      first interval, so resources created together do not tick together
-  STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile, default 15
-  STRATA_OPERATOR_FULL_RESYNC         seconds between a Microservice's full timed reconciles (its
-                                      Secret read and its objects applied again), default 10 intervals
+  STRATA_OPERATOR_RECONCILE_INTERVAL  seconds between an EventBroker's resync passes (drift repair,
+                                      resync.py), default 60; the first at a random point of the second
+                                      half of the first interval, and the EventBroker's own timer
+  STRATA_OPERATOR_RETRY_DELAY         seconds before retrying a failed reconcile (and before the next
+                                      resync pass after one that left a resource failing), default 15
+  STRATA_OPERATOR_FULL_RESYNC         seconds between a Microservice's full reconciles by the resync (its
+                                      Secret read and its objects applied again), default 10 intervals,
+                                      spread by 25% either way per Microservice
   STRATA_OPERATOR_DELETE_TIMEOUT      seconds a deletion keeps retrying an unreachable broker
                                       before it releases the finalizer anyway, default 600
   STRATA_OPERATOR_IMAGE_PULL_SECRETS  comma-separated pull secrets for every pod it creates, besides
@@ -30,8 +32,8 @@ class Settings:
 
     @property
     def snapshot_age(self) -> float:
-        """A timed reconcile compares with a snapshot of the broker at most this old (one read per
-        broker, shared): drift is seen within interval + snapshot_age of happening."""
+        """A resync pass compares with a snapshot of the broker at most this old (one read per broker,
+        shared): drift is seen within one interval of happening."""
         return self.interval / 2
 
     @classmethod

@@ -20,9 +20,11 @@ from .common import (
     admin_for,
     broker_or_condition,
     deadline_passed,
+    forget,
     generation,
-    jitter,
     kube,
+    mark_reconciled,
+    object_lock,
     only_changes,
     resolve_broker,
     set_condition,
@@ -46,21 +48,53 @@ def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[st
 @kopf.on.update(*TOPIC)
 async def reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
                           broker_index: kopf.Index, **_: Any) -> None:
-    try:
-        await _reconcile_topic(body, patch, topic_index, broker_index, timed=False)
-    finally:
-        only_changes(patch, body)
+    async with object_lock(body):
+        try:
+            await _reconcile_topic(body, patch, topic_index, broker_index, timed=False)
+        finally:
+            only_changes(patch, body)
+            mark_reconciled(body)
 
 
-@kopf.timer(*TOPIC, interval=SETTINGS.interval, initial_delay=jitter)
-async def revert_topic_drift(body: kopf.Body, patch: kopf.Patch, topic_index: kopf.Index,
-                             broker_index: kopf.Index, **_: Any) -> None:
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
+# Ready reasons a resync leaves alone: only a change of the Topic's spec (an update) can clear them.
+SPEC_BOUND = frozenset({"TopicNameChanged", "InvalidSpec", "ReservedTopic"})
+
+
+def topic_differs(body: dict[str, Any], topic_index: kopf.Index, broker: dict[str, Any],
+                  snap: kafka_admin.Snapshot) -> bool:
+    """Whether this Topic needs a reconcile, judged from the broker's snapshot and the indexes alone (no
+    request): its topic missing, re-created, or with a partition count or a named config that differs
+    from the spec; its conflict state or its namespace's permission changed; or its last reconcile failed
+    for a reason a retry may fix (the broker unreachable, a rejection, a schema not registered)."""
+    status = body.get("status") or {}
+    ready = logic.condition(status.get("conditions"), "Ready")
+    if ready is None or not status.get("topicName"):
+        return True
+    reason = ready.get("reason")
+    if reason in SPEC_BOUND:
+        return False
+    md = body["metadata"]
+    winner = _winner(body, topic_index)
+    if (winner["namespace"], winner["name"]) != (md["namespace"], md["name"]):
+        return reason != "ResourceConflict" or f"Topic {winner['namespace']}/{winner['name']} " not in ready["message"]
+    if reason == "ResourceConflict" or not logic.namespace_allowed(broker, md["namespace"]):
+        return reason != "NamespaceNotAllowed"
+    name = logic.managed_topic_name(body)
+    if logic.reserved_topic(name):
+        return False
+    state = snap.topics.get(name)
+    if state is None or state.topic_id != status.get("topicId"):
+        return True
     try:
-        await _reconcile_topic(body, patch, topic_index, broker_index, timed=True)
-    finally:
-        only_changes(patch, body)
+        plan = logic.plan_topic(body["spec"], state.partitions, state.dynamic_configs, state.all_configs,
+                                list(status.get("managedConfigs") or []))
+    except logic.InvalidSpec:
+        return True
+    if plan.changes or state.partitions != status.get("partitions"):
+        return True
+    if plan.cannot_shrink:
+        return reason != "NotSupported"
+    return ready.get("status") != "True"
 
 
 def _winner(body: kopf.Body, topic_index: kopf.Index) -> dict[str, Any]:
@@ -138,8 +172,10 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
             state = await admin.describe_topic(name)
             admin.remember_topic(name, state)
     except BrokerUnavailable as exc:
+        # Not retried here: the broker's resync (resync.py) retries every Topic with this condition once
+        # the broker answers again, so a broker that is down costs one failing session, not a retry per Topic.
         set_condition(patch, body, conditions, "Ready", False, "BrokerUnavailable", f"{bootstrap}: {exc}")
-        raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay) from exc
+        return
     except BrokerRejected as exc:
         set_condition(patch, body, conditions, "Ready", False, "BrokerRejected", str(exc))
         raise kopf.TemporaryError(str(exc), delay=SETTINGS.retry_delay * 4) from exc
@@ -184,6 +220,7 @@ async def _reconcile_topic(body: kopf.Body, patch: kopf.Patch, topic_index: kopf
 async def delete_topic(body: kopf.Body, topic_index: kopf.Index, broker_index: kopf.Index, **_: Any) -> None:
     md = body["metadata"]
     name = logic.managed_topic_name(body)
+    forget(body)
     if (md.get("annotations") or {}).get(SKIP_CLEANUP) == "true":
         kopf.warn(body, reason="CleanupSkipped", message=f"{SKIP_CLEANUP}=true: topic {name!r} left as is")
         return

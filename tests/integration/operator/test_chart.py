@@ -446,7 +446,8 @@ def test_price_model_configmap_is_the_operators_default():
 
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
 # apply() is server-side apply: a PATCH, authorized as create too when the object does not exist yet.
-VERBS = {"get": ["get"], "list": ["list"], "delete": ["delete"], "apply": ["create", "patch"]}
+VERBS = {"get": ["get"], "list": ["list"], "delete": ["delete"], "apply": ["create", "patch"],
+         "patch_status": ["patch"]}
 
 
 def _group(api_version: str) -> str:
@@ -560,7 +561,8 @@ def operator_api_calls() -> set[Triple]:
             parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
             for api_version in _values(node.args[0], node, tree, parents, module):
                 for kind in _values(node.args[1], node, tree, parents, module):
-                    calls |= {(_group(api_version), _plural(kind), v) for v in VERBS[method]}
+                    sub = "/status" if method == "patch_status" else ""
+                    calls |= {(_group(api_version), _plural(kind) + sub, v) for v in VERBS[method]}
     return calls
 
 
@@ -582,7 +584,7 @@ def kopf_needs(clusterwide: bool) -> set[Triple]:
             names[(c["spec"]["group"], alias)] = n["plural"]
     needs: set[Triple] = set()
     for sel in selectors:
-        plural = sel.plural or names[(sel.group, sel.any_name)]
+        plural = sel.plural or names.get((sel.group, sel.any_name), sel.any_name)  # a built-in kind: its plural
         needs |= {(sel.group, plural, v) for v in ("list", "watch", "patch")}
         if plural in with_status:
             needs.add((sel.group, f"{plural}/status", "patch"))
