@@ -432,6 +432,12 @@ class Task:
     skip: dict[int, list[int]] = field(default_factory=dict)  # offsets already in the target
     idle_timeout: float = 60.0
     timeout: float = 30.0
+    # --to-topic by whole batches (replay_copy.py): this worker's producer (id, epoch), the codec the
+    # target asks for (None: keep each batch's), and per partition (records a killed run already
+    # put in the target after the checkpoint, the checkpoint's target offset).
+    producer: tuple[int, int] | None = None
+    copy_codec: str | None = None
+    copy_skip: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def _consumer(bootstrap: str) -> Any:
@@ -471,8 +477,9 @@ def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock:
     """A worker process: wait for its Task (None = nothing to do), read it, report on `events`.
 
     Events: ("progress", wid, records, bytes, {partition: next offset}, file length or -1,
-    {target partition: offset mark}); ("data", wid, block) when the output has no file descriptor
-    (the parent writes it); ("done", wid); ("error", wid, message).
+    {target partition: offset mark}, {partition: target offset the next batch lands at (batch
+    copy)}); ("data", wid, block) when the output has no file descriptor (the parent writes it);
+    ("done", wid); ("error", wid, message).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent sets `stop`
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's last resort
@@ -606,13 +613,34 @@ class _Output:
                     self.lock.release()
             self.pending, self.pending_bytes = [], 0
         records, nbytes = self.records, self.nbytes
-        self.events.put(("progress", self.wid, records, nbytes, dict(self.next), length, marks))
+        self.events.put(("progress", self.wid, records, nbytes, dict(self.next), length, marks, {}))
         self.records = self.nbytes = 0
+
+
+def _run_copy(wid: int, task: Task, events: Any, stop: Any) -> None:
+    """--to-topic by whole record batches (replay_copy.py), reporting what is acknowledged."""
+    from .replay_copy import CopyError, Progress, copy_batches
+
+    def report(done: Progress) -> None:
+        events.put(("progress", wid, done.records, done.nbytes, dict(done.source_next), -1, {},
+                    dict(done.target_next)))
+
+    assert task.to_topic is not None and task.producer is not None
+    try:
+        copy_batches(task.bootstrap, task.topic, task.to_topic, task.ranges, task.producer, task.copy_codec,
+                     task.copy_skip, stop, report, task.idle_timeout, task.timeout)
+    except CopyError as exc:
+        raise ReplayError(str(exc)) from exc
+    except OSError as exc:
+        raise ReplayError(f"connection to the broker failed: {exc}") from exc
 
 
 def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: Any) -> None:
     from confluent_kafka import KafkaError, TopicPartition
 
+    if task.producer is not None:
+        _run_copy(wid, task, events, stop)
+        return
     consumer = _consumer(task.bootstrap)
     try:
         output = _Output(wid, task, events, out_fd, lock, consumer)
@@ -891,7 +919,11 @@ def _terminate(_signum: int, _frame: Any) -> None:
 @click.option("--compression", type=click.Choice(("topic", *_CODECS)), default="topic", show_default=True,
               help="--to-topic: the producer's codec ('topic': the target topic's compression.type).")
 @click.option("--no-replay-header", is_flag=True,
-              help="--to-topic: do not add the strata-replay header (resuming after a hard kill may duplicate).")
+              help="--to-topic --reencode: do not add the strata-replay header (resuming after a hard kill may "
+                   "duplicate).")
+@click.option("--reencode", is_flag=True,
+              help="--to-topic: re-produce record by record (with the strata-replay header) instead of copying "
+                   "whole batches.")
 @click.option("--state", "state_file", default=None, metavar="FILE",
               help="State file for interrupt and resume (default: one per replay under $XDG_STATE_HOME/strata/replay).")
 @click.option("--restart", is_flag=True, help="Ignore a saved state of this replay and start from the beginning.")
@@ -903,8 +935,8 @@ def _terminate(_signum: int, _frame: Any) -> None:
 def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: str | None, to_offset: int | None,
            to_timestamp: str | None, partitions: tuple[int, ...], output: str | None, fmt: str,
            to_topic: str | None, parallel: int | None, merge_by_timestamp: bool, compression: str,
-           no_replay_header: bool, state_file: str | None, restart: bool, timeout: float, idle_timeout: float,
-           quiet: bool) -> None:
+           no_replay_header: bool, reencode: bool, state_file: str | None, restart: bool, timeout: float,
+           idle_timeout: float, quiet: bool) -> None:
     """Replay a topic from any offset or time (hot or in S3) as JSON lines, raw values or CSV, or into
     another topic, reading partitions in parallel.
 
@@ -941,7 +973,7 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
     err_console = Console(stderr=True)
     rid = replay_id(bootstrap, topic, sorted(set(partitions)), from_offset, from_ts, to_offset, to_ts,
                     to_topic, None if to_topic else os.path.abspath(output) if output not in (None, "-") else "-",
-                    fmt, merge_by_timestamp)
+                    fmt, merge_by_timestamp, *(("reencode",) if reencode else ()))
     state_path = Path(state_file) if state_file else state_dir() / f"{rid}.json"
     saved: dict[str, Any] | None = None
     if state_path.exists() and not restart:
@@ -1014,11 +1046,21 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                     err_console.print(f"[yellow]partition {r.partition}: ends at offset {r.high}, before "
                                       f"--to-offset {to_offset}[/]")
             nparts, codec = 0, "none"
+            batch_copy, copy_codec = False, None
             if to_topic is not None:
                 nparts, topic_codec = _target_info({"bootstrap.servers": bootstrap, **_QUIET_LIBRDKAFKA},
                                                    to_topic, timeout)
                 codec = compression if compression != "topic" else (
                     topic_codec if topic_codec in _CODECS else "none")
+                # Whole batches when every partition has its namesake in the target (replay_copy.py).
+                batch_copy = not reencode and not merge_by_timestamp and all(r.partition < nparts for r in ranges)
+                copy_codec = compression if compression != "topic" else (
+                    topic_codec if topic_codec in _CODECS else "none" if topic_codec == "uncompressed" else None)
+                mode = "batches" if batch_copy else "records"
+                if saved is not None and saved.get("mode", "records") != mode:
+                    raise ReplayError(f"{state_path} was saved by a copy of {saved.get('mode', 'records')}, this "
+                                      f"one copies {mode} (the target's partitions changed?); --restart")
+                state["mode"] = mode
             skip: dict[int, list[int]] = {}
             if saved is not None:
                 for r in ranges:
@@ -1027,15 +1069,43 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                         r.start = min(max(r.start, int(nxt)), r.end)
                 state["next"] = dict(saved.get("next", {}))
                 state["output_bytes"] = int(saved.get("output_bytes", 0))
-                if to_topic is not None and saved.get("marks") and not no_replay_header:
+                if to_topic is not None and saved.get("marks") and not no_replay_header and not batch_copy:
                     skip = _landed(bootstrap, to_topic, {int(p): m for p, m in saved["marks"].items()}, rid,
                                    timeout)
                 state["marks"] = dict(saved.get("marks", {}))
                 if not quiet:
                     err_console.print(f"resuming replay {rid} from {state_path}", highlight=False)
-            if to_topic is not None and not no_replay_header and not state["marks"]:
+            if to_topic is not None and not no_replay_header and not state["marks"] and not batch_copy:
                 # Before the first record is sent: where a re-run looks for what a killed run produced.
                 state["marks"] = {str(tp): m for tp, m in _ends(bootstrap, to_topic, nparts, timeout).items()}
+            groups = [[r for r in ranges if r.span > 0]] if merge_by_timestamp else split_among(ranges, nworkers)
+            if not any(groups):
+                groups = []
+            producers: list[tuple[int, int]] = []
+            copy_skip: dict[int, tuple[int, int]] = {}
+            if batch_copy:
+                assert to_topic is not None
+                from .replay_copy import CopyError, init_producer_id, target_tail
+
+                known = [int(x) for x in (saved or {}).get("producer_ids", [])]
+                saved_next = {int(p): int(t) for p, t in (saved or {}).get("target_next", {}).items()}
+                todo = {r.partition for r in ranges if r.span > 0}
+                try:
+                    if saved_next:
+                        # A killed run may have put batches in the target after its last checkpoint.
+                        found = target_tail(bootstrap, to_topic, {p: t for p, t in saved_next.items() if p in todo},
+                                            set(known), timeout)
+                        copy_skip = {p: (n, saved_next[p]) for p, n in found.items() if n}
+                        state["target_next"] = {str(p): t for p, t in saved_next.items()}
+                    else:  # before the first batch is sent: where this copy's batches will start
+                        ends = _ends(bootstrap, to_topic, nparts, timeout)
+                        state["target_next"] = {str(r.partition): ends[r.partition] for r in ranges}
+                    producers = [init_producer_id(bootstrap, timeout) for _ in groups]
+                except CopyError as exc:
+                    raise ReplayError(str(exc)) from exc
+                except OSError as exc:
+                    raise ReplayError(f"connection to the broker failed: {exc}") from exc
+                state["producer_ids"] = known + [pid for pid, _ in producers]
             if to_topic is not None:
                 write_state(state_path, state)
             if fmt == "csv" and (saved is None or (close_fd and not state["output_bytes"])):
@@ -1044,16 +1114,15 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                     _write_all(fd, header)
                 else:
                     _write_stdout(header)
-            groups = [[r for r in ranges if r.span > 0]] if merge_by_timestamp else split_among(ranges, nworkers)
-            if not any(groups):
-                groups = []
             for i, q in enumerate(queues):
                 given.add(i)
                 if i < len(groups):
                     q.put(Task(bootstrap, topic, [(r.partition, r.start, r.end) for r in groups[i]], fmt,
                                merge_by_timestamp, to_topic, nparts, codec,
                                None if to_topic is None or no_replay_header else rid,
-                               {r.partition: skip.get(r.partition, []) for r in groups[i]}, idle_timeout, timeout))
+                               {r.partition: skip.get(r.partition, []) for r in groups[i]}, idle_timeout, timeout,
+                               producers[i] if batch_copy else None, copy_codec,
+                               {r.partition: copy_skip[r.partition] for r in groups[i] if r.partition in copy_skip}))
                 else:
                     q.put(None)
             progress.start(sum(r.span for r in ranges))
@@ -1072,10 +1141,11 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 if kind == "data":
                     _write_stdout(event[2])
                 elif kind == "progress":
-                    _, _, recs, nbytes, nxt, length, marks = event
+                    _, _, recs, nbytes, nxt, length, marks, targets = event
                     stats.records += recs
                     stats.bytes += nbytes
                     state["next"].update({str(p): o for p, o in nxt.items()})
+                    state.setdefault("target_next", {}).update({str(p): o for p, o in targets.items()})
                     if length >= 0:
                         state["output_bytes"] = max(state["output_bytes"], length)
                     if marks:
@@ -1083,7 +1153,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                         state["marks"] = {str(tp): min(m[tp] for m in worker_marks.values())
                                           for tp in marks}
                     progress.update(stats)
-                    if to_topic is not None and time.monotonic() - last_state >= _CHECKPOINT_SECONDS:
+                    if to_topic is not None and time.monotonic() - last_state >= (
+                            1.0 if batch_copy else _CHECKPOINT_SECONDS):
                         write_state(state_path, state)
                         last_state = time.monotonic()
                 elif kind == "done":
@@ -1114,9 +1185,10 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                     if event[0] == "data":
                         _write_stdout(event[2])
                     elif event[0] == "progress":
-                        _, wid, recs, nbytes, nxt, length, marks = event
+                        _, wid, recs, nbytes, nxt, length, marks, targets = event
                         stats.records += recs
                         state["next"].update({str(p): o for p, o in nxt.items()})
+                        state.setdefault("target_next", {}).update({str(p): o for p, o in targets.items()})
                         if length >= 0:
                             state["output_bytes"] = max(state["output_bytes"], length)
             for proc in procs:
