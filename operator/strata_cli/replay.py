@@ -183,12 +183,13 @@ def read_raw(stream: Any) -> Iterable[bytes | None]:
 _TS_TYPES = {1: "CreateTime", 2: "LogAppendTime"}  # confluent_kafka.TIMESTAMP_CREATE_TIME / _LOG_APPEND_TIME
 
 
-def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+def _json_encoder(topic: str, decoder: Any = None) -> Callable[[list[Any]], tuple[bytes, int]]:
     """JSON lines, the bytes record_to_json + json.dumps(ensure_ascii=False, compact) + newline give.
 
     Each line is put together from pieces rather than a dict: orjson encodes only the text
     (key, value, headers), base64 goes in as bytes, so a record costs a few calls, not a dict.
-    Returns (the block, key + value bytes in it)."""
+    Returns (the block, key + value bytes in it). With a `decoder` (--decode, replay_decode.py), a
+    value it decodes is written as its JSON under "value", followed by "value_schema_id"."""
     from binascii import b2a_base64
 
     import orjson
@@ -199,7 +200,9 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
     start = b'%b%d,"offset":%d,"timestamp":%b,"timestamp_type":%b,%b,'
     line_text = start + b'"value":%b,"headers":%b}\n'
     line_b64 = start + b'"value_b64":"%b","headers":%b}\n'
+    line_decoded = start + b'"value":%b,"value_schema_id":%d,"headers":%b}\n'
     null = b"null"
+    decode = decoder.decode if decoder is not None else None
 
     def encode(msgs: list[Any]) -> tuple[bytes, int]:
         out = []
@@ -232,6 +235,13 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
                 line, vf = line_text, null
             else:
                 size += len(v)
+                if decode is not None and v[:1] == b"\x00":
+                    decoded = decode(v, m.partition(), m.offset())
+                    if decoded is not None:
+                        append(line_decoded % (head, m.partition(), m.offset(),
+                                               b"%d" % ts if name is not None else null, name or null, kf,
+                                               decoded[0], decoded[1], hf))
+                        continue
                 try:
                     line, vf = line_text, dumps(v.decode("utf-8"))
                 except UnicodeDecodeError:
@@ -243,9 +253,10 @@ def _json_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
     return encode
 
 
-def _raw_encoder(_topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+def _raw_encoder(_topic: str, decoder: Any = None) -> Callable[[list[Any]], tuple[bytes, int]]:
     pack = struct.Struct(">i").pack
     null = pack(-1)
+    decode = decoder.decode if decoder is not None else None
 
     def encode(msgs: list[Any]) -> tuple[bytes, int]:
         out = []
@@ -257,6 +268,10 @@ def _raw_encoder(_topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
                 out.append(null)
             else:
                 size += len(v)
+                if decode is not None and v[:1] == b"\x00":
+                    decoded = decode(v, m.partition(), m.offset())
+                    if decoded is not None:
+                        v = decoded[0]
                 out.append(pack(len(v)))
                 out.append(v)
         return b"".join(out), size
@@ -264,8 +279,10 @@ def _raw_encoder(_topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
     return encode
 
 
-def _csv_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
+def _csv_encoder(topic: str, decoder: Any = None) -> Callable[[list[Any]], tuple[bytes, int]]:
     import orjson
+
+    decode = decoder.decode if decoder is not None else None
 
     def text_or_b64(data: bytes | None) -> tuple[str, str]:
         if data is None:
@@ -288,8 +305,13 @@ def _csv_encoder(topic: str) -> Callable[[list[Any]], tuple[bytes, int]]:
                 e: dict[str, Any] = {"key": hk}
                 _bytes_field(e, "value", hv)
                 hdrs.append(e)
+            v = m.value()
+            if decode is not None and v is not None and v[:1] == b"\x00":
+                decoded = decode(v, m.partition(), m.offset())
+                if decoded is not None:
+                    v = decoded[0]  # the JSON text of the value
             writer.writerow([topic, m.partition(), m.offset(), ts if name is not None else "", name or "",
-                             *text_or_b64(m.key()), *text_or_b64(m.value()), orjson.dumps(hdrs).decode()])
+                             *text_or_b64(m.key()), *text_or_b64(v), orjson.dumps(hdrs).decode()])
         return buf.getvalue().encode("utf-8"), size
 
     return encode
@@ -438,6 +460,8 @@ class Task:
     producer: tuple[int, int] | None = None
     copy_codec: str | None = None
     copy_skip: dict[int, tuple[int, int]] = field(default_factory=dict)
+    registry: str | None = None  # --decode: the schema registry's URL
+    decode_errors_raw: bool = False
 
 
 def _consumer(bootstrap: str) -> Any:
@@ -504,7 +528,12 @@ class _Output:
     def __init__(self, wid: int, task: Task, events: Any, out_fd: int, lock: Any, consumer: Any) -> None:
         self.wid, self.task, self.events, self.fd, self.lock = wid, task, events, out_fd, lock
         self.consumer = consumer
-        self.encode = ENCODERS[task.fmt](task.topic) if task.to_topic is None else None
+        decoder = None
+        if task.registry is not None:
+            from .replay_decode import Decoder
+
+            decoder = Decoder(task.registry, task.decode_errors_raw, task.timeout)
+        self.encode = ENCODERS[task.fmt](task.topic, decoder) if task.to_topic is None else None
         self.pending: list[Any] = []
         self.pending_bytes = 0
         self.records = 0
@@ -924,6 +953,13 @@ def _terminate(_signum: int, _frame: Any) -> None:
 @click.option("--reencode", is_flag=True,
               help="--to-topic: re-produce record by record (with the strata-replay header) instead of copying "
                    "whole batches.")
+@click.option("--decode", is_flag=True,
+              help="Write Confluent-framed values (Avro, JSON Schema, Protobuf) as JSON, with --schema-registry.")
+@click.option("--schema-registry", default=os.environ.get("STRATA_SCHEMA_REGISTRY"), metavar="URL",
+              help="--decode: the schema registry (env STRATA_SCHEMA_REGISTRY).")
+@click.option("--decode-errors", type=click.Choice(("fail", "raw")), default="fail", show_default=True,
+              help="--decode: a framed value that does not decode (unknown schema id...) stops the replay (fail) "
+                   "or is written undecoded (raw).")
 @click.option("--state", "state_file", default=None, metavar="FILE",
               help="State file for interrupt and resume (default: one per replay under $XDG_STATE_HOME/strata/replay).")
 @click.option("--restart", is_flag=True, help="Ignore a saved state of this replay and start from the beginning.")
@@ -935,7 +971,8 @@ def _terminate(_signum: int, _frame: Any) -> None:
 def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: str | None, to_offset: int | None,
            to_timestamp: str | None, partitions: tuple[int, ...], output: str | None, fmt: str,
            to_topic: str | None, parallel: int | None, merge_by_timestamp: bool, compression: str,
-           no_replay_header: bool, reencode: bool, state_file: str | None, restart: bool, timeout: float,
+           no_replay_header: bool, reencode: bool, decode: bool, schema_registry: str | None,
+           decode_errors: str, state_file: str | None, restart: bool, timeout: float,
            idle_timeout: float, quiet: bool) -> None:
     """Replay a topic from any offset or time (hot or in S3) as JSON lines, raw values or CSV, or into
     another topic, reading partitions in parallel.
@@ -954,6 +991,10 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
         raise click.UsageError("--format applies to --output, not --to-topic")
     if to_topic == topic:
         raise click.UsageError("--to-topic must differ from --topic")
+    if decode and to_topic is not None:
+        raise click.UsageError("--decode applies to --output, not --to-topic (a copy keeps the framed values)")
+    if decode and not schema_registry:
+        raise click.UsageError("--decode needs --schema-registry URL (or STRATA_SCHEMA_REGISTRY)")
     try:
         from_ts = parse_timestamp(from_timestamp) if from_timestamp is not None else None
     except ValueError as exc:
@@ -973,7 +1014,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
     err_console = Console(stderr=True)
     rid = replay_id(bootstrap, topic, sorted(set(partitions)), from_offset, from_ts, to_offset, to_ts,
                     to_topic, None if to_topic else os.path.abspath(output) if output not in (None, "-") else "-",
-                    fmt, merge_by_timestamp, *(("reencode",) if reencode else ()))
+                    fmt, merge_by_timestamp, *(("reencode",) if reencode else ()),
+                    *(("decode", schema_registry, decode_errors) if decode else ()))
     state_path = Path(state_file) if state_file else state_dir() / f"{rid}.json"
     saved: dict[str, Any] | None = None
     if state_path.exists() and not restart:
@@ -1122,7 +1164,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                                None if to_topic is None or no_replay_header else rid,
                                {r.partition: skip.get(r.partition, []) for r in groups[i]}, idle_timeout, timeout,
                                producers[i] if batch_copy else None, copy_codec,
-                               {r.partition: copy_skip[r.partition] for r in groups[i] if r.partition in copy_skip}))
+                               {r.partition: copy_skip[r.partition] for r in groups[i] if r.partition in copy_skip},
+                               schema_registry if decode else None, decode_errors == "raw"))
                 else:
                     q.put(None)
             progress.start(sum(r.span for r in ranges))
