@@ -12,6 +12,7 @@ each round, in an order that rotates from round to round, measures:
 * `strata replay --from-offset 0 --to-topic <fresh topic> -q` (a new target topic each run, as
   many partitions as the source, remote storage off so the broker's upload of the copy does not
   compete for the cores);
+* `--to-topic --acks 1` (the batch copy's Produce answered once written, not once fsynced);
 * the same JSON and --to-topic commands with the `strata_cli` package of --baseline-rev (by
   default 0d9b6ad, the per-record --to-topic), extracted with git archive and put first on
   PYTHONPATH: an A/B in the same run, rounds alternating;
@@ -241,6 +242,7 @@ def main() -> int:
             "strata replay -o /dev/null (JSON)": [*strata, "-o", "/dev/null"],
             "strata replay -o /dev/null (JSON) --parallel 1": [*strata, "-o", "/dev/null", "--parallel", "1"],
             "strata replay --to-topic": [*strata, "--to-topic"],
+            "strata replay --to-topic --acks 1": [*strata, "--acks", "1", "--to-topic"],
         }
         envs: dict[str, dict[str, str]] = {}
         base_env = baseline_env(args.baseline_rev, tmp) if args.baseline_rev else None

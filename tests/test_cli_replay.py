@@ -172,13 +172,14 @@ def test_replay_by_timestamp_to_stdout(source: Source) -> None:
     check_same(lines, source.expected(lambda r: lo <= r.timestamp < hi))
 
 
-@pytest.mark.parametrize("mode", ["batches", "reencode"])
+@pytest.mark.parametrize("mode", ["batches", "acks1", "reencode"])
 def test_replay_into_another_topic_preserves_records(source: Source, mode: str) -> None:
     target = f"replay-copy-{mode}"
     # Preserved timestamps are from 2020: a target with time-based retention would drop them at once.
     create_topic(source.broker.bootstrap, target, PARTITIONS, {"retention.ms": "-1"})
     result = strata("replay", "-b", source.broker.bootstrap, "-t", TOPIC, "--from-offset", "0",
-                    "--to-topic", target, "--to-offset", "1000", *(["--reencode"] if mode == "reencode" else []))
+                    "--to-topic", target, "--to-offset", "1000",
+                    *{"batches": [], "acks1": ["--acks", "1"], "reencode": ["--reencode"]}[mode])
     assert result.returncode == 0, result.stderr
     expected = source.expected(lambda r: r.offset < 1000)
     got = read_topic(source.broker.bootstrap, target, PARTITIONS, len(expected))
@@ -187,7 +188,7 @@ def test_replay_into_another_topic_preserves_records(source: Source, mode: str) 
         # The target has as many partitions: each record keeps its partition, hence its order.
         assert (msg.partition(), msg.offset()) == (r.partition, r.offset)
         assert (msg.key(), msg.value(), msg.timestamp()[1]) == (r.key, r.value, r.timestamp)
-        if mode == "batches":  # whole batches, verbatim: nothing added
+        if mode != "reencode":  # whole batches, verbatim: nothing added
             assert tuple(msg.headers() or ()) == r.headers
         else:
             *own, (name, value) = msg.headers()

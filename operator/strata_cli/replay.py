@@ -401,12 +401,56 @@ def plan(consumer: Any, topic: str, partitions: list[int] | None, from_offset: i
 
     starts = lookup(from_ts) if from_ts is not None else {}
     ends_by_ts = lookup(to_ts) if to_ts is not None else {}
-    ranges = []
+    marks = {}
     for p in chosen:
         try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+            marks[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
         except confluent_kafka.KafkaException as exc:
             raise ReplayError(f"cannot read the offsets of {topic}/{p}: {exc}") from exc
+    return _ranges(marks, starts, ends_by_ts, from_offset, to_offset, to_ts)
+
+
+def plan_raw(bootstrap: str, topic: str, partitions: list[int] | None, from_offset: int | None, from_ts: int | None,
+             to_offset: int | None, to_ts: int | None, timeout: float) -> list[PartitionRange]:
+    """plan() with bare protocol requests (Metadata, one ListOffsets per leader and kind) instead of a
+    librdkafka consumer: the same ranges in a few milliseconds instead of a few hundred (a --to-topic
+    batch copy, whose own requests are bare too, needs no librdkafka at all)."""
+    from .replay_copy import CopyError, UnknownTopic, list_offsets, metadata
+
+    try:
+        cluster = metadata(bootstrap, [topic], timeout)
+    except UnknownTopic as exc:
+        raise ReplayError(str(exc)) from exc
+    except CopyError as exc:
+        raise ReplayError(str(exc)) from exc
+    except OSError as exc:
+        raise ReplayError(f"cannot reach the broker: {exc}") from exc
+    available = sorted(cluster.leaders[topic])
+    if partitions:
+        missing = sorted(set(partitions) - set(available))
+        if missing:
+            raise ReplayError(f"topic {topic!r} has partitions {available[0]}..{available[-1]}, "
+                              f"not {', '.join(map(str, missing))}")
+        chosen = sorted(set(partitions))
+    else:
+        chosen = available
+    try:
+        lows = list_offsets(cluster, topic, chosen, -2, timeout)
+        highs = list_offsets(cluster, topic, chosen, -1, timeout)
+        starts = list_offsets(cluster, topic, chosen, from_ts, timeout) if from_ts is not None else {}
+        ends_by_ts = list_offsets(cluster, topic, chosen, to_ts, timeout) if to_ts is not None else {}
+    except CopyError as exc:
+        raise ReplayError(str(exc)) from exc
+    except OSError as exc:
+        raise ReplayError(f"cannot read the offsets of {topic}: {exc}") from exc
+    return _ranges({p: (lows[p], highs[p]) for p in chosen}, starts, ends_by_ts, from_offset, to_offset, to_ts)
+
+
+def _ranges(marks: dict[int, tuple[int, int]], starts: dict[int, int], ends_by_ts: dict[int, int],
+            from_offset: int | None, to_offset: int | None, to_ts: int | None) -> list[PartitionRange]:
+    """[start, end) of each partition from its (log start, end) and the offsets looked up by time."""
+    ranges = []
+    for p, (low, high) in sorted(marks.items()):
         if from_offset is not None:
             start = min(max(from_offset, low), high)
         else:
@@ -475,6 +519,7 @@ class Task:
     producer: tuple[int, int] | None = None
     copy_codec: str | None = None
     copy_skip: dict[int, tuple[int, int]] = field(default_factory=dict)
+    acks: int = -1
     registry: str | None = None  # --decode: the schema registry's URL
     decode_errors_raw: bool = False
 
@@ -534,7 +579,10 @@ def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock:
     except ReplayError as exc:
         events.put(("error", wid, str(exc)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which exits 1
-        events.put(("error", wid, f"{type(exc).__name__}: {exc}"))
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1]  # an unexpected failure: say where, for a report
+        events.put(("error", wid, f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"))
 
 
 class _Output:
@@ -672,7 +720,7 @@ def _run_copy(wid: int, task: Task, events: Any, stop: Any) -> None:
     assert task.to_topic is not None and task.producer is not None
     try:
         copy_batches(task.bootstrap, task.topic, task.to_topic, task.ranges, task.producer, task.copy_codec,
-                     task.copy_skip, stop, report, task.idle_timeout, task.timeout)
+                     task.copy_skip, stop, report, task.idle_timeout, task.timeout, task.acks)
     except CopyError as exc:
         raise ReplayError(str(exc)) from exc
     except OSError as exc:
@@ -834,6 +882,19 @@ def _target_info(admin_conf: dict[str, Any], topic: str, timeout: float) -> tupl
     return len(tmeta.partitions), codec
 
 
+def _target_info_raw(bootstrap: str, topic: str, timeout: float) -> tuple[int, str | None]:
+    """_target_info with bare requests (Metadata asking to create it, DescribeConfigs)."""
+    from .replay_copy import CopyError, metadata, topic_config
+
+    try:
+        cluster = metadata(bootstrap, [topic], timeout, create=True)
+    except CopyError as exc:
+        raise ReplayError(f"target topic {topic!r} is not available: {exc}") from exc
+    except OSError as exc:
+        raise ReplayError(f"cannot reach the broker for topic {topic!r}: {exc}") from exc
+    return len(cluster.leaders[topic]), topic_config(bootstrap, topic, "compression.type", timeout)
+
+
 def _ends(bootstrap: str, topic: str, partitions: int, timeout: float) -> dict[int, int]:
     """The high watermark of every partition of a topic."""
     from confluent_kafka import TopicPartition
@@ -968,6 +1029,9 @@ def _terminate(_signum: int, _frame: Any) -> None:
 @click.option("--reencode", is_flag=True,
               help="--to-topic: re-produce record by record (with the strata-replay header) instead of copying "
                    "whole batches.")
+@click.option("--acks", type=click.Choice(("all", "1")), default="all", show_default=True,
+              help="--to-topic batch copy: 'all' waits for each Produce to be on the target's disk (fsync), "
+                   "'1' only for the write.")
 @click.option("--decode", is_flag=True,
               help="Write Confluent-framed values (Avro, JSON Schema, Protobuf) as JSON, with --schema-registry.")
 @click.option("--schema-registry", default=os.environ.get("STRATA_SCHEMA_REGISTRY"), metavar="URL",
@@ -986,7 +1050,7 @@ def _terminate(_signum: int, _frame: Any) -> None:
 def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: str | None, to_offset: int | None,
            to_timestamp: str | None, partitions: tuple[int, ...], output: str | None, fmt: str,
            to_topic: str | None, parallel: int | None, merge_by_timestamp: bool, compression: str,
-           no_replay_header: bool, reencode: bool, decode: bool, schema_registry: str | None,
+           no_replay_header: bool, reencode: bool, acks: str, decode: bool, schema_registry: str | None,
            decode_errors: str, state_file: str | None, restart: bool, timeout: float,
            idle_timeout: float, quiet: bool) -> None:
     """Replay a topic from any offset or time (hot or in S3) as JSON lines, raw values or CSV, or into
@@ -1006,6 +1070,9 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
         raise click.UsageError("--format applies to --output, not --to-topic")
     if to_topic == topic:
         raise click.UsageError("--to-topic must differ from --topic")
+    if acks != "all" and (to_topic is None or reencode or merge_by_timestamp):
+        raise click.UsageError("--acks applies to a --to-topic batch copy (the re-encoding producer is idempotent: "
+                               "acks=all)")
     if decode and to_topic is not None:
         raise click.UsageError("--decode applies to --output, not --to-topic (a copy keeps the framed values)")
     if decode and not schema_registry:
@@ -1045,6 +1112,10 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
     nworkers = 1 if merge_by_timestamp else (parallel or os.cpu_count() or 1)
     # Workers fork first, before this process starts any librdkafka instance (whose threads a fork
     # would not copy); each waits for its Task on its own queue.
+    if to_topic is not None and not reencode and not merge_by_timestamp:
+        from . import replay_copy
+
+        replay_copy.preload()  # imported once here, not once per worker after the fork
     ctx = multiprocessing.get_context("fork")
     events: Any = ctx.Queue()
     stop = ctx.Event()
@@ -1083,12 +1154,17 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
     old_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         try:
-            consumer = _consumer(bootstrap)
-            try:
-                ranges = plan(consumer, topic, list(partitions) or None, from_offset, from_ts, to_offset, to_ts,
-                              timeout)
-            finally:
-                consumer.close()
+            bare = to_topic is not None and not reencode and not merge_by_timestamp  # a batch copy, likely
+            if bare:
+                ranges = plan_raw(bootstrap, topic, list(partitions) or None, from_offset, from_ts, to_offset, to_ts,
+                                  timeout)
+            else:
+                consumer = _consumer(bootstrap)
+                try:
+                    ranges = plan(consumer, topic, list(partitions) or None, from_offset, from_ts, to_offset,
+                                  to_ts, timeout)
+                finally:
+                    consumer.close()
             for r in ranges:
                 if quiet:
                     break
@@ -1105,8 +1181,11 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
             nparts, codec = 0, "none"
             batch_copy, copy_codec = False, None
             if to_topic is not None:
-                nparts, topic_codec = _target_info({"bootstrap.servers": bootstrap, **_QUIET_LIBRDKAFKA},
-                                                   to_topic, timeout)
+                if bare:
+                    nparts, topic_codec = _target_info_raw(bootstrap, to_topic, timeout)
+                else:
+                    nparts, topic_codec = _target_info({"bootstrap.servers": bootstrap, **_QUIET_LIBRDKAFKA},
+                                                       to_topic, timeout)
                 codec = compression if compression != "topic" else (
                     topic_codec if topic_codec in _CODECS else "none")
                 # Whole batches when every partition has its namesake in the target (replay_copy.py).
@@ -1142,7 +1221,7 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
             copy_skip: dict[int, tuple[int, int]] = {}
             if batch_copy:
                 assert to_topic is not None
-                from .replay_copy import CopyError, init_producer_id, target_tail
+                from .replay_copy import CopyError, init_producer_id, list_offsets, metadata, target_tail
 
                 known = [int(x) for x in (saved or {}).get("producer_ids", [])]
                 saved_next = {int(p): int(t) for p, t in (saved or {}).get("target_next", {}).items()}
@@ -1155,7 +1234,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                         copy_skip = {p: (n, saved_next[p]) for p, n in found.items() if n}
                         state["target_next"] = {str(p): t for p, t in saved_next.items()}
                     else:  # before the first batch is sent: where this copy's batches will start
-                        ends = _ends(bootstrap, to_topic, nparts, timeout)
+                        ends = list_offsets(metadata(bootstrap, [to_topic], timeout), to_topic,
+                                            [r.partition for r in ranges], -1, timeout)
                         state["target_next"] = {str(r.partition): ends[r.partition] for r in ranges}
                     producers = [init_producer_id(bootstrap, timeout) for _ in groups]
                 except CopyError as exc:
@@ -1178,9 +1258,11 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                                merge_by_timestamp, to_topic, nparts, codec,
                                None if to_topic is None or no_replay_header else rid,
                                {r.partition: skip.get(r.partition, []) for r in groups[i]}, idle_timeout, timeout,
-                               producers[i] if batch_copy else None, copy_codec,
-                               {r.partition: copy_skip[r.partition] for r in groups[i] if r.partition in copy_skip},
-                               schema_registry if decode else None, decode_errors == "raw"))
+                               producer=producers[i] if batch_copy else None, copy_codec=copy_codec,
+                               copy_skip={r.partition: copy_skip[r.partition] for r in groups[i]
+                                          if r.partition in copy_skip},
+                               registry=schema_registry if decode else None,
+                               decode_errors_raw=decode_errors == "raw", acks=-1 if acks == "all" else 1))
                 else:
                     q.put(None)
             progress.start(sum(r.span for r in ranges))

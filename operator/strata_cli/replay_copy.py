@@ -75,7 +75,18 @@ _INIT_PID_VERSION = 1
 _IN_FLIGHT = 5  # Produce requests per connection (Kafka's max.in.flight for an idempotent producer)
 _PRODUCE_BYTES = 8 << 20  # one request's records at most (still one batch per partition)
 _FETCH_MAX_BYTES = 32 << 20
-_PARTITION_FETCH_BYTES = 8 << 20
+_PARTITION_FETCH_BYTES = 2 << 20  # smaller answers start the produce side sooner (a cold read waits for S3)
+
+
+def preload() -> None:
+    """Import the protocol codecs a batch copy uses (kafka-python builds them at import: about
+    0.2 s), so that worker processes forked afterwards have them already."""
+    import kafka.codec  # noqa: F401
+    import kafka.errors  # noqa: F401
+    import kafka.protocol.consumer  # noqa: F401
+    import kafka.protocol.metadata  # noqa: F401
+    import kafka.protocol.producer  # noqa: F401
+    import kafka.record.default_records  # noqa: F401
 
 
 class CopyError(Exception):
@@ -156,7 +167,12 @@ class Cluster:
     leaders: dict[str, dict[int, int]]
 
 
-def metadata(bootstrap: str, topics: list[str], timeout: float) -> Cluster:
+class UnknownTopic(CopyError):
+    """Metadata answered UNKNOWN_TOPIC_OR_PARTITION for a topic."""
+
+
+def metadata(bootstrap: str, topics: list[str], timeout: float, create: bool = False) -> Cluster:
+    """Brokers and leaders of `topics` (with `create`, a broker that auto-creates topics creates them)."""
     from kafka.protocol.metadata import MetadataRequest
 
     T = MetadataRequest.MetadataRequestTopic
@@ -169,7 +185,7 @@ def metadata(bootstrap: str, topics: list[str], timeout: float) -> Cluster:
             continue
         try:
             resp = conn.call(MetadataRequest(version=_METADATA_VERSION, topics=[T(name=t) for t in topics],
-                                             allow_auto_topic_creation=False,
+                                             allow_auto_topic_creation=create,
                                              include_cluster_authorized_operations=False,
                                              include_topic_authorized_operations=False))
         finally:
@@ -177,11 +193,62 @@ def metadata(bootstrap: str, topics: list[str], timeout: float) -> Cluster:
         brokers = {b.node_id: (b.host, b.port) for b in resp.brokers}
         leaders: dict[str, dict[int, int]] = {}
         for t in resp.topics:
+            if t.error_code == 3:
+                raise UnknownTopic(f"topic {t.name!r} does not exist")
             if t.error_code:
-                raise CopyError(f"metadata of {t.name!r}: {_error_name(t.error_code)}")
+                raise CopyError(f"topic {t.name!r}: {_error_name(t.error_code)}")
             leaders[t.name] = {p.partition_index: p.leader_id for p in t.partitions}
         return Cluster(brokers, leaders)
     raise CopyError(f"cannot reach the broker: {last}")
+
+
+def list_offsets(cluster: Cluster, topic: str, partitions: list[int], spec: int, timeout: float) -> dict[int, int]:
+    """ListOffsets of every partition, one request per leader: spec -1 the end (high watermark),
+    -2 the log start, else a timestamp (the first offset at or after it; -1 when there is none)."""
+    from kafka.protocol.consumer import ListOffsetsRequest
+
+    LT = ListOffsetsRequest.ListOffsetsTopic
+    by_leader: dict[int, list[int]] = {}
+    for p in partitions:
+        by_leader.setdefault(cluster.leaders[topic][p], []).append(p)
+    out: dict[int, int] = {}
+    for leader, parts in by_leader.items():
+        if leader not in cluster.brokers:
+            raise CopyError(f"{topic}: partition {parts[0]} has no leader")
+        conn = Conn(*cluster.brokers[leader], timeout)
+        try:
+            resp = conn.call(ListOffsetsRequest(version=5, replica_id=-1, isolation_level=0, topics=[
+                LT(name=topic, partitions=[LT.ListOffsetsPartition(partition_index=p, current_leader_epoch=-1,
+                                                                    timestamp=spec) for p in parts])]))
+        finally:
+            conn.close()
+        for t in resp.topics:
+            for part in t.partitions:
+                if part.error_code:
+                    raise CopyError(f"offsets of {topic}/{part.partition_index}: {_error_name(part.error_code)}")
+                out[part.partition_index] = part.offset
+    return out
+
+
+def topic_config(bootstrap: str, topic: str, name: str, timeout: float) -> str | None:
+    """One config value of a topic (DescribeConfigs), None when the broker gives none."""
+    from kafka.protocol.admin import DescribeConfigsRequest
+
+    conn = Conn(*_split(bootstrap.split(",")[0]), timeout)
+    try:
+        resp = conn.call(DescribeConfigsRequest(version=1, resources=[DescribeConfigsRequest.DescribeConfigsResource(
+            resource_type=2, resource_name=topic, configuration_keys=[name])], include_synonyms=False))
+    except Exception:  # noqa: BLE001 - a broker without DescribeConfigs: no value
+        return None
+    finally:
+        conn.close()
+    for result in resp.results:
+        if result.error_code:
+            return None
+        for entry in result.configs:
+            if entry.name == name:
+                return entry.value  # type: ignore[no-any-return]
+    return None
 
 
 def init_producer_id(bootstrap: str, timeout: float) -> tuple[int, int]:
@@ -453,12 +520,14 @@ class _Target:
 
 def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[int, int, int]],
                  producer: tuple[int, int], codec: str | None, skip: dict[int, tuple[int, int]],
-                 stop: Any, report: Callable[[Progress], None], idle_timeout: float, timeout: float) -> None:
+                 stop: Any, report: Callable[[Progress], None], idle_timeout: float, timeout: float,
+                 acks: int = -1) -> None:
     """Copy [start, end) of each (partition, start, end) of `topic` into the same partition of
     `to_topic`, batch by batch, as `producer` (id, epoch); `skip`: per partition, the records a
     killed run already put in the target after the checkpoint and the checkpoint's target offset.
     `report` gets what was acknowledged, about every quarter second and at the end. Returns when
-    done or when `stop` is set (after the requests in flight are answered)."""
+    done or when `stop` is set (after the requests in flight are answered). `acks`: -1 (all: the
+    broker answers once the batch is on disk, fsync) or 1 (once written)."""
     from kafka.protocol.producer import ProduceRequest
 
     cluster = metadata(bootstrap, [topic, to_topic], timeout)
@@ -536,7 +605,7 @@ def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[i
                     parts.append(PP(index=item.partition, records=b"".join(item.pieces)))
                     size += item.nbytes
                 sent = [i for i in items if any(pp.index == i.partition for pp in parts)]
-                target.conn.send(ProduceRequest(version=_PRODUCE_VERSION, transactional_id=None, acks=-1,
+                target.conn.send(ProduceRequest(version=_PRODUCE_VERSION, transactional_id=None, acks=acks,
                                                 timeout_ms=int(timeout * 1000),
                                                 topic_data=[PD(name=to_topic, partition_data=parts)]))
                 target.in_flight.append(sent)
