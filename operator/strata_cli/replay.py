@@ -42,13 +42,26 @@ stops before the first record at or after T; without either, the replay stops at
 by timestamp is looked up with ListOffsets, which the broker answers from the segments' time
 indexes (the remote ones for data in S3), so it costs the same whatever the topic's size.
 
-Re-produce (`--to-topic T2`): keys, values, headers and timestamps are preserved; a record goes to
-the same partition number when the target topic has as many partitions as the source (so
-per-partition order is preserved), otherwise the producer's partitioner chooses from the key.
-The producers (one per worker) are idempotent, batch up to 1 MB for up to 50 ms, and compress
-as the target topic's `compression.type` says (none when it says `producer` or nothing;
-`--compression` overrides). Mind the target's `retention.ms`: records keep their original
-timestamps, so old ones are due for deletion at once in a topic with time-based retention.
+Re-produce (`--to-topic T2`): keys, values, headers and timestamps are preserved. When every
+replayed partition has its namesake in the target (and neither `--reencode` nor
+`--merge-by-timestamp` is given), the copy is by whole record batches (replay_copy.py): fetched
+raw and produced verbatim to the same partition, only their header rewritten (this copy's
+producer id, epoch and sequence, CRC-32C recomputed), so the target holds record for record what
+the source holds, each batch in its own codec unless the target's `compression.type` (or
+`--compression`) names another, which recompresses it. The client then does almost no work per
+record, and the broker takes the batches as they come. `--acks 1` has each Produce answered once
+written rather than once on disk. Otherwise (fewer partitions in the target, `--reencode`,
+`--merge-by-timestamp`) records are re-produced one by one: the producer's partitioner chooses
+from the key where the partition does not exist; the producers (one per worker) are idempotent,
+batch up to 1 MB for up to 50 ms, and compress as the target topic's `compression.type` says
+(none when it says `producer` or nothing; `--compression` overrides). Mind the target's
+`retention.ms`: records keep their original timestamps, so old ones are due for deletion at once
+in a topic with time-based retention.
+
+Decode (`--decode --schema-registry URL`, replay_decode.py): Confluent-framed values (Avro, JSON
+Schema, Protobuf) are written as JSON, the schema id beside them (`value_schema_id`, JSON format);
+a framed value the registry cannot decode is a one-line error naming its partition and offset
+(`--decode-errors raw` writes it undecoded instead).
 
 Interrupting and resuming: Ctrl-C (or SIGTERM) stops every worker after the block it is writing
 (`--to-topic`: after the producer has flushed what it sent) and saves a state file: the replay's
@@ -61,7 +74,12 @@ back to the length recorded and appended to; `--to-topic` records carry a header
 leaves it out), and on a resume the target partitions are read from where they stood at the last
 checkpoint (every 5 seconds) to their end, so records that landed after the checkpoint (a worker
 killed hard) are skipped too. Without that header, resuming after a hard kill may duplicate the
-records of the last checkpoint interval. A finished replay deletes its state file; `--restart` ignores one.
+records of the last checkpoint interval. A batch copy adds no header: its state holds, per
+partition, the source offset and the target offset the next batch lands at (before the first
+Produce, then after each acknowledged one, saved every second) and the producer ids it used; a
+re-run reads the target from there to its end, checks that every batch there is this copy's, and
+skips as many records in the source (replay_copy.py explains why that is exact). A finished
+replay deletes its state file; `--restart` ignores one.
 
 Exit codes: 0 done, 2 usage error, 1 broker or I/O error, 130 interrupted (state saved).
 """

@@ -25,10 +25,18 @@ the records part is decompressed and compressed again, without decoding records.
 (transaction markers) and the batches of aborted transactions are left out (the Fetch asks for
 read_committed).
 
-One batch per partition per Produce request (several partitions in one request), up to five
-requests in flight per target broker, acks=all. Any Produce or Fetch error stops the copy with a
-resumable state (no retry in-process: a retry of the same sequence would be a broker-side dedupe
-the state file makes unnecessary).
+One batch per partition per Produce request (several partitions in one request; as Kafka's own
+clients do, and Strata's broker checks the sequences of several batches of one producer in one
+request all against the state before the request, refusing the second), up to five requests in
+flight per target broker, acks=all (`--acks 1`: answered once written, not once fsynced). Fetches
+ask for 2 MB per partition, read_committed, one in flight per source broker, on their own thread
+and connection. Any Produce or Fetch error stops the copy with a resumable state (no retry
+in-process: a retry of the same sequence would be a broker-side dedupe the state file makes
+unnecessary).
+
+Before a worker starts, the parent plans the range, reads the target's partition count,
+`compression.type` and end offsets and gets one producer id per worker with bare requests too
+(replay.plan_raw and the helpers here), so a batch copy starts no librdkafka client at all.
 
 Resume without duplicates (the state file of `strata replay`, see replay.py):
 the target offset the next batch will land at (`target_next`) is recorded per partition, with the
