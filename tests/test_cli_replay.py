@@ -592,12 +592,13 @@ def test_interrupted_replay_resumes_without_a_gap_or_a_duplicate(source: Source,
         assert offsets_seen == sorted(offsets_seen)
 
 
-@pytest.mark.parametrize("mode", ["batches", "reencode"])
+@pytest.mark.parametrize("mode", ["batches", "reencode", "batches-ctrl-c"])
 def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess, tmp_path: Path, mode: str) -> None:
     """The whole process group SIGKILLed mid-copy (twice for batches), then run again: every record
     lands once. Batches: the re-run reads the target from the checkpoint's target offsets and walks
     past what the killed run sent after it; records: it skips the source offsets named by the
-    strata-replay headers found there."""
+    strata-replay headers found there. batches-ctrl-c: SIGINT instead (exit 130, state saved after
+    the requests in flight are answered), then the same command finishes the copy."""
     src, dst, n = f"big-{time.monotonic_ns()}", f"copy-{time.monotonic_ns()}", 40_000
     create_topic(broker.bootstrap, src, 2, {"retention.ms": "-1"})
     create_topic(broker.bootstrap, dst, 2, {"retention.ms": "-1"})
@@ -625,6 +626,14 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
         deadline = time.monotonic() + 120
         while landed() <= beyond and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
+        if mode == "batches-ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, err.decode()
+            assert b"run the same command again" in err
+            got = landed()
+            assert beyond < got < n
+            return got
         os.killpg(proc.pid, signal.SIGSTOP)  # frozen at once; then killed without a chance to save anything
         assert proc.poll() is None, "the copy ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
@@ -635,7 +644,7 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
 
     try:
         partial = run_and_kill(0)
-        if mode == "batches":
+        if mode != "reencode":
             run_and_kill(partial)  # killed again while walking past, or after, the first run's tail
         result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
