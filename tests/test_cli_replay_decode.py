@@ -41,8 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProc
     base = tmp_path_factory.mktemp("decode")
     # The registry writes the broker's internal _schemas topic as the principal the broker trusts for it.
     broker = BrokerProcess(base / "broker", settings={"schema.registry.principal": "User:ANONYMOUS"}).start()
-    registry = RegistryProcess(broker.bootstrap, base / "registry.log").start()
+    registry = RegistryProcess(broker.bootstrap, base / "registry.log")
     try:
+        registry.start()
         wait_until(registry.leads, 30, "the registry to lead")
         yield broker, registry
     finally:
