@@ -632,7 +632,8 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
             assert proc.returncode == 130, err.decode()
             assert b"run the same command again" in err
             got = landed()
-            assert beyond < got < n
+            # The requests in flight are answered before it stops: on an idle machine they can be the rest.
+            assert beyond < got <= n
             return got
         os.killpg(proc.pid, signal.SIGSTOP)  # frozen at once; then killed without a chance to save anything
         assert proc.poll() is None, "the copy ended before it could be killed"
