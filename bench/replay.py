@@ -7,11 +7,15 @@ each round, in an order that rotates from round to round, measures:
 * raw GET: boto3 get_object of every segment object, whole, one after another (the S3 ceiling);
 * `kcat -C -e -o beginning -q` over the topic to /dev/null (the general Kafka tool);
 * `strata replay --from-offset 0 -o /dev/null -q` (JSON lines), with the default --parallel and,
-  for comparison, --parallel 1 and the command as it was before the parallel rewrite (the commit
-  given by --old-rev, run from a copy of its replay_cli.py);
+  for comparison, --parallel 1 (unless --no-parallel-1) and the command as it was before the
+  parallel rewrite (the commit given by --old-rev, run from a copy of its replay_cli.py);
 * `strata replay --from-offset 0 --to-topic <fresh topic> -q` (a new target topic each run, as
   many partitions as the source, remote storage off so the broker's upload of the copy does not
   compete for the cores);
+* `--to-topic --acks 1` (the batch copy's Produce answered once written, not once fsynced);
+* the same JSON and --to-topic commands with the `strata_cli` package of --baseline-rev (by
+  default 0d9b6ad, the per-record --to-topic), extracted with git archive and put first on
+  PYTHONPATH: an A/B in the same run, rounds alternating;
 * time to first record of a replay by timestamp that starts 90% of the way into the topic
   (process start until the first line on a pipe).
 
@@ -21,6 +25,7 @@ by the wall time of the whole command (process start to exit, as a user sees it)
 load average is printed beside each run: on a shared machine the medians matter, not the best.
 
     .venv/bin/python bench/replay.py [--mb 300] [--partitions 4] [--rounds 3] [--old-rev REV]
+                                     [--baseline-rev REV] [--no-parallel-1]
 """
 
 from __future__ import annotations
@@ -157,14 +162,31 @@ def old_cli(rev: str, tmp: str) -> list[str] | None:
             "from replay_cli_old import replay; replay(prog_name='strata replay')"]
 
 
+def baseline_env(rev: str, tmp: str) -> dict[str, str] | None:
+    """An environment whose `python -m strata_cli` is the CLI package as it was at `rev` (extracted
+    with git archive; the rest of the installation is shared), or None when git cannot give it."""
+    dest = Path(tmp) / "baseline"
+    dest.mkdir()
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "operator/strata_cli"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {**os.environ, "PYTHONPATH": str(dest / "operator")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=300, help="MB (1e6) of 1 KiB records loaded")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--segment-mb", type=float, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--old-rev", default="8fc0754", help="commit whose replay_cli.py is the 'before' row "
-                        "('' for none)")
+    parser.add_argument("--old-rev", default="", help="commit whose replay_cli.py is the 'before' row, the "
+                        "pre-parallel command (e.g. 8fc0754; '' for none)")
+    parser.add_argument("--baseline-rev", default="0d9b6ad", help="commit whose strata_cli package gives the "
+                        "'baseline' rows, JSON and --to-topic in the same run (an A/B; '' for none)")
+    parser.add_argument("--no-parallel-1", action="store_true", help="leave out the --parallel 1 row")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     os.environ.update(CREDENTIALS)
@@ -220,7 +242,17 @@ def main() -> int:
             "strata replay -o /dev/null (JSON)": [*strata, "-o", "/dev/null"],
             "strata replay -o /dev/null (JSON) --parallel 1": [*strata, "-o", "/dev/null", "--parallel", "1"],
             "strata replay --to-topic": [*strata, "--to-topic"],
+            "strata replay --to-topic --acks 1": [*strata, "--acks", "1", "--to-topic"],
         }
+        envs: dict[str, dict[str, str]] = {}
+        base_env = baseline_env(args.baseline_rev, tmp) if args.baseline_rev else None
+        if base_env is not None:
+            for label, extra in (("-o /dev/null (JSON)", ["-o", "/dev/null"]), ("--to-topic", ["--to-topic"])):
+                name = f"baseline: strata replay at {args.baseline_rev} {label}"
+                methods[name] = [*strata, *extra]
+                envs[name] = base_env
+        if args.no_parallel_1:
+            del methods["strata replay -o /dev/null (JSON) --parallel 1"]
         old = old_cli(args.old_rev, tmp) if args.old_rev else None
         if old is not None:
             methods[f"before: strata replay at {args.old_rev} -o /dev/null (JSON)"] = [
@@ -248,12 +280,12 @@ def main() -> int:
                     # for the same cores, not the replay's.
                     create_topic(broker.bootstrap, target, args.partitions,
                                  config={"retention.ms": "-1", "remote.storage.enable": "false"})
-                    secs, cpu = timed([*argv, target], args.timeout)
+                    secs, cpu = timed([*argv, target], args.timeout, envs.get(name))
                     got = count_records(broker.bootstrap, target, args.partitions)
                     if got != n:
                         raise RuntimeError(f"--to-topic copied {got:,} records, not {n:,}")
                 else:
-                    secs, cpu = timed(argv, args.timeout)
+                    secs, cpu = timed(argv, args.timeout, envs.get(name))
                 load1 = os.getloadavg()[0]
                 runs[name].seconds.append(secs)
                 runs[name].loads.append(load1)
@@ -294,6 +326,15 @@ def main() -> int:
                       "Client CPU = user+sys seconds of the command and its worker processes (the broker and S3 "
                       "server not included): on a shared machine the steadier measure of the client's cost.",
                       highlight=False)
+        for label in ("-o /dev/null (JSON)", "--to-topic"):
+            base = runs.get(f"baseline: strata replay at {args.baseline_rev} {label}")
+            if base is not None:
+                this = runs["strata replay -o /dev/null (JSON)" if "JSON" in label else "strata replay --to-topic"]
+                console.print(f"A/B {label}: this tree {statistics.median(this.seconds):.2f}s median vs "
+                              f"{args.baseline_rev} {statistics.median(base.seconds):.2f}s "
+                              f"({statistics.median(base.seconds) / statistics.median(this.seconds):.2f}x; client CPU "
+                              f"{statistics.median(this.cpu):.2f}s vs {statistics.median(base.cpu):.2f}s)",
+                              highlight=False)
         note(f"total {time.monotonic() - started:.0f}s")
         return 0
     finally:

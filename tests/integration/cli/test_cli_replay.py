@@ -6,6 +6,7 @@ import heapq
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -171,35 +172,45 @@ def test_replay_by_timestamp_to_stdout(source: Source) -> None:
     check_same(lines, source.expected(lambda r: lo <= r.timestamp < hi))
 
 
-def test_replay_into_another_topic_preserves_records(source: Source) -> None:
-    target = "replay-copy"
+@pytest.mark.parametrize("mode", ["batches", "acks1", "reencode"])
+def test_replay_into_another_topic_preserves_records(source: Source, mode: str) -> None:
+    target = f"replay-copy-{mode}"
     # Preserved timestamps are from 2020: a target with time-based retention would drop them at once.
     create_topic(source.broker.bootstrap, target, PARTITIONS, {"retention.ms": "-1"})
     result = strata("replay", "-b", source.broker.bootstrap, "-t", TOPIC, "--from-offset", "0",
-                    "--to-topic", target, "--to-offset", "1000")
+                    "--to-topic", target, "--to-offset", "1000",
+                    *{"batches": [], "acks1": ["--acks", "1"], "reencode": ["--reencode"]}[mode])
     assert result.returncode == 0, result.stderr
     expected = source.expected(lambda r: r.offset < 1000)
-    consumer = confluent_kafka.Consumer({"bootstrap.servers": source.broker.bootstrap, "group.id": "check-copy",
-                                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    got = []
-    try:
-        consumer.assign([confluent_kafka.TopicPartition(target, p, 0) for p in range(PARTITIONS)])
-        deadline = time.monotonic() + 60
-        while len(got) < len(expected) and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
-                assert msg.error() is None, msg.error()
-                got.append(msg)
-    finally:
-        consumer.close()
+    got = read_topic(source.broker.bootstrap, target, PARTITIONS, len(expected))
     assert len(got) == len(expected)
-    got.sort(key=lambda m: (m.partition(), m.offset()))
     for msg, r in zip(got, expected, strict=True):
         # The target has as many partitions: each record keeps its partition, hence its order.
         assert (msg.partition(), msg.offset()) == (r.partition, r.offset)
         assert (msg.key(), msg.value(), msg.timestamp()[1]) == (r.key, r.value, r.timestamp)
-        *own, (name, value) = msg.headers()
-        assert tuple(own) == r.headers  # the record's own headers, in order, then the replay's
-        assert name == "strata-replay" and value.decode().endswith(f":{r.partition}:{r.offset}")
+        if mode != "reencode":  # whole batches, verbatim: nothing added
+            assert tuple(msg.headers() or ()) == r.headers
+        else:
+            *own, (name, value) = msg.headers()
+            assert tuple(own) == r.headers  # the record's own headers, in order, then the replay's
+            assert name == "strata-replay" and value.decode().endswith(f":{r.partition}:{r.offset}")
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, n: int) -> list[confluent_kafka.Message]:
+    """The first n records of a topic (every partition from 0), sorted by (partition, offset)."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.monotonic_ns()}",
+                                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    got = []
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.5):
+                assert msg.error() is None, msg.error()
+                got.append(msg)
+    finally:
+        consumer.close()
+    return sorted(got, key=lambda m: (m.partition(), m.offset()))
 
 
 def test_usage_and_broker_errors_have_distinct_exit_codes(source: Source) -> None:
@@ -392,6 +403,97 @@ def test_json_encoder_follows_the_format_spec_byte_for_byte() -> None:
     assert size == sum(len(m.key() or b"") + len(m.value() or b"") for m in msgs)
 
 
+def batch_codecs(bootstrap: str, topic: str, partition: int) -> list[tuple[int, int]]:
+    """(codec, record count) of every record batch of a partition, read with a bare Fetch."""
+    from kafka.protocol.consumer import FetchRequest
+    from rawclient import RawConnection
+
+    conn = RawConnection(bootstrap)
+    out: list[tuple[int, int]] = []
+    position = 0
+    P = FetchRequest.FetchTopic.FetchPartition
+    try:
+        while True:
+            resp = conn.request(FetchRequest(
+                version=11, replica_id=-1, max_wait_ms=10, min_bytes=1, max_bytes=8 << 20, isolation_level=0,
+                session_id=0, session_epoch=-1, topics=[FetchRequest.FetchTopic(topic=topic, partitions=[
+                    P(partition=partition, current_leader_epoch=-1, fetch_offset=position, log_start_offset=-1,
+                      partition_max_bytes=8 << 20)])], forgotten_topics_data=[], rack_id=""))
+            records = resp.responses[0].partitions[0].records or b""
+            if not records:
+                return out
+            pos = 0
+            while pos + 61 <= len(records):
+                base, length, _, _, _, attrs, lod = struct.unpack_from(">qiibIhi", records, pos)
+                (count,) = struct.unpack_from(">i", records, pos + 57)
+                pos += length + 12
+                if pos > len(records):
+                    break
+                if base >= position:
+                    out.append((attrs & 7, count))
+                    position = base + lod + 1
+    finally:
+        conn.close()
+
+
+def same_records(got: list[confluent_kafka.Message], want: list[confluent_kafka.Message], shift: int = 0) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert (a.partition(), a.offset() + shift, a.key(), a.value(), a.headers(), a.timestamp()) == (
+            b.partition(), b.offset(), b.key(), b.value(), b.headers(), b.timestamp())
+
+
+def test_batch_copy_is_record_for_record_identical_for_every_codec(source: Source, codec_topic: int) -> None:
+    """Batches of all five codecs, binary and null keys and values, headers (null ones too):
+    the copy reads record for record as the source, each batch still in its own codec; a range
+    inside batches, a target asking for another codec, and a target with fewer partitions too."""
+    bootstrap = source.broker.bootstrap
+    src = read_topic(bootstrap, CODEC_TOPIC, CODEC_PARTITIONS, codec_topic)
+    assert len(src) == codec_topic
+    whole = f"codecs-copy-{time.monotonic_ns()}"
+    create_topic(bootstrap, whole, CODEC_PARTITIONS, {"retention.ms": "-1"})
+    result = strata("replay", "-b", bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0", "--to-topic", whole)
+    assert result.returncode == 0, result.stderr
+    assert f"replayed {codec_topic:,} record(s)" in result.stderr
+    same_records(read_topic(bootstrap, whole, CODEC_PARTITIONS, codec_topic), src)
+    for p in range(CODEC_PARTITIONS):
+        codecs = batch_codecs(bootstrap, CODEC_TOPIC, p)
+        assert {c for c, _ in codecs} == {0, 1, 2, 3, 4}  # the source holds every codec
+        assert batch_codecs(bootstrap, whole, p) == codecs  # verbatim: same batches, same codecs
+
+    # A range that starts and ends inside batches: those two are rebuilt, the rest copied.
+    part = f"codecs-part-{time.monotonic_ns()}"
+    create_topic(bootstrap, part, CODEC_PARTITIONS, {"retention.ms": "-1"})
+    result = strata("replay", "-b", bootstrap, "-t", CODEC_TOPIC, "--from-offset", "7", "--to-offset", "433",
+                    "--to-topic", part, "-q")
+    assert result.returncode == 0, result.stderr
+    want = [m for m in src if 7 <= m.offset() < 433]
+    same_records(read_topic(bootstrap, part, CODEC_PARTITIONS, len(want)), want, shift=7)
+
+    # A target whose compression.type names a codec: every batch recompressed to it, records as they were.
+    zstd = f"codecs-zstd-{time.monotonic_ns()}"
+    create_topic(bootstrap, zstd, CODEC_PARTITIONS, {"retention.ms": "-1", "compression.type": "zstd"})
+    result = strata("replay", "-b", bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0", "--to-topic", zstd, "-q")
+    assert result.returncode == 0, result.stderr
+    same_records(read_topic(bootstrap, zstd, CODEC_PARTITIONS, codec_topic), src)
+    for p in range(CODEC_PARTITIONS):
+        assert {c for c, _ in batch_codecs(bootstrap, zstd, p)} == {4}
+
+    # Fewer partitions in the target: record by record (the partitioner chooses), the replay header added.
+    one = f"codecs-one-{time.monotonic_ns()}"
+    create_topic(bootstrap, one, 1, {"retention.ms": "-1"})
+    result = strata("replay", "-b", bootstrap, "-t", CODEC_TOPIC, "--from-offset", "0", "--to-topic", one, "-q")
+    assert result.returncode == 0, result.stderr
+    got = read_topic(bootstrap, one, 1, codec_topic)
+    assert len(got) == codec_topic
+    assert all(m.headers()[-1][0] == "strata-replay" for m in got)
+    key = {(int(p), int(o)): m for m in got for _, p, o in [m.headers()[-1][1].decode().split(":")]}
+    for m in src:
+        copy = key[(m.partition(), m.offset())]
+        assert (copy.key(), copy.value(), copy.headers()[:-1] or None, copy.timestamp()) == (
+            m.key(), m.value(), m.headers(), m.timestamp())
+
+
 def test_raw_and_csv_formats(source: Source, codec_topic: int, tmp_path: Path) -> None:
     from strata_cli.replay import read_raw
 
@@ -490,13 +592,18 @@ def test_interrupted_replay_resumes_without_a_gap_or_a_duplicate(source: Source,
         assert offsets_seen == sorted(offsets_seen)
 
 
-def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess, tmp_path: Path) -> None:
-    """The whole process group SIGKILLed mid-copy: the re-run finds what landed (strata-replay header)
-    after the saved marks and skips it."""
-    src, dst, n = f"big-{time.monotonic_ns()}", f"copy-{time.monotonic_ns()}", 30_000
+@pytest.mark.parametrize("mode", ["batches", "reencode", "batches-ctrl-c"])
+def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess, tmp_path: Path, mode: str) -> None:
+    """The whole process group SIGKILLed mid-copy (twice for batches), then run again: every record
+    lands once. Batches: the re-run reads the target from the checkpoint's target offsets and walks
+    past what the killed run sent after it; records: it skips the source offsets named by the
+    strata-replay headers found there. batches-ctrl-c: SIGINT instead (exit 130, state saved after
+    the requests in flight are answered), then the same command finishes the copy."""
+    src, dst, n = f"big-{time.monotonic_ns()}", f"copy-{time.monotonic_ns()}", 40_000
     create_topic(broker.bootstrap, src, 2, {"retention.ms": "-1"})
     create_topic(broker.bootstrap, dst, 2, {"retention.ms": "-1"})
-    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20,
+                                         "batch.size": 64_000})
     for i in range(n):
         while True:
             try:
@@ -507,44 +614,57 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
                 producer.poll(0.05)
     assert producer.flush(60) == 0
     argv = [sys.executable, "-m", "strata_cli", "replay", "-b", broker.bootstrap, "-t", src,
-            "--from-offset", "0", "--to-topic", dst, "-q"]
+            "--from-offset", "0", "--to-topic", dst, "-q", *(["--reencode"] if mode == "reencode" else [])]
     probe = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "probe"})
 
     def landed() -> int:
         return sum(probe.get_watermark_offsets(confluent_kafka.TopicPartition(dst, p), timeout=10, cached=False)[1]
                    for p in range(2))
 
-    try:
+    def run_and_kill(beyond: int) -> int:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 120
-        while landed() < 1000 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while landed() <= beyond and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if mode == "batches-ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, err.decode()
+            assert b"run the same command again" in err
+            got = landed()
+            # The requests in flight are answered before it stops: on an idle machine they can be the rest.
+            assert beyond < got <= n
+            return got
+        os.killpg(proc.pid, signal.SIGSTOP)  # frozen at once; then killed without a chance to save anything
         assert proc.poll() is None, "the copy ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        partial = landed()
-        assert 0 < partial < n
+        got = landed()
+        assert beyond < got < n
+        return got
+
+    try:
+        partial = run_and_kill(0)
+        if mode != "reencode":
+            run_and_kill(partial)  # killed again while walking past, or after, the first run's tail
         result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        assert landed() == n  # every record once: nothing the killed run produced was sent again
+        assert landed() == n  # every record once: nothing the killed runs produced was sent again
     finally:
         probe.close()
-    consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check",
-                                         "enable.auto.commit": False})
     seen: dict[int, list[int]] = {0: [], 1: []}
-    try:
-        consumer.assign([confluent_kafka.TopicPartition(dst, p, 0) for p in range(2)])
-        deadline = time.monotonic() + 120
-        while sum(map(len, seen.values())) < n and time.monotonic() < deadline:
-            for msg in consumer.consume(5000, 0.5):
-                assert msg.error() is None
-                (_, i), (name, tag) = msg.headers()
-                assert name == "strata-replay"
-                _, sp, so = tag.decode().split(":")
-                assert int(sp) == msg.partition() and int(i) == int(so) * 2 + int(sp)
-                seen[msg.partition()].append(int(so))
-    finally:
-        consumer.close()
+    for msg in read_topic(broker.bootstrap, dst, 2, n):
+        headers = msg.headers()
+        (_, i) = headers[0]
+        if mode == "reencode":
+            (name, tag) = headers[1]
+            assert name == "strata-replay"
+            _, sp, so = tag.decode().split(":")
+            assert int(sp) == msg.partition() and int(i) == int(so) * 2 + int(sp)
+        else:
+            assert len(headers) == 1 and msg.offset() == int(i) // 2  # the same offsets as the source
+        assert int(i) % 2 == msg.partition() and msg.key() == i
+        seen[msg.partition()].append(int(i) // 2)
     for p in range(2):
         assert seen[p] == list(range(n // 2))  # in order, complete, once
 
