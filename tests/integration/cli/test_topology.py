@@ -21,41 +21,11 @@ from strata_operator.billing import ownership
 from strata_operator.billing.usage import UsageRecord
 from strata_operator.topology.model import LagSample, lag_grows
 from strata_operator.topology.observed import observed_by_service
+from topology_scenario import MANIFESTS
 
 DAY = datetime(2025, 3, 1, tzinfo=UTC)
 WINDOW = ["--from", "2025-03-01", "--to", "2025-03-02"]  # two days
 
-MANIFESTS = """\
-apiVersion: strata.dev/v1alpha1
-kind: Topic
-metadata: {name: orders, namespace: shop}
-spec: {team: shop, partitions: 1}
----
-apiVersion: strata.dev/v1alpha1
-kind: Topic
-metadata: {name: invoices, namespace: finance}
-spec: {team: finance, partitions: 1, schema: {type: AVRO, schema: '"string"'}}
----
-apiVersion: strata.dev/v1alpha1
-kind: Microservice
-metadata: {name: checkout, namespace: shop}
-spec: {team: shop, image: x, produces: [orders]}
----
-apiVersion: strata.dev/v1alpha1
-kind: Microservice
-metadata: {name: fulfilment, namespace: shop}
-spec: {team: shop, image: x, consumes: [orders], consumerGroup: shop.fulfil}
----
-apiVersion: strata.dev/v1alpha1
-kind: Microservice
-metadata: {name: billing, namespace: finance}
-spec: {team: finance, image: x, consumes: [orders], produces: [invoices]}
----
-apiVersion: strata.dev/v1alpha1
-kind: Microservice
-metadata: {name: ledger, namespace: finance}
-spec: {team: finance, image: x, consumes: [invoices]}
-"""
 
 
 class Records:

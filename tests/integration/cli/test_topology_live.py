@@ -21,7 +21,7 @@ import pytest
 import secutil
 from brokerproc import BrokerProcess
 from confluent_kafka.admin import AdminClient, NewTopic
-from test_topology import MANIFESTS
+from topology_scenario import MANIFESTS
 
 VALUE = 4096  # large values keep the record batch framing to a few percent
 USERS = {"shop.checkout": "pw-checkout", "shop.fulfilment": "pw-fulfilment", "finance.billing": "pw-billing",

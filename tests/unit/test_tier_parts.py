@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hostile_frames import record_batch
+from rawclient import record_batch
 from memstore import MemStore
 from strata_broker.config import BrokerConfig
 from strata_broker.log.index import read_offset_entries

@@ -18,7 +18,7 @@ from kmockserver import KubeEmulatorProcess
 from s3server import CREDENTIALS, S3Bucket
 from strata_operator.billing.usage import UsageRecord
 from test_chart import of_kind, render
-from test_topology import MANIFESTS
+from topology_scenario import MANIFESTS
 
 
 def _usage_today() -> bytes:

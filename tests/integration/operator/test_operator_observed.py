@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 from brokerproc import free_port
-from kafkaclients import consume_confluent
+from kafkaclients import METERED_VALUE as VALUE
+from kafkaclients import consume_confluent, produce_as
 from kmockserver import KubeEmulatorProcess
 from s3server import CREDENTIALS
-from test_metering import VALUE, produce_as
 from test_operator_reconcile import API, broker_cr, cond, eventually
 
 INTERVAL = 2.0  # STRATA_OPERATOR_RECONCILE_INTERVAL and _OBSERVED_INTERVAL: how old the shared usage read may get

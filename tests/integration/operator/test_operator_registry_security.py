@@ -23,10 +23,10 @@ import pytest
 import secutil
 from brokerproc import BrokerProcess, free_port
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from crd_admission import admission_errors
 from kmockserver import KubeEmulatorProcess
 from registryproc import RegistryProcess
 from strata_operator import registry_objects, resources
-from test_operator_crds import admission_errors
 from test_operator_reconcile import API, cond
 from test_operator_reconcile import eventually as _eventually
 from test_operator_tls import SASL_TLS, local_listeners, materialise, secret_data
