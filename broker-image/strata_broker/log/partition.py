@@ -348,8 +348,10 @@ class PartitionLog:
             if duplicate_of is not None:
                 return AppendResult(duplicate_of, duplicate_of + headers[0].last_offset_delta, True, None)
         else:
-            for header in headers:
-                self.producers.check(header)
+            duplicate_of = self.producers.check_all(headers)
+            if duplicate_of is not None:  # a retried request: answered with where it first landed
+                last = duplicate_of + sum(h.last_offset_delta + 1 for h in headers) - 1
+                return AppendResult(duplicate_of, last, True, None)
         self._maybe_roll(len(records))
         next_offset = self.log_end_offset
         base_offset = next_offset

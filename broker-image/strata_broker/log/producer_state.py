@@ -78,6 +78,32 @@ class ProducerState:
             )
         return None
 
+    def check_all(self, headers: list[BatchHeader]) -> int | None:
+        """check() of a request's batches for one partition, in order: a producer's later batch
+        follows its earlier one in the same request (as Kafka validates them), not the state before
+        the request. Base offset of the first batch that is a retry (the request is then a retry
+        and nothing of it is appended), None if all are new; raise if out of order."""
+        pending: dict[int, tuple[int, int]] = {}  # producer id -> (epoch, last sequence) in this request
+        for header in headers:
+            if header.producer_id < 0 or header.base_sequence < 0:
+                continue
+            seen = pending.get(header.producer_id)
+            if seen is None:
+                duplicate_of = self.check(header)
+                if duplicate_of is not None:
+                    return duplicate_of
+            else:
+                epoch, last_seq = seen
+                if header.producer_epoch < epoch:
+                    raise KafkaProtocolError(ErrorCode.INVALID_PRODUCER_EPOCH, "stale producer epoch")
+                expected = 0 if header.producer_epoch > epoch else (last_seq + 1) % _SEQ_MODULO
+                if header.base_sequence != expected:
+                    raise KafkaProtocolError(
+                        ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                        f"producer {header.producer_id}: expected sequence {expected}, got {header.base_sequence}")
+            pending[header.producer_id] = (header.producer_epoch, header.last_sequence)
+        return None
+
     def record(self, header: BatchHeader) -> None:
         """Remember an appended batch (its header carries the assigned offsets)."""
         pid = header.producer_id

@@ -45,3 +45,34 @@ def test_plain_producer_retries_do_duplicate(broker_factory, topic_name, idempot
     counts = Counter(r.value for r in consumed)
     assert any(n > 1 for n in counts.values())
     assert set(counts) == {v for _, v in records}
+
+
+def _idempotent_batch(producer_id: int, first_seq: int, n: int) -> bytes:
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=producer_id,
+                                        producer_epoch=0, base_sequence=first_seq, batch_size=1 << 20)
+    for i in range(n):
+        builder.append(i, timestamp=1_700_000_000_000 + i, key=None, value=f"v{first_seq + i}".encode(), headers=[])
+    return bytes(builder.build())
+
+
+def test_one_request_with_a_producers_consecutive_batches_is_accepted_once(broker, topic_name):
+    """Two batches of one idempotent producer for one partition in one Produce request: the second
+    follows the first (as Kafka validates them), and the whole request retried lands nowhere twice."""
+    import rawclient as rc
+
+    create_topic(broker.bootstrap, topic_name, 1)
+    conn = rc.RawConnection(broker.bootstrap)
+    try:
+        records = _idempotent_batch(4242, 0, 2) + _idempotent_batch(4242, 2, 3)
+        first = conn.request(rc.produce(topic_name, records, acks=-1)).responses[0].partition_responses[0]
+        assert (first.error_code, first.base_offset) == (0, 0)
+        again = conn.request(rc.produce(topic_name, records, acks=-1)).responses[0].partition_responses[0]
+        assert (again.error_code, again.base_offset) == (0, 0)
+        end = conn.request(rc.list_offsets(topic_name)).topics[0].partitions[0].offset
+        assert end == 5
+        gap = _idempotent_batch(4242, 5, 1) + _idempotent_batch(4242, 7, 1)
+        refused = conn.request(rc.produce(topic_name, gap, acks=-1)).responses[0].partition_responses[0]
+        assert refused.error_code == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER: 7 does not follow 5
+    finally:
+        conn.close()
