@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from rawclient import record_batch
 from memstore import MemStore
+from rawclient import record_batch
 from strata_broker.config import BrokerConfig
 from strata_broker.log.index import read_offset_entries
 from strata_broker.log.manager import LogManager, Topic
