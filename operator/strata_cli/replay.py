@@ -1331,13 +1331,16 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 if i not in given:
                     q.put(None)  # planning failed: nothing to do
             if not finished:
-                # Every worker finishes its block (or its producer's flush) and reports it.
+                # Every worker finishes its block (or its producer's flush) and reports it; what a
+                # worker queued before it exited is read too, so the state never lags the output.
                 deadline = time.monotonic() + timeout
-                while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+                while time.monotonic() < deadline:
                     try:
                         event = events.get(timeout=0.1)
                     except queue.Empty:
-                        continue
+                        if any(p.is_alive() for p in procs):
+                            continue
+                        break  # every worker has exited and its queue is drained
                     except KeyboardInterrupt:
                         break
                     if event[0] == "data":

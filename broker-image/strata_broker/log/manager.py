@@ -82,9 +82,6 @@ class GroupCommit:
         # Directories whose new entries must be durable before this round's data (written markers).
         self.dirs: set[str] = set()
 
-    async def sync(self, segment: Segment) -> None:
-        await self.sync_many((segment,))
-
     async def sync_many(self, segments: Iterable[Segment]) -> None:
         """Until every one of `segments` is durable: one waiter for all (a request's partitions)."""
         future = asyncio.get_running_loop().create_future()

@@ -95,46 +95,39 @@ class ReplicaManager:
                 and (plog.config.durability == "s3" or is_internal_name(plog.topic)))
 
     async def durable(self, appended: Appended) -> None:
-        """The one durable-append path: the batch is on disk (fsync, shared by one group commit)
-        or in S3, and, in a cluster, this broker still leads the partition at the epoch it
-        appended at. Raises the Kafka error to answer instead."""
-        plog, result = appended.plog, appended.result
-        if self.remote is not None and self.commits_to_s3(plog):
-            await self.remote.commit(plog, result)
-        elif result.segment is not None:
-            await self.logs.group_commit.sync(result.segment)
-        if not self.leadership.may_ack(plog.topic, plog.partition, appended.epoch):
-            raise KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
-                                     f"{plog.topic}-{plog.partition} moved to another broker")
+        """durable_all() of one append: raises the Kafka error to answer instead of an ack."""
+        (outcome,) = await self.durable_all([appended])
+        if outcome is not None:
+            raise outcome
 
     async def durable_all(self, appends: list[Appended]) -> list[BaseException | None]:
-        """durable() of many appends (one produce request's partitions), each one's outcome (None:
-        may be acknowledged). The local ones wait for one group-commit round together, rather
-        than one waiter per partition."""
+        """The one durable-append path, for one append or a produce request's many: each batch is on
+        disk (fsync; all local ones share one group-commit round) or in S3, and, in a cluster, this
+        broker still leads the partition at the epoch it appended at. Each append's outcome: None
+        (it may be acknowledged) or the Kafka error to answer instead."""
         outcomes: list[BaseException | None] = [None] * len(appends)
-        local: list[int] = []
-        others: list[int] = []
-        for i, appended in enumerate(appends):
-            if (self.remote is not None and self.commits_to_s3(appended.plog)) or appended.result.segment is None:
-                others.append(i)
-            else:
-                local.append(i)
-        waits: list[Awaitable[object]] = [self.durable(appends[i]) for i in others]
-        if local:
-            waits.append(self.logs.group_commit.sync_many({appends[i].result.segment for i in local}))
+        to_s3 = [i for i, a in enumerate(appends) if self.remote is not None and self.commits_to_s3(a.plog)]
+        remote = self.remote
+        waits: list[Awaitable[object]] = []
+        if remote is not None:
+            waits += [remote.commit(appends[i].plog, appends[i].result) for i in to_s3]
+        segments = {a.result.segment for i, a in enumerate(appends) if i not in to_s3 and a.result.segment is not None}
+        if segments:
+            waits.append(self.logs.group_commit.sync_many(segments))
         results = await asyncio.gather(*waits, return_exceptions=True)
-        for i, result in zip(others, results, strict=False):
-            outcomes[i] = result if isinstance(result, BaseException) else None
-        if local:
-            failed = results[-1] if isinstance(results[-1], BaseException) else None
-            for i in local:
-                appended = appends[i]
-                if failed is not None:
-                    outcomes[i] = failed
-                elif not self.leadership.may_ack(appended.plog.topic, appended.plog.partition, appended.epoch):
-                    outcomes[i] = KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
-                                                     f"{appended.plog.topic}-{appended.plog.partition} "
-                                                     "moved to another broker")
+        for i, result in zip(to_s3, results, strict=False):
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+        local_failure = results[-1] if segments and isinstance(results[-1], BaseException) else None
+        for i, appended in enumerate(appends):
+            if outcomes[i] is not None:
+                continue
+            if local_failure is not None and i not in to_s3 and appended.result.segment is not None:
+                outcomes[i] = local_failure
+            elif not self.leadership.may_ack(appended.plog.topic, appended.plog.partition, appended.epoch):
+                outcomes[i] = KafkaProtocolError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                                 f"{appended.plog.topic}-{appended.plog.partition} "
+                                                 "moved to another broker")
         return outcomes
 
     async def delete_records(self, plog: PartitionLog, offset: int) -> int:
