@@ -25,7 +25,9 @@ MANIFEST = "manifest.json"
 # The objects of one segment, by suffix: the log and its indexes, each uploaded from the local
 # file of the same extension. Retention deletes these, `strata tier scrub` keeps what a manifest
 # references of them; a new per-segment index is one more suffix here.
-SEGMENT_SUFFIXES = ("log", "index", "timeindex", "txnindex")  # txnindex: only when it has entries
+SEGMENT_SUFFIXES = ("log", "index", "timeindex", "txnindex")
+# Uploaded only for a segment that has entries in it (an aborted transaction).
+OPTIONAL_SEGMENT_SUFFIXES = ("txnindex",)
 _SEGMENT_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-c(\d+))?\.([a-z]+)$")
 
 

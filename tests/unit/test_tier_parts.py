@@ -14,7 +14,13 @@ from strata_broker.config import BrokerConfig
 from strata_broker.log.index import read_offset_entries
 from strata_broker.log.manager import LogManager, Topic
 from strata_broker.tier.manager import TierManager
-from strata_contract.layout import SEGMENT_SUFFIXES, manifest_key, parse_segment_name, partition_root
+from strata_contract.layout import (
+    OPTIONAL_SEGMENT_SUFFIXES,
+    SEGMENT_SUFFIXES,
+    manifest_key,
+    parse_segment_name,
+    partition_root,
+)
 from strata_contract.manifest import RemoteManifest
 
 CLUSTER = "c1"
@@ -60,7 +66,8 @@ def test_upload_puts_every_segment_file_then_the_manifest(tmp_path: Path) -> Non
             assert [(s.base_offset, s.last_offset) for s in manifest.segments] == [(0, 4), (5, 9), (10, 14)]
             names = {parse_segment_name(name) for name in objects}
             assert names == {(s.base_offset, s.last_offset, 0, suffix)
-                             for s in manifest.segments for suffix in SEGMENT_SUFFIXES}
+                             for s in manifest.segments for suffix in SEGMENT_SUFFIXES
+                             if suffix not in OPTIONAL_SEGMENT_SUFFIXES}
             plog = topic.partitions[0]
             for local, remote in zip(plog.segments[:-1], manifest.segments, strict=True):
                 stem = f"{remote.base_offset:020d}-{remote.last_offset:020d}"

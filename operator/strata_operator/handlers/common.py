@@ -65,8 +65,19 @@ class _OnlyFailures(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+_closing = False
+
+
+def closing() -> bool:
+    """The operator is stopping: its clients are closed. A daemon that kopf (re)spawned for an event
+    that arrived during the stop ends instead of looping against closed clients."""
+    return _closing
+
+
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
+    global _closing
+    _closing = True
     if _kube is not None:
         await _kube.close()
     kafka_admin.executor().shutdown(wait=False, cancel_futures=True)

@@ -47,6 +47,7 @@ from .common import (
     TOPIC,
     admin_for,
     broker_ca,
+    closing,
     mark_reconciled,
     object_lock,
     patch_status,
@@ -268,7 +269,7 @@ async def resync(body: kopf.Body, stopped: Any, topic_bodies: kopf.Index, micros
                "deployment_index": deployment_index}
     failures = 0
     await stopped.wait(random.uniform(SETTINGS.interval / 2, SETTINGS.interval))
-    while not stopped:
+    while not stopped and not closing():
         try:
             delay, failures = await resync_once(body, indexes, failures)
         except Exception:  # noqa: BLE001 - the loop must go on

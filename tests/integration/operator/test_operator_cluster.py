@@ -263,7 +263,7 @@ def test_controller_process_and_cli(s3, tmp_path: Path):
         assert doc["placement"]["version"] == read_placement(str(path)).version
         assert {b: v["partitions"] for b, v in doc["brokers"].items()} == {"0": 2, "1": 2}
         # members stops renewing: gone after lease + grace, everything on broker 1
-        wait_for(lambda: (p := read_placement(str(path))) and len(p.led_by(1)) == 4, "failover", timeout=15)
+        wait_for(lambda: (p := read_placement(str(path))) and len(p.led_by(1)) == 4, "failover", timeout=30)
     finally:
         proc.terminate()
         proc.wait(10)
