@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
@@ -164,33 +163,21 @@ class OffsetStore:
     async def load_partition(self, plog: PartitionLog) -> int:
         """Replay one partition of the offsets topic (cluster mode: the one just taken over)."""
         count = 0
-        position = plog.log_start_offset
-        while position < plog.log_end_offset:
-            data = await self.replicas.read(plog, position, 1 << 20, always_one=True)
-            if not data:
-                break
-            records = MemoryRecords(bytes(data))
-            while records.has_next():
-                batch = records.next_batch()
-                if batch is None:
-                    break
-                if batch.is_control_batch:
-                    for record in batch:
-                        key = bytes(record.key or b"")
-                        if record.offset >= position and len(key) >= 4:
-                            commit = _I16.unpack_from(key, 2)[0] == 1
-                            self.complete_txn(batch.producer_id, commit, plog.partition)
-                elif batch.is_transactional:
-                    for record in batch:
-                        if record.offset >= position:
-                            count += 1
-                            self._apply_pending(batch.producer_id, record.key, record.value)
-                else:
-                    for record in batch:
-                        if record.offset >= position:
-                            count += 1
-                            self._apply(record.key, record.value)
-                position = max(position, batch.next_offset)
+        async for batch, records in self.replicas.replay(plog):
+            if batch.is_control_batch:
+                for record in records:
+                    key = bytes(record.key or b"")
+                    if len(key) >= 4:
+                        commit = _I16.unpack_from(key, 2)[0] == 1
+                        self.complete_txn(batch.producer_id, commit, plog.partition)
+            elif batch.is_transactional:
+                for record in records:
+                    count += 1
+                    self._apply_pending(batch.producer_id, record.key, record.value)
+            else:
+                for record in records:
+                    count += 1
+                    self._apply(record.key, record.value)
         return count
 
     def unload_partition(self, partition: int) -> list[str]:

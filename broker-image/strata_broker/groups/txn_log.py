@@ -22,7 +22,6 @@ import uuid
 from dataclasses import dataclass, field
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
@@ -182,22 +181,13 @@ class TransactionStateStore:
 
     async def load_partition(self, plog: PartitionLog) -> int:
         count = 0
-        position = plog.log_start_offset
-        while position < plog.log_end_offset:
-            data = await self.replicas.read(plog, position, 1 << 20, always_one=True)
-            if not data:
-                break
-            records = MemoryRecords(bytes(data))
-            while records.has_next():
-                batch = records.next_batch()
-                if batch is None:
-                    break
-                if not batch.is_control_batch:
-                    for record in batch:
-                        if record.offset >= position and record.key:
-                            count += 1
-                            self._apply(bytes(record.key), None if record.value is None else bytes(record.value))
-                position = max(position, batch.next_offset)
+        async for batch, records in self.replicas.replay(plog):
+            if batch.is_control_batch:
+                continue
+            for record in records:
+                if record.key:
+                    count += 1
+                    self._apply(bytes(record.key), None if record.value is None else bytes(record.value))
         return count
 
     def _apply(self, key: bytes, value: bytes | None) -> None:

@@ -10,9 +10,11 @@ S3 commit for partitions that commit there, then the cluster fence), and reads t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from kafka.record.memory_records import MemoryRecords
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager, Topic, is_internal_name
@@ -176,6 +178,22 @@ class ReplicaManager:
         found += [a for a in plog.aborted_between(fetch_offset, upper_offset)
                   if (a.producer_id, a.last_offset) not in seen]
         return found
+
+    async def replay(self, plog: PartitionLog) -> AsyncIterator[tuple[Any, list[Any]]]:
+        """Every batch of the partition from its log start to its end, local or remote, each with
+        its records at or after the log start: what a loader (offsets, transactions) replays."""
+        position = plog.log_start_offset
+        while position < plog.log_end_offset:
+            data = await self.read(plog, position, 1 << 20, always_one=True)
+            if not data:
+                return
+            records = MemoryRecords(bytes(data))
+            while records.has_next():
+                batch = records.next_batch()
+                if batch is None:
+                    break
+                yield batch, [record for record in batch if record.offset >= position]
+                position = max(position, batch.next_offset)
 
     async def offset_for_timestamp(self, plog: PartitionLog, timestamp: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after `timestamp`: the remote time
