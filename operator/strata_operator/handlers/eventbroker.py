@@ -19,6 +19,7 @@ from .common import (
     BROKER,
     admin_for,
     broker_ca,
+    closing,
     jitter,
     kube,
     only_changes,
@@ -40,6 +41,8 @@ async def reconcile_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
 
 @kopf.timer(*BROKER, interval=SETTINGS.interval, initial_delay=jitter)
 async def refresh_broker(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    if closing():
+        return  # a tick of a timer kopf started during the stop: the clients are closed
     try:
         await _reconcile_broker(body, patch)
     finally:
