@@ -242,16 +242,23 @@ class OffsetStore:
         producer; they stay pending until the transaction's marker decides them."""
         if not offsets:
             return
+        await self._append(group_id, dict(offsets), producer_id, producer_epoch)
+        self.pending.setdefault(producer_id, {}).setdefault(group_id, {}).update(offsets)
+
+    async def _append(self, group_id: str, entries: dict[tuple[str, int], CommittedOffset | None],
+                      producer_id: int = -1, producer_epoch: int = -1) -> None:
+        """One batch of the group's offset records (tombstones for None) in its partition of the
+        offsets topic, durable before this returns; transactional when a producer id is given."""
         self.ensure_topic()
         topic = self.logs.topics[OFFSETS_TOPIC]
         plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
-        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True,
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=producer_id >= 0,
                                             producer_id=producer_id, producer_epoch=producer_epoch,
                                             base_sequence=-1, batch_size=1 << 30)
         now = int(self.wall() * 1000)
-        for i, ((topic_name, partition), entry) in enumerate(offsets.items()):
+        for i, ((topic_name, partition), entry) in enumerate(entries.items()):
             builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
-                           value=encode_value(entry), headers=[])
+                           value=None if entry is None else encode_value(entry), headers=[])
         appended = self.replicas.append(plog, bytes(builder.build()))
         try:
             await appended.durable()
@@ -260,7 +267,6 @@ class OffsetStore:
                 raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker") \
                     from exc
             raise
-        self.pending.setdefault(producer_id, {}).setdefault(group_id, {}).update(offsets)
 
     def _forget(self, group: str, topic: str, partition: int) -> None:
         entries = self.offsets.get(group)
@@ -292,23 +298,7 @@ class OffsetStore:
         acknowledged commits survive a crash."""
         if not updates:
             return
-        self.ensure_topic()
-        topic = self.logs.topics[OFFSETS_TOPIC]
-        plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
-        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
-                                            producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
-        now = int(self.wall() * 1000)
-        for i, ((topic_name, partition), entry) in enumerate(updates.items()):
-            builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
-                           value=None if entry is None else encode_value(entry), headers=[])
-        appended = self.replicas.append(plog, bytes(builder.build()))
-        try:
-            await appended.durable()
-        except KafkaProtocolError as exc:
-            if exc.code == ErrorCode.NOT_LEADER_OR_FOLLOWER:
-                raise KafkaProtocolError(ErrorCode.NOT_COORDINATOR, "the offsets partition moved to another broker") \
-                    from exc
-            raise
+        await self._append(group_id, updates)
         for (topic_name, partition), entry in updates.items():
             if entry is None:
                 self._forget(group_id, topic_name, partition)

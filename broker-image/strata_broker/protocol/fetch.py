@@ -10,6 +10,7 @@ from kafka.protocol.consumer import FetchRequest, FetchResponse
 
 from ..errors import KafkaProtocolError
 from ..log.batch import LOG_OVERHEAD, peek_length
+from ..log.partition import PartitionLog
 from ..security.acl import OP_READ
 from .context import RequestContext
 from .registry import api
@@ -94,7 +95,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
     # Reads below the local log start go to S3; they run concurrently, under one timeout.
     remote: dict[int, asyncio.Task[bytes | memoryview]] = {}
     slots: list[_PartitionData] = []
-    topic_by_slot: dict[int, str] = {}
+    plog_by_slot: dict[int, PartitionLog] = {}
     offsets_by_slot: dict[int, int] = {}
     for topic in request.topics:
         partitions = []
@@ -116,7 +117,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                         remote[id(data)] = asyncio.get_running_loop().create_task(replicas.read_remote(
                             plog, part.fetch_offset, min(part.partition_max_bytes, budget), True))
                         slots.append(data)
-                        topic_by_slot[id(data)] = topic.topic
+                        plog_by_slot[id(data)] = plog
                         offsets_by_slot[id(data)] = part.fetch_offset
                         records = b""
                     elif committed:
@@ -148,7 +149,7 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 continue
             records = task.result()
             if committed:
-                plog = ctx.services.logs.get_partition(topic_by_slot[id(data)], data.partition_index)
+                plog = plog_by_slot[id(data)]
                 records = _below(records, data.last_stable_offset)
                 fetch_offset = offsets_by_slot[id(data)]
                 found = await replicas.aborted_transactions(plog, fetch_offset, _end_offset(records, fetch_offset))
@@ -158,5 +159,5 @@ async def _read_all(ctx: RequestContext, request: FetchRequest) -> tuple[list[_T
                 continue  # over the response budget: this partition's turn comes in the next fetch
             data.records = records
             total += len(records)
-            ctx.services.meter.fetched(ctx.principal, ctx.client_id, topic_by_slot[id(data)], records)
+            ctx.services.meter.fetched(ctx.principal, ctx.client_id, plog_by_slot[id(data)].topic, records)
     return topics, total, errors
