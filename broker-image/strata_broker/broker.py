@@ -12,9 +12,11 @@ import time
 from strata_contract.manifest import RemoteManifest
 
 from .cluster.member import ClusterMember
+from .cluster.txn_markers import ClusterMarkers, InterBrokerAuth, InterBrokerClient, LocalMarkers
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .groups.transactions import TransactionCoordinator
+from .groups.txn_cluster import ClusterTransactionCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metering import Meter
@@ -72,9 +74,14 @@ class Broker:
             self.tier.leads = self.cluster.leads
         self.replicas = ReplicaManager(self.logs, self.leadership, self.tier)
         self.groups = GroupCoordinator(config, self.logs, self.replicas)
-        # Transactions need every partition's markers written here: one broker only (for now).
-        self.transactions = (TransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store)
-                             if self.cluster is None else None)
+        # One coordinator for every transactional id, or (cluster mode) for the ids whose
+        # __transaction_state partition this broker leads, with markers sent to other leaders.
+        self.transactions: TransactionCoordinator = (
+            TransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store)
+            if self.cluster is None else
+            ClusterTransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store, self.cluster))
+        self.txn_markers = LocalMarkers(self.logs, self.replicas, self.leadership, self.groups.offsets.store)
+        self.inter_broker: InterBrokerClient | None = None
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
         if self.cluster is not None:  # a group's lag covers the partitions other brokers lead (their leases)
@@ -92,7 +99,7 @@ class Broker:
                                  leadership=self.leadership, groups=self.groups, authorizer=self.authorizer,
                                  credentials=self.credentials, auth=self.auth, quotas=self.quotas, meter=self.meter,
                                  lifecycle=self.lifecycle, default_listener=listeners[0],
-                                 transactions=self.transactions)
+                                 transactions=self.transactions, txn_markers=self.txn_markers)
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -102,6 +109,16 @@ class Broker:
         self._refused = 0
         self._refused_logged = 0.0
         self._stopped = asyncio.Event()
+
+    async def _inter_broker_markers(self, cluster: ClusterMember) -> None:
+        """Cluster mode: the shared secret brokers authenticate to each other with, and the marker
+        writer that sends WriteTxnMarkers to the other leaders (cluster/txn_markers.py)."""
+        assert self.tier is not None
+        auth = await InterBrokerAuth.load(self.tier.store, self.tier.prefix, self.tier.cluster)
+        self.services.inter_broker = auth
+        self.credentials.builtin_plain = auth.check_plain
+        self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners)
+        self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write
 
     @property
     def cluster_id(self) -> str:
@@ -146,8 +163,7 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         if self.cluster is None:
             await self.groups.load_all()
-        if self.transactions is not None:
-            await self.transactions.load()
+        await self.transactions.load()
         if self.config["schema.registry.principal"] and self.cluster is None:
             ensure_schemas_topic(self.logs)  # the schema registry's store (strata_broker/schemas.py)
         if self.cluster is None:
@@ -156,8 +172,10 @@ class Broker:
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:
+            await self._inter_broker_markers(self.cluster)
             # Partitions arrive through the placement: taken over from the bucket, one by one.
-            await self.cluster.start(self.groups)
+            txns = self.transactions
+            await self.cluster.start(self.groups, txns if isinstance(txns, ClusterTransactionCoordinator) else None)
         loop = asyncio.get_running_loop()
         # Partitions not written since the last clean shutdown were opened lazily: load them now, stepwise.
         self._tasks.append(loop.create_task(self.logs.load_remaining()))
@@ -171,8 +189,7 @@ class Broker:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
                                                             self._reload_credentials)))
         self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
-        if self.transactions is not None:
-            self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
+        self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
         if self.tier is not None:
@@ -319,6 +336,8 @@ class Broker:
                 await asyncio.wait(pending, timeout=2.0)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.inter_broker is not None:
+            self.inter_broker.close()
         try:
             # The last window's usage is written before the broker goes (and uploaded if S3 answers).
             await asyncio.wait_for(self.meter.snapshot(), 10.0)

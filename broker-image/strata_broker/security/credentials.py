@@ -56,6 +56,8 @@ class CredentialStore:
         self._usual_iterations: dict[str, int] = {}
         # Cluster mode: told after every change, so the change reaches the other brokers.
         self.on_change: Callable[[], None] | None = None
+        # Cluster mode: the brokers' own SASL/PLAIN user (cluster/txn_markers.py InterBrokerAuth).
+        self.builtin_plain: Callable[[str, str], bool] | None = None
         if self._api_path:
             data = read_json(self._api_path) or {}
             for user, mechs in data.get("users", {}).items():
@@ -129,7 +131,10 @@ class CredentialStore:
 
     def check_plain(self, user: str, password: str) -> bool:
         """Exactly one PBKDF2 whoever `user` is (SCRAM-stored, plain in the file, or unknown), so the
-        time taken does not tell which users exist. Slow by design: call it off the event loop."""
+        time taken does not tell which users exist. Slow by design: call it off the event loop.
+        `builtin_plain` (cluster mode: the brokers' own user, cluster/txn_markers.py) is asked first."""
+        if self.builtin_plain is not None and self.builtin_plain(user, password):
+            return True
         sources = self.api_scram[user] if user in self.api_scram else self._file_scram.get(user, {})
         mechanism = next((m for m in _PLAIN_ORDER if m in sources), None)
         if mechanism is not None:
