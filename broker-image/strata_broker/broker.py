@@ -117,7 +117,8 @@ class Broker:
         auth = await InterBrokerAuth.load(self.tier.store, self.tier.prefix, self.tier.cluster)
         self.services.inter_broker = auth
         self.credentials.builtin_plain = auth.check_plain
-        self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners)
+        self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners,
+                                               self.config["inter.broker.listener.name"])
         self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write
 
     @property

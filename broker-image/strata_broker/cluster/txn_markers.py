@@ -15,9 +15,10 @@ conditional write; clients have no bucket access). A broker's requests carry, as
 id, `strata-broker-<id>.<HMAC-SHA256(secret, "strata-broker-<id>")>`; the WriteTxnMarkers handler
 accepts only those (or a principal granted CLUSTER_ACTION on the cluster while the authorizer is
 on) and answers anyone else CLUSTER_AUTHORIZATION_FAILED. The request goes to the peer's
-address on this broker's first PLAINTEXT listener (brokers of a cluster share their listener
-configuration); over SASL_PLAINTEXT the broker first authenticates with SASL/PLAIN as
-`strata-broker` with a password derived from the same secret.
+address on the listener `inter.broker.listener.name` names (default: this broker's first PLAINTEXT
+or SASL_PLAINTEXT listener; brokers of a cluster share their listener configuration); over
+SASL_PLAINTEXT the broker first authenticates with SASL/PLAIN as `strata-broker` with a password
+derived from the same secret (PLAIN must be in `sasl.enabled.mechanisms`).
 """
 
 from __future__ import annotations
@@ -144,11 +145,16 @@ class _Connection:
 class InterBrokerClient:
     """One connection per peer broker (made on first use, dropped on any error)."""
 
-    def __init__(self, node_id: int, auth: InterBrokerAuth, listeners: list[Listener], timeout_s: float = 10.0) -> None:
+    def __init__(self, node_id: int, auth: InterBrokerAuth, listeners: list[Listener], listener_name: str = "",
+                 timeout_s: float = 10.0) -> None:
         self.node_id = node_id
         self.auth = auth
-        plain = [lst for lst in listeners if lst.protocol in ("PLAINTEXT", "SASL_PLAINTEXT")]
+        plain = [lst for lst in listeners if lst.protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
+                 and (not listener_name or lst.name == listener_name)]
         self.listener = plain[0] if plain else None
+        if self.listener is None:
+            log.error("no %s listener for inter-broker requests: transactions over partitions other brokers "
+                      "lead will not complete", listener_name or "PLAINTEXT or SASL_PLAINTEXT")
         self.timeout_s = timeout_s
         self._connections: dict[int, _Connection] = {}
 
@@ -169,6 +175,8 @@ class InterBrokerClient:
             if done.error_code:
                 conn.close()
                 raise KafkaProtocolError(ErrorCode(done.error_code), f"peer broker: {done.error_message}")
+        log.info("connected to broker %d at %s:%d (%s) for inter-broker requests", peer.id, host, port,
+                 self.listener.protocol)
         return conn
 
     async def call(self, peer: BrokerAddress, request: Any, version: int, response_class: Any) -> Any:

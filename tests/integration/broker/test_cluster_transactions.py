@@ -5,7 +5,8 @@ Transaction coordinators are spread by `__transaction_state` partition; a transa
 partitions led by all three brokers gets its markers through WriteTxnMarkers; the group's offsets
 in a consume-process-produce loop live on another broker than the transaction's coordinator; and
 the coordinator SIGKILLed mid-transaction leaves it completed or aborted, never half visible.
-One cluster for the module (the SIGKILL test, last, leaves it with two brokers).
+One cluster for the module (the SIGKILL test, last, leaves it with two brokers); its brokers send
+each other markers over a SASL_PLAINTEXT listener.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import secutil
 from clusterharness import Cluster
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from kafka.protocol.consumer import ListOffsetsRequest
+from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer.transaction import WriteTxnMarkersRequest
 from kafkaclients import create_topic, produce_confluent
 from rawclient import RawConnection
@@ -40,9 +43,20 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Cluster]:
     root: Path = tmp_path_factory.mktemp("txn-cluster")
-    made = Cluster(root, s3_server.new_bucket(), 3, settings=SETTINGS)
+    creds = root / "users.json"
+    secutil.write_credentials(creds, {"admin": "admin-pw"})
+    # Clients use PLAINTEXT; brokers send each other WriteTxnMarkers over SASL_PLAINTEXT (SASL/PLAIN
+    # as strata-broker, with the password derived from the bucket's inter-broker secret).
+    made = Cluster(root, s3_server.new_bucket(), 3, listeners={"SASL_PLAINTEXT": None}, settings={
+        **SETTINGS, "sasl.credentials.file": str(creds), "inter.broker.listener.name": "SASL_PLAINTEXT"})
     made.start()
     try:
+        # FindCoordinator creates both internal topics; the controller places them.
+        with RawConnection(made.brokers[0].bootstrap) as conn:
+            for key_type in (0, 1):
+                conn.request(FindCoordinatorRequest(version=1, key="warm-up", key_type=key_type))
+        made.wait_placed(TXN_TOPIC, 6)
+        made.wait_placed(OFFSETS_TOPIC, 6)
         yield made
     finally:
         made.stop()
