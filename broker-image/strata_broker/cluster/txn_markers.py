@@ -64,8 +64,10 @@ _CLIENT_PREFIX = "strata-broker-"
 _WRITE_TXN_MARKERS_VERSION = 1
 _LEN = struct.Struct(">i")
 # Errors after which a marker is sent again (to whoever leads the partition then).
+# UNKNOWN_TOPIC_OR_PARTITION too: a leader may not have adopted a new topic yet (a topic deleted for
+# good is dropped from the markers once this broker's own log manager forgets it).
 _RETRIABLE = {E.NOT_LEADER_OR_FOLLOWER, E.LEADER_NOT_AVAILABLE, E.COORDINATOR_NOT_AVAILABLE,
-              E.KAFKA_STORAGE_ERROR, E.REQUEST_TIMED_OUT}
+              E.KAFKA_STORAGE_ERROR, E.REQUEST_TIMED_OUT, E.UNKNOWN_TOPIC_OR_PARTITION}
 
 
 # ---- the cluster's inter-broker secret ------------------------------------------------------------
@@ -272,7 +274,7 @@ class ClusterMarkers:
                     for leader, parts in by_leader.items()]
             for result in await asyncio.gather(*jobs):
                 for tp, (code, why) in result.items():
-                    if code == E.NONE or code == E.UNKNOWN_TOPIC_OR_PARTITION:
+                    if code == E.NONE:
                         pending.discard(tp)
                     elif code in _RETRIABLE:
                         last[tp] = why
