@@ -5,8 +5,9 @@ Transaction coordinators are spread by `__transaction_state` partition; a transa
 partitions led by all three brokers gets its markers through WriteTxnMarkers; the group's offsets
 in a consume-process-produce loop live on another broker than the transaction's coordinator; and
 the coordinator SIGKILLed mid-transaction leaves it completed or aborted, never half visible.
-One cluster for the module (the SIGKILL test, last, leaves it with two brokers); its brokers send
-each other markers over a SASL_PLAINTEXT listener.
+A partition leader SIGKILLed before the commit gets its marker once another broker took the partition
+over. One cluster for the module (the two SIGKILL tests, last, leave it with one broker); its brokers
+send each other markers over a SASL_PLAINTEXT listener.
 """
 
 from __future__ import annotations
@@ -94,12 +95,20 @@ def consume_all(bootstrap: str, partitions: list[tuple[str, int]], isolation: st
     return values
 
 
+def live(cluster: Cluster) -> set[int]:
+    return {i for i, b in enumerate(cluster.brokers) if b.proc is not None and b.proc.poll() is None}
+
+
+def bootstrap_of(cluster: Cluster) -> str:
+    return ",".join(cluster.brokers[i].bootstrap for i in sorted(live(cluster)))
+
+
 def one_partition_per_broker(cluster: Cluster, topic: str, partitions: int = 6) -> dict[int, int]:
-    """{broker id: a partition of `topic` it leads}, for every broker."""
-    create_topic(cluster.bootstrap, topic, partitions)
+    """{broker id: a partition of `topic` it leads}, for every live broker."""
+    create_topic(bootstrap_of(cluster), topic, partitions)
     leaders = cluster.wait_placed(topic, partitions)
     by_broker = {leader: p for p, leader in reversed(list(enumerate(leaders)))}
-    assert set(by_broker) == {0, 1, 2}, f"{topic} not spread over the three brokers: {leaders}"
+    assert set(by_broker) == live(cluster), f"{topic} not spread over the live brokers: {leaders}"
     return by_broker
 
 
@@ -223,18 +232,41 @@ def test_consume_process_produce_with_offsets_on_another_broker(cluster: Cluster
     assert [tp.offset for tp in committed] == ends
 
 
+def test_partition_leader_sigkilled_before_commit_gets_its_marker_at_the_new_leader(cluster: Cluster) -> None:
+    topic = f"lead-{uuid.uuid4().hex[:6]}"
+    parts = one_partition_per_broker(cluster, topic)
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-lead-{topic}", {0, 1, 2})
+    coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
+    victim = max({0, 1, 2} - {coordinator})
+    producer = txn_producer(cluster.bootstrap, txn_id)
+    producer.begin_transaction()
+    values = [b"b%d-%d" % (broker, i) for broker in parts for i in range(10)]
+    for i, value in enumerate(values):
+        producer.produce(topic, value=value, partition=list(parts.values())[i // 10])
+    assert producer.flush(30) == 0
+    cluster.brokers[victim].kill()
+    # The coordinator keeps sending the victim's partition its marker until the partition's new
+    # leader (after the victim's lease ran out) takes it; EndTxn answers once it is durable there.
+    producer.commit_transaction(120)
+    placement = cluster.placement()
+    assert placement.topics[topic].partitions[parts[victim]].leader != victim
+    seen = consume_all(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed")
+    assert sorted(seen) == sorted(values)
+
+
 def test_coordinator_sigkilled_mid_transaction_is_never_half_visible(cluster: Cluster) -> None:
     topic = f"kill-{uuid.uuid4().hex[:6]}"
     parts = one_partition_per_broker(cluster, topic)
-    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-kill-{topic}", {0, 1, 2})
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-kill-{topic}", live(cluster))
     victim = cluster.coordinator(TXN_TOPIC, txn_id)
     assert victim is not None
-    producer = txn_producer(cluster.bootstrap, txn_id, **{"transaction.timeout.ms": 20000})
+    producer = txn_producer(bootstrap_of(cluster), txn_id, **{"transaction.timeout.ms": 20000})
     producer.begin_transaction()
     values = [b"b%d-%d" % (broker, i) for broker in parts for i in range(10)]
     for i, value in enumerate(values):
         producer.produce(topic, value=value, partition=list(parts.values())[i // 10])
     assert producer.flush(30) == 0  # every record acknowledged by its leader, the victim's included
+    survivors = ",".join(b.bootstrap for i, b in enumerate(cluster.brokers) if i in live(cluster) - {victim})
     cluster.brokers[victim].kill()
     committed = False
     try:
@@ -244,7 +276,6 @@ def test_coordinator_sigkilled_mid_transaction_is_never_half_visible(cluster: Cl
         print(f"commit after the SIGKILL failed: {exc}")  # the transaction is then aborted on timeout
     cluster.wait(lambda p: victim not in {a.leader for t in (topic, TXN_TOPIC) for a in p.topics[t].partitions},
                  60, "the victim's partitions placed elsewhere")
-    survivors = ",".join(b.bootstrap for i, b in enumerate(cluster.brokers) if i != victim)
     seen = consume_all(survivors, [(topic, p) for p in parts.values()], "read_committed", timeout=120)
     if committed:
         assert sorted(seen) == sorted(values)
