@@ -164,7 +164,8 @@ class Broker:
                 log.warning("no producer id block reserved at start-up (%r)", exc)
         if self.cluster is None:
             await self.groups.load_all()
-        await self.transactions.load()
+        if self.transactions is not None:
+            await self.transactions.load()
         if self.config["schema.registry.principal"] and self.cluster is None:
             ensure_schemas_topic(self.logs)  # the schema registry's store (strata_broker/schemas.py)
         if self.cluster is None:
@@ -190,7 +191,8 @@ class Broker:
             self._tasks.append(loop.create_task(self._every(self.config["sasl.credentials.reload.ms"],
                                                             self._reload_credentials)))
         self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
-        self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
+        if self.transactions is not None:
+            self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
         if self.tier is not None:

@@ -73,6 +73,38 @@ class ClusterTransactionCoordinator(TransactionCoordinator):
             return 0
         return max(0, topic.partitions[partition].leader_epoch)
 
+    # ---- requests: answered only for the ids coordinated here (the handlers checked authorization)
+
+    async def init_producer_id(self, transactional_id: str, timeout_ms: int, producer_id: int,
+                               producer_epoch: int) -> tuple[ErrorCode, int, int]:
+        error = self.availability(transactional_id)
+        if error != E.NONE:
+            return error, -1, -1
+        return await super().init_producer_id(transactional_id, timeout_ms, producer_id, producer_epoch)
+
+    async def add_partitions(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                             partitions: list[tuple[str, int]], verify_only: bool = False) -> ErrorCode:
+        error = self.availability(transactional_id)
+        if error != E.NONE:
+            return error
+        return await super().add_partitions(transactional_id, producer_id, producer_epoch, partitions, verify_only)
+
+    async def add_offsets(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                          group_id: str) -> ErrorCode:
+        error = self.availability(transactional_id)
+        if error != E.NONE:
+            return error
+        return await super().add_offsets(transactional_id, producer_id, producer_epoch, group_id)
+
+    async def end_txn(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                      commit: bool) -> ErrorCode:
+        error = self.availability(transactional_id)
+        if error != E.NONE:
+            return error
+        return await super().end_txn(transactional_id, producer_id, producer_epoch, commit)
+
+    # ---- partitions taken over and handed on ----------------------------------------------
+
     async def load(self) -> None:
         """Nothing at start-up: each partition is loaded when this broker takes it over."""
 

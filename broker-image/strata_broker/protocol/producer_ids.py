@@ -30,11 +30,9 @@ async def handle_init_producer_id(ctx: RequestContext, request: InitProducerIdRe
                  error_code=int(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED), producer_id=-1, producer_epoch=-1)
     if request.transactional_id is not None:
         txns = ctx.services.transactions
-        unavailable = ErrorCode.COORDINATOR_NOT_AVAILABLE if txns is None else txns.availability(
-            request.transactional_id)
-        if unavailable != ErrorCode.NONE:  # loading, or (cluster mode) coordinated by another broker
-            return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(unavailable), producer_id=-1,
-                     producer_epoch=-1)
+        if txns is None or not txns.loaded:
+            return R(version=ctx.api_version, throttle_time_ms=0,
+                     error_code=int(ErrorCode.COORDINATOR_NOT_AVAILABLE), producer_id=-1, producer_epoch=-1)
         pid_in = request.producer_id if ctx.api_version >= 3 else -1
         epoch_in = request.producer_epoch if ctx.api_version >= 3 else -1
         try:

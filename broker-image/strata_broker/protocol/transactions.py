@@ -36,10 +36,10 @@ from ..groups.txn_log import TxnState
 from ..log.manager import is_internal_name
 from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
+from .registry import api
 
 if TYPE_CHECKING:
     from ..groups.transactions import TransactionCoordinator
-from .registry import api
 
 E = ErrorCode
 
@@ -49,6 +49,10 @@ def fenced_code(error: ErrorCode, api_version: int, since: int) -> int:
     if error == E.PRODUCER_FENCED and api_version < since:
         return int(E.INVALID_PRODUCER_EPOCH)
     return int(error)
+
+
+def _unavailable(ctx: RequestContext) -> bool:
+    return ctx.services.transactions is None or not ctx.services.transactions.loaded
 
 
 def _availability(ctx: RequestContext, transactional_id: str) -> ErrorCode:
@@ -66,9 +70,8 @@ async def _add_partitions(ctx: RequestContext, txn_id: str, producer_id: int, pr
     """One error code per partition, as Kafka: if any partition is refused (authorization,
     unknown), the others are OPERATION_NOT_ATTEMPTED."""
     wanted = [(name, p) for name, parts in topics for p in parts]
-    unavailable = _availability(ctx, txn_id)
-    if unavailable != E.NONE:
-        return {tp: int(unavailable) for tp in wanted}
+    if _unavailable(ctx):
+        return {tp: int(E.COORDINATOR_NOT_AVAILABLE) for tp in wanted}
     if not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, txn_id):
         return {tp: int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED) for tp in wanted}
     refused: dict[tuple[str, int], int] = {}
@@ -124,9 +127,8 @@ async def handle_add_partitions_to_txn(ctx: RequestContext,
 @api(AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, 0, 4)
 async def handle_add_offsets_to_txn(ctx: RequestContext, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse:
     R = AddOffsetsToTxnResponse
-    unavailable = _availability(ctx, request.transactional_id)
-    if unavailable != E.NONE:
-        error = int(unavailable)
+    if _unavailable(ctx):
+        error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
     elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
@@ -220,9 +222,8 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
 async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnResponse:
     R = EndTxnResponse
     txns = ctx.services.transactions
-    unavailable = _availability(ctx, request.transactional_id)
-    if txns is None or unavailable != E.NONE:
-        error = int(unavailable)
+    if txns is None or not txns.loaded:
+        error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
     else:
