@@ -23,14 +23,18 @@ from clusterharness import Cluster
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from kafka.protocol.consumer import ListOffsetsRequest
 from kafka.protocol.metadata import FindCoordinatorRequest
+from kafka.protocol.producer import InitProducerIdRequest
 from kafka.protocol.producer.transaction import WriteTxnMarkersRequest
 from kafkaclients import create_topic, produce_confluent
 from rawclient import RawConnection
 from s3server import S3Server
+from waiting import wait_until
 
 TXN_TOPIC = "__transaction_state"
 OFFSETS_TOPIC = "__consumer_offsets"
 CLUSTER_AUTHORIZATION_FAILED = 31
+COORDINATOR_LOAD_IN_PROGRESS = 14
+NOT_COORDINATOR = 16
 
 SETTINGS = {
     "transaction.state.log.num.partitions": "6",
@@ -58,6 +62,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
                 conn.request(FindCoordinatorRequest(version=1, key="warm-up", key_type=key_type))
         made.wait_placed(TXN_TOPIC, 6)
         made.wait_placed(OFFSETS_TOPIC, 6)
+        for broker in made.brokers:  # every broker follows that placement
+            with RawConnection(broker.bootstrap) as conn:
+                wait_until(lambda c=conn: all(c.request(FindCoordinatorRequest(
+                    version=1, key="warm-up", key_type=k)).error_code == 0 for k in (0, 1)), 30,
+                    "FindCoordinator answered")
         yield made
     finally:
         made.stop()
@@ -165,6 +174,29 @@ def test_transaction_over_three_brokers_committed_and_aborted(cluster: Cluster) 
         assert lso == high, (p, lso, high)
     # Coordinators are spread: the transaction state topic is led by more than one broker.
     assert len(set(cluster.leaders(TXN_TOPIC))) > 1, cluster.leaders(TXN_TOPIC)
+
+
+def test_coordinator_found_by_hash_and_others_answer_not_coordinator(cluster: Cluster) -> None:
+    txn_id = "tx-where"
+    coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
+    other = next(i for i in range(3) if i != coordinator)
+    with RawConnection(cluster.brokers[other].bootstrap) as conn:
+        found = conn.request(FindCoordinatorRequest(version=1, key=txn_id, key_type=1))
+        assert (found.error_code, found.node_id) == (0, coordinator)
+        init = conn.request(InitProducerIdRequest(version=3, transactional_id=txn_id, transaction_timeout_ms=60000,
+                                                  producer_id=-1, producer_epoch=-1))
+        assert init.error_code == NOT_COORDINATOR
+    with RawConnection(cluster.brokers[coordinator].bootstrap) as conn:
+        answers = []
+
+        def init_answered() -> bool:
+            answers.append(conn.request(InitProducerIdRequest(
+                version=3, transactional_id=txn_id, transaction_timeout_ms=60000, producer_id=-1,
+                producer_epoch=-1)))
+            return answers[-1].error_code != COORDINATOR_LOAD_IN_PROGRESS
+
+        wait_until(init_answered, 30, "the coordinator loaded")
+        assert answers[-1].error_code == 0 and answers[-1].producer_id >= 0
 
 
 def test_write_txn_markers_refused_to_clients(cluster: Cluster) -> None:
