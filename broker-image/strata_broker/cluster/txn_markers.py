@@ -159,6 +159,7 @@ class InterBrokerClient:
                       "lead will not complete", listener_name or "PLAINTEXT or SASL_PLAINTEXT")
         self.timeout_s = timeout_s
         self._connections: dict[int, _Connection] = {}
+        self._connecting: dict[int, asyncio.Lock] = {}
 
     async def _connect(self, peer: BrokerAddress) -> _Connection:
         if self.listener is None:
@@ -167,7 +168,18 @@ class InterBrokerClient:
         host, port = peer.on(self.listener.name)
         reader, writer = await asyncio.open_connection(host, port)
         conn = _Connection(reader, writer)
-        if self.listener.sasl:
+        try:
+            await self._authenticate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        log.info("connected to broker %d at %s:%d (%s) for inter-broker requests", peer.id, host, port,
+                 self.listener.protocol)
+        return conn
+
+    async def _authenticate(self, conn: _Connection) -> None:
+        """SASL/PLAIN as the brokers' own user, on a SASL_PLAINTEXT listener."""
+        if self.listener is not None and self.listener.sasl:
             client_id = self.auth.client_id(self.node_id)
             shake = await conn.call(SaslHandshakeRequest(mechanism="PLAIN"), 1, SaslHandshakeResponse, client_id)
             if shake.error_code:
@@ -175,23 +187,20 @@ class InterBrokerClient:
             token = b"\x00" + BROKER_USER.encode() + b"\x00" + self.auth.password().encode()
             done = await conn.call(SaslAuthenticateRequest(auth_bytes=token), 1, SaslAuthenticateResponse, client_id)
             if done.error_code:
-                conn.close()
                 raise KafkaProtocolError(ErrorCode(done.error_code), f"peer broker: {done.error_message}")
-        log.info("connected to broker %d at %s:%d (%s) for inter-broker requests", peer.id, host, port,
-                 self.listener.protocol)
-        return conn
 
     async def call(self, peer: BrokerAddress, request: Any, version: int, response_class: Any) -> Any:
-        conn = self._connections.get(peer.id)
-        try:
+        async with self._connecting.setdefault(peer.id, asyncio.Lock()):  # one connection per peer
+            conn = self._connections.get(peer.id)
             if conn is None:
                 conn = self._connections[peer.id] = await asyncio.wait_for(self._connect(peer), self.timeout_s)
+        try:
             return await asyncio.wait_for(conn.call(request, version, response_class,
                                                     self.auth.client_id(self.node_id)), self.timeout_s)
         except BaseException:
-            dropped = self._connections.pop(peer.id, None)
-            if dropped is not None:
-                dropped.close()
+            conn.close()  # out of step with the peer (or gone): the next call connects again
+            if self._connections.get(peer.id) is conn:
+                del self._connections[peer.id]
             raise
 
     def close(self) -> None:
