@@ -1,4 +1,4 @@
-"""Transaction markers in a cluster: WriteTxnMarkers between brokers (docs/transactions.md).
+"""Transaction markers in a cluster: WriteTxnMarkers between brokers (docs/kafka-compatibility.md).
 
 The transaction coordinator of a transactional id is the broker leading its `__transaction_state`
 partition; the partitions of a transaction may be led by any broker. When the coordinator ends a

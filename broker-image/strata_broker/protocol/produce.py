@@ -26,7 +26,7 @@ def verify_transactional(ctx: RequestContext, txn_id: str, producer_id: int, pro
     checked against the coordinator's state when this broker coordinates the transactional id. In
     a cluster where another broker does, the batch is trusted, as Kafka before 3.6 trusts it: the
     partition's producer state still refuses an epoch older than the one the last marker carried
-    (docs/transactions.md)."""
+    (docs/kafka-compatibility.md)."""
     txns = ctx.services.transactions
     assert txns is not None
     if txns.availability(txn_id) != ErrorCode.NONE and ctx.services.inter_broker is not None:

@@ -148,7 +148,7 @@ def _verify_offsets(ctx: RequestContext, txns: TransactionCoordinator, request: 
     """The producer's transaction must have added the group's offsets partition: checked here when
     this broker coordinates the transactional id too; in a cluster where another broker does, the
     batch is trusted as Kafka before KIP-890 trusts it (its markers come from that coordinator, at
-    an epoch that fences an older producer; docs/transactions.md)."""
+    an epoch that fences an older producer; docs/kafka-compatibility.md)."""
     if txns.availability(request.transactional_id) != E.NONE and ctx.services.inter_broker is not None:
         return E.NONE
     return txns.verify_offsets(request.transactional_id, request.producer_id, request.producer_epoch,
