@@ -6,12 +6,16 @@ partitions led by all three brokers gets its markers through WriteTxnMarkers; th
 in a consume-process-produce loop live on another broker than the transaction's coordinator; and
 the coordinator SIGKILLed mid-transaction leaves it completed or aborted, never half visible.
 A partition leader SIGKILLed before the commit gets its marker once another broker took the partition
-over. One cluster for the module (the two SIGKILL tests, last, leave it with one broker); its brokers
-send each other markers over a SASL_PLAINTEXT listener.
+over; a coordinator SIGKILLed after it decided a commit has it completed by its successor. One
+cluster of four brokers for the module (the three SIGKILL tests, last, leave it with one); its
+brokers send each other markers over a SASL_PLAINTEXT listener.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ import pytest
 import secutil
 from clusterharness import Cluster
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from kafka.protocol.admin.transactions import DescribeTransactionsRequest
 from kafka.protocol.consumer import ListOffsetsRequest
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest
@@ -52,7 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
     secutil.write_credentials(creds, {"admin": "admin-pw"})
     # Clients use PLAINTEXT; brokers send each other WriteTxnMarkers over SASL_PLAINTEXT (SASL/PLAIN
     # as strata-broker, with the password derived from the bucket's inter-broker secret).
-    made = Cluster(root, s3_server.new_bucket(), 3, listeners={"SASL_PLAINTEXT": None}, settings={
+    made = Cluster(root, s3_server.new_bucket(), 4, listeners={"SASL_PLAINTEXT": None}, settings={
         **SETTINGS, "sasl.credentials.file": str(creds), "inter.broker.listener.name": "SASL_PLAINTEXT"})
     made.start()
     try:
@@ -148,7 +153,7 @@ def lso_and_high_watermark(cluster: Cluster, topic: str, partition: int) -> tupl
     return out[0], out[1]
 
 
-def test_transaction_over_three_brokers_committed_and_aborted(cluster: Cluster) -> None:
+def test_transaction_over_every_broker_committed_and_aborted(cluster: Cluster) -> None:
     topic = f"span-{uuid.uuid4().hex[:6]}"
     parts = one_partition_per_broker(cluster, topic)
     producer = txn_producer(cluster.bootstrap, "tx-span")
@@ -168,7 +173,7 @@ def test_transaction_over_three_brokers_committed_and_aborted(cluster: Cluster) 
     assignment = [(topic, p) for p in parts.values()]
     assert sorted(consume_all(cluster.bootstrap, assignment, "read_committed")) == sorted(expected)
     # The aborted round is in the logs (read_uncommitted sees it); every LSO caught up with its end.
-    assert len(consume_all(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + 15
+    assert len(consume_all(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + 5 * len(parts)
     for p in parts.values():
         lso, high = lso_and_high_watermark(cluster, topic, p)
         assert lso == high, (p, lso, high)
@@ -179,7 +184,7 @@ def test_transaction_over_three_brokers_committed_and_aborted(cluster: Cluster) 
 def test_coordinator_found_by_hash_and_others_answer_not_coordinator(cluster: Cluster) -> None:
     txn_id = "tx-where"
     coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
-    other = next(i for i in range(3) if i != coordinator)
+    other = next(i for i in range(len(cluster.brokers)) if i != coordinator)
     with RawConnection(cluster.brokers[other].bootstrap) as conn:
         found = conn.request(FindCoordinatorRequest(version=1, key=txn_id, key_type=1))
         assert (found.error_code, found.node_id) == (0, coordinator)
@@ -221,10 +226,10 @@ def test_consume_process_produce_with_offsets_on_another_broker(cluster: Cluster
     cluster.wait_placed(sink, 3)
     inputs = [(b"k%d" % (i % 5), b"%04d" % i) for i in range(150)]
     produce_confluent(cluster.bootstrap, source, inputs)
-    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-cpp-{suffix}", {0, 1, 2})
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-cpp-{suffix}", live(cluster))
     txn_coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
     assert txn_coordinator is not None
-    group = key_coordinated_by(cluster, OFFSETS_TOPIC, f"g-cpp-{suffix}", {0, 1, 2} - {txn_coordinator})
+    group = key_coordinated_by(cluster, OFFSETS_TOPIC, f"g-cpp-{suffix}", live(cluster) - {txn_coordinator})
     consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.subscribe([source])
@@ -267,9 +272,9 @@ def test_consume_process_produce_with_offsets_on_another_broker(cluster: Cluster
 def test_partition_leader_sigkilled_before_commit_gets_its_marker_at_the_new_leader(cluster: Cluster) -> None:
     topic = f"lead-{uuid.uuid4().hex[:6]}"
     parts = one_partition_per_broker(cluster, topic)
-    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-lead-{topic}", {0, 1, 2})
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-lead-{topic}", live(cluster))
     coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
-    victim = max({0, 1, 2} - {coordinator})
+    victim = max(live(cluster) - {coordinator})
     producer = txn_producer(cluster.bootstrap, txn_id)
     producer.begin_transaction()
     values = [b"b%d-%d" % (broker, i) for broker in parts for i in range(10)]
@@ -284,6 +289,51 @@ def test_partition_leader_sigkilled_before_commit_gets_its_marker_at_the_new_lea
     assert placement.topics[topic].partitions[parts[victim]].leader != victim
     seen = consume_all(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed")
     assert sorted(seen) == sorted(values)
+
+
+def describe_state(cluster: Cluster, broker: int, txn_id: str) -> str:
+    with RawConnection(cluster.brokers[broker].bootstrap) as conn:
+        answer = conn.request(DescribeTransactionsRequest(version=0, transactional_ids=[txn_id]))
+    return str(answer.transaction_states[0].transaction_state)
+
+
+def test_coordinator_sigkilled_with_the_commit_decided_completes_it_at_the_successor(cluster: Cluster) -> None:
+    topic = f"prep-{uuid.uuid4().hex[:6]}"
+    parts = one_partition_per_broker(cluster, topic)
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-prep-{topic}", live(cluster))
+    coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
+    assert coordinator is not None
+    paused = max(live(cluster) - {coordinator})
+    producer = txn_producer(bootstrap_of(cluster), txn_id)
+    producer.begin_transaction()
+    values = [b"b%d-%d" % (broker, i) for broker in parts for i in range(10)]
+    for i, value in enumerate(values):
+        producer.produce(topic, value=value, partition=list(parts.values())[i // 10])
+    assert producer.flush(30) == 0
+    # With one leader paused, EndTxn persists PrepareCommit and then waits for that leader's
+    # marker: the commit is decided but not complete when the coordinator is SIGKILLed.
+    os.kill(cluster.brokers[paused].proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    outcome: list[BaseException | None] = []
+    committer = threading.Thread(target=lambda: outcome.append(_commit(producer)), daemon=True)
+    committer.start()
+    try:
+        wait_until(lambda: describe_state(cluster, coordinator, txn_id) == "PrepareCommit", 30,
+                   "the commit decided")
+        cluster.brokers[coordinator].kill()
+    finally:
+        os.kill(cluster.brokers[paused].proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    committer.join(150)
+    assert outcome == [None], outcome  # the successor finished the commit the producer asked for
+    seen = consume_all(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed", timeout=120)
+    assert sorted(seen) == sorted(values)
+
+
+def _commit(producer: Producer) -> BaseException | None:
+    try:
+        producer.commit_transaction(120)
+    except KafkaException as exc:
+        return exc
+    return None
 
 
 def test_coordinator_sigkilled_mid_transaction_is_never_half_visible(cluster: Cluster) -> None:
