@@ -116,7 +116,7 @@ class Broker:
         assert self.tier is not None
         auth = await InterBrokerAuth.load(self.tier.store, self.tier.prefix, self.tier.cluster)
         self.services.inter_broker = auth
-        self.credentials.builtin_plain = auth.check_plain
+        self.credentials.builtin_users.update(auth.users())
         self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners,
                                                self.config["inter.broker.listener.name"])
         self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write

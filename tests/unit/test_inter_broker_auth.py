@@ -33,3 +33,4 @@ def test_brokers_share_one_secret_and_only_its_macs_pass() -> None:
     assert not second.check_plain(BROKER_USER, first.secret.hex())
     assert not second.check_plain("admin", first.password())
     assert not other.check_plain(BROKER_USER, first.password())
+    assert second.users() == {BROKER_USER: first.password()} and InterBrokerAuth().users() == {}

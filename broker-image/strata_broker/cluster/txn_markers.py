@@ -17,8 +17,10 @@ accepts only those (or a principal granted CLUSTER_ACTION on the cluster while t
 on) and answers anyone else CLUSTER_AUTHORIZATION_FAILED. The request goes to the peer's
 address on the listener `inter.broker.listener.name` names (default: this broker's first PLAINTEXT
 or SASL_PLAINTEXT listener; brokers of a cluster share their listener configuration); over
-SASL_PLAINTEXT the broker first authenticates with SASL/PLAIN as `strata-broker` with a password
-derived from the same secret (PLAIN must be in `sasl.enabled.mechanisms`).
+SASL_PLAINTEXT the broker first authenticates as `strata-broker` with a password derived from the
+same secret, with SCRAM-SHA-512 (or SCRAM-SHA-256, or PLAIN: the first the peer's
+`sasl.enabled.mechanisms` offers); the receiving broker knows that user without any credentials
+file (security/credentials.py `builtin_users`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kafka.net.sasl.scram import ScramClient
 from kafka.protocol.producer.transaction import WriteTxnMarkersRequest, WriteTxnMarkersResponse
 from kafka.protocol.sasl import (
     SaslAuthenticateRequest,
@@ -63,6 +66,7 @@ BROKER_USER = "strata-broker"
 _CLIENT_PREFIX = "strata-broker-"
 _WRITE_TXN_MARKERS_VERSION = 1
 _LEN = struct.Struct(">i")
+_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")  # in order of preference
 # Errors after which a marker is sent again (to whoever leads the partition then).
 # UNKNOWN_TOPIC_OR_PARTITION too: a leader may not have adopted a new topic yet (a topic deleted for
 # good is dropped from the markers once this broker's own log manager forgets it).
@@ -105,7 +109,7 @@ class InterBrokerAuth:
         return f"{name}.{self._mac(name)}"
 
     def password(self) -> str:
-        """The SASL/PLAIN password of `strata-broker` (never the secret itself)."""
+        """The SASL password of `strata-broker` (never the secret itself)."""
         return self._mac("sasl-plain")
 
     def is_broker(self, client_id: str | None) -> bool:
@@ -117,6 +121,10 @@ class InterBrokerAuth:
 
     def check_plain(self, user: str, password: str) -> bool:
         return bool(self.secret) and user == BROKER_USER and hmac.compare_digest(password, self.password())
+
+    def users(self) -> dict[str, str]:
+        """The brokers' own SASL user and password, for the credential store."""
+        return {BROKER_USER: self.password()} if self.secret else {}
 
 
 # ---- requests to other brokers ------------------------------------------------------------------------
@@ -160,34 +168,60 @@ class InterBrokerClient:
         self.timeout_s = timeout_s
         self._connections: dict[int, _Connection] = {}
         self._connecting: dict[int, asyncio.Lock] = {}
+        self._mechanism = _MECHANISMS[0]  # the last one a peer accepted
 
     async def _connect(self, peer: BrokerAddress) -> _Connection:
         if self.listener is None:
             raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE,
                                      "inter-broker requests need a PLAINTEXT or SASL_PLAINTEXT listener")
         host, port = peer.on(self.listener.name)
-        reader, writer = await asyncio.open_connection(host, port)
-        conn = _Connection(reader, writer)
-        try:
-            await self._authenticate(conn)
-        except BaseException:
+        mechanism = self._mechanism
+        for _ in range(2):  # a second time with a mechanism the peer offers, if it refused ours
+            reader, writer = await asyncio.open_connection(host, port)
+            conn = _Connection(reader, writer)
+            try:
+                offered = await self._authenticate(conn, mechanism)
+            except BaseException:
+                conn.close()
+                raise
+            if offered is None:
+                log.info("connected to broker %d at %s:%d (%s%s) for inter-broker requests", peer.id, host, port,
+                         self.listener.protocol, f" {mechanism}" if self.listener.sasl else "")
+                self._mechanism = mechanism
+                return conn
             conn.close()
-            raise
-        log.info("connected to broker %d at %s:%d (%s) for inter-broker requests", peer.id, host, port,
-                 self.listener.protocol)
-        return conn
+            usable = [m for m in _MECHANISMS if m in offered]
+            if not usable:
+                break
+            mechanism = usable[0]
+        raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE,
+                                 f"broker {peer.id} offers none of {', '.join(_MECHANISMS)} for inter-broker requests")
 
-    async def _authenticate(self, conn: _Connection) -> None:
-        """SASL/PLAIN as the brokers' own user, on a SASL_PLAINTEXT listener."""
-        if self.listener is not None and self.listener.sasl:
-            client_id = self.auth.client_id(self.node_id)
-            shake = await conn.call(SaslHandshakeRequest(mechanism="PLAIN"), 1, SaslHandshakeResponse, client_id)
-            if shake.error_code:
-                raise KafkaProtocolError(ErrorCode(shake.error_code), "SASL/PLAIN refused by the peer broker")
-            token = b"\x00" + BROKER_USER.encode() + b"\x00" + self.auth.password().encode()
+    async def _authenticate(self, conn: _Connection, mechanism: str) -> list[str] | None:
+        """On a SASL_PLAINTEXT listener, authenticate as the brokers' own user (SCRAM, or PLAIN);
+        None once done, or the mechanisms the peer offers when it refused this one."""
+        if self.listener is None or not self.listener.sasl:
+            return None
+        client_id = self.auth.client_id(self.node_id)
+
+        async def step(token: bytes) -> bytes:
             done = await conn.call(SaslAuthenticateRequest(auth_bytes=token), 1, SaslAuthenticateResponse, client_id)
             if done.error_code:
                 raise KafkaProtocolError(ErrorCode(done.error_code), f"peer broker: {done.error_message}")
+            return bytes(done.auth_bytes or b"")
+
+        shake = await conn.call(SaslHandshakeRequest(mechanism=mechanism), 1, SaslHandshakeResponse, client_id)
+        if shake.error_code:
+            return list(shake.mechanisms or [])
+        password = self.auth.password()
+        if mechanism == "PLAIN":
+            await step(b"\x00" + BROKER_USER.encode() + b"\x00" + password.encode())
+            return None
+        scram = ScramClient(BROKER_USER, password, mechanism)
+        server_first = await step(scram.first_message())
+        await asyncio.to_thread(scram.process_server_first_message, server_first)  # PBKDF2: off the loop
+        scram.process_server_final_message(await step(scram.final_message()))
+        return None
 
     async def call(self, peer: BrokerAddress, request: Any, version: int, response_class: Any) -> Any:
         async with self._connecting.setdefault(peer.id, asyncio.Lock()):  # one connection per peer

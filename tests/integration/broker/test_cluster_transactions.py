@@ -55,10 +55,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
     root: Path = tmp_path_factory.mktemp("txn-cluster")
     creds = root / "users.json"
     secutil.write_credentials(creds, {"admin": "admin-pw"})
-    # Clients use PLAINTEXT; brokers send each other WriteTxnMarkers over SASL_PLAINTEXT (SASL/PLAIN
+    # Clients use PLAINTEXT; brokers send each other WriteTxnMarkers over SASL_PLAINTEXT (SCRAM-SHA-512
     # as strata-broker, with the password derived from the bucket's inter-broker secret).
     made = Cluster(root, s3_server.new_bucket(), 4, listeners={"SASL_PLAINTEXT": None}, settings={
-        **SETTINGS, "sasl.credentials.file": str(creds), "inter.broker.listener.name": "SASL_PLAINTEXT"})
+        **SETTINGS, "sasl.credentials.file": str(creds), "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256"})  # as the operator sets it (no PLAIN)
     made.start()
     try:
         # FindCoordinator creates both internal topics; the controller places them.
