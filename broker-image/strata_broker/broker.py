@@ -12,9 +12,11 @@ import time
 from strata_contract.manifest import RemoteManifest
 
 from .cluster.member import ClusterMember
+from .cluster.txn_markers import ClusterMarkers, InterBrokerAuth, InterBrokerClient, LocalMarkers
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .groups.transactions import TransactionCoordinator
+from .groups.txn_cluster import ClusterTransactionCoordinator
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metering import Meter
@@ -72,9 +74,14 @@ class Broker:
             self.tier.leads = self.cluster.leads
         self.replicas = ReplicaManager(self.logs, self.leadership, self.tier)
         self.groups = GroupCoordinator(config, self.logs, self.replicas)
-        # Transactions need every partition's markers written here: one broker only (for now).
-        self.transactions = (TransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store)
-                             if self.cluster is None else None)
+        # One coordinator for every transactional id, or (cluster mode) for the ids whose
+        # __transaction_state partition this broker leads, with markers sent to other leaders.
+        self.transactions: TransactionCoordinator = (
+            TransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store)
+            if self.cluster is None else
+            ClusterTransactionCoordinator(config, self.logs, self.replicas, self.groups.offsets.store, self.cluster))
+        self.txn_markers = LocalMarkers(self.logs, self.replicas, self.leadership, self.groups.offsets.store)
+        self.inter_broker: InterBrokerClient | None = None
         self.cleaner = Cleaner(config["log.cleaner.io.max.bytes.per.second"])
         self.meter = Meter(config, node_id, data_dir, self.logs, lambda: self.connection_count, self.tier)
         if self.cluster is not None:  # a group's lag covers the partitions other brokers lead (their leases)
@@ -92,7 +99,7 @@ class Broker:
                                  leadership=self.leadership, groups=self.groups, authorizer=self.authorizer,
                                  credentials=self.credentials, auth=self.auth, quotas=self.quotas, meter=self.meter,
                                  lifecycle=self.lifecycle, default_listener=listeners[0],
-                                 transactions=self.transactions)
+                                 transactions=self.transactions, txn_markers=self.txn_markers)
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -102,6 +109,17 @@ class Broker:
         self._refused = 0
         self._refused_logged = 0.0
         self._stopped = asyncio.Event()
+
+    async def _inter_broker_markers(self, cluster: ClusterMember) -> None:
+        """Cluster mode: the shared secret brokers authenticate to each other with, and the marker
+        writer that sends WriteTxnMarkers to the other leaders (cluster/txn_markers.py)."""
+        assert self.tier is not None
+        auth = await InterBrokerAuth.load(self.tier.store, self.tier.prefix, self.tier.cluster)
+        self.services.inter_broker = auth
+        self.credentials.builtin_users.update(auth.users())
+        self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners,
+                                               self.config["inter.broker.listener.name"])
+        self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write
 
     @property
     def cluster_id(self) -> str:
@@ -156,8 +174,10 @@ class Broker:
         for listener in self.listeners:
             await self._listen(listener)
         if self.cluster is not None:
+            await self._inter_broker_markers(self.cluster)
             # Partitions arrive through the placement: taken over from the bucket, one by one.
-            await self.cluster.start(self.groups)
+            txns = self.transactions
+            await self.cluster.start(self.groups, txns if isinstance(txns, ClusterTransactionCoordinator) else None)
         loop = asyncio.get_running_loop()
         # Partitions not written since the last clean shutdown were opened lazily: load them now, stepwise.
         self._tasks.append(loop.create_task(self.logs.load_remaining()))
@@ -319,6 +339,8 @@ class Broker:
                 await asyncio.wait(pending, timeout=2.0)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.inter_broker is not None:
+            self.inter_broker.close()
         try:
             # The last window's usage is written before the broker goes (and uploaded if S3 answers).
             await asyncio.wait_for(self.meter.snapshot(), 10.0)

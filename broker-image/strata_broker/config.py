@@ -334,6 +334,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("advertised.listeners", _listeners, "", "NAME://HOST:PORT,... told to clients, per listener"),
         ConfigKey("listener.security.protocol.map", _protocol_map, "",
                   "extra NAME:PROTOCOL pairs for listener names that are not a protocol"),
+        ConfigKey("inter.broker.listener.name", str, "",
+                  "cluster mode: the listener brokers send each other WriteTxnMarkers on (PLAINTEXT or "
+                  "SASL_PLAINTEXT, with SASL/PLAIN as strata-broker); empty: the first of those"),
         ConfigKey("sasl.enabled.mechanisms", _mechanisms, "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
                   "SASL mechanisms offered on SASL listeners"),
         ConfigKey("sasl.credentials.file", str, "",

@@ -96,6 +96,12 @@ class Cluster:
         placed = self.placement().topics.get(topic)
         return [a.leader for a in placed.partitions] if placed else []
 
+    def coordinator(self, internal_topic: str, key: str) -> int | None:
+        """The broker leading the partition of `__consumer_offsets` or `__transaction_state` that a
+        group id or transactional id hashes to (its coordinator), per the placement."""
+        leaders = self.leaders(internal_topic)
+        return leaders[coordinator_partition(key, len(leaders))] if leaders else None
+
     def wait_placed(self, topic: str, partitions: int, timeout: float = 30.0) -> list[int]:
         self.wait(lambda p: topic in p.topics and len(p.topics[topic].partitions) == partitions, timeout,
                   f"{topic} placed")
@@ -132,6 +138,15 @@ class Cluster:
                 self.controller.wait(10)
             except subprocess.TimeoutExpired:
                 self.controller.kill()
+
+
+def coordinator_partition(key: str, partitions: int) -> int:
+    """Kafka's partition for a group or transactional id: Java's String.hashCode, masked positive."""
+    h = 0
+    data = key.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % partitions
 
 
 def dump(placement: Placement) -> str:

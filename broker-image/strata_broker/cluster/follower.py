@@ -90,11 +90,13 @@ class PlacementFollower:
     def assignment(self, topic: str, partition: int) -> Assignment | None:
         return self.placement.assignment(topic, partition)
 
-    def coordinator_of(self, group_id: str) -> BrokerAddress | None:
-        placed = self.placement.topics.get(OFFSETS_TOPIC)
+    def coordinator_of(self, key: str, topic: str = OFFSETS_TOPIC) -> BrokerAddress | None:
+        """The leader of the partition of `topic` (`__consumer_offsets`, `__transaction_state`) that
+        hash(key) falls in: a group's or a transactional id's coordinator."""
+        placed = self.placement.topics.get(topic)
         if placed is None or not placed.partitions:
             return None
-        assignment = placed.partitions[partition_for(group_id, len(placed.partitions))]
+        assignment = placed.partitions[partition_for(key, len(placed.partitions))]
         return self.placement.broker(assignment.leader)
 
     def controller_id(self) -> int:

@@ -86,7 +86,8 @@ class IllegalTransition(RuntimeError):
 
 
 class CoordinatorHandoff(Protocol):
-    """The group coordinator, told when this broker takes over or gives up an offsets partition."""
+    """A coordinator (groups for `__consumer_offsets`, transactions for `__transaction_state`), told
+    when this broker takes over or gives up a partition of its topic."""
 
     async def partition_acquired(self, plog: PartitionLog) -> None: ...
 
@@ -106,9 +107,21 @@ class Handovers:
         self.clock = clock
         self.poll_s = poll_s
         self.table: dict[PartitionKey, PartitionHandover] = {}
-        self.coordinator: CoordinatorHandoff | None = None
+        self.coordinators: dict[str, CoordinatorHandoff] = {}  # by internal topic
         self.stopping = False
         self.dirty = False  # a hand-over ended: look at the placement again even if it did not change
+
+    @property
+    def coordinator(self) -> CoordinatorHandoff | None:
+        """The group coordinator (told about `__consumer_offsets` partitions)."""
+        return self.coordinators.get(OFFSETS_TOPIC)
+
+    @coordinator.setter
+    def coordinator(self, coordinator: CoordinatorHandoff | None) -> None:
+        if coordinator is None:
+            self.coordinators.pop(OFFSETS_TOPIC, None)
+        else:
+            self.coordinators[OFFSETS_TOPIC] = coordinator
 
     # ---- what the placement follower asks and starts ----------------------------------------
 
@@ -140,8 +153,9 @@ class Handovers:
             return
         handover.cancel()
         handover.to(State.RELEASED)
-        if key[0] == OFFSETS_TOPIC and self.coordinator is not None:
-            self.coordinator.partition_released(key[1])
+        coordinator = self.coordinators.get(key[0])
+        if coordinator is not None:
+            coordinator.partition_released(key[1])
 
     def discard(self, handover: PartitionHandover) -> None:
         """A hand-over that ended leaves the table (unless a newer one took its place)."""
@@ -251,8 +265,9 @@ class PartitionHandover:
                              "sealed by the previous leader" if manifest is None or manifest.sealed
                              else ("after its lease ran out" if waited_for_seal else "same leader"),
                              owner.clock.now() - seen)
-                    if topic_name == OFFSETS_TOPIC and owner.coordinator is not None:
-                        await owner.coordinator.partition_acquired(plog)
+                    coordinator = owner.coordinators.get(topic_name)
+                    if coordinator is not None:
+                        await coordinator.partition_acquired(plog)
                     return
                 self.to(State.ACQUIRING)  # the manifest moved under us: look again
                 await owner.clock.sleep(owner.poll_s)
@@ -359,8 +374,9 @@ class PartitionHandover:
                 owner.logs.replace_partition(topic_name, partition, None)
             owner.dirty = True
             return
-        if topic_name == OFFSETS_TOPIC and owner.coordinator is not None:
-            owner.coordinator.partition_released(partition)
+        coordinator = owner.coordinators.get(topic_name)
+        if coordinator is not None:
+            coordinator.partition_released(partition)
         started = owner.clock.now()
         try:
             topic = owner.logs.topics.get(topic_name)

@@ -20,6 +20,7 @@ from strata_contract.placement import BrokerAddress, Placement
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..groups.offsets import OFFSETS_TOPIC, partition_for
+from ..groups.txn_log import TRANSACTION_TOPIC
 from ..replica.leadership import PartitionLeader
 from .clock import Clock, MonotonicClock
 from .follower import Move, PlacementFollower, deleted_topics
@@ -71,9 +72,12 @@ class ClusterMember:
     def lease_valid(self) -> bool:
         return self.lease.valid()
 
-    async def start(self, coordinator: CoordinatorHandoff) -> None:
-        """Join the cluster; `coordinator` hears about the offsets partitions this broker takes."""
+    async def start(self, coordinator: CoordinatorHandoff, transactions: CoordinatorHandoff | None = None) -> None:
+        """Join the cluster; `coordinator` hears about the offsets partitions this broker takes,
+        `transactions` about the `__transaction_state` partitions."""
         self.handovers.coordinator = coordinator
+        if transactions is not None:
+            self.handovers.coordinators[TRANSACTION_TOPIC] = transactions
         self.logs.require_remote = True
         self.shared = SharedDocuments(self.tier.store, self.tier.prefix, self.tier.cluster, self._shared_documents)
         await self.shared.start()
@@ -198,6 +202,9 @@ class ClusterMember:
     def coordinator_of(self, group_id: str) -> BrokerAddress | None:
         return self.follower.coordinator_of(group_id)
 
+    def txn_coordinator_of(self, transactional_id: str) -> BrokerAddress | None:
+        return self.follower.coordinator_of(transactional_id, TRANSACTION_TOPIC)
+
     def controller_id(self) -> int:
         return self.follower.controller_id()
 
@@ -273,7 +280,7 @@ class ClusterMember:
             if local is None or local.topic_id != topic_id:
                 self._drop_topic(name)
                 local = logs.adopt_topic(name, topic_id, len(placed.partitions), placed.configs,
-                                         internal=name == OFFSETS_TOPIC)
+                                         internal=name in (OFFSETS_TOPIC, TRANSACTION_TOPIC))
                 self.tier.attach_topic(local)
             else:
                 if len(local.partitions) < len(placed.partitions):

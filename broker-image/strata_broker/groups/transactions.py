@@ -9,8 +9,10 @@ layer, waits until the markers are durable, then completes it (persisted). A tra
 longer than its timeout is aborted by `tick()`, with an epoch bump that fences its producer.
 After a restart `load()` replays the topic and finishes every transaction left prepared.
 
-One broker coordinates every transactional id and writes markers to its own partitions; in
-cluster mode (markers to partitions other brokers lead, WriteTxnMarkers) it does not run yet.
+On a single broker it coordinates every transactional id and writes markers to its own
+partitions. In cluster mode groups/txn_cluster.py's subclass coordinates the ids whose
+`__transaction_state` partition this broker leads, and `send_markers` (cluster/txn_markers.py)
+writes markers wherever the partitions are led (WriteTxnMarkers to the other brokers).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import ErrorCode, KafkaProtocolError
@@ -49,6 +51,8 @@ class TransactionCoordinator:
         self.offsets_partitions = int(config["offsets.topic.num.partitions"])
         self.tick_ms = int(config["transaction.abort.timed.out.transaction.cleanup.interval.ms"])
         self.loaded = False
+        # Cluster mode: writes the markers wherever the partitions are led (cluster/txn_markers.py).
+        self.send_markers: Callable[[int, int, bool, Iterable[tuple[str, int]], int], Awaitable[None]] | None = None
 
     @property
     def transactions(self) -> dict[str, TxnMetadata]:
@@ -132,7 +136,20 @@ class TransactionCoordinator:
         await self._persist(meta, producer_epoch=meta.producer_epoch + 1, state=TxnState.PREPARE_ABORT)
         await self._complete(meta, commit=False)
 
+    def coordinator_epoch(self, transactional_id: str) -> int:
+        """The epoch markers carry (Kafka: of the coordinator's `__transaction_state` partition)."""
+        return 0
+
+    def availability(self, transactional_id: str) -> ErrorCode:
+        """Whether this coordinator answers for the id now: NONE, or the error that sends the client
+        to look for the coordinator again (or wait for it)."""
+        return E.NONE if self.loaded else E.COORDINATOR_NOT_AVAILABLE
+
     async def _write_markers(self, meta: TxnMetadata, commit: bool) -> None:
+        if self.send_markers is not None:
+            await self.send_markers(meta.producer_id, meta.producer_epoch, commit, sorted(meta.partitions),
+                                    self.coordinator_epoch(meta.transactional_id))
+            return
         waits = []
         offsets_partitions = []
         for topic, partition in sorted(meta.partitions):

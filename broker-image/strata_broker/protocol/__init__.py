@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     replicas,
     security,
     transactions,
+    txn_markers,
 )
 from .registry import API_TABLE, ApiSpec
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..security import ANONYMOUS
 
 if TYPE_CHECKING:
+    from ..cluster.txn_markers import InterBrokerAuth, LocalMarkers
     from ..config import BrokerConfig
     from ..groups import GroupCoordinator
     from ..groups.transactions import TransactionCoordinator
@@ -60,8 +61,11 @@ class Services:
     meter: Meter
     lifecycle: Lifecycle
     default_listener: Listener
-    # The transaction coordinator; None in cluster mode (not available there yet).
+    # The transaction coordinator (in cluster mode, for the ids whose partition this broker leads).
     transactions: TransactionCoordinator | None = None
+    # WriteTxnMarkers: who may send it (brokers of this cluster) and the local marker writer.
+    inter_broker: InterBrokerAuth | None = None
+    txn_markers: LocalMarkers | None = None
 
     @property
     def cluster_id(self) -> str:

@@ -93,11 +93,12 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
             return TRANSACTIONAL_ID_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe {key}"
         if key_type == _TXN_KEY:
             txns = broker.transactions
-            if txns is None:
-                return E.COORDINATOR_NOT_AVAILABLE, "transactions are not available in cluster mode yet"
-            if not txns.loaded:
+            if txns is None or not txns.loaded:
                 return E.COORDINATOR_NOT_AVAILABLE, "the transaction coordinator is loading"
             txns.ensure_topic()
+            # The leader of the id's __transaction_state partition (hash of the id), as Kafka does.
+            if broker.leadership.txn_coordinator_of(key) is None:
+                return E.COORDINATOR_NOT_AVAILABLE, "the transaction state topic is not placed yet"
             return E.NONE, None
         if key_type != _GROUP_KEY:
             return E.INVALID_REQUEST, f"unknown coordinator key type {key_type}"
@@ -111,10 +112,11 @@ async def handle_find_coordinator(ctx: RequestContext, request: FindCoordinatorR
     def where(error: int, key: str) -> tuple[int, str, int]:
         if error != 0:
             return -1, "", -1
+        # The leader of the key's offsets or transaction state partition (hash of the key), as Kafka does.
         if key_type == _TXN_KEY:
-            return broker.node_id, ctx.advertised_host, ctx.advertised_port
-        # The leader of the group's offsets partition (hash of the group id), as Kafka does.
-        address = broker.leadership.coordinator_of(key)
+            address = broker.leadership.txn_coordinator_of(key)
+        else:
+            address = broker.leadership.coordinator_of(key)
         if address is None or address.id == broker.node_id:
             return broker.node_id, ctx.advertised_host, ctx.advertised_port
         return (address.id, *address.on(ctx.listener_name))

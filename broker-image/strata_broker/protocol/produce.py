@@ -20,6 +20,20 @@ _TopicResponse = ProduceResponse.TopicProduceResponse
 _PartitionResponse = _TopicResponse.PartitionProduceResponse
 
 
+def verify_transactional(ctx: RequestContext, txn_id: str, producer_id: int, producer_epoch: int, topic: str,
+                         partition: int) -> ErrorCode:
+    """A transactional batch goes to a partition its transaction added (KIP-890 verification),
+    checked against the coordinator's state when this broker coordinates the transactional id. In
+    a cluster where another broker does, the batch is trusted, as Kafka before 3.6 trusts it: the
+    partition's producer state still refuses an epoch older than the one the last marker carried
+    (docs/kafka-compatibility.md)."""
+    txns = ctx.services.transactions
+    assert txns is not None
+    if txns.availability(txn_id) != ErrorCode.NONE and ctx.services.inter_broker is not None:
+        return ErrorCode.NONE
+    return txns.verify_produce(txn_id, producer_id, producer_epoch, topic, partition)
+
+
 # v0-2 (magic 0/1 message sets) are advertised but their batches are refused, as Kafka 4 does
 # (KIP-896): librdkafka only enables gzip/snappy/lz4 when the advertised range includes v0.
 @api(ProduceRequest, ProduceResponse, 0, 11)
@@ -33,10 +47,7 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     txn_id = request.transactional_id
     txns = services.transactions
     if request_error is None and txn_id is not None:
-        if txns is None:
-            request_error = KafkaProtocolError(ErrorCode.INVALID_REQUEST,
-                                               "transactions are not available in cluster mode yet")
-        elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, txn_id):
+        if not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, txn_id):
             request_error = KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                                                f"not authorized for transactional id {txn_id}")
 
@@ -66,8 +77,8 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                         raise KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                                                  "transactional records need a transactional id")
                     header = parse_header(records)
-                    refused = txns.verify_produce(txn_id, header.producer_id, header.producer_epoch,
-                                                  topic_data.name, pdata.index)
+                    refused = verify_transactional(ctx, txn_id, header.producer_id, header.producer_epoch,
+                                                   topic_data.name, pdata.index)
                     if refused != ErrorCode.NONE:
                         raise KafkaProtocolError(refused, f"{topic_data.name}-{pdata.index} is not in the "
                                                  f"transaction of {txn_id} (or the producer is fenced)")

@@ -10,6 +10,7 @@ error is PRODUCER_FENCED where the API version knows it, INVALID_PRODUCER_EPOCH 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from kafka.protocol.admin.transactions import (
     DescribeTransactionsRequest,
@@ -37,6 +38,9 @@ from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC,
 from .context import RequestContext
 from .registry import api
 
+if TYPE_CHECKING:
+    from ..groups.transactions import TransactionCoordinator
+
 E = ErrorCode
 
 
@@ -49,6 +53,13 @@ def fenced_code(error: ErrorCode, api_version: int, since: int) -> int:
 
 def _unavailable(ctx: RequestContext) -> bool:
     return ctx.services.transactions is None or not ctx.services.transactions.loaded
+
+
+def _availability(ctx: RequestContext, transactional_id: str) -> ErrorCode:
+    """NONE if this broker coordinates the id now; else the error that sends the client to look
+    the coordinator up again (NOT_COORDINATOR) or wait (loading)."""
+    txns = ctx.services.transactions
+    return E.COORDINATOR_NOT_AVAILABLE if txns is None else txns.availability(transactional_id)
 
 
 # ---- AddPartitionsToTxn -------------------------------------------------------------------
@@ -133,6 +144,17 @@ async def handle_add_offsets_to_txn(ctx: RequestContext, request: AddOffsetsToTx
 # ---- TxnOffsetCommit ----------------------------------------------------------------------
 
 
+def _verify_offsets(ctx: RequestContext, txns: TransactionCoordinator, request: TxnOffsetCommitRequest) -> ErrorCode:
+    """The producer's transaction must have added the group's offsets partition: checked here when
+    this broker coordinates the transactional id too; in a cluster where another broker does, the
+    batch is trusted as Kafka before KIP-890 trusts it (its markers come from that coordinator, at
+    an epoch that fences an older producer; docs/kafka-compatibility.md)."""
+    if txns.availability(request.transactional_id) != E.NONE and ctx.services.inter_broker is not None:
+        return E.NONE
+    return txns.verify_offsets(request.transactional_id, request.producer_id, request.producer_epoch,
+                               request.group_id)
+
+
 @api(TxnOffsetCommitRequest, TxnOffsetCommitResponse, 0, 5)
 async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse:
     v = ctx.api_version
@@ -156,12 +178,13 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
         error = E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
         error = E.GROUP_AUTHORIZATION_FAILED
+    elif not ctx.services.leadership.coordinates(request.group_id):
+        error = E.NOT_COORDINATOR  # cluster mode: the group's coordinator is another broker
     else:
         for tp in offsets:
             if not ctx.authorize(OP_READ, RES_TOPIC, tp[0]):
                 results[tp] = int(E.TOPIC_AUTHORIZATION_FAILED)
-        error = txns.verify_offsets(request.transactional_id, request.producer_id, request.producer_epoch,
-                                    request.group_id)
+        error = _verify_offsets(ctx, txns, request)
         if error == E.NONE and v >= 3 and request.generation_id >= 0:
             # KIP-447: a member of the group commits for the generation it belongs to.
             member_error, _ = groups.membership.check_commit(request.group_id, request.generation_id,
@@ -229,8 +252,9 @@ async def handle_describe_transactions(ctx: RequestContext,
         state = S(error_code=0, transactional_id=txn_id, transaction_state="", transaction_timeout_ms=0,
                   transaction_start_time_ms=-1, producer_id=-1, producer_epoch=-1, topics=[])
         meta = txns.transactions.get(txn_id) if txns is not None else None
-        if txns is None or not txns.loaded:
-            state.error_code = int(E.COORDINATOR_NOT_AVAILABLE)
+        unavailable = _availability(ctx, txn_id)
+        if unavailable != E.NONE:
+            state.error_code = int(unavailable)
         elif not ctx.authorize(OP_DESCRIBE, RES_TRANSACTIONAL_ID, txn_id):
             state.error_code = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
         elif meta is None or meta.producer_epoch < 0:

@@ -40,6 +40,9 @@ class Leadership(Protocol):
     def coordinator_of(self, group_id: str) -> BrokerAddress | None:
         """The broker coordinating a group; None while nobody does (not placed yet)."""
 
+    def txn_coordinator_of(self, transactional_id: str) -> BrokerAddress | None:
+        """The broker coordinating a transactional id; None while nobody does (not placed yet)."""
+
     def controller_id(self) -> int: ...
 
     def other_brokers(self) -> list[BrokerAddress]: ...
@@ -77,6 +80,9 @@ class SingleBroker:
 
     def coordinator_of(self, group_id: str) -> BrokerAddress | None:
         return BrokerAddress(self.node_id, "", 0)  # handlers answer with the client's listener address
+
+    def txn_coordinator_of(self, transactional_id: str) -> BrokerAddress | None:
+        return BrokerAddress(self.node_id, "", 0)
 
     def controller_id(self) -> int:
         return self.node_id

@@ -56,6 +56,9 @@ class CredentialStore:
         self._usual_iterations: dict[str, int] = {}
         # Cluster mode: told after every change, so the change reaches the other brokers.
         self.on_change: Callable[[], None] | None = None
+        # Cluster mode: the brokers' own user and password (cluster/txn_markers.py InterBrokerAuth),
+        # ahead of the file and the admin API's credentials (neither can replace it).
+        self.builtin_users: dict[str, str] = {}
         if self._api_path:
             data = read_json(self._api_path) or {}
             for user, mechs in data.get("users", {}).items():
@@ -114,6 +117,8 @@ class CredentialStore:
     # ---- lookups ----------------------------------------------------------------------------
 
     def scram(self, user: str, mechanism: str) -> ScramCredential | None:
+        if user in self.builtin_users:
+            return self._derive(user, mechanism, self.builtin_users[user])
         if user in self.api_scram:
             return self.api_scram[user].get(mechanism)
         cred = self._file_scram.get(user, {}).get(mechanism)
@@ -122,6 +127,9 @@ class CredentialStore:
         password = self._file_passwords.get(user)
         if password is None:
             return None
+        return self._derive(user, mechanism, password)
+
+    def _derive(self, user: str, mechanism: str, password: str) -> ScramCredential:
         key = (user, mechanism, password)
         if key not in self._derived:  # salted once per password, not per login
             self._derived[key] = ScramCredential.from_password(mechanism, password)
@@ -129,7 +137,10 @@ class CredentialStore:
 
     def check_plain(self, user: str, password: str) -> bool:
         """Exactly one PBKDF2 whoever `user` is (SCRAM-stored, plain in the file, or unknown), so the
-        time taken does not tell which users exist. Slow by design: call it off the event loop."""
+        time taken does not tell which users exist. Slow by design: call it off the event loop.
+        `builtin_users` (cluster mode: the brokers' own user, cluster/txn_markers.py) come first."""
+        if user in self.builtin_users:
+            return hmac.compare_digest(self.builtin_users[user].encode(), password.encode())
         sources = self.api_scram[user] if user in self.api_scram else self._file_scram.get(user, {})
         mechanism = next((m for m in _PLAIN_ORDER if m in sources), None)
         if mechanism is not None:

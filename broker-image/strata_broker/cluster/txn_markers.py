@@ -1,0 +1,364 @@
+"""Transaction markers in a cluster: WriteTxnMarkers between brokers (docs/kafka-compatibility.md).
+
+The transaction coordinator of a transactional id is the broker leading its `__transaction_state`
+partition; the partitions of a transaction may be led by any broker. When the coordinator ends a
+transaction it hands the (producer id, epoch, commit/abort, partitions) to `ClusterMarkers.write`,
+which groups the partitions by their leader in the placement and writes the control batches:
+through `LocalMarkers` for the partitions this broker leads, through a WriteTxnMarkers request
+(api key 27) for the others. Partitions refused (the leader moved, is taking over, or is not
+reachable) are tried again, at their new leader, until every marker is durable or the deadline
+passes; the coordinator then keeps the transaction prepared and its tick() tries again.
+
+Brokers authenticate to each other with a secret every broker of the cluster reads from the
+bucket (`clusters/<cluster>/security/inter-broker.json`, created by the first broker with a
+conditional write; clients have no bucket access). A broker's requests carry, as their client
+id, `strata-broker-<id>.<HMAC-SHA256(secret, "strata-broker-<id>")>`; the WriteTxnMarkers handler
+accepts only those (or a principal granted CLUSTER_ACTION on the cluster while the authorizer is
+on) and answers anyone else CLUSTER_AUTHORIZATION_FAILED. The request goes to the peer's
+address on the listener `inter.broker.listener.name` names (default: this broker's first PLAINTEXT
+or SASL_PLAINTEXT listener; brokers of a cluster share their listener configuration); over
+SASL_PLAINTEXT the broker first authenticates as `strata-broker` with a password derived from the
+same secret, with SCRAM-SHA-512 (or SCRAM-SHA-256, or PLAIN: the first the peer's
+`sasl.enabled.mechanisms` offers); the receiving broker knows that user without any credentials
+file (security/credentials.py `builtin_users`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from kafka.net.sasl.scram import ScramClient
+from kafka.protocol.producer.transaction import WriteTxnMarkersRequest, WriteTxnMarkersResponse
+from kafka.protocol.sasl import (
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+)
+from strata_contract.layout import security_key
+from strata_contract.placement import BrokerAddress
+
+from ..errors import ErrorCode, KafkaProtocolError
+from ..groups.offsets import OFFSETS_TOPIC
+
+if TYPE_CHECKING:
+    from ..groups.offsets import OffsetStore
+    from ..log.manager import LogManager
+    from ..replica import ReplicaManager
+    from ..replica.leadership import Leadership
+    from ..security.listeners import Listener
+    from ..tier.store import ObjectStore
+    from .member import ClusterMember
+
+log = logging.getLogger(__name__)
+
+E = ErrorCode
+BROKER_USER = "strata-broker"
+_CLIENT_PREFIX = "strata-broker-"
+_WRITE_TXN_MARKERS_VERSION = 1
+_LEN = struct.Struct(">i")
+_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")  # in order of preference
+# Errors after which a marker is sent again (to whoever leads the partition then).
+# UNKNOWN_TOPIC_OR_PARTITION too: a leader may not have adopted a new topic yet (a topic deleted for
+# good is dropped from the markers once this broker's own log manager forgets it).
+_RETRIABLE = {E.NOT_LEADER_OR_FOLLOWER, E.LEADER_NOT_AVAILABLE, E.COORDINATOR_NOT_AVAILABLE,
+              E.KAFKA_STORAGE_ERROR, E.REQUEST_TIMED_OUT, E.UNKNOWN_TOPIC_OR_PARTITION}
+
+
+# ---- the cluster's inter-broker secret ------------------------------------------------------------
+
+
+class InterBrokerAuth:
+    """The secret brokers of one cluster share, and the client ids and password derived from it."""
+
+    def __init__(self, secret: bytes = b"") -> None:
+        self.secret = secret
+
+    @classmethod
+    async def load(cls, store: ObjectStore, prefix: str, cluster: str) -> InterBrokerAuth:
+        """Read the cluster's secret from the bucket, creating it if this broker is the first."""
+        from ..tier.store import PreconditionFailed
+
+        key = security_key(prefix, cluster, "inter-broker")
+        for _ in range(5):
+            raw = await store.get_or_none(key)
+            if raw is not None:
+                return cls(bytes.fromhex(json.loads(raw)["secret"]))
+            body = json.dumps({"secret": os.urandom(32).hex()}).encode()
+            try:
+                await store.put_if(key, body, None)
+            except PreconditionFailed:
+                continue  # another broker created it first: read theirs
+            return cls(bytes.fromhex(json.loads(body)["secret"]))
+        raise RuntimeError("cannot read or create the inter-broker secret in the bucket")
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
+
+    def client_id(self, node_id: int) -> str:
+        name = f"{_CLIENT_PREFIX}{node_id}"
+        return f"{name}.{self._mac(name)}"
+
+    def password(self) -> str:
+        """The SASL password of `strata-broker` (never the secret itself)."""
+        return self._mac("sasl-plain")
+
+    def is_broker(self, client_id: str | None) -> bool:
+        """Whether a request's client id is one a broker of this cluster made."""
+        if not self.secret or not client_id or not client_id.startswith(_CLIENT_PREFIX):
+            return False
+        name, _, mac = client_id.partition(".")
+        return hmac.compare_digest(mac, self._mac(name))
+
+    def check_plain(self, user: str, password: str) -> bool:
+        return bool(self.secret) and user == BROKER_USER and hmac.compare_digest(password, self.password())
+
+    def users(self) -> dict[str, str]:
+        """The brokers' own SASL user and password, for the credential store."""
+        return {BROKER_USER: self.password()} if self.secret else {}
+
+
+# ---- requests to other brokers ------------------------------------------------------------------------
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.lock = asyncio.Lock()
+        self.correlation = 0
+
+    async def call(self, request: Any, version: int, response_class: Any, client_id: str) -> Any:
+        async with self.lock:
+            self.correlation += 1
+            request.API_VERSION = version
+            request.with_header(correlation_id=self.correlation, client_id=client_id)
+            self.writer.write(request.encode(version=version, header=True, framed=True))
+            await self.writer.drain()
+            (size,) = _LEN.unpack(await self.reader.readexactly(4))
+            frame = await self.reader.readexactly(size)
+            return response_class.decode(frame, version=version, header=True)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class InterBrokerClient:
+    """One connection per peer broker (made on first use, dropped on any error)."""
+
+    def __init__(self, node_id: int, auth: InterBrokerAuth, listeners: list[Listener], listener_name: str = "",
+                 timeout_s: float = 10.0) -> None:
+        self.node_id = node_id
+        self.auth = auth
+        plain = [lst for lst in listeners if lst.protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
+                 and (not listener_name or lst.name == listener_name)]
+        self.listener = plain[0] if plain else None
+        if self.listener is None:
+            log.error("no %s listener for inter-broker requests: transactions over partitions other brokers "
+                      "lead will not complete", listener_name or "PLAINTEXT or SASL_PLAINTEXT")
+        self.timeout_s = timeout_s
+        self._connections: dict[int, _Connection] = {}
+        self._connecting: dict[int, asyncio.Lock] = {}
+        self._mechanism = _MECHANISMS[0]  # the last one a peer accepted
+
+    async def _connect(self, peer: BrokerAddress) -> _Connection:
+        if self.listener is None:
+            raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE,
+                                     "inter-broker requests need a PLAINTEXT or SASL_PLAINTEXT listener")
+        host, port = peer.on(self.listener.name)
+        mechanism = self._mechanism
+        for _ in range(2):  # a second time with a mechanism the peer offers, if it refused ours
+            reader, writer = await asyncio.open_connection(host, port)
+            conn = _Connection(reader, writer)
+            try:
+                offered = await self._authenticate(conn, mechanism)
+            except BaseException:
+                conn.close()
+                raise
+            if offered is None:
+                log.info("connected to broker %d at %s:%d (%s%s) for inter-broker requests", peer.id, host, port,
+                         self.listener.protocol, f" {mechanism}" if self.listener.sasl else "")
+                self._mechanism = mechanism
+                return conn
+            conn.close()
+            usable = [m for m in _MECHANISMS if m in offered]
+            if not usable:
+                break
+            mechanism = usable[0]
+        raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE,
+                                 f"broker {peer.id} offers none of {', '.join(_MECHANISMS)} for inter-broker requests")
+
+    async def _authenticate(self, conn: _Connection, mechanism: str) -> list[str] | None:
+        """On a SASL_PLAINTEXT listener, authenticate as the brokers' own user (SCRAM, or PLAIN);
+        None once done, or the mechanisms the peer offers when it refused this one."""
+        if self.listener is None or not self.listener.sasl:
+            return None
+        client_id = self.auth.client_id(self.node_id)
+
+        async def step(token: bytes) -> bytes:
+            done = await conn.call(SaslAuthenticateRequest(auth_bytes=token), 1, SaslAuthenticateResponse, client_id)
+            if done.error_code:
+                raise KafkaProtocolError(ErrorCode(done.error_code), f"peer broker: {done.error_message}")
+            return bytes(done.auth_bytes or b"")
+
+        shake = await conn.call(SaslHandshakeRequest(mechanism=mechanism), 1, SaslHandshakeResponse, client_id)
+        if shake.error_code:
+            return list(shake.mechanisms or [])
+        password = self.auth.password()
+        if mechanism == "PLAIN":
+            await step(b"\x00" + BROKER_USER.encode() + b"\x00" + password.encode())
+            return None
+        scram = ScramClient(BROKER_USER, password, mechanism)
+        server_first = await step(scram.first_message())
+        await asyncio.to_thread(scram.process_server_first_message, server_first)  # PBKDF2: off the loop
+        scram.process_server_final_message(await step(scram.final_message()))
+        return None
+
+    async def call(self, peer: BrokerAddress, request: Any, version: int, response_class: Any) -> Any:
+        async with self._connecting.setdefault(peer.id, asyncio.Lock()):  # one connection per peer
+            conn = self._connections.get(peer.id)
+            if conn is None:
+                conn = self._connections[peer.id] = await asyncio.wait_for(self._connect(peer), self.timeout_s)
+        try:
+            return await asyncio.wait_for(conn.call(request, version, response_class,
+                                                    self.auth.client_id(self.node_id)), self.timeout_s)
+        except BaseException:
+            conn.close()  # out of step with the peer (or gone): the next call connects again
+            if self._connections.get(peer.id) is conn:
+                del self._connections[peer.id]
+            raise
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+
+# ---- writing markers -------------------------------------------------------------------------------
+
+
+class LocalMarkers:
+    """Markers to partitions this broker leads: the control batch, durable like any append; a
+    marker in an offsets partition also makes the transaction's offsets visible (or drops them)."""
+
+    def __init__(self, logs: LogManager, replicas: ReplicaManager, leadership: Leadership,
+                 offsets: OffsetStore) -> None:
+        self.logs = logs
+        self.replicas = replicas
+        self.leadership = leadership
+        self.offsets = offsets
+
+    async def write(self, producer_id: int, producer_epoch: int, commit: bool, partitions: Iterable[tuple[str, int]],
+                    coordinator_epoch: int = 0) -> dict[tuple[str, int], ErrorCode]:
+        errors: dict[tuple[str, int], ErrorCode] = {}
+        waits: list[tuple[tuple[str, int], Any]] = []
+        for topic, partition in partitions:
+            try:
+                plog = self.logs.get_partition(topic, partition)
+                self.leadership.check_leader(topic, partition)
+            except KafkaProtocolError as exc:
+                errors[(topic, partition)] = exc.code
+                continue
+            appended = self.replicas.append_marker(plog, producer_id, producer_epoch, commit, coordinator_epoch)
+            waits.append(((topic, partition), appended))
+        outcomes = await self.replicas.durable_all([a for _, a in waits])
+        for (tp, _), outcome in zip(waits, outcomes, strict=True):
+            if outcome is None:
+                errors[tp] = E.NONE
+                if tp[0] == OFFSETS_TOPIC:
+                    self.offsets.complete_txn(producer_id, commit, tp[1])
+            elif isinstance(outcome, KafkaProtocolError):
+                errors[tp] = outcome.code
+            else:
+                log.warning("marker to %s-%d not durable: %r", *tp, outcome)
+                errors[tp] = E.KAFKA_STORAGE_ERROR
+        return errors
+
+
+class ClusterMarkers:
+    """Writes a transaction's markers wherever its partitions are led (see the module docstring)."""
+
+    def __init__(self, member: ClusterMember, local: LocalMarkers, client: InterBrokerClient,
+                 deadline_s: float = 30.0, retry_s: float = 0.25) -> None:
+        self.member = member
+        self.local = local
+        self.client = client
+        self.deadline_s = deadline_s
+        self.retry_s = retry_s
+
+    async def write(self, producer_id: int, producer_epoch: int, commit: bool, partitions: Iterable[tuple[str, int]],
+                    coordinator_epoch: int = 0) -> None:
+        """Return once every partition has its marker (durable), or a deleted topic needs none;
+        raise COORDINATOR_NOT_AVAILABLE if that takes longer than the deadline."""
+        pending = set(partitions)
+        deadline = time.monotonic() + self.deadline_s
+        last: dict[tuple[str, int], str] = {}
+        while True:
+            by_leader: dict[int, list[tuple[str, int]]] = {}
+            for topic, partition in sorted(pending):
+                if topic not in self.local.logs.topics:
+                    pending.discard((topic, partition))  # deleted meanwhile: nothing left to mark
+                    continue
+                assignment = self.member.follower.assignment(topic, partition)
+                if assignment is None:
+                    last[(topic, partition)] = "not placed"
+                    continue
+                by_leader.setdefault(assignment.leader, []).append((topic, partition))
+            jobs = [self._send(leader, parts, producer_id, producer_epoch, commit, coordinator_epoch)
+                    for leader, parts in by_leader.items()]
+            for result in await asyncio.gather(*jobs):
+                for tp, (code, why) in result.items():
+                    if code == E.NONE:
+                        pending.discard(tp)
+                    elif code in _RETRIABLE:
+                        last[tp] = why
+                    else:
+                        raise KafkaProtocolError(code, f"marker to {tp[0]}-{tp[1]} refused: {why}")
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE, "markers not written yet: " + ", ".join(
+                    f"{t}-{p} ({last.get((t, p), '?')})" for t, p in sorted(pending)))
+            await asyncio.sleep(self.retry_s)
+
+    async def _send(self, leader: int, parts: list[tuple[str, int]], producer_id: int, producer_epoch: int,
+                    commit: bool, coordinator_epoch: int) -> dict[tuple[str, int], tuple[ErrorCode, str]]:
+        if leader == self.member.node_id:
+            local = await self.local.write(producer_id, producer_epoch, commit, parts, coordinator_epoch)
+            return {tp: (code, "here") for tp, code in local.items()}
+        peer = self.member.placement.broker(leader)
+        if peer is None:
+            return {tp: (E.LEADER_NOT_AVAILABLE, f"broker {leader} is not in the placement") for tp in parts}
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in parts:
+            by_topic.setdefault(topic, []).append(partition)
+        R = WriteTxnMarkersRequest
+        M = R.WritableTxnMarker
+        request = R(markers=[M(producer_id=producer_id, producer_epoch=producer_epoch, transaction_result=commit,
+                               topics=[M.WritableTxnMarkerTopic(name=t, partition_indexes=ps)
+                                       for t, ps in by_topic.items()],
+                               coordinator_epoch=coordinator_epoch)])
+        try:
+            response = await self.client.call(peer, request, _WRITE_TXN_MARKERS_VERSION, WriteTxnMarkersResponse)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, KafkaProtocolError) as exc:
+            return {tp: (E.COORDINATOR_NOT_AVAILABLE, f"broker {leader}: {exc!r}") for tp in parts}
+        out: dict[tuple[str, int], tuple[ErrorCode, str]] = {
+            tp: (E.COORDINATOR_NOT_AVAILABLE, f"broker {leader}: no answer") for tp in parts}
+        for marker in response.markers:
+            for topic in marker.topics:
+                for p in topic.partitions:
+                    code = ErrorCode(p.error_code)
+                    if code == E.CLUSTER_AUTHORIZATION_FAILED:
+                        log.error("broker %d refused our WriteTxnMarkers (another cluster secret?)", leader)
+                        code = E.COORDINATOR_NOT_AVAILABLE
+                    out[(topic.name, p.partition_index)] = (code, f"broker {leader}: {code.name}")
+        return out
