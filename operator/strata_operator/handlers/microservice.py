@@ -44,7 +44,7 @@ from .settings import SETTINGS
 
 
 @kopf.index(*MICROSERVICE)
-def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(broker namespace, broker name) -> the Microservices of that broker (for single-writer)."""
     md = body["metadata"]
     if md.get("deletionTimestamp"):
