@@ -39,7 +39,7 @@ from typing import Any
 import kopf
 
 from .. import admin as kafka_admin
-from .. import logic, resources
+from .. import logic, memory, resources
 from ..admin import API_ALTER_USER_SCRAM_CREDENTIALS, API_CREATE_ACLS, BrokerRejected, BrokerUnavailable
 from ..kube import KubeError
 from .common import (
@@ -348,6 +348,7 @@ async def resync_once(body: kopf.Body, ix: dict[str, kopf.Index], failures: int)
                                                   ix["broker_index"], timed=True, full=full, context=ctx)
                 jobs.append(run.reconcile("Microservice", service, run_service))
     retry = any(await asyncio.gather(*jobs)) if jobs else False
+    memory.trim()  # the previous snapshot, decoded and compared, is garbage now
     if jobs:
         log.info("resync of EventBroker %s/%s: %d of %d resources reconciled", key[0], key[1], len(jobs),
                  len(topics) + len(services))
