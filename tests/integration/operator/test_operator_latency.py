@@ -66,8 +66,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeEmulat
            "STRATA_OPERATOR_BROKER_TIMEOUT": "10",
            "STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
            "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-           "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER, "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": OPERATOR_PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""] + (["-v"] if os.environ.get("H27V") else []),
+           "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
+           "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": OPERATOR_PASSWORD}
+    proc = subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
