@@ -1,5 +1,5 @@
-"""Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient, kafka-python for
-ApiVersions and SCRAM credentials). Never imports the broker's code.
+"""Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient; kafka-python for
+ApiVersions and the snapshot's Metadata and DescribeConfigs). Never imports the broker's code.
 
 `Admin` is synchronous and blocking. Handlers use it through a `Session` (`session_for`): one per
 broker address and identity, shared by every handler, holding one long-lived authenticated
@@ -336,18 +336,6 @@ class Admin:
             users = None
         return Snapshot(taken=taken, topics=topics, acls=acls, scram_users=users, keys=keys)
 
-    def _settled(self, futures: dict[Any, Any]) -> dict[Any, Any]:
-        """The results of the futures that succeeded; BrokerUnavailable if any failed for transport."""
-        out = {}
-        for key, fut in futures.items():
-            try:
-                out[key] = fut.result(timeout=TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - a topic deleted meanwhile is just left out
-                err = _translate(exc)
-                if isinstance(err, BrokerUnavailable):
-                    raise err from exc
-        return out
-
     def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> None:
         try:
             self._wait(self.client.create_topics([NewTopic(name, partitions, 1, config=configs)],
@@ -464,8 +452,9 @@ def executor() -> ThreadPoolExecutor:
 
 
 class Session:
-    """One broker's admin session: a single AdminClient (two connections, one SCRAM login each)
-    created on first use and kept, its ApiVersions table read once per connection, and a backoff
+    """One broker's admin session: a single Admin (confluent-kafka's AdminClient, two connections, one
+    SCRAM login each, and kafka-python's client, one more) created on first use and kept, its
+    ApiVersions table read once per connection, and a backoff
     after a transport failure during which calls raise BrokerUnavailable at once. After the backoff
     the next call drops the old client and connects anew."""
 
