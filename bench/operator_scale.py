@@ -10,7 +10,7 @@ For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-
   requests per minute counted on the wire in front of the broker (a counting TCP proxy the broker
   advertises, so every connection goes through it: logins included), and Kubernetes requests per
   minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
-- the operator's peak RSS (VmHWM) over the whole run;
+- the operator's RSS at the end of the steady state (VmRSS) and its peak (VmHWM) over the whole run;
 - the time to delete min(500, N) Topics (until their resources are gone from the API);
 - with --cold-start: the operator stopped, every resource's conditions cleared, the operator started
   again with all of them in the API: time to all Ready, its peak RSS and threads, the connections it
@@ -185,7 +185,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return {"n": n, "services": services, "topics_ready_s": to_ready["Topic"],
                 "services_ready_s": to_ready["Microservice"],
                 "cpu_pct": 100 * (after["cpu"] - before["cpu"]) / (t1 - t0),
-                "threads": after["threads"], "peak_rss_mib": final["hwm_mib"],
+                "threads": after["threads"], "peak_rss_mib": final["hwm_mib"], "steady_rss_mib": after["rss_mib"],
                 "kafka_req_min": (a1 - a0) / minutes, "kube_req_min": (k1 - k0) / minutes,
                 "broker_connections": proxy.connections, "deleted": deleting, "delete_s": delete_s,
                 "cpu_s_total": final["cpu"], **cold}
@@ -231,12 +231,13 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\nreconcile interval {args.interval:.0f}s, steady state measured over {args.steady:.0f}s; load: {load}")
     print("| resources | all Ready after apply (Topics / Microservices) | steady state: operator CPU, threads | "
-          "Kafka req/min | Kubernetes req/min | peak RSS | broker connections (whole run) | delete Topics |")
+          "Kafka req/min | Kubernetes req/min | RSS: steady / peak | broker connections (whole run) | delete Topics |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']} Topics, {r['services']} Microservices | {r['topics_ready_s']:.1f} s / "
               f"{r['services_ready_s']:.1f} s | {r['cpu_pct']:.1f}% of a core, {r['threads']} threads | "
-              f"{r['kafka_req_min']:.0f} | {r['kube_req_min']:.0f} | {r['peak_rss_mib']:.0f} MiB | "
+              f"{r['kafka_req_min']:.0f} | {r['kube_req_min']:.0f} | "
+              f"{r['steady_rss_mib']:.0f} / {r['peak_rss_mib']:.0f} MiB | "
               f"{r['broker_connections']} | {r['deleted']} in {r['delete_s']:.1f} s |")
     cold = [r for r in rows if "cold_s" in r]
     if cold:

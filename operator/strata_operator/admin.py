@@ -1,5 +1,5 @@
-"""Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient, kafka-python for
-ApiVersions and SCRAM credentials). Never imports the broker's code.
+"""Talks to brokers over the Kafka admin API only (confluent-kafka's AdminClient; kafka-python for
+ApiVersions and the snapshot's Metadata and DescribeConfigs). Never imports the broker's code.
 
 `Admin` is synchronous and blocking. Handlers use it through a `Session` (`session_for`): one per
 broker address and identity, shared by every handler, holding one long-lived authenticated
@@ -10,11 +10,13 @@ backing off (failing fast, without touching the network) after the broker could 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,13 +124,15 @@ class TopicState:
 
 @dataclass
 class Snapshot:
-    """What a broker has, read in a few requests: every topic (partitions, id, configs), every
-    ACL by principal, every user with a SCRAM credential. `taken` is when the read began (monotonic)."""
+    """What a broker has, read in a few requests: every topic (partitions, id, and the configs named
+    by `keys`), every ACL by principal, every user with a SCRAM credential. `taken` is when the read
+    began (monotonic)."""
 
     taken: float
     topics: dict[str, TopicState]
     acls: dict[str, set[AclBinding]] | None  # None: the broker has no authorizer
     scram_users: set[str] | None  # None: the broker cannot list them
+    keys: frozenset[str] = frozenset()  # the topic configs read: a TopicState here has no others
 
 
 def _topic_state(name: str, desc: Any, configs: dict[str, Any]) -> TopicState:
@@ -137,6 +141,31 @@ def _topic_state(name: str, desc: Any, configs: dict[str, Any]) -> TopicState:
     return TopicState(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions),
                       dynamic_configs=dynamic,
                       all_configs={k: e.value for k, e in configs.items() if e.value is not None})
+
+
+def kafka_uuid(value: Any) -> str:
+    """A topic id as Kafka (and confluent-kafka) writes it: base64 of its 16 bytes, unpadded; from
+    kafka-python's UUID text."""
+    return base64.b64encode(uuid.UUID(str(value)).bytes).decode().rstrip("=")
+
+
+DYNAMIC_TOPIC_CONFIG = "DYNAMIC_TOPIC_CONFIG"  # kafka-python's name of ConfigSource.DYNAMIC_TOPIC_CONFIG
+
+
+def _snapshot_configs(found: dict[str, dict[str, Any]], shared: dict[tuple[tuple[str, str], ...], dict[str, str]],
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+    """(dynamic configs, effective values of the others) of one topic from kafka-python's
+    DescribeConfigs entries. The second is the same for most topics (the broker's defaults): one dict
+    per distinct content (`shared`), not one per topic."""
+    dynamic: dict[str, str] = {}
+    other: dict[str, str] = {}
+    for key, entry in found.items():
+        value = entry.get("value")
+        if value is None:
+            continue
+        (dynamic if entry.get("config_source") == DYNAMIC_TOPIC_CONFIG else other)[key] = value
+    frozen = tuple(sorted(other.items()))
+    return dynamic, shared.setdefault(frozen, other)
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -158,6 +187,8 @@ class Admin:
     def __init__(self, bootstrap: str, extra: dict[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
         self.extra = dict(extra or {})
+        self._kp: Any = None  # kafka-python's admin client, made on first use (_kafka_python)
+        self._kp_lock = threading.Lock()
         self.client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000,
                                    "socket.connection.setup.timeout.ms": 5000, "client.id": "strata-operator",
                                    # a broker that is down: a few connection attempts per call, not 10 a second
@@ -183,22 +214,67 @@ class Admin:
             raise _translate(exc) from exc
         return len(meta.brokers)
 
-    def api_versions(self) -> dict[int, tuple[int, int]]:
-        """The broker's ApiVersions table (api key -> (min, max)), through kafka-python."""
+    def _kafka_python(self) -> Any:
+        """This connection's kafka-python admin client (one connection, one login), made on first use
+        and kept until close(): ApiVersions, and the snapshot's DescribeConfigs, which confluent-kafka
+        cannot ask without synonyms or for some keys only."""
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError as KpError
 
+        with self._kp_lock:
+            if self._kp is None:
+                try:
+                    # kafka-python 3 keeps retrying the bootstrap for 30 s unless told otherwise: an
+                    # unreachable broker must not hold a handler (or the operator's shutdown) that long.
+                    self._kp = KafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                                request_timeout_ms=int(TIMEOUT * 1000),
+                                                bootstrap_timeout_ms=int(TIMEOUT * 1000),
+                                                **_kafka_python_security(self.extra))
+                except KpError as exc:
+                    raise BrokerUnavailable(str(exc)) from exc
+            return self._kp
+
+    def close(self) -> None:
+        """Close the kafka-python client (confluent-kafka's closes when it is collected)."""
+        with self._kp_lock:
+            kp, self._kp = self._kp, None
+        if kp is not None:
+            try:
+                kp.close()
+            except Exception:  # noqa: BLE001,S110 - closing a client of a failed connection
+                pass
+
+    def api_versions(self) -> dict[int, tuple[int, int]]:
+        """The broker's ApiVersions table (api key -> (min, max)), through kafka-python."""
+        from kafka.errors import KafkaError as KpError
+
         try:
-            # kafka-python 3 keeps retrying the bootstrap for 30 s unless told otherwise: an
-            # unreachable broker must not hold a handler (or the operator's shutdown) that long.
-            kp = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(TIMEOUT * 1000),
-                                  bootstrap_timeout_ms=int(TIMEOUT * 1000), **_kafka_python_security(self.extra))
+            return {int(k): (int(v[0]), int(v[1])) for k, v in self._kafka_python().api_versions().items()}
         except KpError as exc:
+            self.close()
             raise BrokerUnavailable(str(exc)) from exc
+
+    def topic_configs(self, names: list[str], keys: frozenset[str]) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+        """topic -> (dynamic configs, effective values of the others), of `keys` only, in one
+        DescribeConfigs without synonyms or documentation (kafka-python: about a tenth of what
+        confluent-kafka's describe_configs decodes into objects, every config with its synonyms). A
+        topic the broker answered with an error (deleted meanwhile) is left out."""
+        from kafka.admin import ConfigResource as KpConfigResource
+        from kafka.admin import ConfigResourceType
+        from kafka.errors import KafkaError as KpError
+
+        if not names or not keys:
+            return {name: ({}, {}) for name in names}
+        wanted = dict.fromkeys(sorted(keys))
         try:
-            return {int(k): (int(v[0]), int(v[1])) for k, v in kp.api_versions().items()}
-        finally:
-            kp.close()
+            found = self._kafka_python().describe_configs(
+                [KpConfigResource(ConfigResourceType.TOPIC, n, wanted) for n in names],
+                include_synonyms=False, config_filter="all").get("topic", {})
+        except KpError as exc:
+            self.close()
+            raise BrokerUnavailable(str(exc)) from exc
+        shared: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        return {name: _snapshot_configs(entries, shared) for name, entries in found.items() if entries}
 
     def supports(self, api_key: int) -> bool:
         return api_key in self.api_versions()
@@ -220,23 +296,25 @@ class Admin:
         (configs,) = self._wait(self.client.describe_configs([resource])).values()
         return _topic_state(name, desc, configs)
 
-    def snapshot(self) -> Snapshot:
-        """Every topic, ACL and SCRAM user of the cluster in five requests (Metadata, DescribeTopics,
-        one DescribeConfigs for all topics, DescribeAcls, DescribeUserScramCredentials). A topic that
-        vanishes between them is left out."""
+    def snapshot(self, keys: frozenset[str] = frozenset()) -> Snapshot:
+        """Every topic, ACL and SCRAM user of the cluster in four requests: Metadata of every topic
+        (partitions and ids) and one DescribeConfigs of every topic, for the config `keys` only
+        (none without keys), through kafka-python (plain dicts: confluent-kafka makes a Future per
+        topic and an object per config and synonym); DescribeAcls and DescribeUserScramCredentials.
+        A topic that vanishes between them is left out."""
+        from kafka.errors import KafkaError as KpError
+
         taken = time.monotonic()
         try:
-            meta = self.client.list_topics(timeout=TIMEOUT)
-        except KafkaException as exc:
-            raise _translate(exc) from exc
-        names = sorted(n for n, t in meta.topics.items() if t.error is None)
-        topics: dict[str, TopicState] = {}
-        if names:
-            descs = self._settled(self.client.describe_topics(TopicCollection(names)))
-            resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
-            configs = {res.name: v for res, v in
-                       self._settled(self.client.describe_configs(resources, request_timeout=TIMEOUT)).items()}
-            topics = {n: _topic_state(n, descs[n], configs[n]) for n in names if n in descs and n in configs}
+            found = [t for t in self._kafka_python().describe_topics() if not t.get("error_code") and t.get("name")]
+        except KpError as exc:
+            self.close()
+            raise BrokerUnavailable(str(exc)) from exc
+        configs = self.topic_configs([t["name"] for t in found], keys)
+        topics = {t["name"]: TopicState(name=t["name"], topic_id=kafka_uuid(t["topic_id"]),
+                                        partitions=len(t["partitions"]), dynamic_configs=configs[t["name"]][0],
+                                        all_configs=configs[t["name"]][1])
+                  for t in found if t["name"] in configs}
         acls: dict[str, set[AclBinding]] | None = {}
         flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
                                AclOperation.ANY, AclPermissionType.ANY)
@@ -256,19 +334,7 @@ class Admin:
             if isinstance(err, BrokerUnavailable):
                 raise err from exc
             users = None
-        return Snapshot(taken=taken, topics=topics, acls=acls, scram_users=users)
-
-    def _settled(self, futures: dict[Any, Any]) -> dict[Any, Any]:
-        """The results of the futures that succeeded; BrokerUnavailable if any failed for transport."""
-        out = {}
-        for key, fut in futures.items():
-            try:
-                out[key] = fut.result(timeout=TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 - a topic deleted meanwhile is just left out
-                err = _translate(exc)
-                if isinstance(err, BrokerUnavailable):
-                    raise err from exc
-        return out
+        return Snapshot(taken=taken, topics=topics, acls=acls, scram_users=users, keys=keys)
 
     def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> None:
         try:
@@ -386,8 +452,9 @@ def executor() -> ThreadPoolExecutor:
 
 
 class Session:
-    """One broker's admin session: a single AdminClient (two connections, one SCRAM login each)
-    created on first use and kept, its ApiVersions table read once per connection, and a backoff
+    """One broker's admin session: a single Admin (confluent-kafka's AdminClient, two connections, one
+    SCRAM login each, and kafka-python's client, one more) created on first use and kept, its
+    ApiVersions table read once per connection, and a backoff
     after a transport failure during which calls raise BrokerUnavailable at once. After the backoff
     the next call drops the old client and connects anew."""
 
@@ -403,6 +470,7 @@ class Session:
         self.last_error = ""
         self.connects = 0
         self.snap: Snapshot | None = None
+        self.keys: frozenset[str] = frozenset()  # the topic configs the last snapshot was asked for
         self.no_authorizer = False  # CreateAcls answered SECURITY_DISABLED on this connection
         self._refreshing: asyncio.Future[Any] | None = None
 
@@ -422,6 +490,7 @@ class Session:
         with self._lock:
             if self._admin is admin:  # one failure per connection counts, not one per waiting call
                 self._admin = None
+                admin.close()
                 self._versions = None
                 self.failures += 1
                 self.retry_at = time.monotonic() + min(BACKOFF_MAX, 2.0 ** (self.failures - 1))
@@ -454,17 +523,23 @@ class Session:
         """Admin.<method>(*args) on the bounded admin pool."""
         return await asyncio.get_running_loop().run_in_executor(executor(), self.call_sync, method, *args)
 
-    async def snapshot(self, max_age: float) -> Snapshot:
-        """The broker's state at most `max_age` seconds old: one read (Admin.snapshot) shared by every
-        caller, whatever their number; fresher reads made meanwhile are folded in (remember_*)."""
-        if self.snap is not None and time.monotonic() - self.snap.taken < max_age:
+    async def snapshot(self, max_age: float, keys: frozenset[str] | None = None) -> Snapshot:
+        """The broker's state at most `max_age` seconds old, with at least the topic configs `keys`
+        (None: those the last read asked for): one read (Admin.snapshot) shared by every caller,
+        whatever their number; fresher reads made meanwhile are folded in (remember_*)."""
+        keys = self.keys if keys is None else keys
+        if self.snap is not None and time.monotonic() - self.snap.taken < max_age and keys <= self.snap.keys:
             return self.snap
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._refresh())
-        return await asyncio.shield(self._refreshing)
+        self.keys = keys
+        while True:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.ensure_future(self._refresh(keys))
+            snap = await asyncio.shield(self._refreshing)
+            if keys <= snap.keys:  # else a read begun before with fewer keys: read again
+                return snap
 
-    async def _refresh(self) -> Snapshot:
-        self.snap = await self.call("snapshot")
+    async def _refresh(self, keys: frozenset[str]) -> Snapshot:
+        self.snap = await self.call("snapshot", keys)
         return self.snap
 
     def remember_topic(self, name: str, state: TopicState | None) -> None:

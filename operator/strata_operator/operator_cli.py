@@ -31,6 +31,9 @@ def operator(ctx: click.Context, namespaces: tuple[str, ...], liveness: str, sta
         return
     import logging
 
+    from . import memory
+
+    memory.limit_arenas()  # before any thread starts (memory.py)
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers

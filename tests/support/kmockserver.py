@@ -5,8 +5,13 @@ metadata.generation, the spec/status split, pruning or CEL (those are tested sep
 Server-side apply (PATCH as application/apply-patch+yaml, what the operator writes its objects with)
 is emulated as a merge patch that creates a missing object: field managers, managedFields, conflicts
 and the removal of fields an applier stops sending are tested against a real API server only
-(tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds.
-A create with only metadata.generateName gets a unique name, as from the API server (kopf's Events).
+(tests/e2e). resourceVersion is never bumped, so optimistic concurrency (the Lease) always succeeds,
+and kopf cannot tell an older body from its own patch's echo: when its watch is restarted (every
+settings.watching.client_timeout, 330 s) the relisted body of an object whose create handler is still
+running is older than the handler's patch, and the handler runs once more (bench/operator_scale.py).
+A create with only metadata.generateName gets a name as the API server makes it (generated_name: the
+prefix cut to 58 characters, then 5 random characters of the API server's alphabet, drawn again while
+the name is taken, so a 409 answers only a create that names an existing object), as kopf's Events are.
 
 Made to scale to thousands of objects (bench/operator_scale.py): a get, patch, delete or create looks
 its object up by key (kmock scans every stored object), a request is matched against the reactions on
@@ -21,12 +26,13 @@ import asyncio
 import collections
 import contextvars
 import json
+import random
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,32 @@ VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
 
 STATS_PATH = "/_kmock/stats"
+
+# The API server's generated names (k8s.io/apiserver names.SimpleNameGenerator with
+# k8s.io/apimachinery/pkg/util/rand.String): the prefix cut to 63 - 5 characters, then 5 characters
+# of an alphabet without vowels (no words) and without 0, 1, 3 (no look-alikes): 27**5, about 14.3
+# million names per prefix. A generated name that is taken is drawn again (KEP-4420, up to 7 retries).
+NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+GENERATED_LENGTH = 5
+MAX_PREFIX = 63 - GENERATED_LENGTH
+GENERATE_ATTEMPTS = 8
+
+
+class NameClash(Exception):
+    """Every generated name tried was taken (the API server answers 409 AlreadyExists then too)."""
+
+
+def generated_name(prefix: str, taken: Callable[[str], bool], rng: random.Random | None = None) -> str:
+    """A name for a create with metadata.generateName `prefix`, as the API server makes it: the prefix
+    (cut to MAX_PREFIX characters) and GENERATED_LENGTH random characters of NAME_ALPHABET, drawn
+    again while `taken(name)`; NameClash after GENERATE_ATTEMPTS draws that were all taken."""
+    draw = rng or random.SystemRandom()
+    base = prefix[:MAX_PREFIX]
+    for _ in range(GENERATE_ATTEMPTS):
+        name = base + "".join(draw.choice(NAME_ALPHABET) for _ in range(GENERATED_LENGTH))
+        if not taken(name):
+            return name
+    raise NameClash(f"{GENERATE_ATTEMPTS} names generated from {prefix!r} were all taken")
 
 
 class _CountingLog(list):  # type: ignore[type-arg]
@@ -80,6 +112,7 @@ def emulator_class() -> type:
             super().__attrs_post_init__()
             self._requests = _CountingLog()
             self.by_method: collections.Counter[str] = collections.Counter()
+            self._drawn: set[tuple[Any, Any, str]] = set()  # generated names of creates not stored yet
 
         def __iter__(self) -> Any:
             # kmock asks `request in reaction` by iterating every logged request through the
@@ -128,13 +161,53 @@ def emulator_class() -> type:
                      and (request.namespace is None or namespace == request.namespace)]
             return {"metadata": {"resourceVersion": "..."}, "items": items}
 
+        async def _serve_watch(self, request: Any) -> Any:
+            """kmock's watch, without its gap: the position in the resource's event bus is taken under
+            the same lock as the listing, so an event of a write made while the listing is streamed
+            comes after it (kmock subscribes after streaming it, and loses such events; kopf then
+            acts on the listed, older body)."""
+            yield b""
+            bus = self._buses[request.resource]
+            async with self._lock:
+                marker = await bus.mark()
+                events = [{"type": "ADDED", "object": obj.raw}
+                          for (resource, namespace, name), obj in self._objects._objects.items()
+                          if resource == request.resource and not obj.deleted
+                          and (request.namespace is None or namespace == request.namespace)
+                          and (request.name is None or name == request.name)]
+            try:
+                for event in events:
+                    yield event
+                async for event in bus.stream(since=marker):
+                    md = (event.get("object") or {}).get("metadata") or {}
+                    if ((request.namespace is None or md.get("namespace") == request.namespace)
+                            and (request.name is None or md.get("name") == request.name)):
+                        yield event
+            finally:
+                await bus.unmark(marker)
+
         async def _handle(self, request: Any) -> Any:
             current.set(request)
             metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
             if (request.action == enums.action.CREATE and isinstance(metadata, dict)
                     and not metadata.get("name") and metadata.get("generateName")):
-                # As the API server does (kopf names its Events so): a unique name from the prefix.
-                metadata["name"] = f"{metadata['generateName']}{uuid.uuid4().hex[:5]}"
+                # As the API server does (kopf names its Events so): a name from the prefix, drawn
+                # again while taken by a stored object or by a create still on its way to the store.
+                namespace = request.namespace or metadata.get("namespace")
+
+                def taken(name: str) -> bool:
+                    obj = self._objects._objects.get((request.resource, namespace, name))
+                    return (obj is not None and not obj.deleted) or (request.resource, namespace, name) in self._drawn
+                try:
+                    metadata["name"] = generated_name(metadata["generateName"], taken)
+                except NameClash:
+                    raise k8s.KubernetesObjectConflictError() from None
+                drawn = (request.resource, namespace, metadata["name"])
+                self._drawn.add(drawn)
+                try:
+                    return await super()._handle(request)
+                finally:
+                    self._drawn.discard(drawn)
             if (request.action == enums.action.UPDATE and request.name is not None
                     and "apply-patch" in (request.headers.get("Content-Type") or "")
                     and isinstance(request.data, dict)):

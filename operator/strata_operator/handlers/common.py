@@ -177,7 +177,7 @@ def set_condition(patch: kopf.Patch, body: kopf.Body, conditions: list[dict[str,
 
 
 @kopf.index(*BROKER)
-def broker_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def broker_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> the EventBroker's metadata and spec: what resolve_broker reads, from the
     watch instead of a GET per reconcile."""
     md = body["metadata"]

@@ -44,7 +44,7 @@ from .settings import SETTINGS
 
 
 @kopf.index(*MICROSERVICE)
-def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def microservice_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(broker namespace, broker name) -> the Microservices of that broker (for single-writer)."""
     md = body["metadata"]
     if md.get("deletionTimestamp"):
@@ -86,16 +86,19 @@ class WriterContext:
 def writer_context(index: kopf.Index, topic_index: kopf.Index, key: tuple[str, str],
                    body: kopf.Body | None = None) -> WriterContext:
     """The writers of broker `key`'s topics, from microservice_index; `body` (a service being
-    reconciled) replaces its own index entry, which may lag behind its own last status patch."""
+    reconciled) replaces its own index entry, which may lag behind its own last status patch. The
+    index entries themselves, not copies (a copy only for one whose owners refuse it a topic): every
+    Microservice handler in flight at a cold start makes one, so copies would cost services squared."""
     me = (body["metadata"]["namespace"], body["metadata"]["name"]) if body is not None else None
-    peers = [dict(p) for p in index.get(key, []) if (p["metadata"]["namespace"], p["metadata"]["name"]) != me]
+    peers = [p for p in index.get(key, []) if (p["metadata"]["namespace"], p["metadata"]["name"]) != me]
     if body is not None:
         peers.append(_peer(body))
     owners = _topic_owners(topic_index, key, {t for p in peers for t in p["spec"]["produces"]})
-    for peer in peers:
+    for i, peer in enumerate(peers):
         refused = logic.access_refusals(peer["metadata"]["namespace"], key[0], peer["spec"]["produces"], owners,
                                         "allowedProducers")
-        peer["spec"] = {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}
+        if refused:
+            peers[i] = {**peer, "spec": {"produces": [t for t in peer["spec"]["produces"] if t not in refused]}}
     return WriterContext(peers, logic.writers(peers))
 
 
@@ -152,6 +155,7 @@ async def _reconcile_microservice(body: kopf.Body, patch: kopf.Patch, index: kop
     group = resources.consumer_group(body)
     group_refused = logic.shared(broker) and not group.startswith(f"{ns}.")
     grants = logic.grants(body, ctx.peers, None if group_refused else group, unreadable, unwritable, ctx.writer_of)
+    del ctx, owners  # not held while the calls below wait their turn (thousands of handlers at a cold start)
     principal = resources.principal(body)
     patch.status["principal"] = principal
     patch.status["writeClaims"] = grants.claims

@@ -4,11 +4,12 @@ Every `SETTINGS.interval` seconds (the first pass at a random point of the secon
 interval, so brokers found together do not resync together) the loop of an EventBroker:
 
 1. takes the broker's snapshot through its shared admin session (admin.Session.snapshot: every
-   topic's partitions and configs, every ACL, every SCRAM user, in five requests);
+   topic's partitions and the configs any Topic names or managed (config_keys), every ACL, every
+   SCRAM user, in five requests);
 2. computes the single-writer claims of all its Microservices once (microservice.writer_context);
 3. compares, without any request, the desired state of every Topic and Microservice of that broker
-   (full bodies kept in the watch-fed indexes below, Deployments in `deployment_index`) with the
-   snapshot (topic.topic_differs, `microservice_differs`);
+   (bodies without what no comparison reads, kept in the watch-fed indexes below, Deployments in
+   `deployment_index`) with the snapshot (topic.topic_differs, `microservice_differs`);
 4. reconciles only those that differ, by calling the same reconcile functions the kopf handlers run
    (at most ADMIN_WORKERS at once, under each object's lock, so never at the same time as a handler
    of that object), and merge-patches their status only when a field or condition changed.
@@ -38,7 +39,7 @@ from typing import Any
 import kopf
 
 from .. import admin as kafka_admin
-from .. import logic, resources
+from .. import logic, memory, resources
 from ..admin import API_ALTER_USER_SCRAM_CREDENTIALS, API_CREATE_ACLS, BrokerRejected, BrokerUnavailable
 from ..kube import KubeError
 from .common import (
@@ -64,22 +65,29 @@ log = logging.getLogger("strata.resync")
 RETRYABLE = frozenset({"BrokerUnavailable", "BrokerRejected", "ApplyFailed", "CertificateNotReady", "BrokerNotFound"})
 # Ready=False reasons of a Microservice that the comparison recomputes (any other one is retried).
 COMPUTED = frozenset({"WriterConflict", "AccessDenied", "DeploymentUnavailable"})
-DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", "strata.dev/kopf-managed")
 
 
 HANDLED = "strata.dev/last-handled-configuration"  # kopf's diff base: present once a create handler succeeded
 
 
+KEPT_METADATA = ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp", "labels")
+
+
 def _kept(body: kopf.Body) -> dict[str, Any]:
-    """What an index keeps of an object: all of it but managedFields and the big annotations (kopf's
-    diff base only as a mark that kopf handled the object once)."""
-    out = copy.deepcopy(dict(body))
-    md = out.setdefault("metadata", {})
-    md.pop("managedFields", None)
-    if md.get("annotations"):
-        md["annotations"] = {k: ("-" if k == HANDLED else v) for k, v in md["annotations"].items()
-                             if k == HANDLED or k not in DROPPED_ANNOTATIONS}
-    return out
+    """What an index keeps of an object: what a comparison and a reconcile read (its identity,
+    generation, labels, annotations, spec and status), not resourceVersion, finalizers,
+    managedFields, kubectl's and kopf's big annotations (kopf's diff base only as a mark that kopf
+    handled the object once), nor status.lastSyncTime (written only along with another change)."""
+    md = body.get("metadata") or {}
+    kept_md = {k: copy.deepcopy(md[k]) for k in KEPT_METADATA if k in md}
+    annotations = {k: ("-" if k == HANDLED else v) for k, v in (md.get("annotations") or {}).items()
+                   if k not in DROPPED_ANNOTATIONS}
+    if annotations:
+        kept_md["annotations"] = annotations
+    status = {k: copy.deepcopy(v) for k, v in (body.get("status") or {}).items() if k != "lastSyncTime"}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept_md,
+            "spec": copy.deepcopy(dict(body.get("spec") or {})), "status": status}
 
 
 def _pending(body: dict[str, Any]) -> bool:
@@ -90,20 +98,20 @@ def _pending(body: dict[str, Any]) -> bool:
 
 
 @kopf.index(*TOPIC)
-def topic_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def topic_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(broker namespace, broker name) -> the Topics of that broker, as the watch last saw them."""
     return {logic.broker_key(body): _kept(body)}
 
 
 @kopf.index(*MICROSERVICE)
-def microservice_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def microservice_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(broker namespace, broker name) -> the Microservices of that broker, as the watch last saw them."""
     return {logic.broker_key(body): _kept(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": resources.MANAGED_BY,
                                                   "app.kubernetes.io/component": "microservice"})
-def deployment_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def deployment_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> what a Microservice's readiness needs of its Deployment (spec.replicas,
     generation, status), from the watch: the resync never GETs a Deployment."""
     md = body["metadata"]
@@ -184,6 +192,19 @@ def microservice_differs(body: dict[str, Any], ctx: WriterContext, topic_index: 
     should_be_ready = available and not grants.denied_writes and not grants.denied_reads \
         and not grants.refused_writes and not group_refused
     return should_be_ready != (ready.get("status") == "True"), False
+
+
+def config_keys(topics: list[dict[str, Any]]) -> frozenset[str]:
+    """The topic configs a pass compares: those any Topic's spec names or its status says it managed
+    (a managed one the spec dropped is reset). The snapshot reads only these (admin.Snapshot)."""
+    keys: set[str] = set()
+    for topic in topics:
+        try:
+            keys.update(logic.desired_topic_configs(topic["spec"]))
+        except logic.InvalidSpec:
+            pass
+        keys.update((topic.get("status") or {}).get("managedConfigs") or [])
+    return frozenset(keys)
 
 
 def _latest(index: kopf.Index, key: tuple[str, str], uid: str) -> dict[str, Any] | None:
@@ -295,7 +316,7 @@ async def resync_once(body: kopf.Body, ix: dict[str, kopf.Index], failures: int)
         if resources.uses_tls(broker["spec"]):
             await broker_ca(broker)
         session = admin_for(broker, resources.bootstrap_servers(broker))
-        snap = await session.snapshot(SETTINGS.snapshot_age)
+        snap = await session.snapshot(SETTINGS.snapshot_age, config_keys(topics))
         versions = await session.api_versions() if services else {}
     except BrokerUnavailable as exc:
         failures += 1
@@ -327,6 +348,7 @@ async def resync_once(body: kopf.Body, ix: dict[str, kopf.Index], failures: int)
                                                   ix["broker_index"], timed=True, full=full, context=ctx)
                 jobs.append(run.reconcile("Microservice", service, run_service))
     retry = any(await asyncio.gather(*jobs)) if jobs else False
+    memory.trim()  # the previous snapshot, decoded and compared, is garbage now
     if jobs:
         log.info("resync of EventBroker %s/%s: %d of %d resources reconciled", key[0], key[1], len(jobs),
                  len(topics) + len(services))

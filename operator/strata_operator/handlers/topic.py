@@ -33,7 +33,7 @@ from .settings import SETTINGS
 
 
 @kopf.index(*TOPIC)
-def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[str, Any]]:
+async def topic_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str, str], dict[str, Any]]:
     """(broker namespace, broker name, Kafka topic name) -> the Topic CRs naming it."""
     ns, broker = logic.broker_key(body)
     md = body["metadata"]

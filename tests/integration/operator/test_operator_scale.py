@@ -84,6 +84,26 @@ def test_emulator_looks_objects_up_by_key(kube):
     assert stats["byMethod"]["POST"] == 2001 and stats["byMethod"]["PATCH"] == 200, stats
 
 
+def test_emulator_generates_names_as_the_api_server(kube):
+    import re
+    import urllib.error
+
+    def event(**md: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Event", "metadata": {"namespace": "default", **md},
+                "involvedObject": {"kind": "Topic", "name": "t"}, "reason": "Test", "message": "m"}
+    path = "/api/v1/namespaces/default/events"
+    names = [kube.request("POST", path, event(generateName="t.1a2b."), "application/json")["metadata"]["name"]
+             for _ in range(100)]
+    assert len(set(names)) == 100
+    assert all(re.fullmatch(r"t\.1a2b\.[bcdfghjklmnpqrstvwxz2456789]{5}", n) for n in names), names
+    assert len(kube.list("Event")) == 100
+    # A create naming an object that exists is the only 409.
+    kube.request("POST", path, event(name="fixed"), "application/json")
+    with pytest.raises(urllib.error.HTTPError) as clash:
+        kube.request("POST", path, event(name="fixed"), "application/json")
+    assert clash.value.code == 409
+
+
 def test_idle_operator_costs_a_snapshot_per_broker_and_no_writes(kube, tmp_path):
     broker = BrokerProcess(tmp_path / "broker", settings={"auto.create.topics.enable": "false"})
     proxy = KafkaProxy(broker.port)
