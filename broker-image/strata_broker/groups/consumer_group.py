@@ -29,13 +29,14 @@ answered UNKNOWN_MEMBER_ID and rejoin with epoch 0 (docs/kafka-compatibility.md)
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
+
+import regex
 
 from .assignors import ASSIGNORS, assignor_names
 from .group import E
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Partitions = dict[str, set[int]]  # topic name -> partitions
+
+# A topic regex may spend this long on one topic name (Python's matcher backtracks; Kafka's RE2 does not).
+REGEX_TIMEOUT_S = 0.05
 
 # Member epochs a heartbeat may carry besides the member's own.
 JOIN_EPOCH = 0
@@ -135,6 +139,8 @@ class ConsumerMember:
     session_deadline: float = 0.0
     # Monotonic deadline by which partitions pending revocation must be revoked (None: nothing pending).
     revocation_deadline: float | None = None
+    # How many topics the broker had when the regex was last resolved (it is resolved again when that changes).
+    regex_topic_count: int = -1
 
     def owned_partitions(self) -> set[tuple[str, int]]:
         """Assigned and pending revocation: what this member may still be consuming."""
@@ -219,8 +225,15 @@ class ConsumerGroupCoordinator:
         return out
 
     def _resolve_regex(self, pattern: str) -> list[str]:
-        regex = re.compile(pattern)
-        return sorted(t for t in self.logs.topics if not t.startswith("__") and regex.fullmatch(t))
+        """The non-internal topics the whole of whose name the regex matches; a pattern that takes
+        too long on a name raises HeartbeatError(INVALID_REGULAR_EXPRESSION)."""
+        compiled = regex.compile(pattern)
+        try:
+            return sorted(t for t in self.logs.topics
+                          if not t.startswith("__") and compiled.fullmatch(t, timeout=REGEX_TIMEOUT_S))
+        except TimeoutError:
+            raise HeartbeatError(CE.INVALID_REGULAR_EXPRESSION,
+                                 f"SubscribedTopicRegex {pattern} takes too long to match.") from None
 
     def topic_id(self, name: str) -> uuid.UUID | None:
         try:
@@ -263,8 +276,8 @@ class ConsumerGroupCoordinator:
                                  f"Supported assignors: {', '.join(self.assignors)}.")
         if req.subscribed_regex:
             try:
-                re.compile(req.subscribed_regex)
-            except re.error as exc:
+                regex.compile(req.subscribed_regex)
+            except regex.error as exc:
                 raise HeartbeatError(CE.INVALID_REGULAR_EXPRESSION,
                                      f"SubscribedTopicRegex {req.subscribed_regex} is invalid: {exc}") from None
 
@@ -332,13 +345,15 @@ class ConsumerGroupCoordinator:
         if req.server_assignor is not None:
             member.server_assignor = req.server_assignor
         if req.subscribed_regex:  # an empty regex is none (librdkafka sends "" beside the topic names)
+            if req.subscribed_regex != member.subscribed_regex:
+                member.regex_topic_count = -1
             member.subscribed_regex = req.subscribed_regex
-            member.subscribed_topics = self._resolve_regex(req.subscribed_regex)
         elif req.subscribed_topics is not None:
             member.subscribed_topics = sorted(set(req.subscribed_topics))
             member.subscribed_regex = None
-        elif member.subscribed_regex:
+        if member.subscribed_regex and member.regex_topic_count != len(self.logs.topics):
             member.subscribed_topics = self._resolve_regex(member.subscribed_regex)
+            member.regex_topic_count = len(self.logs.topics)
         member.client_id, member.client_host = req.client_id, req.client_host
         bump = (list(member.subscribed_topics), member.subscribed_regex) != before_subscription
         if replaced is not None:
