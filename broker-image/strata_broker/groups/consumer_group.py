@@ -22,8 +22,10 @@ Static members (instance id) may leave with epoch -2 and be replaced by a new me
 instance id, which takes over the assignment without a rebalance.
 
 Committed offsets live in `__consumer_offsets` as for classic groups (the offset manager); the
-group's membership is kept in memory only: after a restart or a coordinator move, members are
-answered UNKNOWN_MEMBER_ID and rejoin with epoch 0 (docs/kafka-compatibility.md).
+group's membership (epochs, assignments) is kept in memory only, not as Kafka's consumer-group
+records: after a restart or a coordinator move, a member's heartbeat is answered UNKNOWN_MEMBER_ID
+(`unknown_group`; Kafka would still know it) and it rejoins with epoch 0, its committed offsets
+where it left them.
 """
 
 from __future__ import annotations
@@ -186,6 +188,16 @@ class ConsumerGroup:
             self.owners[tp] = member.member_id
 
 
+def unknown_group(req: MemberHeartbeat) -> HeartbeatError:
+    """A heartbeat (not a join) for a group this coordinator has no members of. Kafka, which keeps
+    membership in __consumer_offsets, answers GROUP_ID_NOT_FOUND, which librdkafka treats as fatal;
+    Strata keeps membership in memory, so after a restart or a coordinator move this is the normal
+    case for every member, and UNKNOWN_MEMBER_ID makes it rejoin with epoch 0."""
+    return HeartbeatError(E.UNKNOWN_MEMBER_ID, f"Member {req.member_id} is not a member of group {req.group_id}: "
+                                               f"the coordinator does not know the group (restarted or moved); "
+                                               f"rejoin with member epoch 0.")
+
+
 def _copy(parts: Partitions) -> Partitions:
     return {t: set(ps) for t, ps in parts.items() if ps}
 
@@ -288,7 +300,7 @@ class ConsumerGroupCoordinator:
         group = self.get(req.group_id)
         if group is None:
             if req.member_epoch != JOIN_EPOCH:
-                raise HeartbeatError(E.GROUP_ID_NOT_FOUND, f"Consumer group {req.group_id} not found.")
+                raise unknown_group(req)
             group = self.groups[req.group_id] = ConsumerGroup(req.group_id)
         if len(group.members) >= self.max_size and (not req.member_id or req.member_id not in group.members):
             raise HeartbeatError(E.GROUP_MAX_SIZE_REACHED,
@@ -407,7 +419,7 @@ class ConsumerGroupCoordinator:
     def _leave(self, req: MemberHeartbeat) -> HeartbeatResult:
         group = self.get(req.group_id)
         if group is None:
-            raise HeartbeatError(E.GROUP_ID_NOT_FOUND, f"Consumer group {req.group_id} not found.")
+            raise unknown_group(req)
         if req.instance_id is None:
             member = group.members.get(req.member_id)
             if member is None:

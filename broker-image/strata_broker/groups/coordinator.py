@@ -33,6 +33,7 @@ from .consumer_group import (
     HeartbeatError,
     HeartbeatResult,
     MemberHeartbeat,
+    unknown_group,
 )
 from .group import E, Group, GroupState, JoinResult, SyncResult
 from .membership import MembershipCoordinator
@@ -120,8 +121,11 @@ class GroupCoordinator:
             self.consumer.validate(req, version)
             classic = self.membership.live(req.group_id)
             if classic is not None:
-                if classic.members or classic.pending_members or req.member_epoch != 0:
+                if classic.members or classic.pending_members:
                     raise HeartbeatError(E.GROUP_ID_NOT_FOUND, f"Group {req.group_id} is not a consumer group.")
+                if req.member_epoch != 0:
+                    # An Empty group known from its offsets only (e.g. after a restart): the member rejoins.
+                    raise unknown_group(req)
                 # An Empty classic group (offsets only) becomes a consumer group; its offsets stay.
                 self.membership.groups.pop(req.group_id, None)
                 classic.state = GroupState.DEAD

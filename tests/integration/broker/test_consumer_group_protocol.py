@@ -358,9 +358,10 @@ def test_heartbeat_errors_as_kafka_answers_them(cbroker: BrokerProcess, conn: Ra
     refused = join(conn, group, "m", [topic], assignor="sticky")
     assert refused.error_code == UNSUPPORTED_ASSIGNOR and "uniform" in refused.error_message
     assert join(conn, group, "m", [], regex="kip848-[").error_code == INVALID_REGULAR_EXPRESSION
-    # The group and member must exist unless joining.
-    assert hb(conn, group, "m", 4).error_code == GROUP_ID_NOT_FOUND
-    assert hb(conn, group, "m", -1).error_code == GROUP_ID_NOT_FOUND
+    # The group and member must exist unless joining. Kafka answers GROUP_ID_NOT_FOUND for an unknown
+    # group; Strata does not keep membership over a restart, so it tells the member to rejoin.
+    assert hb(conn, group, "m", 4).error_code == UNKNOWN_MEMBER_ID
+    assert hb(conn, group, "m", -1).error_code == UNKNOWN_MEMBER_ID
     first = join(conn, group, "m", [topic])
     assert (first.error_code, first.member_epoch) == (NONE, 1)
     assert hb(conn, group, "other", 1).error_code == UNKNOWN_MEMBER_ID
@@ -429,3 +430,33 @@ def test_apis_advertised_and_garbage_bodies(cbroker: BrokerProcess, conn: RawCon
             assert result.closed or len(result.frames) == 1, (api_key, bad, result)
     # The broker is still serving.
     assert describe(conn, "after-garbage")[0].error_code == GROUP_ID_NOT_FOUND
+
+
+def test_members_rejoin_after_a_restart_and_resume_from_their_commits(broker_factory) -> None:  # type: ignore[no-untyped-def]
+    """Membership is not kept over a restart (offsets are): the member is told UNKNOWN_MEMBER_ID,
+    rejoins with epoch 0 and goes on from its committed offsets, nothing consumed twice."""
+    proc = broker_factory(settings=SETTINGS)
+    topic = new_topic(proc, 4)
+    producer = Producer({"bootstrap.servers": proc.bootstrap})
+    sent = [str(i).encode() for i in range(80)]
+    for i, value in enumerate(sent[:40]):
+        producer.produce(topic, value=value, partition=i % 4)
+    producer.flush(30)
+    consumer = make_consumer(proc, f"g-{topic}", "c1")
+    consumer.subscribe([topic])
+    seen: list[bytes] = []
+    try:
+        wait_until(lambda: (consume_one(consumer, seen), len(seen) >= 40)[1], timeout=60, what="first half",
+                   every=0.01)
+        proc.restart()
+        for i, value in enumerate(sent[40:]):
+            producer.produce(topic, value=value, partition=i % 4)
+        producer.flush(30)
+        wait_until(lambda: (consume_one(consumer, seen), len(seen) >= 80)[1], timeout=90, what="second half",
+                   every=0.01)
+        assert sorted(seen, key=int) == sent
+        with RawConnection(proc.bootstrap) as conn:
+            members = describe(conn, f"g-{topic}")[0].members
+        assert [m.client_id for m in members] == ["c1"]
+    finally:
+        consumer.close()
