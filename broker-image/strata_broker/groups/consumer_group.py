@@ -395,7 +395,11 @@ class ConsumerGroupCoordinator:
         # 3. Reconcile the member towards its target.
         self._reconcile(group, member, req.owned)
         member.session_deadline = self.monotonic() + self.session_timeout_ms / 1000.0
-        send = req.owned is not None or req.member_epoch == JOIN_EPOCH or member.assigned != before_assigned
+        # The assignment is sent to a joining member, on a full heartbeat (all optional fields set,
+        # as a client sends after an error) and when it changed; otherwise it is left out.
+        full = req.rebalance_timeout_ms != -1 and req.owned is not None and \
+            (req.subscribed_topics is not None or req.subscribed_regex is not None)
+        send = full or req.member_epoch == JOIN_EPOCH or member.assigned != before_assigned
         return HeartbeatResult(E.NONE, None, member.member_id, member.epoch, self.heartbeat_interval_ms,
                                _copy(member.assigned) if send else None)
 
