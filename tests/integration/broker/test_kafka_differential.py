@@ -1067,6 +1067,13 @@ def consumer_group_wire_scenario(bootstrap: str, name: str) -> Observations:
                                                     m.member_type, m.client_id) for m in d.members))
         obs["describe unknown"] = described[f"{group}-none"].error_code
         obs["describe empty id"] = described[""].error_code
+        classic_view = describe_group(conn, group)
+        obs["DescribeGroups of a consumer group"] = (classic_view.error_code, classic_view.group_state,
+                                                     classic_view.protocol_type, len(classic_view.members))
+        desc = admin.describe_consumer_groups([group])[group].result(30)
+        obs["AdminClient describe_consumer_groups"] = (
+            desc.state.name, desc.type.name, desc.partition_assignor,
+            sorted(len(m.assignment.topic_partitions) for m in desc.members))
         obs["epoch ahead"] = hb(conn, group, "member-a", epoch + 5).error_code
         obs["older epoch, not a subset"] = hb(conn, group, "member-a", epoch - 1, owned={tid: [0, 1, 2, 3]}).error_code
         obs["unknown member"] = hb(conn, group, "nobody", epoch).error_code
