@@ -322,13 +322,10 @@ class ConsumerGroupCoordinator:
             if req.member_epoch == JOIN_EPOCH:
                 if static is None:
                     member = group.members.get(member_id) or ConsumerMember(member_id)
-                elif static.epoch != STATIC_LEAVE_EPOCH and static.member_id != member_id:
+                elif static.epoch != STATIC_LEAVE_EPOCH:
                     raise HeartbeatError(CE.UNRELEASED_INSTANCE_ID,
                                          f"Static member {member_id} with instance id {req.instance_id} cannot join "
                                          f"the group because the instance id is owned by {static.member_id} member.")
-                elif static.member_id == member_id:
-                    member = static
-                    self._check_epoch(member, req.member_epoch, req.owned)
                 else:
                     # The instance comes back under a new member id: it takes over the assignment.
                     replaced = static
@@ -342,7 +339,7 @@ class ConsumerGroupCoordinator:
                                          f"by member {static.member_id}.")
                 member = static
                 self._check_epoch(member, req.member_epoch, req.owned)
-        is_new = member_id not in group.members
+        is_new = replaced is not None or member_id not in group.members
         before_assigned = _copy(member.assigned)
         previous = replaced if replaced is not None else member
         before_subscription = (list(previous.subscribed_topics), previous.subscribed_regex)

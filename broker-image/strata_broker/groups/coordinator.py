@@ -192,8 +192,6 @@ class GroupCoordinator:
             if not cgroup.members and cgroup.empty_since_ms is None:
                 cgroup.empty_since_ms = int(self.membership.wall() * 1000)
             return results
-        if generation_id >= 0 and api_version >= 9 and self.membership.groups.get(group_id) is None:
-            return {tp: E.GROUP_ID_NOT_FOUND for tp in offsets}
         error, group = self.membership.check_commit(group_id, generation_id, member_id, instance_id)
         if error != E.NONE:
             return {tp: error for tp in offsets}

@@ -339,6 +339,13 @@ def test_range_assignor_and_static_members(cbroker: BrokerProcess, conn: RawConn
     assert state.group_epoch == epoch
     assert sorted(m.member_id for m in state.members) == ["a2", "b"]
     assert {m.member_id: m.instance_id for m in state.members} == {"a2": "inst-a", "b": "inst-b"}
+    # The same member id coming back while it holds the instance: unreleased too (as Kafka).
+    assert join(conn, group, "b", [topic], instance="inst-b").error_code == UNRELEASED_INSTANCE_ID
+    # b leaves temporarily and comes back under its own id: same partitions, same group epoch.
+    assert hb(conn, group, "b", -2, instance="inst-b").error_code == NONE
+    back = join(conn, group, "b", [topic], instance="inst-b", assignor="range")
+    assert (back.error_code, sorted(parts(back))) == (NONE, [3, 4])
+    assert describe(conn, group)[0].group_epoch == epoch
     for member in ("a2", "b"):
         assert hb(conn, group, member, -1, instance="inst-a" if member == "a2" else "inst-b").error_code == NONE
 
