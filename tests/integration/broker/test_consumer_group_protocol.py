@@ -472,3 +472,24 @@ def test_members_rejoin_after_a_restart_and_resume_from_their_commits(broker_fac
         assert [m.client_id for m in members] == ["c1"]
     finally:
         consumer.close()
+
+
+def test_member_that_does_not_revoke_in_its_rebalance_timeout_is_removed(cbroker: BrokerProcess,
+                                                                         conn: RawConnection) -> None:
+    topic = new_topic(cbroker, 2)
+    tid = topic_id(conn, topic)
+    group = f"g-{topic}"
+    a = hb(conn, group, "slow", 0, topics=[topic], owned={}, rebalance_ms=1000)
+    assert parts(a) == {0, 1}
+    assert join(conn, group, "fast", [topic]).error_code == NONE
+    a = hb(conn, group, "slow", 1, owned={tid: [0, 1]})
+    assert (a.member_epoch, len(parts(a))) == (1, 1)  # asked to give one partition up
+
+    def slow_is_gone() -> bool:  # it keeps heartbeating, still owning both, past its 1 s rebalance timeout
+        return hb(conn, group, "slow", 1, owned={tid: [0, 1]}).error_code == UNKNOWN_MEMBER_ID
+
+    wait_until(slow_is_gone, timeout=30, what="the member that did not revoke to be removed")
+    fast = hb(conn, group, "fast", describe(conn, group)[0].members[0].member_epoch, owned={})
+    wait_until(lambda: describe(conn, group)[0].group_state == "Stable", timeout=30, what="Stable")
+    fast = hb(conn, group, "fast", fast.member_epoch, owned={}, topics=[topic], rebalance_ms=30000)
+    assert (fast.error_code, parts(fast)) == (NONE, {0, 1})
