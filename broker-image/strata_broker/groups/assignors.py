@@ -17,6 +17,7 @@ member id) take N // M + 1 and the rest N // M, so co-partitioned topics land on
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
 
 Assignment = dict[str, dict[str, set[int]]]
@@ -46,43 +47,66 @@ def uniform_assign(members: Mapping[str, list[str]], topics: Mapping[str, int],
                    previous: Mapping[str, Mapping[str, set[int]]]) -> Assignment:
     """Balanced and sticky: previous owners keep what they may still own, up to their fair share;
     the rest goes to the least loaded subscriber; then partitions move from the most to the least
-    loaded eligible member until no move narrows the gap."""
+    loaded eligible member until no move narrows the gap. Linear in partitions for one
+    subscription shared by all (the common case): thousands of partitions take milliseconds."""
     ids = sorted(members)
-    subscribed = {m: set(members[m]) for m in ids}
+    subscribers: dict[str, tuple[str, ...]] = {
+        t: tuple(m for m in ids if t in members[m]) for t in sorted(topics)}
     owned: dict[str, set[tuple[str, int]]] = {m: set() for m in ids}
-    every = [(t, p) for t in sorted(topics) for p in range(topics[t])]
-    eligible: dict[tuple[str, int], list[str]] = {tp: [m for m in ids if tp[0] in subscribed[m]] for tp in every}
+    count: dict[str, int] = dict.fromkeys(ids, 0)
     # A member's fair share: its eligible partitions split among everyone who could take them.
     share: dict[str, int] = {}
     for m in ids:
-        mine = [tp for tp in every if m in eligible[tp]]
-        rivals = {r for tp in mine for r in eligible[tp]}
-        share[m] = -(-len(mine) // max(1, len(rivals)))  # ceiling
+        mine = [t for t in members[m] if t in topics]
+        rivals = {r for t in mine for r in subscribers[t]}
+        share[m] = -(-sum(topics[t] for t in mine) // max(1, len(rivals)))  # ceiling
     taken: set[tuple[str, int]] = set()
     for m in ids:
         for topic, parts in sorted((previous.get(m) or {}).items()):
-            if topic not in subscribed[m] or topic not in topics:
+            if topic not in topics or m not in subscribers[topic]:
                 continue
             for p in sorted(parts):
                 tp = (topic, p)
-                if p < topics[topic] and tp not in taken and len(owned[m]) < share[m]:
+                if p < topics[topic] and tp not in taken and count[m] < share[m]:
                     owned[m].add(tp)
+                    count[m] += 1
                     taken.add(tp)
-    for tp in every:
-        if tp in taken or not eligible[tp]:
+    # The rest: to the least loaded subscriber (a lazy heap per distinct set of subscribers).
+    heaps: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+    for topic in sorted(topics):
+        group = subscribers[topic]
+        if not group:
             continue
-        target = min(eligible[tp], key=lambda m: (len(owned[m]), m))
-        owned[target].add(tp)
-        taken.add(tp)
+        heap = heaps.get(group)
+        if heap is None:
+            heap = heaps[group] = [(count[m], m) for m in group]
+            heapq.heapify(heap)
+        for p in range(topics[topic]):
+            if (topic, p) in taken:
+                continue
+            while True:
+                c, m = heapq.heappop(heap)
+                if c == count[m]:
+                    break
+                heapq.heappush(heap, (count[m], m))  # stale: its count grew through another topic
+            owned[m].add((topic, p))
+            count[m] += 1
+            heapq.heappush(heap, (count[m], m))
     moved = True
     while moved:
         moved = False
-        for heavy in sorted(ids, key=lambda m: (-len(owned[m]), m)):
+        lightest: dict[tuple[str, ...], str] = {}
+        for heavy in sorted(ids, key=lambda m: (-count[m], m)):
             for tp in sorted(owned[heavy]):
-                light = min(eligible[tp], key=lambda m: (len(owned[m]), m))
-                if len(owned[light]) + 1 < len(owned[heavy]):
+                group = subscribers[tp[0]]
+                light = lightest.get(group)
+                if light is None:
+                    light = lightest[group] = min(group, key=lambda m: (count[m], m))
+                if count[light] + 1 < count[heavy]:
                     owned[heavy].discard(tp)
                     owned[light].add(tp)
+                    count[heavy] -= 1
+                    count[light] += 1
                     moved = True
                     break
             if moved:
