@@ -73,6 +73,14 @@ def _ratio(value: str) -> float:
     return number
 
 
+def _assignors(value: str) -> str:
+    """group.consumer.assignors: names (or Kafka class names) of assignors Strata has."""
+    from .groups.assignors import assignor_names
+
+    assignor_names(value)
+    return value
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -298,6 +306,14 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         # Kafka waits 3000 ms for more members; one local broker answers the first join at once.
         ConfigKey("group.initial.rebalance.delay.ms", _int_at_least(0), "0", "wait for more members first"),
         ConfigKey("group.max.size", _int_at_least(1), str(2**31 - 1), "members per group"),
+        # The KIP-848 consumer group protocol (groups/consumer_group.py), Kafka's names and defaults.
+        ConfigKey("group.consumer.heartbeat.interval.ms", _int_at_least(1), "5000",
+                  "how often consumer-protocol members heartbeat"),
+        ConfigKey("group.consumer.session.timeout.ms", _int_at_least(1), "45000",
+                  "a consumer-protocol member silent this long is removed"),
+        ConfigKey("group.consumer.assignors", _assignors,
+                  "uniform,range", "server-side assignors; the first is the default"),
+        ConfigKey("group.consumer.max.size", _int_at_least(1), str(2**31 - 1), "members per consumer group"),
         ConfigKey("offsets.topic.num.partitions", _int_at_least(1), "50", "partitions of __consumer_offsets"),
         ConfigKey("offset.metadata.max.bytes", _int_at_least(0), "4096", "metadata per committed offset"),
         ConfigKey("offsets.retention.minutes", _int_at_least(1), str(7 * 24 * 60),

@@ -6,6 +6,9 @@
         topics/<topic>-<topic-id>/<partition>/<base:020d>-<last:020d>[-c<generation>].<suffix>
                                                              a segment's objects, one per SEGMENT_SUFFIXES
         members/<broker-id>.json                             a broker's lease (lease.MemberLease)
+        reassignments/<topic>/<partition>.json               a requested move ({"target": <broker-id>}),
+                                                             written by AlterPartitionReassignments, acted
+                                                             on and deleted by the cluster controller
         producer-ids.json                                    the cluster's producer id counter
         security/<name>.json                                 ACLs, SCRAM credentials, quotas (cluster mode)
         wal/<broker-id>/...                                  a broker's S3 commit log
@@ -84,6 +87,24 @@ def members_root(prefix: str, cluster: str) -> str:
 
 def member_key(prefix: str, cluster: str, node_id: int) -> str:
     return f"{members_root(prefix, cluster)}{node_id}.json"
+
+
+def reassignments_root(prefix: str, cluster: str) -> str:
+    return cluster_root(prefix, cluster) + "reassignments/"
+
+
+def reassignment_key(prefix: str, cluster: str, topic: str, partition: int) -> str:
+    return f"{reassignments_root(prefix, cluster)}{topic}/{partition}.json"
+
+
+def parse_reassignment_key(root: str, key: str) -> tuple[str, int] | None:
+    """(topic, partition) of a key under `reassignments_root`, or None for anything else."""
+    if not key.startswith(root) or not key.endswith(".json"):
+        return None
+    topic, _, partition = key[len(root):-len(".json")].rpartition("/")
+    if not topic or "/" in topic or not partition.isdigit():
+        return None
+    return topic, int(partition)
 
 
 def security_key(prefix: str, cluster: str, name: str) -> str:

@@ -10,6 +10,7 @@ from strata_contract.placement import Assignment, BrokerAddress, Placement, Topi
 from strata_operator.cluster.assign import (
     LOST,
     NEW,
+    REASSIGN,
     REBALANCE,
     SCALE_IN,
     SCALE_OUT,
@@ -203,3 +204,23 @@ def test_balanced_moves_needed():
     assert balanced_moves_needed({0: 5, 1: 5, 2: 5, 3: 0}) == 3
     assert balanced_moves_needed({0: 3, 1: 3}) == 0
     assert balanced_moves_needed({}) == 0
+
+
+def test_reassignment_moves_one_partition_to_the_named_live_broker() -> None:
+    topics = {"orders": topic(3, "id-orders")}
+    first = next_placement(None, members=None, live=brokers(0, 1, 2), topics=topics).placement
+    before = leaders(first)
+    source, epoch = before[("orders", 0)]
+    target = (source + 1) % 3
+    moved = next_placement(first, members=None, live=brokers(0, 1, 2), topics=topics,
+                           reassign={("orders", 0): target, ("orders", 9): target, ("gone", 0): target})
+    assert [(m.topic, m.partition, m.source, m.target, m.epoch, m.reason) for m in moved.moves] == [
+        ("orders", 0, source, target, epoch + 1, REASSIGN)]
+    assert {k: v for k, v in leaders(moved.placement).items() if k != ("orders", 0)} == \
+        {k: v for k, v in before.items() if k != ("orders", 0)}
+    # Done (already there), or naming a broker that is not a live member: nothing changes.
+    again = next_placement(moved.placement, members=None, live=brokers(0, 1, 2), topics=topics,
+                           reassign={("orders", 0): target})
+    assert again.placement is moved.placement
+    assert next_placement(first, members=None, live=brokers(0, 1, 2), topics=topics,
+                          reassign={("orders", 0): 7}).placement is first

@@ -1,4 +1,5 @@
-"""The group coordinator: membership (membership.py) and committed offsets (offset_manager.py) composed.
+"""The group coordinator: membership (membership.py for classic groups, consumer_group.py for KIP-848
+consumer groups) and committed offsets (offset_manager.py) composed.
 
 One broker coordinates every group, or, in a cluster, the groups of the offsets partitions it
 leads (`partition_acquired` / `partition_released`). The request handlers (protocol/groups.py)
@@ -6,6 +7,12 @@ and the broker talk to `GroupCoordinator` only; it hands membership calls to the
 `MembershipCoordinator` and offset calls to the `OffsetManager`, and does the few things that
 need both: a commit is checked against the membership first, an Empty group without offsets is
 forgotten, offsets retention runs over the groups that are Empty, DeleteGroups.
+
+A group id is either a classic group or a consumer group, as in Kafka (with
+group.consumer.migration.policy=disabled): a ConsumerGroupHeartbeat for a classic group that has
+members is answered GROUP_ID_NOT_FOUND, a JoinGroup for a consumer group that has members
+INCONSISTENT_GROUP_PROTOCOL; an Empty group (committed offsets only) becomes whichever kind joins
+it next, its offsets kept.
 
 Both clocks are constructor arguments (monotonic for deadlines, wall for retention and record
 timestamps), so tests drive time; `tick()`, which the broker calls every
@@ -20,6 +27,14 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import KafkaProtocolError
+from .consumer_group import (
+    ConsumerGroup,
+    ConsumerGroupCoordinator,
+    HeartbeatError,
+    HeartbeatResult,
+    MemberHeartbeat,
+    unknown_group,
+)
 from .group import E, Group, GroupState, JoinResult, SyncResult
 from .membership import MembershipCoordinator
 from .offset_manager import OffsetManager
@@ -44,6 +59,7 @@ class GroupCoordinator:
         store = OffsetStore(logs, replicas, int(config["offsets.topic.num.partitions"]), wall=wall)
         self.offsets = OffsetManager(config, logs, store, wall=wall)
         self.membership = MembershipCoordinator(config, self.offsets.has_offsets, monotonic=monotonic, wall=wall)
+        self.consumer = ConsumerGroupCoordinator(config, logs, monotonic=monotonic, wall=wall)
         self.tick_ms = int(config["group.coordinator.tick.ms"])
 
     @property
@@ -69,6 +85,7 @@ class GroupCoordinator:
         their members are told to find the new coordinator."""
         self.offsets.unload_partition(partition)
         self.membership.release([g for g in self.membership.groups if self.offsets.partition_of(g) == partition])
+        self.consumer.release([g for g in self.consumer.groups if self.offsets.partition_of(g) == partition])
 
     def ensure_offsets_topic(self) -> None:
         self.offsets.ensure_topic()
@@ -77,8 +94,16 @@ class GroupCoordinator:
         """Expire sessions and pending members, end join phases past their deadline, then expire
         the offsets of groups Empty for longer than offsets.retention.minutes."""
         self.membership.tick()
+        self.consumer.tick()
+        for group in list(self.consumer.groups.values()):
+            self._maybe_drop_consumer(group)
         if self.offsets.retention_ms <= 0:
             return
+        for cgroup in list(self.consumer.groups.values()):
+            if cgroup.members or cgroup.empty_since_ms is None:
+                continue
+            if await self.offsets.expire_group(cgroup.group_id, cgroup.empty_since_ms):
+                self._maybe_drop_consumer(cgroup)
         for group_id in self.membership.empty_groups():
             since = self.membership.empty_since(group_id)
             if since is None:
@@ -88,11 +113,52 @@ class GroupCoordinator:
                 if group is not None:
                     self.membership.maybe_drop(group)
 
+    # ---- the consumer group protocol (KIP-848) ---------------------------------------------
+
+    def consumer_heartbeat(self, req: MemberHeartbeat, version: int) -> HeartbeatResult:
+        """ConsumerGroupHeartbeat: errors come back in the result, with Kafka's messages."""
+        try:
+            self.consumer.validate(req, version)
+            classic = self.membership.live(req.group_id)
+            if classic is not None:
+                if classic.members or classic.pending_members:
+                    raise HeartbeatError(E.GROUP_ID_NOT_FOUND, f"Group {req.group_id} is not a consumer group.")
+                if req.member_epoch != 0:
+                    # An Empty group known from its offsets only (e.g. after a restart): the member rejoins.
+                    raise unknown_group(req)
+                # An Empty classic group (offsets only) becomes a consumer group; its offsets stay.
+                self.membership.groups.pop(req.group_id, None)
+                classic.state = GroupState.DEAD
+            result = self.consumer.heartbeat(req)
+        except HeartbeatError as exc:
+            log.debug("ConsumerGroupHeartbeat %s refused with %d: %s", req, exc.code, exc.message)
+            return HeartbeatResult(exc.code, exc.message, req.member_id or None, req.member_epoch)
+        group = self.consumer.groups.get(req.group_id)
+        if group is not None:
+            self._maybe_drop_consumer(group)
+        return result
+
+    def _maybe_drop_consumer(self, group: ConsumerGroup) -> None:
+        """Forget an Empty consumer group with nothing committed."""
+        if not group.members and not self.offsets.has_offsets(group.group_id):
+            self.consumer.drop(group.group_id)
+
+    def consumer_group(self, group_id: str) -> ConsumerGroup | None:
+        return self.consumer.get(group_id)
+
+    def is_consumer_group(self, group_id: str) -> bool:
+        return self.consumer.get(group_id) is not None
+
     # ---- membership ----------------------------------------------------------------------
 
     async def join_group(self, group_id: str, member_id: str, instance_id: str | None, protocol_type: str,
                          protocols: list[tuple[str, bytes]], session_timeout_ms: int, rebalance_timeout_ms: int,
                          client_id: str, client_host: str, require_known_member: bool) -> JoinResult:
+        cgroup = self.consumer.get(group_id)
+        if cgroup is not None:
+            if cgroup.members:
+                return JoinResult(E.INCONSISTENT_GROUP_PROTOCOL, member_id)
+            self.consumer.drop(group_id)  # an Empty consumer group (offsets only) becomes a classic group
         return await self.membership.join_group(group_id, member_id, instance_id, protocol_type, protocols,
                                                 session_timeout_ms, rebalance_timeout_ms, client_id, client_host,
                                                 require_known_member)
@@ -113,8 +179,19 @@ class GroupCoordinator:
     # ---- offsets -------------------------------------------------------------------------
 
     async def commit_offsets(self, group_id: str, generation_id: int, member_id: str, instance_id: str | None,
-                             offsets: dict[tuple[str, int], CommittedOffset]) -> dict[tuple[str, int], int]:
-        """OffsetCommit: the membership check, then the store; one error code per partition."""
+                             offsets: dict[tuple[str, int], CommittedOffset], api_version: int = 8
+                             ) -> dict[tuple[str, int], int]:
+        """OffsetCommit: the membership check, then the store; one error code per partition. A
+        consumer group checks the member epoch (`generation_id`), a classic group the generation."""
+        cgroup = self.consumer.get(group_id)
+        if cgroup is not None:
+            error = self.consumer.check_commit(cgroup, member_id, generation_id, api_version)
+            if error != E.NONE:
+                return {tp: error for tp in offsets}
+            results = await self.offsets.commit(group_id, offsets)
+            if not cgroup.members and cgroup.empty_since_ms is None:
+                cgroup.empty_since_ms = int(self.membership.wall() * 1000)
+            return results
         error, group = self.membership.check_commit(group_id, generation_id, member_id, instance_id)
         if error != E.NONE:
             return {tp: error for tp in offsets}
@@ -123,14 +200,33 @@ class GroupCoordinator:
         self.membership.offsets_committed(group)
         return results
 
+    def check_txn_member(self, group_id: str, generation_id: int, member_id: str, instance_id: str | None) -> int:
+        """TxnOffsetCommit v3+ (KIP-447): the member's generation, or its member epoch in a consumer group."""
+        cgroup = self.consumer.get(group_id)
+        if cgroup is not None:
+            return self.consumer.check_commit(cgroup, member_id, generation_id, 9, transactional=True)
+        return self.membership.check_commit(group_id, generation_id, member_id, instance_id)[0]
+
     def fetch_offsets(self, group_id: str, partitions: list[tuple[str, int]] | None
                       ) -> dict[tuple[str, int], CommittedOffset | None]:
         return self.offsets.fetch(group_id, partitions)
+
+    def check_fetch(self, group_id: str, member_id: str | None, member_epoch: int) -> int:
+        """OffsetFetch v9+ from a consumer-group member: its epoch must be current (-1: the admin)."""
+        cgroup = self.consumer.get(group_id)
+        if cgroup is None or member_epoch == -1 and not member_id:
+            return E.NONE
+        return self.consumer.check_fetch(cgroup, member_id, member_epoch)
 
     async def delete_offsets(self, group_id: str, partitions: list[tuple[str, int]]
                              ) -> tuple[int, dict[tuple[str, int], int]]:
         """OffsetDelete: not for the topics a non-Empty group subscribes to (nor for any topic if
         its members' subscriptions cannot be read)."""
+        cgroup = self.consumer.get(group_id)
+        if cgroup is not None:
+            results = await self.offsets.delete(group_id, partitions, cgroup.subscribed_topics())
+            self._maybe_drop_consumer(cgroup)
+            return E.NONE, results
         group = self.membership.live(group_id)
         if group is None:
             return E.GROUP_ID_NOT_FOUND, {}
@@ -171,6 +267,9 @@ class GroupCoordinator:
                 per_topic[topic] = per_topic.get(topic, 0) + max(0, end - committed.offset)
             group = self.membership.groups.get(group_id)
             clients = sorted({m.client_id for m in group.members.values()}) if group is not None else []
+            cgroup = self.consumer.get(group_id)
+            if cgroup is not None:
+                clients = sorted({m.client_id for m in cgroup.members.values()})
             for topic, lag in sorted(per_topic.items()):
                 out.append((group_id, topic, clients[0] if clients else None, lag))
         return out
@@ -180,11 +279,26 @@ class GroupCoordinator:
     def list_groups(self) -> list[Group]:
         return self.membership.list_groups()
 
+    def list_consumer_groups(self) -> list[ConsumerGroup]:
+        return [g for g in self.consumer.groups.values() if not g.dead]
+
     def describe_group(self, group_id: str) -> Group | None:
         return self.membership.describe_group(group_id)
 
     async def delete_group(self, group_id: str) -> int:
         """DeleteGroups for one Empty group: its offsets are deleted, then the group is forgotten."""
+        cgroup = self.consumer.get(group_id)
+        if cgroup is not None:
+            if cgroup.members:
+                return E.NON_EMPTY_GROUP
+            try:
+                await self.offsets.delete_group(group_id)
+            except KafkaProtocolError as exc:
+                log.error("cannot delete offsets of group %s: %s", group_id, exc)
+                return E.COORDINATOR_NOT_AVAILABLE
+            self.consumer.drop(group_id)
+            log.info("deleted consumer group %s", group_id)
+            return E.NONE
         error, group = self.membership.begin_delete(group_id)
         if error != E.NONE:
             return error

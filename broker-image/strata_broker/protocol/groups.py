@@ -1,4 +1,5 @@
-"""Consumer group APIs: FindCoordinator, Join/Sync/Heartbeat/LeaveGroup, offsets, group admin.
+"""Consumer group APIs: FindCoordinator, Join/Sync/Heartbeat/LeaveGroup, the KIP-848
+ConsumerGroupHeartbeat/ConsumerGroupDescribe, offsets, group admin.
 
 The handlers translate requests for the `GroupCoordinator` (strata_broker.groups), which
 holds the state machine and the committed offsets.
@@ -36,6 +37,7 @@ from kafka.protocol.consumer import (
 )
 from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
 
+from ..groups.consumer_group import ConsumerGroup, MemberHeartbeat, Partitions
 from ..groups.coordinator import E
 from ..groups.group import GroupState
 from ..groups.offsets import CommittedOffset
@@ -50,6 +52,12 @@ from ..security.acl import (
     RES_TRANSACTIONAL_ID,
 )
 from .context import RequestContext
+from .messages import (
+    ConsumerGroupDescribeRequest,
+    ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse,
+)
 from .registry import api
 
 if TYPE_CHECKING:
@@ -212,6 +220,103 @@ async def handle_leave_group(ctx: RequestContext, request: LeaveGroupRequest) ->
         for (mid, iid), code in zip(leaving, member_errors, strict=True)])
 
 
+# ---- the consumer group protocol (KIP-848) ------------------------------------------------
+
+
+@api(ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, 0, 1)
+async def handle_consumer_group_heartbeat(ctx: RequestContext, request: ConsumerGroupHeartbeatRequest
+                                          ) -> ConsumerGroupHeartbeatResponse:
+    v = ctx.api_version
+    R = ConsumerGroupHeartbeatResponse
+
+    def refuse(error: int, message: str | None) -> ConsumerGroupHeartbeatResponse:
+        return R(version=v, throttle_time_ms=0, error_code=error, error_message=message,
+                 member_id=request.member_id or None, member_epoch=request.member_epoch, heartbeat_interval_ms=0,
+                 assignment=None)
+
+    groups = _coordinator(ctx, request.group_id or None)
+    if groups is None:
+        return refuse(E.COORDINATOR_NOT_AVAILABLE, "the group coordinator is not available here")
+    if request.group_id and not ctx.authorize(OP_READ, RES_GROUP, request.group_id):
+        return refuse(GROUP_AUTHORIZATION_FAILED, f"{ctx.principal} may not read group {request.group_id}")
+    denied = [t for t in request.subscribed_topic_names or [] if not ctx.authorize(OP_DESCRIBE, RES_TOPIC, t)]
+    if denied:
+        return refuse(TOPIC_AUTHORIZATION_FAILED, f"{ctx.principal} may not describe topics {', '.join(denied)}")
+    owned: Partitions | None = None
+    if request.topic_partitions is not None:
+        owned = {}
+        for tp in request.topic_partitions:
+            topic = ctx.services.logs.topic_by_id(tp.topic_id)
+            if topic is not None and tp.partitions:
+                owned.setdefault(topic.name, set()).update(tp.partitions)
+    result = groups.consumer_heartbeat(MemberHeartbeat(
+        group_id=request.group_id, member_id=request.member_id, member_epoch=request.member_epoch,
+        instance_id=request.instance_id, rack_id=request.rack_id, rebalance_timeout_ms=request.rebalance_timeout_ms,
+        subscribed_topics=request.subscribed_topic_names,
+        subscribed_regex=request.subscribed_topic_regex if v >= 1 else None,
+        server_assignor=request.server_assignor, owned=owned, client_id=ctx.client_id or "",
+        client_host=_client_host(ctx)), v)
+    assignment = None
+    if result.error == E.NONE and result.assignment is not None:
+        topics = []
+        for name, parts in sorted(result.assignment.items()):
+            topic_id = groups.consumer.topic_id(name)
+            if topic_id is not None:
+                topics.append(R.Assignment.TopicPartitions(topic_id=topic_id, partitions=sorted(parts)))
+        assignment = R.Assignment(topic_partitions=topics)
+    return R(version=v, throttle_time_ms=0, error_code=result.error, error_message=result.message,
+             member_id=result.member_id, member_epoch=result.member_epoch,
+             heartbeat_interval_ms=result.heartbeat_interval_ms, assignment=assignment)
+
+
+@api(ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, 0, 1)
+async def handle_consumer_group_describe(ctx: RequestContext, request: ConsumerGroupDescribeRequest
+                                         ) -> ConsumerGroupDescribeResponse:
+    v = ctx.api_version
+    R = ConsumerGroupDescribeResponse
+    D = R.DescribedGroup
+    M = D.Member
+
+    def failed(group_id: str, error: int, message: str | None) -> object:
+        return D(error_code=error, error_message=message, group_id=group_id, group_state="", group_epoch=-1,
+                 assignment_epoch=-1, assignor_name="", members=[])
+
+    def assignment(groups: GroupCoordinator, parts: Partitions) -> object:
+        A = M.Assignment
+        return A(topic_partitions=[
+            A.TopicPartitions(topic_id=topic_id, topic_name=name, partitions=sorted(ps))
+            for name, ps in sorted(parts.items())
+            if ps and (topic_id := groups.consumer.topic_id(name)) is not None])
+
+    def describe(groups: GroupCoordinator, group: ConsumerGroup) -> object:
+        return D(error_code=E.NONE, error_message=None, group_id=group.group_id, group_state=group.state.value,
+                 group_epoch=group.group_epoch, assignment_epoch=group.assignment_epoch,
+                 assignor_name=group.assignor or groups.consumer.assignors[0], members=[
+                     M(member_id=m.member_id, instance_id=m.instance_id, rack_id=m.rack_id, member_epoch=m.epoch,
+                       client_id=m.client_id, client_host=m.client_host,
+                       subscribed_topic_names=list(m.subscribed_topics), subscribed_topic_regex=m.subscribed_regex,
+                       assignment=assignment(groups, m.assigned),
+                       target_assignment=assignment(groups, group.target.get(m.member_id, {})), member_type=1)
+                     for m in group.members.values()])
+
+    described = []
+    for group_id in request.group_ids:
+        groups = _coordinator(ctx, group_id)
+        if groups is None:
+            described.append(failed(group_id, E.COORDINATOR_NOT_AVAILABLE, None))
+        elif not group_id:
+            described.append(failed(group_id, E.INVALID_GROUP_ID, "Group id can't be empty."))
+        elif not ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id):
+            described.append(failed(group_id, GROUP_AUTHORIZATION_FAILED, None))
+        elif (group := groups.consumer_group(group_id)) is not None:
+            described.append(describe(groups, group))
+        elif groups.membership.live(group_id) is not None:
+            described.append(failed(group_id, E.GROUP_ID_NOT_FOUND, f"Group {group_id} is not a consumer group."))
+        else:
+            described.append(failed(group_id, E.GROUP_ID_NOT_FOUND, f"Group {group_id} not found."))
+    return R(version=v, throttle_time_ms=0, groups=described)
+
+
 # ---- offsets ----------------------------------------------------------------------------
 
 
@@ -240,14 +345,14 @@ async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest
         allowed = {tp: o for tp, o in offsets.items() if tp not in denied}
         results = await groups.commit_offsets(request.group_id, request.generation_id_or_member_epoch,
                                               request.member_id, request.group_instance_id if v >= 7 else None,
-                                              allowed) if allowed else {}
+                                              allowed, v) if allowed else {}
         results.update({tp: TOPIC_AUTHORIZATION_FAILED for tp in denied})
     elif not request.group_id and request.generation_id_or_member_epoch >= 0:
         results = {tp: E.INVALID_GROUP_ID for tp in offsets}
     else:
         results = await groups.commit_offsets(request.group_id, request.generation_id_or_member_epoch,
                                               request.member_id, request.group_instance_id if v >= 7 else None,
-                                              offsets)
+                                              offsets, v)
     return R(version=v, throttle_time_ms=0, topics=[
         R.OffsetCommitResponseTopic(name=name, partitions=[
             R.OffsetCommitResponseTopic.OffsetCommitResponsePartition(partition_index=i,
@@ -282,10 +387,14 @@ def _fetch_group(ctx: RequestContext, group_id: str, topics: list[tuple[str, lis
 async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetchResponse:
     v = ctx.api_version
     R = OffsetFetchResponse
-    def group_error(group_id: str) -> int:
-        if _coordinator(ctx, group_id) is None:
+    def group_error(group_id: str, member_id: str | None = None, member_epoch: int = -1) -> int:
+        groups = _coordinator(ctx, group_id)
+        if groups is None:
             return E.COORDINATOR_NOT_AVAILABLE
-        return 0 if ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id) else GROUP_AUTHORIZATION_FAILED
+        if not ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id):
+            return GROUP_AUTHORIZATION_FAILED
+        # v9+: a consumer-group member's epoch must be current (KIP-848).
+        return groups.check_fetch(group_id, member_id, member_epoch)
 
     def part_error(topic: str) -> int:
         return E.NONE if ctx.authorize(OP_DESCRIBE, RES_TOPIC, topic) else TOPIC_AUTHORIZATION_FAILED
@@ -297,7 +406,8 @@ async def handle_offset_fetch(ctx: RequestContext, request: OffsetFetchRequest) 
         out = []
         for group in request.groups:
             topics = None if group.topics is None else [(t.name, list(t.partition_indexes)) for t in group.topics]
-            g_error = group_error(group.group_id)
+            g_error = group_error(group.group_id, group.member_id if v >= 9 else None,
+                                  group.member_epoch if v >= 9 else -1)
             out.append(G(group_id=group.group_id, error_code=g_error, topics=[] if g_error else [
                 T(name=name, partitions=[
                     P(partition_index=p, committed_offset=e.offset if e else -1,
@@ -362,15 +472,17 @@ async def handle_list_groups(ctx: RequestContext, request: ListGroupsRequest) ->
     types = {t.lower() for t in request.types_filter} if v >= 5 and request.types_filter else None
     listed = []
     everything = ctx.authorize(OP_DESCRIBE, RES_CLUSTER, CLUSTER_NAME)
-    for group in groups.list_groups():
-        if not everything and not ctx.authorize(OP_DESCRIBE, RES_GROUP, group.group_id):
+    entries = [(g.group_id, g.protocol_type or "", g.state.value, "classic") for g in groups.list_groups()]
+    entries += [(g.group_id, "consumer", g.state.value, "consumer") for g in groups.list_consumer_groups()]
+    for group_id, protocol_type, state, group_type in entries:
+        if not everything and not ctx.authorize(OP_DESCRIBE, RES_GROUP, group_id):
             continue
-        if states is not None and group.state.value.lower() not in states:
+        if states is not None and state.lower() not in states:
             continue
-        if types is not None and "classic" not in types:
+        if types is not None and group_type not in types:
             continue
-        listed.append(R.ListedGroup(group_id=group.group_id, protocol_type=group.protocol_type or "",
-                                    group_state=group.state.value, group_type="classic"))
+        listed.append(R.ListedGroup(group_id=group_id, protocol_type=protocol_type, group_state=state,
+                                    group_type=group_type))
     return R(version=v, throttle_time_ms=0, error_code=E.NONE, groups=listed)
 
 

@@ -28,6 +28,7 @@ from kafka.protocol.admin import (
 )
 from kafka.protocol.consumer import OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse
 
+from ..cluster.reassign import cancel_move, cluster_of, pending_moves, request_move
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import refuse_internal
 from ..security.acl import CLUSTER_NAME, OP_ALTER, OP_DELETE, OP_DESCRIBE, RES_CLUSTER
@@ -222,16 +223,19 @@ async def handle_alter_partition_reassignments(
     ctx: RequestContext, request: AlterPartitionReassignmentsRequest
 ) -> AlterPartitionReassignmentsResponse:
     """Per partition: replicas equal to the current ones ([leader]) are a no-op (NONE, as Kafka
-    answers a reassignment to the current replicas); cancelling (null) finds nothing in progress
-    (NO_REASSIGNMENT_IN_PROGRESS); more than one replica is INVALID_REPLICATION_FACTOR (one copy,
-    kept durable by fsync or S3); any other broker is INVALID_REPLICA_ASSIGNMENT: a single broker
-    has no other, and in a cluster the controller's placement decides where a partition lives."""
+    answers a reassignment to the current replicas); more than one replica is
+    INVALID_REPLICATION_FACTOR (one copy, kept durable by fsync or S3); an unknown broker is
+    INVALID_REPLICA_ASSIGNMENT. In a cluster, [b] with another broker b is a move: a request the
+    controller acts on (cluster/reassign.py), and cancelling (null) deletes a pending one; a single
+    broker has no other broker (INVALID_REPLICA_ASSIGNMENT) and nothing to cancel
+    (NO_REASSIGNMENT_IN_PROGRESS)."""
     R = AlterPartitionReassignmentsResponse
     Topic = R.ReassignableTopicResponse
     if not ctx.authorize(OP_ALTER, RES_CLUSTER, CLUSTER_NAME):
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
                  error_message="not authorized to ALTER the cluster", responses=[])
     leadership = ctx.services.leadership
+    cluster = cluster_of(ctx.services.leadership)
     brokers = {leadership.node_id} | {b.id for b in leadership.other_brokers()}
     responses = []
     for topic in request.topics:
@@ -245,17 +249,22 @@ async def handle_alter_partition_reassignments(
                                              f"{topic.name} has no partition {part.partition_index}")
                 current = leaders[part.partition_index]
                 if part.replicas is None:
-                    code, message = NO_REASSIGNMENT_IN_PROGRESS, "no reassignment is in progress"
+                    if cluster is None or not await cancel_move(cluster, topic.name, part.partition_index):
+                        code, message = NO_REASSIGNMENT_IN_PROGRESS, "no reassignment is in progress"
                 elif len(part.replicas) != 1:
                     code, message = (int(ErrorCode.INVALID_REPLICATION_FACTOR),
                                      "Strata keeps one copy of each partition (durable by fsync or in S3)")
                 elif part.replicas[0] not in brokers:
                     code, message = (int(ErrorCode.INVALID_REPLICA_ASSIGNMENT),
                                      f"broker {part.replicas[0]} does not exist")
+                elif cluster is not None:
+                    if part.replicas[0] != current:
+                        await request_move(cluster, topic.name, part.partition_index, part.replicas[0])
+                    else:  # already there: a pending move elsewhere is called off
+                        await cancel_move(cluster, topic.name, part.partition_index)
                 elif part.replicas[0] != current:
                     code, message = (int(ErrorCode.INVALID_REPLICA_ASSIGNMENT),
-                                     "the controller's placement decides which broker leads a partition "
-                                     "(docs/cluster.md); reassignment cannot move it")
+                                     "a single broker has no other broker to move a partition to")
             except KafkaProtocolError as exc:
                 code, message = int(exc.code), exc.message
             partitions.append(Topic.ReassignablePartitionResponse(partition_index=part.partition_index,
@@ -268,9 +277,30 @@ async def handle_alter_partition_reassignments(
 async def handle_list_partition_reassignments(
     ctx: RequestContext, request: ListPartitionReassignmentsRequest
 ) -> ListPartitionReassignmentsResponse:
-    """No reassignment is ever in progress: an empty list (needs DESCRIBE on the cluster)."""
+    """The reassignments not done yet (in a cluster: the requests still in the bucket, each shown
+    as replicas [target], adding [target], removing [current leader]); a single broker has none.
+    Needs DESCRIBE on the cluster."""
     R = ListPartitionReassignmentsResponse
+    T = R.OngoingTopicReassignment
     if not ctx.authorize(OP_DESCRIBE, RES_CLUSTER, CLUSTER_NAME):
         return R(version=ctx.api_version, throttle_time_ms=0, error_code=int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
                  error_message="not authorized to DESCRIBE the cluster", topics=[])
-    return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, error_message=None, topics=[])
+    cluster = cluster_of(ctx.services.leadership)
+    pending = await pending_moves(cluster) if cluster is not None else {}
+    wanted = None if request.topics is None else {(t.name, p) for t in request.topics for p in t.partition_indexes}
+    by_topic: dict[str, list[object]] = {}
+    for (name, index), target in sorted(pending.items()):
+        if wanted is not None and (name, index) not in wanted:
+            continue
+        try:
+            leaders = _current_leaders(ctx, name)
+        except KafkaProtocolError:
+            continue
+        if not 0 <= index < len(leaders):
+            continue
+        current = leaders[index]
+        by_topic.setdefault(name, []).append(T.OngoingPartitionReassignment(
+            partition_index=index, replicas=[target], adding_replicas=[target] if target != current else [],
+            removing_replicas=[current] if target != current else []))
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=0, error_message=None,
+             topics=[T(name=name, partitions=parts) for name, parts in by_topic.items()])

@@ -187,8 +187,8 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
         error = _verify_offsets(ctx, txns, request)
         if error == E.NONE and v >= 3 and request.generation_id >= 0:
             # KIP-447: a member of the group commits for the generation it belongs to.
-            member_error, _ = groups.membership.check_commit(request.group_id, request.generation_id,
-                                                             request.member_id, request.group_instance_id)
+            member_error = groups.check_txn_member(request.group_id, request.generation_id, request.member_id,
+                                                   request.group_instance_id)
             if member_error != GE.NONE:
                 error = ErrorCode(member_error)
         if error == E.NONE:

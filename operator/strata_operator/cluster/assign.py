@@ -16,6 +16,8 @@ returns the next placement plus the list of moves. Rules:
 - Rebalance (asked for, or automatically when a member broker appears that the published
   placement did not list: scale out) moves the fewest partitions needed for every broker's
   partition count to be within 1 of every other's, preferring partitions with low bytes in.
+- A requested reassignment (AlterPartitionReassignments: partition -> broker) moves the partition
+  to that broker when it is a live member (after the homeless are placed, before any rebalance).
 - Every partition that changes leader gets epoch = published epoch + 1 (once, however many times
   it moved within this computation), so an epoch is never reused for a different leader.
 - Nothing changed -> the very same Placement object (same version); otherwise version + 1.
@@ -35,6 +37,7 @@ LOST = "broker-lost"       # its leader's lease expired or was deleted
 SCALE_IN = "scale-in"      # its leader is live but no longer a member
 SCALE_OUT = "scale-out"    # automatic rebalance: a new member broker appeared
 REBALANCE = "rebalance"    # explicit rebalance
+REASSIGN = "reassignment"  # AlterPartitionReassignments named its broker
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,10 @@ def balanced_moves_needed(counts: Mapping[int, int]) -> int:
 def next_placement(current: Placement | None, *, members: Collection[int] | None,
                    live: Iterable[BrokerAddress], topics: Mapping[str, TopicInfo],
                    bytes_in: Mapping[tuple[str, int], float] | None = None,
-                   rebalance: bool = False) -> Decision:
+                   rebalance: bool = False, reassign: Mapping[tuple[str, int], int] | None = None) -> Decision:
     """The next placement. `members` None: every live broker is a member. `bytes_in`:
-    (topic, partition) -> bytes/s as the leader measured it (missing = 0)."""
+    (topic, partition) -> bytes/s as the leader measured it (missing = 0). `reassign`:
+    (topic, partition) -> the broker a reassignment asks to lead it."""
     current = current if current is not None else Placement()
     rates = bytes_in or {}
     member_set = None if members is None else set(members)
@@ -149,6 +153,14 @@ def next_placement(current: Placement | None, *, members: Collection[int] | None
     homeless.sort(key=lambda h: (-rates.get((h[0], h[1]), 0.0), h[0], h[1]))
     for name, p, source, reason in homeless:
         assign(name, p, source, least_loaded(name, ids), reason)
+
+    for (name, p), target in sorted((reassign or {}).items()):
+        plist = parts.get(name)
+        if plist is None or not 0 <= p < len(plist) or target not in id_set:
+            continue
+        a = plist[p]
+        if a is not None and a.leader != target:
+            assign(name, p, a.leader, target, REASSIGN)
 
     published_ids = {b.id for b in current.brokers}
     scale_out = bool(id_set - published_ids) and bool(published_ids or current.topics)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -56,7 +57,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from strata_contract.layout import TOPIC_META, members_root, parse_topic_dir, topics_root
+from strata_contract.layout import (
+    TOPIC_META,
+    members_root,
+    parse_reassignment_key,
+    parse_topic_dir,
+    reassignments_root,
+    topics_root,
+)
 from strata_contract.lease import MemberLease
 from strata_contract.manifest import TopicMeta
 from strata_contract.placement import BrokerAddress, Placement, read_placement, write_placement
@@ -139,6 +147,27 @@ class BucketReader:
         async with response["Body"] as stream:
             body = await stream.read()
         return body, str(response.get("LastModified", ""))
+
+    async def reassignments(self, prefix: str, cluster: str) -> dict[tuple[str, int], tuple[int, str]]:
+        """(topic, partition) -> (target broker, key) for every reassignment request in the bucket."""
+        root = reassignments_root(prefix, cluster)
+        objects, _ = await self._list(root)
+        out: dict[tuple[str, int], tuple[int, str]] = {}
+        for obj in objects:
+            key = obj["Key"]
+            where = parse_reassignment_key(root, key)
+            got = await self._get(key) if where is not None else None
+            if got is None:
+                continue
+            try:
+                out[where] = (int(json.loads(got[0])["target"]), key)  # type: ignore[index]
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable reassignment s3://%s/%s", self.bucket, key)
+        return out
+
+    async def delete(self, key: str) -> None:
+        await self.open()
+        await asyncio.wait_for(self._client.delete_object(Bucket=self.bucket, Key=key), self.timeout)
 
     async def members(self, prefix: str, cluster: str) -> dict[int, MemberLease]:
         """id -> lease, for every lease object present now."""
@@ -330,6 +359,9 @@ class Controller:
         self._loaded = False
         self._must_publish = False
         self._rebalance = False
+        self._reassigned_at: dict[str, float] = {}  # request key -> when its move was published
+        self._clock = clock
+        self._grace_s = grace_ms / 1000.0
 
     @classmethod
     def for_file(cls, placement_file: str, *, bucket: str, endpoint: str | None = None, region: str = "us-east-1",
@@ -372,8 +404,10 @@ class Controller:
         if self.rebalance_file and os.path.exists(self.rebalance_file):
             from_file = True
         wanted = rebalance or self._rebalance or from_file
+        requests = await self.reader.reassignments(self.prefix, self.cluster)
         decision = assign.next_placement(self.placement, members=self.current_members(), live=live, topics=topics,
-                                         bytes_in=bytes_in_of(leases, self.placement), rebalance=wanted)
+                                         bytes_in=bytes_in_of(leases, self.placement), rebalance=wanted,
+                                         reassign={tp: target for tp, (target, _) in requests.items()})
         published = False
         if decision.changed or self._must_publish:
             await self.sink.publish(decision.placement)
@@ -387,6 +421,7 @@ class Controller:
                          [b.id for b in decision.placement.brokers], len(decision.placement.topics),
                          len(decision.moves))
         self.placement = decision.placement
+        await self._finish_reassignments(requests, leases, topics)
         if wanted:
             self._rebalance = False
             if from_file and self.rebalance_file:
@@ -396,6 +431,30 @@ class Controller:
                     pass
                 log.info("rebalance request %s consumed (%d move(s))", self.rebalance_file, len(decision.moves))
         return TickResult(decision, live, published)
+
+    async def _finish_reassignments(self, requests: Mapping[tuple[str, int], tuple[int, str]],
+                                    leases: Mapping[int, MemberLease], topics: Mapping[str, Any]) -> None:
+        """Delete the requests that are done: the placement names the target and the target leads
+        the partition (its lease lists it, or a grace period passed for an empty partition); or
+        that cannot be done (no such partition)."""
+        now = self._clock()
+        for (topic, partition), (target, key) in requests.items():
+            placed = self.placement.assignment(topic, partition) if self.placement else None
+            info = topics.get(topic)
+            if info is None or partition >= info.partitions:
+                done = True
+            elif placed is None or placed.leader != target:
+                self._reassigned_at.pop(key, None)
+                continue
+            else:
+                since = self._reassigned_at.setdefault(key, now)
+                lease = leases.get(target)
+                held = lease is not None and f"{topic}/{partition}" in lease.end_offsets
+                done = held or now - since >= self._grace_s
+            if done:
+                await self.reader.delete(key)
+                self._reassigned_at.pop(key, None)
+                log.info("reassignment of %s/%d to broker %d done", topic, partition, target)
 
     async def run(self, stop: Any = None) -> None:
         """Tick every `interval` until `stop` (anything with is_set(): an asyncio or threading Event)

@@ -28,7 +28,7 @@ from s3server import CREDENTIALS
 from waiting import wait_until
 
 STATIC_BROKER_CONFIG, DEFAULT_CONFIG, TOPIC_CONFIG = 4, 5, 1
-ELECTION_NOT_NEEDED, INVALID_REPLICA_ASSIGNMENT = 84, 39
+ELECTION_NOT_NEEDED, INVALID_REPLICA_ASSIGNMENT, NO_REASSIGNMENT_IN_PROGRESS = 84, 39, 85
 
 
 def earliest(bootstrap: str, topic: str, partition: int = 0) -> int:
@@ -215,8 +215,9 @@ def cluster(tmp_path, s3):  # type: ignore[no-untyped-def]
 
 def test_partition_admin_in_a_cluster(cluster, topic_name):
     """ElectLeaders: the placement already decided (ELECTION_NOT_NEEDED); a reassignment to the current
-    leader is a no-op and to another broker a clear INVALID_REPLICA_ASSIGNMENT; DescribeLogDirs lists
-    on each broker the partitions it leads; DeleteRecords and OffsetForLeaderEpoch reach the leaders."""
+    leader is a no-op, to a broker that does not exist INVALID_REPLICA_ASSIGNMENT; DescribeLogDirs lists
+    on each broker the partitions it leads; DeleteRecords and OffsetForLeaderEpoch reach the leaders;
+    then a reassignment to another broker moves the partition (listed until done) and it serves there."""
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     admin.create_topics([confluent_kafka.admin.NewTopic(topic_name, 3, 1)])[topic_name].result(30)
     leaders = cluster.wait_placed(topic_name, 3)
@@ -236,9 +237,9 @@ def test_partition_admin_in_a_cluster(cluster, topic_name):
                                                        (2, ELECTION_NOT_NEEDED)]
         tp = KpTopicPartition(topic_name, 0)
         assert kp.alter_partition_reassignments({tp: [leaders[0]]}).get(tp) is None
-        other = next(b for b in range(3) if b != leaders[0])
-        refused = kp.alter_partition_reassignments({tp: [other]})
+        refused = kp.alter_partition_reassignments({tp: [7]})
         assert refused[tp].errno == INVALID_REPLICA_ASSIGNMENT
+        assert kp.alter_partition_reassignments({tp: None})[tp].errno == NO_REASSIGNMENT_IN_PROGRESS
         assert kp.list_partition_reassignments() == {}
 
         by_broker = {d["broker"]: d["log_dirs"] for d in kp.describe_log_dirs([topic_name])}
@@ -263,6 +264,27 @@ def test_partition_admin_in_a_cluster(cluster, topic_name):
         conn.close()
     (answer,) = response.topics[0].partitions
     assert (answer.error_code, answer.end_offset) == (0, 10)
+
+    # A reassignment to another broker moves the partition's leadership there (S3 hand-over).
+    other = next(b for b in range(3) if b != leaders[0])
+    kp = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    try:
+        assert kp.alter_partition_reassignments({tp: [other]}) == {tp: None}
+        listed = kp.list_partition_reassignments()
+        # In progress until the new leader took the partition over (the controller may already be done).
+        assert listed in ({tp: {"replicas": [other], "adding_replicas": [other], "removing_replicas": [leaders[0]]}},
+                          {tp: {"replicas": [other], "adding_replicas": [], "removing_replicas": []}}, {}), listed
+        cluster.wait(lambda p: p.topics[topic_name].partitions[0].leader == other, 60, "the move in the placement")
+        wait_until(lambda: kp.list_partition_reassignments() == {}, 60, "the reassignment to be done")
+        assert cluster.leaders(topic_name)[1:] == leaders[1:]  # nothing else moved
+    finally:
+        kp.close()
+    wait_until(lambda: admin.list_topics(topic_name, timeout=10).topics[topic_name].partitions[0].leader == other,
+               60, "metadata naming the new leader")
+    producer.produce(topic_name, value=b"after-move", partition=0)
+    assert producer.flush(60) == 0
+    values = [r.value for r in consume_confluent(cluster.bootstrap, topic_name, 1, 7)]
+    assert values == [f"0-{i}".encode() for i in range(4, 10)] + [b"after-move"]
 
 
 @pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")  # the call under test

@@ -54,9 +54,10 @@ def cluster_factory(tmp_path: Path, s3: S3Bucket):  # type: ignore[no-untyped-de
 
 # ---- group consumers, one per client library ----------------------------------------------------
 
-def group_consume_confluent(bootstrap: str, topic: str, group: str, expected: int, timeout: float = 60) -> list[Record]:
+def group_consume_confluent(bootstrap: str, topic: str, group: str, expected: int, timeout: float = 60,
+                            **conf: str) -> list[Record]:
     consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **conf})
     consumer.subscribe([topic])
     try:
         out = _drain(consumer, expected, timeout)
@@ -113,8 +114,13 @@ def group_consume_aiokafka(bootstrap: str, topic: str, group: str, expected: int
     return asyncio.run(run())
 
 
+def group_consume_kip848(bootstrap: str, topic: str, group: str, expected: int, timeout: float = 60) -> list[Record]:
+    """librdkafka with the KIP-848 consumer group protocol (ConsumerGroupHeartbeat)."""
+    return group_consume_confluent(bootstrap, topic, group, expected, timeout, **{"group.protocol": "consumer"})
+
+
 GROUP_CONSUMERS = {"confluent-kafka": group_consume_confluent, "kafka-python": group_consume_kafka_python,
-                   "aiokafka": group_consume_aiokafka}
+                   "aiokafka": group_consume_aiokafka, "confluent-kafka group.protocol=consumer": group_consume_kip848}
 
 
 def committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:

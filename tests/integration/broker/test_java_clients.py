@@ -25,10 +25,10 @@ def java_classpath() -> str:
     return build_java_program(PROJECT)
 
 
-def run_clients_check(classpath: str, bootstrap: str) -> dict[str, str]:
+def run_clients_check(classpath: str, bootstrap: str, *group_protocol: str) -> dict[str, str]:
     name = f"java-{uuid.uuid4().hex[:8]}"
     proc = subprocess.run(["java", "-Xmx256m", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", classpath,
-                           "strata.ClientsCheck", bootstrap, name, f"g-{name}"],
+                           "strata.ClientsCheck", bootstrap, name, f"g-{name}", *group_protocol],
                           capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"ClientsCheck exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return dict(line.removeprefix("RESULT ").split("=", 1) for line in proc.stdout.splitlines()
@@ -45,3 +45,11 @@ def test_java_clients_against_strata_and_kafka(java_classpath, broker, kafka_ref
         "group offsets": "{0=10, 1=10, 2=10}", "delete": "ok",
     }
     assert run_clients_check(java_classpath, kafka_ref.bootstrap) == strata
+
+
+def test_java_consumer_with_the_consumer_group_protocol(java_classpath, broker, kafka_ref):
+    """The same program with group.protocol=consumer (KIP-848: ConsumerGroupHeartbeat, server-side assignment)."""
+    strata = run_clients_check(java_classpath, broker.bootstrap, "consumer")
+    assert strata["consumer assignment"] == "3" and strata["consumed distinct"] == "30", strata
+    assert strata["group offsets"] == "{0=10, 1=10, 2=10}", strata
+    assert run_clients_check(java_classpath, kafka_ref.bootstrap, "consumer") == strata

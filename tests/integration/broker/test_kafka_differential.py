@@ -34,8 +34,8 @@ from confluent_kafka.admin import (
 from faultproxy import KafkaProxy
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KpTopicPartition
-from kafka.protocol.admin import AlterConfigsRequest, CreateTopicsRequest, DeleteTopicsRequest
-from kafka.protocol.consumer import LeaveGroupRequest, OffsetForLeaderEpochRequest
+from kafka.protocol.admin import AlterConfigsRequest, CreateTopicsRequest, DeleteTopicsRequest, ListGroupsRequest
+from kafka.protocol.consumer import JoinGroupRequest, LeaveGroupRequest, OffsetForLeaderEpochRequest
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
@@ -75,6 +75,11 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], tuple[Any, Any, str]] = {
         (0, 8), (45, -1),
         "Kafka accepts any first sequence from a producer id it holds no state for (its state may have "
         "expired); Strata answers OUT_OF_ORDER_SEQUENCE_NUMBER unless a new producer id starts at 0"),
+    ("consumer_group_wire", "classic join into a consumer group"): (
+        (0, 0), (0, 23),
+        "Kafka (group.consumer.migration.policy=bidirectional) lets a classic member join a consumer group "
+        "that has members; a Strata group is classic or consumer until it is Empty "
+        "(INCONSISTENT_GROUP_PROTOCOL)"),
 }
 
 Observations = dict[str, Any]
@@ -1002,3 +1007,109 @@ def transactions_scenario(bootstrap: str, name: str) -> Observations:
 
 def test_transactions(both):
     both("transactions", transactions_scenario)
+
+
+# ---- the KIP-848 consumer group protocol on the wire --------------------------------------------
+
+def consumer_group_wire_scenario(bootstrap: str, name: str) -> Observations:
+    from test_consumer_group_protocol import commit as member_commit
+    from test_consumer_group_protocol import describe as describe_consumer_group
+    from test_consumer_group_protocol import fetch_error, hb, topic_id
+    from test_consumer_group_protocol import join as member_join
+
+    admin = admin_for(bootstrap)
+    create(admin, name, 4)
+    group = f"g-{name}"
+    conn = RawConnection(bootstrap)
+    obs: Observations = {}
+    try:
+        tid = topic_id(conn, name)
+        deadline = time.monotonic() + 60
+        while True:  # Kafka may still be loading __consumer_offsets
+            conn.request(FindCoordinatorRequest(version=3, key=group, key_type=0))
+            a = member_join(conn, group, "member-a", [name])
+            if a.error_code not in RETRIABLE_COORDINATOR_ERRORS or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        obs["join"] = (a.error_code, a.member_id, a.member_epoch > 0, a.heartbeat_interval_ms)
+        b = member_join(conn, group, "member-b", [name])
+        obs["second join"] = (b.error_code, b.member_epoch > 0, [t.partitions for t in b.assignment.topic_partitions])
+        # Both members heartbeat as clients do (reporting what they own) until the group is Stable;
+        # Kafka may compute the target assignment later than the join, so the steps are not compared.
+        owned = {"member-a": set(p for t in a.assignment.topic_partitions for p in t.partitions), "member-b": set()}
+        epochs = {"member-a": a.member_epoch, "member-b": b.member_epoch}
+        overlaps, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for member in ("member-a", "member-b"):
+                r = hb(conn, group, member, epochs[member], owned={tid: sorted(owned[member])})
+                assert r.error_code == 0, r
+                epochs[member] = r.member_epoch
+                if r.assignment is not None:
+                    owned[member] = {p for t in r.assignment.topic_partitions for p in t.partitions}
+                overlaps += bool(owned["member-a"] & owned["member-b"])
+            d = describe_consumer_group(conn, group)[0]
+            if d.group_state == "Stable" and set(epochs.values()) == {d.group_epoch}:
+                break
+            time.sleep(0.1)
+        obs["stable"] = (d.group_state, overlaps, sorted(len(o) for o in owned.values()),
+                         sorted(owned["member-a"] | owned["member-b"]))
+        epoch = epochs["member-b"]
+        b = hb(conn, group, "member-b", epoch, owned={tid: sorted(owned["member-b"])})
+        obs["owned partitions only: no assignment"] = (b.error_code, b.assignment is None)
+        b = hb(conn, group, "member-b", epoch, owned={tid: sorted(owned["member-b"])}, topics=[name],
+               rebalance_ms=30000)
+        obs["full heartbeat carries the assignment"] = (b.error_code, b.assignment is not None)
+        obs["no change, no assignment"] = hb(conn, group, "member-b", epoch).assignment is None
+        described = {g.group_id: g for g in describe_consumer_group(conn, group, f"{group}-none", "")}
+        d = described[group]
+        obs["describe"] = (d.error_code, d.group_state, d.group_epoch == d.assignment_epoch == epoch,
+                           d.assignor_name, sorted((m.member_id, m.member_epoch == epoch, m.subscribed_topic_names,
+                                                    m.member_type, m.client_id) for m in d.members))
+        obs["describe unknown"] = described[f"{group}-none"].error_code
+        obs["describe empty id"] = described[""].error_code
+        classic_view = describe_group(conn, group)
+        obs["DescribeGroups of a consumer group"] = (classic_view.error_code, classic_view.group_state,
+                                                     classic_view.protocol_type, len(classic_view.members))
+        desc = admin.describe_consumer_groups([group])[group].result(30)
+        obs["AdminClient describe_consumer_groups"] = (
+            desc.state.name, desc.type.name, desc.partition_assignor,
+            sorted(len(m.assignment.topic_partitions) for m in desc.members))
+        obs["epoch ahead"] = hb(conn, group, "member-a", epoch + 5).error_code
+        obs["older epoch, not a subset"] = hb(conn, group, "member-a", epoch - 1, owned={tid: [0, 1, 2, 3]}).error_code
+        obs["unknown member"] = hb(conn, group, "nobody", epoch).error_code
+        obs["empty group id"] = hb(conn, "", "m", 0, topics=[name], owned={}, rebalance_ms=1000).error_code
+        obs["join without rebalance timeout"] = hb(conn, group, "c", 0, topics=[name], owned={}).error_code
+        obs["join owning partitions"] = hb(conn, group, "c", 0, topics=[name], owned={tid: [0]},
+                                          rebalance_ms=1000).error_code
+        obs["join without subscription"] = hb(conn, group, "c", 0, owned={}, rebalance_ms=1000).error_code
+        obs["epoch -3"] = hb(conn, group, "member-a", -3).error_code
+        obs["static leave without instance"] = hb(conn, group, "member-a", -2).error_code
+        obs["unknown assignor"] = member_join(conn, group, "c", [name], assignor="sticky").error_code
+        obs["commit"] = member_commit(conn, group, "member-b", epoch, name, 5)
+        obs["commit stale epoch"] = member_commit(conn, group, "member-b", epoch - 1, name, 5)
+        obs["commit unknown member"] = member_commit(conn, group, "nobody", epoch, name, 5)
+        obs["commit v8 by a member"] = member_commit(conn, group, "member-b", epoch, name, 5, version=8)
+        obs["fetch stale epoch"] = fetch_error(conn, group, "member-b", epoch + 1)
+        obs["fetch unknown member"] = fetch_error(conn, group, "nobody", epoch)
+        obs["fetch admin"] = fetch_error(conn, group, None, -1)
+        listed = [(g.group_type, g.protocol_type, g.group_state) for g in conn.request(ListGroupsRequest(
+            version=5, states_filter=[], types_filter=[])).groups if g.group_id == group]
+        obs["list groups"] = listed
+        obs["leave"] = [hb(conn, group, m, -1).member_epoch for m in ("member-a", "member-b")]
+        obs["leave again"] = hb(conn, group, "member-a", -1).error_code
+        obs["state after leave"] = describe_consumer_group(conn, group)[0].group_state
+        obs["admin commit into the empty group"] = member_commit(conn, group, "", -1, name, 8)
+        # Last, as it changes the group on Kafka: a classic member joins a consumer group.
+        rejoined = member_join(conn, group, "member-c", [name])
+        classic = conn.request(JoinGroupRequest(
+            version=5, group_id=group, session_timeout_ms=10000, rebalance_timeout_ms=10000, member_id="",
+            group_instance_id="classic-1", protocol_type="consumer",
+            protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=subscription(name))]))
+        obs["classic join into a consumer group"] = (rejoined.error_code, classic.error_code)
+    finally:
+        conn.close()
+    return obs
+
+
+def test_consumer_group_protocol_on_the_wire(both):
+    both("consumer_group_wire", consumer_group_wire_scenario)

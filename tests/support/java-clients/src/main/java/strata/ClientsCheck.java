@@ -32,7 +32,7 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * unknown topic, list, cluster), an idempotent acks=all producer, a consumer in a group (subscribe,
  * poll, commitSync, committed) and the group's offsets through the AdminClient.
  *
- * <p>Usage: {@code ClientsCheck <bootstrap> <topic> <group>}. Prints one {@code RESULT key=value}
+ * <p>Usage: {@code ClientsCheck <bootstrap> <topic> <group> [<group.protocol>]}. Prints one {@code RESULT key=value}
  * line per observation (values that do not depend on which broker answered), exits 0 when every step
  * ran, 1 otherwise.
  */
@@ -106,6 +106,9 @@ public final class ClientsCheck {
         Properties cp = new Properties();
         cp.putAll(common);
         cp.put(ConsumerConfig.GROUP_ID_CONFIG, group);
+        if (args.length > 3) {
+            cp.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, args[3]);  // "consumer": KIP-848
+        }
         cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
         cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, false);
         cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
