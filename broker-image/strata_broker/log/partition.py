@@ -125,6 +125,10 @@ class PartitionLog:
         self.claimed = False  # cluster mode: this broker's claim at leader_epoch is in the bucket
         # Compaction: offsets below this are clean.
         self._cleaned_offset = 0
+        # Compaction: when a stamped transaction marker's delete horizon passes (a cleaning pass is
+        # then due even with nothing dirty); None when no marker waits. In the checkpoint.
+        self.marker_due_ms: int | None = None
+        self.remote_marker_due_ms: int | None = None  # the same for the S3 compactor (in memory)
 
     # ---- opening and recovery -----------------------------------------------------------
 
@@ -256,6 +260,8 @@ class PartitionLog:
             floor = min(floor, self.remote.log_start_offset)
         self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), floor)
         self.cleaned_offset = int(checkpoint.get("cleaned_offset", 0))
+        due_ms = checkpoint.get("marker_due_ms")
+        self.marker_due_ms = None if due_ms is None else int(due_ms)
         self._load_producer_state()
 
     def _load_producer_state(self) -> None:
@@ -323,6 +329,7 @@ class PartitionLog:
                 "log_end_offset": self.log_end_offset,
                 "remote_offset": self.remote_end_offset - 1,
                 "cleaned_offset": self.cleaned_offset,
+                "marker_due_ms": self.marker_due_ms,
             },
         )
 
@@ -634,8 +641,13 @@ class PartitionLog:
                  self.topic, self.partition, offset, deleted)
         return deleted
 
-    def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int) -> bool:
+    def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int,
+                        kept_aborts: set[int] | None = None, marker_due_ms: int | None = None) -> bool:
         """Swap cleaned segments (written as `<base>.log.cleaned`) in for the originals, crash-safely.
+
+        `kept_aborts`: the offsets of the abort markers the pass kept (the aborted-transaction
+        index loses the entries of the others; None: every marker was kept). `marker_due_ms`: the
+        pass's earliest delete horizon still ahead (compaction.Markers).
 
         Runs on the event loop, so no read sees half a swap. False (and nothing changed) when
         retention or another change took any original away meanwhile.
@@ -661,8 +673,13 @@ class PartitionLog:
             segment.seal()
             installed.append(segment)
         self.segments[start:start + count] = installed
+        if kept_aborts is not None:
+            first, end = originals[0].base_offset, cleaned_through
+            self.aborted = [e for e in self.aborted
+                            if not first <= e.last_offset < end or e.last_offset in kept_aborts]
+        self.marker_due_ms = marker_due_ms
         # Segments may have been merged: each installed one's `.txnindex` holds the entries of
-        # the markers it now contains (compaction keeps markers and offsets).
+        # the abort markers it still contains (offsets never change).
         for segment in originals:
             if segment.base_offset not in cleaned_bases:
                 _unlink_quietly(_txn_index_path(segment))
