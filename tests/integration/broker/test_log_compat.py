@@ -208,3 +208,172 @@ def test_compaction_removes_aborted_records_then_markers(broker_factory, topic_n
         last_stable = fetch_raw(broker.bootstrap, topic_name, 0, isolation=1)
         assert last_stable.last_stable_offset == last_stable.high_watermark  # no transaction left open
         broker.restart()
+
+
+# ---- compression.type: broker-side recompression -----------------------------------------------------
+
+CLIENT_CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def produce_with(bootstrap: str, topic: str, codec: str, values: list[bytes], **conf: object) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 20,
+                         "enable.idempotence": True, **conf})
+    for i, value in enumerate(values):
+        producer.produce(topic, key=b"k%d" % i, value=value, headers=[("h", codec.encode())])
+    assert producer.flush(30) == 0
+
+
+def read_batches_and_values(bootstrap: str, topic: str) -> tuple[list[dict[str, int]], list[tuple]]:
+    """The raw batches of the partition and its records (key, value, headers) decoded from them."""
+    from kafka.record.default_records import DefaultRecordBatch
+
+    part = fetch_raw(bootstrap, topic, 0)
+    data = bytes(part.records or b"")
+    batches = batches_of(data)
+    records, pos = [], 0
+    for _ in batches:
+        length = struct.unpack_from(">i", data, pos + 8)[0] + 12
+        records += [(r.offset, r.key, r.value, list(r.headers)) for r in DefaultRecordBatch(data[pos:pos + length])]
+        pos += length
+    return batches, records
+
+
+@pytest.mark.parametrize("target", ["zstd", "uncompressed", "producer"])
+def test_compression_type_recompresses_batches_of_other_codecs(broker, target):
+    """Each client codec into a topic of `target`: the batches come back in the topic's codec (as
+    sent for `producer`), with the same offsets, keys, values, headers and timestamps."""
+    topic = f"cmpr-{target}-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1, {"compression.type": target, "compression.zstd.level": "9"})
+    sent = []
+    for codec in CLIENT_CODECS:
+        values = [(b"%s-%d " % (codec.encode(), i)) * 20 for i in range(50)]
+        produce_with(broker.bootstrap, topic, codec, values)
+        sent += [(codec, v) for v in values]
+    batches, records = read_batches_and_values(broker.bootstrap, topic)
+    assert [r[0] for r in records] == list(range(len(sent)))
+    assert [r[2] for r in records] == [v for _, v in sent]
+    assert [r[3] for r in records] == [[("h", c.encode())] for c, _ in sent]
+    codecs = [b["attributes"] & 0x07 for b in batches]
+    if target == "producer":
+        # Every codec was kept as the client chose it (in the order they were sent).
+        assert sorted(set(codecs)) == sorted(CLIENT_CODECS.values())
+    else:
+        want = {"zstd": 4, "uncompressed": 0}[target]
+        assert set(codecs) == {want}, codecs
+    # A consumer reads them back as written.
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, 0)])
+    got = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            got.append(msg.value())
+    finally:
+        consumer.close()
+    assert got == [v for _, v in sent]
+
+
+def test_recompressed_idempotent_retry_is_still_a_duplicate(broker):
+    """Recompression keeps the producer id, epoch and sequence: a retried batch is recognised."""
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    topic = f"cmpr-retry-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1, {"compression.type": "gzip"})
+    conn = RawConnection(broker.bootstrap)
+    try:
+        from kafka.protocol.producer import InitProducerIdRequest
+
+        init = conn.request(InitProducerIdRequest(version=1, transactional_id=None, transaction_timeout_ms=-1))
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                            producer_id=init.producer_id, producer_epoch=init.producer_epoch,
+                                            base_sequence=0, batch_size=1 << 20)
+        for i in range(5):
+            builder.append(i, timestamp=int(time.time() * 1000), key=None, value=b"v%d" % i * 30, headers=[])
+        batch = bytes(builder.build())
+        T = ProduceRequest.TopicProduceData
+
+        def send():  # type: ignore[no-untyped-def]
+            response = conn.request(ProduceRequest(version=8, transactional_id=None, acks=-1, timeout_ms=5000,
+                                                   topic_data=[T(name=topic, partition_data=[
+                                                       T.PartitionProduceData(index=0, records=batch)])]))
+            return response.responses[0].partition_responses[0]
+
+        first, again = send(), send()
+    finally:
+        conn.close()
+    assert (first.error_code, first.base_offset) == (0, 0)
+    assert (again.error_code, again.base_offset) == (0, 0)  # answered where it first landed
+    batches, records = read_batches_and_values(broker.bootstrap, topic)
+    assert [b["attributes"] & 0x07 for b in batches] == [1]
+    assert [r[2] for r in records] == [b"v%d" % i * 30 for i in range(5)]
+
+
+# ---- message.timestamp.before/after.max.ms --------------------------------------------------------------
+
+
+def produce_at(bootstrap: str, topic: str, timestamps: list[int]) -> list[int]:
+    """The error code of each record produced with these timestamps (0: appended)."""
+    errors: list[int] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "retries": 0})
+    for ts in timestamps:
+        producer.produce(topic, value=b"v", timestamp=ts,
+                         on_delivery=lambda err, _msg: errors.append(0 if err is None else err.code()))
+        producer.flush(30)
+    assert len(errors) == len(timestamps)
+    return errors
+
+
+def test_timestamp_bounds_refuse_createtime_records_outside_them(broker):
+    hour = 3_600_000
+    now = int(time.time() * 1000)
+    bounded = f"ts-bounded-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, bounded, 1, {"message.timestamp.before.max.ms": str(hour),
+                                                "message.timestamp.after.max.ms": str(hour)})
+    assert produce_at(broker.bootstrap, bounded, [now, now - 2 * hour, now + 2 * hour, now - hour // 2]) == \
+        [0, KafkaError.INVALID_TIMESTAMP, KafkaError.INVALID_TIMESTAMP, 0]
+    # Kafka 4's defaults: no bound in the past, one hour into the future.
+    default = f"ts-default-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, default, 1)
+    assert produce_at(broker.bootstrap, default, [now - 1000 * 24 * hour, now + 2 * hour]) == \
+        [0, KafkaError.INVALID_TIMESTAMP]
+    # LogAppendTime topics are not checked: the broker stamps its own time.
+    stamped = f"ts-append-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, stamped, 1, {"message.timestamp.type": "LogAppendTime",
+                                                "message.timestamp.before.max.ms": str(hour),
+                                                "message.timestamp.after.max.ms": str(hour)})
+    assert produce_at(broker.bootstrap, stamped, [now - 2 * hour, now + 2 * hour]) == [0, 0]
+    # Only the refused records are missing.
+    batches, records = read_batches_and_values(broker.bootstrap, bounded)
+    assert len(records) == 2
+
+
+def test_timestamp_bound_reads_records_older_than_the_first(broker):
+    """A batch whose first record is recent but a later one too old is refused as a whole."""
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    topic = f"ts-inner-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1, {"message.timestamp.before.max.ms": "60000"})
+    now = int(time.time() * 1000)
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=3, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder.append(0, timestamp=now, key=None, value=b"new", headers=[])
+    builder.append(1, timestamp=now - 3_600_000, key=None, value=b"old", headers=[])
+    T = ProduceRequest.TopicProduceData
+    conn = RawConnection(broker.bootstrap)
+    try:
+        response = conn.request(ProduceRequest(version=8, transactional_id=None, acks=1, timeout_ms=5000,
+                                               topic_data=[T(name=topic, partition_data=[
+                                                   T.PartitionProduceData(index=0, records=bytes(builder.build()))])]))
+    finally:
+        conn.close()
+    assert response.responses[0].partition_responses[0].error_code == 32  # INVALID_TIMESTAMP
