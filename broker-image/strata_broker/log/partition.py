@@ -28,12 +28,15 @@ from .batch import (
 )
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache
+from .leader_epochs import LeaderEpochCache
 from .producer_state import ProducerState
 from .segment import Segment, segment_name
 
 log = logging.getLogger(__name__)
 
 _OFFSET = struct.Struct(">q")
+_OFFSET_LENGTH_EPOCH = struct.Struct(">qii")  # a batch's first 16 bytes
+_EPOCH = struct.Struct(">i")
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
@@ -120,6 +123,7 @@ class PartitionLog:
         # Cluster mode: the leader epoch this broker holds the partition at, and the ETag of the
         # manifest version it last wrote or read (manifest writes are conditional on it).
         self.leader_epoch = 0
+        self.epochs = LeaderEpochCache(directory)  # the start offset of each leader epoch (OffsetForLeaderEpoch)
         self.remote_etag: str | None = None
         self.fenced = False
         self.claimed = False  # cluster mode: this broker's claim at leader_epoch is in the bucket
@@ -369,15 +373,18 @@ class PartitionLog:
         pieces: list[bytes | memoryview] = []
         pos = 0
         append_time = int(time.time() * 1000) if self.config.log_append_time else -1
+        epoch = self.leader_epoch
         for header in headers:
-            pieces.append(_OFFSET.pack(next_offset))
+            # The batch's base offset, its length and the partitionLeaderEpoch the leader stamps (as
+            # Kafka's LogValidator; outside the CRC): the leader-epoch history's OffsetForLeaderEpoch.
+            pieces.append(_OFFSET_LENGTH_EPOCH.pack(next_offset, header.length - 12, epoch))
             if append_time >= 0:
                 prefix, stamped = stamp_log_append_time(view[pos:pos + header.length], header, append_time)
-                pieces.append(prefix)
+                pieces.append(prefix[8:])
                 pieces.append(view[pos + 43:pos + header.length])
                 header = stamped
             else:
-                pieces.append(view[pos + 8:pos + header.length])
+                pieces.append(view[pos + 16:pos + header.length])
             rebased.append(_rebase(header, next_offset))
             next_offset += header.last_offset_delta + 1
             pos += header.length
@@ -437,6 +444,7 @@ class PartitionLog:
         self._maybe_roll(len(batch))
         offset = self.log_end_offset
         _OFFSET.pack_into(batch, 0, offset)
+        _EPOCH.pack_into(batch, 12, self.leader_epoch)
         header = parse_header(batch)
         segment = self.active
         position = segment.size

@@ -377,3 +377,119 @@ def test_timestamp_bound_reads_records_older_than_the_first(broker):
     finally:
         conn.close()
     assert response.responses[0].partition_responses[0].error_code == 32  # INVALID_TIMESTAMP
+
+
+# ---- leader-epoch history: OffsetForLeaderEpoch ---------------------------------------------------------
+
+
+def epoch_end(bootstrap: str, topic: str, epoch: int) -> tuple[int, int, int]:
+    """OffsetForLeaderEpoch v4 of partition 0: (error, epoch, end offset)."""
+    from kafka.protocol.consumer import OffsetForLeaderEpochRequest
+
+    T = OffsetForLeaderEpochRequest.OffsetForLeaderTopic
+    conn = RawConnection(bootstrap)
+    try:
+        response = conn.request(OffsetForLeaderEpochRequest(version=4, replica_id=-1, topics=[T(
+            topic=topic, partitions=[T.OffsetForLeaderPartition(partition=0, current_leader_epoch=-1,
+                                                                leader_epoch=epoch)])]))
+    finally:
+        conn.close()
+    (p,) = response.topics[0].partitions
+    return p.error_code, p.leader_epoch, p.end_offset
+
+
+def batch_epochs(bootstrap: str, topic: str) -> list[int]:
+    """The partitionLeaderEpoch of every batch of partition 0, in offset order."""
+    part = fetch_raw(bootstrap, topic, 0)
+    data, pos, out = bytes(part.records or b""), 0, []
+    while pos + 61 <= len(data):
+        length, epoch = struct.unpack_from(">ii", data, pos + 8)
+        out.append(epoch)
+        pos += 12 + length
+    return out
+
+
+def test_offset_for_leader_epoch_single_broker(broker):
+    topic = f"ofle-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1)
+    produce_with(broker.bootstrap, topic, "none", [b"a", b"b", b"c"])
+    assert epoch_end(broker.bootstrap, topic, 0) == (0, 0, 3)
+    assert epoch_end(broker.bootstrap, topic, 1) == (0, -1, -1)  # above the current epoch: undefined
+    assert set(batch_epochs(broker.bootstrap, topic)) == {0}  # the leader stamps its epoch
+
+
+def test_offset_for_leader_epoch_after_leader_changes(tmp_path, s3):
+    """Two failovers in a 3-broker cluster: each leader's records carry its epoch, and every broker
+    that leads afterwards answers each earlier epoch with the offset where the next one began, the
+    last one from the history it took from the bucket."""
+    from clusterharness import Cluster
+
+    cluster = Cluster(tmp_path / "cluster", s3, 3).start()
+    try:
+        topic = f"ofle-{uuid.uuid4().hex[:6]}"
+        create_topic(cluster.bootstrap, topic, 1, {"strata.durability": "s3"})
+        cluster.wait_placed(topic, 1)
+
+        def leader_and_epoch() -> tuple[int, int]:
+            placed = cluster.placement().topics[topic].partitions[0]
+            return placed.leader, placed.epoch
+
+        def produce_n(n: int, label: str) -> None:
+            deadline = time.monotonic() + 90
+            while True:  # until the new leader serves
+                producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
+                                     "message.timeout.ms": 20000})
+                failed: list[object] = []
+                for i in range(n):
+                    producer.produce(topic, value=b"%s-%d" % (label.encode(), i), partition=0,
+                                     on_delivery=lambda err, _m, failed=failed: err and failed.append(err))
+                producer.flush(30)
+                if not failed:
+                    return
+                assert time.monotonic() < deadline, failed
+                time.sleep(1)  # offsets below are read from the broker, so a resend changes nothing
+
+        def high_watermark(bootstrap: str) -> int:
+            return fetch_raw(bootstrap, topic, 0).high_watermark
+
+        def failover(leader: int) -> tuple[int, int]:
+            cluster.brokers[leader].kill()
+            cluster.wait(lambda p: p.topics[topic].partitions[0].leader not in (leader, -1), 60,
+                         "another leader")
+            new, epoch = leader_and_epoch()
+            wait_until(lambda: epoch_end(cluster.brokers[new].bootstrap, topic, epoch)[0] == 0, 60,
+                       "the new leader to serve")
+            return new, epoch
+
+        first, e1 = leader_and_epoch()
+        produce_n(10, "first")
+        written = high_watermark(cluster.brokers[first].bootstrap)
+        second, e2 = failover(first)
+        assert e2 > e1
+        at_second = high_watermark(cluster.brokers[second].bootstrap)
+        assert at_second == written  # strata.durability=s3: every acknowledged record survived
+        produce_n(5, "second")
+        end = high_watermark(cluster.brokers[second].bootstrap)
+        on_second = cluster.brokers[second].bootstrap
+        assert epoch_end(on_second, topic, e1) == (0, e1, at_second)
+        assert epoch_end(on_second, topic, e2) == (0, e2, end)
+        assert epoch_end(on_second, topic, e2 + 1) == (0, -1, -1)
+        if e1 > 0:  # before the first known epoch: it ends where that one began
+            assert epoch_end(on_second, topic, e1 - 1) == (0, e1 - 1, 0)
+        assert sorted(set(batch_epochs(on_second, topic))) == [e1, e2]
+
+        # The history reaches the manifest with its next write; then the second leader fails too.
+        def manifest_epochs() -> list[list[int]]:
+            keys = [k for k in s3.objects() if k.endswith("/0/manifest.json") and f"/{topic}-" in k]
+            return json.loads(s3.read(keys[0])).get("leader_epochs", []) if keys else []
+
+        wait_until(lambda: [e2, at_second] in manifest_epochs(), 60, "the history in the manifest")
+        cluster.brokers[first].start()  # back with its old disk, as a member again
+        third, e3 = failover(second)
+        on_third = cluster.brokers[third].bootstrap
+        assert high_watermark(on_third) == end
+        assert epoch_end(on_third, topic, e1) == (0, e1, at_second)
+        assert epoch_end(on_third, topic, e2) == (0, e2, end)
+        assert epoch_end(on_third, topic, e3) == (0, e3, end)
+    finally:
+        cluster.stop()
