@@ -51,8 +51,11 @@ class RemoteCompactor:
         now_ms = int(time.time() * 1000)
         lag = plog.config.values["min.compaction.lag.ms"]
         candidates = []
+        stable = plog.last_stable_offset
         for segment in manifest.segments:
-            if now_ms - segment.max_timestamp < lag:
+            # Nor past the last stable offset, as the local cleaner: an open transaction's records
+            # must neither supersede a value nor be judged before their marker.
+            if now_ms - segment.max_timestamp < lag or segment.last_offset >= stable:
                 break
             candidates.append(segment)
         if not candidates:
