@@ -16,6 +16,7 @@ from s3server import S3Bucket, S3Server
 LONG_MODULES_FIRST = ("integration/broker/test_cluster", "integration/operator/test_operator_tenancy",
                       "integration/packaging/test_images", "integration/broker/test_tiered",
                       "integration/broker/test_kafka_differential", "integration/broker/test_compaction",
+                      "integration/broker/test_log_compat",
                       "integration/operator/test_operator_reconcile", "integration/registry/test_schema_registry",
                       "integration/operator/test_operator_security", "integration/broker/test_security_sasl",
                       "integration/broker/test_groups_clients", "integration/operator/test_operator_costreport",

@@ -219,15 +219,18 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         # under <topic>-value / <topic>-key.
         ConfigKey("strata.value.schema.validation", _bool, "false", "refuse values without a registered schema id"),
         ConfigKey("strata.key.schema.validation", _bool, "false", "refuse keys without a registered schema id"),
-        # Kafka's other topic configs (docs/kafka-compatibility.md "Topic configs"): accepted, validated as
-        # Kafka validates them and described with Kafka's defaults. Strata keeps batches as produced (no
-        # broker-side recompression), keeps one copy of each partition (durable by fsync or S3, no
-        # followers or ISR) and has no per-topic flush, preallocation or index sizing, so these change nothing.
+        # compression.type: a codec makes the broker recompress batches stored with another one
+        # (log/produce_checks.py), at compression.<codec>.level; `producer` keeps them as sent.
         ConfigKey("compression.type", _compression_type, "producer",
-                  "accepted and reported; Strata stores batches with the producer's codec whatever the value"),
-        ConfigKey("compression.gzip.level", _int_between(1, 9, -1), "-1", "accepted; no broker-side recompression"),
-        ConfigKey("compression.lz4.level", _int_between(1, 17), "9", "accepted; no broker-side recompression"),
-        ConfigKey("compression.zstd.level", _int_between(-131072, 22), "3", "accepted; no broker-side recompression"),
+                  "producer keeps each batch's codec; a codec (uncompressed, gzip, snappy, lz4, zstd) makes the "
+                  "broker recompress batches that use another"),
+        ConfigKey("compression.gzip.level", _int_between(1, 9, -1), "-1", "gzip level when the broker recompresses"),
+        ConfigKey("compression.lz4.level", _int_between(1, 17), "9", "lz4 level when the broker recompresses"),
+        ConfigKey("compression.zstd.level", _int_between(-131072, 22), "3", "zstd level when the broker recompresses"),
+        # Kafka's other topic configs (docs/kafka-compatibility.md "Topic configs"): accepted, validated as
+        # Kafka validates them and described with Kafka's defaults. Strata keeps one copy of each partition
+        # (durable by fsync or S3, no followers or ISR) and has no per-topic flush, preallocation or index
+        # sizing, so these change nothing.
         ConfigKey("min.insync.replicas", _int_at_least(1), "1",
                   "accepted; one copy made durable by fsync or S3 acknowledges acks=all"),
         ConfigKey("unclean.leader.election.enable", _bool, "false",
@@ -235,9 +238,9 @@ TOPIC_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("leader.replication.throttled.replicas", _throttled_replicas, "", "accepted; no replication"),
         ConfigKey("follower.replication.throttled.replicas", _throttled_replicas, "", "accepted; no replication"),
         ConfigKey("message.timestamp.before.max.ms", _int_at_least(0), str(2**63 - 1),
-                  "accepted; record timestamps are not checked"),
+                  "CreateTime records older than this (by the broker's clock) are refused: INVALID_TIMESTAMP"),
         ConfigKey("message.timestamp.after.max.ms", _int_at_least(0), "3600000",
-                  "accepted; record timestamps are not checked"),
+                  "CreateTime records further than this in the future are refused: INVALID_TIMESTAMP"),
         ConfigKey("flush.messages", _int_at_least(1), str(2**63 - 1),
                   "accepted; acks=all fsyncs (or commits to S3) before answering"),
         ConfigKey("flush.ms", _int_at_least(0), str(2**63 - 1), "accepted; see log.flush.interval.ms"),

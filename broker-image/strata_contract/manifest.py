@@ -74,6 +74,9 @@ class RemoteManifest:
     leader_epoch: int = 0
     leader_id: int = -1
     sealed: bool = False
+    # The partition's leader-epoch history, [epoch, start offset] pairs (Kafka's
+    # leader-epoch-checkpoint): a leader laying the partition out from the bucket starts from it.
+    leader_epochs: list[list[int]] = field(default_factory=list)
 
     @property
     def end_offset(self) -> int:

@@ -315,6 +315,20 @@ class PartitionHandover:
         chain = await tier.commit_log.chain_for(topic.name, partition, plog.log_end_offset, base.leader_epoch)
         for entry in chain:
             plog.append_restored(entry.data)
+        # Leader-epoch history: the bucket's for a copy laid out from it, then this epoch from the
+        # log end (Kafka's makeLeader), written to the manifest at once (one PUT per leader change:
+        # the next leader starts from it even if this one never uploads).
+        plog.epochs.adopt(base.leader_epochs)
+        plog.epochs.assign(epoch, plog.log_end_offset)
+        async with plog.manifest_lock:
+            current_manifest = plog.remote
+            if isinstance(current_manifest, RemoteManifest):
+                history = plog.epochs.to_list()
+                try:
+                    await publish_manifest(tier.store, plog, prefix, replace(
+                        current_manifest, leader_epochs=history, version=current_manifest.version + 1), deadline=30)
+                except Fenced:
+                    return False
         if plog.log_end_offset > 0:
             tier.commit_log.mark_durable_up_to((topic.name, partition), plog.log_end_offset - 1)
         return True

@@ -29,6 +29,8 @@ ATTR_COMPRESSION_MASK = 0x07
 ATTR_LOG_APPEND_TIME = 0x08
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
+# KIP-534: the base timestamp is the delete horizon (set by the cleaner on markers and tombstones).
+ATTR_DELETE_HORIZON = 0x40
 # Compression codecs 0..4: none, gzip, snappy, lz4, zstd.
 MAX_CODEC = 4
 
@@ -133,6 +135,43 @@ def stamp_log_append_time(batch: bytes | bytearray | memoryview, header: BatchHe
     crc = crc32c.crc32c(view[43:header.length], crc32c.crc32c(middle))
     prefix = bytes(view[8:17]) + struct.pack(">I", crc) + middle
     return prefix, replace(header, attributes=attributes, max_timestamp=now_ms, crc=crc)
+
+
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """(zig-zag decoded value, position after it)."""
+    shift = raw = 0
+    while True:
+        byte = view[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def set_delete_horizon(batch: bytes, header: BatchHeader, horizon_ms: int) -> bytes:
+    """An uncompressed batch (a transaction marker) with its delete horizon set as Kafka's cleaner
+    sets it (KIP-534): the attribute bit 0x40, the horizon as the base timestamp, every record's
+    timestamp delta re-based on it (record timestamps unchanged), the CRC-32C recomputed."""
+    view = memoryview(batch)
+    records = bytearray()
+    pos = HEADER_SIZE
+    for _ in range(header.record_count):
+        length, body = _read_varint(view, pos)
+        end = body + length
+        delta, after = _read_varint(view, body + 1)  # attributes (one byte), then the timestamp delta
+        new_delta = _varint(delta + header.base_timestamp - horizon_ms)
+        new_body = bytes(view[body:body + 1]) + new_delta + bytes(view[after:end])
+        records += _varint(len(new_body)) + new_body
+        pos = end
+    attributes = header.attributes | ATTR_DELETE_HORIZON
+    after_crc = struct.pack(">hiqqqhii", attributes, header.last_offset_delta, horizon_ms, header.max_timestamp,
+                            header.producer_id, header.producer_epoch, header.base_sequence,
+                            header.record_count) + bytes(records)
+    crc = crc32c.crc32c(after_crc)
+    return struct.pack(">qiibI", header.base_offset, 4 + 1 + 4 + len(after_crc), header.leader_epoch, 2,
+                       crc) + after_crc
 
 
 def batch_is_intact(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader | None:

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from .compaction import AbortedRanges, aborted_ranges, clean, latest_offsets
+from .compaction import AbortedRanges, Markers, aborted_ranges, clean, latest_offsets
 from .partition import PartitionLog
 from .segment import Segment, segment_name
 
@@ -106,9 +106,10 @@ class Cleaner:
         segments = cleanable_segments(plog, now_ms)
         if not segments:
             return False
-        if not due([(s.size, s.next_offset, s.max_timestamp) for s in segments], plog.cleaned_offset,
-                   plog.config.values["min.cleanable.dirty.ratio"], plog.config.values["max.compaction.lag.ms"],
-                   now_ms):
+        markers_due = plog.marker_due_ms is not None and plog.marker_due_ms <= now_ms
+        if not markers_due and not due([(s.size, s.next_offset, s.max_timestamp) for s in segments],
+                                       plog.cleaned_offset, plog.config.values["min.cleanable.dirty.ratio"],
+                                       plog.config.values["max.compaction.lag.ms"], now_ms):
             return False
         self._busy.add(id(plog))
         try:
@@ -121,27 +122,33 @@ class Cleaner:
         cutoff = now_ms - plog.config.values["delete.retention.ms"]
         dirty_from = max(plog.cleaned_offset, plog.log_start_offset)
         budget = IoBudget(self.io_bytes_per_second)
+        # Markers go only when the pass sees the whole log (records of a transaction may lie in
+        # segments only in S3 otherwise: the S3 compactor removes those partitions' markers).
+        markers = Markers(now_ms, plog.config.values["delete.retention.ms"],
+                          enabled=plog.remote is None and segments[0] is plog.segments[0])
         try:
             bases, removed, read, written = await asyncio.to_thread(
                 _clean_files, plog.directory, segments, dirty_from, cutoff, plog.config.segment_bytes, budget,
-                aborted_ranges(plog.aborted))
+                aborted_ranges(plog.aborted), markers)
         except OSError as exc:
             log.warning("compaction of %s-%d failed: %s", plog.topic, plog.partition, exc)
             return False
         through = segments[-1].next_offset
-        if not plog.install_cleaned(segments, bases, through):
+        if not plog.install_cleaned(segments, bases, through, markers.kept_aborts, markers.next_due_ms):
             log.info("compaction of %s-%d abandoned: the log changed meanwhile", plog.topic, plog.partition)
             return False
         elapsed = time.monotonic() - started
         self.stats.add_pass(read, written, removed, elapsed)
-        log.info("compacted %s-%d: %d segment(s) -> %d, %d -> %d bytes, %d record(s) removed in %.2fs",
-                 plog.topic, plog.partition, len(segments), len(bases), read, written, removed, elapsed)
+        log.info("compacted %s-%d: %d segment(s) -> %d, %d -> %d bytes, %d record(s) and %d transaction "
+                 "marker(s) removed in %.2fs", plog.topic, plog.partition, len(segments), len(bases), read,
+                 written, removed, markers.removed, elapsed)
         return True
 
 
 def _clean_files(directory: str, segments: list[Segment], dirty_from: int, tombstone_cutoff_ms: int,
                  segment_bytes: int, budget: IoBudget,
-                 aborted: AbortedRanges | None = None) -> tuple[list[int], int, int, int]:
+                 aborted: AbortedRanges | None = None,
+                 markers: Markers | None = None) -> tuple[list[int], int, int, int]:
     """In a worker thread: write the cleaned segments as `<base>.log.cleaned`; return their bases."""
     datas = []
     for segment in segments:
@@ -153,7 +160,7 @@ def _clean_files(directory: str, segments: list[Segment], dirty_from: int, tombs
     cleaned = []
     removed = 0
     for data in datas:
-        out, gone = clean(data, latest, tombstone_cutoff_ms, aborted)
+        out, gone = clean(data, latest, tombstone_cutoff_ms, aborted, markers)
         cleaned.append(out)
         removed += gone
     bases = []

@@ -28,12 +28,15 @@ from .batch import (
 )
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache
+from .leader_epochs import LeaderEpochCache
 from .producer_state import ProducerState
 from .segment import Segment, segment_name
 
 log = logging.getLogger(__name__)
 
 _OFFSET = struct.Struct(">q")
+_OFFSET_LENGTH_EPOCH = struct.Struct(">qii")  # a batch's first 16 bytes
+_EPOCH = struct.Struct(">i")
 
 CHECKPOINT = "checkpoint.json"
 PRODUCER_SNAPSHOT = "producer-state.json"
@@ -120,11 +123,16 @@ class PartitionLog:
         # Cluster mode: the leader epoch this broker holds the partition at, and the ETag of the
         # manifest version it last wrote or read (manifest writes are conditional on it).
         self.leader_epoch = 0
+        self.epochs = LeaderEpochCache(directory)  # the start offset of each leader epoch (OffsetForLeaderEpoch)
         self.remote_etag: str | None = None
         self.fenced = False
         self.claimed = False  # cluster mode: this broker's claim at leader_epoch is in the bucket
         # Compaction: offsets below this are clean.
         self._cleaned_offset = 0
+        # Compaction: when a stamped transaction marker's delete horizon passes (a cleaning pass is
+        # then due even with nothing dirty); None when no marker waits. In the checkpoint.
+        self.marker_due_ms: int | None = None
+        self.remote_marker_due_ms: int | None = None  # the same for the S3 compactor (in memory)
 
     # ---- opening and recovery -----------------------------------------------------------
 
@@ -256,6 +264,8 @@ class PartitionLog:
             floor = min(floor, self.remote.log_start_offset)
         self.log_start_offset = max(int(checkpoint.get("log_start_offset", 0)), floor)
         self.cleaned_offset = int(checkpoint.get("cleaned_offset", 0))
+        due_ms = checkpoint.get("marker_due_ms")
+        self.marker_due_ms = None if due_ms is None else int(due_ms)
         self._load_producer_state()
 
     def _load_producer_state(self) -> None:
@@ -323,6 +333,7 @@ class PartitionLog:
                 "log_end_offset": self.log_end_offset,
                 "remote_offset": self.remote_end_offset - 1,
                 "cleaned_offset": self.cleaned_offset,
+                "marker_due_ms": self.marker_due_ms,
             },
         )
 
@@ -362,15 +373,18 @@ class PartitionLog:
         pieces: list[bytes | memoryview] = []
         pos = 0
         append_time = int(time.time() * 1000) if self.config.log_append_time else -1
+        epoch = self.leader_epoch
         for header in headers:
-            pieces.append(_OFFSET.pack(next_offset))
+            # The batch's base offset, its length and the partitionLeaderEpoch the leader stamps (as
+            # Kafka's LogValidator; outside the CRC): the leader-epoch history's OffsetForLeaderEpoch.
+            pieces.append(_OFFSET_LENGTH_EPOCH.pack(next_offset, header.length - 12, epoch))
             if append_time >= 0:
                 prefix, stamped = stamp_log_append_time(view[pos:pos + header.length], header, append_time)
-                pieces.append(prefix)
+                pieces.append(prefix[8:])
                 pieces.append(view[pos + 43:pos + header.length])
                 header = stamped
             else:
-                pieces.append(view[pos + 8:pos + header.length])
+                pieces.append(view[pos + 16:pos + header.length])
             rebased.append(_rebase(header, next_offset))
             next_offset += header.last_offset_delta + 1
             pos += header.length
@@ -430,6 +444,7 @@ class PartitionLog:
         self._maybe_roll(len(batch))
         offset = self.log_end_offset
         _OFFSET.pack_into(batch, 0, offset)
+        _EPOCH.pack_into(batch, 12, self.leader_epoch)
         header = parse_header(batch)
         segment = self.active
         position = segment.size
@@ -634,8 +649,13 @@ class PartitionLog:
                  self.topic, self.partition, offset, deleted)
         return deleted
 
-    def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int) -> bool:
+    def install_cleaned(self, originals: list[Segment], cleaned_bases: list[int], cleaned_through: int,
+                        kept_aborts: set[int] | None = None, marker_due_ms: int | None = None) -> bool:
         """Swap cleaned segments (written as `<base>.log.cleaned`) in for the originals, crash-safely.
+
+        `kept_aborts`: the offsets of the abort markers the pass kept (the aborted-transaction
+        index loses the entries of the others; None: every marker was kept). `marker_due_ms`: the
+        pass's earliest delete horizon still ahead (compaction.Markers).
 
         Runs on the event loop, so no read sees half a swap. False (and nothing changed) when
         retention or another change took any original away meanwhile.
@@ -661,8 +681,13 @@ class PartitionLog:
             segment.seal()
             installed.append(segment)
         self.segments[start:start + count] = installed
+        if kept_aborts is not None:
+            first, end = originals[0].base_offset, cleaned_through
+            self.aborted = [e for e in self.aborted
+                            if not first <= e.last_offset < end or e.last_offset in kept_aborts]
+        self.marker_due_ms = marker_due_ms
         # Segments may have been merged: each installed one's `.txnindex` holds the entries of
-        # the markers it now contains (compaction keeps markers and offsets).
+        # the abort markers it still contains (offsets never change).
         for segment in originals:
             if segment.base_offset not in cleaned_bases:
                 _unlink_quietly(_txn_index_path(segment))

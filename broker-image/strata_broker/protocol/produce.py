@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.batch import ATTR_TRANSACTIONAL, HEADER_SIZE, parse_header
+from ..log.produce_checks import apply_topic_policies
 from ..replica.manager import Appended
 from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE, RES_TRANSACTIONAL_ID
@@ -82,7 +84,10 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                     if refused != ErrorCode.NONE:
                         raise KafkaProtocolError(refused, f"{topic_data.name}-{pdata.index} is not in the "
                                                  f"transaction of {txn_id} (or the producer is fenced)")
-                appended = replicas.append(plog, pdata.records)
+                # Topic policies (timestamp bounds, compression.type recompression): a step of its
+                # own before the append, which returns the records as they are when nothing applies.
+                records = apply_topic_policies(plog.config.values, records, int(time.time() * 1000))
+                appended = replicas.append(plog, records)
                 result = appended.result
                 if not result.duplicate:
                     services.meter.produced(ctx.principal, ctx.client_id, topic_data.name, len(pdata.records),

@@ -85,10 +85,8 @@ async def handle_offset_for_leader_epoch(ctx: RequestContext,
     truncated log after a leader change (KIP-320).
 
     A single broker leads everything at epoch 0; a cluster broker holds a partition at the epoch of
-    its claim. Strata keeps no history of the epochs before the current one, and a hand-over never
-    rewrites the log it takes over from S3, so an older epoch is answered with the current log end
-    offset: a consumer whose position lies beyond it (records that never reached S3 before a
-    failover) sees the truncation, any other sees none."""
+    its claim. Older epochs are answered from the partition's leader-epoch history
+    (log/leader_epochs.py) as Kafka answers them: the epoch's end is where the next one began."""
     R = OffsetForLeaderEpochResponse
     Result = R.OffsetForLeaderTopicResult
     replicas = ctx.services.replicas
@@ -105,9 +103,9 @@ async def handle_offset_for_leader_epoch(ctx: RequestContext,
                     result.error_code = FENCED_LEADER_EPOCH
                 elif asked_current > current:
                     result.error_code = UNKNOWN_LEADER_EPOCH
-                elif 0 <= part.leader_epoch <= current:
-                    result.leader_epoch, result.end_offset = part.leader_epoch, plog.log_end_offset
-                # an epoch above the current one (or -1): undefined, -1 / -1, as Kafka answers
+                else:  # an epoch above the current one (or -1): undefined, -1 / -1, as Kafka answers
+                    result.leader_epoch, result.end_offset = plog.epochs.end_offset_for(
+                        part.leader_epoch, current, plog.log_start_offset, plog.log_end_offset)
             except KafkaProtocolError as exc:
                 result.error_code = int(exc.code)
             partitions.append(result)

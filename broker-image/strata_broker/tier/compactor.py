@@ -1,5 +1,10 @@
 """Compaction of segments already in S3: read, clean, write new objects, swap the manifest.
 
+Transactions as the local cleaner treats them (log/compaction.py): the segments' `.txnindex`
+objects give the aborted ranges, whose records are dropped; transaction markers are removed by
+Kafka's rule (kept while records of their transaction remain, then for delete.retention.ms);
+each rewritten segment gets a `.txnindex` with the entries of the abort markers it still holds.
+
 The manifest PUT is the atomic switch. Objects it no longer lists are kept for
 tiered.compaction.delete.delay.ms (recorded in the manifest's garbage list, so a restart
 still deletes them) because a fetch that started on the old manifest may still read them.
@@ -17,8 +22,9 @@ from typing import TYPE_CHECKING
 from strata_contract.layout import SEGMENT_SUFFIXES
 from strata_contract.manifest import RemoteManifest, RemoteSegment
 
+from ..log import txn_index
 from ..log.cleaner import CleanerStats, IoBudget, due, group_for_merge
-from ..log.compaction import clean, latest_offsets
+from ..log.compaction import AbortedRanges, Markers, aborted_ranges, clean, latest_offsets
 from ..log.segment import Segment
 from .publish import publish_manifest
 from .store import ObjectStore
@@ -45,13 +51,19 @@ class RemoteCompactor:
         now_ms = int(time.time() * 1000)
         lag = plog.config.values["min.compaction.lag.ms"]
         candidates = []
+        stable = plog.last_stable_offset
         for segment in manifest.segments:
-            if now_ms - segment.max_timestamp < lag:
+            # Nor past the last stable offset, as the local cleaner: an open transaction's records
+            # must neither supersede a value nor be judged before their marker.
+            if now_ms - segment.max_timestamp < lag or segment.last_offset >= stable:
                 break
             candidates.append(segment)
-        if not candidates or not due([(s.size, s.last_offset + 1, s.max_timestamp) for s in candidates],
-                                     manifest.cleaned_offset, plog.config.values["min.cleanable.dirty.ratio"],
-                                     plog.config.values["max.compaction.lag.ms"], now_ms):
+        if not candidates:
+            return False
+        markers_due = plog.remote_marker_due_ms is not None and plog.remote_marker_due_ms <= now_ms
+        if not markers_due and not due([(s.size, s.last_offset + 1, s.max_timestamp) for s in candidates],
+                                       manifest.cleaned_offset, plog.config.values["min.cleanable.dirty.ratio"],
+                                       plog.config.values["max.compaction.lag.ms"], now_ms):
             return False
         self._busy.add(id(plog))
         try:
@@ -64,13 +76,18 @@ class RemoteCompactor:
         started = time.monotonic()
         budget = IoBudget(self.io_bytes_per_second)
         datas = []
+        entries: list[txn_index.AbortedTxn] = []
         for segment in candidates:
             data = await self.store.get(segment.key(prefix, "log"), deadline=120)
             await asyncio.to_thread(budget.spend, len(data))
             datas.append(data)
+            entries += txn_index.decode(await self.store.get_or_none(segment.key(prefix, "txnindex")) or b"")
         dirty_from = max(manifest.cleaned_offset, manifest.log_start_offset)
-        cutoff = now_ms - plog.config.values["delete.retention.ms"]
-        cleaned, removed = await asyncio.to_thread(_clean_all, candidates, datas, dirty_from, cutoff)
+        retention_ms = plog.config.values["delete.retention.ms"]
+        cutoff = now_ms - retention_ms
+        markers = Markers(now_ms, retention_ms)  # the candidates start at the log start
+        cleaned, removed = await asyncio.to_thread(_clean_all, candidates, datas, dirty_from, cutoff,
+                                                   aborted_ranges(entries), markers)
         groups = group_for_merge([len(c) for c in cleaned], plog.config.segment_bytes)
         generation = max(s.generation for s in manifest.segments) + 1
         replacements: list[RemoteSegment] = []
@@ -83,6 +100,10 @@ class RemoteCompactor:
                                 len(files["index"]), len(files["timeindex"]), generation)
             for suffix, body in files.items():
                 await self.store.put(new.key(prefix, suffix), body, deadline=300 if suffix == "log" else 120)
+            kept = [e for e in entries if first.base_offset <= e.last_offset <= last.last_offset
+                    and e.last_offset in markers.kept_aborts]
+            if kept:  # only segments with an aborted transaction have the object (as uploads do)
+                await self.store.put(new.key(prefix, "txnindex"), b"".join(e.encode() for e in kept), deadline=120)
             replacements.append(new)
         async with plog.manifest_lock:
             current = plog.remote
@@ -96,12 +117,14 @@ class RemoteCompactor:
                               cleaned_offset=candidates[-1].last_offset + 1, garbage=garbage,
                               version=current.version + 1)
             await publish_manifest(self.store, plog, prefix, updated, deadline=120)
+            plog.remote_marker_due_ms = markers.next_due_ms
         before = sum(len(d) for d in datas)
         after = sum(s.size for s in replacements)
         elapsed = time.monotonic() - started
         self.stats.add_pass(before, after, removed, elapsed)
-        log.info("compacted %s-%d in S3: %d segment(s) -> %d, %d -> %d bytes, %d record(s) removed in %.2fs",
-                 plog.topic, plog.partition, len(candidates), len(replacements), before, after, removed, elapsed)
+        log.info("compacted %s-%d in S3: %d segment(s) -> %d, %d -> %d bytes, %d record(s) and %d transaction "
+                 "marker(s) removed in %.2fs", plog.topic, plog.partition, len(candidates), len(replacements),
+                 before, after, removed, markers.removed, elapsed)
         return True
 
     async def collect_garbage(self, plog: PartitionLog, prefix: str) -> int:
@@ -122,13 +145,13 @@ class RemoteCompactor:
         return len(due_keys)
 
 
-def _clean_all(candidates: list[RemoteSegment], datas: list[bytes], dirty_from: int,
-               cutoff_ms: int) -> tuple[list[bytes], int]:
+def _clean_all(candidates: list[RemoteSegment], datas: list[bytes], dirty_from: int, cutoff_ms: int,
+               aborted: AbortedRanges, markers: Markers) -> tuple[list[bytes], int]:
     latest = latest_offsets((d for s, d in zip(candidates, datas, strict=True) if s.last_offset >= dirty_from),
-                            dirty_from)
+                            dirty_from, aborted=aborted)
     out, removed = [], 0
     for data in datas:
-        cleaned, gone = clean(data, latest, cutoff_ms)
+        cleaned, gone = clean(data, latest, cutoff_ms, aborted, markers)
         out.append(cleaned)
         removed += gone
     return out, removed
