@@ -1,0 +1,78 @@
+"""The transaction admin side against a real broker: DescribeProducers (KIP-664) through
+kafka-python's KafkaAdminClient and raw frames, the expiry of idle transactional ids
+(`transactional.id.expiration.ms`), and EndTxn v5 (KIP-890 part 2)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Producer
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.protocol.admin.transactions import DescribeProducersRequest
+from kafkaclients import create_topic
+from rawclient import RawConnection
+
+FAST = {"transaction.abort.timed.out.transaction.cleanup.interval.ms": "300",
+        "transaction.state.log.num.partitions": "4", "offsets.topic.num.partitions": "4"}
+
+
+def txn_producer(bootstrap: str, txn_id: str) -> Producer:
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id, "linger.ms": 5})
+    producer.init_transactions(30)
+    return producer
+
+
+def test_describe_producers(broker_factory) -> None:
+    broker = broker_factory(settings=FAST)
+    topic = f"dp-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 2)
+    idempotent = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "linger.ms": 0})
+    for i in range(4):
+        idempotent.produce(topic, value=b"i%d" % i, partition=0)
+        idempotent.flush(30)
+    before = int(time.time() * 1000)
+    producer = txn_producer(broker.bootstrap, "tx-producers")
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(topic, value=b"t%d" % i, partition=0)
+    assert producer.flush(30) == 0
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        txn_pid = admin.describe_transactions(["tx-producers"])["tx-producers"].producer_id
+        tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+        found = admin.describe_producers([tp0, tp1])
+        assert found[tp1].active_producers == []
+        by_pid = {p.producer_id: p for p in found[tp0].active_producers}
+        assert len(by_pid) == 2 and txn_pid in by_pid
+        (plain,) = [p for pid, p in by_pid.items() if pid != txn_pid]
+        assert (plain.producer_epoch, plain.last_sequence, plain.coordinator_epoch,
+                plain.current_transaction_start_offset) == (0, 3, -1, -1)
+        ongoing = by_pid[txn_pid]
+        # The transaction's first record follows the idempotent producer's four; no marker yet.
+        assert (ongoing.producer_epoch, ongoing.last_sequence, ongoing.coordinator_epoch,
+                ongoing.current_transaction_start_offset) == (0, 2, -1, 4)
+        assert ongoing.last_timestamp >= before
+        producer.commit_transaction(30)
+        done = {p.producer_id: p for p in admin.describe_producers([tp0])[tp0].active_producers}[txn_pid]
+        # The commit marker ended the transaction here, at the coordinator's epoch.
+        assert (done.last_sequence, done.coordinator_epoch, done.current_transaction_start_offset) == (2, 0, -1)
+    finally:
+        admin.close()
+    del producer, idempotent  # their librdkafka threads would retry against the killed broker
+    # The producer state survives a restart (snapshot + replay).
+    broker.kill()
+    broker.start()
+    conn = RawConnection(broker.bootstrap)
+    try:
+        T = DescribeProducersRequest.TopicRequest
+        response = conn.request(DescribeProducersRequest(version=0, topics=[
+            T(name=topic, partition_indexes=[0, 7]), T(name="no-such-topic", partition_indexes=[0])]))
+        (p0, p7), (missing,) = [t.partitions for t in response.topics]
+        assert (p0.error_code, p7.error_code, missing.error_code) == (0, 3, 3)
+        restored = {p.producer_id: p for p in p0.active_producers}
+        assert (restored[txn_pid].last_sequence, restored[txn_pid].current_txn_start_offset,
+                restored[txn_pid].coordinator_epoch) == (2, -1, 0)
+        assert restored[txn_pid].last_timestamp == done.last_timestamp
+    finally:
+        conn.close()
