@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Producer
+import pytest
+from confluent_kafka import KafkaException, Producer
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.protocol.admin.transactions import DescribeProducersRequest
 from kafkaclients import create_topic
@@ -76,3 +77,91 @@ def test_describe_producers(broker_factory) -> None:
         assert restored[txn_pid].last_timestamp == done.last_timestamp
     finally:
         conn.close()
+
+
+# ---- transactional.id.expiration.ms -----------------------------------------------------------
+
+
+def _txn_state_records(bootstrap: str, txn_key: bytes) -> list[bytes | None]:
+    """The values of every `__transaction_state` record of one transactional id, in order."""
+    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import TopicPartition as CTP
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    partitions = int(FAST["transaction.state.log.num.partitions"])
+    consumer.assign([CTP("__transaction_state", p, 0) for p in range(partitions)])
+    values: list[bytes | None] = []
+    ended: set[int] = set()
+    deadline = time.monotonic() + 30
+    try:
+        while len(ended) < partitions and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(msg.partition())
+                continue
+            if msg.key() == txn_key:
+                values.append(msg.value())
+    finally:
+        consumer.close()
+    assert len(ended) == partitions
+    return values
+
+
+def test_idle_transactional_id_expires(broker_factory) -> None:
+    from kafka.errors import TransactionalIdNotFoundError
+    from strata_broker.groups.txn_log import encode_key
+
+    broker = broker_factory(settings={**FAST, "transactional.id.expiration.ms": "2000",
+                                      "transaction.remove.expired.transaction.cleanup.interval.ms": "200"})
+    topic = f"exp-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1)
+    idle = txn_producer(broker.bootstrap, "tx-idle")
+    idle.begin_transaction()
+    idle.produce(topic, value=b"committed")
+    idle.commit_transaction(30)
+    busy = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-open", "linger.ms": 5,
+                     "transaction.timeout.ms": 120000})
+    busy.init_transactions(30)
+    busy.begin_transaction()
+    busy.produce(topic, value=b"open")
+    assert busy.flush(30) == 0
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        old_pid = admin.describe_transactions(["tx-idle"])["tx-idle"].producer_id
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin.describe_transactions(["tx-idle"])
+            except TransactionalIdNotFoundError:
+                break
+            assert time.monotonic() < deadline, "the idle transactional id never expired"
+            time.sleep(0.3)
+        # An open transaction is never expired, however old.
+        assert admin.describe_transactions(["tx-open"])["tx-open"].state == "Ongoing"
+        assert "tx-idle" not in {t.transactional_id for ts in admin.list_transactions().values() for t in ts}
+    finally:
+        admin.close()
+    assert _txn_state_records(broker.bootstrap, encode_key("tx-idle"))[-1] is None  # the tombstone
+    # The producer that held the id is unknown to the coordinator now: its next transaction fails.
+    idle.begin_transaction()
+    idle.produce(topic, value=b"too late")
+    with pytest.raises(KafkaException):
+        idle.commit_transaction(30)
+    del idle, busy
+    # The tombstone outlives a crash; the id starts afresh with a new producer id.
+    broker.kill()
+    broker.start()
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        with pytest.raises(TransactionalIdNotFoundError):
+            admin.describe_transactions(["tx-idle"])
+        again = txn_producer(broker.bootstrap, "tx-idle")
+        described = admin.describe_transactions(["tx-idle"])["tx-idle"]
+        assert described.producer_id != old_pid and described.producer_epoch == 0
+        del again
+    finally:
+        admin.close()
