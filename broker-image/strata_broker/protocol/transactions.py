@@ -10,6 +10,7 @@ error is PRODUCER_FENCED where the API version knows it, INVALID_PRODUCER_EPOCH 
 from __future__ import annotations
 
 import time
+import weakref
 
 from kafka.protocol.admin.transactions import (
     DescribeTransactionsRequest,
@@ -32,6 +33,7 @@ from ..errors import ErrorCode
 from ..groups.group import E as GE
 from ..groups.offsets import CommittedOffset
 from ..groups.txn_log import TxnState
+from ..groups.txn_v2 import EndTxnV2
 from ..log.manager import is_internal_name
 from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
@@ -195,14 +197,28 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
 # ---- EndTxn -------------------------------------------------------------------------------
 
 
-@api(EndTxnRequest, EndTxnResponse, 0, 4)
+_V2: weakref.WeakKeyDictionary[object, EndTxnV2] = weakref.WeakKeyDictionary()
+
+
+@api(EndTxnRequest, EndTxnResponse, 0, 5)
 async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnResponse:
+    """EndTxn; v5 ends the transaction with an epoch bump and returns the new producer id and
+    epoch (transaction version 2, groups/txn_v2.py)."""
     R = EndTxnResponse
     txns = ctx.services.transactions
+    pid = epoch = -1
     if txns is None or not txns.loaded:
         error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    elif ctx.api_version >= 5:
+        v2 = _V2.get(txns) or _V2.setdefault(txns, EndTxnV2(txns))
+        try:
+            found, pid, epoch = await v2.end_txn(request.transactional_id, request.producer_id,
+                                                 request.producer_epoch, bool(request.committed))
+        except Exception:
+            found = E.COORDINATOR_NOT_AVAILABLE  # not durable yet: the client retries, we finish on load
+        error = int(found)
     else:
         try:
             found = await txns.end_txn(request.transactional_id, request.producer_id, request.producer_epoch,
@@ -210,7 +226,7 @@ async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnR
         except Exception:
             found = E.COORDINATOR_NOT_AVAILABLE  # markers not durable yet: the client retries, we finish on load
         error = fenced_code(found, ctx.api_version, 2)
-    return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, producer_id=-1, producer_epoch=-1)
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, producer_id=pid, producer_epoch=epoch)
 
 
 # ---- DescribeTransactions, ListTransactions ---------------------------------------------------------

@@ -165,3 +165,94 @@ def test_idle_transactional_id_expires(broker_factory) -> None:
         del again
     finally:
         admin.close()
+
+
+# ---- EndTxn v5 (KIP-890 part 2) -----------------------------------------------------------------
+
+
+def _txn_batch(producer_id: int, epoch: int, sequence: int, value: bytes) -> bytes:
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True, producer_id=producer_id,
+                                        producer_epoch=epoch, base_sequence=sequence, batch_size=1 << 20)
+    builder.append(0, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+class _RawTxn:
+    """Raw transaction requests for one transactional id on one connection."""
+
+    def __init__(self, conn: RawConnection, txn_id: str, topic: str) -> None:
+        self.conn, self.txn_id, self.topic = conn, txn_id, topic
+
+    def init(self) -> tuple[int, int, int]:
+        from kafka.protocol.producer import InitProducerIdRequest
+
+        r = self.conn.request(InitProducerIdRequest(version=4, transactional_id=self.txn_id,
+                                                    transaction_timeout_ms=60000, producer_id=-1, producer_epoch=-1))
+        return r.error_code, r.producer_id, r.producer_epoch
+
+    def add(self, pid: int, epoch: int) -> int:
+        from kafka.protocol.producer.transaction import AddPartitionsToTxnRequest
+
+        T = AddPartitionsToTxnRequest.AddPartitionsToTxnTopic
+        r = self.conn.request(AddPartitionsToTxnRequest(
+            version=3, v3_and_below_transactional_id=self.txn_id, v3_and_below_producer_id=pid,
+            v3_and_below_producer_epoch=epoch, v3_and_below_topics=[T(name=self.topic, partitions=[0])]))
+        return r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+
+    def produce(self, pid: int, epoch: int, sequence: int, value: bytes) -> int:
+        from kafka.protocol.producer import ProduceRequest
+
+        T = ProduceRequest.TopicProduceData
+        r = self.conn.request(ProduceRequest(version=8, transactional_id=self.txn_id, acks=-1, timeout_ms=10000,
+                                             topic_data=[T(name=self.topic, partition_data=[
+                                                 T.PartitionProduceData(index=0, records=_txn_batch(
+                                                     pid, epoch, sequence, value))])]))
+        return r.responses[0].partition_responses[0].error_code
+
+    def end(self, pid: int, epoch: int, commit: bool, version: int = 5) -> tuple[int, int, int]:
+        from kafka.protocol.producer.transaction import EndTxnRequest
+
+        r = self.conn.request(EndTxnRequest(version=version, transactional_id=self.txn_id, producer_id=pid,
+                                            producer_epoch=epoch, committed=commit))
+        return r.error_code, r.producer_id, r.producer_epoch
+
+
+def test_end_txn_v5_bumps_the_epoch_per_transaction(broker_factory) -> None:
+    from eos_killloop import _read_partitions
+
+    broker = broker_factory(settings=FAST)
+    topic = f"tv2-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1)
+    conn = RawConnection(broker.bootstrap)
+    try:
+        txn = _RawTxn(conn, "tx-v2", topic)
+        error, pid, epoch = txn.init()
+        assert error == 0
+        assert txn.add(pid, epoch) == 0
+        assert txn.produce(pid, epoch, 0, b"first") == 0
+        # The commit returns the same producer id at the next epoch; a retry answers the same.
+        assert txn.end(pid, epoch, True) == (0, pid, epoch + 1)
+        assert txn.end(pid, epoch, True) == (0, pid, epoch + 1)
+        # A late produce of the finished transaction (the old epoch) cannot open a new one.
+        assert txn.produce(pid, epoch, 1, b"late") == 47  # INVALID_PRODUCER_EPOCH
+        assert txn.add(pid, epoch) == 90  # PRODUCER_FENCED
+        # The next transaction runs at the new epoch, its sequences from 0; an abort bumps too.
+        assert txn.add(pid, epoch + 1) == 0
+        assert txn.produce(pid, epoch + 1, 0, b"aborted") == 0
+        assert txn.end(pid, epoch + 1, False) == (0, pid, epoch + 2)
+        assert txn.add(pid, epoch + 2) == 0
+        assert txn.produce(pid, epoch + 2, 0, b"second") == 0
+        assert txn.end(pid, epoch + 2, True) == (0, pid, epoch + 3)
+        # Nothing in the transaction: an abort still bumps, a commit is INVALID_TXN_STATE (48).
+        assert txn.end(pid, epoch + 3, True)[0] == 48
+        assert txn.end(pid, epoch + 3, False) == (0, pid, epoch + 4)
+        assert txn.end(pid, epoch + 3, False, version=4)[0] == 90  # the old epoch is fenced
+        # v4 and below: no bump, no producer id in the response.
+        assert txn.add(pid, epoch + 4) == 0
+        assert txn.produce(pid, epoch + 4, 0, b"third") == 0
+        assert txn.end(pid, epoch + 4, True, version=4) == (0, -1, -1)
+    finally:
+        conn.close()
+    assert _read_partitions(broker.bootstrap, topic, 1, "read_committed")[0] == [b"first", b"second", b"third"]
