@@ -46,6 +46,7 @@ class Rate:
     seconds: float
     record_size: int
     errors: int = 0
+    commits: list[float] | None = None  # seconds each commit_transaction took (transactional runs)
 
     @property
     def rec_s(self) -> float:
@@ -60,11 +61,14 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
+QUEUE_KBYTES = 512 * 1024  # --queue-kbytes
+
+
 def producer_config(bootstrap: str, transactional_id: str | None) -> dict:
     conf = {
         "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
         "batch.size": 1_000_000, "queue.buffering.max.messages": 200_000,
-        "queue.buffering.max.kbytes": 512 * 1024, "compression.type": "none", "message.timeout.ms": 60_000,
+        "queue.buffering.max.kbytes": QUEUE_KBYTES, "compression.type": "none", "message.timeout.ms": 60_000,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
@@ -109,15 +113,18 @@ def produce_transactional(bootstrap: str, topic: str, seconds: float, record_siz
     producer.init_transactions(30)
     payload = os.urandom(record_size)
     committed = 0
+    commits: list[float] = []
     t0 = time.perf_counter()
     end = t0 + seconds
     while time.perf_counter() < end:
         producer.begin_transaction()
         sent = _produce_for(producer, topic, payload, min(end, time.perf_counter() + commit_ms / 1000.0))
-        producer.commit_transaction(60)
+        started = time.perf_counter()
+        producer.commit_transaction(60)  # flushes what is queued, then EndTxn
+        commits.append(time.perf_counter() - started)
         committed += sent
     elapsed = time.perf_counter() - t0
-    return Rate(committed, elapsed, record_size)
+    return Rate(committed, elapsed, record_size, commits=commits)
 
 
 def consume(bootstrap: str, topic: str, partitions: int, isolation: str, expected: int, record_size: int,
@@ -158,8 +165,13 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--record-size", type=int, default=1024)
     parser.add_argument("--commit-ms", type=int, default=100, help="transaction length")
+    parser.add_argument("--queue-kbytes", type=int, default=QUEUE_KBYTES,
+                        help="the producers' queue.buffering.max.kbytes: what a 'produce for 100 ms' can queue "
+                             "(and its commit must flush)")
     parser.add_argument("--setting", action="append", default=[], help="broker KEY=VALUE (repeatable)")
     args = parser.parse_args()
+    global QUEUE_KBYTES
+    QUEUE_KBYTES = args.queue_kbytes
 
     work = Path(tempfile.mkdtemp(prefix="bench-txn-"))
     broker = strata_broker(work / "data", free_port(), work / "broker.log", *args.setting)
@@ -219,6 +231,13 @@ def main() -> int:
         print(f"{name:34} {value:>10,.0f} {value * args.record_size / MiB:>8.1f} {ratio:>8.2f}x"
               f"{f'  ({errors} missing/errors)' if errors else ''}")
         failed |= errors > 0
+    txn_runs = figures["produce txn"]
+    commits = sorted(c for r in txn_runs for c in (r.commits or []))
+    if commits:
+        length = sum(r.seconds for r in txn_runs) / len(commits)
+        print(f"transactions: {len(commits)}, {length * 1000:.0f} ms each on average (produce {args.commit_ms} ms, "
+              f"then commit_transaction flushes the queue); commit_transaction p50 "
+              f"{commits[len(commits) // 2] * 1000:.0f} ms, p99 {commits[int(len(commits) * 0.99)] * 1000:.0f} ms")
     return 1 if failed else 0
 
 
