@@ -64,11 +64,11 @@ def log(msg: str) -> None:
 QUEUE_KBYTES = 512 * 1024  # --queue-kbytes
 
 
-def producer_config(bootstrap: str, transactional_id: str | None) -> dict:
+def producer_config(bootstrap: str, transactional_id: str | None, queue_kbytes: int = QUEUE_KBYTES) -> dict:
     conf = {
         "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
         "batch.size": 1_000_000, "queue.buffering.max.messages": 200_000,
-        "queue.buffering.max.kbytes": QUEUE_KBYTES, "compression.type": "none", "message.timeout.ms": 60_000,
+        "queue.buffering.max.kbytes": queue_kbytes, "compression.type": "none", "message.timeout.ms": 60_000,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
@@ -89,14 +89,14 @@ def _produce_for(producer: Producer, topic: str, payload: bytes, until: float) -
             producer.poll(0.002)
 
 
-def produce_plain(bootstrap: str, topic: str, seconds: float, record_size: int) -> Rate:
+def produce_plain(bootstrap: str, topic: str, seconds: float, record_size: int, queue_kbytes: int) -> Rate:
     errors = [0]
 
     def on_delivery(err: KafkaError | None, _msg: object) -> None:
         if err is not None:
             errors[0] += 1
 
-    producer = Producer({**producer_config(bootstrap, None), "delivery.report.only.error": True,
+    producer = Producer({**producer_config(bootstrap, None, queue_kbytes), "delivery.report.only.error": True,
                          "on_delivery": on_delivery})
     payload = os.urandom(record_size)
     producer.poll(0)
@@ -107,8 +107,9 @@ def produce_plain(bootstrap: str, topic: str, seconds: float, record_size: int) 
     return Rate(sent - left - errors[0], elapsed, record_size, left + errors[0])
 
 
-def produce_transactional(bootstrap: str, topic: str, seconds: float, record_size: int, commit_ms: int) -> Rate:
-    producer = Producer({**producer_config(bootstrap, f"bench-txn-{uuid.uuid4().hex[:8]}"),
+def produce_transactional(bootstrap: str, topic: str, seconds: float, record_size: int, commit_ms: int,
+                          queue_kbytes: int) -> Rate:
+    producer = Producer({**producer_config(bootstrap, f"bench-txn-{uuid.uuid4().hex[:8]}", queue_kbytes),
                          "delivery.report.only.error": True})
     producer.init_transactions(30)
     payload = os.urandom(record_size)
@@ -170,8 +171,6 @@ def main() -> int:
                              "(and its commit must flush)")
     parser.add_argument("--setting", action="append", default=[], help="broker KEY=VALUE (repeatable)")
     args = parser.parse_args()
-    global QUEUE_KBYTES
-    QUEUE_KBYTES = args.queue_kbytes
 
     work = Path(tempfile.mkdtemp(prefix="bench-txn-"))
     broker = strata_broker(work / "data", free_port(), work / "broker.log", *args.setting)
@@ -186,10 +185,10 @@ def main() -> int:
                 create_topic(broker.bootstrap, topic, args.partitions)
                 settle()
                 if kind == "plain":
-                    rate = produce_plain(broker.bootstrap, topic, args.seconds, args.record_size)
+                    rate = produce_plain(broker.bootstrap, topic, args.seconds, args.record_size, args.queue_kbytes)
                 else:
                     rate = produce_transactional(broker.bootstrap, topic, args.seconds, args.record_size,
-                                                 args.commit_ms)
+                                                 args.commit_ms, args.queue_kbytes)
                 figures.setdefault(f"produce {kind}", []).append(rate)
                 log(f"round {r + 1}: produce {kind}: {rate.rec_s:,.0f} rec/s {rate.mb_s:.1f} MB/s"
                     f" (load {os.getloadavg()[0]:.2f})")
