@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brokerproc import BrokerProcess
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 WORKER = Path(__file__).resolve().parent / "eos_worker.py"
@@ -264,7 +264,10 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
     worker = start_worker()
     deadline = time.monotonic() + 180
     while True:
-        committed = _group_offsets(bootstrap, group, in_topic, partitions)
+        try:
+            committed = _group_offsets(bootstrap, group, in_topic, partitions)
+        except KafkaException:  # the coordinator not ready yet (a broker just restarted): ask again
+            committed = {}
         if committed == ends:
             break
         if time.monotonic() > deadline:
