@@ -89,4 +89,6 @@ class EndTxnV2:
                 await coord._persist(meta, producer_id=await coord.logs.allocate_producer_id(), producer_epoch=0)
             self.last[transactional_id] = _Bump(producer_id, producer_epoch, commit, meta.producer_id,
                                                 meta.producer_epoch)
+            if len(self.last) > 2 * len(coord.transactions) + 100:  # ids expired meanwhile (txn_expiry.py)
+                self.last = {t: b for t, b in self.last.items() if t in coord.transactions}
             return E.NONE, meta.producer_id, meta.producer_epoch
