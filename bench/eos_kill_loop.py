@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--broker-kills", type=int, default=4, help="rounds that SIGKILL the broker too")
     parser.add_argument("--per-round", type=int, default=40, help="input records produced each round")
     parser.add_argument("--batch", type=int, default=8, help="records per transaction at most")
+    parser.add_argument("--process-ms", type=int, default=30,
+                        help="how long each transaction stays open after its records are sent")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     args = parser.parse_args()
@@ -47,7 +49,8 @@ def main() -> int:
     broker.start(timeout=60)
     try:
         result = run_kill_loop(broker, work / "loop", rounds=args.rounds, broker_kill_rounds=args.broker_kills,
-                               per_round=args.per_round, batch=args.batch, seed=args.seed, say=log)
+                               per_round=args.per_round, batch=args.batch, process_ms=args.process_ms,
+                               seed=args.seed, say=log)
     finally:
         broker.kill()
     log(result.summary())

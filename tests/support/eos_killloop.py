@@ -122,7 +122,8 @@ class KillLoopResult:
         return (f"{self.rounds} rounds ({self.broker_kills} with a broker SIGKILL), {self.worker_starts} worker "
                 f"starts ({self.worker_fatal_exits} exited on a fatal error), {self.commits} transactions committed "
                 f"and {self.aborts} aborted by the worker seen; {self.inputs} inputs, {self.outputs} outputs "
-                f"read_committed ({self.uncommitted_outputs} read_uncommitted), {self.duplicates} duplicated, "
+                f"read_committed ({self.uncommitted_outputs} read_uncommitted: the difference is the records of "
+                f"transactions killed open), {self.duplicates} duplicated, "
                 f"{self.missing} missing, partitions not equal to their input: {self.mismatched_partitions}; "
                 f"committed offsets {self.committed} vs ends {self.ends}; {self.seconds:.1f}s")
 
@@ -181,12 +182,13 @@ def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
 
 
 def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker_kill_rounds: int = 4,
-                  per_round: int = 60, partitions: int = 3, batch: int = 8, seed: int | None = None,
+                  per_round: int = 60, partitions: int = 3, batch: int = 8, process_ms: int = 30,
+                  seed: int | None = None,
                   say: Callable[[str], None] = lambda _: None) -> KillLoopResult:
     """The loop against `broker` (running; killed and restarted in place in `broker_kill_rounds`
     of the rounds, spread evenly); the worker's transactions hold at most `batch` records, so a
-    round's input is several transactions and a kill often lands inside one. `say` receives one line
-    per round."""
+    round's input is several transactions, each held open `process_ms` after its records are sent,
+    so a kill often lands inside one. `say` receives one line per round."""
     rng = random.Random(seed)
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
     kill_broker_in = {round(i * rounds / broker_kill_rounds) + rounds // (2 * broker_kill_rounds)
                       for i in range(broker_kill_rounds)} if broker_kill_rounds else set()
     seq = 0
-    argv = [bootstrap, in_topic, out_topic, group, txn_id, str(batch)]
+    argv = [bootstrap, in_topic, out_topic, group, txn_id, str(batch), str(process_ms)]
     log_path = workdir / "eos-worker.log"
 
     def produce_chunk() -> None:
@@ -238,7 +240,7 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
         if rng.random() < 0.5:
             worker.wait_for("committed", timeout=30)
             what.append("after a commit")
-        delay = rng.uniform(0.0, 0.5)
+        delay = rng.uniform(0.0, 0.3)
         time.sleep(delay)
         if r in kill_broker_in:
             result.broker_kills += 1

@@ -28,3 +28,5 @@ def test_consume_process_produce_survives_20_sigkills(broker_factory, tmp_path) 
     assert result.mismatched_partitions == [], result.summary()
     assert result.outputs == result.inputs == 20 * 40, result.summary()
     assert result.committed == result.ends, result.summary()
+    # Kills landed inside transactions: their records are in the log, aborted (read_uncommitted sees them).
+    assert result.uncommitted_outputs > result.outputs, result.summary()
