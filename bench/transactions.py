@@ -217,7 +217,7 @@ def main() -> int:
     print(f"Strata, {args.partitions} partitions, {args.record_size} B records, {args.seconds:.0f}s produce runs, "
           f"transactions of {args.commit_ms} ms; median of {args.rounds} alternating rounds; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'':34} {'rec/s':>10} {'MB/s':>8} {'vs plain':>9}")
+    print(f"{'':34} {'rec/s':>10} {'MB/s':>8} {'vs plain':>9} {'per-round ratios (median)':>27}")
     rows = [("produce plain", "produce plain"), ("produce txn", "produce plain"),
             ("consume plain read_uncommitted", "consume plain read_uncommitted"),
             ("consume txn read_committed", "consume plain read_uncommitted"),
@@ -226,8 +226,12 @@ def main() -> int:
     for name, reference in rows:
         value = median(name)
         ratio = value / median(reference) if median(reference) else float("nan")
+        # The same round's pair: steadier than the ratio of medians on a machine whose load drifts.
+        pairs = [a.rec_s / b.rec_s for a, b in zip(figures[name], figures[reference], strict=True) if b.rec_s]
+        per_round = " ".join(f"{x:.2f}" for x in pairs)
+        paired = f"{per_round} ({statistics.median(pairs):.2f})" if pairs else ""
         errors = sum(r.errors for r in figures[name])
-        print(f"{name:34} {value:>10,.0f} {value * args.record_size / MiB:>8.1f} {ratio:>8.2f}x"
+        print(f"{name:34} {value:>10,.0f} {value * args.record_size / MiB:>8.1f} {ratio:>8.2f}x {paired:>27}"
               f"{f'  ({errors} missing/errors)' if errors else ''}")
         failed |= errors > 0
     txn_runs = figures["produce txn"]
