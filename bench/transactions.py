@@ -162,7 +162,8 @@ def settle() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="produce time per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are printed")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="alternating rounds (even: each kind runs first as often); medians are printed")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--record-size", type=int, default=1024)
     parser.add_argument("--commit-ms", type=int, default=100, help="transaction length")
