@@ -647,7 +647,8 @@ def broker_configs_scenario(bootstrap: str, name: str) -> Observations:
     entries = admin.describe_configs([resource])[resource].result(30)
     keys = ["num.partitions", "auto.create.topics.enable", "group.min.session.timeout.ms",
             "group.max.session.timeout.ms", "log.segment.bytes", "message.max.bytes", "log.retention.bytes",
-            "compression.type", "offsets.topic.num.partitions", "log.retention.check.interval.ms"]
+            "compression.type", "offsets.topic.num.partitions", "log.retention.check.interval.ms",
+            "transactional.id.expiration.ms", "transaction.remove.expired.transaction.cleanup.interval.ms"]
     return {k: (entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name,
                 entries[k].is_default) for k in keys}
 
