@@ -134,7 +134,7 @@ def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         future.result(30)
 
 
-def _read_partitions(bootstrap: str, topic: str, partitions: int, isolation: str,
+def read_partitions(bootstrap: str, topic: str, partitions: int, isolation: str,
                      timeout: float = 60.0) -> dict[int, list[bytes]]:
     """Every record of each partition from offset 0 to its end, at `isolation`."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
@@ -161,7 +161,7 @@ def _read_partitions(bootstrap: str, topic: str, partitions: int, isolation: str
     return values
 
 
-def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets (stable ones: read_committed makes OffsetFetch wait for
     pending transactional commits)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
@@ -173,7 +173,7 @@ def _group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> d
         consumer.close()
 
 
-def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ends", "isolation.level": "read_committed"})
     try:
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[1] for p in range(partitions)}
@@ -262,12 +262,12 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
             f"({result.commits} commits so far)")
 
     # The last worker runs until the group has committed the whole input.
-    ends = _end_offsets(bootstrap, in_topic, partitions)
+    ends = end_offsets(bootstrap, in_topic, partitions)
     worker = start_worker()
     deadline = time.monotonic() + 180
     while True:
         try:
-            committed = _group_offsets(bootstrap, group, in_topic, partitions)
+            committed = group_offsets(bootstrap, group, in_topic, partitions)
         except KafkaException:  # the coordinator not ready yet (a broker just restarted): ask again
             committed = {}
         if committed == ends:
@@ -282,9 +282,9 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
     result.commits += worker.count("committed")
     result.aborts += worker.count("aborted")
 
-    inputs = _read_partitions(bootstrap, in_topic, partitions, "read_committed")
-    outputs = _read_partitions(bootstrap, out_topic, partitions, "read_committed")
-    everything = _read_partitions(bootstrap, out_topic, partitions, "read_uncommitted")
+    inputs = read_partitions(bootstrap, in_topic, partitions, "read_committed")
+    outputs = read_partitions(bootstrap, out_topic, partitions, "read_committed")
+    everything = read_partitions(bootstrap, out_topic, partitions, "read_uncommitted")
     result.outputs = sum(len(v) for v in outputs.values())
     result.uncommitted_outputs = sum(len(v) for v in everything.values())
     wanted = Counter(v for vs in inputs.values() for v in vs)
@@ -292,8 +292,8 @@ def run_kill_loop(broker: BrokerProcess, workdir: Path, rounds: int = 20, broker
     result.duplicates = sum(n - 1 for n in got.values() if n > 1)
     result.missing = sum(1 for v in wanted if v not in got)
     result.mismatched_partitions = [p for p in range(partitions) if outputs[p] != inputs[p]]
-    result.committed = _group_offsets(bootstrap, group, in_topic, partitions)
-    result.ends = _end_offsets(bootstrap, in_topic, partitions)
+    result.committed = group_offsets(bootstrap, group, in_topic, partitions)
+    result.ends = end_offsets(bootstrap, in_topic, partitions)
     if sum(len(v) for v in inputs.values()) != result.inputs:
         raise AssertionError(f"the input topic holds {sum(len(v) for v in inputs.values())} records, "
                              f"{result.inputs} were acknowledged")

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from eos_killloop import _read_partitions
+from eos_killloop import read_partitions
 from kafkaclients import create_topic, produce_confluent
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -75,7 +75,7 @@ class App:
 
 
 def outputs(bootstrap: str, topic: str, isolation: str = "read_committed") -> list[dict]:
-    found = _read_partitions(bootstrap, topic, 2, isolation)
+    found = read_partitions(bootstrap, topic, 2, isolation)
     return [json.loads(v) for p in sorted(found) for v in found[p]]
 
 

@@ -220,7 +220,7 @@ class _RawTxn:
 
 
 def test_end_txn_v5_bumps_the_epoch_per_transaction(broker_factory) -> None:
-    from eos_killloop import _read_partitions
+    from eos_killloop import read_partitions
 
     broker = broker_factory(settings=FAST)
     topic = f"tv2-{uuid.uuid4().hex[:6]}"
@@ -255,4 +255,4 @@ def test_end_txn_v5_bumps_the_epoch_per_transaction(broker_factory) -> None:
         assert txn.end(pid, epoch + 4, True, version=4) == (0, -1, -1)
     finally:
         conn.close()
-    assert _read_partitions(broker.bootstrap, topic, 1, "read_committed")[0] == [b"first", b"second", b"third"]
+    assert read_partitions(broker.bootstrap, topic, 1, "read_committed")[0] == [b"first", b"second", b"third"]
