@@ -204,9 +204,9 @@ _V2: weakref.WeakKeyDictionary[object, EndTxnV2] = weakref.WeakKeyDictionary()
 async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnResponse:
     """EndTxn; v5 ends the transaction with an epoch bump and returns the new producer id and
     epoch (transaction version 2, groups/txn_v2.py)."""
+    pid = epoch = -1
     R = EndTxnResponse
     txns = ctx.services.transactions
-    pid = epoch = -1
     if txns is None or not txns.loaded:
         error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
