@@ -21,6 +21,7 @@ AddPartitionsToTxn for every partition); a client that sends EndTxn v5 gets vers
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,3 +93,14 @@ class EndTxnV2:
             if len(self.last) > 2 * len(coord.transactions) + 100:  # ids expired meanwhile (txn_expiry.py)
                 self.last = {t: b for t, b in self.last.items() if t in coord.transactions}
             return E.NONE, meta.producer_id, meta.producer_epoch
+
+
+_BY_COORDINATOR: weakref.WeakKeyDictionary[TransactionCoordinator, EndTxnV2] = weakref.WeakKeyDictionary()
+
+
+def end_txn_v2_for(coordinator: TransactionCoordinator) -> EndTxnV2:
+    """The coordinator's EndTxn v5 state (made on first use)."""
+    found = _BY_COORDINATOR.get(coordinator)
+    if found is None:
+        found = _BY_COORDINATOR[coordinator] = EndTxnV2(coordinator)
+    return found

@@ -10,7 +10,6 @@ error is PRODUCER_FENCED where the API version knows it, INVALID_PRODUCER_EPOCH 
 from __future__ import annotations
 
 import time
-import weakref
 
 from kafka.protocol.admin.transactions import (
     DescribeTransactionsRequest,
@@ -33,7 +32,7 @@ from ..errors import ErrorCode
 from ..groups.group import E as GE
 from ..groups.offsets import CommittedOffset
 from ..groups.txn_log import TxnState
-from ..groups.txn_v2 import EndTxnV2
+from ..groups.txn_v2 import end_txn_v2_for
 from ..log.manager import is_internal_name
 from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
@@ -197,9 +196,6 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
 # ---- EndTxn -------------------------------------------------------------------------------
 
 
-_V2: weakref.WeakKeyDictionary[object, EndTxnV2] = weakref.WeakKeyDictionary()
-
-
 @api(EndTxnRequest, EndTxnResponse, 0, 5)
 async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnResponse:
     """EndTxn; v5 ends the transaction with an epoch bump and returns the new producer id and
@@ -212,9 +208,8 @@ async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnR
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
     elif ctx.api_version >= 5:
-        v2 = _V2.get(txns) or _V2.setdefault(txns, EndTxnV2(txns))
         try:
-            found, pid, epoch = await v2.end_txn(request.transactional_id, request.producer_id,
+            found, pid, epoch = await end_txn_v2_for(txns).end_txn(request.transactional_id, request.producer_id,
                                                  request.producer_epoch, bool(request.committed))
         except Exception:
             found = E.COORDINATOR_NOT_AVAILABLE  # not durable yet: the client retries, we finish on load
