@@ -15,7 +15,6 @@ from .cluster.member import ClusterMember
 from .config import BrokerConfig
 from .groups import GroupCoordinator
 from .groups.transactions import TransactionCoordinator
-from .groups.txn_expiry import TransactionalIdExpiry
 from .log.cleaner import Cleaner
 from .log.manager import LogManager
 from .metering import Meter
@@ -174,10 +173,13 @@ class Broker:
         self._tasks.append(loop.create_task(self._every(self.groups.tick_ms, self.groups.tick)))
         if self.transactions is not None:
             self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
-            expiry = TransactionalIdExpiry(self.config, self.transactions)
-            self._tasks.append(loop.create_task(self._every(expiry.interval_ms, expiry.run)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
+        if self.transactions is not None:  # idle transactional ids removed (transactional.id.expiration.ms)
+            from .groups.txn_expiry import TransactionalIdExpiry
+
+            expiry = TransactionalIdExpiry(self.config, self.transactions)
+            self._tasks.append(loop.create_task(self._every(expiry.interval_ms, expiry.run)))
         if self.tier is not None:
             tick_ms = max(100, min(1000, self.config["tiered.upload.interval.ms"] // 4))
             self._tasks.append(loop.create_task(self._every(tick_ms, self.tier.tick)))
