@@ -23,7 +23,8 @@ LONG_MODULES_FIRST = ("integration/broker/test_cluster", "integration/operator/t
                       "integration/broker/test_security_limits", "integration/broker/test_hostile",
                       "integration/broker/test_idempotence", "integration/broker/test_durability",
                       "integration/broker/test_security_acl", "integration/broker/test_security_quota",
-                      "integration/cli/test_local_stack", "integration/cli/test_cli_tier")
+                      "integration/cli/test_local_stack", "integration/cli/test_cli_tier",
+                      "integration/broker/test_quixstreams", "integration/broker/test_exactly_once")
 TESTS_DIR = Path(__file__).resolve().parent
 
 

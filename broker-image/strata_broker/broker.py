@@ -195,6 +195,11 @@ class Broker:
             self._tasks.append(loop.create_task(self._every(self.transactions.tick_ms, self.transactions.tick)))
         self._tasks.append(loop.create_task(self._every(self.config["log.retention.check.interval.ms"],
                                                         self._retention)))
+        if self.transactions is not None:  # idle transactional ids removed (transactional.id.expiration.ms)
+            from .groups.txn_expiry import TransactionalIdExpiry
+
+            expiry = TransactionalIdExpiry(self.config, self.transactions)
+            self._tasks.append(loop.create_task(self._every(expiry.interval_ms, expiry.run)))
         if self.tier is not None:
             tick_ms = max(100, min(1000, self.config["tiered.upload.interval.ms"] // 4))
             self._tasks.append(loop.create_task(self._every(tick_ms, self.tier.tick)))

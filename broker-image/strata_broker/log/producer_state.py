@@ -15,6 +15,10 @@ from .batch import BatchHeader
 # five requests in flight per connection, so a retry is always one of these.
 _CACHED_BATCHES = 5
 _SEQ_MODULO = 1 << 31
+# The coordinator epoch of the transaction markers Strata writes (ReplicaManager.append_marker's
+# default): one coordinator generation, so every marker carries 0. Kafka reports -1 for a producer
+# that never had a marker.
+MARKER_COORDINATOR_EPOCH = 0
 
 
 @dataclass
@@ -30,6 +34,8 @@ class _Producer:
     epoch: int
     batches: deque[_CachedBatch] = field(default_factory=lambda: deque(maxlen=_CACHED_BATCHES))
     txn_first_offset: int = -1  # first offset of the producer's ongoing transaction here, else -1
+    last_timestamp: int = -1  # max timestamp of its last batch (DescribeProducers)
+    coordinator_epoch: int = -1  # of the last marker that ended one of its transactions here
 
     @property
     def last_seq(self) -> int:
@@ -49,6 +55,12 @@ class ProducerState:
     def epoch_of(self, producer_id: int) -> int | None:
         producer = self._producers.get(producer_id)
         return None if producer is None else producer.epoch
+
+    def active(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Every producer this partition knows, as DescribeProducers reports it: (producer id,
+        epoch, last sequence, last timestamp, coordinator epoch, current transaction's first offset)."""
+        return [(pid, p.epoch, p.last_seq, p.last_timestamp, p.coordinator_epoch, p.txn_first_offset)
+                for pid, p in sorted(self._producers.items())]
 
     def check(self, header: BatchHeader) -> int | None:
         """Base offset of an earlier identical batch (a retry), None if new; raise if out of order."""
@@ -113,10 +125,14 @@ class ProducerState:
         if producer is None or header.producer_epoch > producer.epoch or (
                 header.producer_epoch != producer.epoch and not header.is_control):
             first = producer.txn_first_offset if producer is not None else -1
-            producer = _Producer(epoch=header.producer_epoch, txn_first_offset=first)
+            coordinator_epoch = producer.coordinator_epoch if producer is not None else -1
+            producer = _Producer(epoch=header.producer_epoch, txn_first_offset=first,
+                                 coordinator_epoch=coordinator_epoch)
             self._producers[pid] = producer
+        producer.last_timestamp = header.max_timestamp  # a marker's too, as Kafka
         if header.is_control:  # a transaction marker ends the producer's transaction here
             producer.txn_first_offset = -1
+            producer.coordinator_epoch = MARKER_COORDINATOR_EPOCH
             self.ongoing.pop(pid, None)
             return
         if header.is_transactional and producer.txn_first_offset < 0:
@@ -131,7 +147,8 @@ class ProducerState:
     def to_json(self) -> dict[str, Any]:
         return {
             str(pid): {"epoch": p.epoch, "batches": [[b.first_seq, b.last_seq, b.base_offset, b.last_offset]
-                                                      for b in p.batches], "txn": p.txn_first_offset}
+                                                      for b in p.batches], "txn": p.txn_first_offset,
+                        "ts": p.last_timestamp, "ce": p.coordinator_epoch}
             for pid, p in self._producers.items()
         }
 
@@ -139,7 +156,8 @@ class ProducerState:
     def from_json(cls, data: dict[str, Any]) -> ProducerState:
         state = cls()
         for pid, entry in data.items():
-            producer = _Producer(epoch=int(entry["epoch"]), txn_first_offset=int(entry.get("txn", -1)))
+            producer = _Producer(epoch=int(entry["epoch"]), txn_first_offset=int(entry.get("txn", -1)),
+                                 last_timestamp=int(entry.get("ts", -1)), coordinator_epoch=int(entry.get("ce", -1)))
             for first_seq, last_seq, base, last in entry["batches"]:
                 producer.batches.append(_CachedBatch(first_seq, last_seq, base, last))
             state._producers[int(pid)] = producer

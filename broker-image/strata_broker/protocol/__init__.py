@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     offsets,
     produce,
     producer_ids,
+    producers,
     replicas,
     security,
     transactions,

@@ -33,6 +33,7 @@ from ..errors import ErrorCode
 from ..groups.group import E as GE
 from ..groups.offsets import CommittedOffset
 from ..groups.txn_log import TxnState
+from ..groups.txn_v2 import end_txn_v2_for
 from ..log.manager import is_internal_name
 from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
 from .context import RequestContext
@@ -218,14 +219,24 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
 # ---- EndTxn -------------------------------------------------------------------------------
 
 
-@api(EndTxnRequest, EndTxnResponse, 0, 4)
+@api(EndTxnRequest, EndTxnResponse, 0, 5)
 async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnResponse:
+    """EndTxn; v5 ends the transaction with an epoch bump and returns the new producer id and
+    epoch (transaction version 2, groups/txn_v2.py)."""
+    pid = epoch = -1
     R = EndTxnResponse
     txns = ctx.services.transactions
     if txns is None or not txns.loaded:
         error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    elif ctx.api_version >= 5:
+        try:
+            found, pid, epoch = await end_txn_v2_for(txns).end_txn(request.transactional_id, request.producer_id,
+                                                 request.producer_epoch, bool(request.committed))
+        except Exception:
+            found = E.COORDINATOR_NOT_AVAILABLE  # not durable yet: the client retries, we finish on load
+        error = int(found)
     else:
         try:
             found = await txns.end_txn(request.transactional_id, request.producer_id, request.producer_epoch,
@@ -233,7 +244,7 @@ async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnR
         except Exception:
             found = E.COORDINATOR_NOT_AVAILABLE  # markers not durable yet: the client retries, we finish on load
         error = fenced_code(found, ctx.api_version, 2)
-    return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, producer_id=-1, producer_epoch=-1)
+    return R(version=ctx.api_version, throttle_time_ms=0, error_code=error, producer_id=pid, producer_epoch=epoch)
 
 
 # ---- DescribeTransactions, ListTransactions ---------------------------------------------------------

@@ -652,7 +652,8 @@ def broker_configs_scenario(bootstrap: str, name: str) -> Observations:
     entries = admin.describe_configs([resource])[resource].result(30)
     keys = ["num.partitions", "auto.create.topics.enable", "group.min.session.timeout.ms",
             "group.max.session.timeout.ms", "log.segment.bytes", "message.max.bytes", "log.retention.bytes",
-            "compression.type", "offsets.topic.num.partitions", "log.retention.check.interval.ms"]
+            "compression.type", "offsets.topic.num.partitions", "log.retention.check.interval.ms",
+            "transactional.id.expiration.ms", "transaction.remove.expired.transaction.cleanup.interval.ms"]
     return {k: (entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name,
                 entries[k].is_default) for k in keys}
 
@@ -1009,6 +1010,87 @@ def test_transactions(both):
     both("transactions", transactions_scenario)
 
 
+def producers_and_end_txn_v5_scenario(bootstrap: str, name: str) -> Observations:
+    """DescribeProducers of a partition with an idempotent and a transactional producer, before and
+    after the commit; EndTxn v5's epoch bump (transaction version 2) and what follows from it."""
+    from kafka.protocol.admin.transactions import DescribeProducersRequest
+    from kafka.protocol.producer.transaction import AddPartitionsToTxnRequest, EndTxnRequest
+
+    admin = admin_for(bootstrap)
+    create(admin, name, 1)
+    idempotent = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0})
+    for i in range(2):
+        idempotent.produce(name, value=b"i%d" % i, partition=0)
+        assert idempotent.flush(30) == 0
+    obs: Observations = {}
+    conn = RawConnection(bootstrap)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # Kafka creates and loads __transaction_state on the first FindCoordinator
+            conn.request(FindCoordinatorRequest(version=3, key=f"{name}-tx", key_type=1))
+            r = conn.request(InitProducerIdRequest(version=4, transactional_id=f"{name}-tx",
+                                                   transaction_timeout_ms=60000, producer_id=-1, producer_epoch=-1))
+            if r.error_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.error_code == 0, r
+        pid, epoch = r.producer_id, r.producer_epoch
+
+        def add(e: int) -> int:
+            T = AddPartitionsToTxnRequest.AddPartitionsToTxnTopic
+            return conn.request(AddPartitionsToTxnRequest(
+                version=3, v3_and_below_transactional_id=f"{name}-tx", v3_and_below_producer_id=pid,
+                v3_and_below_producer_epoch=e, v3_and_below_topics=[T(name=name, partitions=[0])],
+            )).results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+
+        def send(e: int, sequence: int, value: bytes) -> int:
+            builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True, producer_id=pid,
+                                                producer_epoch=e, base_sequence=sequence, batch_size=1 << 20)
+            builder.append(0, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
+            T = ProduceRequest.TopicProduceData
+            return conn.request(ProduceRequest(version=8, transactional_id=f"{name}-tx", acks=-1, timeout_ms=10000,
+                                               topic_data=[T(name=name, partition_data=[T.PartitionProduceData(
+                                                   index=0, records=bytes(builder.build()))])])
+                                ).responses[0].partition_responses[0].error_code
+
+        def end(e: int, commit: bool) -> tuple[int, bool, int]:
+            """(error, same producer id, epoch - the first epoch) of an EndTxn v5, retried while
+            CONCURRENT_TRANSACTIONS (Kafka writes the previous transaction's markers)."""
+            deadline = time.monotonic() + 20
+            while True:
+                r = conn.request(EndTxnRequest(version=5, transactional_id=f"{name}-tx", producer_id=pid,
+                                               producer_epoch=e, committed=commit))
+                if r.error_code != 51 or time.monotonic() > deadline:
+                    return r.error_code, r.producer_id == pid, r.producer_epoch - epoch if r.error_code == 0 else -1
+                time.sleep(0.1)
+
+        def producers() -> list[tuple[str, int, int, int, int]]:
+            T = DescribeProducersRequest.TopicRequest
+            part = conn.request(DescribeProducersRequest(version=0, topics=[T(name=name, partition_indexes=[0])])
+                                ).topics[0].partitions[0]
+            assert part.error_code == 0, part
+            return sorted(("transactional" if p.producer_id == pid else "idempotent", p.producer_epoch - (
+                epoch if p.producer_id == pid else 0), p.last_sequence, p.coordinator_epoch, p.current_txn_start_offset)
+                for p in part.active_producers)
+
+        obs["add, produce"] = (add(epoch), send(epoch, 0, b"t0"), send(epoch, 1, b"t1"))
+        obs["producers: transaction open"] = producers()
+        obs["end v5 commit"] = end(epoch, True)
+        obs["end v5 commit again (a retry)"] = end(epoch, True)
+        obs["produce at the old epoch after the commit"] = send(epoch, 2, b"late")
+        deadline = time.monotonic() + 20
+        while any(p[0] == "transactional" and p[4] != -1 for p in producers()) and time.monotonic() < deadline:
+            # Kafka's markers land after its answer
+            time.sleep(0.1)
+        obs["producers: committed"] = producers()
+        obs["next transaction at epoch + 1"] = (add(epoch), add(epoch + 1), send(epoch + 1, 0, b"n0"))
+        obs["end v5 abort"] = end(epoch + 1, False)
+        obs["end v5 commit of nothing, abort of nothing"] = (end(epoch + 2, True), end(epoch + 2, False))
+    finally:
+        conn.close()
+    return obs
+
+
 # ---- the KIP-848 consumer group protocol on the wire --------------------------------------------
 
 def consumer_group_wire_scenario(bootstrap: str, name: str) -> Observations:
@@ -1109,6 +1191,10 @@ def consumer_group_wire_scenario(bootstrap: str, name: str) -> Observations:
     finally:
         conn.close()
     return obs
+
+
+def test_describe_producers_and_end_txn_v5(both):
+    both("producers and EndTxn v5", producers_and_end_txn_v5_scenario)
 
 
 def test_consumer_group_protocol_on_the_wire(both):
