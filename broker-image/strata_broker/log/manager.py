@@ -13,14 +13,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import BrokerConfig, TopicConfig
 from ..errors import ErrorCode, KafkaProtocolError
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache, automatic_capacity
 from .partition import ManifestLoader, PartitionLog
-from .segment import Segment
+from .segment import AppendBuffers, Segment
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Topic:
     config: TopicConfig
     partitions: list[PartitionLog] = field(default_factory=list)
     internal: bool = False
+    # Metadata's encoded description of this topic per API version (protocol/metadata.py), kept
+    # while the partition count, internal flag and leaders it was made from are unchanged.
+    metadata_cache: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # The broker's own topics. These names, and every name starting with "__", are internal from the first
@@ -168,6 +171,7 @@ class LogManager:
         self._load_manifest = load_manifest  # with tiered storage: parses a partition's remote manifest copy
         capacity = config["log.segment.handles.max"]
         self.handles = HandleCache(capacity if capacity > 0 else automatic_capacity())
+        self.handles.buffers = AppendBuffers(config["log.append.buffer.ms"])
         # Descriptors kept in reserve, given up only to clean up after running out (rmtree needs two).
         self._spare_fds = _reserve_fds()
         self.meta_dir = os.path.join(self.data_dir, "__meta")
@@ -286,6 +290,8 @@ class LogManager:
 
     def close(self) -> None:
         self.group_commit.close()
+        if self.handles.buffers is not None:
+            self.handles.buffers.close()  # each partition's close writes its buffer out
         for fd in self._spare_fds:
             os.close(fd)
         self._spare_fds = []
