@@ -111,3 +111,23 @@ def test_without_an_event_loop_appends_are_written_through(tmp_path) -> None:
     plog.append(batch(b"now"))
     assert on_disk(plog) == plog.active.size and handles.buffers.buffered == 0
     plog.close()
+
+
+def test_a_group_commit_round_writes_the_buffer_before_it_syncs(tmp_path) -> None:
+    """acks=all: the wait (LogManager.group_commit) covers what is still buffered."""
+    from strata_broker.log.manager import LogManager
+
+    async def scenario() -> None:
+        logs = LogManager(str(tmp_path / "data"), BrokerConfig.from_overrides({"log.append.buffer.ms": "600000"}))
+        logs.open()
+        try:
+            logs.create_topic("t", 2, {})
+            plog = logs.get_partition("t", 1)
+            result = plog.append(batch(b"durable"))
+            assert on_disk(plog) == 0
+            await logs.group_commit.sync_many([result.segment])
+            assert on_disk(plog) == plog.active.size > 0
+        finally:
+            logs.close()
+
+    asyncio.run(scenario())
