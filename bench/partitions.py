@@ -46,7 +46,7 @@ from _common import (  # noqa: E402
     strata_broker,
     tansu_broker,
 )
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E402
 
 MB = 1_000_000
@@ -147,6 +147,21 @@ def commit_all(bootstrap: str, parts: list[tuple[str, int]]) -> float:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-commit", "enable.auto.commit": False})
     best = float("inf")
     try:
+        # Untimed first commit, retried while the coordinator comes up (the offsets topic is created
+        # on first use).
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, 0) for t, p in parts[:1]], asynchronous=False)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                waiting = err.retriable() or err.code() in (KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                                            KafkaError.NOT_COORDINATOR,
+                                                            KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+                if time.monotonic() > deadline or not waiting:
+                    raise
+                time.sleep(0.5)
         for i in range(3):
             offsets = [TopicPartition(t, p, i) for t, p in parts]
             t0 = time.perf_counter()

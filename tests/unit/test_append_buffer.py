@@ -131,3 +131,32 @@ def test_a_group_commit_round_writes_the_buffer_before_it_syncs(tmp_path) -> Non
             logs.close()
 
     asyncio.run(scenario())
+
+
+def test_a_round_of_many_segments_is_one_filesystem_sync(tmp_path) -> None:
+    """Above SYNCFS_MIN_SEGMENTS a group-commit round syncs the filesystem once; it completes and
+    everything appended reads back after a restart."""
+    from strata_broker.log.manager import LogManager
+    from strata_broker.log.segment import SYNCFS_MIN_SEGMENTS
+
+    topics = SYNCFS_MIN_SEGMENTS // 10 + 1
+
+    async def scenario() -> None:
+        logs = LogManager(str(tmp_path / "data"), BrokerConfig.from_overrides({}))
+        logs.open()
+        try:
+            for i in range(topics):
+                logs.create_topic(f"t{i}", 10, {})
+            segments = {p.append(batch(f"{p.topic}/{p.partition}".encode())).segment for p in logs.all_partitions()}
+            assert len(segments) >= SYNCFS_MIN_SEGMENTS
+            rounds = logs.group_commit.rounds
+            await logs.group_commit.sync_many(segments)
+            assert logs.group_commit.rounds == rounds + 1
+        finally:
+            logs.close()
+
+    asyncio.run(scenario())
+    logs = LogManager(str(tmp_path / "data"), BrokerConfig.from_overrides({}))
+    logs.open()
+    assert all(values(p) == [f"{p.topic}/{p.partition}".encode()] for p in logs.all_partitions())
+    logs.close()

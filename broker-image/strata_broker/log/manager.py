@@ -20,7 +20,7 @@ from ..errors import ErrorCode, KafkaProtocolError
 from .files import fsync_dir, read_json, write_json_atomic
 from .handles import HandleCache, automatic_capacity
 from .partition import ManifestLoader, PartitionLog
-from .segment import AppendBuffers, Segment
+from .segment import SYNCFS_MIN_SEGMENTS, AppendBuffers, Segment, sync_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ class GroupCommit:
 
 
 def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> None:
+    if len(segments) >= SYNCFS_MIN_SEGMENTS:
+        # Many segments: one syncfs of the data dir's filesystem (directories included).
+        if sync_filesystem(os.path.dirname(next(iter(segments)).directory)):
+            return
     for directory in dirs:
         fsync_dir(directory)
     for segment, pinned in segments.items():

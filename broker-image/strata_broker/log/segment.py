@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import time
@@ -22,6 +23,41 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 102
 
 def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}"
+
+
+# A sync of at least this many segments at once (a group-commit round after writes spread over many
+# partitions) is one syncfs() of their filesystem: one journal commit instead of one per segment,
+# which at 50,000 partitions is the difference between a round of a second and one of minutes
+# (and between appends that wait behind a journal commit and appends that do not).
+SYNCFS_MIN_SEGMENTS = 256
+
+
+def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(path: str) -> bool:
+    """syncfs(2) of the filesystem holding `path` (on a worker thread: ctypes releases the GIL):
+    the data and metadata of every file on it made durable. False when the call is not available."""
+    if _SYNCFS is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    return True
 
 
 class AppendBuffers:
