@@ -134,8 +134,8 @@ def test_a_group_commit_round_writes_the_buffer_before_it_syncs(tmp_path) -> Non
 
 
 def test_a_round_of_many_segments_is_one_filesystem_sync(tmp_path) -> None:
-    """Above SYNCFS_MIN_SEGMENTS a group-commit round syncs the filesystem once; it completes and
-    everything appended reads back after a restart."""
+    """Above SYNCFS_MIN_SEGMENTS a group-commit round syncs the filesystem once, and so does the
+    clean close; both complete and everything appended reads back after the clean restart."""
     from strata_broker.log.manager import LogManager
     from strata_broker.log.segment import SYNCFS_MIN_SEGMENTS
 
@@ -156,7 +156,10 @@ def test_a_round_of_many_segments_is_one_filesystem_sync(tmp_path) -> None:
             logs.close()
 
     asyncio.run(scenario())
+    # That many written partitions closed with one filesystem sync: still a clean shutdown.
+    assert (tmp_path / "data" / ".clean-shutdown").exists()
     logs = LogManager(str(tmp_path / "data"), BrokerConfig.from_overrides({}))
     logs.open()
+    assert logs.unloaded_partitions() == len(logs.all_partitions())  # clean: nothing recovered
     assert all(values(p) == [f"{p.topic}/{p.partition}".encode()] for p in logs.all_partitions())
     logs.close()

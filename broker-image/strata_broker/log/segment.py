@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 from .batch import HEADER_SIZE, LOG_OVERHEAD, BatchHeader, batch_is_intact, parse_header, peek_length
+from .files import fsync_fd
 from .handles import HandleCache
 from .index import OffsetIndex, TimeIndex
 
@@ -402,7 +403,7 @@ class Segment:
             return
         self._use()
         self.write_out()
-        os.fsync(self._fd_write)
+        fsync_fd(self._fd_write)
         self.offset_index.fsync()
         self.time_index.fsync()
 
