@@ -5,7 +5,8 @@ each broker, in one invocation:
 
 * time to create the topics (CreateTopics, 100 topics a request), broker RSS above the empty broker,
   open descriptors (Strata: `strata_open_file_descriptors` from /metrics);
-* Metadata for all topics (confluent-kafka list_topics, best of 3);
+* Metadata for all topics (confluent-kafka list_topics, best of 3); ListOffsets (latest) of every
+  partition in one request and an OffsetCommit of every partition in one request (best of 3 each);
 * produce throughput with confluent-kafka: 1 KiB incompressible records, linger.ms=20, records
   spread round robin over every partition (each produce() names its partition), --acks;
 * consume throughput of what was produced (assign() of every partition from offset 0, no group);
@@ -45,8 +46,8 @@ from _common import (  # noqa: E402
     strata_broker,
     tansu_broker,
 )
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E402
 
 MB = 1_000_000
 RECORD = 1024
@@ -125,6 +126,50 @@ def metadata_all(bootstrap: str, expected: int, timeout: float = 120.0) -> float
         if time.monotonic() > deadline:
             raise RuntimeError(f"metadata shows {count}/{expected} partitions")
         time.sleep(0.2)
+
+
+def list_offsets_all(bootstrap: str, parts: list[tuple[str, int]]) -> float:
+    """Seconds for ListOffsets (latest) of every partition, one request (best of 3)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.list_topics(timeout=60)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for fut in admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in parts},
+                                      request_timeout=120).values():
+            fut.result()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def commit_all(bootstrap: str, parts: list[tuple[str, int]]) -> float:
+    """Seconds for an OffsetCommit of every partition, one request (best of 3)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-commit", "enable.auto.commit": False})
+    best = float("inf")
+    try:
+        # Untimed first commit, retried while the coordinator comes up (the offsets topic is created
+        # on first use).
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, 0) for t, p in parts[:1]], asynchronous=False)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                waiting = err.retriable() or err.code() in (KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                                            KafkaError.NOT_COORDINATOR,
+                                                            KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+                if time.monotonic() > deadline or not waiting:
+                    raise
+                time.sleep(0.5)
+        for i in range(3):
+            offsets = [TopicPartition(t, p, i) for t, p in parts]
+            t0 = time.perf_counter()
+            consumer.commit(offsets=offsets, asynchronous=False)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        consumer.close()
+    return best
 
 
 def targets(topics: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -227,6 +272,8 @@ def write_read_each(bootstrap: str, parts: list[tuple[str, int]], timeout: float
 class Result:
     create_s: float = float("nan")
     metadata_ms: float = float("nan")
+    list_offsets_ms: float = float("nan")
+    commit_ms: float = float("nan")
     rss_empty: float = float("nan")
     rss: float = float("nan")
     fds: int = -1
@@ -260,6 +307,13 @@ def measure(broker: Broker, count: int, args: argparse.Namespace, strata: bool, 
         res.rss_empty = rss_mib(pid)
         res.create_s = create_all(broker.bootstrap, topics, timeout=600)
         res.metadata_ms = metadata_all(broker.bootstrap, count) * 1000
+        try:
+            res.list_offsets_ms = list_offsets_all(broker.bootstrap, parts) * 1000
+            res.commit_ms = commit_all(broker.bootstrap, parts) * 1000
+        except Exception as exc:  # noqa: BLE001 - a broker without these APIs still gets the rest measured
+            note(f"  {broker.name}: ListOffsets/OffsetCommit FAILED: {exc!r}")
+        note(f"  {broker.name} {count} partitions: metadata {res.metadata_ms:.1f} ms, ListOffsets "
+             f"{res.list_offsets_ms:.1f} ms, OffsetCommit {res.commit_ms:.1f} ms")
         for acks in args.acks.split(","):
             spy = None
             if profile is not None and acks == args.acks.split(",")[0]:
@@ -350,14 +404,16 @@ def main() -> int:
                         note(f"  tansu FAILED: {exc!r}")
                         rows.append((count, "tansu", Result(check=f"FAILED {exc!r}")))
     acks_list = args.acks.split(",")
-    header = (["partitions", "broker", "create s", "metadata ms", "RSS MiB (empty)", "KiB/partition", "fds"]
+    header = (["partitions", "broker", "create s", "metadata ms", "ListOffsets ms", "OffsetCommit ms",
+               "RSS MiB (empty)", "KiB/partition", "fds"]
               + [f"produce acks={a} MB/s" for a in acks_list]
               + ["consume MB/s", "restart clean s", "restart SIGKILL s", "check"])
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for count, name, r in rows:
         per = (r.rss - r.rss_empty) * 1024 / max(1, count)
-        cells = [f"{count:,}", name, fmt(r.create_s, 2), fmt(r.metadata_ms), f"{fmt(r.rss)} ({fmt(r.rss_empty)})",
+        cells = [f"{count:,}", name, fmt(r.create_s, 2), fmt(r.metadata_ms), fmt(r.list_offsets_ms),
+                 fmt(r.commit_ms), f"{fmt(r.rss)} ({fmt(r.rss_empty)})",
                  fmt(per), str(r.fds)]
         cells += [fmt(r.produce[a][0]) + (f" ({r.produce[a][1]} failed)" if r.produce[a][1] else "")
                   if a in r.produce else "-" for a in acks_list]

@@ -275,8 +275,13 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("log.retention.check.interval.ms", _int_at_least(10), "300000", "retention sweep period"),
         ConfigKey("log.flush.interval.ms", _int_at_least(0), "1000", "background fsync period; 0 = off"),
         ConfigKey("log.segment.handles.max", _int_at_least(0), "0",
-                  "segments whose files stay open (4 descriptors each), least recently used closed first; "
-                  "0 = min(1024, open-files limit / 8)"),
+                  "segments whose files stay open (1 descriptor each), least recently used closed first; "
+                  "0 = min(4096, open-files limit / 2)"),
+        ConfigKey("log.append.buffer.ms", _int_at_least(0), "0",
+                  "write-behind: appends wait in memory at most this long before they are written to the "
+                  "segment file (sooner at 128 KiB a partition or 64 MiB in all, and before every fsync: "
+                  "acks=all is unaffected; a kill -9 loses up to this long of acks=0/1 writes); "
+                  "0 = every append is written through before it is answered"),
         ConfigKey("connections.max.idle.ms", _int_at_least(0), "600000", "close idle connections"),
         ConfigKey("cluster.id", str, "strata-local", "cluster id shown to clients"),
         # Cluster mode (docs/cluster.md): several brokers, one bucket, placement from a controller.

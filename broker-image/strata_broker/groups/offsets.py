@@ -29,6 +29,8 @@ from ..log.partition import PartitionLog
 from ..replica import ReplicaManager
 
 log = logging.getLogger(__name__)
+# Offset records per batch of the offsets topic stop at about this size (far below max.message.bytes).
+_BATCH_BYTES = 256 * 1024
 
 OFFSETS_TOPIC = "__consumer_offsets"
 
@@ -252,14 +254,27 @@ class OffsetStore:
         self.ensure_topic()
         topic = self.logs.topics[OFFSETS_TOPIC]
         plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
-        builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=producer_id >= 0,
-                                            producer_id=producer_id, producer_epoch=producer_epoch,
-                                            base_sequence=-1, batch_size=1 << 30)
         now = int(self.wall() * 1000)
-        for i, ((topic_name, partition), entry) in enumerate(entries.items()):
-            builder.append(i, timestamp=now, key=encode_key(group_id, topic_name, partition),
+        # A commit of many partitions is several batches (each within the topic's max.message.bytes),
+        # still one append: one write and one durable wait.
+        batches: list[bytes] = []
+        batch_bytes = min(_BATCH_BYTES, plog.config.max_message_bytes // 2)
+        builder = None
+        for (topic_name, partition), entry in entries.items():
+            if builder is None:
+                builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=producer_id >= 0,
+                                                    producer_id=producer_id, producer_epoch=producer_epoch,
+                                                    base_sequence=-1, batch_size=1 << 30)
+                count = 0
+            builder.append(count, timestamp=now, key=encode_key(group_id, topic_name, partition),
                            value=None if entry is None else encode_value(entry), headers=[])
-        appended = self.replicas.append(plog, bytes(builder.build()))
+            count += 1
+            if builder.size() >= batch_bytes:
+                batches.append(bytes(builder.build()))
+                builder = None
+        if builder is not None:
+            batches.append(bytes(builder.build()))
+        appended = self.replicas.append(plog, b"".join(batches))
         try:
             await appended.durable()
         except KafkaProtocolError as exc:

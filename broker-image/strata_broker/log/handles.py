@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import resource
 from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .segment import AppendBuffers
 
 # Descriptors a segment holds while open: its log (read and written through one descriptor); its
 # index files are opened only while their buffered entries are written out.
@@ -34,6 +37,8 @@ class HandleCache:
         self._open: OrderedDict[HasFiles, None] = OrderedDict()
         self._pinned: dict[HasFiles, int] = {}
         self.evictions = 0
+        # The broker's write-behind for the segments' appends (None: appends are written through).
+        self.buffers: AppendBuffers | None = None
 
     def __len__(self) -> int:
         return len(self._open)

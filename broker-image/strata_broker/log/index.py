@@ -14,6 +14,8 @@ import struct
 from array import array
 from bisect import bisect_right
 
+from .files import fsync_fd
+
 OFFSET_ENTRY = struct.Struct(">ii")  # relative offset, file position
 TIME_ENTRY = struct.Struct(">qi")  # max timestamp so far, relative offset
 
@@ -60,7 +62,7 @@ class _AppendOnlyFile:
                 os.write(fd, self._pending)
                 self._pending = bytearray()
             if sync:
-                os.fsync(fd)
+                fsync_fd(fd)
         finally:
             os.close(fd)
 

@@ -336,7 +336,8 @@ async def handle_offset_commit(ctx: RequestContext, request: OffsetCommitRequest
                                                                        p.committed_metadata, now)
             indexes.append(p.partition_index)
         order.append((topic.name, indexes))
-    denied = {tp for tp in offsets if not ctx.authorize(OP_READ, RES_TOPIC, tp[0])}
+    denied_topics = {name for name, _ in order if not ctx.authorize(OP_READ, RES_TOPIC, name)}  # once a topic
+    denied = {tp for tp in offsets if tp[0] in denied_topics} if denied_topics else set()
     if groups is None:
         results = {tp: E.COORDINATOR_NOT_AVAILABLE for tp in offsets}
     elif not ctx.authorize(OP_READ, RES_GROUP, request.group_id):

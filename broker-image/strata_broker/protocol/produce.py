@@ -9,6 +9,7 @@ from kafka.protocol.producer import ProduceRequest, ProduceResponse
 
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.batch import ATTR_TRANSACTIONAL, HEADER_SIZE, parse_header
+from ..log.manager import Topic
 from ..log.produce_checks import apply_topic_policies
 from ..replica.manager import Appended
 from ..schemas import gate as schema_gate
@@ -59,15 +60,21 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
     waits: list[tuple[_PartitionResponse, Appended]] = []  # acks=all: answered once durable
     for topic_data in request.topic_data:
         partitions = []
+        # Authorization and the topic's lookup once per topic, not per partition.
+        topic: Topic | KafkaProtocolError
+        try:
+            topic = request_error if request_error is not None else replicas.topic(ctx, topic_data.name, OP_WRITE)
+        except KafkaProtocolError as exc:
+            topic = exc
         for pdata in topic_data.partition_data:
             response = _PartitionResponse(index=pdata.index, error_code=0, base_offset=-1, log_append_time_ms=-1,
                                           log_start_offset=-1)
             try:
-                if request_error is not None:
-                    raise request_error
-                plog = replicas.partition(ctx, topic_data.name, pdata.index, OP_WRITE)
+                if isinstance(topic, KafkaProtocolError):
+                    raise topic
+                plog = replicas.partition_of(topic, pdata.index)
                 internal_ok = schema_gate(ctx, topic_data.name, pdata.records)  # _schemas writer; checked topics
-                if services.logs.topics[topic_data.name].internal and not internal_ok:
+                if topic.internal and not internal_ok:
                     raise KafkaProtocolError(ErrorCode.INVALID_TOPIC_EXCEPTION,
                                              f"{topic_data.name} is internal: only the broker writes it")
                 records = pdata.records

@@ -65,6 +65,7 @@ class SingleBroker:
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
+        self._leader = PartitionLeader(node_id, 0)  # one object: Metadata's cache compares it by identity
 
     def leads(self, topic: str, partition: int) -> bool:
         return True
@@ -91,7 +92,7 @@ class SingleBroker:
         return []
 
     def partition_leaders(self, topic: str, topic_id: str, partitions: int) -> list[PartitionLeader] | None:
-        return [PartitionLeader(self.node_id, 0)] * partitions
+        return [self._leader] * partitions
 
     async def exists_elsewhere(self, name: str) -> bool:
         return False

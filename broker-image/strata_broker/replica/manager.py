@@ -69,11 +69,21 @@ class ReplicaManager:
     def partition(self, caller: Caller, topic: str, partition: int, operation: int) -> PartitionLog:
         """The partition a request names: the caller may do `operation` on the topic, the
         partition exists and this broker leads it. Raises the Kafka error a client expects."""
+        return self.partition_of(self.topic(caller, topic, operation), partition)
+
+    def topic(self, caller: Caller, topic: str, operation: int) -> Topic:
+        """partition()'s checks that concern the whole topic (authorization, existence), for a
+        handler that asks about many of its partitions: then partition_of() for each."""
         if not caller.authorize(operation, RES_TOPIC, topic):
             raise KafkaProtocolError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, f"not authorized for topic {topic}")
-        plog = self.logs.get_partition(topic, partition)
-        self.leadership.check_leader(topic, partition)
-        return plog
+        return self.logs.get_topic(topic)
+
+    def partition_of(self, topic: Topic, partition: int) -> PartitionLog:
+        """The rest of partition(): the partition exists and this broker leads it."""
+        if not 0 <= partition < len(topic.partitions):
+            raise KafkaProtocolError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic.name} has no partition {partition}")
+        self.leadership.check_leader(topic.name, partition)
+        return topic.partitions[partition]
 
     # ---- writes ---------------------------------------------------------------------------
 

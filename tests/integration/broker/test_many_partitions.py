@@ -107,7 +107,7 @@ def test_restarts_recover_only_written_partitions_and_lose_nothing(tmp_path: Pat
         assert seen[(topics[-1], 0)] == [f"a/{topics[-1]}/0".encode(), f"c/{topics[-1]}/0".encode()]
         assert seen[(topics[0], 0)] == [f"{tag}/{topics[0]}/0".encode() for tag in "abc"]
     finally:
-        broker.stop()
+        broker.stop(timeout=120)
 
 
 def test_a_torn_tail_of_a_written_partition_is_cut_after_a_crash(tmp_path: Path) -> None:
@@ -182,4 +182,39 @@ def test_one_fetch_over_2000_partitions_returns_exactly_their_records(tmp_path: 
         assert seen == {(t, p): [f"x/{t}/{p}".encode()] + ([f"y/{t}/{p}".encode()] if (t, p) in sevenths else [])
                         for t, p in targets}
     finally:
-        broker.stop()
+        broker.stop(timeout=120)  # a clean close fsyncs 2,000 written partitions: slow on a loaded machine
+
+
+def test_an_offset_commit_larger_than_max_message_bytes_is_stored_whole(tmp_path: Path) -> None:
+    """One OffsetCommit of 2,000 partitions (about 150 KB of offset records) with max.message.bytes
+    at 64 KiB: stored (as several batches of the offsets topic) and read back after a restart."""
+    broker = BrokerProcess(tmp_path / "data", settings={"max.message.bytes": "65536"}).start()
+    try:
+        create(broker.bootstrap, ["wide"], 2000)
+        offsets = [confluent_kafka.TopicPartition("wide", p, p + 1) for p in range(2000)]
+        asked = [confluent_kafka.TopicPartition("wide", p) for p in range(2000)]
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "wide",
+                                             "enable.auto.commit": False})
+
+        def committed() -> bool:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except confluent_kafka.KafkaException as exc:  # the coordinator may still be starting
+                assert exc.args[0].code() in (confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                              confluent_kafka.KafkaError.NOT_COORDINATOR), exc
+                return False
+            return True
+
+        try:
+            wait_until(committed, 60, "the offsets committed")
+        finally:
+            consumer.close()
+        broker.restart()
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "wide",
+                                             "enable.auto.commit": False})
+        try:
+            assert [tp.offset for tp in consumer.committed(asked, timeout=60)] == [p + 1 for p in range(2000)]
+        finally:
+            consumer.close()
+    finally:
+        broker.stop(timeout=120)
