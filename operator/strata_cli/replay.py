@@ -537,6 +537,8 @@ class Task:
     producer: tuple[int, int] | None = None
     copy_codec: str | None = None
     copy_skip: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # per partition: a killed run's producer (id, epoch, next sequence) that this copy goes on with
+    copy_continue: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     acks: int = -1
     registry: str | None = None  # --decode: the schema registry's URL
     decode_errors_raw: bool = False
@@ -580,7 +582,8 @@ def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock:
 
     Events: ("progress", wid, records, bytes, {partition: next offset}, file length or -1,
     {target partition: offset mark}, {partition: target offset the next batch lands at (batch
-    copy)}); ("data", wid, block) when the output has no file descriptor (the parent writes it);
+    copy)}, {partition: (producer id, epoch, sequence) of the next batch (batch copy)});
+    ("data", wid, block) when the output has no file descriptor (the parent writes it);
     ("done", wid); ("error", wid, message).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent sets `stop`
@@ -723,7 +726,7 @@ class _Output:
                     self.lock.release()
             self.pending, self.pending_bytes = [], 0
         records, nbytes = self.records, self.nbytes
-        self.events.put(("progress", self.wid, records, nbytes, dict(self.next), length, marks, {}))
+        self.events.put(("progress", self.wid, records, nbytes, dict(self.next), length, marks, {}, {}))
         self.records = self.nbytes = 0
 
 
@@ -733,12 +736,12 @@ def _run_copy(wid: int, task: Task, events: Any, stop: Any) -> None:
 
     def report(done: Progress) -> None:
         events.put(("progress", wid, done.records, done.nbytes, dict(done.source_next), -1, {},
-                    dict(done.target_next)))
+                    dict(done.target_next), dict(done.producers)))
 
     assert task.to_topic is not None and task.producer is not None
     try:
         copy_batches(task.bootstrap, task.topic, task.to_topic, task.ranges, task.producer, task.copy_codec,
-                     task.copy_skip, stop, report, task.idle_timeout, task.timeout, task.acks)
+                     task.copy_skip, stop, report, task.idle_timeout, task.timeout, task.acks, task.copy_continue)
     except CopyError as exc:
         raise ReplayError(str(exc)) from exc
     except OSError as exc:
@@ -923,6 +926,38 @@ def _ends(bootstrap: str, topic: str, partitions: int, timeout: float) -> dict[i
                 for p in range(partitions)}
     finally:
         consumer.close()
+
+
+# A batch copy's re-run goes on with the killed run's producers only when the state was saved this
+# recently (the state is saved every second while a copy runs: about when it was killed). Requests
+# the killed run had sent are taken by the broker within seconds; the broker keeps a producer's
+# sequence state far longer than this.
+_CONTINUE_SECONDS = 600.0
+
+
+def _continued(found: dict[int, tuple[int, tuple[int, int, int] | None]],
+               saved: dict[int, tuple[int, int, int]], state_path: Path,
+               todo: set[int]) -> dict[int, tuple[int, int, int]]:
+    """Per partition, the killed run's producer (id, epoch, next sequence) a re-run goes on with:
+    after the last of its batches found in the target past the checkpoint, else as of the
+    checkpoint. A Produce the killed run had sent but the broker takes only after the re-run read
+    the target (one still in the broker's socket buffer, or waiting for request memory behind an
+    fsync) then carries a sequence the broker has seen (a duplicate, answered with where it landed)
+    or one out of order (refused): never a second copy of its records, as it was with a new
+    producer id."""
+    try:
+        age = time.time() - state_path.stat().st_mtime
+    except OSError:
+        return {}
+    if age > _CONTINUE_SECONDS:
+        return {}
+    out: dict[int, tuple[int, int, int]] = {}
+    for p in todo:
+        n, last = found.get(p, (0, None))
+        producer = last if n and last is not None else saved.get(p)
+        if producer is not None:
+            out[p] = producer
+    return out
 
 
 def _landed(bootstrap: str, topic: str, marks: dict[int, int], rid: str, timeout: float) -> dict[int, list[int]]:
@@ -1237,19 +1272,24 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 groups = []
             producers: list[tuple[int, int]] = []
             copy_skip: dict[int, tuple[int, int]] = {}
+            copy_continue: dict[int, tuple[int, int, int]] = {}
             if batch_copy:
                 assert to_topic is not None
                 from .replay_copy import CopyError, init_producer_id, list_offsets, metadata, target_tail
 
                 known = [int(x) for x in (saved or {}).get("producer_ids", [])]
                 saved_next = {int(p): int(t) for p, t in (saved or {}).get("target_next", {}).items()}
+                saved_producers = {int(p): (int(v[0]), int(v[1]), int(v[2]))
+                                   for p, v in (saved or {}).get("producers", {}).items()}
+                state["producers"] = {str(p): list(v) for p, v in saved_producers.items()}
                 todo = {r.partition for r in ranges if r.span > 0}
                 try:
                     if saved_next:
                         # A killed run may have put batches in the target after its last checkpoint.
                         found = target_tail(bootstrap, to_topic, {p: t for p, t in saved_next.items() if p in todo},
                                             set(known), timeout)
-                        copy_skip = {p: (n, saved_next[p]) for p, n in found.items() if n}
+                        copy_skip = {p: (n, saved_next[p]) for p, (n, _last) in found.items() if n}
+                        copy_continue = _continued(found, saved_producers, state_path, todo)
                         state["target_next"] = {str(p): t for p, t in saved_next.items()}
                     else:  # before the first batch is sent: where this copy's batches will start
                         ends = list_offsets(metadata(bootstrap, [to_topic], timeout), to_topic,
@@ -1261,6 +1301,10 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 except OSError as exc:
                     raise ReplayError(f"connection to the broker failed: {exc}") from exc
                 state["producer_ids"] = known + [pid for pid, _ in producers]
+                for group, (pid, epoch) in zip(groups, producers, strict=True):
+                    for r in group:  # where a re-run looks for this run's batches still on their way
+                        if r.partition not in copy_continue:
+                            state["producers"][str(r.partition)] = [pid, epoch, 0]
             if to_topic is not None:
                 write_state(state_path, state)
             if fmt == "csv" and (saved is None or (close_fd and not state["output_bytes"])):
@@ -1279,6 +1323,8 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                                producer=producers[i] if batch_copy else None, copy_codec=copy_codec,
                                copy_skip={r.partition: copy_skip[r.partition] for r in groups[i]
                                           if r.partition in copy_skip},
+                               copy_continue={r.partition: copy_continue[r.partition] for r in groups[i]
+                                              if r.partition in copy_continue},
                                registry=schema_registry if decode else None,
                                decode_errors_raw=decode_errors == "raw", acks=-1 if acks == "all" else 1))
                 else:
@@ -1299,11 +1345,12 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 if kind == "data":
                     _write_stdout(event[2])
                 elif kind == "progress":
-                    _, _, recs, nbytes, nxt, length, marks, targets = event
+                    _, _, recs, nbytes, nxt, length, marks, targets, producing = event
                     stats.records += recs
                     stats.bytes += nbytes
                     state["next"].update({str(p): o for p, o in nxt.items()})
                     state.setdefault("target_next", {}).update({str(p): o for p, o in targets.items()})
+                    state.setdefault("producers", {}).update({str(p): list(v) for p, v in producing.items()})
                     if length >= 0:
                         state["output_bytes"] = max(state["output_bytes"], length)
                     if marks:
@@ -1346,10 +1393,11 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                     if event[0] == "data":
                         _write_stdout(event[2])
                     elif event[0] == "progress":
-                        _, wid, recs, nbytes, nxt, length, marks, targets = event
+                        _, wid, recs, nbytes, nxt, length, marks, targets, producing = event
                         stats.records += recs
                         state["next"].update({str(p): o for p, o in nxt.items()})
                         state.setdefault("target_next", {}).update({str(p): o for p, o in targets.items()})
+                        state.setdefault("producers", {}).update({str(p): list(v) for p, v in producing.items()})
                         if length >= 0:
                             state["output_bytes"] = max(state["output_bytes"], length)
             for proc in procs:

@@ -282,13 +282,15 @@ def init_producer_id(bootstrap: str, timeout: float) -> tuple[int, int]:
 
 @dataclass
 class Out:
-    """One batch to send: its new header and body pieces, its record count, the source offset after it."""
+    """One batch to send: its new header and body pieces, its record count, the source offset after
+    it, and the (producer id, epoch, sequence) of the partition's next batch after it."""
 
     partition: int
     pieces: list[Any]
     records: int
     source_next: int
     nbytes: int
+    producer: tuple[int, int, int] = (-1, -1, -1)
 
 
 @dataclass
@@ -366,7 +368,8 @@ class Batcher:
                 walked = Out(self.partition, [], -skipped, position, 0)
                 continue
             self._stamp(pieces, n)
-            out.append(Out(self.partition, pieces, n, position, sum(len(p) for p in pieces)))
+            out.append(Out(self.partition, pieces, n, position, sum(len(p) for p in pieces),
+                           (self.producer_id, self.producer_epoch, self.sequence)))
         self.start = position
         return out, position, walked
 
@@ -451,6 +454,8 @@ class Progress:
     nbytes: int = 0
     source_next: dict[int, int] = field(default_factory=dict)
     target_next: dict[int, int] = field(default_factory=dict)
+    # partition -> (producer id, epoch, sequence) of its next batch: what a re-run continues
+    producers: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _fetcher(conn: Conn, topic: str, batchers: dict[int, Batcher], ends: dict[int, int], out: queue.Queue,
@@ -529,10 +534,13 @@ class _Target:
 def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[int, int, int]],
                  producer: tuple[int, int], codec: str | None, skip: dict[int, tuple[int, int]],
                  stop: Any, report: Callable[[Progress], None], idle_timeout: float, timeout: float,
-                 acks: int = -1) -> None:
+                 acks: int = -1, continued: dict[int, tuple[int, int, int]] | None = None) -> None:
     """Copy [start, end) of each (partition, start, end) of `topic` into the same partition of
     `to_topic`, batch by batch, as `producer` (id, epoch); `skip`: per partition, the records a
-    killed run already put in the target after the checkpoint and the checkpoint's target offset.
+    killed run already put in the target after the checkpoint and the checkpoint's target offset;
+    `continued`: per partition, the killed run's producer (id, epoch, next sequence) to go on with
+    instead (so that a batch the killed run had sent and the broker takes only now is refused as a
+    duplicate or as out of order, never appended twice: see resume_producers).
     `report` gets what was acknowledged, about every quarter second and at the end. Returns when
     done or when `stop` is set (after the requests in flight are answered). `acks`: -1 (all: the
     broker answers once the batch is on disk, fsync) or 1 (once written)."""
@@ -540,7 +548,9 @@ def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[i
 
     cluster = metadata(bootstrap, [topic, to_topic], timeout)
     codec_id = None if codec is None else CODEC_IDS[codec]
-    batchers = {p: Batcher(p, start, end, producer[0], producer[1], codec_id, skip=skip.get(p, (0, 0))[0])
+    continued = continued or {}
+    batchers = {p: Batcher(p, start, end, *continued.get(p, (producer[0], producer[1], 0))[:2], codec_id,
+                           skip=skip.get(p, (0, 0))[0], sequence=continued.get(p, (0, 0, 0))[2])
                 for p, start, end in ranges if end > start}
     if not batchers:
         return
@@ -592,6 +602,7 @@ def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[i
                 progress.nbytes += item.nbytes
                 progress.source_next[item.partition] = item.source_next
                 progress.target_next[item.partition] = r.base_offset + item.records
+                progress.producers[item.partition] = item.producer
 
         def send_round() -> bool:
             """One Produce per target broker holding the next batch of each partition that has one."""
@@ -637,6 +648,8 @@ def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[i
                         walked[item.partition] = walked.get(item.partition, 0) - item.records
                         progress.source_next[item.partition] = item.source_next
                         progress.target_next[item.partition] = walked[item.partition]
+                        b = batchers[item.partition]
+                        progress.producers[item.partition] = (b.producer_id, b.producer_epoch, b.sequence)
                     else:
                         pending[item.partition].append(item)
             if not send_round():
@@ -662,13 +675,14 @@ def copy_batches(bootstrap: str, topic: str, to_topic: str, ranges: list[tuple[i
 
 
 def target_tail(bootstrap: str, topic: str, since: dict[int, int], producer_ids: set[int],
-                timeout: float) -> dict[int, int]:
+                timeout: float) -> dict[int, tuple[int, tuple[int, int, int] | None]]:
     """Records this copy (its producer ids) put in each target partition at or after `since[p]`
-    (a killed run's, after its last checkpoint); raise if anything else is there."""
+    (a killed run's, after its last checkpoint), with the (producer id, epoch, next sequence) that
+    follows the last of them (None when there are none); raise if anything else is there."""
     from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 
     cluster = metadata(bootstrap, [topic], timeout)
-    found: dict[int, int] = {}
+    found: dict[int, tuple[int, tuple[int, int, int] | None]] = {}
     for p, mark in since.items():
         conn = Conn(*cluster.brokers[cluster.leaders[topic][p]], timeout)
         try:
@@ -684,6 +698,7 @@ def target_tail(bootstrap: str, topic: str, since: dict[int, int], producer_ids:
                 raise CopyError(f"{topic}/{p} ends at {end}, before this copy's checkpoint {mark}: the target "
                                 "lost records; --restart to copy again")
             position, count = mark, 0
+            last: tuple[int, int, int] | None = None
             P = FetchRequest.FetchTopic.FetchPartition
             deadline = time.monotonic() + max(timeout, 60)
             while position < end:
@@ -701,7 +716,7 @@ def target_tail(bootstrap: str, topic: str, since: dict[int, int], producer_ids:
                 view = memoryview(fpart.records or b"")
                 pos = 0
                 while pos + HEADER_SIZE <= len(view) and position < end:
-                    (base, length, _, _, _, _, lod, _, _, pid, _, _, n) = _HEADER.unpack_from(view, pos)
+                    (base, length, _, _, _, _, lod, _, _, pid, epoch, seq, n) = _HEADER.unpack_from(view, pos)
                     pos += length + _LOG_OVERHEAD
                     if pos > len(view):
                         break
@@ -711,8 +726,9 @@ def target_tail(bootstrap: str, topic: str, since: dict[int, int], producer_ids:
                         raise CopyError(f"{topic}/{p} holds records of another producer at offset {base}, after "
                                         "this copy's checkpoint: cannot resume without duplicates (--restart)")
                     count += n
+                    last = (pid, epoch, (seq + n) % (1 << 31))
                     position = base + lod + 1
-            found[p] = count
+            found[p] = (count, last)
         finally:
             conn.close()
     return found

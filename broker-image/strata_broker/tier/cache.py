@@ -44,6 +44,13 @@ class ChunkCache:
         # Chunks are bytes, or read-only views of the downloader's shared memory (tier/downloader.py).
         self._memory: OrderedDict[str, bytes | memoryview] = OrderedDict()
         self.memory_chunks = memory_chunks
+        # Chunks in memory that were read ahead (a prefetch) and that no reader has taken yet: the
+        # memory LRU evicts them last, so that several sequential readers' read-ahead is not pushed
+        # out by one another before it is used (each such chunk was downloaded again, cost a second
+        # GET, and was read back from its cache file after that).
+        self._unread: set[str] = set()
+        # Chunks a sequential reader has read to their end: the first to leave memory.
+        self._finished: set[str] = set()
         self.hits = 0
         self.misses = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-cache")
@@ -65,6 +72,8 @@ class ChunkCache:
         data = self._memory.get(name)
         if data is not None:
             self._memory.move_to_end(name)
+            self._unread.discard(name)
+            self._finished.discard(name)
             self.hits += 1
             return data
         if name in self._disk:
@@ -101,9 +110,30 @@ class ChunkCache:
         future.add_done_callback(
             lambda f: self.stored(key, chunk, len(data), not f.cancelled() and f.exception() is None))
 
-    def remember(self, key: str, chunk: int, data: bytes | memoryview) -> None:
-        """Keep a chunk in memory only (its file, if any, is written by someone else: see reserve_file)."""
-        self._remember(self._name(key, chunk), data)
+    def remember(self, key: str, chunk: int, data: bytes | memoryview, unread: bool = False) -> None:
+        """Keep a chunk in memory only (its file, if any, is written by someone else: see reserve_file).
+        unread: read ahead of its reader, kept until a get() takes it unless nothing else can go."""
+        name = self._name(key, chunk)
+        if unread:
+            self._unread.add(name)
+        else:
+            self._unread.discard(name)
+        self._remember(name, data)
+
+    def taken(self, key: str, chunk: int) -> None:
+        """A reader has the chunk (it waited for its download rather than asking get())."""
+        self._unread.discard(self._name(key, chunk))
+
+    def finished(self, key: str, chunk: int) -> None:
+        """A sequential reader has read past the end of the chunk: it leaves memory first."""
+        name = self._name(key, chunk)
+        if name in self._memory:
+            self._finished.add(name)
+
+    @property
+    def unread_chunks(self) -> int:
+        """Chunks read ahead and held in memory that no reader has taken yet."""
+        return len(self._unread)
 
     def reserve_file(self, key: str, chunk: int, size: int) -> str | None:
         """Where the chunk's file is to be written, when the disk cache takes it (None: it does not).
@@ -147,8 +177,25 @@ class ChunkCache:
     def _remember(self, name: str, data: bytes | memoryview) -> None:
         self._memory[name] = data
         self._memory.move_to_end(name)
+        if len(self._memory) <= self.memory_chunks:
+            return
+        # Chunks read to their end go first, then the least recently used of those a reader is
+        # in, and only when nothing else is left unread read-ahead (oldest first in each group).
+        for group in (self._finished, None):
+            excess = len(self._memory) - self.memory_chunks
+            if excess <= 0:
+                return
+            if group is None:
+                olds = [n for n in self._memory if n not in self._unread and n != name][:excess]
+            else:
+                olds = [n for n in self._memory if n in group and n != name][:excess]
+            for old in olds:
+                del self._memory[old]
+                self._finished.discard(old)
         while len(self._memory) > self.memory_chunks:
-            self._memory.popitem(last=False)
+            old, _ = self._memory.popitem(last=False)
+            self._unread.discard(old)
+            self._finished.discard(old)
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

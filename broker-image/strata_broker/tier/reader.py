@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 _VIEW_MIN = 64 * 1024
 # Where the last reads ended, so the next fetch of a sequential reader needs no index.
 _HINTS = 4096
+# A partition read within this long counts as a sequential reader's (see RemoteReader._budget).
+_READER_SECONDS = 2.0
 
 
 class RemoteReader:
@@ -45,6 +48,11 @@ class RemoteReader:
         # (segment log key, offset) -> byte position of the batch that starts at that offset: where a
         # read ended. Objects never change (a rewritten segment has a new key), so a hint stays true.
         self._hints: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # Chunks a prefetch asked for that are still on their way.
+        self._ahead: set[tuple[str, int]] = set()
+        # Partition prefix -> when a read last took bytes of its remote log: the partitions being
+        # read at the moment (a sequential reader each, as far as the read-ahead budget knows).
+        self._reading: OrderedDict[str, float] = OrderedDict()
 
     # ---- chunks ---------------------------------------------------------------------------
 
@@ -54,11 +62,14 @@ class RemoteReader:
             return cached
         if (key, n) not in self._inflight:
             self._start(key, size, [n])
-        return await asyncio.shield(self._inflight[(key, n)])
+        data = await asyncio.shield(self._inflight[(key, n)])
+        self.cache.taken(key, n)
+        return data
 
-    def _start(self, key: str, size: int, run: list[int]) -> None:
+    def _start(self, key: str, size: int, run: list[int], ahead: bool = False) -> None:
         """Downloads of consecutive chunks of key (none cached or on their way): one GET by the
-        downloader process for as many as it takes, each of the rest in-process."""
+        downloader process for as many as it takes, each of the rest in-process. ahead: a
+        prefetch's (the chunks are kept as unread read-ahead until a reader takes them)."""
         parts: list[Part] = []
         for n in run:
             start = n * self.chunk_bytes
@@ -69,19 +80,21 @@ class RemoteReader:
         loop = asyncio.get_running_loop()
         for i, (n, (start, end, path, stored)) in enumerate(zip(run, parts, strict=True)):
             if i < len(futures):
-                task = loop.create_task(self._received(key, n, futures[i]))
+                task = loop.create_task(self._received(key, n, futures[i], ahead))
             else:
-                task = loop.create_task(self._download(key, n, start, end, path, stored))
+                task = loop.create_task(self._download(key, n, start, end, path, stored, ahead))
             self._inflight[(key, n)] = task
+            if ahead:
+                self._ahead.add((key, n))
             task.add_done_callback(lambda t, k=key, c=n: self._chunk_done(k, c, t))
 
-    async def _received(self, key: str, n: int, future: asyncio.Future[memoryview]) -> memoryview:
+    async def _received(self, key: str, n: int, future: asyncio.Future[memoryview], ahead: bool) -> memoryview:
         view = await future
-        self.cache.remember(key, n, view)
+        self.cache.remember(key, n, view, unread=ahead)
         return view
 
     async def _download(self, key: str, n: int, start: int, end: int, path: str | None,
-                        stored: Callable[[bool], None]) -> bytes:
+                        stored: Callable[[bool], None], ahead: bool = False) -> bytes:
         """In-process; path is the chunk's cache file as reserved for this download, stored its
         reservation's report (given up here when the download fails)."""
         try:
@@ -90,12 +103,13 @@ class RemoteReader:
             if path is not None:
                 stored(False)
             raise
-        self.cache.remember(key, n, data)
+        self.cache.remember(key, n, data, unread=ahead)
         self.cache.write(key, n, data, path)
         return data
 
     def _chunk_done(self, key: str, n: int, task: asyncio.Task[Any]) -> None:
         self._inflight.pop((key, n), None)
+        self._ahead.discard((key, n))
         if not task.cancelled() and task.exception() is not None:  # a prefetch nobody waited for
             log.debug("chunk %d of %s: %s", n, key, task.exception())
 
@@ -122,8 +136,14 @@ class RemoteReader:
         when it holds the very next chunk. Only a short run at the window's far end waits for the
         window to move on, so that a sliding window asks for two or more chunks at a time rather
         than one (fewer requests; with some stores, such as moto, each ranged GET reads the whole
-        object)."""
+        object).
+
+        Every reader's read-ahead comes out of one budget (_budget): chunks read ahead that no
+        reader has taken yet, in memory or on their way, stay within what the memory cache holds
+        beside the chunks the readers are in, so that one reader's read-ahead never pushes out
+        another's before it is used."""
         window = self.prefetch_chunks
+        room = self._budget() - len(self._ahead) - self.cache.unread_chunks
         segment = manifest.segments[index]
         n = position // self.chunk_bytes
         run: list[int] = []
@@ -139,17 +159,32 @@ class RemoteReader:
             key = segment.key(prefix, "log")
             if self.cache.contains(key, n) or (key, n) in self._inflight:
                 if run:
-                    self._start(key, segment.size, run)
+                    self._start(key, segment.size, run, ahead=True)
                     run = []
                 continue
+            if room <= 0:
+                break
             if not run:
                 urgent = ahead == 1
             run.append(n)
+            room -= 1
             if (n + 1) * self.chunk_bytes >= segment.size:  # the run reaches the end of its segment
-                self._start(key, segment.size, run)
+                self._start(key, segment.size, run, ahead=True)
                 run = []
         if run and (urgent or 2 * len(run) >= window):
-            self._start(segment.key(prefix, "log"), segment.size, run)
+            self._start(segment.key(prefix, "log"), segment.size, run, ahead=True)
+
+    def _budget(self) -> int:
+        """Chunks that may be read ahead at once: the memory cache less one chunk for each partition
+        read in the last _READER_SECONDS (the chunk its reader is in), at most half of it (readers
+        that have not read yet are not counted), at least one."""
+        now = time.monotonic()
+        while self._reading:
+            key, at = next(iter(self._reading.items()))
+            if now - at <= _READER_SECONDS:
+                break
+            del self._reading[key]
+        return max(1, min(self.cache.memory_chunks // 2, self.cache.memory_chunks - len(self._reading)))
 
     # ---- indexes --------------------------------------------------------------------------
 
@@ -263,6 +298,12 @@ class RemoteReader:
             while len(self._hints) > _HINTS:
                 self._hints.popitem(last=False)
         data = await self._bytes(key, segment.size, start, end)
+        # The chunks this read went past the end of are done with (a sequential reader's).
+        for n in range(start // self.chunk_bytes, (end if end == segment.size else end - end % self.chunk_bytes
+                                                    ) // self.chunk_bytes + (end == segment.size)):
+            self.cache.finished(key, n)
+        self._reading[prefix] = time.monotonic()
+        self._reading.move_to_end(prefix)
         self._prefetch(manifest, prefix, index, max(end - 1, start))
         return data if len(data) >= _VIEW_MIN else bytes(data)
 

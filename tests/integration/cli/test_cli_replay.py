@@ -9,11 +9,13 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import pytest
@@ -621,11 +623,24 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
         return sum(probe.get_watermark_offsets(confluent_kafka.TopicPartition(dst, p), timeout=10, cached=False)[1]
                    for p in range(2))
 
+    def written() -> int:
+        """Bytes in the target's segment files: read without asking the broker, whose answers wait
+        behind the copy it is taking in (a ListOffsets poll could miss the whole 40 MB copy)."""
+        total = 0
+        for p in range(2):
+            for path in (broker.data_dir / f"{dst}-{p}").glob("*.log"):
+                try:
+                    total += path.stat().st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
     def run_and_kill(beyond: int) -> int:
+        before = written()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 120
-        while landed() <= beyond and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+        while written() <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
         if mode == "batches-ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
             _, err = proc.communicate(timeout=120)
@@ -667,6 +682,74 @@ def test_to_topic_killed_hard_then_rerun_never_duplicates(broker: BrokerProcess,
         seen[msg.partition()].append(int(i) // 2)
     for p in range(2):
         assert seen[p] == list(range(n // 2))  # in order, complete, once
+
+
+def test_a_killed_copys_produce_taken_after_the_rerun_read_the_target_is_not_a_duplicate(
+        broker: BrokerProcess) -> None:
+    """The race behind a rare duplicate after a hard kill: a Produce the killed run had sent but the
+    broker took only after the re-run read the target's tail (still in the broker's socket buffer,
+    or waiting for request memory behind an fsync). The re-run goes on with the killed run's
+    producer id and sequence, so that late batch and the re-run's own copy of it are one batch to
+    the broker's idempotence: whichever comes second is answered as a duplicate. (With a new
+    producer id, as before, both were appended.)"""
+    from kafka.protocol.consumer import FetchRequest
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    from strata_cli.replay_copy import Batcher, Conn, Progress, copy_batches, init_producer_id, target_tail
+
+    src, dst = f"late-src-{time.monotonic_ns()}", f"late-dst-{time.monotonic_ns()}"
+    create_topic(broker.bootstrap, src, 1, {"retention.ms": "-1"})
+    create_topic(broker.bootstrap, dst, 1, {"retention.ms": "-1"})
+    host, port = broker.bootstrap.rsplit(":", 1)
+    conn = Conn(host, int(port), 30)
+    PD = ProduceRequest.TopicProduceData
+
+    def produce(topic: str, records: bytes) -> Any:
+        resp = conn.call(ProduceRequest(version=8, transactional_id=None, acks=-1, timeout_ms=30_000, topic_data=[
+            PD(name=topic, partition_data=[PD.PartitionProduceData(index=0, records=records)])]))
+        return resp.responses[0].partition_responses[0]
+
+    try:
+        for b in range(6):  # six batches of ten records: offsets 0..59
+            builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                                producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                                batch_size=1 << 20)
+            for i in range(10):
+                builder.append(i, timestamp=1_700_000_000_000 + b * 10 + i, key=b"%d" % (b * 10 + i),
+                               value=b"v%d" % (b * 10 + i), headers=[])
+            assert produce(src, bytes(builder.build())).error_code == 0
+        killed = init_producer_id(broker.bootstrap, 30)
+        done: list[Progress] = []
+        # The killed run: its first three batches acknowledged (its checkpoint), then killed.
+        copy_batches(broker.bootstrap, src, dst, [(0, 0, 30)], killed, None, {}, threading.Event(), done.append,
+                     30, 30)
+        checkpoint = [d.producers[0] for d in done if 0 in d.producers][-1]
+        assert checkpoint == (killed[0], killed[1], 30)
+        # Its fourth batch, sent before the kill, not yet taken by the broker.
+        P = FetchRequest.FetchTopic.FetchPartition
+        fetched = conn.call(FetchRequest(
+            version=11, replica_id=-1, max_wait_ms=100, min_bytes=1, max_bytes=1 << 20, isolation_level=1,
+            session_id=0, session_epoch=-1, topics=[FetchRequest.FetchTopic(topic=src, partitions=[P(
+                partition=0, current_leader_epoch=-1, fetch_offset=30, log_start_offset=-1,
+                partition_max_bytes=1 << 20)])], forgotten_topics_data=[], rack_id=""))
+        late, _, _ = Batcher(0, 30, 60, killed[0], killed[1], None, sequence=30).take(
+            fetched.responses[0].partitions[0].records)
+        # The re-run reads the target past the checkpoint: nothing of the killed run there yet.
+        assert target_tail(broker.bootstrap, dst, {0: 30}, {killed[0]}, 30) == {0: (0, None)}
+        # Now the broker takes the late batch...
+        assert produce(dst, b"".join(late[0].pieces)).base_offset == 30
+        # ...and the re-run copies from the checkpoint on, as the killed run's producer.
+        copy_batches(broker.bootstrap, src, dst, [(0, 30, 60)], init_producer_id(broker.bootstrap, 30), None, {},
+                     threading.Event(), done.append, 30, 30, continued={0: checkpoint})
+    finally:
+        conn.close()
+    got = [int(m.key()) for m in read_topic(broker.bootstrap, dst, 1, 60)]
+    assert got == list(range(60))  # once each, in order
+    probe = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "probe-late"})
+    try:
+        assert probe.get_watermark_offsets(confluent_kafka.TopicPartition(dst, 0), timeout=10, cached=False)[1] == 60
+    finally:
+        probe.close()
 
 
 def test_a_reader_that_stops_reading_ends_the_replay_without_a_state(source: Source, tmp_path: Path) -> None:
