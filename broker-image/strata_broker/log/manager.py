@@ -68,26 +68,28 @@ def validate_topic_name(name: str) -> None:
                                  f"invalid topic name {name!r}: 1-249 of [a-zA-Z0-9._-]")
 
 
-# A group-commit round with at most this many bytes written since its segments' last sync is
-# fsynced on the event loop's own thread when nothing else is ready to run there and recent rounds
-# took at most INLINE_SYNC_MAX_SECONDS (on average): see GroupCommit.
+# A group-commit round of at most INLINE_SYNC_MAX_SEGMENTS segments with at most this many bytes
+# written since their last sync is fsynced on the event loop's own thread when nothing else is ready
+# to run there and recent rounds took at most INLINE_SYNC_MAX_SECONDS (on average): see GroupCommit.
 INLINE_SYNC_MAX_BYTES = 256 * 1024
+INLINE_SYNC_MAX_SEGMENTS = 4
 INLINE_SYNC_MAX_SECONDS = 0.001
 
 
 class GroupCommit:
     """acks=all waits here: every waiter that arrives during one fsync round shares the next one.
 
-    A round is fsynced on the event loop's thread when the loop has nothing else ready to run and
-    the round is small (`inline_max_bytes` written since its segments' last sync, the size a
-    moderate rate leaves) and recent rounds were quick (a moving average of their fsync time at
-    most `inline_max_seconds`; a slow disk never stalls the loop for long): the loop would only
+    A round is fsynced on the event loop's thread when the loop has nothing else ready to run, the
+    round is small (at most INLINE_SYNC_MAX_SEGMENTS segments and `inline_max_bytes` written since
+    their last sync: what a moderate rate leaves, never the background flush of many partitions)
+    and recent rounds were quick (a moving average of their fsync time at most
+    `inline_max_seconds`, so a slow disk does not stall the loop for long). The loop would only
     sleep meanwhile, and no thread hand-off (an executor wake-up, then the GIL and the loop's
     self-pipe on the way back, each a chance for the scheduler of a loaded machine to take
-    milliseconds) stands between the fdatasync and the answer. Any other round runs on a thread
-    of its own, so the loop keeps reading and appending the requests
-    of the next round meanwhile, and an acknowledgement never queues behind the uploads,
-    compaction and downloads that use the default executor."""
+    milliseconds) stands between the fdatasync and the answer. Any other round runs on a thread of
+    its own, so the loop keeps reading and appending the next round's requests meanwhile, and an
+    acknowledgement never queues behind the uploads, compaction and downloads that use the default
+    executor."""
 
     def __init__(self, inline_max_bytes: int = INLINE_SYNC_MAX_BYTES,
                  inline_max_seconds: float = INLINE_SYNC_MAX_SECONDS) -> None:
@@ -120,6 +122,8 @@ class GroupCommit:
         """Sync this round on the loop's thread: the loop is idle (no callback ready; a loop that
         does not say is taken as busy), the disk has been quick and the round is small."""
         if getattr(loop, "_ready", True) or self.sync_seconds > self.inline_max_seconds:
+            return False
+        if len(segments) > INLINE_SYNC_MAX_SEGMENTS:
             return False
         unsynced = 0
         for segment in segments:
