@@ -71,7 +71,7 @@ def validate_topic_name(name: str) -> None:
 # A group-commit round of at most INLINE_SYNC_MAX_SEGMENTS segments with at most this many bytes
 # written since their last sync is fsynced on the event loop's own thread when nothing else is ready
 # to run there and recent rounds took at most INLINE_SYNC_MAX_SECONDS (on average): see GroupCommit.
-INLINE_SYNC_MAX_BYTES = 256 * 1024
+INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_SEGMENTS = 4
 INLINE_SYNC_MAX_SECONDS = 0.001
 
