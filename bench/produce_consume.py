@@ -210,6 +210,7 @@ class Latency:
     samples: list[float] = field(default_factory=list)
     errors: int = 0
     broker_cpu: float = float("nan")
+    load: float = float("nan")  # 1-minute load average at the end of the run
 
     def pct(self, q: float) -> float:
         if not self.samples:
@@ -447,9 +448,10 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
             res.fsync_ref.samples += raw_fsync_latency(fsync_dir, 1.0)
             note(f"{broker.name}: raw append+fsync around it: p50 {res.fsync_ref.pct(0.5):.2f} ms "
                  f"p99 {res.fsync_ref.pct(0.99):.2f} ms")
+        lat.load = os.getloadavg()[0]
         res.latency[acks] = lat
         note(f"{broker.name}: latency acks={acks} @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
-             f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors)")
+             f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors, load {lat.load:.2f})")
     if args.only_latency:
         return res
     # Every throughput run starts from the state the first one had: the previous run's topic
@@ -508,6 +510,17 @@ def ratio(a: float, b: float) -> str:
         return "-"
     r = a / b
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
+# The acks=all tail-latency target: p99 at most the raw append+fsync p99 of the same run plus this.
+TARGET_P99_MARGIN_MS = 2.0
+
+
+def latency_target(acks_all: Latency, fsync_ref: Latency) -> str:
+    """The target line for one acks=all latency measurement and its raw fsync reference."""
+    p99, ref = acks_all.pct(0.99), fsync_ref.pct(0.99)
+    verdict = "met" if p99 <= ref + TARGET_P99_MARGIN_MS else "NOT met"
+    return (f"acks=all p99 {p99:.2f} ms <= raw fsync p99 {ref:.2f} + {TARGET_P99_MARGIN_MS:g} ms: {verdict}")
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
@@ -604,6 +617,9 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                   "latency: linger.ms=0, one 1-partition topic, paced produce; consume: assign(), "
                   "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",
                   highlight=False)
+    if "all" in strata.latency:
+        console.print("TARGET: " + latency_target(strata.latency["all"], strata.fsync_ref or fsync_lat),
+                      highlight=False)
     for name in ("tansu", "kafka", "rdkafka_performance"):
         if notes.get(name):
             console.print(f"{name}: {notes[name]}", highlight=False)
@@ -657,8 +673,12 @@ def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
     return merged
 
 
-def report_ab(fsync_lat: Latency, strata: BrokerResults, previous: BrokerResults, args: argparse.Namespace) -> None:
-    """This code beside the previous code (--baseline), measured alternately in this one run."""
+def report_ab(fsync_lat: Latency, strata_rounds: list[BrokerResults], previous_rounds: list[BrokerResults],
+              args: argparse.Namespace) -> None:
+    """This code beside the previous code (--baseline), measured alternately in this one run; then the
+    acks=all latency round by round (each beside the raw fsync measured around it, and the load) and
+    the tail-latency target on the median round."""
+    strata, previous = merge_rounds(strata_rounds), merge_rounds(previous_rounds)
     table = Table(title=f"A/B: this code vs {args.baseline} ({args.ab_rounds} alternating rounds each; throughput "
                         "= best round, latency = all samples)")
     for col in ("measurement", "this code", f"previous ({args.baseline})", "this / previous",
@@ -687,6 +707,15 @@ def report_ab(fsync_lat: Latency, strata: BrokerResults, previous: BrokerResults
     console.print(table)
     console.print("raw fsync: one 1 KiB append+fsync in the broker's data directory, measured for 1 s just before "
                   "and just after each acks=all latency run (same load as that run).", highlight=False)
+    for label, side in (("this code", strata_rounds), (f"previous ({args.baseline})", previous_rounds)):
+        runs = [(r.latency["all"], r.fsync_ref or fsync_lat) for r in side if "all" in r.latency]
+        if not runs:
+            continue
+        console.print(f"acks=all by round, {label}: " + "; ".join(
+            f"p50 {lat.pct(0.5):.2f} p99 {lat.pct(0.99):.2f} (raw fsync p99 {ref.pct(0.99):.2f}, load {lat.load:.2f})"
+            for lat, ref in runs), highlight=False)
+        lat, ref = sorted(runs, key=lambda run: run[0].pct(0.99) - run[1].pct(0.99))[len(runs) // 2]
+        console.print(f"TARGET ({label}, median round): " + latency_target(lat, ref), highlight=False)
 
 
 def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
@@ -777,7 +806,7 @@ def main() -> int:
                 for side in sides:
                     rounds[side].append(measure_strata(args, tmp, data_dir, perf_binary, brokers,
                                                        previous_source if side == "previous" else None, side))
-            report_ab(fsync_lat, merge_rounds(rounds["strata"]), merge_rounds(rounds["previous"]), args)
+            report_ab(fsync_lat, rounds["strata"], rounds["previous"], args)
             note(f"total {time.monotonic() - started:.0f}s")
             return 0
         strata_res = measure_strata(args, tmp, data_dir, perf_binary, brokers, None, "strata")

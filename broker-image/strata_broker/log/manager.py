@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,39 +72,81 @@ def validate_topic_name(name: str) -> None:
                                  f"invalid topic name {name!r}: 1-249 of [a-zA-Z0-9._-]")
 
 
+# A group-commit round of at most INLINE_SYNC_MAX_SEGMENTS segments with at most this many bytes
+# written since their last sync is fsynced on the event loop's own thread when nothing else is ready
+# to run there and recent rounds took at most INLINE_SYNC_MAX_SECONDS (on average): see GroupCommit.
+INLINE_SYNC_MAX_BYTES = 64 * 1024
+INLINE_SYNC_MAX_SEGMENTS = 4
+INLINE_SYNC_MAX_SECONDS = 0.001
+
+
 class GroupCommit:
     """acks=all waits here: every waiter that arrives during one fsync round shares the next one.
 
-    The fsyncs run on a thread of their own, so an acknowledgement never queues behind the
-    uploads, compaction and downloads that use the default executor."""
+    A round is fsynced on the event loop's thread when the loop has nothing else ready to run, the
+    round is small (at most INLINE_SYNC_MAX_SEGMENTS segments and `inline_max_bytes` written since
+    their last sync: what a moderate rate leaves, never the background flush of many partitions)
+    and recent rounds were quick (a moving average of their fsync time at most
+    `inline_max_seconds`, so a slow disk does not stall the loop for long). The loop would only
+    sleep meanwhile, and no thread hand-off (an executor wake-up, then the GIL and the loop's
+    self-pipe on the way back, each a chance for the scheduler of a loaded machine to take
+    milliseconds) stands between the fdatasync and the answer. Any other round runs on a thread of
+    its own, so the loop keeps reading and appending the next round's requests meanwhile, and an
+    acknowledgement never queues behind the uploads, compaction and downloads that use the default
+    executor."""
 
-    def __init__(self) -> None:
+    def __init__(self, inline_max_bytes: int = INLINE_SYNC_MAX_BYTES,
+                 inline_max_seconds: float = INLINE_SYNC_MAX_SECONDS) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strata-fsync")
         self._segments: set[Segment] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
+        self.inline_max_bytes = inline_max_bytes
+        self.inline_max_seconds = inline_max_seconds
+        self.sync_seconds = 0.0  # moving average of a round's fsync time (the disk, as seen lately)
+        # Each segment's size when a round last took it (weak: a deleted segment drops out).
+        self._synced_size: weakref.WeakKeyDictionary[Segment, int] = weakref.WeakKeyDictionary()
         self.rounds = 0
+        self.inline_rounds = 0  # of `rounds`, those synced on the loop's thread
         # Directories whose new entries must be durable before this round's data (written markers).
         self.dirs: set[str] = set()
 
     async def sync_many(self, segments: Iterable[Segment]) -> None:
         """Until every one of `segments` is durable: one waiter for all (a request's partitions)."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._segments.update(segments)
         self._waiters.append(future)
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._run())
+            loop.create_task(self._run())
         await future
 
+    def _inline(self, loop: asyncio.AbstractEventLoop, segments: set[Segment]) -> bool:
+        """Sync this round on the loop's thread: the loop is idle (no callback ready; a loop that
+        does not say is taken as busy), the disk has been quick and the round is small."""
+        if getattr(loop, "_ready", True) or self.sync_seconds > self.inline_max_seconds:
+            return False
+        if len(segments) > INLINE_SYNC_MAX_SEGMENTS:
+            return False
+        unsynced = 0
+        for segment in segments:
+            unsynced += segment.size - self._synced_size.get(segment, 0)
+            if unsynced > self.inline_max_bytes:
+                return False
+        return True
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiters:
                 segments, waiters = self._segments, self._waiters
                 self._segments, self._waiters = set(), []
                 dirs, self.dirs = self.dirs, set()
+                inline = self._inline(loop, segments)
                 for segment in segments:
                     segment.dirty = False
+                    self._synced_size[segment] = segment.size
                 # An open segment's descriptor stays open (and the same) while the thread syncs it; one
                 # not open is synced through a descriptor of the thread's own (never all opened at once:
                 # a round may hold more segments than the handle cache).
@@ -111,7 +154,12 @@ class GroupCommit:
                 try:
                     for segment in segments:
                         pinned[segment] = segment.pin_if_open()
-                    await asyncio.get_running_loop().run_in_executor(self._executor, _fsync_all, pinned, dirs)
+                    if inline:
+                        took = _fsync_all(pinned, dirs)
+                        self.inline_rounds += 1
+                    else:
+                        took = await loop.run_in_executor(self._executor, _fsync_all, pinned, dirs)
+                    self.sync_seconds += (took - self.sync_seconds) / 8
                 except OSError as exc:
                     for future in waiters:
                         if not future.done():
@@ -132,11 +180,13 @@ class GroupCommit:
         self._executor.shutdown(wait=True)
 
 
-def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> None:
+def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> float:
+    """fsync the directories, then fdatasync the segments (one syncfs of the data directory's
+    filesystem when there are many); the seconds that took."""
+    start = time.perf_counter()
     if len(segments) >= SYNCFS_MIN_SEGMENTS:
-        # Many segments: one syncfs of the data dir's filesystem (directories included).
         if sync_filesystem(os.path.dirname(next(iter(segments)).directory)):
-            return
+            return time.perf_counter() - start
     for directory in dirs:
         fsync_dir(directory)
     for segment, pinned in segments.items():
@@ -146,6 +196,7 @@ def _fsync_all(segments: dict[Segment, bool], dirs: set[str]) -> None:
             # A segment deleted by retention meanwhile was fsynced when it was sealed.
             if not segment.closed:
                 raise
+    return time.perf_counter() - start
 
 
 def _reserve_fds(count: int = 2) -> list[int]:

@@ -126,7 +126,14 @@ class ReplicaManager:
         segments = {a.result.segment for i, a in enumerate(appends) if i not in to_s3 and a.result.segment is not None}
         if segments:
             waits.append(self.logs.group_commit.sync_many(segments))
-        results = await asyncio.gather(*waits, return_exceptions=True)
+        results: list[object]
+        if len(waits) == 1:  # the usual case (one kind of wait): no gather task between it and the answer
+            try:
+                results = [await waits[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = list(await asyncio.gather(*waits, return_exceptions=True))
         for i, result in zip(to_s3, results, strict=False):
             if isinstance(result, BaseException):
                 outcomes[i] = result
