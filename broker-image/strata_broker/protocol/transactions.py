@@ -230,6 +230,8 @@ async def handle_end_txn(ctx: RequestContext, request: EndTxnRequest) -> EndTxnR
         error = int(E.COORDINATOR_NOT_AVAILABLE)
     elif not ctx.authorize(OP_WRITE, RES_TRANSACTIONAL_ID, request.transactional_id):
         error = int(E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    elif ctx.api_version >= 5 and (unavailable := txns.availability(request.transactional_id)) != E.NONE:
+        error = int(unavailable)  # another broker coordinates the id (cluster mode), or it is loading
     elif ctx.api_version >= 5:
         try:
             found, pid, epoch = await end_txn_v2_for(txns).end_txn(request.transactional_id, request.producer_id,
