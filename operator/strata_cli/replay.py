@@ -122,6 +122,12 @@ _CLOSED = "the output was closed"  # e.g. `| head`: nothing to resume
 _CHECKPOINT_SECONDS = 5.0  # --to-topic: flush and record the next offsets this often
 
 
+# Records a worker takes from its consumer at once and writes as one block: Ctrl-C stops a worker
+# between blocks, so this bounds what it still writes after the signal (a whole prefetched
+# partition otherwise).
+BLOCK_RECORDS = 1_000
+
+
 class ReplayError(Exception):
     """A broker-side problem (unreachable, unknown topic, fetch error): exit code 1."""
 
@@ -774,7 +780,7 @@ def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: A
                     merger.finish(partition)
 
         while remaining and not stop.is_set():
-            msgs = consumer.consume(10_000, 0) or consumer.consume(1, 0.2)
+            msgs = consumer.consume(BLOCK_RECORDS, 0) or consumer.consume(1, 0.2)
             if msgs:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > task.idle_timeout:

@@ -82,6 +82,15 @@ class RemoteCompactor:
             await asyncio.to_thread(budget.spend, len(data))
             datas.append(data)
             entries += txn_index.decode(await self.store.get_or_none(segment.key(prefix, "txnindex")) or b"")
+        # A transaction is indexed with the segment of its abort marker, which may come after the
+        # candidates: in a later object or still only on the local disk (as Kafka's cleaner, every
+        # abort of a transaction begun in the cleaned range counts).
+        end = candidates[-1].last_offset + 1
+        for segment in manifest.segments[len(candidates):]:
+            entries += [e for e in txn_index.decode(await self.store.get_or_none(segment.key(prefix, "txnindex"))
+                                                    or b"") if e.first_offset < end]
+        entries += [e for e in plog.aborted_between(candidates[0].base_offset, end)
+                    if e.last_offset > candidates[-1].last_offset]
         dirty_from = max(manifest.cleaned_offset, manifest.log_start_offset)
         retention_ms = plog.config.values["delete.retention.ms"]
         cutoff = now_ms - retention_ms
