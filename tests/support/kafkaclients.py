@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 
 import aiokafka
@@ -73,6 +74,34 @@ def consume_confluent(bootstrap: str, topic: str, partitions: int, expected: int
     finally:
         consumer.close()
     return out
+
+
+def consume_to_end(bootstrap: str, partitions: list[tuple[str, int]], isolation: str, timeout: float = 60.0,
+                   group: str | None = None) -> list[bytes]:
+    """Every record value readable at `isolation` in these (topic, partition)s, until each reports
+    its end (read_committed: its last stable offset)."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap,
+                                         "group.id": group or f"g-{uuid.uuid4().hex[:8]}",
+                                         "auto.offset.reset": "earliest", "isolation.level": isolation,
+                                         "enable.partition.eof": True, "enable.auto.commit": False})
+    consumer.assign([confluent_kafka.TopicPartition(t, p) for t, p in partitions])
+    values: list[bytes] = []
+    ended: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ended) < len(partitions) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    ended.add((msg.topic(), msg.partition()))
+                continue
+            values.append(msg.value())
+    finally:
+        consumer.close()
+    assert len(ended) == len(partitions), f"partitions never reached their end: {set(partitions) - ended}"
+    return values
 
 
 # ---- kafka-python -----------------------------------------------------------------------------

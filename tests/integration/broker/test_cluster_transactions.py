@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 import secutil
 from clusterharness import Cluster
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from kafka.protocol.admin.transactions import DescribeTransactionsRequest
 from kafka.protocol.consumer import ListOffsetsRequest
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest
 from kafka.protocol.producer.transaction import EndTxnRequest, WriteTxnMarkersRequest
-from kafkaclients import create_topic, produce_confluent
+from kafkaclients import consume_to_end, create_topic, produce_confluent
 from rawclient import RawConnection
 from s3server import S3Server
 from waiting import wait_until
@@ -82,32 +82,6 @@ def txn_producer(bootstrap: str, txn_id: str, **conf: object) -> Producer:
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id, "linger.ms": 5, **conf})
     producer.init_transactions(90)
     return producer
-
-
-def consume_all(bootstrap: str, partitions: list[tuple[str, int]], isolation: str,
-                timeout: float = 60.0) -> list[bytes]:
-    """Every record readable at `isolation` in these partitions (until each reports its end)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "isolation.level": isolation,
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(t, p) for t, p in partitions])
-    values: list[bytes] = []
-    ended: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(ended) < len(partitions) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add((msg.topic(), msg.partition()))
-                continue
-            values.append(msg.value())
-    finally:
-        consumer.close()
-    assert len(ended) == len(partitions), f"partitions never reached their end: {set(partitions) - ended}"
-    return values
 
 
 def live(cluster: Cluster) -> set[int]:
@@ -172,9 +146,9 @@ def test_transaction_over_every_broker_committed_and_aborted(cluster: Cluster) -
             producer.abort_transaction(60)
     producer.flush(10)
     assignment = [(topic, p) for p in parts.values()]
-    assert sorted(consume_all(cluster.bootstrap, assignment, "read_committed")) == sorted(expected)
+    assert sorted(consume_to_end(cluster.bootstrap, assignment, "read_committed")) == sorted(expected)
     # The aborted round is in the logs (read_uncommitted sees it); every LSO caught up with its end.
-    assert len(consume_all(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + 5 * len(parts)
+    assert len(consume_to_end(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + 5 * len(parts)
     for p in parts.values():
         lso, high = lso_and_high_watermark(cluster, topic, p)
         assert lso == high, (p, lso, high)
@@ -270,7 +244,7 @@ def test_consume_process_produce_with_offsets_on_another_broker(cluster: Cluster
         committed = consumer.committed([TopicPartition(source, p) for p in range(3)], 10)
     finally:
         consumer.close()
-    out = consume_all(cluster.bootstrap, [(sink, p) for p in range(3)], "read_committed")
+    out = consume_to_end(cluster.bootstrap, [(sink, p) for p in range(3)], "read_committed")
     assert sorted(out) == sorted(b"out-" + v for _, v in inputs)  # each exactly once
     ends = [lso_and_high_watermark(cluster, source, p)[1] for p in range(3)]
     assert [tp.offset for tp in committed] == ends
@@ -294,7 +268,7 @@ def test_partition_leader_sigkilled_before_commit_gets_its_marker_at_the_new_lea
     producer.commit_transaction(120)
     placement = cluster.placement()
     assert placement.topics[topic].partitions[parts[victim]].leader != victim
-    seen = consume_all(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed")
+    seen = consume_to_end(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed")
     assert sorted(seen) == sorted(values)
 
 
@@ -331,7 +305,7 @@ def test_coordinator_sigkilled_with_the_commit_decided_completes_it_at_the_succe
         os.kill(cluster.brokers[paused].proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
     committer.join(150)
     assert outcome == [None], outcome  # the successor finished the commit the producer asked for
-    seen = consume_all(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed", timeout=120)
+    seen = consume_to_end(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed", timeout=120)
     assert sorted(seen) == sorted(values)
 
 
@@ -365,7 +339,7 @@ def test_coordinator_sigkilled_mid_transaction_is_never_half_visible(cluster: Cl
         print(f"commit after the SIGKILL failed: {exc}")  # the transaction is then aborted on timeout
     cluster.wait(lambda p: victim not in {a.leader for t in (topic, TXN_TOPIC) for a in p.topics[t].partitions},
                  60, "the victim's partitions placed elsewhere")
-    seen = consume_all(survivors, [(topic, p) for p in parts.values()], "read_committed", timeout=120)
+    seen = consume_to_end(survivors, [(topic, p) for p in parts.values()], "read_committed", timeout=120)
     if committed:
         assert sorted(seen) == sorted(values)
     else:

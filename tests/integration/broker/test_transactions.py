@@ -22,7 +22,7 @@ from kafka.protocol.consumer import FetchRequest, ListOffsetsRequest
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.protocol.producer.transaction import AddPartitionsToTxnRequest, EndTxnRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from kafkaclients import create_topic, produce_confluent
+from kafkaclients import consume_to_end, create_topic, produce_confluent
 from rawclient import RawConnection
 from waiting import wait_until
 
@@ -42,32 +42,6 @@ def txn_producer(bootstrap: str, txn_id: str, **conf: object) -> Producer:
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id, "linger.ms": 5, **conf})
     producer.init_transactions(30)
     return producer
-
-
-def consume_all(bootstrap: str, partitions: list[tuple[str, int]], isolation: str, timeout: float = 30.0,
-                group: str | None = None) -> list[bytes]:
-    """Every record readable at `isolation` in these partitions (until each reports its end)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"g-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "isolation.level": isolation,
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(t, p) for t, p in partitions])
-    values: list[bytes] = []
-    ended: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(ended) < len(partitions) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add((msg.topic(), msg.partition()))
-                continue
-            values.append(msg.value())
-    finally:
-        consumer.close()
-    assert len(ended) == len(partitions), f"partitions never reached their end: {set(partitions) - ended}"
-    return values
 
 
 def list_offset(bootstrap: str, topic: str, partition: int, isolation: int) -> int:
@@ -115,9 +89,9 @@ def test_committed_visible_aborted_never(broker_factory) -> None:
     assert list_offset(broker.bootstrap, b, 0, 1) == list_offset(broker.bootstrap, b, 0, 0)
 
     parts = [(a, 0), (a, 1), (b, 0)]
-    committed = consume_all(broker.bootstrap, parts, "read_committed")
+    committed = consume_to_end(broker.bootstrap, parts, "read_committed")
     assert sorted(committed) == sorted([b"c1-%d" % i for i in range(6)] + [b"c1-b", b"c2"])
-    everything = consume_all(broker.bootstrap, parts, "read_uncommitted")
+    everything = consume_to_end(broker.bootstrap, parts, "read_uncommitted")
     assert sorted(everything) == sorted(committed + [b"ab-%d" % i for i in range(4)] + [b"ab-b"])
 
 
@@ -207,14 +181,14 @@ def test_consume_process_produce_exactly_once(broker_factory) -> None:
         committed = consumer.committed([TopicPartition(source, 0), TopicPartition(source, 1)], 10)
     finally:
         consumer.close()
-    out = consume_all(broker.bootstrap, [(sink, 0), (sink, 1)], "read_committed")
+    out = consume_to_end(broker.bootstrap, [(sink, 0), (sink, 1)], "read_committed")
     counts = Counter(out)
     assert [v for v, n in counts.items() if n > 1] == []
     assert sorted(counts) == sorted(b"out-" + v for _, v in inputs)
     ends = [list_offset(broker.bootstrap, source, p, 0) for p in (0, 1)]
     assert [tp.offset for tp in committed] == ends
     # The aborted round is in the log: read_uncommitted sees its duplicates.
-    assert len(consume_all(broker.bootstrap, [(sink, 0), (sink, 1)], "read_uncommitted")) > len(out)
+    assert len(consume_to_end(broker.bootstrap, [(sink, 0), (sink, 1)], "read_uncommitted")) > len(out)
 
 
 # ---- fencing ---------------------------------------------------------------------------------
@@ -238,7 +212,7 @@ def test_zombie_producer_is_fenced(broker_factory) -> None:
     error = raised.value.args[0]
     assert error.fatal(), error
     assert error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH), error
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed") == [b"successor"]
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed") == [b"successor"]
 
 
 # ---- restart in the middle of a transaction ------------------------------------------------------
@@ -263,13 +237,13 @@ def test_sigkill_mid_transaction_aborts_on_timeout(broker_factory) -> None:
     assert list_offset(broker.bootstrap, topic, 1, 1) == 0
     wait_until(lambda: all(list_offset(broker.bootstrap, topic, p, 1) == list_offset(broker.bootstrap, topic, p, 0)
                            for p in (0, 1)), 60, "the timed-out transaction to be aborted")
-    assert consume_all(broker.bootstrap, [(topic, 0), (topic, 1)], "read_committed") == [b"before"]
+    assert consume_to_end(broker.bootstrap, [(topic, 0), (topic, 1)], "read_committed") == [b"before"]
     # The transactional id lives on: a new producer with it commits.
     again = txn_producer(broker.bootstrap, "tx-kill")
     again.begin_transaction()
     again.produce(topic, value=b"after", partition=1)
     again.commit_transaction(30)
-    assert sorted(consume_all(broker.bootstrap, [(topic, 0), (topic, 1)], "read_committed")) == [b"after", b"before"]
+    assert sorted(consume_to_end(broker.bootstrap, [(topic, 0), (topic, 1)], "read_committed")) == [b"after", b"before"]
 
 
 def test_committed_transaction_survives_sigkill(broker_factory) -> None:
@@ -286,8 +260,8 @@ def test_committed_transaction_survives_sigkill(broker_factory) -> None:
     producer.abort_transaction(30)
     broker.kill()
     broker.restart()
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed") == [b"a"]
-    assert sorted(consume_all(broker.bootstrap, [(topic, 0)], "read_uncommitted")) == [b"a", b"b"]
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed") == [b"a"]
+    assert sorted(consume_to_end(broker.bootstrap, [(topic, 0)], "read_uncommitted")) == [b"a", b"b"]
 
 
 # ---- other clients --------------------------------------------------------------------------
@@ -348,7 +322,7 @@ def test_kafka_python_transactional_producer(broker_factory) -> None:
         producer.abort_transaction()
     finally:
         producer.close(5)
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed") == [b"yes"]
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed") == [b"yes"]
 
 
 # ---- raw frames: wrong and hostile requests --------------------------------------------------------
@@ -426,7 +400,7 @@ def test_raw_frames_wrong_epoch_timeout_and_unadded_partition(broker_factory) ->
         assert _end(conn, "tx-raw", pid2, epoch2, True) == INVALID_TXN_STATE  # commit after the abort
     finally:
         conn.close()
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed") == [b"raw"]
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed") == [b"raw"]
 
 
 # ---- ACLs on transactional ids -------------------------------------------------------------------
@@ -529,14 +503,14 @@ def test_tiered_cold_reads_and_restore_keep_aborted_ranges_hidden(broker_factory
     wait_until(lambda: local_start() > 120, 90, "transactional segments to be uploaded and dropped locally")
     assert any(k.endswith(".txnindex") and f"/topics/{topic}-" in k for k in s3.objects()), \
         "no aborted-transaction index was uploaded"
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
-    assert len(consume_all(broker.bootstrap, [(topic, 0)], "read_uncommitted", timeout=60)) == len(expected) + 60
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
+    assert len(consume_to_end(broker.bootstrap, [(topic, 0)], "read_uncommitted", timeout=60)) == len(expected) + 60
 
     # An empty disk: topic data, the aborted-transaction index and the coordinator's state come from the bucket.
     broker.kill()
     shutil.rmtree(broker.data_dir)
     broker.start(timeout=60)
-    assert consume_all(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
+    assert consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed", timeout=60) == expected
     conn = RawConnection(broker.bootstrap)
     try:
         error, _, epoch = _init(conn, "tx-cold")
@@ -574,15 +548,15 @@ def test_compaction_drops_aborted_records_and_keeps_committed_values(broker_fact
     producer.commit_transaction(30)
 
     def values() -> list[bytes]:
-        return consume_all(broker.bootstrap, [(topic, 0)], "read_uncommitted", timeout=10)
+        return consume_to_end(broker.bootstrap, [(topic, 0)], "read_uncommitted", timeout=10)
 
     wait_until(lambda: not any(v.startswith(b"old-") or v.startswith(b"aborted-") for v in values()), 60,
                "compaction to drop superseded and aborted records")
     expected = sorted([b"committed-%d" % i for i in range(10)] + [b"x"])
     assert sorted(values()) == expected
-    assert sorted(consume_all(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
+    assert sorted(consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
     broker.restart()
-    assert sorted(consume_all(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
+    assert sorted(consume_to_end(broker.bootstrap, [(topic, 0)], "read_committed")) == expected
 
 
 def test_describe_and_list_transactions(broker_factory) -> None:
