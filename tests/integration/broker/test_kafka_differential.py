@@ -552,19 +552,37 @@ def partition_admin_scenario(bootstrap: str, name: str) -> Observations:
 
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
 
-        def described(*keys: str) -> Any:
-            entries = admin.describe_configs([resource])[resource].result(30)
+        def described(*keys: str, once: tuple[str, str]) -> Any:
+            entries = configs_once(admin, resource, *once)
             return [(entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name) for k in keys]
 
         obs["legacy alter"] = legacy_alter({"retention.ms": "1000", "compression.type": "zstd"})
-        obs["after legacy alter"] = described("retention.ms", "compression.type", "segment.bytes")
+        obs["after legacy alter"] = described("retention.ms", "compression.type", "segment.bytes",
+                                              once=("retention.ms", "1000"))
         obs["legacy alter replaces all"] = legacy_alter({"segment.bytes": "2000000"})
-        obs["after the second legacy alter"] = described("retention.ms", "compression.type", "segment.bytes")
+        obs["after the second legacy alter"] = described("retention.ms", "compression.type", "segment.bytes",
+                                                         once=("segment.bytes", "2000000"))
         obs["legacy alter bad value"] = legacy_alter({"retention.ms": "soon"})
         obs["legacy alter unknown name"] = legacy_alter({"no.such.config": "1"})
     finally:
         kp.close()
     return obs
+
+
+def configs_once(admin: AdminClient, resource: ConfigResource, name: str, value: str) -> dict[str, Any]:
+    """A topic's described configs once `name` reads `value` (or after 20 s): Kafka applies a config change
+    to the broker's cache after answering the request, so a describe straight after can show the old ones."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            entries = admin.describe_configs([resource])[resource].result(30)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if entries[name].value == value or time.monotonic() > deadline:
+                return entries
+        time.sleep(0.1)
 
 
 def test_partition_admin_apis(both):
@@ -580,9 +598,8 @@ def topic_configs_scenario(bootstrap: str, name: str) -> Observations:
                 "flush.messages": "10000", "preallocate": "true", "segment.jitter.ms": "1000",
                 "leader.replication.throttled.replicas": "*", "compression.zstd.level": "5"}
     obs["create with standard configs"] = outcome(admin.create_topics([NewTopic(name, 1, 1, config=standard)])[name])
-    time.sleep(0.5)
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    entries = admin.describe_configs([resource])[resource].result(30)
+    entries = configs_once(admin, resource, "compression.type", "zstd")
     obs["described"] = {k: (entries[k].value, confluent_kafka.admin.ConfigSource(entries[k].source).name)
                         for k in standard}
     for label, config in [("compression.type=brotli", {"compression.type": "brotli"}),
@@ -597,7 +614,7 @@ def topic_configs_scenario(bootstrap: str, name: str) -> Observations:
         ConfigEntry("compression.type", "lz4", incremental_operation=AlterConfigOpType.SET),
         ConfigEntry("min.insync.replicas", "1", incremental_operation=AlterConfigOpType.SET)])
     obs["alter standard configs"] = outcome(admin.incremental_alter_configs([alter])[alter])
-    entries = admin.describe_configs([resource])[resource].result(30)
+    entries = configs_once(admin, resource, "compression.type", "lz4")
     obs["after alter"] = (entries["compression.type"].value, entries["min.insync.replicas"].value)
     return obs
 
