@@ -49,8 +49,11 @@ def test_inter_broker_listener_and_tls_follow_the_broker_configuration(tmp_path:
         "listener.security.protocol.map": "MTLS:SSL",
         "listeners": "SASL_SSL://127.0.0.1:0,MTLS://127.0.0.1:0"})
     listeners = build_listeners(config, [], [])
-    # No plaintext listener: the first TLS one, unless another is named.
+    # No plaintext listener: the first TLS one (one that does not require client certificates
+    # first), unless another is named.
     assert inter_broker_listener(listeners).name == "SASL_SSL"  # type: ignore[union-attr]
+    assert inter_broker_listener(listeners[::-1], "", config).name == "SASL_SSL"  # type: ignore[union-attr]
+    assert inter_broker_listener(listeners[::-1]).name == "MTLS"  # type: ignore[union-attr]
     assert inter_broker_listener(listeners, "MTLS").name == "MTLS"  # type: ignore[union-attr]
     assert inter_broker_listener(listeners, "PLAINTEXT") is None
     plain = build_listeners(BrokerConfig.from_overrides({"listeners": "SSL://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",

@@ -16,12 +16,13 @@ id, `strata-broker-<id>.<HMAC-SHA256(secret, "strata-broker-<id>")>`; the WriteT
 accepts only those (or a principal granted CLUSTER_ACTION on the cluster while the authorizer is
 on) and answers anyone else CLUSTER_AUTHORIZATION_FAILED. The request goes to the peer's
 address on the listener `inter.broker.listener.name` names (default: this broker's first PLAINTEXT
-or SASL_PLAINTEXT listener, else its first SSL or SASL_SSL one; brokers of a cluster share their
-listener configuration). Over SSL and SASL_SSL the connection is TLS as a Kafka broker makes it with
-its own truststore: the peer's certificate must chain to `ssl.ca.location` (the system's CAs when
-empty) and, with `ssl.endpoint.identification.algorithm=https` (the default), name the host the peer
-advertises on that listener; the broker presents its own certificate (`ssl.certificate.location`)
-when that listener requires client certificates. Over SASL_PLAINTEXT and SASL_SSL the broker first
+or SASL_PLAINTEXT listener, else its first SSL or SASL_SSL one, preferring one that does not require
+client certificates; brokers of a cluster share their listener configuration). Over SSL and
+SASL_SSL the connection is TLS as a Kafka broker makes it with its own truststore: the peer's
+certificate must chain to `ssl.ca.location` (the system's CAs when empty) and, with
+`ssl.endpoint.identification.algorithm=https` (the default), name the host the peer advertises on
+that listener; the broker presents its own certificate (`ssl.certificate.location`) when that
+listener requires client certificates. Over SASL_PLAINTEXT and SASL_SSL the broker first
 authenticates as `strata-broker` with a password derived from the same secret, with SCRAM-SHA-512
 (or SCRAM-SHA-256, or PLAIN: the first the peer's `sasl.enabled.mechanisms` offers); the receiving
 broker knows that user without any credentials file (security/credentials.py `builtin_users`).
@@ -172,14 +173,10 @@ class ClientTls:
     context per connection: renewed certificate files are picked up as the listeners pick them up."""
 
     def __init__(self, config: BrokerConfig, listener: Listener) -> None:
-        from ..config import parse_client_auth_map
-
         self.ca_location: str = config["ssl.ca.location"]
         self.check_hostname = config["ssl.endpoint.identification.algorithm"] == "https"
         self.certificate: tuple[str, str | None, str | None] | None = None
-        mode = parse_client_auth_map(config["ssl.client.auth.listener.map"]).get(listener.name,
-                                                                                 config["ssl.client.auth"])
-        if mode == "required" and config["ssl.certificate.location"]:
+        if requires_certificates(config, listener) and config["ssl.certificate.location"]:
             self.certificate = (config["ssl.certificate.location"], config["ssl.key.location"] or None,
                                 config["ssl.key.password"] or None)
 
@@ -192,13 +189,26 @@ class ClientTls:
         return context
 
 
-def inter_broker_listener(listeners: list[Listener], listener_name: str = "") -> Listener | None:
+def requires_certificates(config: BrokerConfig, listener: Listener) -> bool:
+    """Whether a TLS listener requires client certificates (ssl.client.auth, or its own in
+    ssl.client.auth.listener.map; brokers of a cluster share their listener configuration)."""
+    from ..config import parse_client_auth_map
+
+    modes = parse_client_auth_map(config["ssl.client.auth.listener.map"])
+    return listener.tls and modes.get(listener.name, config["ssl.client.auth"]) == "required"
+
+
+def inter_broker_listener(listeners: list[Listener], listener_name: str = "",
+                          config: BrokerConfig | None = None) -> Listener | None:
     """The listener inter-broker requests use: the one named, else the first PLAINTEXT or
-    SASL_PLAINTEXT listener, else the first SSL or SASL_SSL one."""
+    SASL_PLAINTEXT listener, else the first SSL or SASL_SSL one (one that does not require client
+    certificates first, when `config` tells)."""
     if listener_name:
         return next((lst for lst in listeners if lst.name == listener_name), None)
     plain = [lst for lst in listeners if not lst.tls]
-    return (plain or [lst for lst in listeners if lst.tls] or [None])[0]
+    tls = sorted((lst for lst in listeners if lst.tls),
+                 key=lambda lst: config is not None and requires_certificates(config, lst))
+    return (plain or tls or [None])[0]
 
 
 class InterBrokerClient:
@@ -208,7 +218,7 @@ class InterBrokerClient:
                  timeout_s: float = 10.0, config: BrokerConfig | None = None) -> None:
         self.node_id = node_id
         self.auth = auth
-        self.listener = inter_broker_listener(listeners, listener_name)
+        self.listener = inter_broker_listener(listeners, listener_name, config)
         self.tls: ClientTls | None = None
         if self.listener is None:
             log.error("no listener %s for inter-broker requests (inter.broker.listener.name): transactions over "
