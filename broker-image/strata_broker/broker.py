@@ -118,7 +118,7 @@ class Broker:
         self.services.inter_broker = auth
         self.credentials.builtin_users.update(auth.users())
         self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners,
-                                               self.config["inter.broker.listener.name"])
+                                               self.config["inter.broker.listener.name"], config=self.config)
         self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write
 
     @property

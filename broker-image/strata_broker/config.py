@@ -175,6 +175,12 @@ _client_auth_map = _validated(parse_client_auth_map)
 SENSITIVE_CONFIGS = frozenset({"ssl.key.password"})
 
 
+def _endpoint_identification(value: str) -> str:
+    if value.strip().lower() not in ("https", ""):
+        raise ValueError("ssl.endpoint.identification.algorithm must be https or empty")
+    return value.strip().lower()
+
+
 def _client_auth(value: str) -> str:
     if value not in CLIENT_AUTH_MODES:
         raise ValueError("ssl.client.auth must be none, requested or required")
@@ -363,8 +369,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
         ConfigKey("listener.security.protocol.map", _protocol_map, "",
                   "extra NAME:PROTOCOL pairs for listener names that are not a protocol"),
         ConfigKey("inter.broker.listener.name", str, "",
-                  "cluster mode: the listener brokers send each other WriteTxnMarkers on (PLAINTEXT or "
-                  "SASL_PLAINTEXT, with SASL/PLAIN as strata-broker); empty: the first of those"),
+                  "cluster mode: the listener brokers send each other WriteTxnMarkers on (any protocol; SASL "
+                  "as strata-broker, TLS trusting ssl.ca.location); empty: the first PLAINTEXT or "
+                  "SASL_PLAINTEXT listener, else the first SSL or SASL_SSL one"),
         ConfigKey("sasl.enabled.mechanisms", _mechanisms, "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
                   "SASL mechanisms offered on SASL listeners"),
         ConfigKey("sasl.credentials.file", str, "",
@@ -393,6 +400,9 @@ BROKER_CONFIGS: dict[str, ConfigKey] = {
                   "semicolon-separated principals no client certificate can authenticate as (e.g. the operator's "
                   "User:strata-operator): a connection whose certificate maps to one is closed"),
         ConfigKey("ssl.handshake.timeout.ms", _int_at_least(100), "10000", "a TLS handshake must finish in this"),
+        ConfigKey("ssl.endpoint.identification.algorithm", _endpoint_identification, "https",
+                  "inter-broker requests over a TLS listener: https checks that the peer's certificate names "
+                  "the host it is reached at; empty: the chain is still verified against ssl.ca.location"),
         ConfigKey("connection.failed.authentication.delay.ms", _int_at_least(0), "100",
                   "a failed authentication is answered, then the connection closed after this"),
         ConfigKey("sasl.auth.threads", _int_at_least(1), "2",

@@ -167,12 +167,13 @@ def issuer_ref(broker: dict[str, Any]) -> dict[str, str]:
 
 def broker_certificate(broker: dict[str, Any]) -> dict[str, Any]:
     """The cert-manager Certificate of the brokers' TLS listeners (spec.tls.issuerRef): a server
-    certificate for the Services' DNS names, written to the Secret <name>-broker-tls. Its subject has no
-    common name, so it never maps to a principal."""
+    certificate for the Services' DNS names, written to the Secret <name>-broker-tls, that also
+    authenticates a client (a broker presents it to another's mutual-TLS listener for inter-broker
+    requests). Its subject has no common name, so it never maps to a principal."""
     names = broker_names(broker["metadata"]["name"])
     return {"apiVersion": CERT_MANAGER_API, "kind": "Certificate", "metadata": meta(broker, names["tls"], "broker"),
             "spec": {"secretName": names["tls"], "issuerRef": issuer_ref(broker), "dnsNames": broker_dns_names(broker),
-                     "usages": ["server auth", "digital signature", "key encipherment"],
+                     "usages": ["server auth", "client auth", "digital signature", "key encipherment"],
                      "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
                      "secretTemplate": {"labels": labels(broker, "broker")}}}
 

@@ -122,7 +122,8 @@ class ServerProcess:
 
 
 class BrokerProcess(ServerProcess):
-    """A real `strata-broker` on 127.0.0.1:port (PLAINTEXT), with optional extra listeners.
+    """A real `strata-broker` on 127.0.0.1:port (PLAINTEXT, or the listener `protocol` names), with
+    optional extra listeners.
 
     `settings` become `--set` options, read at each start (a test may change them before a restart);
     `listeners` maps a listener name (SASL_PLAINTEXT, SSL, ...) to its port (None: a free one).
@@ -133,8 +134,9 @@ class BrokerProcess(ServerProcess):
                  log_path: Path | None = None, advertise: str | None = None,
                  env: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None,
                  broker_id: int | None = None, open_files: int | None = None, log_level: str | None = None,
-                 name: str = "broker", strict_stop: bool = True) -> None:
+                 name: str = "broker", strict_stop: bool = True, protocol: str = "PLAINTEXT") -> None:
         self.data_dir = Path(data_dir)
+        self.protocol = protocol
         super().__init__(name, [], port or free_port(),
                          log_path or self.data_dir.parent / f"{self.data_dir.name}.broker.log", env=env,
                          open_files=open_files, strict_stop=strict_stop)
@@ -156,7 +158,8 @@ class BrokerProcess(ServerProcess):
             extra += ["--broker-id", str(self.broker_id)]
         if self.log_level:
             extra += ["--log-level", self.log_level]
-        listen = [self.bootstrap, *(f"{name}://{HOST}:{port}" for name, port in self.listeners.items())]
+        main = self.bootstrap if self.protocol == "PLAINTEXT" else f"{self.protocol}://{self.bootstrap}"
+        listen = [main, *(f"{name}://{HOST}:{port}" for name, port in self.listeners.items())]
         return broker_argv(self.data_dir, listen, self.settings, extra)
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:

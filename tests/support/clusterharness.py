@@ -19,9 +19,11 @@ from strata_contract.placement import Placement, read_placement
 
 class Cluster:
     def __init__(self, root: Path, bucket: S3Bucket, brokers: int = 3, lease_ms: int = 3000, grace_ms: int = 3000,
-                 settings: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None) -> None:
+                 settings: dict[str, str] | None = None, listeners: dict[str, int | None] | None = None,
+                 protocol: str = "PLAINTEXT") -> None:
         self.root = root
         self.listeners = listeners or {}
+        self.protocol = protocol  # of each broker's first listener (its bootstrap address)
         self.bucket = bucket
         self.lease_ms = lease_ms
         self.grace_ms = grace_ms
@@ -45,7 +47,7 @@ class Cluster:
     def _new_broker(self) -> BrokerProcess:
         i = len(self.brokers)
         broker = BrokerProcess(self.root / f"broker-{i}", broker_id=i, env=dict(CREDENTIALS),
-                               settings=dict(self.settings), listeners=dict(self.listeners))
+                               settings=dict(self.settings), listeners=dict(self.listeners), protocol=self.protocol)
         self.brokers.append(broker)
         return broker
 

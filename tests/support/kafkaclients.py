@@ -22,8 +22,10 @@ class Record:
     timestamp: int = -1
 
 
-def create_topic(bootstrap: str, name: str, partitions: int, configs: dict[str, str] | None = None) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def create_topic(bootstrap: str, name: str, partitions: int, configs: dict[str, str] | None = None,
+                 **conf: object) -> None:
+    """Create a topic with kafka-python's admin client (`conf`: more of its settings, e.g. TLS)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **conf)
     try:
         admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
     finally:
@@ -77,13 +79,13 @@ def consume_confluent(bootstrap: str, topic: str, partitions: int, expected: int
 
 
 def consume_to_end(bootstrap: str, partitions: list[tuple[str, int]], isolation: str, timeout: float = 60.0,
-                   group: str | None = None) -> list[bytes]:
+                   group: str | None = None, **conf: object) -> list[bytes]:
     """Every record value readable at `isolation` in these (topic, partition)s, until each reports
-    its end (read_committed: its last stable offset)."""
+    its end (read_committed: its last stable offset); `conf`: more consumer settings (e.g. TLS)."""
     consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap,
                                          "group.id": group or f"g-{uuid.uuid4().hex[:8]}",
                                          "auto.offset.reset": "earliest", "isolation.level": isolation,
-                                         "enable.partition.eof": True, "enable.auto.commit": False})
+                                         "enable.partition.eof": True, "enable.auto.commit": False, **conf})
     consumer.assign([confluent_kafka.TopicPartition(t, p) for t, p in partitions])
     values: list[bytes] = []
     ended: set[tuple[str, int]] = set()

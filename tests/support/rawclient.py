@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -28,12 +29,15 @@ CLIENT_ID = "hostile"
 
 
 class RawConnection:
-    """A blocking Kafka connection for exact requests: one request, its decoded response."""
+    """A blocking Kafka connection for exact requests: one request, its decoded response (over TLS
+    with `ssl_context`, the server's certificate checked against the host of `bootstrap`)."""
 
-    def __init__(self, bootstrap: str, timeout: float = 15.0, client_id: str = "raw-test") -> None:
+    def __init__(self, bootstrap: str, timeout: float = 15.0, client_id: str = "raw-test",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         host, port = bootstrap.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = ssl_context.wrap_socket(sock, server_hostname=host) if ssl_context else sock
         self.client_id = client_id
         self._correlation = 0
         self._buf = bytearray(1 << 20)

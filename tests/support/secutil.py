@@ -23,8 +23,10 @@ class Pki:
     client_key: Path
 
 
-def make_pki(directory: Path, client_cn: str = "alice") -> Pki:
-    """A self-signed CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+def make_pki(directory: Path, client_cn: str = "alice", server_client_auth: bool = False) -> Pki:
+    """A self-signed CA, a server certificate for 127.0.0.1/localhost and a client certificate.
+    With `server_client_auth` the server certificate may also authenticate a client (both extended
+    key usages, as a broker's needs to open TLS to another broker's listener requiring certificates)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,10 +63,12 @@ def make_pki(directory: Path, client_cn: str = "alice") -> Pki:
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+            usages = [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+            if server_client_auth:
+                usages.append(x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
         else:
-            usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            usages = [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         return key, builder.sign(ca_key, hashes.SHA256())
 
     pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "client.pem",

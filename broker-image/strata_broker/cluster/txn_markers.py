@@ -16,11 +16,22 @@ id, `strata-broker-<id>.<HMAC-SHA256(secret, "strata-broker-<id>")>`; the WriteT
 accepts only those (or a principal granted CLUSTER_ACTION on the cluster while the authorizer is
 on) and answers anyone else CLUSTER_AUTHORIZATION_FAILED. The request goes to the peer's
 address on the listener `inter.broker.listener.name` names (default: this broker's first PLAINTEXT
-or SASL_PLAINTEXT listener; brokers of a cluster share their listener configuration); over
-SASL_PLAINTEXT the broker first authenticates as `strata-broker` with a password derived from the
-same secret, with SCRAM-SHA-512 (or SCRAM-SHA-256, or PLAIN: the first the peer's
-`sasl.enabled.mechanisms` offers); the receiving broker knows that user without any credentials
-file (security/credentials.py `builtin_users`).
+or SASL_PLAINTEXT listener, else its first SSL or SASL_SSL one, preferring one that does not require
+client certificates; brokers of a cluster share their listener configuration). Over SSL and
+SASL_SSL the connection is TLS as a Kafka broker makes it with its own truststore: the peer's
+certificate must chain to `ssl.ca.location` (the system's CAs when empty) and, with
+`ssl.endpoint.identification.algorithm=https` (the default), name the host the peer advertises on
+that listener; the broker presents its own certificate (`ssl.certificate.location`) when that
+listener requires client certificates. Over SASL_PLAINTEXT and SASL_SSL the broker first
+authenticates as `strata-broker` with a password derived from the same secret, with SCRAM-SHA-512
+(or SCRAM-SHA-256, or PLAIN: the first the peer's `sasl.enabled.mechanisms` offers); the receiving
+broker knows that user without any credentials file (security/credentials.py `builtin_users`).
+
+Every marker carries the coordinator epoch (groups/txn_cluster.py: the `__transaction_state`
+partition's leader epoch when this broker took it over); a partition leader refuses a marker from
+an older coordinator epoch than the last it wrote for that producer (TRANSACTION_COORDINATOR_FENCED,
+log/producer_state.py), so a coordinator that lost its partition cannot end a transaction its
+successor already ended: `ClusterMarkers.write` then gives up (the client finds the new coordinator).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import struct
 import time
 from collections.abc import Iterable
@@ -51,6 +63,7 @@ from ..errors import ErrorCode, KafkaProtocolError
 from ..groups.offsets import OFFSETS_TOPIC
 
 if TYPE_CHECKING:
+    from ..config import BrokerConfig
     from ..groups.offsets import OffsetStore
     from ..log.manager import LogManager
     from ..replica import ReplicaManager
@@ -152,32 +165,90 @@ class _Connection:
         self.writer.close()
 
 
+class ClientTls:
+    """How this broker opens TLS to a peer's SSL or SASL_SSL listener, as a Kafka broker does with its
+    own truststore and keystore: the peer's certificate must chain to `ssl.ca.location` (the system's
+    CAs when empty) and, with `ssl.endpoint.identification.algorithm=https`, name the peer's host;
+    this broker's certificate is presented when the listener requires client certificates. A new
+    context per connection: renewed certificate files are picked up as the listeners pick them up."""
+
+    def __init__(self, config: BrokerConfig, listener: Listener) -> None:
+        self.ca_location: str = config["ssl.ca.location"]
+        self.check_hostname = config["ssl.endpoint.identification.algorithm"] == "https"
+        self.certificate: tuple[str, str | None, str | None] | None = None
+        if requires_certificates(config, listener) and config["ssl.certificate.location"]:
+            self.certificate = (config["ssl.certificate.location"], config["ssl.key.location"] or None,
+                                config["ssl.key.password"] or None)
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_location or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = self.check_hostname
+        if self.certificate is not None:
+            context.load_cert_chain(*self.certificate)
+        return context
+
+
+def requires_certificates(config: BrokerConfig, listener: Listener) -> bool:
+    """Whether a TLS listener requires client certificates (ssl.client.auth, or its own in
+    ssl.client.auth.listener.map; brokers of a cluster share their listener configuration)."""
+    from ..config import parse_client_auth_map
+
+    modes = parse_client_auth_map(config["ssl.client.auth.listener.map"])
+    return listener.tls and modes.get(listener.name, config["ssl.client.auth"]) == "required"
+
+
+def inter_broker_listener(listeners: list[Listener], listener_name: str = "",
+                          config: BrokerConfig | None = None) -> Listener | None:
+    """The listener inter-broker requests use: the one named, else the first PLAINTEXT or
+    SASL_PLAINTEXT listener, else the first SSL or SASL_SSL one (one that does not require client
+    certificates first, when `config` tells)."""
+    if listener_name:
+        return next((lst for lst in listeners if lst.name == listener_name), None)
+    plain = [lst for lst in listeners if not lst.tls]
+    tls = sorted((lst for lst in listeners if lst.tls),
+                 key=lambda lst: config is not None and requires_certificates(config, lst))
+    return (plain or tls or [None])[0]
+
+
 class InterBrokerClient:
     """One connection per peer broker (made on first use, dropped on any error)."""
 
     def __init__(self, node_id: int, auth: InterBrokerAuth, listeners: list[Listener], listener_name: str = "",
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, config: BrokerConfig | None = None) -> None:
         self.node_id = node_id
         self.auth = auth
-        plain = [lst for lst in listeners if lst.protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
-                 and (not listener_name or lst.name == listener_name)]
-        self.listener = plain[0] if plain else None
+        self.listener = inter_broker_listener(listeners, listener_name, config)
+        self.tls: ClientTls | None = None
         if self.listener is None:
-            log.error("no %s listener for inter-broker requests: transactions over partitions other brokers "
-                      "lead will not complete", listener_name or "PLAINTEXT or SASL_PLAINTEXT")
+            log.error("no listener %s for inter-broker requests (inter.broker.listener.name): transactions over "
+                      "partitions other brokers lead will not complete", listener_name)
+        elif self.listener.tls:
+            if config is None:
+                raise ValueError("inter-broker requests over TLS need the broker's configuration")
+            self.tls = ClientTls(config, self.listener)
         self.timeout_s = timeout_s
         self._connections: dict[int, _Connection] = {}
         self._connecting: dict[int, asyncio.Lock] = {}
         self._mechanism = _MECHANISMS[0]  # the last one a peer accepted
 
+    async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.tls is None:
+            return await asyncio.open_connection(host, port)
+        try:
+            return await asyncio.open_connection(host, port, ssl=self.tls.context(), server_hostname=host)
+        except ssl.SSLError as exc:
+            log.warning("TLS to broker at %s:%d for inter-broker requests failed: %s", host, port, exc)
+            raise
+
     async def _connect(self, peer: BrokerAddress) -> _Connection:
         if self.listener is None:
             raise KafkaProtocolError(E.COORDINATOR_NOT_AVAILABLE,
-                                     "inter-broker requests need a PLAINTEXT or SASL_PLAINTEXT listener")
+                                     "no listener for inter-broker requests (inter.broker.listener.name)")
         host, port = peer.on(self.listener.name)
         mechanism = self._mechanism
         for _ in range(2):  # a second time with a mechanism the peer offers, if it refused ours
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await self._open(host, port)
             conn = _Connection(reader, writer)
             try:
                 offered = await self._authenticate(conn, mechanism)
@@ -198,7 +269,7 @@ class InterBrokerClient:
                                  f"broker {peer.id} offers none of {', '.join(_MECHANISMS)} for inter-broker requests")
 
     async def _authenticate(self, conn: _Connection, mechanism: str) -> list[str] | None:
-        """On a SASL_PLAINTEXT listener, authenticate as the brokers' own user (SCRAM, or PLAIN);
+        """On a SASL listener, authenticate as the brokers' own user (SCRAM, or PLAIN);
         None once done, or the mechanisms the peer offers when it refused this one."""
         if self.listener is None or not self.listener.sasl:
             return None
@@ -265,10 +336,11 @@ class LocalMarkers:
             try:
                 plog = self.logs.get_partition(topic, partition)
                 self.leadership.check_leader(topic, partition)
+                # refused here for an older producer or coordinator epoch (ProducerState.check_marker)
+                appended = self.replicas.append_marker(plog, producer_id, producer_epoch, commit, coordinator_epoch)
             except KafkaProtocolError as exc:
                 errors[(topic, partition)] = exc.code
                 continue
-            appended = self.replicas.append_marker(plog, producer_id, producer_epoch, commit, coordinator_epoch)
             waits.append(((topic, partition), appended))
         outcomes = await self.replicas.durable_all([a for _, a in waits])
         for (tp, _), outcome in zip(waits, outcomes, strict=True):
@@ -321,6 +393,12 @@ class ClusterMarkers:
                         pending.discard(tp)
                     elif code in _RETRIABLE:
                         last[tp] = why
+                    elif code == E.TRANSACTION_COORDINATOR_FENCED:
+                        # A newer coordinator of the id has written markers there: the transaction is
+                        # its to finish; the client finds it (NOT_COORDINATOR).
+                        log.warning("marker for producer %d to %s-%d refused: coordinator epoch %d is fenced",
+                                    producer_id, tp[0], tp[1], coordinator_epoch)
+                        raise KafkaProtocolError(E.NOT_COORDINATOR, f"marker to {tp[0]}-{tp[1]} refused: {why}")
                     else:
                         raise KafkaProtocolError(code, f"marker to {tp[0]}-{tp[1]} refused: {why}")
             if not pending:

@@ -48,6 +48,7 @@ class ClusterTransactionCoordinator(TransactionCoordinator):
         self.leadership = leadership
         self.loaded = True  # per partition: see availability()
         self.loaded_partitions: set[int] = set()
+        self.coordinator_epochs: dict[int, int] = {}  # __transaction_state partition -> its epoch when loaded
         self._completing: set[asyncio.Task[None]] = set()
 
     def partition_of(self, transactional_id: str) -> int | None:
@@ -67,11 +68,13 @@ class ClusterTransactionCoordinator(TransactionCoordinator):
         return E.NONE
 
     def coordinator_epoch(self, transactional_id: str) -> int:
+        """The epoch this broker's markers for the id carry: the leader epoch at which it took the
+        id's `__transaction_state` partition over (as Kafka's coordinator epoch is the partition's
+        leader epoch when it loaded it). It grows with each move of the partition, so a partition
+        leader that has a marker from the new coordinator refuses a late one from this broker
+        (TRANSACTION_COORDINATOR_FENCED); it stays the old value after a hand-over for the same reason."""
         partition = self.partition_of(transactional_id)
-        topic = self.logs.topics.get(TRANSACTION_TOPIC)
-        if partition is None or topic is None:
-            return 0
-        return max(0, topic.partitions[partition].leader_epoch)
+        return 0 if partition is None else self.coordinator_epochs.get(partition, 0)
 
     # ---- requests: answered only for the ids coordinated here (the handlers checked authorization)
 
@@ -121,11 +124,12 @@ class ClusterTransactionCoordinator(TransactionCoordinator):
         partition = plog.partition
         self.loaded_partitions.discard(partition)
         self._forget(partition)
+        self.coordinator_epochs[partition] = max(0, plog.leader_epoch)
         count = await self.store.load_partition(plog)
         self.loaded_partitions.add(partition)
         ids = [t for t in self.store.transactions if self.partition_of(t) == partition]
-        log.info("coordinating %d transactional id(s) of %s-%d (%d record(s) replayed)", len(ids),
-                 TRANSACTION_TOPIC, partition, count)
+        log.info("coordinating %d transactional id(s) of %s-%d at coordinator epoch %d (%d record(s) replayed)",
+                 len(ids), TRANSACTION_TOPIC, partition, self.coordinator_epochs[partition], count)
         prepared = [t for t in ids if self.store.transactions[t].state in (TxnState.PREPARE_COMMIT,
                                                                            TxnState.PREPARE_ABORT)]
         if prepared:

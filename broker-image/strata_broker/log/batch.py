@@ -230,6 +230,14 @@ def build_control_batch(producer_id: int, producer_epoch: int, commit: bool, coo
 
 def control_type(batch: bytes | bytearray | memoryview) -> int | None:
     """The type of a control batch's record (CONTROL_ABORT or CONTROL_COMMIT), None if unreadable."""
+    record = control_record(batch)
+    return None if record is None else record[0]
+
+
+def control_record(batch: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(type, coordinator epoch) of a transaction marker's record: the key's type (CONTROL_ABORT or
+    CONTROL_COMMIT) and the value's coordinator epoch (-1 if the record has no value); None if
+    unreadable."""
     view = memoryview(batch)
     pos = HEADER_SIZE
     try:
@@ -240,10 +248,14 @@ def control_type(batch: bytes | bytearray | memoryview) -> int | None:
             while view[pos] & 0x80:
                 pos += 1
             pos += 1
-        while view[pos] & 0x80:  # key length
-            pos += 1
-        pos += 1
+        key_length, pos = _read_varint(view, pos)
         _, kind = _CONTROL_KEY.unpack_from(view, pos)
+        pos += max(0, key_length)
+        value_length, pos = _read_varint(view, pos)
+        if value_length < _CONTROL_VALUE.size:
+            return int(kind), -1
+        _, coordinator_epoch = _CONTROL_VALUE.unpack_from(view, pos)
     except (IndexError, struct.error):
         return None
-    return int(kind)
+    return int(kind), int(coordinator_epoch)
+

@@ -21,7 +21,7 @@ from .batch import (
     CONTROL_ABORT,
     BatchHeader,
     build_control_batch,
-    control_type,
+    control_record,
     parse_header,
     stamp_log_append_time,
     validate_batches,
@@ -423,7 +423,7 @@ class PartitionLog:
             segment = self.active
             position = segment.size
             segment.append(chunk, [header])
-            self._record(header, segment, position)
+            self._record(header, segment, position, bytes(chunk) if header.is_control else None)
             appended += 1
         if appended:
             self.active.fsync()
@@ -434,11 +434,9 @@ class PartitionLog:
                       coordinator_epoch: int = 0) -> AppendResult:
         """Write a transaction marker (a control batch) that ends the producer's transaction in this
         partition: commit makes its records visible to read_committed readers, abort adds an entry to
-        the aborted-transaction index. A marker from an older producer epoch is refused."""
-        known = self.producers.epoch_of(producer_id)
-        if known is not None and producer_epoch < known:
-            raise KafkaProtocolError(ErrorCode.INVALID_PRODUCER_EPOCH,
-                                     f"marker epoch {producer_epoch} < producer epoch {known}")
+        the aborted-transaction index. A marker from an older producer epoch, or from an older
+        coordinator epoch than the producer's last marker here, is refused (ProducerState.check_marker)."""
+        self.producers.check_marker(producer_id, producer_epoch, coordinator_epoch)
         batch = bytearray(build_control_batch(producer_id, producer_epoch, commit, coordinator_epoch,
                                               int(time.time() * 1000)))
         self._maybe_roll(len(batch))
@@ -459,17 +457,19 @@ class PartitionLog:
 
     def _record(self, header: BatchHeader, segment: Segment, position: int, batch: bytes | None = None) -> None:
         """Producer state after an appended (or recovered) batch; an abort marker that ends a
-        transaction with records here adds an entry to the aborted-transaction index."""
+        transaction with records here adds an entry to the aborted-transaction index. A marker's
+        coordinator epoch (its record's value) becomes its producer's."""
         if not header.is_control or header.producer_id < 0:
             self.producers.record(header)
             return
         first = self.producers.ongoing.get(header.producer_id)
-        self.producers.record(header)
-        if first is None:
-            return
         if batch is None:
             batch = segment.read_batch(position, header.length)
-        if control_type(batch) != CONTROL_ABORT:
+        marker = control_record(batch)
+        self.producers.record(header, None if marker is None else marker[1])
+        if first is None:
+            return
+        if marker is None or marker[0] != CONTROL_ABORT:
             return
         unstable = self.producers.first_unstable_offset()
         entry = txn_index.AbortedTxn(header.producer_id, first, header.base_offset,

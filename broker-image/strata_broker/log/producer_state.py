@@ -15,10 +15,8 @@ from .batch import BatchHeader
 # five requests in flight per connection, so a retry is always one of these.
 _CACHED_BATCHES = 5
 _SEQ_MODULO = 1 << 31
-# The coordinator epoch of the transaction markers Strata writes (ReplicaManager.append_marker's
-# default): one coordinator generation, so every marker carries 0. Kafka reports -1 for a producer
-# that never had a marker.
-MARKER_COORDINATOR_EPOCH = 0
+# A producer that never had a marker here has coordinator epoch -1, as Kafka reports it.
+NO_COORDINATOR_EPOCH = -1
 
 
 @dataclass
@@ -35,7 +33,9 @@ class _Producer:
     batches: deque[_CachedBatch] = field(default_factory=lambda: deque(maxlen=_CACHED_BATCHES))
     txn_first_offset: int = -1  # first offset of the producer's ongoing transaction here, else -1
     last_timestamp: int = -1  # max timestamp of its last batch (DescribeProducers)
-    coordinator_epoch: int = -1  # of the last marker that ended one of its transactions here
+    # of the last marker that ended one of its transactions here: a marker from an older coordinator
+    # (of the transactional id's `__transaction_state` partition) is refused (check_marker)
+    coordinator_epoch: int = NO_COORDINATOR_EPOCH
 
     @property
     def last_seq(self) -> int:
@@ -61,6 +61,23 @@ class ProducerState:
         epoch, last sequence, last timestamp, coordinator epoch, current transaction's first offset)."""
         return [(pid, p.epoch, p.last_seq, p.last_timestamp, p.coordinator_epoch, p.txn_first_offset)
                 for pid, p in sorted(self._producers.items())]
+
+    def check_marker(self, producer_id: int, producer_epoch: int, coordinator_epoch: int) -> None:
+        """Raise unless a transaction marker may end the producer's transaction here, as Kafka's
+        ProducerAppendInfo checks one from WriteTxnMarkers: an older producer epoch than the last
+        batch's is INVALID_PRODUCER_EPOCH; an older coordinator epoch than the last marker's is
+        TRANSACTION_COORDINATOR_FENCED (a coordinator that lost its `__transaction_state` partition
+        to another broker, which has written markers since)."""
+        producer = self._producers.get(producer_id)
+        if producer is None:
+            return
+        if producer_epoch < producer.epoch:
+            raise KafkaProtocolError(ErrorCode.INVALID_PRODUCER_EPOCH,
+                                     f"marker epoch {producer_epoch} < producer epoch {producer.epoch}")
+        if coordinator_epoch < producer.coordinator_epoch:
+            raise KafkaProtocolError(ErrorCode.TRANSACTION_COORDINATOR_FENCED,
+                                     f"marker from coordinator epoch {coordinator_epoch} < "
+                                     f"{producer.coordinator_epoch}, the last marker's of producer {producer_id}")
 
     def check(self, header: BatchHeader) -> int | None:
         """Base offset of an earlier identical batch (a retry), None if new; raise if out of order."""
@@ -116,8 +133,9 @@ class ProducerState:
             pending[header.producer_id] = (header.producer_epoch, header.last_sequence)
         return None
 
-    def record(self, header: BatchHeader) -> None:
-        """Remember an appended batch (its header carries the assigned offsets)."""
+    def record(self, header: BatchHeader, coordinator_epoch: int | None = None) -> None:
+        """Remember an appended batch (its header carries the assigned offsets); a marker's
+        `coordinator_epoch` (its record's value, None if unread) becomes the producer's, as in Kafka."""
         pid = header.producer_id
         if pid < 0:
             return
@@ -125,14 +143,15 @@ class ProducerState:
         if producer is None or header.producer_epoch > producer.epoch or (
                 header.producer_epoch != producer.epoch and not header.is_control):
             first = producer.txn_first_offset if producer is not None else -1
-            coordinator_epoch = producer.coordinator_epoch if producer is not None else -1
             producer = _Producer(epoch=header.producer_epoch, txn_first_offset=first,
-                                 coordinator_epoch=coordinator_epoch)
+                                 coordinator_epoch=producer.coordinator_epoch if producer is not None
+                                 else NO_COORDINATOR_EPOCH)
             self._producers[pid] = producer
         producer.last_timestamp = header.max_timestamp  # a marker's too, as Kafka
         if header.is_control:  # a transaction marker ends the producer's transaction here
             producer.txn_first_offset = -1
-            producer.coordinator_epoch = MARKER_COORDINATOR_EPOCH
+            if coordinator_epoch is not None:
+                producer.coordinator_epoch = coordinator_epoch
             self.ongoing.pop(pid, None)
             return
         if header.is_transactional and producer.txn_first_offset < 0:
