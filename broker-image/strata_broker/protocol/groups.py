@@ -249,7 +249,7 @@ async def handle_consumer_group_heartbeat(ctx: RequestContext, request: Consumer
             topic = ctx.services.logs.topic_by_id(tp.topic_id)
             if topic is not None and tp.partitions:
                 owned.setdefault(topic.name, set()).update(tp.partitions)
-    result = groups.consumer_heartbeat(MemberHeartbeat(
+    result = await groups.consumer_heartbeat(MemberHeartbeat(
         group_id=request.group_id, member_id=request.member_id, member_epoch=request.member_epoch,
         instance_id=request.instance_id, rack_id=request.rack_id, rebalance_timeout_ms=request.rebalance_timeout_ms,
         subscribed_topics=request.subscribed_topic_names,
