@@ -779,10 +779,13 @@ class ConsumerGroupCoordinator:
             current = records.get(rec.CURRENT_MEMBER_ASSIGNMENT)
             if not isinstance(current, rec.CurrentAssignment):
                 current = rec.CurrentAssignment()
-            member = ConsumerMember(member_id, instance_id=meta.instance_id, rack_id=meta.rack_id,
+            # (An empty string, as Kafka may write for an optional field, is none.)
+            member = ConsumerMember(member_id, instance_id=meta.instance_id or None, rack_id=meta.rack_id or None,
                                     client_id=meta.client_id, client_host=meta.client_host,
                                     subscribed_topics=sorted(set(meta.subscribed_topics)),
-                                    subscribed_regex=meta.subscribed_regex, server_assignor=meta.server_assignor,
+                                    subscribed_regex=meta.subscribed_regex or None,
+                                    server_assignor=meta.server_assignor if meta.server_assignor in self.assignors
+                                    else None,
                                     rebalance_timeout_ms=meta.rebalance_timeout_ms, epoch=current.member_epoch,
                                     previous_epoch=current.previous_member_epoch,
                                     state=states.get(current.state, MemberState.STABLE),
