@@ -68,6 +68,8 @@ class GroupCoordinator:
         self.consumer = ConsumerGroupCoordinator(config, logs, monotonic=monotonic, wall=wall)
         store.record_sink = self.consumer.replay  # consumer-group records are replayed with the offsets
         self.tick_ms = int(config["group.coordinator.tick.ms"])
+        # Cluster mode: offsets partitions taken over whose records are still being replayed.
+        self._loading: set[int] = set()
 
     @property
     def groups(self) -> dict[str, Group]:
@@ -88,14 +90,24 @@ class GroupCoordinator:
         self.membership.stop()
 
     async def partition_acquired(self, plog: PartitionLog) -> None:
-        """Cluster mode: this broker now coordinates the groups stored in this offsets partition."""
-        with_offsets = await self.offsets.load_partition(plog)
-        self.consumer.finish_load(lambda g: self.offsets.partition_of(g) == plog.partition)
-        self.membership.adopt(g for g in with_offsets if g not in self.consumer.groups)
+        """Cluster mode: this broker now coordinates the groups stored in this offsets partition
+        (`loading` says so for its groups until the replay is over)."""
+        self._loading.add(plog.partition)
+        try:
+            with_offsets = await self.offsets.load_partition(plog)
+            self.consumer.finish_load(lambda g: self.offsets.partition_of(g) == plog.partition)
+            self.membership.adopt(g for g in with_offsets if g not in self.consumer.groups)
+        finally:
+            self._loading.discard(plog.partition)
+
+    def loading(self, group_id: str) -> bool:
+        """Is the group's offsets partition still being replayed (its state not known yet)?"""
+        return bool(self._loading) and self.offsets.partition_of(group_id) in self._loading
 
     def partition_released(self, partition: int) -> None:
         """Cluster mode: the groups of this offsets partition are coordinated elsewhere now;
         their members are told to find the new coordinator."""
+        self._loading.discard(partition)
         self.offsets.unload_partition(partition)
         self.membership.release([g for g in self.membership.groups if self.offsets.partition_of(g) == partition])
         self.consumer.release([g for g in self.consumer.groups if self.offsets.partition_of(g) == partition])

@@ -71,10 +71,11 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def _coordinator(ctx: RequestContext, group_id: str | None = None) -> GroupCoordinator | None:
-    """The coordinator, if it runs here and (in a cluster) coordinates `group_id`: clients told
-    it is not available look the coordinator up again."""
+    """The coordinator, if it runs here and (in a cluster) coordinates `group_id`, its state loaded:
+    clients told it is not available look the coordinator up again."""
     groups = ctx.services.groups
-    if group_id is not None and not ctx.services.leadership.coordinates(group_id):
+    if group_id is not None and (not ctx.services.leadership.coordinates(group_id) or
+                                 (groups is not None and groups.loading(group_id))):
         return None
     return groups
 
