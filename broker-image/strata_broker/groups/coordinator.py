@@ -95,7 +95,15 @@ class GroupCoordinator:
         self._loading.add(plog.partition)
         try:
             with_offsets = await self.offsets.load_partition(plog)
-            self.consumer.finish_load(lambda g: self.offsets.partition_of(g) == plog.partition)
+
+            def mine(group_id: str) -> bool:
+                return self.offsets.partition_of(group_id) == plog.partition
+
+            if plog.partition not in self._loading:  # released while it was being replayed: forget it again
+                self.offsets.unload_partition(plog.partition)
+                self.consumer.release([g for g in self.consumer.stored if mine(g)])
+                return
+            self.consumer.finish_load(mine)
             self.membership.adopt(g for g in with_offsets if g not in self.consumer.groups)
         finally:
             self._loading.discard(plog.partition)
