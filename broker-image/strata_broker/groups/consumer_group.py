@@ -202,7 +202,7 @@ def unknown_group(req: MemberHeartbeat) -> HeartbeatError:
     or known from its offsets only). Kafka answers GROUP_ID_NOT_FOUND, which librdkafka treats as
     fatal; UNKNOWN_MEMBER_ID makes the member rejoin with epoch 0."""
     return HeartbeatError(E.UNKNOWN_MEMBER_ID, f"Member {req.member_id} is not a member of group {req.group_id}: "
-                                               f"the coordinator does not know the group (restarted or moved); "
+                                               f"the coordinator does not know the group; "
                                                f"rejoin with member epoch 0.")
 
 
