@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, KafkaException, Producer
-from kafka.protocol.admin import DeleteGroupsRequest, ListGroupsRequest
+from kafka.protocol.admin import DeleteGroupsRequest, DescribeGroupsRequest, ListGroupsRequest
 from kafka.protocol.consumer import JoinGroupRequest, OffsetCommitRequest, OffsetFetchRequest
 from kafka.protocol.consumer.metadata import ConsumerProtocolSubscription
 from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
@@ -502,6 +502,9 @@ def test_membership_survives_a_restart_then_delete_group_is_persisted_too(broker
         assert (described.error_code, described.group_state, described.members) == (NONE, "Empty", [])
         listed = conn.request(ListGroupsRequest(version=5, states_filter=[], types_filter=[])).groups
         assert [(g.group_type, g.group_state) for g in listed if g.group_id == group] == [("consumer", "Empty")]
+        # DescribeGroups describes classic groups only, before a restart and after it alike.
+        classic = conn.request(DescribeGroupsRequest(version=5, groups=[group])).groups[0]
+        assert (classic.error_code, classic.group_state) == (NONE, "Dead")
         assert conn.request(DeleteGroupsRequest(version=2, groups_names=[group])).results[0].error_code == NONE
     proc.restart()
     with RawConnection(proc.bootstrap) as conn:
