@@ -118,8 +118,13 @@ def free_port() -> int:
 
 
 def random_cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: 16 random bytes, URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: 16 random bytes, URL-safe base64, no padding, and
+    (as Kafka's Uuid.randomUuid) never starting with "-", which the tool's argument parser would
+    take for an option (1 run in 64 failed with "--cluster-id: expected one argument")."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
 
 
 LOG4J2 = """\

@@ -21,25 +21,32 @@ checked by `tick()`; a member past either is removed (fenced) and its partitions
 Static members (instance id) may leave with epoch -2 and be replaced by a new member with the same
 instance id, which takes over the assignment without a rebalance.
 
-Committed offsets live in `__consumer_offsets` as for classic groups (the offset manager); the
-group's membership (epochs, assignments) is kept in memory only, not as Kafka's consumer-group
-records: after a restart or a coordinator move, a member's heartbeat is answered UNKNOWN_MEMBER_ID
-(`unknown_group`; Kafka would still know it) and it rejoins with epoch 0, its committed offsets
-where it left them.
+Committed offsets live in `__consumer_offsets` as for classic groups (the offset manager), and so
+does the membership, as Kafka's consumer-group records (consumer_group_records.py): the group epoch,
+the subscribed topics' metadata, each member's subscription, the target assignment and each member's
+current assignment (epoch, previous epoch, state, partitions). Every change marks what it touched
+(`_mark`); `take_changes()` then compares the records the state makes with the ones last written
+(`ConsumerGroup.persisted`) and returns the new values and the tombstones (a member gone, a group
+deleted) for the façade to append before it answers. On load (a restart, or in a cluster the
+offsets partition taken over) `replay` collects the newest record per key and `finish_load` rebuilds
+the groups: members keep their member id, epoch and assignment, and must heartbeat within the
+session timeout (counted from the load) or are removed.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import regex
 
+from . import consumer_group_records as rec
 from .assignors import ASSIGNORS, assignor_names
 from .group import E
 
@@ -163,6 +170,8 @@ class ConsumerGroup:
     assignor: str = ""
     empty_since_ms: int | None = None
     dead: bool = False
+    # The records last written for this group (key -> value): what the next changes are relative to.
+    persisted: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def state(self) -> ConsumerGroupState:
@@ -189,12 +198,11 @@ class ConsumerGroup:
 
 
 def unknown_group(req: MemberHeartbeat) -> HeartbeatError:
-    """A heartbeat (not a join) for a group this coordinator has no members of. Kafka, which keeps
-    membership in __consumer_offsets, answers GROUP_ID_NOT_FOUND, which librdkafka treats as fatal;
-    Strata keeps membership in memory, so after a restart or a coordinator move this is the normal
-    case for every member, and UNKNOWN_MEMBER_ID makes it rejoin with epoch 0."""
+    """A heartbeat (not a join) for a group this coordinator has no members of (deleted, expired,
+    or known from its offsets only). Kafka answers GROUP_ID_NOT_FOUND, which librdkafka treats as
+    fatal; UNKNOWN_MEMBER_ID makes the member rejoin with epoch 0."""
     return HeartbeatError(E.UNKNOWN_MEMBER_ID, f"Member {req.member_id} is not a member of group {req.group_id}: "
-                                               f"the coordinator does not know the group (restarted or moved); "
+                                               f"the coordinator does not know the group; "
                                                f"rejoin with member epoch 0.")
 
 
@@ -219,6 +227,10 @@ class ConsumerGroupCoordinator:
         self.session_timeout_ms = int(config["group.consumer.session.timeout.ms"])
         self.max_size = int(config["group.consumer.max.size"])
         self.assignors = assignor_names(str(config["group.consumer.assignors"]))
+        # Groups changed since the last take_changes(): (group, the members touched or None for all).
+        self.dirty: list[tuple[ConsumerGroup, set[str] | None]] = []
+        # Records replayed from __consumer_offsets, by group, until finish_load() builds the groups.
+        self.stored: dict[str, rec.StoredGroup] = {}
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -340,6 +352,7 @@ class ConsumerGroupCoordinator:
                 member = static
                 self._check_epoch(member, req.member_epoch, req.owned)
         is_new = replaced is not None or member_id not in group.members
+        epochs_before = (group.group_epoch, group.assignment_epoch)
         before_assigned = _copy(member.assigned)
         previous = replaced if replaced is not None else member
         before_subscription = (list(previous.subscribed_topics), previous.subscribed_regex)
@@ -392,6 +405,8 @@ class ConsumerGroupCoordinator:
         # 3. Reconcile the member towards its target.
         self._reconcile(group, member, req.owned)
         member.session_deadline = self.monotonic() + self.session_timeout_ms / 1000.0
+        self._mark(group, None if is_new or (group.group_epoch, group.assignment_epoch) != epochs_before
+                   else member.member_id)
         # The assignment is sent to a joining member, on a full heartbeat (all optional fields set,
         # as a client sends after an error) and when it changed; otherwise it is left out.
         full = req.rebalance_timeout_ms != -1 and req.owned is not None and \
@@ -442,6 +457,7 @@ class ConsumerGroupCoordinator:
             if member.epoch != STATIC_LEAVE_EPOCH:
                 member.previous_epoch = member.epoch
             member.epoch = STATIC_LEAVE_EPOCH
+            self._mark(group, member.member_id)
         else:
             log.info("member %s leaves consumer group %s", member.member_id, group.group_id)
             self._remove(group, member)
@@ -461,6 +477,7 @@ class ConsumerGroupCoordinator:
             group.topic_meta = self._topic_meta(group.subscribed_topics())
         if not group.members:
             group.empty_since_ms = int(self.wall() * 1000)
+        self._mark(group, None)
 
     # ---- target assignment ---------------------------------------------------------------
 
@@ -601,12 +618,206 @@ class ConsumerGroupCoordinator:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def drop(self, group_id: str) -> None:
+    def drop(self, group_id: str, persist: bool = True) -> None:
+        """Forget the group; with `persist`, its records are tombstoned by the next take_changes()."""
         group = self.groups.pop(group_id, None)
         if group is not None:
             group.dead = True
+            if persist:
+                self._mark(group, None)
 
     def release(self, group_ids: list[str]) -> None:
-        """Cluster mode: these groups are coordinated elsewhere now; their members rejoin there."""
-        for group_id in group_ids:
-            self.drop(group_id)
+        """Cluster mode: these groups are coordinated elsewhere now (their records stay as they are
+        in the log, for the new coordinator to load); their members are sent there."""
+        gone = set(group_ids)
+        for group_id in gone:
+            self.drop(group_id, persist=False)
+            self.stored.pop(group_id, None)
+        self.dirty = [(g, m) for g, m in self.dirty if g.group_id not in gone]
+
+    # ---- persistence (consumer_group_records.py) ------------------------------------------
+
+    def _mark(self, group: ConsumerGroup, member_id: str | None) -> None:
+        """The group changed: the member's records (and the group's), or all of them (None)."""
+        for i, (marked, members) in enumerate(self.dirty):
+            if marked is group:
+                if members is not None:
+                    if member_id is None:
+                        self.dirty[i] = (group, None)
+                    else:
+                        members.add(member_id)
+                return
+        self.dirty.append((group, None if member_id is None else {member_id}))
+
+    def _topic_ids(self, group: ConsumerGroup, parts: Partitions) -> rec.TopicIdPartitions:
+        out = []
+        for name in sorted(parts):
+            if not parts[name]:
+                continue
+            meta = group.topic_meta.get(name)
+            topic_id = meta[0] if meta is not None else self.topic_id(name)
+            if topic_id is not None:
+                out.append((topic_id, sorted(parts[name])))
+        return out
+
+    def _group_records(self, group: ConsumerGroup) -> dict[bytes, bytes]:
+        gid = group.group_id
+        return {
+            rec.encode_key(rec.GROUP_METADATA, gid): rec.encode_epoch(group.group_epoch),
+            rec.encode_key(rec.PARTITION_METADATA, gid): rec.encode_partition_metadata(
+                [(tid, name, n) for name, (tid, n) in sorted(group.topic_meta.items())]),
+            rec.encode_key(rec.TARGET_ASSIGNMENT_METADATA, gid): rec.encode_epoch(group.assignment_epoch),
+        }
+
+    def _member_records(self, group: ConsumerGroup, m: ConsumerMember) -> dict[bytes, bytes]:
+        gid, mid = group.group_id, m.member_id
+        state = {MemberState.STABLE: rec.STATE_STABLE, MemberState.UNREVOKED_PARTITIONS: rec.STATE_UNREVOKED_PARTITIONS,
+                 MemberState.UNRELEASED_PARTITIONS: rec.STATE_UNRELEASED_PARTITIONS}[m.state]
+        return {
+            # A regex member's topic names are not written (Kafka's neither): they are the regex's matches.
+            rec.encode_key(rec.MEMBER_METADATA, gid, mid): rec.encode_member_metadata(rec.MemberMetadata(
+                m.instance_id, m.rack_id, m.client_id, m.client_host,
+                [] if m.subscribed_regex else list(m.subscribed_topics), m.subscribed_regex, m.rebalance_timeout_ms,
+                m.server_assignor)),
+            rec.encode_key(rec.TARGET_ASSIGNMENT_MEMBER, gid, mid): rec.encode_target_member(
+                self._topic_ids(group, group.target.get(mid, {}))),
+            rec.encode_key(rec.CURRENT_MEMBER_ASSIGNMENT, gid, mid): rec.encode_current_assignment(
+                rec.CurrentAssignment(m.epoch, m.previous_epoch, state, self._topic_ids(group, m.assigned),
+                                      self._topic_ids(group, m.pending_revocation))),
+        }
+
+    def _changes(self, group: ConsumerGroup, member_ids: set[str] | None) -> list[tuple[bytes, bytes | None]]:
+        """The records that bring the log to the group's state (all of it, or these members' and the
+        group's own), in the order Kafka writes them: tombstones of members' records first, then
+        the group's; new values from the subscription to the current assignment. Updates `persisted`."""
+        desired: dict[bytes, bytes] = {}
+        if not group.dead:
+            desired.update(self._group_records(group))
+            for m in group.members.values():
+                if member_ids is None or m.member_id in member_ids:
+                    desired.update(self._member_records(group, m))
+        if member_ids is None:
+            candidates: Iterable[bytes] = list(group.persisted)
+        else:
+            gid = group.group_id
+            candidates = [rec.encode_key(t, gid, mid) for mid in member_ids for t in
+                          (rec.MEMBER_METADATA, rec.TARGET_ASSIGNMENT_MEMBER, rec.CURRENT_MEMBER_ASSIGNMENT)]
+            candidates += [k for k in (rec.encode_key(t, gid) for t in (rec.GROUP_METADATA, rec.PARTITION_METADATA,
+                                                                         rec.TARGET_ASSIGNMENT_METADATA))]
+        tombstones = [k for k in candidates if k in group.persisted and k not in desired]
+        values = [(k, v) for k, v in desired.items() if group.persisted.get(k) != v]
+        tombstones.sort(key=lambda k: _TOMBSTONE_ORDER.index(int.from_bytes(k[:2], "big")))
+        values.sort(key=lambda kv: _VALUE_ORDER.index(int.from_bytes(kv[0][:2], "big")))
+        for k in tombstones:
+            del group.persisted[k]
+        group.persisted.update(values)
+        return [(k, None) for k in tombstones] + [(k, v) for k, v in values]
+
+    def take_changes(self) -> list[tuple[str, list[tuple[bytes, bytes | None]]]]:
+        """(group id, records) for every group changed since the last call, in the order changed:
+        what to append to the group's offsets partition (call it and append without awaiting in
+        between, so the log keeps the order)."""
+        out = []
+        dirty, self.dirty = self.dirty, []
+        for group, members in dirty:
+            records = self._changes(group, members)
+            if records:
+                out.append((group.group_id, records))
+        return out
+
+    def replay(self, key: bytes, value: bytes | None) -> None:
+        """One record of the offsets topic that is not an offset commit, in log order."""
+        try:
+            parsed = rec.decode_key(key)
+        except (struct.error, ValueError, IndexError, UnicodeDecodeError):
+            log.warning("skipping an unreadable consumer-group key in __consumer_offsets")
+            return
+        if parsed is None:
+            return  # classic-group metadata (type 2) or a type Strata does not know
+        group_id = parsed[1]
+        stored = self.stored.setdefault(group_id, rec.StoredGroup(group_id))
+        if value is None:
+            stored.records.pop(key, None)
+            if not stored.records:
+                del self.stored[group_id]
+        else:
+            stored.records[key] = value
+
+    def finish_load(self, owns: Callable[[str], bool] | None = None) -> list[str]:
+        """Rebuild the groups replayed (those `owns` accepts, or all); returns their ids."""
+        loaded = []
+        names = {t.topic_id: name for name, t in self.logs.topics.items()}
+        for group_id in [g for g in self.stored if owns is None or owns(g)]:
+            stored = self.stored.pop(group_id)
+            try:
+                group = self._restore(stored, names)
+            except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+                log.warning("cannot restore consumer group %s from __consumer_offsets: %r", group_id, exc)
+                continue
+            self.groups[group_id] = group
+            loaded.append(group_id)
+            log.info("consumer group %s loaded: epoch %d, %d member(s)", group_id, group.group_epoch,
+                     len(group.members))
+        return loaded
+
+    def _restore(self, stored: rec.StoredGroup, names: dict[uuid.UUID, str]) -> ConsumerGroup:
+        group_epoch, assignment_epoch, topics, members = stored.decoded()
+        group = ConsumerGroup(stored.group_id, group_epoch=group_epoch or 0, assignment_epoch=assignment_epoch or 0)
+        group.persisted = dict(stored.records)
+        group.topic_meta = {name: (tid, n) for tid, name, n in topics}
+        now = self.monotonic()
+
+        def by_name(parts: rec.TopicIdPartitions) -> Partitions:
+            return {names[tid]: set(ps) for tid, ps in parts if tid in names and ps}
+
+        states = {rec.STATE_UNREVOKED_PARTITIONS: MemberState.UNREVOKED_PARTITIONS,
+                  rec.STATE_UNRELEASED_PARTITIONS: MemberState.UNRELEASED_PARTITIONS}
+        for member_id, records in members.items():
+            meta = records.get(rec.MEMBER_METADATA)
+            if not isinstance(meta, rec.MemberMetadata):
+                continue  # an incomplete member: its other records are tombstoned with the next full write
+            current = records.get(rec.CURRENT_MEMBER_ASSIGNMENT)
+            if not isinstance(current, rec.CurrentAssignment):
+                current = rec.CurrentAssignment()
+            # (An empty string, as Kafka may write for an optional field, is none.)
+            member = ConsumerMember(member_id, instance_id=meta.instance_id or None, rack_id=meta.rack_id or None,
+                                    client_id=meta.client_id, client_host=meta.client_host,
+                                    subscribed_topics=sorted(set(meta.subscribed_topics)),
+                                    subscribed_regex=meta.subscribed_regex or None,
+                                    server_assignor=meta.server_assignor if meta.server_assignor in self.assignors
+                                    else None,
+                                    rebalance_timeout_ms=meta.rebalance_timeout_ms, epoch=current.member_epoch,
+                                    previous_epoch=current.previous_member_epoch,
+                                    state=states.get(current.state, MemberState.STABLE),
+                                    assigned=by_name(current.assigned),
+                                    pending_revocation=by_name(current.pending_revocation))
+            if member.subscribed_regex:
+                try:
+                    member.subscribed_topics = self._resolve_regex(member.subscribed_regex)
+                    member.regex_topic_count = len(self.logs.topics)
+                except (HeartbeatError, regex.error):
+                    member.subscribed_topics = []
+            # As after a join: the session (and a pending revocation) is counted from the load.
+            member.session_deadline = now + self.session_timeout_ms / 1000.0
+            if member.state is MemberState.UNREVOKED_PARTITIONS:
+                timeout = member.rebalance_timeout_ms if member.rebalance_timeout_ms > 0 else self.session_timeout_ms
+                member.revocation_deadline = now + timeout / 1000.0
+            target = records.get(rec.TARGET_ASSIGNMENT_MEMBER)
+            if isinstance(target, list):
+                group.target[member_id] = by_name(target)
+            group.members[member_id] = member
+            if member.instance_id is not None:
+                group.static_members[member.instance_id] = member_id
+            group.set_ownership(member, set())
+        group.assignor = self._preferred_assignor(group)
+        if not group.members:
+            group.empty_since_ms = int(self.wall() * 1000)
+        return group
+
+
+# Kafka's order: a member's current assignment, target and subscription go before the group's records;
+# new values from the subscription through the group epoch and target to the current assignment.
+_TOMBSTONE_ORDER = (rec.CURRENT_MEMBER_ASSIGNMENT, rec.TARGET_ASSIGNMENT_MEMBER, rec.MEMBER_METADATA,
+                    rec.TARGET_ASSIGNMENT_METADATA, rec.PARTITION_METADATA, rec.GROUP_METADATA)
+_VALUE_ORDER = (rec.MEMBER_METADATA, rec.PARTITION_METADATA, rec.GROUP_METADATA, rec.TARGET_ASSIGNMENT_MEMBER,
+                rec.TARGET_ASSIGNMENT_METADATA, rec.CURRENT_MEMBER_ASSIGNMENT)

@@ -14,6 +14,12 @@ members is answered GROUP_ID_NOT_FOUND, a JoinGroup for a consumer group that ha
 INCONSISTENT_GROUP_PROTOCOL; an Empty group (committed offsets only) becomes whichever kind joins
 it next, its offsets kept.
 
+A consumer group's membership is persisted in `__consumer_offsets` as Kafka's consumer-group records
+(consumer_group_records.py): every request or tick that changed one appends its records before it
+answers (`persist_consumer_groups`), and loading the topic (or, in a cluster, one partition of it)
+brings the groups back with their members, epochs and assignments. Classic groups are not
+persisted: after a restart or a coordinator move their members rejoin (JoinGroup), their offsets kept.
+
 Both clocks are constructor arguments (monotonic for deadlines, wall for retention and record
 timestamps), so tests drive time; `tick()`, which the broker calls every
 group.coordinator.tick.ms, is when sessions, join phases and retention are checked.
@@ -60,7 +66,10 @@ class GroupCoordinator:
         self.offsets = OffsetManager(config, logs, store, wall=wall)
         self.membership = MembershipCoordinator(config, self.offsets.has_offsets, monotonic=monotonic, wall=wall)
         self.consumer = ConsumerGroupCoordinator(config, logs, monotonic=monotonic, wall=wall)
+        store.record_sink = self.consumer.replay  # consumer-group records are replayed with the offsets
         self.tick_ms = int(config["group.coordinator.tick.ms"])
+        # Cluster mode: offsets partitions taken over whose records are still being replayed.
+        self._loading: set[int] = set()
 
     @property
     def groups(self) -> dict[str, Group]:
@@ -70,19 +79,43 @@ class GroupCoordinator:
 
     async def load_all(self) -> None:
         """One broker coordinates every group: load every offsets partition (in a cluster, each is
-        loaded by `partition_acquired` when this broker takes it over)."""
-        self.membership.adopt(await self.offsets.load_all())
+        loaded by `partition_acquired` when this broker takes it over). A group with consumer-group
+        records comes back as that consumer group, members and all; one with offsets only as an
+        Empty classic group."""
+        with_offsets = await self.offsets.load_all()
+        self.consumer.finish_load()
+        self.membership.adopt(g for g in with_offsets if g not in self.consumer.groups)
 
     def stop(self) -> None:
         self.membership.stop()
 
     async def partition_acquired(self, plog: PartitionLog) -> None:
-        """Cluster mode: this broker now coordinates the groups stored in this offsets partition."""
-        self.membership.adopt(await self.offsets.load_partition(plog))
+        """Cluster mode: this broker now coordinates the groups stored in this offsets partition
+        (`loading` says so for its groups until the replay is over)."""
+        self._loading.add(plog.partition)
+        try:
+            with_offsets = await self.offsets.load_partition(plog)
+
+            def mine(group_id: str) -> bool:
+                return self.offsets.partition_of(group_id) == plog.partition
+
+            if plog.partition not in self._loading:  # released while it was being replayed: forget it again
+                self.offsets.unload_partition(plog.partition)
+                self.consumer.release([g for g in self.consumer.stored if mine(g)])
+                return
+            self.consumer.finish_load(mine)
+            self.membership.adopt(g for g in with_offsets if g not in self.consumer.groups)
+        finally:
+            self._loading.discard(plog.partition)
+
+    def loading(self, group_id: str) -> bool:
+        """Is the group's offsets partition still being replayed (its state not known yet)?"""
+        return bool(self._loading) and self.offsets.partition_of(group_id) in self._loading
 
     def partition_released(self, partition: int) -> None:
         """Cluster mode: the groups of this offsets partition are coordinated elsewhere now;
         their members are told to find the new coordinator."""
+        self._loading.discard(partition)
         self.offsets.unload_partition(partition)
         self.membership.release([g for g in self.membership.groups if self.offsets.partition_of(g) == partition])
         self.consumer.release([g for g in self.consumer.groups if self.offsets.partition_of(g) == partition])
@@ -97,6 +130,7 @@ class GroupCoordinator:
         self.consumer.tick()
         for group in list(self.consumer.groups.values()):
             self._maybe_drop_consumer(group)
+        await self.persist_consumer_groups()
         if self.offsets.retention_ms <= 0:
             return
         for cgroup in list(self.consumer.groups.values()):
@@ -104,6 +138,7 @@ class GroupCoordinator:
                 continue
             if await self.offsets.expire_group(cgroup.group_id, cgroup.empty_since_ms):
                 self._maybe_drop_consumer(cgroup)
+        await self.persist_consumer_groups()
         for group_id in self.membership.empty_groups():
             since = self.membership.empty_since(group_id)
             if since is None:
@@ -115,8 +150,29 @@ class GroupCoordinator:
 
     # ---- the consumer group protocol (KIP-848) ---------------------------------------------
 
-    def consumer_heartbeat(self, req: MemberHeartbeat, version: int) -> HeartbeatResult:
-        """ConsumerGroupHeartbeat: errors come back in the result, with Kafka's messages."""
+    async def persist_consumer_groups(self) -> int:
+        """Append the records of every consumer group changed since the last call (all appended
+        before any is awaited, so the log has them in the order of the changes), then wait until
+        they are durable. NONE, or the error to answer (NOT_COORDINATOR: the partition moved)."""
+        waits = []
+        error = E.NONE
+        for group_id, records in self.consumer.take_changes():
+            try:
+                waits.append((group_id, self.offsets.store.append_records(group_id, records)))
+            except KafkaProtocolError as exc:
+                log.error("cannot store consumer group %s: %s", group_id, exc)
+                error = E.NOT_COORDINATOR if exc.code == E.NOT_COORDINATOR else E.COORDINATOR_NOT_AVAILABLE
+        for group_id, wait in waits:
+            try:
+                await wait
+            except KafkaProtocolError as exc:
+                log.error("cannot store consumer group %s: %s", group_id, exc)
+                error = E.NOT_COORDINATOR if exc.code == E.NOT_COORDINATOR else E.COORDINATOR_NOT_AVAILABLE
+        return error
+
+    async def consumer_heartbeat(self, req: MemberHeartbeat, version: int) -> HeartbeatResult:
+        """ConsumerGroupHeartbeat: errors come back in the result, with Kafka's messages. What the
+        heartbeat changed is in __consumer_offsets before the answer goes out (as Kafka)."""
         try:
             self.consumer.validate(req, version)
             classic = self.membership.live(req.group_id)
@@ -132,10 +188,14 @@ class GroupCoordinator:
             result = self.consumer.heartbeat(req)
         except HeartbeatError as exc:
             log.debug("ConsumerGroupHeartbeat %s refused with %d: %s", req, exc.code, exc.message)
-            return HeartbeatResult(exc.code, exc.message, req.member_id or None, req.member_epoch)
+            result = HeartbeatResult(exc.code, exc.message, req.member_id or None, req.member_epoch)
         group = self.consumer.groups.get(req.group_id)
         if group is not None:
             self._maybe_drop_consumer(group)
+        error = await self.persist_consumer_groups()
+        if error != E.NONE and result.error == E.NONE:
+            return HeartbeatResult(error, "the group's state could not be stored", req.member_id or None,
+                                   req.member_epoch)
         return result
 
     def _maybe_drop_consumer(self, group: ConsumerGroup) -> None:
@@ -159,6 +219,7 @@ class GroupCoordinator:
             if cgroup.members:
                 return JoinResult(E.INCONSISTENT_GROUP_PROTOCOL, member_id)
             self.consumer.drop(group_id)  # an Empty consumer group (offsets only) becomes a classic group
+            await self.persist_consumer_groups()
         return await self.membership.join_group(group_id, member_id, instance_id, protocol_type, protocols,
                                                 session_timeout_ms, rebalance_timeout_ms, client_id, client_host,
                                                 require_known_member)
@@ -226,6 +287,7 @@ class GroupCoordinator:
         if cgroup is not None:
             results = await self.offsets.delete(group_id, partitions, cgroup.subscribed_topics())
             self._maybe_drop_consumer(cgroup)
+            await self.persist_consumer_groups()
             return E.NONE, results
         group = self.membership.live(group_id)
         if group is None:
@@ -297,6 +359,9 @@ class GroupCoordinator:
                 log.error("cannot delete offsets of group %s: %s", group_id, exc)
                 return E.COORDINATOR_NOT_AVAILABLE
             self.consumer.drop(group_id)
+            error = await self.persist_consumer_groups()
+            if error != E.NONE:
+                return error
             log.info("deleted consumer group %s", group_id)
             return E.NONE
         error, group = self.membership.begin_delete(group_id)

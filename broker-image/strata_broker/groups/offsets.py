@@ -7,9 +7,10 @@ e.g. an offsets formatter, understands it):
 - value v3: int16 version=3, int64 offset, int32 leader epoch, string metadata, int64 commit time
 - a null value is a tombstone (offset deleted)
 
-Group-metadata records (key v2) are not written: membership is rebuilt by the clients
-after a restart. On startup every partition of the topic is replayed; the last record for
-a key wins.
+Consumer-group (KIP-848) records, keys 3 to 8, share the topic and the group's partition: their
+layout is consumer_group_records.py's, and the store hands them to `record_sink` as it replays.
+Classic-group metadata records (key 2) are not written: classic members rejoin after a restart.
+On startup every partition of the topic is replayed; the last record for a key wins.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -26,7 +27,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from ..errors import ErrorCode, KafkaProtocolError
 from ..log.manager import LogManager
 from ..log.partition import PartitionLog
-from ..replica import ReplicaManager
+from ..replica import Appended, ReplicaManager
 
 log = logging.getLogger(__name__)
 # Offset records per batch of the offsets topic stop at about this size (far below max.message.bytes).
@@ -144,6 +145,8 @@ class OffsetStore:
         # Transactional offsets not committed yet: producer id -> group -> {(topic, p): offset}.
         # They become the group's offsets when the commit marker reaches their partition.
         self.pending: dict[int, dict[str, dict[tuple[str, int], CommittedOffset]]] = {}
+        # Replayed records that are not offset commits (the consumer groups' keys 3 to 8) go here.
+        self.record_sink: Callable[[bytes, bytes | None], None] | None = None
 
     # ---- startup -----------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class OffsetStore:
         try:
             parsed = decode_key(bytes(key))
             if parsed is None:
+                if self.record_sink is not None:
+                    self.record_sink(bytes(key), None if value is None else bytes(value))
                 return
             group, topic, partition = parsed
             if value is None:
@@ -251,6 +256,15 @@ class OffsetStore:
                       producer_id: int = -1, producer_epoch: int = -1) -> None:
         """One batch of the group's offset records (tombstones for None) in its partition of the
         offsets topic, durable before this returns; transactional when a producer id is given."""
+        records = [(encode_key(group_id, topic_name, partition), None if entry is None else encode_value(entry))
+                   for (topic_name, partition), entry in entries.items()]
+        await self.append_records(group_id, records, producer_id, producer_epoch)
+
+    def append_records(self, group_id: str, records: list[tuple[bytes, bytes | None]], producer_id: int = -1,
+                       producer_epoch: int = -1) -> Awaitable[None]:
+        """Append these (key, value) records to the group's partition of the offsets topic now (the
+        log order is the call order) and return what waits until they are durable (raising
+        NOT_COORDINATOR when the partition moved to another broker meanwhile)."""
         self.ensure_topic()
         topic = self.logs.topics[OFFSETS_TOPIC]
         plog = topic.partitions[partition_for(group_id, len(topic.partitions))]
@@ -260,21 +274,23 @@ class OffsetStore:
         batches: list[bytes] = []
         batch_bytes = min(_BATCH_BYTES, plog.config.max_message_bytes // 2)
         builder = None
-        for (topic_name, partition), entry in entries.items():
+        for key, value in records:
             if builder is None:
                 builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=producer_id >= 0,
                                                     producer_id=producer_id, producer_epoch=producer_epoch,
                                                     base_sequence=-1, batch_size=1 << 30)
                 count = 0
-            builder.append(count, timestamp=now, key=encode_key(group_id, topic_name, partition),
-                           value=None if entry is None else encode_value(entry), headers=[])
+            builder.append(count, timestamp=now, key=key, value=value, headers=[])
             count += 1
             if builder.size() >= batch_bytes:
                 batches.append(bytes(builder.build()))
                 builder = None
         if builder is not None:
             batches.append(bytes(builder.build()))
-        appended = self.replicas.append(plog, b"".join(batches))
+        return self._durable(self.replicas.append(plog, b"".join(batches)))
+
+    @staticmethod
+    async def _durable(appended: Appended) -> None:
         try:
             await appended.durable()
         except KafkaProtocolError as exc:

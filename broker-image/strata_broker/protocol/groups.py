@@ -71,10 +71,11 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 
 
 def _coordinator(ctx: RequestContext, group_id: str | None = None) -> GroupCoordinator | None:
-    """The coordinator, if it runs here and (in a cluster) coordinates `group_id`: clients told
-    it is not available look the coordinator up again."""
+    """The coordinator, if it runs here and (in a cluster) coordinates `group_id`, its state loaded:
+    clients told it is not available look the coordinator up again."""
     groups = ctx.services.groups
-    if group_id is not None and not ctx.services.leadership.coordinates(group_id):
+    if group_id is not None and (not ctx.services.leadership.coordinates(group_id) or
+                                 (groups is not None and groups.loading(group_id))):
         return None
     return groups
 
@@ -249,7 +250,7 @@ async def handle_consumer_group_heartbeat(ctx: RequestContext, request: Consumer
             topic = ctx.services.logs.topic_by_id(tp.topic_id)
             if topic is not None and tp.partitions:
                 owned.setdefault(topic.name, set()).update(tp.partitions)
-    result = groups.consumer_heartbeat(MemberHeartbeat(
+    result = await groups.consumer_heartbeat(MemberHeartbeat(
         group_id=request.group_id, member_id=request.member_id, member_epoch=request.member_epoch,
         instance_id=request.instance_id, rack_id=request.rack_id, rebalance_timeout_ms=request.rebalance_timeout_ms,
         subscribed_topics=request.subscribed_topic_names,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, KafkaException, Producer
-from kafka.protocol.admin import ListGroupsRequest
+from kafka.protocol.admin import DeleteGroupsRequest, DescribeGroupsRequest, ListGroupsRequest
 from kafka.protocol.consumer import JoinGroupRequest, OffsetCommitRequest, OffsetFetchRequest
 from kafka.protocol.consumer.metadata import ConsumerProtocolSubscription
 from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
@@ -444,34 +444,73 @@ def test_apis_advertised_and_garbage_bodies(cbroker: BrokerProcess, conn: RawCon
     assert describe(conn, "after-garbage")[0].error_code == GROUP_ID_NOT_FOUND
 
 
-def test_members_rejoin_after_a_restart_and_resume_from_their_commits(broker_factory) -> None:  # type: ignore[no-untyped-def]
-    """Membership is not kept over a restart (offsets are): the member is told UNKNOWN_MEMBER_ID,
-    rejoins with epoch 0 and goes on from its committed offsets, nothing consumed twice."""
-    proc = broker_factory(settings=SETTINGS)
+def test_membership_survives_a_restart_then_delete_group_is_persisted_too(broker_factory) -> None:  # type: ignore[no-untyped-def]
+    """Membership is in __consumer_offsets (Kafka's consumer-group records): right after a crash and
+    restart the group is described with the same member id, epoch and partitions; the librdkafka
+    consumer heartbeats on without a revoke and nothing is consumed twice. Once the member left,
+    the Empty group comes back Empty after a restart, and DeleteGroups' tombstones keep it deleted."""
+    proc = broker_factory(settings={**SETTINGS, "group.consumer.session.timeout.ms": "30000"})
     topic = new_topic(proc, 4)
+    group = f"g-{topic}"
     producer = Producer({"bootstrap.servers": proc.bootstrap})
     sent = [str(i).encode() for i in range(80)]
     for i, value in enumerate(sent[:40]):
         producer.produce(topic, value=value, partition=i % 4)
     producer.flush(30)
-    consumer = make_consumer(proc, f"g-{topic}", "c1")
-    consumer.subscribe([topic])
+    consumer = Consumer({"bootstrap.servers": proc.bootstrap, "group.id": group, "group.protocol": "consumer",
+                         "client.id": "c1", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "reconnect.backoff.max.ms": 500})
+    events: list[str] = []
+    consumer.subscribe([topic], on_assign=lambda c, ps: events.append(f"assign {len(ps)}"),
+                       on_revoke=lambda c, ps: events.append(f"revoke {len(ps)}"),
+                       on_lost=lambda c, ps: events.append(f"lost {len(ps)}"))
     seen: list[bytes] = []
+
+    def member_state(conn: RawConnection):  # type: ignore[no-untyped-def]
+        described = describe(conn, group)[0]
+        return described.error_code, described.group_state, described.group_epoch, [
+            (m.member_id, m.member_epoch, m.client_id, sorted(p for t in m.assignment.topic_partitions
+                                                             for p in t.partitions)) for m in described.members]
+
     try:
         wait_until(lambda: (consume_one(consumer, seen), len(seen) >= 40)[1], timeout=60, what="first half",
                    every=0.01)
-        proc.restart()
+        with RawConnection(proc.bootstrap) as conn:
+            before = member_state(conn)
+        assert before[:2] == (NONE, "Stable") and before[3][0][1:] == (before[2], "c1", [0, 1, 2, 3])
+        events.clear()
+        proc.kill()
+        proc.start()
+        with RawConnection(proc.bootstrap) as conn:
+            assert member_state(conn) == before  # loaded from the log, before any heartbeat
         for i, value in enumerate(sent[40:]):
             producer.produce(topic, value=value, partition=i % 4)
         producer.flush(30)
         wait_until(lambda: (consume_one(consumer, seen), len(seen) >= 80)[1], timeout=90, what="second half",
                    every=0.01)
         assert sorted(seen, key=int) == sent
+        assert events == [], "the consumer's partitions were revoked or lost over the restart"
         with RawConnection(proc.bootstrap) as conn:
-            members = describe(conn, f"g-{topic}")[0].members
-        assert [m.client_id for m in members] == ["c1"]
+            assert member_state(conn) == before
     finally:
         consumer.close()
+    with RawConnection(proc.bootstrap) as conn:
+        wait_until(lambda: describe(conn, group)[0].group_state == "Empty", timeout=30, what="group Empty")
+    proc.restart()
+    with RawConnection(proc.bootstrap) as conn:
+        described = describe(conn, group)[0]
+        assert (described.error_code, described.group_state, described.members) == (NONE, "Empty", [])
+        listed = conn.request(ListGroupsRequest(version=5, states_filter=[], types_filter=[])).groups
+        assert [(g.group_type, g.group_state) for g in listed if g.group_id == group] == [("consumer", "Empty")]
+        # DescribeGroups describes classic groups only, before a restart and after it alike.
+        classic = conn.request(DescribeGroupsRequest(version=5, groups=[group])).groups[0]
+        assert (classic.error_code, classic.group_state) == (NONE, "Dead")
+        assert conn.request(DeleteGroupsRequest(version=2, groups_names=[group])).results[0].error_code == NONE
+    proc.restart()
+    with RawConnection(proc.bootstrap) as conn:
+        assert describe(conn, group)[0].error_code == GROUP_ID_NOT_FOUND
+        listed = conn.request(ListGroupsRequest(version=5, states_filter=[], types_filter=[])).groups
+        assert group not in {g.group_id for g in listed}
 
 
 def test_member_that_does_not_revoke_in_its_rebalance_timeout_is_removed(cbroker: BrokerProcess,
