@@ -16,7 +16,7 @@ from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
-from .txn_implicit import prepare_produce
+from .txn_implicit import prepare_produce, produce_error
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                         raise KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                                                  "transactional records need a transactional id")
                     header = parse_header(records)
-                    refused = txn_refused.get((topic_data.name, pdata.index)) or verify_transactional(
-                        ctx, txn_id, header.producer_id, header.producer_epoch, topic_data.name, pdata.index)
+                    refused = txn_refused.get((topic_data.name, pdata.index)) or produce_error(verify_transactional(
+                        ctx, txn_id, header.producer_id, header.producer_epoch, topic_data.name, pdata.index),
+                        ctx.api_version)
                     if refused != ErrorCode.NONE:
                         raise KafkaProtocolError(refused, f"{topic_data.name}-{pdata.index} is not in the "
                                                  f"transaction of {txn_id} (or the producer is fenced)")

@@ -8,7 +8,8 @@ no AddPartitionsToTxn for the partitions it produces to and no AddOffsetsToTxn. 
 - a TxnOffsetCommit v5 adds the group's `__consumer_offsets` partition the same way.
 
 Older versions (transaction version 1) only verify: the partition must be in the transaction
-already (KIP-890 part 1), else INVALID_TXN_STATE.
+already (KIP-890 part 1), else TRANSACTION_ABORTABLE (Produce v11, TxnOffsetCommit v4) or
+INVALID_TXN_STATE (older versions), as Kafka answers.
 
 The coordinator may be this broker (the coordinator's state answers) or, in cluster mode, another
 one (AddPartitionsToTxn v5 through cluster/txn_add.py). There, a producer with an open transaction
@@ -36,14 +37,23 @@ IMPLICIT_ADD_OFFSETS_VERSION = 5  # TxnOffsetCommit v5+
 _UNAVAILABLE = {E.NOT_COORDINATOR, E.COORDINATOR_NOT_AVAILABLE, E.COORDINATOR_LOAD_IN_PROGRESS}
 
 
-def _produce_error(error: ErrorCode, api_version: int) -> ErrorCode:
-    """The coordinator's answer as a Produce error a client knows what to do with."""
+# From Produce v11 and TxnOffsetCommit v4 on, a batch or commit whose partition is not in the
+# transaction is TRANSACTION_ABORTABLE (the client aborts and goes on), INVALID_TXN_STATE before.
+ABORTABLE_PRODUCE_VERSION = 11
+ABORTABLE_OFFSETS_VERSION = 4
+
+
+def produce_error(error: ErrorCode, api_version: int) -> ErrorCode:
+    """The coordinator's (or the verification's) answer as the Produce error of this version, as
+    Kafka's AddPartitionsToTxnManager maps it."""
     if error in _UNAVAILABLE:
         return E.NOT_ENOUGH_REPLICAS
     if error == E.PRODUCER_FENCED:
         return E.INVALID_PRODUCER_EPOCH
     if error == E.CONCURRENT_TRANSACTIONS and api_version < IMPLICIT_ADD_PRODUCE_VERSION:
         return E.NOT_ENOUGH_REPLICAS
+    if error == E.INVALID_TXN_STATE and api_version >= ABORTABLE_PRODUCE_VERSION:
+        return E.TRANSACTION_ABORTABLE
     return error
 
 
@@ -117,7 +127,7 @@ async def prepare_produce(ctx: RequestContext, request: Any) -> dict[tuple[str, 
                 found = {tp: exc.code for tp in partitions}
             for tp, error in found.items():
                 if error != E.NONE:
-                    refused[tp] = _produce_error(error, ctx.api_version)
+                    refused[tp] = produce_error(error, ctx.api_version)
         return refused
     finally:
         # Released once this request's appends are done: they run, without awaiting, right after
@@ -135,16 +145,24 @@ async def add_offsets_partition(ctx: RequestContext, transactional_id: str, prod
     """TxnOffsetCommit: the group's offsets partition must be in the producer's transaction. v5+
     adds it (transaction version 2); older versions verify it (KIP-890 part 1), wherever the
     transaction is coordinated. A coordinator that cannot answer now is COORDINATOR_LOAD_IN_PROGRESS
-    (the client retries the commit)."""
+    (the client retries the commit); the error is that of the request's version (offsets_error)."""
     txns = ctx.services.transactions
     assert txns is not None
     tp = (OFFSETS_TOPIC, partition_for(group_id, txns.offsets.num_partitions))
     verify_only = ctx.api_version < IMPLICIT_ADD_OFFSETS_VERSION
     if verify_only and txns.availability(transactional_id) == E.NONE:
-        return txns.verify_offsets(transactional_id, producer_id, producer_epoch, group_id)
+        return offsets_error(txns.verify_offsets(transactional_id, producer_id, producer_epoch, group_id),
+                             ctx.api_version)
     try:
         found = await txns.add_anywhere(transactional_id, producer_id, producer_epoch, [tp], verify_only)
     except KafkaProtocolError as exc:
         found = {tp: exc.code}
     error = found.get(tp, E.COORDINATOR_NOT_AVAILABLE)
-    return E.COORDINATOR_LOAD_IN_PROGRESS if error in _UNAVAILABLE else error
+    return E.COORDINATOR_LOAD_IN_PROGRESS if error in _UNAVAILABLE else offsets_error(error, ctx.api_version)
+
+
+def offsets_error(error: ErrorCode, api_version: int) -> ErrorCode:
+    """A TxnOffsetCommit's verification failure as the error of its version."""
+    if error == E.INVALID_TXN_STATE and api_version >= ABORTABLE_OFFSETS_VERSION:
+        return E.TRANSACTION_ABORTABLE
+    return error

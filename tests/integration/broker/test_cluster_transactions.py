@@ -294,7 +294,7 @@ def test_transaction_version_2_partitions_added_by_their_leaders(cluster: Cluste
         return _txn_produce(cluster.brokers[broker].bootstrap, txn_id, topic, parts[broker], pid, at, sequence,
                             value, version)
 
-    assert produce(remote[0], 0, b"v11", version=11) == 48  # INVALID_TXN_STATE: the coordinator says not added
+    assert produce(remote[0], 0, b"v11", version=11) == 120  # TRANSACTION_ABORTABLE: the coordinator says not added
     for broker in [coordinator, *remote]:
         assert produce(broker, 0, b"a%d" % broker) == 0
         assert produce(broker, 1, b"b%d" % broker) == 0  # open here: no round trip

@@ -287,7 +287,8 @@ def test_transaction_version_2_on_the_wire(broker_factory) -> None:
         txn = _RawTxn(conn, "tx-tv2", topic)
         error, pid, epoch = txn.init()
         assert error == 0
-        assert txn.produce(pid, epoch, 0, b"v11", version=11) == 48  # INVALID_TXN_STATE: never added
+        assert txn.produce(pid, epoch, 0, b"v11", version=11) == 120  # TRANSACTION_ABORTABLE: never added
+        assert txn.produce(pid, epoch, 0, b"v10", version=10) == 48  # INVALID_TXN_STATE before v11
         # Two v12 requests pipelined: the first adds the partition, the second waits for it to append.
         first = txn.produce_request(pid, epoch, 0, b"a0", version=12)
         second = txn.produce_request(pid, epoch, 1, b"a1", version=12)
