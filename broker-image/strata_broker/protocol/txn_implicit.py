@@ -65,6 +65,8 @@ def _needed(ctx: RequestContext, request: Any) -> dict[tuple[int, int], list[tup
     txn_id = request.transactional_id
     assert txns is not None
     local = txns.availability(txn_id) == E.NONE
+    if local and ctx.api_version < IMPLICIT_ADD_PRODUCE_VERSION:
+        return {}  # version 1, coordinated here: the append's own check verifies
     if not local and txns.remote_add is None:
         return {}  # single broker still loading: the append's own check answers
     out: dict[tuple[int, int], list[tuple[str, int]]] = {}
@@ -86,8 +88,6 @@ def _needed(ctx: RequestContext, request: Any) -> dict[tuple[int, int], list[tup
             if local:
                 if txns.verify_produce(txn_id, pid, epoch, topic_data.name, pdata.index) != E.INVALID_TXN_STATE:
                     continue  # in the transaction, or refused for another reason when appended
-                if ctx.api_version < IMPLICIT_ADD_PRODUCE_VERSION:
-                    continue  # version 1: verification only, answered when appended
             elif pid in plog.producers.ongoing and plog.producers.epoch_of(pid) == epoch:
                 continue  # its transaction is open here: verified with its first batch
             out.setdefault((pid, epoch), []).append((topic_data.name, pdata.index))
