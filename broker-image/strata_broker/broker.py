@@ -12,6 +12,7 @@ import time
 from strata_contract.manifest import RemoteManifest
 
 from .cluster.member import ClusterMember
+from .cluster.txn_add import RemoteTxnAdd
 from .cluster.txn_markers import ClusterMarkers, InterBrokerAuth, InterBrokerClient, LocalMarkers
 from .config import BrokerConfig
 from .groups import GroupCoordinator
@@ -120,6 +121,7 @@ class Broker:
         self.inter_broker = InterBrokerClient(self.node_id, auth, self.listeners,
                                                self.config["inter.broker.listener.name"], config=self.config)
         self.transactions.send_markers = ClusterMarkers(cluster, self.txn_markers, self.inter_broker).write
+        self.transactions.remote_add = RemoteTxnAdd(cluster, self.logs, self.inter_broker).add
 
     @property
     def cluster_id(self) -> str:

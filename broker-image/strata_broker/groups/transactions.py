@@ -53,6 +53,9 @@ class TransactionCoordinator:
         self.loaded = False
         # Cluster mode: writes the markers wherever the partitions are led (cluster/txn_markers.py).
         self.send_markers: Callable[[int, int, bool, Iterable[tuple[str, int]], int], Awaitable[None]] | None = None
+        # Cluster mode: AddPartitionsToTxn to the coordinator on another broker (cluster/txn_add.py).
+        self.remote_add: Callable[[str, int, int, list[tuple[str, int]], bool],
+                                  Awaitable[dict[tuple[str, int], ErrorCode]]] | None = None
 
     @property
     def transactions(self) -> dict[str, TxnMetadata]:
@@ -274,6 +277,20 @@ class TransactionCoordinator:
                 # still sends an abort): there is nothing to end.
                 return E.NONE
             return E.INVALID_TXN_STATE  # commit after the transaction was aborted
+
+    async def add_anywhere(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                           partitions: list[tuple[str, int]], verify_only: bool) -> dict[tuple[str, int], ErrorCode]:
+        """Add the partitions to the producer's transaction (or verify they are in it) wherever the
+        id is coordinated: here, or through `remote_add` at the broker that coordinates it (cluster
+        mode). One error per partition; COORDINATOR_NOT_AVAILABLE (or NOT_COORDINATOR, loading) when
+        the coordinator cannot answer now."""
+        available = self.availability(transactional_id)
+        if available == E.NONE:
+            error = await self.add_partitions(transactional_id, producer_id, producer_epoch, partitions, verify_only)
+            return {tp: error for tp in partitions}
+        if self.remote_add is not None and available == E.NOT_COORDINATOR:
+            return await self.remote_add(transactional_id, producer_id, producer_epoch, partitions, verify_only)
+        return {tp: available for tp in partitions}
 
     def verify_produce(self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str,
                        partition: int) -> ErrorCode:

@@ -14,9 +14,12 @@ bump of each transactional id is kept in memory only (Kafka keeps it in `__trans
 v1 value). An abort with nothing in the transaction bumps the epoch as well; a commit with nothing
 in it is INVALID_TXN_STATE, as Kafka's transaction version 2.
 
-The broker does not finalize the `transaction.version` feature, so clients that choose the
-version from the features (Kafka's Java client 4.x) keep using version 1 (EndTxn v4 and below,
-AddPartitionsToTxn for every partition); a client that sends EndTxn v5 gets version 2's ending.
+The broker finalizes the `transaction.version` feature at level 2 (KIP-584: ApiVersions v3+
+carries it, `FEATURES` below), as a new Kafka 4.x cluster does, so Kafka's Java client 4.x runs
+version 2: EndTxn v5, and neither AddPartitionsToTxn nor AddOffsetsToTxn; the broker adds the
+partitions itself when the transactional Produce v12+ or TxnOffsetCommit v5 arrives
+(protocol/txn_implicit.py). Clients that do not read the features (librdkafka, kafka-python) keep
+version 1, which stays supported beside it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ if TYPE_CHECKING:
 
 E = ErrorCode
 _MAX_EPOCH = 32767
+
+TRANSACTION_VERSION = "transaction.version"
+# (name, supported min, supported max, finalized level) as ApiVersions advertises them; Kafka 4.x
+# supports transaction.version 0-2 and a cluster formatted by 4.x finalizes 2.
+FEATURES: list[tuple[str, int, int, int]] = [(TRANSACTION_VERSION, 0, 2, 2)]
+# The epoch of the finalized features (Kafka: the metadata offset they were last changed at). It
+# only has to be the same on every broker and not to go down: these levels never change at run time.
+FEATURES_EPOCH = 1
 
 
 @dataclass(frozen=True)

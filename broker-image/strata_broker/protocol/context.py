@@ -86,6 +86,9 @@ class Connection:
     sasl: SaslSession | None = None
     sasl_mechanism: str | None = None
     mute_until: float = 0.0  # monotonic: no request is read before this (quota throttle)
+    # A transactional produce waiting for its transaction coordinator (protocol/txn_implicit.py):
+    # produce requests pipelined behind it wait for it before they append.
+    produce_gate: asyncio.Future[None] | None = None
 
     @property
     def authenticated(self) -> bool:

@@ -11,6 +11,7 @@ from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, Met
 from kafka.protocol.schemas.fields.codecs.types import UnsignedVarInt32
 
 from ..errors import ErrorCode, KafkaProtocolError
+from ..groups.txn_v2 import FEATURES, FEATURES_EPOCH
 from ..log.manager import is_internal_name, validate_topic_name
 from ..security.acl import CLUSTER_NAME, OP_CREATE, OP_DESCRIBE, RES_CLUSTER, RES_TOPIC
 from .context import RequestContext
@@ -24,11 +25,23 @@ _TOPICS = MetadataResponse.MetadataResponseTopic._struct
 
 
 def api_versions_response(version: int, error: ErrorCode = ErrorCode.NONE) -> ApiVersionsResponse:
+    """The API table, and from v3 the features (KIP-584): supported ranges and the finalized
+    levels, `transaction.version` 2 (groups/txn_v2.py). As Kafka, v3 leaves out a supported range
+    that starts at 0 (KAFKA-17011: older clients refuse it)."""
+    R = ApiVersionsResponse
     keys = [
-        ApiVersionsResponse.ApiVersion(api_key=spec.key, min_version=spec.min_version, max_version=spec.max_version)
+        R.ApiVersion(api_key=spec.key, min_version=spec.min_version, max_version=spec.max_version)
         for spec in sorted(API_TABLE.values(), key=lambda s: s.key)
     ]
-    return ApiVersionsResponse(version=version, error_code=int(error), api_keys=keys, throttle_time_ms=0)
+    response = R(version=version, error_code=int(error), api_keys=keys, throttle_time_ms=0)
+    if version >= 3 and error == ErrorCode.NONE:
+        response.supported_features = [R.SupportedFeatureKey(name=name, min_version=low, max_version=high)
+                                       for name, low, high, _ in FEATURES if low > 0 or version >= 4]
+        response.finalized_features_epoch = FEATURES_EPOCH
+        response.finalized_features = [R.FinalizedFeatureKey(name=name, min_version_level=level,
+                                                             max_version_level=level)
+                                       for name, _, _, level in FEATURES if level > 0]
+    return response
 
 
 @api(ApiVersionsRequest, ApiVersionsResponse, 0, APIVERSIONS_MAX)

@@ -16,6 +16,7 @@ from ..schemas import gate as schema_gate
 from ..security.acl import OP_WRITE, RES_TRANSACTIONAL_ID
 from .context import RequestContext
 from .registry import api
+from .txn_implicit import prepare_produce, produce_error
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def verify_transactional(ctx: RequestContext, txn_id: str, producer_id: int, pro
                          partition: int) -> ErrorCode:
     """A transactional batch goes to a partition its transaction added (KIP-890 verification),
     checked against the coordinator's state when this broker coordinates the transactional id. In
-    a cluster where another broker does, the batch is trusted, as Kafka before 3.6 trusts it: the
-    partition's producer state still refuses an epoch older than the one the last marker carried
-    (docs/kafka-compatibility.md)."""
+    a cluster where another broker does, prepare_produce (txn_implicit.py) asked it before the
+    append; the partition's producer state still refuses an epoch older than the one the last
+    marker carried."""
     txns = ctx.services.transactions
     assert txns is not None
     if txns.availability(txn_id) != ErrorCode.NONE and ctx.services.inter_broker is not None:
@@ -39,7 +40,9 @@ def verify_transactional(ctx: RequestContext, txn_id: str, producer_id: int, pro
 
 # v0-2 (magic 0/1 message sets) are advertised but their batches are refused, as Kafka 4 does
 # (KIP-896): librdkafka only enables gzip/snappy/lz4 when the advertised range includes v0.
-@api(ProduceRequest, ProduceResponse, 0, 11)
+# v12 is v11's format; a transactional v12 batch adds its partition to the transaction (transaction
+# version 2, protocol/txn_implicit.py).
+@api(ProduceRequest, ProduceResponse, 0, 12)
 async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse | None:
     services = ctx.services
     replicas = services.replicas
@@ -54,6 +57,10 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
             request_error = KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                                                f"not authorized for transactional id {txn_id}")
 
+    # The partitions a transactional batch goes to join its transaction first (or are verified):
+    # this returns at once unless the coordinator has to be asked (see txn_implicit.py's gate).
+    txn_refused = await prepare_produce(ctx, request) if request_error is None and txn_id is not None \
+        and txns is not None else {}
     # Appends happen here, before the first await, so requests pipelined on one connection
     # are applied in the order they arrived.
     results: list[tuple[str, list[_PartitionResponse]]] = []
@@ -86,8 +93,9 @@ async def handle_produce(ctx: RequestContext, request: ProduceRequest) -> Produc
                         raise KafkaProtocolError(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                                                  "transactional records need a transactional id")
                     header = parse_header(records)
-                    refused = verify_transactional(ctx, txn_id, header.producer_id, header.producer_epoch,
-                                                   topic_data.name, pdata.index)
+                    refused = txn_refused.get((topic_data.name, pdata.index)) or produce_error(verify_transactional(
+                        ctx, txn_id, header.producer_id, header.producer_epoch, topic_data.name, pdata.index),
+                        ctx.api_version)
                     if refused != ErrorCode.NONE:
                         raise KafkaProtocolError(refused, f"{topic_data.name}-{pdata.index} is not in the "
                                                  f"transaction of {txn_id} (or the producer is fenced)")

@@ -10,7 +10,6 @@ error is PRODUCER_FENCED where the API version knows it, INVALID_PRODUCER_EPOCH 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from kafka.protocol.admin.transactions import (
     DescribeTransactionsRequest,
@@ -35,12 +34,21 @@ from ..groups.offsets import CommittedOffset
 from ..groups.txn_log import TxnState
 from ..groups.txn_v2 import end_txn_v2_for
 from ..log.manager import is_internal_name
-from ..security.acl import OP_DESCRIBE, OP_READ, OP_WRITE, RES_GROUP, RES_TOPIC, RES_TRANSACTIONAL_ID
+from ..security.acl import (
+    CLUSTER_NAME,
+    OP_CLUSTER_ACTION,
+    OP_DESCRIBE,
+    OP_READ,
+    OP_WRITE,
+    RES_CLUSTER,
+    RES_GROUP,
+    RES_TOPIC,
+    RES_TRANSACTIONAL_ID,
+)
 from .context import RequestContext
 from .registry import api
-
-if TYPE_CHECKING:
-    from ..groups.transactions import TransactionCoordinator
+from .txn_implicit import add_offsets_partition
+from .txn_markers import from_broker
 
 E = ErrorCode
 
@@ -106,20 +114,51 @@ async def handle_add_partitions_to_txn(ctx: RequestContext,
                 TR.AddPartitionsToTxnPartitionResult(partition_index=p, partition_error_code=results[(name, p)])
                 for p in parts])
             for name, parts in topics])
-    # v4+: batched, sent by brokers (KIP-890 verification); answered per transaction.
+    # v4+: batched, sent by brokers (KIP-890): a partition leader or group coordinator adds the
+    # partitions a transactional produce or offset commit goes to (or verifies them). Kafka asks for
+    # CLUSTER_ACTION; the brokers of a Strata cluster prove who they are with their client id.
     RT = R.AddPartitionsToTxnResult
     TR2 = RT.AddPartitionsToTxnTopicResult
+    if not (from_broker(ctx) or ctx.authorize(OP_CLUSTER_ACTION, RES_CLUSTER, CLUSTER_NAME)):
+        return R(version=v, throttle_time_ms=0, error_code=int(E.CLUSTER_AUTHORIZATION_FAILED),
+                 results_by_transaction=[])
     out = []
     for txn in request.transactions:
         topics = [(t.name, list(t.partitions)) for t in txn.topics]
-        results = await _add_partitions(ctx, txn.transactional_id, txn.producer_id, txn.producer_epoch, topics,
-                                        bool(txn.verify_only))
+        results = await _add_partitions_for_broker(ctx, txn.transactional_id, txn.producer_id, txn.producer_epoch,
+                                                   topics, bool(txn.verify_only))
         out.append(RT(transactional_id=txn.transactional_id, topic_results=[
             TR2(name=name, results_by_partition=[
                 TR2.AddPartitionsToTxnPartitionResult(partition_index=p, partition_error_code=results[(name, p)])
                 for p in parts])
             for name, parts in topics]))
     return R(version=v, throttle_time_ms=0, error_code=0, results_by_transaction=out)
+
+
+async def _add_partitions_for_broker(ctx: RequestContext, txn_id: str, producer_id: int, producer_epoch: int,
+                                     topics: list[tuple[str, list[int]]], verify_only: bool
+                                     ) -> dict[tuple[str, int], int]:
+    """AddPartitionsToTxn v4+: the asking broker checked the client's authorization; the
+    partitions must exist (`__consumer_offsets` too: a group coordinator adds a group's)."""
+    wanted = [(name, p) for name, parts in topics for p in parts]
+    txns = ctx.services.transactions
+    if txns is None:
+        return {tp: int(E.COORDINATOR_NOT_AVAILABLE) for tp in wanted}
+    unavailable = txns.availability(txn_id)
+    if unavailable != E.NONE:
+        return {tp: int(unavailable) for tp in wanted}
+    refused: dict[tuple[str, int], int] = {}
+    for topic, partition in wanted:
+        found = ctx.services.logs.topics.get(topic)
+        if found is None or not 0 <= partition < len(found.partitions):
+            refused[(topic, partition)] = int(E.UNKNOWN_TOPIC_OR_PARTITION)
+    if refused:
+        return {tp: refused.get(tp, int(E.OPERATION_NOT_ATTEMPTED)) for tp in wanted}
+    try:
+        error = await txns.add_partitions(txn_id, producer_id, producer_epoch, wanted, verify_only)
+    except Exception:  # not durable: the asking broker's client retries
+        error = E.COORDINATOR_NOT_AVAILABLE
+    return {tp: int(error) for tp in wanted}
 
 
 # ---- AddOffsetsToTxn ----------------------------------------------------------------------
@@ -143,17 +182,6 @@ async def handle_add_offsets_to_txn(ctx: RequestContext, request: AddOffsetsToTx
 
 
 # ---- TxnOffsetCommit ----------------------------------------------------------------------
-
-
-def _verify_offsets(ctx: RequestContext, txns: TransactionCoordinator, request: TxnOffsetCommitRequest) -> ErrorCode:
-    """The producer's transaction must have added the group's offsets partition: checked here when
-    this broker coordinates the transactional id too; in a cluster where another broker does, the
-    batch is trusted as Kafka before KIP-890 trusts it (its markers come from that coordinator, at
-    an epoch that fences an older producer; docs/kafka-compatibility.md)."""
-    if txns.availability(request.transactional_id) != E.NONE and ctx.services.inter_broker is not None:
-        return E.NONE
-    return txns.verify_offsets(request.transactional_id, request.producer_id, request.producer_epoch,
-                               request.group_id)
 
 
 @api(TxnOffsetCommitRequest, TxnOffsetCommitResponse, 0, 5)
@@ -185,7 +213,10 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: TxnOffsetCommit
         for tp in offsets:
             if not ctx.authorize(OP_READ, RES_TOPIC, tp[0]):
                 results[tp] = int(E.TOPIC_AUTHORIZATION_FAILED)
-        error = _verify_offsets(ctx, txns, request)
+        # v5+ (transaction version 2) adds the group's offsets partition to the transaction; older
+        # versions verify that AddOffsetsToTxn did (txn_implicit.py), wherever it is coordinated.
+        error = await add_offsets_partition(ctx, request.transactional_id, request.producer_id,
+                                            request.producer_epoch, request.group_id)
         if error == E.NONE and v >= 3 and request.generation_id >= 0:
             # KIP-447: a member of the group commits for the generation it belongs to.
             member_error = groups.check_txn_member(request.group_id, request.generation_id, request.member_id,

@@ -250,6 +250,77 @@ def test_consume_process_produce_with_offsets_on_another_broker(cluster: Cluster
     assert [tp.offset for tp in committed] == ends
 
 
+def _txn_produce(bootstrap: str, txn_id: str, topic: str, partition: int, pid: int, epoch: int, sequence: int,
+                 value: bytes, version: int) -> int:
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True, producer_id=pid,
+                                        producer_epoch=epoch, base_sequence=sequence, batch_size=1 << 20)
+    builder.append(0, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
+    T = ProduceRequest.TopicProduceData
+    request = ProduceRequest(version=version, transactional_id=txn_id, acks=-1, timeout_ms=10000, topic_data=[
+        T(name=topic, partition_data=[T.PartitionProduceData(index=partition, records=bytes(builder.build()))])])
+    errors = []
+    with RawConnection(bootstrap) as conn:  # while the placed leader is still taking the partition over
+        wait_until(lambda: errors.append(conn.request(request).responses[0].partition_responses[0].error_code)
+                   or errors[-1] not in (5, 6), 30, f"{topic}-{partition} led")
+    return errors[-1]
+
+
+def test_transaction_version_2_partitions_added_by_their_leaders(cluster: Cluster) -> None:
+    """Transaction version 2 on the wire: Produce v12 and TxnOffsetCommit v5 reach brokers that do
+    not coordinate the transaction, which add the partitions at its coordinator (AddPartitionsToTxn
+    v5 between brokers); a v11 batch of a partition never added is refused there (verification)."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KpTopicPartition
+    from kafka.protocol.producer.transaction import TxnOffsetCommitRequest
+
+    topic = f"tv2-{uuid.uuid4().hex[:6]}"
+    parts = one_partition_per_broker(cluster, topic)
+    txn_id = key_coordinated_by(cluster, TXN_TOPIC, f"tx-{topic}", live(cluster))
+    coordinator = cluster.coordinator(TXN_TOPIC, txn_id)
+    assert coordinator is not None
+    remote = sorted(live(cluster) - {coordinator})
+    group = key_coordinated_by(cluster, OFFSETS_TOPIC, f"g-{topic}", set(remote))
+    answers = []
+    with RawConnection(cluster.brokers[coordinator].bootstrap) as conn:
+        wait_until(lambda: answers.append(conn.request(InitProducerIdRequest(
+            version=4, transactional_id=txn_id, transaction_timeout_ms=60000, producer_id=-1,
+            producer_epoch=-1))) or answers[-1].error_code == 0, 30, "InitProducerId at the coordinator")
+    pid, epoch = answers[-1].producer_id, answers[-1].producer_epoch
+
+    def produce(broker: int, sequence: int, value: bytes, version: int = 12, at: int = epoch) -> int:
+        return _txn_produce(cluster.brokers[broker].bootstrap, txn_id, topic, parts[broker], pid, at, sequence,
+                            value, version)
+
+    assert produce(remote[0], 0, b"v11", version=11) == 120  # TRANSACTION_ABORTABLE: the coordinator says not added
+    for broker in [coordinator, *remote]:
+        assert produce(broker, 0, b"a%d" % broker) == 0
+        assert produce(broker, 1, b"b%d" % broker) == 0  # open here: no round trip
+    T = TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic
+    with RawConnection(cluster.brokers[cluster.coordinator(OFFSETS_TOPIC, group)].bootstrap) as conn:
+        committed = conn.request(TxnOffsetCommitRequest(
+            version=5, transactional_id=txn_id, group_id=group, producer_id=pid, producer_epoch=epoch,
+            generation_id=-1, member_id="", group_instance_id=None, topics=[T(name=topic, partitions=[
+                T.TxnOffsetCommitRequestPartition(partition_index=0, committed_offset=9, committed_leader_epoch=-1,
+                                                  committed_metadata="")])]))
+        assert committed.topics[0].partitions[0].error_code == 0, committed
+    with RawConnection(cluster.brokers[coordinator].bootstrap) as conn:
+        end = conn.request(EndTxnRequest(version=5, transactional_id=txn_id, producer_id=pid, producer_epoch=epoch,
+                                         committed=True))
+    assert (end.error_code, end.producer_id, end.producer_epoch) == (0, pid, epoch + 1)
+    assert produce(remote[0], 2, b"late") == 47  # INVALID_PRODUCER_EPOCH: the marker carried epoch + 1
+    out = consume_to_end(bootstrap_of(cluster), [(topic, p) for p in parts.values()], "read_committed")
+    assert sorted(out) == sorted(v for b in parts for v in (b"a%d" % b, b"b%d" % b))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_of(cluster))
+    try:
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    assert offsets[KpTopicPartition(topic, 0)].offset == 9
+
+
 def test_partition_leader_sigkilled_before_commit_gets_its_marker_at_the_new_leader(cluster: Cluster) -> None:
     topic = f"lead-{uuid.uuid4().hex[:6]}"
     parts = one_partition_per_broker(cluster, topic)

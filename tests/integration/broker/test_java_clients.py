@@ -1,8 +1,8 @@
 """Kafka's own Java clients (kafka-clients 4.x) against Strata, and the same program against Kafka.
 
-tests/support/java-clients/ is a small Maven project (admin, idempotent producer, consumer group, committed
-offsets); tests/support/kafkaref.py builds it once per source content into ~/.cache/strata. Its observations
-must be the same on both brokers.
+tests/support/java-clients/ is a small Maven project (ClientsCheck: admin, idempotent producer, consumer
+group, committed offsets; TxnCheck: a transactional producer); tests/support/kafkaref.py builds it once per
+source content into ~/.cache/strata. Their observations must be the same on both brokers.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ def java_classpath() -> str:
     return build_java_program(PROJECT)
 
 
-def run_clients_check(classpath: str, bootstrap: str, *group_protocol: str) -> dict[str, str]:
+def run_clients_check(classpath: str, bootstrap: str, *group_protocol: str, program: str = "ClientsCheck"
+                      ) -> dict[str, str]:
     name = f"java-{uuid.uuid4().hex[:8]}"
     proc = subprocess.run(["java", "-Xmx256m", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", classpath,
-                           "strata.ClientsCheck", bootstrap, name, f"g-{name}", *group_protocol],
+                           f"strata.{program}", bootstrap, name, f"g-{name}", *group_protocol],
                           capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, f"ClientsCheck exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{program} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return dict(line.removeprefix("RESULT ").split("=", 1) for line in proc.stdout.splitlines()
                 if line.startswith("RESULT "))
 
@@ -53,3 +54,15 @@ def test_java_consumer_with_the_consumer_group_protocol(java_classpath, broker, 
     assert strata["consumer assignment"] == "3" and strata["consumed distinct"] == "30", strata
     assert strata["group offsets"] == "{0=10, 1=10, 2=10}", strata
     assert run_clients_check(java_classpath, kafka_ref.bootstrap, "consumer") == strata
+
+
+def test_java_transactional_producer_with_transaction_version_2(java_classpath, broker, kafka_ref):
+    """kafka-clients 4.x sees transaction.version 2 finalized and runs it (the epoch bumps at each
+    commit and abort; the broker adds the partitions and the group's offsets partition itself):
+    read_committed sees the two committed transactions only, the same as on Kafka."""
+    strata = run_clients_check(java_classpath, broker.bootstrap, program="TxnCheck")
+    assert strata == {
+        "finalized transaction.version": "2", "epoch bumps over three transactions": "3", "group offset": "42",
+        "read_committed": "[t0-0, t0-1, t0-2, t2-0, t2-1, t2-2]",
+    }
+    assert run_clients_check(java_classpath, kafka_ref.bootstrap, program="TxnCheck") == strata

@@ -40,7 +40,7 @@ from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest, ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
-from kafkaclients import consume_confluent, produce_confluent
+from kafkaclients import consume_confluent, consume_to_end, produce_confluent
 from kafkaref import KafkaBroker, missing_tools
 from rawclient import RawConnection, fetch, metadata, produce, record_batch
 from test_groups_protocol import commit as group_commit
@@ -1106,6 +1106,121 @@ def producers_and_end_txn_v5_scenario(bootstrap: str, name: str) -> Observations
     finally:
         conn.close()
     return obs
+
+
+def transaction_version_2_scenario(bootstrap: str, name: str) -> Observations:
+    """Transaction version 2 on the wire (KIP-890 part 2): the finalized feature, a Produce v12 of a
+    partition never added (the broker adds it), two pipelined, a v11 one refused, TxnOffsetCommit v5
+    without AddOffsetsToTxn, EndTxn v5, and what read_committed and the group see after."""
+    import struct
+
+    from kafka.protocol.metadata import ApiVersionsRequest
+    from kafka.protocol.producer.transaction import EndTxnRequest, TxnOffsetCommitRequest
+
+    admin = admin_for(bootstrap)
+    create(admin, name, 1)
+    obs: Observations = {}
+    txn_id, group = f"{name}-tx", f"{name}-g"
+    conn = RawConnection(bootstrap)
+    try:
+        versions = conn.request(ApiVersionsRequest(version=4, client_software_name="t", client_software_version="1"))
+        obs["supported transaction.version"] = [(f.min_version, f.max_version) for f in versions.supported_features
+                                                if f.name == "transaction.version"]
+        obs["finalized transaction.version"] = [(f.min_version_level, f.max_version_level)
+                                                for f in versions.finalized_features
+                                                if f.name == "transaction.version"]
+        obs["finalized features epoch known"] = versions.finalized_features_epoch >= 0
+        deadline = time.monotonic() + 60
+        while True:  # Kafka creates and loads __transaction_state on the first FindCoordinator
+            conn.request(FindCoordinatorRequest(version=3, key=txn_id, key_type=1))
+            r = conn.request(InitProducerIdRequest(version=4, transactional_id=txn_id, transaction_timeout_ms=60000,
+                                                   producer_id=-1, producer_epoch=-1))
+            if r.error_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.error_code == 0, r
+        pid, epoch = r.producer_id, r.producer_epoch
+
+        def produce_request(e: int, sequence: int, value: bytes, version: int) -> ProduceRequest:
+            builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=True, producer_id=pid,
+                                                producer_epoch=e, base_sequence=sequence, batch_size=1 << 20)
+            builder.append(0, timestamp=int(time.time() * 1000), key=None, value=value, headers=[])
+            T = ProduceRequest.TopicProduceData
+            return ProduceRequest(version=version, transactional_id=txn_id, acks=-1, timeout_ms=10000, topic_data=[
+                T(name=name, partition_data=[T.PartitionProduceData(index=0, records=bytes(builder.build()))])])
+
+        def send(e: int, sequence: int, value: bytes, version: int = 12) -> int:
+            """The produce's error, retried while NOT_LEADER_OR_FOLLOWER (a new topic's leader
+            is not ready yet) or CONCURRENT_TRANSACTIONS (Kafka still writes the previous
+            transaction's markers after answering its EndTxn), as clients retry them."""
+            deadline = time.monotonic() + 30
+            while True:
+                response = conn.request(produce_request(e, sequence, value, version))
+                error = response.responses[0].partition_responses[0].error_code
+                if error not in (6, 51) or time.monotonic() > deadline:
+                    return error
+                time.sleep(0.1)
+
+        def end(e: int, commit: bool) -> tuple[int, bool, int]:
+            deadline = time.monotonic() + 20
+            while True:
+                r = conn.request(EndTxnRequest(version=5, transactional_id=txn_id, producer_id=pid, producer_epoch=e,
+                                               committed=commit))
+                if r.error_code != 51 or time.monotonic() > deadline:
+                    return r.error_code, r.producer_id == pid, r.producer_epoch - epoch if r.error_code == 0 else -1
+                time.sleep(0.1)
+
+        obs["produce v11 of a partition never added"] = send(epoch, 0, b"v11", version=11)
+        pipelined = [produce_request(epoch, 0, b"a0", 12), produce_request(epoch, 1, b"a1", 12)]
+        for request in pipelined:
+            conn.send(request)
+        errors = []
+        for request in pipelined:
+            (size,) = struct.unpack(">i", conn.read_exact(4))
+            response = request.header.get_response_class().decode(conn.read_exact(size), header=True)
+            errors.append(response.responses[0].partition_responses[0].error_code)
+        obs["two produce v12 pipelined, the first adds the partition"] = errors
+        T = TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic
+        deadline = time.monotonic() + 60
+        while True:  # Kafka creates __consumer_offsets on the first FindCoordinator of a group
+            conn.request(FindCoordinatorRequest(version=3, key=group, key_type=0))
+            committed = conn.request(TxnOffsetCommitRequest(
+                version=5, transactional_id=txn_id, group_id=group, producer_id=pid, producer_epoch=epoch,
+                generation_id=-1, member_id="", group_instance_id=None, topics=[T(name=name, partitions=[
+                    T.TxnOffsetCommitRequestPartition(partition_index=0, committed_offset=7, committed_leader_epoch=-1,
+                                                      committed_metadata="")])])).topics[0].partitions[0].error_code
+            if committed not in (3, 14, 15, 16, 51) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        obs["txn offset commit v5 without AddOffsetsToTxn"] = committed
+        obs["end v5 commit"] = end(epoch, True)
+        obs["next transaction: produce v12 at epoch + 1"] = send(epoch + 1, 0, b"aborted")
+        obs["end v5 abort"] = end(epoch + 1, False)
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 30
+    while True:  # Kafka writes the markers after its answer
+        values = consume_to_end(bootstrap, [(name, 0)], "read_committed")
+        if len(values) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    obs["read_committed"] = values
+    kp = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            offsets = kp.list_group_offsets(group)[group]
+            if offsets or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        kp.close()
+    obs["group offsets"] = {tp.partition: o.offset for tp, o in offsets.items()}
+    return obs
+
+
+def test_transaction_version_2(both):
+    both("transaction version 2", transaction_version_2_scenario)
 
 
 # ---- the KIP-848 consumer group protocol on the wire --------------------------------------------

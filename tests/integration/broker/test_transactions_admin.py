@@ -1,11 +1,13 @@
 """The transaction admin side against a real broker: DescribeProducers (KIP-664) through
 kafka-python's KafkaAdminClient and raw frames, the expiry of idle transactional ids
-(`transactional.id.expiration.ms`), and EndTxn v5 (KIP-890 part 2)."""
+(`transactional.id.expiration.ms`), EndTxn v5 and transaction version 2 on the wire (KIP-890 part 2:
+the finalized feature, partitions added by Produce v12 and TxnOffsetCommit v5)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException, Producer
@@ -201,14 +203,16 @@ class _RawTxn:
             v3_and_below_producer_epoch=epoch, v3_and_below_topics=[T(name=self.topic, partitions=[0])]))
         return r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
 
-    def produce(self, pid: int, epoch: int, sequence: int, value: bytes) -> int:
+    def produce_request(self, pid: int, epoch: int, sequence: int, value: bytes, version: int = 8) -> Any:
         from kafka.protocol.producer import ProduceRequest
 
         T = ProduceRequest.TopicProduceData
-        r = self.conn.request(ProduceRequest(version=8, transactional_id=self.txn_id, acks=-1, timeout_ms=10000,
-                                             topic_data=[T(name=self.topic, partition_data=[
-                                                 T.PartitionProduceData(index=0, records=_txn_batch(
-                                                     pid, epoch, sequence, value))])]))
+        return ProduceRequest(version=version, transactional_id=self.txn_id, acks=-1, timeout_ms=10000,
+                              topic_data=[T(name=self.topic, partition_data=[T.PartitionProduceData(
+                                  index=0, records=_txn_batch(pid, epoch, sequence, value))])])
+
+    def produce(self, pid: int, epoch: int, sequence: int, value: bytes, version: int = 8) -> int:
+        r = self.conn.request(self.produce_request(pid, epoch, sequence, value, version))
         return r.responses[0].partition_responses[0].error_code
 
     def end(self, pid: int, epoch: int, commit: bool, version: int = 5) -> tuple[int, int, int]:
@@ -256,3 +260,62 @@ def test_end_txn_v5_bumps_the_epoch_per_transaction(broker_factory) -> None:
     finally:
         conn.close()
     assert read_partitions(broker.bootstrap, topic, 1, "read_committed")[0] == [b"first", b"second", b"third"]
+
+
+def test_transaction_version_2_on_the_wire(broker_factory) -> None:
+    """The broker finalizes transaction.version 2; a Produce v12 of a partition not in the
+    transaction adds it (no AddPartitionsToTxn), a v11 one is refused (verification), and a
+    TxnOffsetCommit v5 adds the group's offsets partition (no AddOffsetsToTxn)."""
+    import struct
+
+    from eos_killloop import read_partitions
+    from kafka.protocol.producer.transaction import TxnOffsetCommitRequest
+    from rawclient import api_versions
+
+    broker = broker_factory(settings=FAST)
+    topic = f"tv2w-{uuid.uuid4().hex[:6]}"
+    create_topic(broker.bootstrap, topic, 1)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        features = admin.describe_features()
+    finally:
+        admin.close()
+    assert features["transaction.version"] == {"supported": (0, 2), "finalized": (2, 2), "finalized_epoch": 1}
+    conn = RawConnection(broker.bootstrap)
+    try:
+        assert conn.request(api_versions(3)).supported_features == []  # v3 leaves out ranges from 0
+        txn = _RawTxn(conn, "tx-tv2", topic)
+        error, pid, epoch = txn.init()
+        assert error == 0
+        assert txn.produce(pid, epoch, 0, b"v11", version=11) == 120  # TRANSACTION_ABORTABLE: never added
+        assert txn.produce(pid, epoch, 0, b"v10", version=10) == 48  # INVALID_TXN_STATE before v11
+        # Two v12 requests pipelined: the first adds the partition, the second waits for it to append.
+        first = txn.produce_request(pid, epoch, 0, b"a0", version=12)
+        second = txn.produce_request(pid, epoch, 1, b"a1", version=12)
+        conn.send(first)
+        conn.send(second)
+        for request in (first, second):
+            (size,) = struct.unpack(">i", conn.read_exact(4))
+            response = request.header.get_response_class().decode(conn.read_exact(size), header=True)
+            assert response.responses[0].partition_responses[0].error_code == 0, response
+        T = TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic
+        committed = conn.request(TxnOffsetCommitRequest(
+            version=5, transactional_id="tx-tv2", group_id="g-tv2", producer_id=pid, producer_epoch=epoch,
+            generation_id=-1, member_id="", group_instance_id=None, topics=[T(name=topic, partitions=[
+                T.TxnOffsetCommitRequestPartition(partition_index=0, committed_offset=7, committed_leader_epoch=-1,
+                                                  committed_metadata="")])]))
+        assert committed.topics[0].partitions[0].error_code == 0, committed
+        assert txn.end(pid, epoch, True) == (0, pid, epoch + 1)
+        # The next transaction at the new epoch: added by its first v12 batch, then aborted.
+        assert txn.produce(pid, epoch + 1, 0, b"aborted", version=12) == 0
+        assert txn.end(pid, epoch + 1, False) == (0, pid, epoch + 2)
+        assert txn.produce(pid, epoch + 1, 1, b"late", version=12) == 47  # INVALID_PRODUCER_EPOCH
+    finally:
+        conn.close()
+    assert read_partitions(broker.bootstrap, topic, 1, "read_committed")[0] == [b"a0", b"a1"]
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        offsets = admin.list_group_offsets("g-tv2")["g-tv2"]
+    finally:
+        admin.close()
+    assert offsets[TopicPartition(topic, 0)].offset == 7
