@@ -24,7 +24,9 @@ count given (default 2,000). Run under the shared lock:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +54,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E40
 MB = 1_000_000
 RECORD = 1024
 PER_TOPIC = 10
+LINGER_MS = [20]  # --linger-ms (a list: the producer processes get it with their arguments)
 
 
 def note(msg: str) -> None:
@@ -90,9 +93,9 @@ def metrics_fds(port: int) -> int:
 
 
 def layout(partitions: int) -> list[tuple[str, int]]:
-    """(topic, partitions) pairs: one 1-partition topic, or topics of 10 partitions."""
-    if partitions == 1:
-        return [("p1-t0", 1)]
+    """(topic, partitions) pairs: one topic of up to 10 partitions, or topics of 10 partitions."""
+    if partitions <= PER_TOPIC:
+        return [(f"p{partitions}-t0", partitions)]
     return [(f"p{partitions}-t{i}", PER_TOPIC) for i in range(partitions // PER_TOPIC)]
 
 
@@ -176,8 +179,55 @@ def targets(topics: list[tuple[str, int]]) -> list[tuple[str, int]]:
     return [(name, p) for name, n in topics for p in range(n)]
 
 
-def produce(bootstrap: str, parts: list[tuple[str, int]], acks: str, seconds: float,
-            max_records: int) -> tuple[int, float, int]:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+@dataclass
+class ProduceRun:
+    """One produce run: what was delivered, how long it took, and the CPU the client used."""
+
+    delivered: int
+    seconds: float
+    failed: int
+    client_cpu: float  # user + system seconds of the producer process(es)
+
+
+def produce(bootstrap: str, parts: list[tuple[str, int]], acks: str, seconds: float, max_records: int,
+            producers: int = 1) -> ProduceRun:
+    """Round robin over parts. With several producers, each is a process of its own with the
+    partitions p where p % producers is its number (every producer the same settings), started
+    together; the run lasts until the last one has flushed."""
+    if producers <= 1:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        got, secs, lost = produce_one(bootstrap, parts, acks, seconds, max_records)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return ProduceRun(got, secs, lost, cpu)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(producers) as pool:
+        jobs = [pool.apply_async(_produce_child, (bootstrap, parts[i::producers], acks, seconds,
+                                                  max_records // producers, LINGER_MS[0]))
+                for i in range(producers)]
+        outs = [job.get(seconds + 600) for job in jobs]
+    return ProduceRun(sum(o[0] for o in outs), max(o[1] for o in outs), sum(o[2] for o in outs),
+                      sum(o[3] for o in outs))
+
+
+def _produce_child(bootstrap: str, parts: list[tuple[str, int]], acks: str, seconds: float,
+                   max_records: int, linger_ms: int) -> tuple[int, float, int, float]:
+    LINGER_MS[0] = linger_ms
+    got, secs, lost = produce_one(bootstrap, parts, acks, seconds, max_records)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return got, secs, lost, usage.ru_utime + usage.ru_stime
+
+
+def produce_one(bootstrap: str, parts: list[tuple[str, int]], acks: str, seconds: float,
+                max_records: int) -> tuple[int, float, int]:
     """(records delivered, seconds, failed), round robin over parts."""
     errors = [0]
 
@@ -186,7 +236,7 @@ def produce(bootstrap: str, parts: list[tuple[str, int]], acks: str, seconds: fl
             errors[0] += 1
 
     producer = Producer({
-        "bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 20, "batch.size": 1_000_000,
+        "bootstrap.servers": bootstrap, "acks": acks, "linger.ms": LINGER_MS[0], "batch.size": 1_000_000,
         "queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": 1024 * 1024,
         "compression.type": "none", "enable.idempotence": False, "delivery.report.only.error": True,
         "on_delivery": on_error, "message.timeout.ms": 120_000,
@@ -278,6 +328,8 @@ class Result:
     rss: float = float("nan")
     fds: int = -1
     produce: dict[str, tuple[float, int]] = field(default_factory=dict)  # acks -> (MB/s, failed)
+    # acks -> (broker CPU %, of it system %, client CPU %) during the produce run (100 = one core)
+    cpu: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     consume_mb_s: float = float("nan")
     restart_clean_s: float = float("nan")
     restart_kill_s: float = float("nan")
@@ -316,16 +368,29 @@ def measure(broker: Broker, count: int, args: argparse.Namespace, strata: bool, 
              f"{res.list_offsets_ms:.1f} ms, OffsetCommit {res.commit_ms:.1f} ms")
         for acks in args.acks.split(","):
             spy = None
-            if profile is not None and acks == args.acks.split(",")[0]:
+            if profile is not None and not args.perf and acks == args.acks.split(",")[0]:
                 spy = subprocess.Popen([args.py_spy, "record", "-p", str(pid), "-o", str(profile), "-r", "200",
                                         "-d", str(int(args.seconds) + 3), "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            got, secs, failed = produce(broker.bootstrap, parts, acks, args.seconds, args.records)
+            perf = None
+            if args.perf and profile is not None and acks == args.acks.split(",")[0]:
+                perf = subprocess.Popen(["perf", "record", "-g", "-p", str(pid), "-o",
+                                         str(profile.with_suffix(".perf")), "--", "sleep", str(int(args.seconds))],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            user0, sys0 = cpu_seconds(pid)
+            run = produce(broker.bootstrap, parts, acks, args.seconds, args.records, args.producers)
+            user1, sys1 = cpu_seconds(pid)
             if spy is not None:
                 spy.wait(60)
+            if perf is not None:
+                perf.wait(60)
+            got, secs, failed = run.delivered, run.seconds, run.failed
             res.produce[acks] = (got * RECORD / MB / secs, failed)
+            res.cpu[acks] = ((user1 - user0 + sys1 - sys0) * 100 / secs, (sys1 - sys0) * 100 / secs,
+                             run.client_cpu * 100 / secs)
             note(f"  {broker.name} {count} partitions produce acks={acks}: {got * RECORD / MB / secs:.1f} MB/s "
-                 f"({got:,} records, {failed} failed) load {load()}")
+                 f"({got:,} records, {failed} failed; broker CPU {res.cpu[acks][0]:.0f}% (system "
+                 f"{res.cpu[acks][1]:.0f}%), client CPU {res.cpu[acks][2]:.0f}%) load {load()}")
             if acks == args.acks.split(",")[-1]:
                 total = got if len(args.acks.split(",")) == 1 else None
                 if total is not None:
@@ -356,6 +421,11 @@ def main() -> int:
                                                     "the run only when one acks value is given)")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--records", type=int, default=3_000_000)
+    parser.add_argument("--linger-ms", type=int, default=20,
+                        help="producer linger.ms (batches up to 1 MB: a large linger over few partitions "
+                             "sends 1 MB batches, as `strata replay --to-topic` does)")
+    parser.add_argument("--producers", type=int, default=1,
+                        help="producer processes (each the same settings, partition p to producer p %% N)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per Strata side")
     parser.add_argument("--baseline", metavar="GIT_REF", help="also measure the broker at this git ref")
     parser.add_argument("--skip-tansu", action="store_true")
@@ -363,10 +433,13 @@ def main() -> int:
     parser.add_argument("--skip-restart", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="PARTITIONS",
                         help="py-spy flame graph of this code's first produce run at this count")
+    parser.add_argument("--perf", action="store_true",
+                        help="with --profile: a Linux perf profile (kernel call graphs) instead of py-spy")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")))
     parser.add_argument("--broker-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / ".work"))
     args = parser.parse_args()
+    LINGER_MS[0] = args.linger_ms
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     counts = [int(x) for x in args.partitions.split(",")]
@@ -407,6 +480,7 @@ def main() -> int:
     header = (["partitions", "broker", "create s", "metadata ms", "ListOffsets ms", "OffsetCommit ms",
                "RSS MiB (empty)", "KiB/partition", "fds"]
               + [f"produce acks={a} MB/s" for a in acks_list]
+              + ["broker CPU % (sys)", "client CPU %"]
               + ["consume MB/s", "restart clean s", "restart SIGKILL s", "check"])
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -417,6 +491,8 @@ def main() -> int:
                  fmt(per), str(r.fds)]
         cells += [fmt(r.produce[a][0]) + (f" ({r.produce[a][1]} failed)" if r.produce[a][1] else "")
                   if a in r.produce else "-" for a in acks_list]
+        first_cpu = r.cpu.get(acks_list[0])
+        cells += [f"{first_cpu[0]:.0f} ({first_cpu[1]:.0f})", f"{first_cpu[2]:.0f}"] if first_cpu else ["-", "-"]
         cells += [fmt(r.consume_mb_s), fmt(r.restart_clean_s, 2), fmt(r.restart_kill_s, 2), r.check]
         print("| " + " | ".join(cells) + " |")
     print("\nmedians per broker and count (produce / consume MB/s):")
