@@ -12,6 +12,7 @@ For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-
   minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
 - the operator's RSS at the end of the steady state (VmRSS) and its peak (VmHWM) over the whole run;
 - the time to delete min(500, N) Topics (until their resources are gone from the API);
+- with --trace-memory DIR: where the operator's memory is (bench/operator_memprobe.py), not figures;
 - with --cold-start: the operator stopped, every resource's conditions cleared, the operator started
   again with all of them in the API: time to all Ready, its peak RSS and threads, the connections it
   opened to the broker, and the handler failures in its log.
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,7 +125,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
                "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
-        operator = start_operator(env, workdir / "operator.log")
+        operator = start_operator(env, workdir / "operator.log", args.trace_memory)
         wait_ready(kube, {"EventBroker": 1}, time.monotonic(), 120)
         services = max(1, n // 5)
         for i in range(n):
@@ -142,6 +144,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         k0, a0, t0 = kube_requests(kube), proxy.total(), time.monotonic()
         time.sleep(args.steady)
         after = proc_stat(operator.pid)
+        if args.trace_memory:
+            operator.send_signal(signal.SIGUSR1)  # the probe's report of the steady state
         k1, a1, t1 = kube_requests(kube), proxy.total(), time.monotonic()
         minutes = (t1 - t0) / 60
         cold: dict[str, Any] = {}
@@ -151,7 +155,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for i in range(count):
                     kube.patch(kind, fmt.format(i), {"status": {"conditions": []}})
             conns = proxy.connections
-            operator = start_operator(env, workdir / "operator-cold.log")
+            operator = start_operator(env, workdir / "operator-cold.log", args.trace_memory)
             started = time.monotonic()
             peak_threads = 0
             sampler_stop = threading.Event()
@@ -196,9 +200,11 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         broker.stop()
 
 
-def start_operator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def start_operator(env: dict[str, str], log: Path, trace: Path | None = None) -> subprocess.Popen[bytes]:
+    """`strata operator`; under bench/operator_memprobe.py (tracemalloc reports into `trace`) when given."""
+    command = [sys.executable, "-m", "strata_cli", "operator"] if trace is None else \
+        [sys.executable, str(ROOT / "bench" / "operator_memprobe.py"), str(trace / log.stem)]
+    return subprocess.Popen([*command, "--liveness", ""], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 def stop_operator(operator: subprocess.Popen[bytes]) -> None:
@@ -218,6 +224,9 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--cold-start", action="store_true",
                         help="also restart the operator with every resource present (conditions cleared)")
+    parser.add_argument("--trace-memory", type=Path, default=None, metavar="DIR",
+                        help="run the operator under bench/operator_memprobe.py: tracemalloc reports in DIR "
+                             "(a diagnosis: its own cost makes the figures not the benchmark's)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([5000] if args.with_5000 else [])
     raise_fd_limit()
