@@ -124,7 +124,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                "STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
-               "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
+               "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password,
+               **dict(kv.split("=", 1) for kv in args.operator_env)}
         operator = start_operator(env, workdir / "operator.log", args.trace_memory)
         wait_ready(kube, {"EventBroker": 1}, time.monotonic(), 120)
         services = max(1, n // 5)
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--cold-start", action="store_true",
                         help="also restart the operator with every resource present (conditions cleared)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the operator only (repeatable)")
     parser.add_argument("--trace-memory", type=Path, default=None, metavar="DIR",
                         help="run the operator under bench/operator_memprobe.py: tracemalloc reports in DIR "
                              "(a diagnosis: its own cost makes the figures not the benchmark's)")
