@@ -10,7 +10,8 @@ For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-
   requests per minute counted on the wire in front of the broker (a counting TCP proxy the broker
   advertises, so every connection goes through it: logins included), and Kubernetes requests per
   minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
-- the operator's RSS at the end of the steady state (VmRSS) and its peak (VmHWM) over the whole run;
+- the operator's RSS at the end of the steady state (VmRSS, and by kind of mapping from smaps) and its
+  peak (VmHWM) over the whole run;
 - the time to delete min(500, N) Topics (until their resources are gone from the API);
 - with --trace-memory DIR: where the operator's memory is (bench/operator_memprobe.py), not figures;
 - with --cold-start: the operator stopped, every resource's conditions cleared, the operator started
@@ -63,6 +64,21 @@ def proc_stat(pid: int) -> dict[str, float]:
                   if ":" in line)
     return {"cpu": (int(fields[11]) + int(fields[12])) / ticks, "threads": int(status["Threads"]),
             "hwm_mib": int(status["VmHWM"].split()[0]) / 1024, "rss_mib": int(status["VmRSS"].split()[0]) / 1024}
+
+
+def memory_map(pid: int) -> dict[str, float]:
+    """The process's resident memory (MiB) by kind of mapping, from /proc/<pid>/smaps: glibc's main heap,
+    other anonymous memory (Python's object arenas, other malloc arenas, thread stacks), files."""
+    out = {"heap": 0.0, "anon": 0.0, "file": 0.0}
+    kind = "anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
+            name = head[5] if len(head) > 5 else ""
+            kind = "heap" if name == "[heap]" else "file" if name.startswith("/") else "anon"
+        elif head[0] == "Rss:":
+            out[kind] += int(head[1]) / 1024
+    return {k: round(v) for k, v in out.items()}
 
 
 def kube_requests(kube: KubeEmulatorProcess) -> int:
@@ -145,6 +161,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         k0, a0, t0 = kube_requests(kube), proxy.total(), time.monotonic()
         time.sleep(args.steady)
         after = proc_stat(operator.pid)
+        steady_map = memory_map(operator.pid)
         if args.trace_memory:
             operator.send_signal(signal.SIGUSR1)  # the probe's report of the steady state
         k1, a1, t1 = kube_requests(kube), proxy.total(), time.monotonic()
@@ -191,6 +208,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "services_ready_s": to_ready["Microservice"],
                 "cpu_pct": 100 * (after["cpu"] - before["cpu"]) / (t1 - t0),
                 "threads": after["threads"], "peak_rss_mib": final["hwm_mib"], "steady_rss_mib": after["rss_mib"],
+                "steady_rss_by_mapping_mib": steady_map,
                 "kafka_req_min": (a1 - a0) / minutes, "kube_req_min": (k1 - k0) / minutes,
                 "broker_connections": proxy.connections, "deleted": deleting, "delete_s": delete_s,
                 "cpu_s_total": final["cpu"], **cold}

@@ -282,18 +282,24 @@ class Admin:
     # -- topics --------------------------------------------------------------------------
 
     def describe_topic(self, name: str) -> TopicState | None:
+        """One topic's partitions, id and configs (None when it does not exist): DescribeTopics (a
+        missing topic answers UNKNOWN_TOPIC_OR_PART) and DescribeConfigs. Not a Metadata request for the
+        topic: librdkafka keeps a handle and a cache entry of every topic named in one (about 5 KiB
+        each, for the life of the client: 25 MiB at 5,000 Topics)."""
         try:
-            meta = self.client.list_topics(topic=name, timeout=TIMEOUT)
-        except KafkaException as exc:
-            raise _translate(exc) from exc
-        tmeta = meta.topics.get(name)
-        if tmeta is None or tmeta.error is not None and tmeta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            return None
-        if tmeta.error is not None:
-            raise BrokerRejected(tmeta.error.str(), tmeta.error.code())
-        (desc,) = self._wait(self.client.describe_topics(TopicCollection([name]))).values()
+            (desc,) = self._wait(self.client.describe_topics(TopicCollection([name]),
+                                                             request_timeout=TIMEOUT)).values()
+        except BrokerRejected as exc:
+            if exc.code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-        (configs,) = self._wait(self.client.describe_configs([resource])).values()
+        try:
+            (configs,) = self._wait(self.client.describe_configs([resource], request_timeout=TIMEOUT)).values()
+        except BrokerRejected as exc:
+            if exc.code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None  # deleted in between
+            raise
         return _topic_state(name, desc, configs)
 
     def snapshot(self, keys: frozenset[str] = frozenset()) -> Snapshot:
