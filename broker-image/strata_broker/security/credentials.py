@@ -19,8 +19,7 @@ changes. Each compaction gives the JSON file a new journal id, and the journal's
 the id it continues: a journal left behind by a crash between a compaction's rename and its
 truncation names the old id and is ignored (the file has its changes). A torn last line (a crash
 mid-append: that request was never answered) is dropped, and the journal compacted away at load.
-A user that
-has any of these credentials is authenticated with them only, never with the file.
+A user that has any of these credentials is authenticated with them only, never with the file.
 
 Known and unknown users cost the same and are answered the same: a PLAIN check is one PBKDF2 of the
 usual cost whoever the user is, and an unknown user's SCRAM exchange shows a decoy salt (an HMAC of
