@@ -10,8 +10,11 @@ For each size N it applies N Topics (deletionPolicy Delete) and N/5 credentials-
   requests per minute counted on the wire in front of the broker (a counting TCP proxy the broker
   advertises, so every connection goes through it: logins included), and Kubernetes requests per
   minute counted by the emulated API (GET /_kmock/stats; the benchmark does not poll during this);
-- the operator's RSS at the end of the steady state (VmRSS) and its peak (VmHWM) over the whole run;
+- the operator's RSS at the end of the steady state (VmRSS, and by kind of mapping from smaps) and its
+  peak (VmHWM) over the whole run (with --cold-start: over the apply and the steady state; the
+  restarted operator's peak is the cold start's);
 - the time to delete min(500, N) Topics (until their resources are gone from the API);
+- with --trace-memory DIR: where the operator's memory is (bench/operator_memprobe.py), not figures;
 - with --cold-start: the operator stopped, every resource's conditions cleared, the operator started
   again with all of them in the API: time to all Ready, its peak RSS and threads, the connections it
   opened to the broker, and the handler failures in its log.
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +65,21 @@ def proc_stat(pid: int) -> dict[str, float]:
                   if ":" in line)
     return {"cpu": (int(fields[11]) + int(fields[12])) / ticks, "threads": int(status["Threads"]),
             "hwm_mib": int(status["VmHWM"].split()[0]) / 1024, "rss_mib": int(status["VmRSS"].split()[0]) / 1024}
+
+
+def memory_map(pid: int) -> dict[str, float]:
+    """The process's resident memory (MiB) by kind of mapping, from /proc/<pid>/smaps: glibc's main heap,
+    other anonymous memory (Python's object arenas, other malloc arenas, thread stacks), files."""
+    out = {"heap": 0.0, "anon": 0.0, "file": 0.0}
+    kind = "anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
+            name = head[5] if len(head) > 5 else ""
+            kind = "heap" if name == "[heap]" else "file" if name.startswith("/") else "anon"
+        elif head[0] == "Rss:":
+            out[kind] += int(head[1]) / 1024
+    return {k: round(v) for k, v in out.items()}
 
 
 def kube_requests(kube: KubeEmulatorProcess) -> int:
@@ -122,8 +141,9 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                "STRATA_OPERATOR_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                "STRATA_OPERATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                "STRATA_OPERATOR_KAFKA_SASL_USERNAME": OPERATOR_USER,
-               "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password}
-        operator = start_operator(env, workdir / "operator.log")
+               "STRATA_OPERATOR_KAFKA_SASL_PASSWORD": password,
+               **dict(kv.split("=", 1) for kv in args.operator_env)}
+        operator = start_operator(env, workdir / "operator.log", args.trace_memory)
         wait_ready(kube, {"EventBroker": 1}, time.monotonic(), 120)
         services = max(1, n // 5)
         for i in range(n):
@@ -142,16 +162,21 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         k0, a0, t0 = kube_requests(kube), proxy.total(), time.monotonic()
         time.sleep(args.steady)
         after = proc_stat(operator.pid)
+        steady_map = memory_map(operator.pid)
+        if args.trace_memory:
+            operator.send_signal(signal.SIGUSR1)  # the probe's report of the steady state
         k1, a1, t1 = kube_requests(kube), proxy.total(), time.monotonic()
         minutes = (t1 - t0) / 60
         cold: dict[str, Any] = {}
+        peak_mib = 0.0  # the first operator's peak (apply and steady state), when a cold start replaces it
         if args.cold_start:
+            peak_mib = proc_stat(operator.pid)["hwm_mib"]
             stop_operator(operator)
             for kind, count, fmt in (("Topic", n, "t{:05d}"), ("Microservice", services, "svc{:04d}")):
                 for i in range(count):
                     kube.patch(kind, fmt.format(i), {"status": {"conditions": []}})
             conns = proxy.connections
-            operator = start_operator(env, workdir / "operator-cold.log")
+            operator = start_operator(env, workdir / "operator-cold.log", args.trace_memory)
             started = time.monotonic()
             peak_threads = 0
             sampler_stop = threading.Event()
@@ -185,7 +210,9 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return {"n": n, "services": services, "topics_ready_s": to_ready["Topic"],
                 "services_ready_s": to_ready["Microservice"],
                 "cpu_pct": 100 * (after["cpu"] - before["cpu"]) / (t1 - t0),
-                "threads": after["threads"], "peak_rss_mib": final["hwm_mib"], "steady_rss_mib": after["rss_mib"],
+                "threads": after["threads"], "peak_rss_mib": peak_mib or final["hwm_mib"],
+                "steady_rss_mib": after["rss_mib"],
+                "steady_rss_by_mapping_mib": steady_map,
                 "kafka_req_min": (a1 - a0) / minutes, "kube_req_min": (k1 - k0) / minutes,
                 "broker_connections": proxy.connections, "deleted": deleting, "delete_s": delete_s,
                 "cpu_s_total": final["cpu"], **cold}
@@ -196,9 +223,11 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         broker.stop()
 
 
-def start_operator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "strata_cli", "operator", "--liveness", ""],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def start_operator(env: dict[str, str], log: Path, trace: Path | None = None) -> subprocess.Popen[bytes]:
+    """`strata operator`; under bench/operator_memprobe.py (tracemalloc reports into `trace`) when given."""
+    command = [sys.executable, "-m", "strata_cli", "operator"] if trace is None else \
+        [sys.executable, str(ROOT / "bench" / "operator_memprobe.py"), str(trace / log.stem)]
+    return subprocess.Popen([*command, "--liveness", ""], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 def stop_operator(operator: subprocess.Popen[bytes]) -> None:
@@ -218,6 +247,11 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--cold-start", action="store_true",
                         help="also restart the operator with every resource present (conditions cleared)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the operator only (repeatable)")
+    parser.add_argument("--trace-memory", type=Path, default=None, metavar="DIR",
+                        help="run the operator under bench/operator_memprobe.py: tracemalloc reports in DIR "
+                             "(a diagnosis: its own cost makes the figures not the benchmark's)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([5000] if args.with_5000 else [])
     raise_fd_limit()

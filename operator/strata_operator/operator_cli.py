@@ -31,13 +31,16 @@ def operator(ctx: click.Context, namespaces: tuple[str, ...], liveness: str, sta
         return
     import logging
 
-    from . import memory
+    from . import lazyclient, memory
 
     memory.limit_arenas()  # before any thread starts (memory.py)
+    lazyclient.install()  # before kopf or kube.py import the Kubernetes client (lazyclient.py)
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
     from .cluster import handlers as cluster_handlers  # noqa: F401 - the placement timer
+
+    memory.freeze()  # what the imports made stays: out of the garbage collector's passes
 
     kopf.configure(verbose=verbose)
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.WARNING)

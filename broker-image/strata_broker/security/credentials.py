@@ -10,8 +10,16 @@ swaps a symlink, which changes the inode `stat` sees):
 
 A user with a password can use PLAIN and both SCRAM mechanisms; one with only SCRAM entries can
 use those mechanisms, and PLAIN (checked against the SCRAM hash). Credentials set with
-AlterUserScramCredentials live in `<data-dir>/__meta/scram-credentials.json`; a user that has any
-of those is authenticated with them only, never with the file.
+AlterUserScramCredentials live in `<data-dir>/__meta/scram-credentials.json` (all of them, written
+atomically: temp file, fsync, rename) and `scram-credentials.journal` (the changes since, one JSON
+line per request, appended and fsynced before the request is answered): a request costs one short
+append, not a rewrite of every user. The journal is folded into the JSON file (compaction) once it
+holds as many changes as there are users (at least JOURNAL_MIN), so the writes stay linear in the
+changes. Each compaction gives the JSON file a new journal id, and the journal's first line names
+the id it continues: a journal left behind by a crash between a compaction's rename and its
+truncation names the old id and is ignored (the file has its changes). A torn last line (a crash
+mid-append: that request was never answered) is dropped, and the journal compacted away at load.
+A user that has any of these credentials is authenticated with them only, never with the file.
 
 Known and unknown users cost the same and are answered the same: a PLAIN check is one PBKDF2 of the
 usual cost whoever the user is, and an unknown user's SCRAM exchange shows a decoy salt (an HMAC of
@@ -33,11 +41,13 @@ from typing import Any
 
 from strata_contract.scram import HASHES, MIN_ITERATIONS, ScramCredential
 
-from ..log.files import read_json, write_json_atomic
+from ..log.files import fsync_dir, fsync_fd, read_json, write_json_atomic
 
 # The mechanism a PLAIN password is checked with when a user has several SCRAM credentials.
 _PLAIN_ORDER = ("SCRAM-SHA-512", "SCRAM-SHA-256")
 _DECOY_KEY_FILE = "scram-decoy.key"
+# A journal this many changes long (or as long as there are users, if more) is compacted.
+JOURNAL_MIN = 256
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,11 @@ class CredentialStore:
     def __init__(self, path: str, meta_dir: str | None) -> None:
         self.path = path
         self._api_path = os.path.join(meta_dir, "scram-credentials.json") if meta_dir else None
+        self._journal_path = os.path.join(meta_dir, "scram-credentials.journal") if meta_dir else None
+        self._journal_length = 0  # changes in the journal
+        self._journal_id: str | None = None  # the id the JSON file names (its journal's first line)
+        # Changes not saved yet: (user, mechanism, credential or None for a deletion); None: save all.
+        self._unsaved: list[tuple[str, str, ScramCredential | None]] | None = []
         self._file_stamp: tuple[int, int, int] | None = None
         self._file_passwords: dict[str, str] = {}
         self._file_scram: dict[str, dict[str, ScramCredential]] = {}
@@ -61,9 +76,48 @@ class CredentialStore:
         self.builtin_users: dict[str, str] = {}
         if self._api_path:
             data = read_json(self._api_path) or {}
+            self._journal_id = data.get("journal")
             for user, mechs in data.get("users", {}).items():
                 self.api_scram[user] = {m: ScramCredential.from_json(c) for m, c in mechs.items() if m in HASHES}
+            if not self._replay_journal():
+                self._unsaved = None
+                self.save(notify=False)  # a torn or broken journal: compacted away before anything is appended
         self.poll()
+
+    def _replay_journal(self) -> bool:
+        """Apply the journal's changes over the JSON file's users; False when it ends in a torn line
+        (or holds a broken one: the changes after it are dropped, none of them was answered)."""
+        assert self._journal_path is not None
+        try:
+            with open(self._journal_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return True
+        lines = raw.split(b"\n")
+        complete, tail = lines[:-1], lines[-1]  # the text after the last newline: b"" unless torn
+        if not complete:
+            return not tail
+        try:
+            if self._journal_id is None or json.loads(complete[0]) != {"journal": self._journal_id}:
+                return False  # what a compaction already folded in (or not this file's journal)
+        except ValueError:
+            return False
+        for number, line in enumerate(complete[1:], 2):
+            try:
+                for user, mech, cred in json.loads(line):
+                    if cred is None:
+                        self._forget(user, mech)
+                    elif mech in HASHES:
+                        self.api_scram.setdefault(user, {})[mech] = ScramCredential.from_json(cred)
+            except (TypeError, ValueError, KeyError) as exc:
+                log.error("%s line %d is broken (%s): the changes from there on are dropped",
+                          self._journal_path, number, exc)
+                return False
+            self._journal_length += 1
+        if tail:
+            log.warning("%s ends in a torn line (a change never answered): dropped", self._journal_path)
+            return False
+        return True
 
     # ---- the mounted file -------------------------------------------------------------------
 
@@ -188,23 +242,58 @@ class CredentialStore:
     # ---- admin API --------------------------------------------------------------------------
 
     def upsert(self, user: str, mechanism: str, credential: ScramCredential) -> None:
+        """Set a credential (in memory; `save` makes it durable)."""
         self.api_scram.setdefault(user, {})[mechanism] = credential
         self._usual_iterations.clear()
+        if self._unsaved is not None:
+            self._unsaved.append((user, mechanism, credential))
 
     def delete(self, user: str, mechanism: str) -> bool:
+        """Remove a credential (in memory; `save` makes it durable); False when there is none."""
+        if not self._forget(user, mechanism):
+            return False
+        self._usual_iterations.clear()
+        if self._unsaved is not None:
+            self._unsaved.append((user, mechanism, None))
+        return True
+
+    def _forget(self, user: str, mechanism: str) -> bool:
         mechs = self.api_scram.get(user)
         if not mechs or mechanism not in mechs:
             return False
         del mechs[mechanism]
         if not mechs:
             del self.api_scram[user]
-        self._usual_iterations.clear()
         return True
 
     def save(self, notify: bool = True) -> None:
-        if self._api_path:
-            write_json_atomic(self._api_path, {"users": {
-                user: {m: c.to_json() for m, c in mechs.items()} for user, mechs in self.api_scram.items()}})
+        """Make the changes since the last save durable: one journal line (appended, fsynced), or a
+        compaction (every credential to the JSON file, atomically, under a new journal id; the journal
+        emptied) when the journal is long enough, the file names no journal yet, or the whole set was
+        replaced (load_shared)."""
+        changes, self._unsaved = self._unsaved, []
+        if self._api_path and self._journal_path:
+            full = self._journal_length + 1 >= max(JOURNAL_MIN, len(self.api_scram))
+            if changes is None or self._journal_id is None or full:
+                journal_id = secrets.token_hex(8)
+                write_json_atomic(self._api_path, {"journal": journal_id, "users": {
+                    user: {m: c.to_json() for m, c in mechs.items()} for user, mechs in self.api_scram.items()}})
+                self._journal_id, self._journal_length = journal_id, 0
+                with open(self._journal_path, "wb") as f:  # names the previous id: ignored from now on anyway
+                    fsync_fd(f.fileno())
+            elif changes:
+                line = json.dumps([[u, m, c.to_json() if c is not None else None] for u, m, c in changes]) + "\n"
+                if self._journal_length == 0:  # the journal's first change: after the id it continues
+                    line = json.dumps({"journal": self._journal_id}) + "\n" + line
+                fd = os.open(self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line.encode())
+                    fsync_fd(fd)
+                finally:
+                    os.close(fd)
+                if self._journal_length == 0:
+                    fsync_dir(os.path.dirname(self._journal_path))  # a journal just created is in its directory
+                self._journal_length += 1
         if notify and self.on_change is not None:
             self.on_change()
 
@@ -227,6 +316,7 @@ class CredentialStore:
                                      for m, c in ms.items()}:
             self.api_scram = scram
             self._usual_iterations.clear()
+            self._unsaved = None  # the whole set replaced: compacted
             self.save(notify=False)
 
 
