@@ -583,14 +583,8 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock: Any,
-                prestart: str | None = None) -> None:
+def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock: Any) -> None:
     """A worker process: wait for its Task (None = nothing to do), read it, report on `events`.
-
-    With `prestart` (a bootstrap address), the worker starts its librdkafka consumer before it
-    waits, so its connection and metadata round trips overlap the parent's planning instead of
-    following it; the consumer is used for the Task when the Task reads that bootstrap with a
-    consumer, else closed.
 
     Events: ("progress", wid, records, bytes, {partition: next offset}, file length or -1,
     {target partition: offset mark}, {partition: target offset the next batch lands at (batch
@@ -601,15 +595,11 @@ def worker_main(wid: int, tasks: Any, events: Any, stop: Any, out_fd: int, lock:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent sets `stop`
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's last resort
     _keep_freed_memory()
-    early = _consumer(prestart) if prestart is not None else None
     task = tasks.get()
-    if early is not None and (task is None or task.producer is not None or task.bootstrap != prestart):
-        early.close()
-        early = None
     if task is None:
         return
     try:
-        _run_task(wid, task, events, stop, out_fd, lock, early)
+        _run_task(wid, task, events, stop, out_fd, lock)
         events.put(("done", wid))
     except BrokenPipeError:
         events.put(("error", wid, _CLOSED))
@@ -764,15 +754,13 @@ def _run_copy(wid: int, task: Task, events: Any, stop: Any) -> None:
         raise ReplayError(f"connection to the broker failed: {exc}") from exc
 
 
-def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: Any, consumer: Any = None) -> None:
-    """Read the Task's ranges with `consumer` (a new one when None; closed at the end either way)."""
+def _run_task(wid: int, task: Task, events: Any, stop: Any, out_fd: int, lock: Any) -> None:
     from confluent_kafka import KafkaError, TopicPartition
 
     if task.producer is not None:
         _run_copy(wid, task, events, stop)
         return
-    if consumer is None:
-        consumer = _consumer(task.bootstrap)
+    consumer = _consumer(task.bootstrap)
     try:
         output = _Output(wid, task, events, out_fd, lock, consumer)
         remaining = {p: end for p, start, end in task.ranges if end > start}
@@ -1211,10 +1199,7 @@ def replay(bootstrap: str, topic: str, from_offset: int | None, from_timestamp: 
                 os.ftruncate(fd, keep)
                 os.lseek(fd, keep, os.SEEK_SET)
     queues = [ctx.Queue() for _ in range(nworkers)]
-    # Output workers start their consumers at once (connecting while this process plans); a batch
-    # copy's workers use bare connections instead.
-    prestart = bootstrap if to_topic is None else None
-    procs = [ctx.Process(target=worker_main, args=(i, queues[i], events, stop, fd, lock, prestart), daemon=True)
+    procs = [ctx.Process(target=worker_main, args=(i, queues[i], events, stop, fd, lock), daemon=True)
              for i in range(nworkers)]
     for proc in procs:
         proc.start()
