@@ -16,6 +16,13 @@ each round, in an order that rotates from round to round, measures:
 * the same JSON and --to-topic commands with the `strata_cli` package of --baseline-rev (by
   default 0d9b6ad, the per-record --to-topic), extracted with git archive and put first on
   PYTHONPATH: an A/B in the same run, rounds alternating;
+* `kcat -P` (librdkafka's defaults: acks=all, 1 MB batches, linger 5 ms) of as many 1 KiB text
+  lines into a fresh topic like the copy's: what a general Kafka producer gets into this broker,
+  the reference for --to-topic's produce side;
+* a plain write of as many bytes into a new file beside the broker's data (1 MiB pwrites, no
+  fsync, then deleted): the rate at which this machine takes data into fresh page cache. On a VM
+  whose freed memory goes back to the host (free page reporting), first-touch page faults bound
+  any writer of new data, the broker's log append included;
 * time to first record of a replay by timestamp that starts 90% of the way into the topic
   (process start until the first line on a pipe).
 
@@ -31,6 +38,7 @@ load average is printed beside each run: on a shared machine the medians matter,
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import resource
 import shutil
@@ -51,6 +59,7 @@ from rich.table import Table  # noqa: E402
 from tiered import (  # noqa: E402
     CREDENTIALS,
     MB,
+    RECORD_SIZE,
     MiB,
     MotoServer,
     load,
@@ -64,6 +73,8 @@ from tiered import (  # noqa: E402
 
 console = Console(width=max(140, Console().width))
 REPO = Path(__file__).resolve().parent.parent
+FRESH = "write into fresh page cache (pwrite, no fsync)"
+KCAT_P = "kcat -P (acks=all) into a fresh topic"
 
 
 def note(msg: str) -> None:
@@ -89,6 +100,21 @@ def raw_get(s3: MotoServer, bucket: str, keys: list[tuple[str, int]]) -> float:
     if total != expected:
         raise RuntimeError(f"raw GET read {total:,} bytes, not {expected:,}")
     return elapsed
+
+
+def fresh_write(directory: str, nbytes: int) -> float:
+    """Seconds to write `nbytes` into a new file in `directory` (1 MiB pwrites, not fsynced)."""
+    block = os.urandom(1 << 20)
+    path = os.path.join(directory, "fresh-write.bench")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for pos in range(0, nbytes, len(block)):
+            os.pwrite(fd, block[:nbytes - pos], pos)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def children_cpu() -> float:
@@ -235,14 +261,21 @@ def main() -> int:
 
         strata = [sys.executable, "-m", "strata_cli", "replay", "-b", broker.bootstrap, "-t", topic,
                   "--from-offset", "0", "-q"]
+        lines = os.path.join(tmp, "lines.txt")  # kcat -P's input: n text lines of 1 KiB with their newline
+        with open(lines, "wb") as f:
+            for first in range(0, n, 1024):
+                f.write(b"".join(base64.b64encode(os.urandom(768))[:RECORD_SIZE - 1] + b"\n"
+                                 for _ in range(min(1024, n - first))))
         methods: dict[str, list[str] | None] = {
             "raw S3 GET loop (boto3, whole objects)": None,
+            FRESH: None,
             "kcat -C -e > /dev/null": ([kcat, "-C", "-b", broker.bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"]
                                        if kcat else None),
             "strata replay -o /dev/null (JSON)": [*strata, "-o", "/dev/null"],
             "strata replay -o /dev/null (JSON) --parallel 1": [*strata, "-o", "/dev/null", "--parallel", "1"],
             "strata replay --to-topic": [*strata, "--to-topic"],
             "strata replay --to-topic --acks 1": [*strata, "--acks", "1", "--to-topic"],
+            KCAT_P: [kcat, "-P", "-b", broker.bootstrap, "-l", lines, "-t"] if kcat else None,
         }
         envs: dict[str, dict[str, str]] = {}
         base_env = baseline_env(args.baseline_rev, tmp) if args.baseline_rev else None
@@ -260,6 +293,7 @@ def main() -> int:
         if kcat is None:
             note("kcat not found: its row is left out")
             del methods["kcat -C -e > /dev/null"]
+            del methods[KCAT_P]
         runs: dict[str, Runs] = {name: Runs() for name in methods}
         first: list[float] = []
         names = list(methods)
@@ -271,9 +305,11 @@ def main() -> int:
                 if argv is not None:  # a cold broker: restarted, its chunk cache cleared
                     restart()
                 cpu = float("nan")
-                if argv is None:
+                if name == FRESH:
+                    secs = fresh_write(data_dir, nbytes)
+                elif argv is None:
                     secs = raw_get(s3, bucket, keys)
-                elif argv[-1] == "--to-topic":
+                elif argv[-1] in ("--to-topic", "-t"):
                     copies += 1
                     target = f"copy-{copies}"
                     # Not offloaded: the copy's upload to S3 would be the broker's work competing
@@ -283,7 +319,7 @@ def main() -> int:
                     secs, cpu = timed([*argv, target], args.timeout, envs.get(name))
                     got = count_records(broker.bootstrap, target, args.partitions)
                     if got != n:
-                        raise RuntimeError(f"--to-topic copied {got:,} records, not {n:,}")
+                        raise RuntimeError(f"{name} put {got:,} records in the target, not {n:,}")
                 else:
                     secs, cpu = timed(argv, args.timeout, envs.get(name))
                 load1 = os.getloadavg()[0]
@@ -315,6 +351,12 @@ def main() -> int:
         table.add_row("first record, replay by timestamp from 90% into the topic (s)", "",
                       " / ".join(f"{s:.2f}" for s in first), f"{statistics.median(first):.2f}", "", "", "")
         console.print(table)
+        if KCAT_P in runs:
+            kcat_p = statistics.median(runs[KCAT_P].seconds)
+            copy_med = statistics.median(runs["strata replay --to-topic"].seconds)
+            console.print(f"--to-topic vs kcat -P into the same broker: {kcat_p / copy_med:.2f}x; kcat -P vs kcat -C: "
+                          f"{kcat_med / kcat_p:.2f}x; write into fresh page cache: "
+                          f"{nbytes / MB / statistics.median(runs[FRESH].seconds):.0f} MB/s", highlight=False)
         json_med = statistics.median(runs["strata replay -o /dev/null (JSON)"].seconds)
         to_med = statistics.median(runs["strata replay --to-topic"].seconds)
         console.print(f"TARGETS: JSON lines to /dev/null >= kcat: {kcat_med / json_med:.2f}x "
