@@ -108,6 +108,28 @@ def consume_to_end(bootstrap: str, partitions: list[tuple[str, int]], isolation:
 
 # ---- kafka-python -----------------------------------------------------------------------------
 
+def commit_abort_commit(producer: confluent_kafka.Producer, topic: str, partitions: list[int],
+                        tag: bytes = b"") -> tuple[list[bytes], int]:
+    """Three transactions of 5 records per partition, committed, aborted, committed: the committed
+    values and how many records were aborted."""
+    committed: list[bytes] = []
+    aborted = 0
+    for round_, commit in enumerate((True, False, True)):
+        producer.begin_transaction()
+        values = [b"%sr%d-p%d-%d" % (tag, round_, p, i) for p in partitions for i in range(5)]
+        for i, value in enumerate(values):
+            producer.produce(topic, value=value, partition=partitions[i // 5])
+        if commit:
+            producer.commit_transaction(60)
+            committed += values
+        else:
+            assert producer.flush(30) == 0
+            producer.abort_transaction(60)
+            aborted += len(values)
+    producer.flush(10)
+    return committed, aborted
+
+
 def produce_kafka_python(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
                          **conf: object) -> list[Record]:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **conf)

@@ -30,7 +30,7 @@ from kafka.protocol.consumer import ListOffsetsRequest
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer import InitProducerIdRequest
 from kafka.protocol.producer.transaction import EndTxnRequest, WriteTxnMarkersRequest
-from kafkaclients import consume_to_end, create_topic, produce_confluent
+from kafkaclients import commit_abort_commit, consume_to_end, create_topic, produce_confluent
 from rawclient import RawConnection
 from s3server import S3Server
 from waiting import wait_until
@@ -132,23 +132,11 @@ def test_transaction_over_every_broker_committed_and_aborted(cluster: Cluster) -
     topic = f"span-{uuid.uuid4().hex[:6]}"
     parts = one_partition_per_broker(cluster, topic)
     producer = txn_producer(cluster.bootstrap, "tx-span")
-    expected: list[bytes] = []
-    for round_, commit in enumerate((True, False, True)):
-        producer.begin_transaction()
-        values = [b"r%d-b%d-%d" % (round_, broker, i) for broker in parts for i in range(5)]
-        for i, value in enumerate(values):
-            producer.produce(topic, value=value, partition=parts[list(parts)[i // 5]])
-        if commit:
-            producer.commit_transaction(60)
-            expected += values
-        else:
-            assert producer.flush(30) == 0
-            producer.abort_transaction(60)
-    producer.flush(10)
+    expected, aborted = commit_abort_commit(producer, topic, list(parts.values()))
     assignment = [(topic, p) for p in parts.values()]
     assert sorted(consume_to_end(cluster.bootstrap, assignment, "read_committed")) == sorted(expected)
     # The aborted round is in the logs (read_uncommitted sees it); every LSO caught up with its end.
-    assert len(consume_to_end(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + 5 * len(parts)
+    assert len(consume_to_end(cluster.bootstrap, assignment, "read_uncommitted")) == len(expected) + aborted
     for p in parts.values():
         lso, high = lso_and_high_watermark(cluster, topic, p)
         assert lso == high, (p, lso, high)

@@ -28,7 +28,7 @@ from confluent_kafka import Producer
 from kafka.protocol.admin.transactions import DescribeProducersRequest
 from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.protocol.producer.transaction import WriteTxnMarkersRequest
-from kafkaclients import consume_to_end, create_topic
+from kafkaclients import commit_abort_commit, consume_to_end, create_topic
 from rawclient import RawConnection
 from s3server import S3Server
 from waiting import wait_until
@@ -122,19 +122,9 @@ def test_transactions_spanning_brokers_commit_and_abort_over_tls(tls: TlsCluster
     aborted = 0
     for coordinator in (0, 1):  # markers sent by each broker, on its own inter-broker listener
         producer = tls.producer(txn_id_coordinated_by(cluster, f"tx-tls-{topic}", coordinator))
-        for round_, commit in enumerate((True, False, True)):
-            producer.begin_transaction()
-            values = [b"c%d-r%d-b%d-%d" % (coordinator, round_, broker, i) for broker in parts for i in range(5)]
-            for i, value in enumerate(values):
-                producer.produce(topic, value=value, partition=list(parts.values())[i // 5])
-            if commit:
-                producer.commit_transaction(60)
-                expected += values
-            else:
-                assert producer.flush(30) == 0
-                producer.abort_transaction(60)
-                aborted += len(values)
-        producer.flush(10)
+        committed, dropped = commit_abort_commit(producer, topic, list(parts.values()), b"c%d-" % coordinator)
+        expected += committed
+        aborted += dropped
     assignment = [(topic, p) for p in parts.values()]
     assert sorted(tls.consume(assignment, "read_committed")) == sorted(expected)
     assert len(tls.consume(assignment, "read_uncommitted")) == len(expected) + aborted
