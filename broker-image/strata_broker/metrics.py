@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .log.cleaner import Cleaner
     from .log.manager import LogManager
     from .metering import Meter
+    from .request_metrics import RequestMetrics
     from .tier.manager import TierManager
 
 
@@ -39,8 +40,9 @@ def _open_descriptors() -> int:
 
 class BrokerCollector(Collector):
     def __init__(self, logs: LogManager, meter: Meter, cleaner: Cleaner, tier: TierManager | None,
-                 connections: Callable[[], int]) -> None:
+                 connections: Callable[[], int], requests: RequestMetrics | None = None) -> None:
         self.logs = logs
+        self.requests = requests
         self.meter = meter
         self.cleaner = cleaner
         self.tier = tier
@@ -50,6 +52,8 @@ class BrokerCollector(Collector):
         logs = self.logs
         yield GaugeMetricFamily("strata_connections_open", "Client connections holding a connection slot",
                                 value=self.connections())
+        if self.requests is not None:
+            yield from self.requests.families()
         local = GaugeMetricFamily("strata_log_local_bytes", "Bytes of a partition's log on local disk",
                                   labels=["topic", "partition"])
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
