@@ -21,7 +21,8 @@ from prometheus_client.core import HistogramMetricFamily
 # Upper bounds (seconds) of the buckets: fine below a few ms, where an acks=all produce at a
 # moderate rate lies (an fdatasync on a quick disk is 0.1-0.3 ms), coarse up to request timeouts.
 BUCKETS: tuple[float, ...] = (
-    0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.0001, 0.00015, 0.0002, 0.00025, 0.0003, 0.00035, 0.0004, 0.0005, 0.0006, 0.00075,
+    0.001, 0.00125, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075,
     0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 
