@@ -259,6 +259,8 @@ class Latency:
     # (strata_request_seconds: frame read to response written): {upper bound s: requests}; None
     # for a broker without it.
     broker_hist: dict[float, float] | None = None
+    inline_rounds: float = 0.0  # Strata's group-commit rounds during the run, fdatasynced on the loop's thread
+    thread_rounds: float = 0.0  # and on the fsync thread
 
     def pct(self, q: float) -> float:
         return _pct(self.samples, q)
@@ -297,6 +299,21 @@ def produce_histogram(broker: Broker, acks: str = "all") -> dict[float, float] |
         if m and m.group(1) == acks:
             out[float(m.group(2))] = value
     return out or None
+
+
+def commit_rounds(broker: Broker) -> tuple[float, float] | None:
+    """Strata's group-commit rounds so far, (on the loop's thread, on the fsync thread); None without."""
+    import metrics  # tests/support (on sys.path once _common is imported)
+
+    port = getattr(broker, "metrics_port", None)
+    if port is None:
+        return None
+    try:
+        found = metrics.samples(metrics.scrape(port))
+    except OSError:
+        return None
+    loop, thread = (found.get(f'strata_group_commit_rounds_total{{thread="{t}"}}') for t in ("loop", "fsync"))
+    return None if loop is None or thread is None else (loop, thread)
 
 
 def hist_delta(after: dict[float, float] | None, before: dict[float, float] | None) -> dict[float, float] | None:
@@ -612,9 +629,13 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
         for _ in range(LATENCY_SLICES):
             if fsync_dir:
                 paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
-            before = produce_histogram(broker)
+            before, rounds_before = produce_histogram(broker), commit_rounds(broker)
             part = produce_latency(broker, topic, "all", args.rate, piece)
             lat.broker_hist = hist_add(lat.broker_hist, hist_delta(produce_histogram(broker), before))
+            rounds_after = commit_rounds(broker)
+            if rounds_before and rounds_after:
+                lat.inline_rounds += rounds_after[0] - rounds_before[0]
+                lat.thread_rounds += rounds_after[1] - rounds_before[1]
             lat.samples += part.samples
             lat.rd_samples += part.rd_samples
             lat.errors += part.errors
@@ -636,6 +657,7 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
              f"p50 {lat.pct(0.5):.2f} ms p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} "
              f"errors, load {lat.load:.2f}); librdkafka's own p50 {lat.rd_pct(0.5):.2f} p99 {lat.rd_pct(0.99):.2f} ms"
              + (f"; in the broker p50 {lat.broker_pct(0.5):.2f} p99 {lat.broker_pct(0.99):.2f} ms"
+                + f" ({lat.inline_rounds:.0f} group-commit rounds on the loop, {lat.thread_rounds:.0f} on the thread)"
                 if lat.broker_hist else "") + (
                  f"; raw disk around it, paced p50 {paced.pct(0.5):.2f} p99 {paced.pct(0.99):.2f} ms, closed-loop "
                  f"p50 {closed.pct(0.5):.2f} p99 {closed.pct(0.99):.2f} ms" if fsync_dir else ""))

@@ -66,6 +66,15 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        commit = logs.group_commit
+        rounds = CounterMetricFamily("strata_group_commit_rounds", "fsync rounds of the group commit, by the "
+                                     "thread that ran the fdatasync (the event loop's own, or the fsync thread)",
+                                     labels=["thread"])
+        rounds.add_metric(["loop"], commit.inline_rounds)
+        rounds.add_metric(["fsync"], commit.rounds - commit.inline_rounds)
+        yield rounds
+        yield GaugeMetricFamily("strata_group_commit_fsync_seconds", "Moving average of a round's fsync time",
+                                value=commit.sync_seconds)
         yield GaugeMetricFamily("strata_open_file_descriptors", "File descriptors this process holds",
                                 value=_open_descriptors())
         yield GaugeMetricFamily("strata_open_file_descriptors_limit", "The process's open-files limit (soft)",

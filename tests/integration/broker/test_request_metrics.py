@@ -1,5 +1,6 @@
 """The broker's time per request on /metrics (`strata_request_seconds{request, acks}`, a histogram):
-counted per request type and, for Produce, per acks; a long poll's wait is in its time."""
+counted per request type and, for Produce, per acks; a long poll's wait is in its time. And the
+group commit's fsync rounds by the thread that ran them (`strata_group_commit_rounds`)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def test_produce_is_counted_by_acks(broker: BrokerProcess) -> None:
         assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False)), buckets  # cumulative
         assert 0 < total < 30 * n
     assert histogram(broker, "Metadata")[1] >= 1
+    found = metrics.samples(metrics.scrape(broker.settings["metrics.listen"]))
+    rounds = [found.get(f'strata_group_commit_rounds_total{{thread="{t}"}}') for t in ("loop", "fsync")]
+    assert None not in rounds and sum(rounds) >= 1, rounds  # type: ignore[arg-type]  # the acks=all fdatasyncs
 
 
 def test_long_poll_wait_is_in_the_fetch_time(broker: BrokerProcess) -> None:
