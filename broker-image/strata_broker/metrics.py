@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .log.cleaner import Cleaner
     from .log.manager import LogManager
     from .metering import Meter
+    from .request_metrics import RequestMetrics
     from .tier.manager import TierManager
 
 
@@ -39,8 +40,9 @@ def _open_descriptors() -> int:
 
 class BrokerCollector(Collector):
     def __init__(self, logs: LogManager, meter: Meter, cleaner: Cleaner, tier: TierManager | None,
-                 connections: Callable[[], int]) -> None:
+                 connections: Callable[[], int], requests: RequestMetrics | None = None) -> None:
         self.logs = logs
+        self.requests = requests
         self.meter = meter
         self.cleaner = cleaner
         self.tier = tier
@@ -50,6 +52,8 @@ class BrokerCollector(Collector):
         logs = self.logs
         yield GaugeMetricFamily("strata_connections_open", "Client connections holding a connection slot",
                                 value=self.connections())
+        if self.requests is not None:
+            yield from self.requests.families()
         local = GaugeMetricFamily("strata_log_local_bytes", "Bytes of a partition's log on local disk",
                                   labels=["topic", "partition"])
         end = GaugeMetricFamily("strata_log_end_offset", "Log end offset", labels=["topic", "partition"])
@@ -62,6 +66,15 @@ class BrokerCollector(Collector):
                 end.add_metric(labels, plog.log_end_offset)
         yield local
         yield end
+        commit = logs.group_commit
+        rounds = CounterMetricFamily("strata_group_commit_rounds", "fsync rounds of the group commit, by the "
+                                     "thread that ran the fdatasync (the event loop's own, or the fsync thread)",
+                                     labels=["thread"])
+        rounds.add_metric(["loop"], commit.inline_rounds)
+        rounds.add_metric(["fsync"], commit.rounds - commit.inline_rounds)
+        yield rounds
+        yield GaugeMetricFamily("strata_group_commit_fsync_seconds", "Moving average of a round's fsync time",
+                                value=commit.sync_seconds)
         yield GaugeMetricFamily("strata_open_file_descriptors", "File descriptors this process holds",
                                 value=_open_descriptors())
         yield GaugeMetricFamily("strata_open_file_descriptors_limit", "The process's open-files limit (soft)",

@@ -158,6 +158,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         # The reservation of the frame next_frame() returned last; the request loop gives it back
         # once that request has been handled.
         self.last_reserved = 0
+        # When that frame's last byte was read (time.perf_counter): where its request's time starts.
+        self.last_received = 0.0
         # Resolved when the transport is gone (reset, closed by either side): everything waiting on
         # this connection's behalf stops then.
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -168,8 +170,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._body: bytearray | None = None  # a large frame being received
         self._body_view: memoryview | None = None
         self._body_filled = 0
-        # (frame, reserved bytes): bytes-like frames, or an exception to raise, or a _HeldFrame
-        self._frames: deque[tuple[Any, int]] = deque()
+        # (frame, reserved bytes, perf_counter when complete): bytes-like frames, or an exception to
+        # raise, or a _HeldFrame
+        self._frames: deque[tuple[Any, int, float]] = deque()
         self._queued_bytes = 0
         self._partial_since: float | None = None  # monotonic time the unfinished frame began
         self._stopped = False  # no more frames will be parsed (bad length, EOF, lost)
@@ -357,7 +360,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._maybe_resume_reading()
 
     def _push(self, item: Any, reserved: int = 0) -> None:
-        self._frames.append((item, reserved))
+        self._frames.append((item, reserved, time.perf_counter()))
         if not isinstance(item, (Exception, _HeldFrame)):
             self._queued_bytes += len(item)
         if len(self._frames) >= _READ_AHEAD_FRAMES or self._queued_bytes >= _READ_AHEAD_BYTES:
@@ -399,13 +402,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
             if self._lost:
                 return None  # nobody is left to answer: what was read ahead is dropped (_drop_input)
             if self._frames:
-                item, reserved = self._frames.popleft()
+                item, reserved, received = self._frames.popleft()
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, _HeldFrame):
                     return item
                 self._queued_bytes -= len(item)
                 self.last_reserved = reserved
+                self.last_received = received
                 self._maybe_resume_reading()
                 return item
             if self._stopped:
@@ -544,7 +548,7 @@ async def serve_connection(services: Services, proto: FrameProtocol, conn: Conne
             authenticated = conn.authenticated
             reserved = proto.last_reserved
             try:
-                future = _dispatch(services, frame, peer, conn)
+                future = _dispatch(services, frame, peer, conn, proto.last_received)
             except BaseException:
                 pool.release(reserved)
                 raise
@@ -656,7 +660,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # mark it retrieved; the connection is gone either way
 
 
-def _dispatch(services: Services, frame: Any, peer: str, conn: Connection) -> asyncio.Future[Any]:
+def _dispatch(services: Services, frame: Any, peer: str, conn: Connection,
+              received: float = 0.0) -> asyncio.Future[Any]:
+    """Decode one frame and start its handler; the task carries `timing` (its RequestTimer and
+    `received`, when its frame was complete), which the responder observes once the answer is written."""
     api_key, api_version, correlation_id = _HEADER_PREFIX.unpack_from(frame, 0)
     if not conn.authenticated and api_key not in _PRE_AUTH_KEYS:
         raise ConnectionClosed(f"API key {api_key} before SASL authentication")
@@ -696,6 +703,8 @@ def _dispatch(services: Services, frame: Any, peer: str, conn: Connection) -> as
     task = asyncio.get_running_loop().create_task(_handle(spec, ctx, request, throttle_ms))
     if api_key == FETCH_KEY:
         task.long_poll = True  # type: ignore[attr-defined]
+    timer = services.request_metrics.timer(spec.name, request.acks if api_key == PRODUCE_KEY else None)
+    task.timing = (timer, received)  # type: ignore[attr-defined]
     return task
 
 
@@ -842,15 +851,20 @@ async def _respond(outbox: asyncio.Queue[asyncio.Future[Any] | None], proto: Fra
             log.exception("request from %s failed; closing the connection", peer)
             proto.close()
             return
+        timing = getattr(future, "timing", None)
         if data is not None:
             last = isinstance(data, _Last)
             try:
                 await proto.send(data.data if last else data)
             except ConnectionError:  # the peer reset or went away; the reader side cleans up
                 return
+            if timing is not None:
+                timing[0].observe(time.perf_counter() - timing[1])
             if last:
                 # As Kafka (connection.failed.authentication.delay.ms): the client reads the error before
                 # the close, and a client retrying a bad password cannot spin on the broker.
                 await asyncio.sleep(linger)
                 proto.close()
                 return
+        elif timing is not None:  # no answer (acks=0 produce): handled is done
+            timing[0].observe(time.perf_counter() - timing[1])

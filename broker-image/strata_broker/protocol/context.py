@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..request_metrics import RequestMetrics
 from ..security import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class Services:
     # WriteTxnMarkers: who may send it (brokers of this cluster) and the local marker writer.
     inter_broker: InterBrokerAuth | None = None
     txn_markers: LocalMarkers | None = None
+    # Each request's time in the broker, per request type (/metrics: strata_request_seconds).
+    request_metrics: RequestMetrics = field(default_factory=RequestMetrics)
 
     @property
     def cluster_id(self) -> str:
