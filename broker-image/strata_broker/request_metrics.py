@@ -54,8 +54,11 @@ class RequestMetrics:
         self._timers: dict[tuple[str, str], RequestTimer] = {}
 
     def timer(self, request: str, acks: int | None = None) -> RequestTimer:
-        """The timer of `request` (an API name such as "Produce"); `acks` for Produce."""
-        key = (request, "" if acks is None else ACKS_LABELS.get(acks, str(acks)))
+        """The timer of `request` (an API name such as "Produce"); `acks` for Produce ("all", "0", "1"
+        or "invalid")."""
+        # Any acks but -1, 0 and 1 (refused with INVALID_REQUIRED_ACKS) is one label: the value comes
+        # from the client, and a label per value would let one client grow /metrics without bound.
+        key = (request, "" if acks is None else ACKS_LABELS.get(acks, "invalid"))
         timer = self._timers.get(key)
         if timer is None:
             timer = self._timers[key] = RequestTimer()
